@@ -1,0 +1,239 @@
+// Package containerd implements cri.Store on containerd's own API, in the
+// namespace that containerd's CRI plugin uses, so that every change it makes is
+// what the kubelet sees through CRI.
+//
+// Pins are owned, with the labels that package cri defines: see cri.PinChanges.
+package containerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+
+	"prepull.io/prepull/cri"
+)
+
+// Namespace is the containerd namespace of containerd's CRI plugin.
+const Namespace = "k8s.io"
+
+// criManagedLabel marks the image records that the CRI plugin manages.
+const criManagedLabel = "io.cri-containerd.image"
+
+// DefaultTimeout is the default deadline of every call but Import.
+const DefaultTimeout = 30 * time.Second
+
+// Store is a cri.Store on containerd.
+type Store struct {
+	client      *containerd.Client
+	snapshotter string
+	timeout     time.Duration
+}
+
+var _ cri.Store = (*Store)(nil)
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithSnapshotter sets the snapshotter imports are unpacked for; it must be
+// the one the CRI plugin uses. The default is overlayfs.
+func WithSnapshotter(name string) Option {
+	return func(s *Store) { s.snapshotter = name }
+}
+
+// WithTimeout sets the deadline of every call but Import.
+func WithTimeout(d time.Duration) Option {
+	return func(s *Store) { s.timeout = d }
+}
+
+// New connects to the containerd listening on the unix socket address.
+func New(address string, opts ...Option) (*Store, error) {
+	s := &Store{snapshotter: "overlayfs", timeout: DefaultTimeout}
+	for _, o := range opts {
+		o(s)
+	}
+	c, err := containerd.New(strings.TrimPrefix(address, "unix://"),
+		containerd.WithDefaultNamespace(Namespace),
+		containerd.WithTimeout(s.timeout))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %w", address, errors.Join(cri.ErrUnavailable, err))
+	}
+	s.client = c
+	return s, nil
+}
+
+// Close closes the connection.
+func (s *Store) Close() error { return s.client.Close() }
+
+// Pin pins the image record that ref names and records owner on it.
+func (s *Store) Pin(ctx context.Context, ref, owner string) error {
+	return s.changeLabels(ctx, "pin", ref, func(labels map[string]string) map[string]string {
+		return cri.PinChanges(labels, owner)
+	})
+}
+
+// Unpin removes owner from the image record that ref names, and the pin with
+// the last owner if Pin set it. An absent image is no error.
+func (s *Store) Unpin(ctx context.Context, ref, owner string) error {
+	err := s.changeLabels(ctx, "unpin", ref, func(labels map[string]string) map[string]string {
+		return cri.UnpinChanges(labels, owner)
+	})
+	if errors.Is(err, cri.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// Owners lists the owners recorded on the image record that ref names.
+func (s *Store) Owners(ctx context.Context, ref string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	name, err := cri.Normalize(ref)
+	if err != nil {
+		return nil, err
+	}
+	img, err := s.client.ImageService().Get(ctx, name)
+	if err != nil {
+		return nil, wrap("list pin owners", ref, err)
+	}
+	return cri.PinOwners(img.Labels), nil
+}
+
+// changeLabels applies the label changes that change computes from the
+// current labels of the record ref names, touching no other label.
+func (s *Store) changeLabels(ctx context.Context, op, ref string, change func(map[string]string) map[string]string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	name, err := cri.Normalize(ref)
+	if err != nil {
+		return err
+	}
+	is := s.client.ImageService()
+	img, err := is.Get(ctx, name)
+	if err != nil {
+		return wrap(op, ref, err)
+	}
+	changes := change(img.Labels)
+	if changes == nil {
+		return nil
+	}
+	paths := make([]string, 0, len(changes))
+	for k := range changes {
+		paths = append(paths, "labels."+k)
+	}
+	img.Labels = cri.ApplyChanges(img.Labels, changes)
+	_, err = is.Update(ctx, img, paths...)
+	return wrap(op, ref, err)
+}
+
+// Tag makes tag name the image that digestRef names.
+func (s *Store) Tag(ctx context.Context, tag, digestRef string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	tagName, err := cri.Normalize(tag)
+	if err != nil {
+		return err
+	}
+	srcName, err := cri.Normalize(digestRef)
+	if err != nil {
+		return err
+	}
+	is := s.client.ImageService()
+	src, err := is.Get(ctx, srcName)
+	if err != nil {
+		return wrap("tag "+tag+" as", digestRef, err)
+	}
+	labels := map[string]string{}
+	if v, ok := src.Labels[criManagedLabel]; ok {
+		labels[criManagedLabel] = v
+	}
+	_, err = is.Create(ctx, images.Image{Name: tagName, Target: src.Target, Labels: labels})
+	if errdefs.IsAlreadyExists(err) {
+		var cur images.Image
+		cur, err = is.Get(ctx, tagName)
+		if err == nil && cur.Target.Digest != src.Target.Digest {
+			cur.Target = src.Target
+			_, err = is.Update(ctx, cur, "target")
+		}
+	}
+	return wrap("tag "+tag+" as", digestRef, err)
+}
+
+// Progress reports the downloads under way in the content store.
+func (s *Store) Progress(ctx context.Context) ([]cri.Progress, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	statuses, err := s.client.ContentStore().ListStatuses(ctx)
+	if err != nil {
+		return nil, wrap("pull progress", "", err)
+	}
+	out := make([]cri.Progress, 0, len(statuses))
+	for _, st := range statuses {
+		out = append(out, cri.Progress{
+			Ref:       st.Ref,
+			Offset:    st.Offset,
+			Total:     st.Total,
+			StartedAt: st.StartedAt,
+			UpdatedAt: st.UpdatedAt,
+		})
+	}
+	return out, nil
+}
+
+// Import imports archive for the node's platform, unpacks every image it
+// holds for the snapshotter, and returns the references it created. When an
+// image cannot be unpacked, the references this call created are removed
+// again, so that nothing is left half-imported.
+func (s *Store) Import(ctx context.Context, archive io.Reader) ([]string, error) {
+	imgs, err := s.client.Import(ctx, archive,
+		containerd.WithImportPlatform(platforms.Default()),
+		containerd.WithImageLabels(map[string]string{criManagedLabel: "managed"}),
+	)
+	if err != nil {
+		return nil, wrap("import", "", err)
+	}
+	refs := make([]string, 0, len(imgs))
+	for _, i := range imgs {
+		refs = append(refs, i.Name)
+	}
+	for _, i := range imgs {
+		img := containerd.NewImageWithPlatform(s.client, i, platforms.Default())
+		if err := img.Unpack(ctx, s.snapshotter); err != nil {
+			for _, r := range refs {
+				_ = s.client.ImageService().Delete(context.WithoutCancel(ctx), r)
+			}
+			return nil, wrap("unpack", i.Name, err)
+		}
+	}
+	slices.Sort(refs)
+	return refs, nil
+}
+
+// wrap maps a containerd error to the cri sentinels.
+func wrap(op, ref string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var kind error
+	switch {
+	case errdefs.IsNotFound(err):
+		kind = cri.ErrNotFound
+	case errdefs.IsUnavailable(err):
+		kind = cri.ErrUnavailable
+	case errdefs.IsInvalidArgument(err):
+		kind = cri.ErrInvalid
+	case errors.Is(err, context.DeadlineExceeded), errdefs.IsDeadlineExceeded(err):
+		kind = cri.ErrTimeout
+	case errdefs.IsNotImplemented(err):
+		kind = cri.ErrUnsupported
+	}
+	return &cri.Error{Op: op, Ref: ref, Kind: kind, Err: err}
+}

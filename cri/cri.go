@@ -1,0 +1,203 @@
+// Package cri is the agent's narrow view of a node's container runtime.
+//
+// ImageService is the part of the CRI ImageService that prepull needs. It is
+// what makes prepull work with any CRI runtime, and pulls go through it so that
+// the runtime's own mirrors, rewrites and credentials apply.
+//
+// Store is what only containerd's own API can do: pin an image against the
+// kubelet's image garbage collection, point a tag at a digest that is already
+// present, report byte progress of pulls, and import an archive. A runtime that
+// is not containerd gets Unsupported, whose every method fails with
+// ErrUnsupported, so that the agent can say so in status instead of failing
+// silently.
+//
+// Every error a runtime returns is mapped to one of the sentinels below, so
+// callers decide with errors.Is and still see the runtime's own message.
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Sentinel errors. Implementations wrap them together with the runtime's own
+// message, so that both errors.Is and the message a user reads work.
+var (
+	// ErrNotFound means the image is not present on the node, or, for a pull,
+	// that the registry does not have it.
+	ErrNotFound = errors.New("not found")
+	// ErrUnauthorized means the registry refused the credentials, or asked for
+	// credentials that were not given.
+	ErrUnauthorized = errors.New("unauthorized")
+	// ErrUnavailable means the runtime or the registry could not be reached.
+	ErrUnavailable = errors.New("unavailable")
+	// ErrTimeout means the call's deadline passed before the runtime answered.
+	ErrTimeout = errors.New("timed out")
+	// ErrInvalid means the runtime refused the request as malformed, for
+	// example an image reference it cannot parse.
+	ErrInvalid = errors.New("invalid request")
+	// ErrUnsupported means the runtime cannot do this at all, for example
+	// pinning on a runtime that is not containerd.
+	ErrUnsupported = errors.New("unsupported by the runtime")
+)
+
+// PinnedLabel is the containerd image label that containerd's CRI plugin
+// reports as pinned, and that the kubelet's image garbage collection honours.
+const (
+	PinnedLabel      = "io.cri-containerd.pinned"
+	PinnedLabelValue = "pinned"
+)
+
+// ImageService is the subset of the CRI ImageService the agent uses.
+type ImageService interface {
+	// PullImage pulls ref (a tag, a digest or tag@digest) with the given
+	// credentials, which may be nil, and returns the image ID the runtime
+	// reports.
+	PullImage(ctx context.Context, ref string, auth *Auth) (string, error)
+	// ImageStatus describes the image that ref names on the node, or fails
+	// with ErrNotFound.
+	ImageStatus(ctx context.Context, ref string) (*Image, error)
+	// ListImages lists every image on the node.
+	ListImages(ctx context.Context) ([]Image, error)
+	// RemoveImage removes the image that ref names, with all its references.
+	// Removing an absent image succeeds.
+	RemoveImage(ctx context.Context, ref string) error
+	// ImageFsInfo reports the usage of the filesystems that hold images.
+	ImageFsInfo(ctx context.Context) ([]FilesystemUsage, error)
+}
+
+// Image is one image as the runtime reports it.
+type Image struct {
+	// ID is the runtime's image ID, for containerd the config digest.
+	ID string
+	// RepoTags are the tag references that name the image, e.g. "reg/app:1.0".
+	RepoTags []string
+	// RepoDigests are the digest references that name the image, e.g.
+	// "reg/app@sha256:…".
+	RepoDigests []string
+	// Size is the image's size in bytes, as the runtime counts it.
+	Size uint64
+	// Pinned reports whether the kubelet's image garbage collection must keep
+	// the image.
+	Pinned bool
+}
+
+// FilesystemUsage is the usage of one filesystem that holds images.
+type FilesystemUsage struct {
+	// Mountpoint is where the filesystem is mounted on the node.
+	Mountpoint string
+	// UsedBytes is what the images use on it.
+	UsedBytes uint64
+	// InodesUsed is how many inodes the images use on it.
+	InodesUsed uint64
+}
+
+// Auth carries registry credentials for one pull. Its String method never
+// prints a secret, so an Auth can be logged by accident without harm.
+type Auth struct {
+	// Username and Password are basic-auth credentials.
+	Username string
+	Password string
+	// Auth is the base64 "user:password" form found in docker config files.
+	Auth string
+	// IdentityToken is an OAuth2 refresh token for the registry.
+	IdentityToken string
+	// RegistryToken is a bearer token sent to the registry as it is.
+	RegistryToken string
+	// ServerAddress is the registry the credentials are for, e.g.
+	// "registry.example.com:5000" or "https://registry.example.com".
+	ServerAddress string
+}
+
+// String describes a without revealing any secret.
+func (a *Auth) String() string {
+	if a == nil {
+		return "<no credentials>"
+	}
+	kind := "none"
+	switch {
+	case a.IdentityToken != "":
+		kind = "identity-token"
+	case a.RegistryToken != "":
+		kind = "registry-token"
+	case a.Username != "" || a.Auth != "":
+		kind = "basic"
+	}
+	return fmt.Sprintf("<%s credentials for %q>", kind, a.ServerAddress)
+}
+
+// Store is what only containerd's own API can do. Every method works in the
+// namespace that containerd's CRI plugin uses, so that what it does is what the
+// kubelet sees.
+type Store interface {
+	// Pin marks the image that ref names as pinned, and records owner on it.
+	// Pinning again for the same owner changes nothing.
+	Pin(ctx context.Context, ref, owner string) error
+	// Unpin removes owner from the image that ref names. The pin goes with
+	// the last owner, unless something other than this Store pinned the image
+	// first. Unpinning an absent image or owner succeeds.
+	Unpin(ctx context.Context, ref, owner string) error
+	// Owners lists the owners recorded on the image that ref names.
+	Owners(ctx context.Context, ref string) ([]string, error)
+	// Tag makes tag name exactly the image that digestRef names, which must
+	// already be present; a tag that named another image is moved.
+	Tag(ctx context.Context, tag, digestRef string) error
+	// Progress reports the pulls under way, in bytes.
+	Progress(ctx context.Context) ([]Progress, error)
+	// Import imports an OCI image-layout or docker-save archive, unpacks it
+	// for the runtime's snapshotter, and returns the references it created.
+	Import(ctx context.Context, archive io.Reader) ([]string, error)
+}
+
+// Progress is the state of one blob being downloaded.
+type Progress struct {
+	// Ref is the runtime's name for the download; it names the blob's digest.
+	Ref string
+	// Offset is how many bytes are done.
+	Offset int64
+	// Total is how many bytes there are, or 0 when not yet known.
+	Total int64
+	// StartedAt and UpdatedAt tell when the download began and last moved.
+	StartedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Unsupported is the Store of a runtime that is not containerd: every method
+// fails with ErrUnsupported and names the runtime.
+type Unsupported struct {
+	// Runtime names the runtime, as CRI Version reports it.
+	Runtime string
+}
+
+var _ Store = Unsupported{}
+
+func (u Unsupported) err(what string) error {
+	return fmt.Errorf("%s on runtime %q: %w", what, u.Runtime, ErrUnsupported)
+}
+
+// Pin fails with ErrUnsupported.
+func (u Unsupported) Pin(context.Context, string, string) error { return u.err("pin") }
+
+// Unpin fails with ErrUnsupported.
+func (u Unsupported) Unpin(context.Context, string, string) error { return u.err("unpin") }
+
+// Owners fails with ErrUnsupported.
+func (u Unsupported) Owners(context.Context, string) ([]string, error) {
+	return nil, u.err("list pin owners")
+}
+
+// Tag fails with ErrUnsupported.
+func (u Unsupported) Tag(context.Context, string, string) error { return u.err("tag") }
+
+// Progress fails with ErrUnsupported.
+func (u Unsupported) Progress(context.Context) ([]Progress, error) {
+	return nil, u.err("pull progress")
+}
+
+// Import fails with ErrUnsupported.
+func (u Unsupported) Import(context.Context, io.Reader) ([]string, error) {
+	return nil, u.err("import")
+}

@@ -1,0 +1,320 @@
+// Package critest is the one conformance suite of package cri. It runs the
+// same cases against the in-memory fake and against a real containerd with a
+// real registry, so that what the fake promises is what containerd does.
+package critest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"prepull.io/prepull/cri"
+)
+
+// Image is an image the suite pushed to a registry.
+type Image struct {
+	// Tag is "host/repo:tag".
+	Tag string
+	// Digest is "host/repo@sha256:…".
+	Digest string
+	// ID is the image ID the runtime reports for it.
+	ID string
+}
+
+// Env is what one runtime under test offers the suite.
+type Env struct {
+	// Images and Store are the implementations under test.
+	Images cri.ImageService
+	Store  cri.Store
+	// Push pushes a new random image to repoTag ("repo:tag") in a registry
+	// that needs no credentials; pushing to the same repoTag moves the tag.
+	Push func(t testing.TB, repoTag string) Image
+	// PushPrivate pushes a new random image to repoTag in a registry that
+	// requires Auth.
+	PushPrivate func(t testing.TB, repoTag string) Image
+	// Auth is the credentials the private registry accepts, with
+	// ServerAddress set to its host without a scheme.
+	Auth cri.Auth
+	// Archive returns an OCI image-layout archive holding one new random
+	// image named ref, and that image.
+	Archive func(t testing.TB, ref string) ([]byte, Image)
+	// Registry is the host of the registry that Push uses.
+	Registry string
+}
+
+// Run runs the suite against env.
+func Run(t *testing.T, env *Env) {
+	ctx := context.Background()
+
+	t.Run("pull by digest leaves the tag absent", func(t *testing.T) {
+		img := env.Push(t, "digest-only:v1")
+		id, err := env.Images.PullImage(ctx, img.Digest, nil)
+		if err != nil {
+			t.Fatalf("pull %s: %v", img.Digest, err)
+		}
+		if id != img.ID {
+			t.Errorf("pull returned image %s, want %s", id, img.ID)
+		}
+		st := eventually(t, func() (*cri.Image, error) { return env.Images.ImageStatus(ctx, img.Digest) })
+		if st.ID != img.ID || !slices.Contains(st.RepoDigests, img.Digest) {
+			t.Errorf("status of %s = %+v, want ID %s and repo digest %s", img.Digest, st, img.ID, img.Digest)
+		}
+		if len(st.RepoTags) != 0 {
+			t.Errorf("status of %s has repo tags %v, want none", img.Digest, st.RepoTags)
+		}
+		if _, err := env.Images.ImageStatus(ctx, img.Tag); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("status of tag %s after a pull by digest: error %v, want ErrNotFound", img.Tag, err)
+		}
+	})
+
+	t.Run("tag points at the digest, and moves", func(t *testing.T) {
+		first := env.Push(t, "tagged:v1")
+		mustPull(t, env.Images, first.Digest)
+		if err := env.Store.Tag(ctx, first.Tag, first.Digest); err != nil {
+			t.Fatalf("tag %s as %s: %v", first.Tag, first.Digest, err)
+		}
+		st := eventuallyID(t, env.Images, first.Tag, first.ID)
+		if !slices.Contains(st.RepoTags, first.Tag) {
+			t.Errorf("status of %s has repo tags %v, want it among them", first.Tag, st.RepoTags)
+		}
+
+		second := env.Push(t, "tagged:v1")
+		if second.ID == first.ID {
+			t.Fatal("the test pushed the same image twice")
+		}
+		mustPull(t, env.Images, second.Digest)
+		if err := env.Store.Tag(ctx, second.Tag, second.Digest); err != nil {
+			t.Fatalf("move %s to %s: %v", second.Tag, second.Digest, err)
+		}
+		eventuallyID(t, env.Images, second.Tag, second.ID)
+		old := eventually(t, func() (*cri.Image, error) { return env.Images.ImageStatus(ctx, first.Digest) })
+		if slices.Contains(old.RepoTags, first.Tag) {
+			t.Errorf("the old image still carries tag %s after it moved: %v", first.Tag, old.RepoTags)
+		}
+	})
+
+	t.Run("tag of an absent digest is not found", func(t *testing.T) {
+		img := env.Push(t, "never-pulled:v1")
+		if err := env.Store.Tag(ctx, img.Tag, img.Digest); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("tag %s as absent %s: error %v, want ErrNotFound", img.Tag, img.Digest, err)
+		}
+	})
+
+	t.Run("pin and unpin with owners", func(t *testing.T) {
+		img := env.Push(t, "pinned:v1")
+		mustPull(t, env.Images, img.Digest)
+		if st := mustStatus(t, env.Images, img.Digest); st.Pinned {
+			t.Fatalf("a freshly pulled image is pinned: %+v", st)
+		}
+		for _, owner := range []string{"ns/a", "ns/b", "ns/a"} {
+			if err := env.Store.Pin(ctx, img.Digest, owner); err != nil {
+				t.Fatalf("pin %s for %s: %v", img.Digest, owner, err)
+			}
+		}
+		eventuallyPinned(t, env.Images, img.Digest, true)
+		owners, err := env.Store.Owners(ctx, img.Digest)
+		if err != nil || !slices.Equal(owners, []string{"ns/a", "ns/b"}) {
+			t.Errorf("owners = %v, %v; want [ns/a ns/b]", owners, err)
+		}
+		if err := env.Store.Unpin(ctx, img.Digest, "ns/a"); err != nil {
+			t.Fatalf("unpin ns/a: %v", err)
+		}
+		// ns/b still owns it: the image must stay pinned.
+		time.Sleep(200 * time.Millisecond)
+		if st := mustStatus(t, env.Images, img.Digest); !st.Pinned {
+			t.Errorf("unpinned while ns/b still owns it")
+		}
+		if err := env.Store.Unpin(ctx, img.Digest, "ns/b"); err != nil {
+			t.Fatalf("unpin ns/b: %v", err)
+		}
+		eventuallyPinned(t, env.Images, img.Digest, false)
+		if owners, err := env.Store.Owners(ctx, img.Digest); err != nil || len(owners) != 0 {
+			t.Errorf("owners after the last unpin = %v, %v; want none", owners, err)
+		}
+		if err := env.Store.Unpin(ctx, img.Digest, "ns/b"); err != nil {
+			t.Errorf("unpin again: %v, want success", err)
+		}
+		if err := env.Store.Unpin(ctx, env.Registry+"/absent/image@sha256:"+strings.Repeat("0", 64), "ns/a"); err != nil {
+			t.Errorf("unpin an absent image: %v, want success", err)
+		}
+		if err := env.Store.Pin(ctx, env.Registry+"/absent/image:v1", "ns/a"); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("pin an absent image: error %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("credentials", func(t *testing.T) {
+		img := env.PushPrivate(t, "private:v1")
+		if _, err := env.Images.PullImage(ctx, img.Digest, nil); !errors.Is(err, cri.ErrUnauthorized) {
+			t.Errorf("pull without credentials: error %v, want ErrUnauthorized", err)
+		}
+		wrong := env.Auth
+		wrong.Password = "not-" + wrong.Password
+		_, err := env.Images.PullImage(ctx, img.Digest, &wrong)
+		if !errors.Is(err, cri.ErrUnauthorized) {
+			t.Errorf("pull with a wrong password: error %v, want ErrUnauthorized", err)
+		}
+		if err != nil && strings.Contains(err.Error(), wrong.Password) {
+			t.Errorf("the error reveals the password: %v", err)
+		}
+		if _, err := env.Images.ImageStatus(ctx, img.Digest); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("a refused pull left the image present: %v", err)
+		}
+		good := env.Auth
+		if _, err := env.Images.PullImage(ctx, img.Digest, &good); err != nil {
+			t.Fatalf("pull with the right credentials (server address %q): %v", good.ServerAddress, err)
+		}
+		eventuallyID(t, env.Images, img.Digest, img.ID)
+	})
+
+	t.Run("missing image is not found", func(t *testing.T) {
+		ref := env.Registry + "/does-not/exist:v1"
+		if _, err := env.Images.PullImage(ctx, ref, nil); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("pull %s: error %v, want ErrNotFound", ref, err)
+		} else if !strings.Contains(err.Error(), "does-not/exist") {
+			t.Errorf("pull error %q does not name the image", err)
+		}
+		if _, err := env.Images.ImageStatus(ctx, ref); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("status %s: error %v, want ErrNotFound", ref, err)
+		}
+	})
+
+	t.Run("remove is idempotent", func(t *testing.T) {
+		img := env.Push(t, "removed:v1")
+		mustPull(t, env.Images, img.Tag)
+		eventuallyID(t, env.Images, img.Tag, img.ID)
+		if err := env.Images.RemoveImage(ctx, img.Tag); err != nil {
+			t.Fatalf("remove %s: %v", img.Tag, err)
+		}
+		for _, ref := range []string{img.Tag, img.Digest} {
+			if _, err := env.Images.ImageStatus(ctx, ref); !errors.Is(err, cri.ErrNotFound) {
+				t.Errorf("status of %s after removal: error %v, want ErrNotFound", ref, err)
+			}
+		}
+		if err := env.Images.RemoveImage(ctx, img.Tag); err != nil {
+			t.Errorf("remove %s again: %v, want success", img.Tag, err)
+		}
+	})
+
+	t.Run("list and filesystem usage count pulled images", func(t *testing.T) {
+		img := env.Push(t, "listed:v1")
+		before := usedBytes(t, env.Images)
+		mustPull(t, env.Images, img.Tag)
+		list, err := env.Images.ListImages(ctx)
+		if err != nil {
+			t.Fatalf("list images: %v", err)
+		}
+		if !slices.ContainsFunc(list, func(i cri.Image) bool { return i.ID == img.ID }) {
+			t.Errorf("list of %d images lacks %s", len(list), img.ID)
+		}
+		// containerd measures its image filesystem periodically, not per call.
+		var after uint64
+		for deadline := time.Now().Add(settle); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if after = usedBytes(t, env.Images); after > before {
+				return
+			}
+		}
+		t.Errorf("image filesystem usage %d after a pull, %d before: want it larger", after, before)
+	})
+
+	t.Run("import an archive", func(t *testing.T) {
+		ref := env.Registry + "/imported/app:v1"
+		archive, img := env.Archive(t, ref)
+		refs, err := env.Store.Import(ctx, bytes.NewReader(archive))
+		if err != nil {
+			t.Fatalf("import: %v", err)
+		}
+		if !slices.Contains(refs, ref) {
+			t.Errorf("import created %v, want %s among them", refs, ref)
+		}
+		eventuallyID(t, env.Images, ref, img.ID)
+	})
+
+	t.Run("corrupt archive fails and imports nothing", func(t *testing.T) {
+		ref := env.Registry + "/imported/corrupt:v1"
+		archive, _ := env.Archive(t, ref)
+		if _, err := env.Store.Import(ctx, bytes.NewReader(archive[:len(archive)/2])); err == nil {
+			t.Fatal("import of a truncated archive succeeded")
+		}
+		if _, err := env.Images.ImageStatus(ctx, ref); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("status of %s after a failed import: error %v, want ErrNotFound", ref, err)
+		}
+	})
+}
+
+func mustPull(t *testing.T, images cri.ImageService, ref string) {
+	t.Helper()
+	if _, err := images.PullImage(context.Background(), ref, nil); err != nil {
+		t.Fatalf("pull %s: %v", ref, err)
+	}
+}
+
+func mustStatus(t *testing.T, images cri.ImageService, ref string) *cri.Image {
+	t.Helper()
+	st, err := images.ImageStatus(context.Background(), ref)
+	if err != nil {
+		t.Fatalf("status of %s: %v", ref, err)
+	}
+	return st
+}
+
+func usedBytes(t *testing.T, images cri.ImageService) uint64 {
+	t.Helper()
+	fs, err := images.ImageFsInfo(context.Background())
+	if err != nil || len(fs) == 0 {
+		t.Fatalf("image filesystem info: %v, %d filesystems", err, len(fs))
+	}
+	var used uint64
+	for _, f := range fs {
+		used += f.UsedBytes
+	}
+	return used
+}
+
+// settle is how long the runtime may take to show a change through CRI:
+// containerd's CRI plugin updates its image cache from events, after the call
+// that made the change has returned.
+const settle = 10 * time.Second
+
+// eventually polls get until it succeeds or settle passes.
+func eventually(t *testing.T, get func() (*cri.Image, error)) *cri.Image {
+	t.Helper()
+	var last error
+	for deadline := time.Now().Add(settle); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		st, err := get()
+		if err == nil {
+			return st
+		}
+		last = err
+	}
+	t.Fatalf("image not present after %s: %v", settle, last)
+	return nil
+}
+
+func eventuallyID(t *testing.T, images cri.ImageService, ref, id string) *cri.Image {
+	t.Helper()
+	return eventuallyMatch(t, images, ref, fmt.Sprintf("ID %s", id), func(st *cri.Image) bool { return st.ID == id })
+}
+
+func eventuallyPinned(t *testing.T, images cri.ImageService, ref string, pinned bool) {
+	t.Helper()
+	eventuallyMatch(t, images, ref, fmt.Sprintf("pinned=%t", pinned), func(st *cri.Image) bool { return st.Pinned == pinned })
+}
+
+func eventuallyMatch(t *testing.T, images cri.ImageService, ref, want string, ok func(*cri.Image) bool) *cri.Image {
+	t.Helper()
+	var st *cri.Image
+	var err error
+	for deadline := time.Now().Add(settle); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		st, err = images.ImageStatus(context.Background(), ref)
+		if err == nil && ok(st) {
+			return st
+		}
+	}
+	t.Fatalf("status of %s after %s: %+v, %v; want %s", ref, settle, st, err, want)
+	return nil
+}

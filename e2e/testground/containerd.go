@@ -1,0 +1,155 @@
+package testground
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"prepull.io/prepull/cri"
+)
+
+// Containerd is a containerd with its own root, state directory and socket,
+// its CRI plugin on and the overlayfs snapshotter.
+type Containerd struct {
+	// Socket is the path of its gRPC socket, for CRI and containerd's API.
+	Socket string
+	// Dir holds its root, state, configuration and log.
+	Dir string
+
+	t       testing.TB
+	bin     string
+	config  string
+	logPath string
+	proc    *process
+}
+
+// StartContainerd starts a containerd for the test; it stops when the test
+// ends. It needs root.
+func StartContainerd(t testing.TB) *Containerd {
+	t.Helper()
+	RequireRoot(t)
+	c := &Containerd{t: t, bin: Binary(t, "containerd")}
+	Binary(t, "containerd-shim-runc-v2")
+	c.Dir = TempDir(t, "pp-ctd-")
+	c.Socket = filepath.Join(c.Dir, "c.sock")
+	c.config = filepath.Join(c.Dir, "config.toml")
+	c.logPath = filepath.Join(c.Dir, "containerd.log")
+	for _, d := range []string{"certs.d", "cni", "opt"} {
+		if err := os.MkdirAll(filepath.Join(c.Dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(c.config, []byte(c.configText()), 0o600); err != nil {
+		t.Fatalf("containerd config: %v", err)
+	}
+	c.Start()
+	t.Cleanup(c.Stop)
+	return c
+}
+
+// configText is a containerd configuration that touches nothing outside Dir:
+// no host configuration is imported, NRI is off, sockets live in Dir.
+func (c *Containerd) configText() string {
+	d := c.Dir
+	return fmt.Sprintf(`version = 4
+root = '%[1]s/root'
+state = '%[1]s/state'
+temp = '%[1]s/tmp'
+imports = []
+disabled_plugins = [
+  'io.containerd.snapshotter.v1.devmapper',
+  'io.containerd.snapshotter.v1.zfs',
+  'io.containerd.snapshotter.v1.blockfile',
+  'io.containerd.snapshotter.v1.erofs',
+  'io.containerd.differ.v1.erofs',
+  'io.containerd.mount-handler.v1.erofs',
+  'io.containerd.nri.v1.nri',
+]
+
+[plugins]
+  [plugins.'io.containerd.server.v1.grpc']
+    address = '%[1]s/c.sock'
+  [plugins.'io.containerd.server.v1.ttrpc']
+    address = '%[1]s/c.sock.ttrpc'
+  [plugins.'io.containerd.shim.v1.manager']
+    socket_dir = '%[1]s/s'
+  [plugins.'io.containerd.internal.v1.opt']
+    path = '%[1]s/opt'
+  [plugins.'io.containerd.image-verifier.v1.bindir']
+    bin_dir = '%[1]s/opt/verifiers'
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    stats_collect_period = 1
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = '%[1]s/certs.d'
+  [plugins.'io.containerd.cri.v1.runtime']
+    restrict_oom_score_adj = true
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ['/usr/lib/cni', '/opt/cni/bin']
+      conf_dir = '%[1]s/cni'
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+`, d)
+}
+
+// Start starts containerd, again after Stop, with the same root, and waits
+// until its CRI image service answers.
+func (c *Containerd) Start() {
+	c.t.Helper()
+	if c.proc != nil {
+		if done, _ := c.proc.exited(); !done {
+			return
+		}
+	}
+	p, err := startProcess("containerd", c.logPath, c.bin, "--config", c.config)
+	if err != nil {
+		c.t.Fatalf("start containerd: %v", err)
+	}
+	c.proc = p
+	r, err := cri.NewRemote(c.Socket, cri.WithCallTimeout(2*time.Second))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer r.Close()
+	err = waitFor(p, c.logPath, 60*time.Second, func() error {
+		if _, err := os.Stat(c.Socket); err != nil {
+			return err
+		}
+		_, err := r.ImageFsInfo(context.Background())
+		return err
+	})
+	if err != nil {
+		c.t.Fatalf("start containerd: %v", err)
+	}
+}
+
+// Stop stops containerd by its PID; its root stays for a later Start.
+func (c *Containerd) Stop() {
+	if c.proc == nil {
+		return
+	}
+	if err := c.proc.stop(20 * time.Second); err != nil {
+		c.t.Errorf("stop containerd: %v", err)
+	}
+}
+
+// TrustRegistry writes the hosts.toml that lets this containerd pull from reg
+// over plain HTTP.
+func (c *Containerd) TrustRegistry(reg *Registry) {
+	c.t.Helper()
+	dir := filepath.Join(c.Dir, "certs.d", reg.Host)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	hosts := fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", reg.Host)
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// Log returns the end of containerd's log, for failure messages.
+func (c *Containerd) Log() string { return tail(c.logPath, 40) }

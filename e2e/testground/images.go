@@ -1,0 +1,181 @@
+package testground
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Pushed describes an image pushed to a test registry.
+type Pushed struct {
+	// Tag is the reference by tag, "host/repo:tag".
+	Tag string
+	// Digest is the reference by digest, "host/repo@sha256:…"; for an index,
+	// the index's digest.
+	Digest string
+	// ID is the config digest of the image for the test's platform, which
+	// containerd reports as the image ID.
+	ID string
+	// Size is the size in bytes of the platform image's compressed layers.
+	Size int64
+}
+
+// Linux returns the linux platform of arch.
+func Linux(arch string) v1.Platform { return v1.Platform{OS: "linux", Architecture: arch} }
+
+// RandomImage makes an OCI image for platform with layers layers of size
+// random, incompressible bytes each.
+func RandomImage(size int64, layers int, platform v1.Platform) (v1.Image, error) {
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	adds := make([]mutate.Addendum, 0, layers)
+	for range layers {
+		l, err := random.Layer(size, types.OCILayer)
+		if err != nil {
+			return nil, err
+		}
+		adds = append(adds, mutate.Addendum{Layer: l, MediaType: types.OCILayer})
+	}
+	img, err := mutate.Append(img, adds...)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture, cf.Variant = platform.OS, platform.Architecture, platform.Variant
+	cf.Config.Cmd = []string{"/bin/true"}
+	return mutate.ConfigFile(img, cf)
+}
+
+// RandomIndex makes a multi-platform OCI index with one random image per
+// platform.
+func RandomIndex(size int64, layers int, platforms ...v1.Platform) (v1.ImageIndex, error) {
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for _, p := range platforms {
+		img, err := RandomImage(size, layers, p)
+		if err != nil {
+			return nil, err
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
+			Add:        img,
+			Descriptor: v1.Descriptor{Platform: &p},
+		})
+	}
+	return idx, nil
+}
+
+func (r *Registry) remoteOptions() []remote.Option {
+	if r.Username == "" {
+		return nil
+	}
+	return []remote.Option{remote.WithAuth(&authn.Basic{Username: r.Username, Password: r.Password})}
+}
+
+func (r *Registry) tagRef(repoTag string) (name.Tag, error) {
+	return name.NewTag(r.Repo(repoTag), name.Insecure)
+}
+
+// PushImage pushes img to repoTag ("repo:tag") in the registry. Pushing to a
+// tag that exists moves it.
+func (r *Registry) PushImage(repoTag string, img v1.Image) (Pushed, error) {
+	ref, err := r.tagRef(repoTag)
+	if err != nil {
+		return Pushed{}, err
+	}
+	if err := remote.Write(ref, img, r.remoteOptions()...); err != nil {
+		return Pushed{}, fmt.Errorf("push %s: %w", ref, err)
+	}
+	return describe(ref, img)
+}
+
+// PushIndex pushes idx to repoTag in the registry. The Pushed's Digest is
+// the index's; its ID and Size are those of the image for linux/arch.
+func (r *Registry) PushIndex(repoTag string, idx v1.ImageIndex, arch string) (Pushed, error) {
+	ref, err := r.tagRef(repoTag)
+	if err != nil {
+		return Pushed{}, err
+	}
+	if err := remote.WriteIndex(ref, idx, r.remoteOptions()...); err != nil {
+		return Pushed{}, fmt.Errorf("push %s: %w", ref, err)
+	}
+	manifest, err := idx.IndexManifest()
+	if err != nil {
+		return Pushed{}, err
+	}
+	for _, d := range manifest.Manifests {
+		if d.Platform == nil || d.Platform.Architecture != arch {
+			continue
+		}
+		img, err := idx.Image(d.Digest)
+		if err != nil {
+			return Pushed{}, err
+		}
+		p, err := describe(ref, img)
+		if err != nil {
+			return Pushed{}, err
+		}
+		dgst, err := idx.Digest()
+		if err != nil {
+			return Pushed{}, err
+		}
+		p.Digest = ref.Context().Digest(dgst.String()).String()
+		return p, nil
+	}
+	return Pushed{}, fmt.Errorf("push %s: index has no image for %s", ref, arch)
+}
+
+func describe(ref name.Tag, img v1.Image) (Pushed, error) {
+	dgst, err := img.Digest()
+	if err != nil {
+		return Pushed{}, err
+	}
+	cfg, err := img.ConfigName()
+	if err != nil {
+		return Pushed{}, err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return Pushed{}, err
+	}
+	var size int64
+	for _, l := range layers {
+		s, err := l.Size()
+		if err != nil {
+			return Pushed{}, err
+		}
+		size += s
+	}
+	return Pushed{
+		Tag:    ref.String(),
+		Digest: ref.Context().Digest(dgst.String()).String(),
+		ID:     cfg.String(),
+		Size:   size,
+	}, nil
+}
+
+// MustPushRandom pushes a new random image of layers layers of size bytes for
+// the test's platform to repoTag, failing the test on error.
+func (r *Registry) MustPushRandom(t testing.TB, repoTag string, size int64, layers int) Pushed {
+	t.Helper()
+	img, err := RandomImage(size, layers, Linux(runtime.GOARCH))
+	if err != nil {
+		t.Fatalf("make image: %v", err)
+	}
+	p, err := r.PushImage(repoTag, img)
+	if err != nil {
+		t.Fatalf("push image: %v", err)
+	}
+	return p
+}
