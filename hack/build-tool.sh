@@ -16,7 +16,7 @@ mod="$root/hack/tools/$tool"
 out="$root/bin"
 mkdir -p "$out"
 stamp_of() { cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16; }
-export CGO_ENABLED=0 GOFLAGS=-mod=mod
+export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
 # build PKG OUTPUT LDFLAGS [TAGS]
 build() {

@@ -1,0 +1,65 @@
+# prepull — run `make help` for the targets.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+BIN     := $(CURDIR)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GO      ?= go
+# Every test finds the test ground's binaries here; envtest finds
+# kube-apiserver and etcd through KUBEBUILDER_ASSETS.
+TEST_ENV := PREPULL_BIN=$(BIN) KUBEBUILDER_ASSETS=$(BIN)
+GO_TEST_FLAGS ?= -count=1 -timeout 30m
+
+.PHONY: help
+help: ## List the targets.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+##@ Test ground
+
+.PHONY: testground
+testground: deps envtest-assets containerd ## Install and build everything the tests run (root on a fresh Debian machine).
+
+.PHONY: deps
+deps: ## Install runc, the CNI plugins, the registry and iptables from Debian when missing.
+	hack/install-deps.sh
+
+.PHONY: envtest-assets
+envtest-assets: ## Build the pinned kube-apiserver and etcd into bin/.
+	hack/build-tool.sh kube kube-apiserver
+	hack/build-tool.sh etcd
+
+.PHONY: containerd
+containerd: ## Build the pinned containerd, ctr and containerd-shim-runc-v2 into bin/.
+	hack/build-tool.sh containerd
+
+##@ Develop
+
+.PHONY: build
+build: ## Build bin/prepull.
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN)/prepull ./cmd/prepull
+
+.PHONY: fmt
+fmt: ## Format the Go code.
+	gofmt -w $$(git ls-files '*.go')
+
+.PHONY: vet
+vet: ## Run go vet.
+	$(GO) vet ./...
+
+.PHONY: lint
+lint: vet ## Fail when any Go file is not gofmt-formatted, then vet.
+	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [[ -n "$$out" ]]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
+
+.PHONY: test
+test: testground lint ## Build the test ground and run every test on it (as root).
+	$(TEST_ENV) $(GO) test $(GO_TEST_FLAGS) ./...
+
+.PHONY: test-unit
+test-unit: ## Run only the tests that need no test ground.
+	$(GO) test $(GO_TEST_FLAGS) ./cri/ ./cmd/...
+
+.PHONY: clean
+clean: ## Remove bin/ (the test ground is rebuilt on the next `make test`).
+	rm -rf $(BIN)

@@ -1,0 +1,65 @@
+// Command prepull is the one binary of prepull: the controller, the node agent
+// and the tools around them are its subcommands, so that one image carries
+// everything an air-gapped install needs.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+const usage = `prepull makes container images present, verified and pinned on Kubernetes
+nodes before pods need them.
+
+Usage:
+  prepull <command> [flags]
+
+Commands:
+  controller   run the controller (a Deployment, leader-elected)
+  agent        run the node agent (a DaemonSet, one per node)
+  version      print the version
+
+Run "prepull <command> --help" for a command's flags.
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "prepull:", err)
+		os.Exit(1)
+	}
+}
+
+// errUsage reports a command line that names no known command.
+var errUsage = errors.New("unknown or missing command; run \"prepull --help\"")
+
+func run(args []string, stdout io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return errUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	switch args[0] {
+	case "controller":
+		return runController(ctx, args[1:])
+	case "agent":
+		return runAgent(ctx, args[1:])
+	case "version":
+		_, err := fmt.Fprintln(stdout, version)
+		return err
+	case "help", "-h", "--help":
+		_, err := fmt.Fprint(stdout, usage)
+		return err
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		return fmt.Errorf("%q: %w", args[0], errUsage)
+	}
+}

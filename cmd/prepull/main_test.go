@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/e2e/testground"
+)
+
+func TestAgentOptionsValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		mutate  func(*AgentOptions)
+		wantErr []string
+	}{
+		{name: "defaults with a node", mutate: func(o *AgentOptions) { o.NodeName = "n1" }},
+		{name: "no node", mutate: func(o *AgentOptions) { o.NodeName = "" }, wantErr: []string{"--node-name"}},
+		{
+			name: "every bad flag is reported",
+			mutate: func(o *AgentOptions) {
+				o.NodeName, o.CRIEndpoint, o.PullTimeout, o.ProbeAddr = "n1", "", 0, "no-port"
+			},
+			wantErr: []string{"--cri-endpoint", "--pull-timeout", "--health-probe-bind-address"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := NewAgentOptions()
+			tt.mutate(o)
+			err := o.Validate()
+			if len(tt.wantErr) == 0 && err != nil {
+				t.Fatalf("Validate() = %v, want nil", err)
+			}
+			for _, w := range tt.wantErr {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("Validate() = %v, want it to name %s", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestControllerOptionsValidate(t *testing.T) {
+	o := NewControllerOptions()
+	if err := o.Validate(); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+	o.MetricsAddr = "0"
+	if err := o.Validate(); err != nil {
+		t.Errorf("metrics off: %v", err)
+	}
+	o.ProbeAddr = "8081"
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "--health-probe-bind-address") {
+		t.Errorf("probe address without a port: %v, want an error naming the flag", err)
+	}
+}
+
+func TestRunCommands(t *testing.T) {
+	var out bytes.Buffer
+	if err := run([]string{"version"}, &out); err != nil || strings.TrimSpace(out.String()) != version {
+		t.Errorf("version: %q, %v", out.String(), err)
+	}
+	if err := run([]string{"frobnicate"}, &out); !errors.Is(err, errUsage) {
+		t.Errorf("unknown command: %v, want a usage error", err)
+	}
+	if err := run([]string{"agent", "--help"}, &out); err != nil {
+		t.Errorf("agent --help: %v, want success", err)
+	}
+}
+
+func TestAgentReadinessFollowsTheRuntime(t *testing.T) {
+	ctd := testground.StartContainerd(t)
+	up, err := cri.NewRemote(ctd.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	down, err := cri.NewRemote(filepath.Join(t.TempDir(), "absent.sock"), cri.WithCallTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer down.Close()
+
+	tests := []struct {
+		name   string
+		images cri.ImageService
+		path   string
+		want   int
+	}{
+		{"healthz", down, "/healthz", http.StatusOK},
+		{"ready with a runtime", up, "/readyz", http.StatusOK},
+		{"not ready without one", down, "/readyz", http.StatusServiceUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest(http.MethodGet, tt.path, nil).WithContext(context.Background())
+			probes(tt.images).ServeHTTP(rec, req)
+			if rec.Code != tt.want {
+				t.Errorf("GET %s = %d %q, want %d", tt.path, rec.Code, rec.Body.String(), tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,136 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"grpc not found", status.Error(codes.NotFound, "x"), ErrNotFound},
+		{"grpc unavailable", status.Error(codes.Unavailable, "connection refused"), ErrUnavailable},
+		{"grpc deadline", status.Error(codes.DeadlineExceeded, "x"), ErrTimeout},
+		{"grpc unimplemented", status.Error(codes.Unimplemented, "x"), ErrUnsupported},
+		{"grpc invalid", status.Error(codes.InvalidArgument, "bad ref"), ErrInvalid},
+		{"registry 401 inside unknown", status.Error(codes.Unknown, `failed to pull: unexpected status from HEAD request to http://r/v2/x/manifests/v1: 401 Unauthorized`), ErrUnauthorized},
+		{"no basic auth credentials", status.Error(codes.Unknown, "pull access denied, repository does not exist or may require authorization: authorization failed: no basic auth credentials"), ErrUnauthorized},
+		{"registry down", status.Error(codes.Unknown, "failed to do request: Head \"http://r/v2/\": dial tcp 127.0.0.1:1: connect: connection refused"), ErrUnavailable},
+		{"disk full", status.Error(codes.Unknown, "failed to extract layer: write /var/lib/x: no space left on device"), ErrNoSpace},
+		{"context deadline", fmt.Errorf("pull: %w", context.DeadlineExceeded), ErrTimeout},
+		{"canceled", context.Canceled, nil},
+		{"unknown message", status.Error(codes.Unknown, "something odd"), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := classify(tt.err); got != tt.want {
+				t.Errorf("classify(%v) = %v, want %v", tt.err, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestErrorKeepsTheRuntimeMessage(t *testing.T) {
+	inner := status.Error(codes.Unknown, "failed to resolve: 401 Unauthorized")
+	err := wrapError("pull", "r/app:v1", inner)
+	if !errors.Is(err, ErrUnauthorized) || !errors.Is(err, inner) {
+		t.Errorf("errors.Is fails on %v", err)
+	}
+	if want := "pull r/app:v1: failed to resolve: 401 Unauthorized"; err.Error() != want {
+		t.Errorf("message %q, want %q", err.Error(), want)
+	}
+}
+
+func TestAuthStringHidesSecrets(t *testing.T) {
+	a := &Auth{Username: "u", Password: "hunter2", Auth: "dTpodW50ZXIy", IdentityToken: "", ServerAddress: "r:5000"}
+	s := a.String() + fmt.Sprint(a) + fmt.Sprintf("%v", a)
+	for _, secret := range []string{"hunter2", "dTpodW50ZXIy"} {
+		if strings.Contains(s, secret) {
+			t.Errorf("%q reveals a secret", s)
+		}
+	}
+	if !strings.Contains(s, "r:5000") {
+		t.Errorf("%q does not name the registry", s)
+	}
+}
+
+func TestPinLabels(t *testing.T) {
+	tests := []struct {
+		name       string
+		labels     map[string]string
+		pin, unpin []string
+		wantPinned bool
+		wantOwners []string
+	}{
+		{name: "pin one owner", pin: []string{"a"}, wantPinned: true, wantOwners: []string{"a"}},
+		{name: "pin twice is one owner", pin: []string{"a", "a"}, wantPinned: true, wantOwners: []string{"a"}},
+		{name: "last owner unpins", pin: []string{"a", "b"}, unpin: []string{"a", "b"}, wantPinned: false},
+		{name: "another owner keeps the pin", pin: []string{"a", "b"}, unpin: []string{"a"}, wantPinned: true, wantOwners: []string{"b"}},
+		{name: "unpin of a stranger changes nothing", pin: []string{"a"}, unpin: []string{"z"}, wantPinned: true, wantOwners: []string{"a"}},
+		{
+			name:       "a pin set by someone else stays",
+			labels:     map[string]string{PinnedLabel: PinnedLabelValue},
+			pin:        []string{"a"},
+			unpin:      []string{"a"},
+			wantPinned: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			labels := maps.Clone(tt.labels)
+			for _, o := range tt.pin {
+				labels = ApplyChanges(labels, PinChanges(labels, o))
+			}
+			for _, o := range tt.unpin {
+				labels = ApplyChanges(labels, UnpinChanges(labels, o))
+			}
+			if got := labels[PinnedLabel] == PinnedLabelValue; got != tt.wantPinned {
+				t.Errorf("pinned = %t, want %t (labels %v)", got, tt.wantPinned, labels)
+			}
+			if got := PinOwners(labels); !slices.Equal(got, tt.wantOwners) {
+				t.Errorf("owners = %v, want %v", got, tt.wantOwners)
+			}
+		})
+	}
+	if c := PinChanges(map[string]string{PinnedLabel: PinnedLabelValue, OwnerLabelPrefix + "a": "true"}, "a"); c != nil {
+		t.Errorf("pinning a pinned image for its owner asks for changes %v", c)
+	}
+}
+
+func TestNormalize(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"nginx", "docker.io/library/nginx:latest"},
+		{"nginx:1.27", "docker.io/library/nginx:1.27"},
+		{"127.0.0.1:5000/app:v1", "127.0.0.1:5000/app:v1"},
+		{"r.example/app@sha256:" + strings.Repeat("a", 64), "r.example/app@sha256:" + strings.Repeat("a", 64)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := Normalize(tt.in)
+			if err != nil || got != tt.want {
+				t.Errorf("Normalize(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+			}
+		})
+	}
+	if _, err := Normalize("app:not a tag"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Normalize of an invalid reference: %v, want ErrInvalid", err)
+	}
+}
+
+func TestUnsupportedNamesTheRuntime(t *testing.T) {
+	err := Unsupported{Runtime: "cri-o 1.30"}.Pin(context.Background(), "x", "o")
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "cri-o 1.30") {
+		t.Errorf("error %v: want ErrUnsupported naming the runtime", err)
+	}
+}
