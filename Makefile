@@ -36,6 +36,29 @@ containerd: ## Build the pinned containerd, ctr and containerd-shim-runc-v2 into
 
 ##@ Develop
 
+CONTROLLER_GEN := $(BIN)/controller-gen
+
+.PHONY: controller-gen
+controller-gen: ## Build the pinned controller-gen into bin/.
+	hack/build-tool.sh controller-gen
+
+.PHONY: generate
+generate: controller-gen ## Generate the API types' deepcopy code.
+	$(CONTROLLER_GEN) object paths=./api/...
+
+.PHONY: manifests
+manifests: controller-gen ## Generate the CRDs and RBAC under deploy/.
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=deploy/crd
+	$(CONTROLLER_GEN) rbac:roleName=prepull-controller paths=./controllers/... output:rbac:artifacts:config=deploy/rbac/controller
+
+.PHONY: verify-generated
+verify-generated: controller-gen ## Fail when generated code or manifests are stale (regenerates them).
+	@sum() { find api deploy/crd deploy/rbac -type f 2>/dev/null | sort | xargs sha256sum; }; \
+	before="$$(sum)"; $(MAKE) --no-print-directory generate manifests >/dev/null; \
+	if [[ "$$before" != "$$(sum)" ]]; then \
+		echo "generated files were stale and are now regenerated: review and commit them"; \
+		diff <(echo "$$before") <(sum) || true; exit 1; fi
+
 .PHONY: build
 build: ## Build bin/prepull.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BIN)/prepull ./cmd/prepull
@@ -53,7 +76,7 @@ lint: vet ## Fail when any Go file is not gofmt-formatted, then vet.
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [[ -n "$$out" ]]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
 
 .PHONY: test
-test: testground lint ## Build the test ground and run every test on it (as root).
+test: testground lint verify-generated ## Build the test ground and run every test on it (as root).
 	$(TEST_ENV) $(GO) test $(GO_TEST_FLAGS) ./...
 
 .PHONY: test-unit

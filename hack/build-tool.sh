@@ -6,6 +6,7 @@
 #   hack/build-tool.sh kube [cmd...]   kube-apiserver (default) and others from k8s.io/kubernetes
 #   hack/build-tool.sh etcd            etcd server
 #   hack/build-tool.sh containerd      containerd, ctr, containerd-shim-runc-v2
+#   hack/build-tool.sh controller-gen  controller-gen, which generates CRDs and deepcopy code
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -58,6 +59,9 @@ containerd)
 	for c in containerd ctr containerd-shim-runc-v2; do
 		build "github.com/containerd/containerd/v2/cmd/$c" "$c" "$ld" no_btrfs
 	done
+	;;
+controller-gen)
+	build sigs.k8s.io/controller-tools/cmd/controller-gen controller-gen ""
 	;;
 *)
 	echo "build-tool: unknown tool $tool" >&2

@@ -6,12 +6,18 @@ import (
 	"fmt"
 
 	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/prepulllist"
 )
 
 func runController(ctx context.Context, args []string) error {
@@ -33,6 +39,13 @@ func runController(ctx context.Context, args []string) error {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
 	}
+	if err := prepullv1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	leaseNS := opts.LeaderElectionNamespace
+	if leaseNS == "" {
+		leaseNS = opts.Namespace
+	}
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
@@ -43,10 +56,29 @@ func runController(ctx context.Context, args []string) error {
 		HealthProbeBindAddress:  opts.ProbeAddr,
 		LeaderElection:          opts.LeaderElect,
 		LeaderElectionID:        "prepull-controller.prepull.io",
-		LeaderElectionNamespace: opts.LeaderElectionNamespace,
+		LeaderElectionNamespace: leaseNS,
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			// Only the mirrored pull secrets are watched; a list's own
+			// secrets are read one by one, never cached cluster-wide.
+			&corev1.Secret{}: {Namespaces: map[string]cache.Config{opts.Namespace: {}}},
+		}},
 	})
 	if err != nil {
 		return fmt.Errorf("controller manager: %w", err)
+	}
+	insecure := map[string]bool{}
+	for _, h := range opts.InsecureRegistries {
+		insecure[h] = true
+	}
+	r := &prepulllist.Reconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Namespace: opts.Namespace,
+		Resolver:  &prepulllist.RegistryResolver{Insecure: insecure, Timeout: opts.ResolveTimeout},
+		Recorder:  mgr.GetEventRecorder("prepull-controller"),
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up the PrePullList controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return err

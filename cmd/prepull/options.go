@@ -18,14 +18,24 @@ type ControllerOptions struct {
 	ProbeAddr string
 	// LeaderElect makes replicas elect one leader, so that one reconciles.
 	LeaderElect bool
-	// LeaderElectionNamespace holds the lease; empty means the namespace the
-	// controller runs in.
+	// LeaderElectionNamespace holds the lease; empty means Namespace.
 	LeaderElectionNamespace string
+	// Namespace is the controller's own namespace, which holds the mirrored
+	// pull secrets the agents read.
+	Namespace string
+	// InsecureRegistries are registry hosts resolved over plain HTTP.
+	InsecureRegistries []string
+	// ResolveTimeout bounds one tag resolution at a registry.
+	ResolveTimeout time.Duration
 }
 
 // NewControllerOptions returns the defaults.
 func NewControllerOptions() *ControllerOptions {
-	return &ControllerOptions{MetricsAddr: ":8080", ProbeAddr: ":8081", LeaderElect: true}
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "prepull-system"
+	}
+	return &ControllerOptions{MetricsAddr: ":8080", ProbeAddr: ":8081", LeaderElect: true, Namespace: ns, ResolveTimeout: 30 * time.Second}
 }
 
 // AddFlags defines the flags on fs.
@@ -33,7 +43,10 @@ func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, `address of the Prometheus metrics endpoint; "0" turns it off`)
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "address of /healthz and /readyz")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "elect one active replica through a Lease")
-	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "namespace of the leader-election Lease (default: the controller's own)")
+	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "namespace of the leader-election Lease (default: --namespace)")
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "the controller's namespace, where pull secrets are mirrored for the agents (default: $POD_NAMESPACE, else prepull-system)")
+	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", o.InsecureRegistries, "registry hosts (host:port) to resolve tags at over plain HTTP")
+	fs.DurationVar(&o.ResolveTimeout, "resolve-timeout", o.ResolveTimeout, "deadline of one tag resolution at a registry")
 }
 
 // Validate reports every invalid flag at once.
@@ -43,6 +56,12 @@ func (o *ControllerOptions) Validate() error {
 		errs = append(errs, validAddr("metrics-bind-address", o.MetricsAddr))
 	}
 	errs = append(errs, validAddr("health-probe-bind-address", o.ProbeAddr))
+	if o.Namespace == "" {
+		errs = append(errs, errors.New("--namespace: required"))
+	}
+	if o.ResolveTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--resolve-timeout: %s: must be positive", o.ResolveTimeout))
+	}
 	return errors.Join(errs...)
 }
 

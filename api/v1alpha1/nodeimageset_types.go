@@ -1,0 +1,216 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ImageOwner is one PrePullList that wants an image on a node.
+type ImageOwner struct {
+	// list is the owning PrePullList as "namespace/name".
+	// +required
+	// +kubebuilder:validation:MaxLength=317
+	List string `json:"list"`
+	// retain is the list's retain policy.
+	// +optional
+	Retain RetainPolicy `json:"retain,omitempty"`
+	// onDelete is the list's delete policy.
+	// +optional
+	OnDelete DeletePolicy `json:"onDelete,omitempty"`
+	// releasing is true when the list is being deleted, no longer selects
+	// the node, or moved to another digest: the agent takes the list's pin
+	// off and applies onDelete; the controller then drops the owner.
+	// +optional
+	Releasing bool `json:"releasing,omitempty"`
+	// tags are the tag references this list wants to name the image.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	Tags []string `json:"tags,omitempty"`
+	// pullSecrets are the Secrets, in the controller's namespace, mirrored
+	// from this list's imagePullSecrets.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=8
+	PullSecrets []string `json:"pullSecrets,omitempty"`
+	// timeout is this list's per-pull timeout.
+	// +optional
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+	// backoffLimit is this list's backoff limit.
+	// +optional
+	BackoffLimit *int32 `json:"backoffLimit,omitempty"`
+}
+
+// NodeImage is one image a node must hold.
+type NodeImage struct {
+	// image is the digest reference every node gets, "repo@sha256:…"; or,
+	// while a tag is resolved on a node (resolution: Node), the tag
+	// reference itself, whose digest the agent reports.
+	// +required
+	// +kubebuilder:validation:MaxLength=400
+	Image string `json:"image"`
+	// tags are the tag references ("repo:tag") that must name exactly this
+	// digest on the node, because pods use them: the union of the tags of
+	// the owners that are not releasing.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=64
+	Tags []string `json:"tags,omitempty"`
+	// pullSecrets are Secrets in the controller's namespace (mirrors of the
+	// lists' imagePullSecrets) the agent pulls with: the union of the
+	// owners'.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	PullSecrets []string `json:"pullSecrets,omitempty"`
+	// timeout bounds one pull; the shortest of the owners'.
+	// +optional
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+	// backoffLimit is how many times a failed pull is retried; the largest
+	// of the owners'.
+	// +optional
+	BackoffLimit *int32 `json:"backoffLimit,omitempty"`
+	// retain is Pinned while any owner that is not releasing says Pinned.
+	// +optional
+	Retain RetainPolicy `json:"retain,omitempty"`
+	// owners are the lists that want the image, each with its own settings;
+	// the fields above are derived from them.
+	// +required
+	// +listType=map
+	// +listMapKey=list
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=256
+	Owners []ImageOwner `json:"owners"`
+}
+
+// NodeImageSetSpec is what the node must hold, composed by the controller.
+type NodeImageSetSpec struct {
+	// images are the images the node must hold.
+	// +optional
+	// +listType=map
+	// +listMapKey=image
+	// +kubebuilder:validation:MaxItems=4096
+	Images []NodeImage `json:"images,omitempty"`
+}
+
+// ImagePhase is where one image stands on one node.
+// +kubebuilder:validation:Enum=Pending;Pulling;Present;Failed;Released
+type ImagePhase string
+
+const (
+	// PhasePending: wanted, not started.
+	PhasePending ImagePhase = "Pending"
+	// PhasePulling: being pulled, or retried after a failure.
+	PhasePulling ImagePhase = "Pulling"
+	// PhasePresent: present at the digest, with every tag naming it, pinned
+	// if any owner wants it pinned.
+	PhasePresent ImagePhase = "Present"
+	// PhaseFailed: the backoff limit was reached; lastError says why.
+	PhaseFailed ImagePhase = "Failed"
+	// PhaseReleased: every owner is releasing and the agent applied their
+	// onDelete.
+	PhaseReleased ImagePhase = "Released"
+)
+
+// NodeImageStatus is the agent's report on one image.
+type NodeImageStatus struct {
+	// image is the spec entry's image.
+	// +required
+	// +kubebuilder:validation:MaxLength=400
+	Image string `json:"image"`
+	// phase is where the image stands.
+	// +required
+	Phase ImagePhase `json:"phase"`
+	// digest is the manifest digest present on the node ("sha256:…"); for a
+	// tag resolved on the node, the digest it resolved to.
+	// +optional
+	// +kubebuilder:validation:MaxLength=80
+	Digest string `json:"digest,omitempty"`
+	// pinned reports whether the runtime reports the image pinned.
+	// +optional
+	Pinned bool `json:"pinned,omitempty"`
+	// pinOwners are the lists whose pins the image carries on the node.
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	PinOwners []string `json:"pinOwners,omitempty"`
+	// bytesDone and bytesTotal are the pull's progress.
+	// +optional
+	BytesDone int64 `json:"bytesDone,omitempty"`
+	// +optional
+	BytesTotal int64 `json:"bytesTotal,omitempty"`
+	// attempts counts the pulls tried.
+	// +optional
+	Attempts int32 `json:"attempts,omitempty"`
+	// reason is a CamelCase word for the last failure, e.g. Unauthorized.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Reason string `json:"reason,omitempty"`
+	// lastError is the runtime's message for the last failure.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	LastError string `json:"lastError,omitempty"`
+	// lastTransitionTime is when the phase last changed.
+	// +optional
+	LastTransitionTime *metav1.Time `json:"lastTransitionTime,omitempty"`
+}
+
+// ImageFilesystem is the usage of the node's image filesystem.
+type ImageFilesystem struct {
+	// usedBytes is what images use.
+	UsedBytes int64 `json:"usedBytes"`
+	// capacityBytes is the filesystem's size, when known.
+	// +optional
+	CapacityBytes int64 `json:"capacityBytes,omitempty"`
+}
+
+// NodeImageSetStatus is what the node's agent observed.
+type NodeImageSetStatus struct {
+	// observedGeneration is the spec generation the agent last acted on.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// images is the agent's report per spec image.
+	// +optional
+	// +listType=map
+	// +listMapKey=image
+	// +kubebuilder:validation:MaxItems=4096
+	Images []NodeImageStatus `json:"images,omitempty"`
+	// imageFilesystem is the usage of the node's image filesystem.
+	// +optional
+	ImageFilesystem *ImageFilesystem `json:"imageFilesystem,omitempty"`
+	// runtime names the node's container runtime and version.
+	// +optional
+	// +kubebuilder:validation:MaxLength=128
+	Runtime string `json:"runtime,omitempty"`
+}
+
+// NodeImageSet is the images one node must hold, and what it holds. It is
+// named after its node and goes when the node goes.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,shortName=nis,categories=prepull
+// +kubebuilder:printcolumn:name="Runtime",type=string,JSONPath=`.status.runtime`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type NodeImageSet struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is written by the controller only.
+	// +optional
+	Spec NodeImageSetSpec `json:"spec,omitempty"`
+	// status is written by the node's agent only.
+	// +optional
+	Status NodeImageSetStatus `json:"status,omitempty"`
+}
+
+// NodeImageSetList is a list of NodeImageSets.
+//
+// +kubebuilder:object:root=true
+type NodeImageSetList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []NodeImageSet `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&NodeImageSet{}, &NodeImageSetList{})
+}

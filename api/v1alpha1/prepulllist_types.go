@@ -1,0 +1,300 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// RetainPolicy says whether the images are pinned on the nodes.
+// +kubebuilder:validation:Enum=Pinned;Unpinned
+type RetainPolicy string
+
+const (
+	// RetainPinned pins the images, so the kubelet's image garbage
+	// collection never removes them.
+	RetainPinned RetainPolicy = "Pinned"
+	// RetainUnpinned leaves the images to the kubelet's garbage collection
+	// once pulled.
+	RetainUnpinned RetainPolicy = "Unpinned"
+)
+
+// DeletePolicy says what happens on the nodes when a list is deleted or stops
+// selecting a node.
+// +kubebuilder:validation:Enum=Unpin;Remove
+type DeletePolicy string
+
+const (
+	// DeleteUnpin takes the list's pins off and leaves the images.
+	DeleteUnpin DeletePolicy = "Unpin"
+	// DeleteRemove also removes each image that no other list wants.
+	DeleteRemove DeletePolicy = "Remove"
+)
+
+// ResolutionPolicy says where tags are resolved to digests.
+// +kubebuilder:validation:Enum=Registry;Node
+type ResolutionPolicy string
+
+const (
+	// ResolveAtRegistry has the controller ask the registry for each tag's
+	// digest, once per refresh, with the list's pull secrets.
+	ResolveAtRegistry ResolutionPolicy = "Registry"
+	// ResolveOnNode is for clusters whose controller cannot reach the
+	// registry: one node pulls the tag through its runtime's own mirrors, and
+	// every other node is handed the digest that node got.
+	ResolveOnNode ResolutionPolicy = "Node"
+)
+
+// PrePullImage is one image of a list.
+type PrePullImage struct {
+	// image is a reference by tag ("registry.example.com/app:1.4"), by digest
+	// ("app@sha256:…") or both ("app:1.4@sha256:…"). A tag is resolved to one
+	// digest for every node; with a digest, the digest is what every node
+	// gets and the tag, if any, is made to name it.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:[.](?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$')",messageExpression="'not a valid image reference: ' + self + ' (want [registry/]repository[:tag][@sha256:<64 hex>], repository in lower case)'"
+	Image string `json:"image"`
+}
+
+// RolloutSpec paces how the images reach the nodes.
+type RolloutSpec struct {
+	// maxConcurrentNodes is how many nodes at a time are handed a new digest,
+	// as a number or a percentage of the selected nodes (rounded up, at least
+	// one). The others wait their turn.
+	// +optional
+	// +kubebuilder:default="25%"
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self > 0 : self.matches('^[1-9][0-9]?%$|^100%$')",message="must be a positive number of nodes or a percentage from 1% to 100%"
+	MaxConcurrentNodes *intstr.IntOrString `json:"maxConcurrentNodes,omitempty"`
+	// timeout bounds one pull of one image on one node.
+	// +optional
+	// +kubebuilder:default="10m"
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+	// backoffLimit is how many times a node retries a failed pull, with
+	// backoff, before it reports the image Failed.
+	// +optional
+	// +kubebuilder:default=6
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	BackoffLimit *int32 `json:"backoffLimit,omitempty"`
+}
+
+// PrePullListSpec is what an operator wants present on which nodes.
+type PrePullListSpec struct {
+	// images are the images to make present; each at most once.
+	// +required
+	// +listType=map
+	// +listMapKey=image
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=256
+	Images []PrePullImage `json:"images"`
+	// nodeSelector selects the nodes by label. Omitted or empty ({}), it
+	// selects every node of the cluster.
+	// +optional
+	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
+	// imagePullSecrets are docker-registry Secrets in the list's namespace,
+	// used both to resolve tags and by the nodes to pull.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=8
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// refreshInterval is how often tags are resolved again; a tag that moved
+	// rolls its new digest out. At least one minute.
+	// +optional
+	// +kubebuilder:default="1h"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="must be at least 1m"
+	RefreshInterval *metav1.Duration `json:"refreshInterval,omitempty"`
+	// retain says whether the images are pinned against the kubelet's image
+	// garbage collection.
+	// +optional
+	// +kubebuilder:default=Pinned
+	Retain RetainPolicy `json:"retain,omitempty"`
+	// onDelete says what happens to the images on a node when the list is
+	// deleted or stops selecting the node.
+	// +optional
+	// +kubebuilder:default=Unpin
+	OnDelete DeletePolicy `json:"onDelete,omitempty"`
+	// resolution says where tags are resolved to digests.
+	// +optional
+	// +kubebuilder:default=Registry
+	Resolution ResolutionPolicy `json:"resolution,omitempty"`
+	// rollout paces how the images reach the nodes.
+	// +optional
+	// +kubebuilder:default={}
+	Rollout RolloutSpec `json:"rollout,omitempty"`
+}
+
+// Condition types of a PrePullList.
+const (
+	// ConditionReady is True when every selected node holds every image, at
+	// the resolved digest, pinned if the list says so.
+	ConditionReady = "Ready"
+	// ConditionProgressing is True while images are still reaching nodes.
+	ConditionProgressing = "Progressing"
+	// ConditionDegraded is True when an image cannot be resolved or a node
+	// failed to make an image present; the other images and nodes go on.
+	ConditionDegraded = "Degraded"
+)
+
+// Condition reasons of a PrePullList.
+const (
+	// ReasonAllNodesReady: every selected node holds every image.
+	ReasonAllNodesReady = "AllNodesReady"
+	// ReasonNodesNotReady: some selected nodes do not hold every image yet.
+	ReasonNodesNotReady = "NodesNotReady"
+	// ReasonNoNodesSelected: the selector matches no node.
+	ReasonNoNodesSelected = "NoNodesSelected"
+	// ReasonRollingOut: nodes are pulling or waiting their turn.
+	ReasonRollingOut = "RollingOut"
+	// ReasonRolloutComplete: no node is pulling or waiting.
+	ReasonRolloutComplete = "RolloutComplete"
+	// ReasonResolutionFailed: a tag could not be resolved to a digest.
+	ReasonResolutionFailed = "ResolutionFailed"
+	// ReasonNodesFailed: some nodes reported an image Failed.
+	ReasonNodesFailed = "NodesFailed"
+	// ReasonPullSecretUnavailable: an imagePullSecret is missing or is not a
+	// docker-registry Secret.
+	ReasonPullSecretUnavailable = "PullSecretUnavailable"
+	// ReasonAsExpected: nothing is degraded.
+	ReasonAsExpected = "AsExpected"
+)
+
+// ImageResolution is the state of one image of a list.
+type ImageResolution struct {
+	// image is the image as the list names it.
+	// +required
+	// +kubebuilder:validation:MaxLength=255
+	Image string `json:"image"`
+	// digest is the digest every node gets ("sha256:…"), empty until
+	// resolved.
+	// +optional
+	// +kubebuilder:validation:MaxLength=80
+	Digest string `json:"digest,omitempty"`
+	// resolvedAt is when the tag was last resolved.
+	// +optional
+	ResolvedAt *metav1.Time `json:"resolvedAt,omitempty"`
+	// nodesReady counts the selected nodes that hold the image at digest.
+	// +optional
+	NodesReady int32 `json:"nodesReady"`
+	// nodesFailed counts the selected nodes that reported it Failed.
+	// +optional
+	NodesFailed int32 `json:"nodesFailed"`
+	// message is the registry's answer when the last resolution failed;
+	// nodes keep the digest resolved before, if any.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
+	// warning is advice about the entry, e.g. that pods using the tag latest
+	// contact the registry at every start whatever the node holds.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Warning string `json:"warning,omitempty"`
+}
+
+// NodeCounts counts the selected nodes by state.
+type NodeCounts struct {
+	// selected counts the nodes the selector matches.
+	Selected int32 `json:"selected"`
+	// ready counts the selected nodes that hold every image.
+	Ready int32 `json:"ready"`
+	// pulling counts the selected nodes handed images they do not hold yet.
+	Pulling int32 `json:"pulling"`
+	// waiting counts the selected nodes waiting their turn in the rollout.
+	Waiting int32 `json:"waiting"`
+	// failed counts the selected nodes that reported an image Failed.
+	Failed int32 `json:"failed"`
+}
+
+// NodeFailure is one image that failed on one node.
+type NodeFailure struct {
+	// node is the node's name.
+	// +required
+	// +kubebuilder:validation:MaxLength=253
+	Node string `json:"node"`
+	// image is the image as the list names it.
+	// +required
+	// +kubebuilder:validation:MaxLength=255
+	Image string `json:"image"`
+	// reason is a CamelCase word for the failure, e.g. Unauthorized.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Reason string `json:"reason,omitempty"`
+	// message is the runtime's own message.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
+}
+
+// MaxFailures bounds the sample of failures kept in a PrePullList's status.
+const MaxFailures = 10
+
+// PrePullListStatus is what the controller observed.
+type PrePullListStatus struct {
+	// observedGeneration is the generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// conditions are Ready, Progressing and Degraded.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// images is the state of each image, in the order of spec.images.
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	Images []ImageResolution `json:"images,omitempty"`
+	// nodes counts the selected nodes by state.
+	// +optional
+	Nodes NodeCounts `json:"nodes,omitempty"`
+	// readyNodes is "ready/selected", for display.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	ReadyNodes string `json:"readyNodes,omitempty"`
+	// imageCount is the number of images in the list, for display.
+	// +optional
+	ImageCount int32 `json:"imageCount,omitempty"`
+	// failures is a sample of at most 10 failed images on nodes.
+	// +optional
+	// +kubebuilder:validation:MaxItems=10
+	Failures []NodeFailure `json:"failures,omitempty"`
+	// failureCount counts every failed image on every node, sampled or not.
+	// +optional
+	FailureCount int32 `json:"failureCount,omitempty"`
+}
+
+// PrePullList makes images present on nodes before pods need them.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=ppl,categories=prepull
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.readyNodes`,description="nodes holding every image / selected nodes"
+// +kubebuilder:printcolumn:name="Images",type=integer,JSONPath=`.status.imageCount`
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type PrePullList struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is what the operator wants.
+	// +required
+	Spec PrePullListSpec `json:"spec"`
+	// status is what the controller observed.
+	// +optional
+	Status PrePullListStatus `json:"status,omitempty"`
+}
+
+// PrePullListList is a list of PrePullLists.
+//
+// +kubebuilder:object:root=true
+type PrePullListList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []PrePullList `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&PrePullList{}, &PrePullListList{})
+}

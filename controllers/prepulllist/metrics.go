@@ -1,0 +1,36 @@
+package prepulllist
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+)
+
+// Reconcile counts and durations come from controller-runtime
+// (controller_runtime_reconcile_total, controller_runtime_reconcile_time_seconds).
+var (
+	resolutions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prepull_tag_resolutions_total",
+		Help: "Tag resolutions at the registry, by result (resolved, failed).",
+	}, []string{"result"})
+
+	listNodes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "prepull_list_nodes",
+		Help: "Selected nodes of each PrePullList, by state (ready, pulling, waiting, failed).",
+	}, []string{"namespace", "name", "state"})
+)
+
+func init() {
+	metrics.Registry.MustRegister(resolutions, listNodes)
+}
+
+func recordNodes(l *prepullv1.PrePullList, n prepullv1.NodeCounts) {
+	for state, v := range map[string]int32{"ready": n.Ready, "pulling": n.Pulling, "waiting": n.Waiting, "failed": n.Failed} {
+		listNodes.WithLabelValues(l.Namespace, l.Name, state).Set(float64(v))
+	}
+}
+
+func forgetNodes(namespace, name string) {
+	listNodes.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
+}

@@ -1,0 +1,379 @@
+package prepulllist
+
+import (
+	"cmp"
+	"math"
+	"slices"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+)
+
+// target is one image of a list as nodes get it.
+type target struct {
+	want
+	// digest is the resolved digest, "sha256:…", or empty while unresolved.
+	digest string
+	// probe marks a tag resolved on a node (resolution: Node).
+	probe bool
+}
+
+// ref is the NodeImageSet entry of a resolved target.
+func (t target) ref() string { return digestRef(t.repo, t.digest) }
+
+// node is one node as the planner sees it.
+type node struct {
+	name     string
+	selected bool
+	// spec is the node's NodeImageSet spec, to be changed in place; status is
+	// what its agent reported. Both are empty for a node without one yet.
+	spec   *prepullv1.NodeImageSetSpec
+	status *prepullv1.NodeImageSetStatus
+	// obj is the NodeImageSet spec and status point into, and orig a copy as
+	// read; nil in unit tests of the plan alone.
+	obj, orig *prepullv1.NodeImageSet
+}
+
+// plan is one list's rollout over every node.
+type plan struct {
+	// owner is the list as an owner, without tags: each entry gets its own.
+	owner prepullv1.ImageOwner
+	// targets are the list's images; only resolved ones reach nodes.
+	targets []target
+	// probes are tags resolved on a node (resolution: Node), handed to
+	// probeNode as tag entries.
+	probes    []target
+	probeNode string
+	// maxConcurrent is how many nodes may be pulling a new digest at once.
+	maxConcurrent int
+	// deleting releases the list everywhere.
+	deleting bool
+}
+
+// outcome is what a plan observed and did.
+type outcome struct {
+	nodes    prepullv1.NodeCounts
+	perImage map[string]*prepullv1.ImageResolution // by want.image
+	failures []prepullv1.NodeFailure
+	// held counts the nodes on which the list still owns an entry, releasing
+	// or not: a deleted list's finalizer waits for zero.
+	held int
+}
+
+// maxConcurrentNodes scales rollout.maxConcurrentNodes to selected nodes:
+// percentages round up, and the result is at least one.
+func maxConcurrentNodes(v *intstr.IntOrString, selected int) int {
+	if v == nil {
+		v = &intstr.IntOrString{Type: intstr.String, StrVal: "25%"}
+	}
+	n, err := intstr.GetScaledValueFromIntOrPercent(v, selected, true)
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
+}
+
+// run applies the plan to nodes, which it sorts by name, and reports.
+func (p *plan) run(nodes []*node) outcome {
+	slices.SortFunc(nodes, func(a, b *node) int { return cmp.Compare(a.name, b.name) })
+	out := outcome{perImage: map[string]*prepullv1.ImageResolution{}}
+	for _, t := range p.targets {
+		out.perImage[t.image] = &prepullv1.ImageResolution{Image: t.image, Digest: t.digest}
+	}
+	resolved := p.resolvedTargets()
+
+	// Nodes that hold the current digests but have not settled use up the
+	// rollout's budget; the others wait their turn in name order.
+	inFlight := 0
+	for _, n := range nodes {
+		if n.selected && !p.deleting && p.handed(n, resolved) && !p.settled(n, resolved) {
+			inFlight++
+		}
+	}
+	for _, n := range nodes {
+		switch {
+		case !n.selected || p.deleting:
+			p.releaseAll(n, nil)
+		case p.handed(n, resolved):
+			p.hand(n, resolved)
+		case inFlight < p.maxConcurrent:
+			p.hand(n, resolved)
+			inFlight++
+		}
+		if n.selected && !p.deleting && n.name == p.probeNode {
+			p.handProbes(n)
+		}
+		p.collectReleased(n)
+		p.observe(n, resolved, &out)
+		if p.holds(n) {
+			out.held++
+		}
+	}
+	return out
+}
+
+func (p *plan) resolvedTargets() []target {
+	var out []target
+	for _, t := range p.targets {
+		if t.digest != "" {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// handed reports whether every resolved target is owned by the list on n.
+func (p *plan) handed(n *node, targets []target) bool {
+	for _, t := range targets {
+		o := findOwner(n.spec, t.ref(), p.owner.List)
+		if o == nil || o.Releasing {
+			return false
+		}
+	}
+	return true
+}
+
+// settled reports whether every resolved target is Present or Failed on n.
+func (p *plan) settled(n *node, targets []target) bool {
+	for _, t := range targets {
+		st := findStatus(n.status, t.ref())
+		if st == nil || (st.Phase != prepullv1.PhasePresent && st.Phase != prepullv1.PhaseFailed) {
+			return false
+		}
+	}
+	return true
+}
+
+// hand makes the list own exactly the targets on n, with its current
+// settings, and releases whatever else it owned there.
+func (p *plan) hand(n *node, targets []target) {
+	keep := map[string]bool{}
+	for _, t := range targets {
+		o := p.owner
+		if t.tag != "" {
+			o.Tags = []string{t.tag}
+		}
+		setOwner(n.spec, t.ref(), o)
+		keep[t.ref()] = true
+	}
+	if n.name == p.probeNode {
+		for _, t := range p.probes {
+			keep[t.tag] = true
+		}
+	}
+	p.releaseAll(n, keep)
+}
+
+// handProbes hands the probe node the tags it resolves.
+func (p *plan) handProbes(n *node) {
+	for _, t := range p.probes {
+		o := p.owner
+		o.Tags = nil
+		setOwner(n.spec, t.tag, o)
+	}
+}
+
+// releaseAll marks the list releasing on every entry of n not in keep.
+func (p *plan) releaseAll(n *node, keep map[string]bool) {
+	for i := range n.spec.Images {
+		e := &n.spec.Images[i]
+		if keep[e.Image] {
+			continue
+		}
+		for j := range e.Owners {
+			o := &e.Owners[j]
+			if o.List == p.owner.List && !o.Releasing {
+				o.Releasing = true
+				o.OnDelete = p.owner.OnDelete
+				derive(e)
+			}
+		}
+	}
+}
+
+// collectReleased drops the list from entries where the agent confirmed the
+// release: its pin is gone, and an entry no one else wants is Released.
+func (p *plan) collectReleased(n *node) {
+	images := n.spec.Images[:0]
+	for _, e := range n.spec.Images {
+		o := findOwnerIn(&e, p.owner.List)
+		if o != nil && o.Releasing && released(&e, findStatus(n.status, e.Image), p.owner.List) {
+			e.Owners = slices.DeleteFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.List == p.owner.List })
+			if len(e.Owners) == 0 {
+				continue
+			}
+			derive(&e)
+		}
+		images = append(images, e)
+	}
+	n.spec.Images = images
+}
+
+// released reports whether the agent has applied the release of list on e.
+func released(e *prepullv1.NodeImage, st *prepullv1.NodeImageStatus, list string) bool {
+	if st == nil {
+		// The agent never reported the image: it holds no pin of it. An
+		// agent also takes off pins whose owner is not in its spec.
+		return true
+	}
+	if slices.Contains(st.PinOwners, list) {
+		return false
+	}
+	for _, o := range e.Owners {
+		if !o.Releasing {
+			// Others still want the image: the list's pin is gone, done.
+			return true
+		}
+	}
+	return st.Phase == prepullv1.PhaseReleased
+}
+
+// holds reports whether the list owns any entry on n.
+func (p *plan) holds(n *node) bool {
+	for i := range n.spec.Images {
+		if findOwnerIn(&n.spec.Images[i], p.owner.List) != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// observe counts n's state for the list's status.
+func (p *plan) observe(n *node, targets []target, out *outcome) {
+	if !n.selected || p.deleting {
+		return
+	}
+	out.nodes.Selected++
+	if !p.handed(n, targets) {
+		out.nodes.Waiting++
+		return
+	}
+	ready, failed := len(targets) == len(p.targets), false
+	for _, t := range targets {
+		st := findStatus(n.status, t.ref())
+		res := out.perImage[t.image]
+		switch {
+		case st == nil:
+			ready = false
+		case st.Phase == prepullv1.PhasePresent:
+			res.NodesReady++
+		case st.Phase == prepullv1.PhaseFailed:
+			res.NodesFailed++
+			failed, ready = true, false
+			out.failures = append(out.failures, prepullv1.NodeFailure{
+				Node: n.name, Image: t.image, Reason: st.Reason, Message: truncate(st.LastError, 1024),
+			})
+		default:
+			ready = false
+		}
+	}
+	switch {
+	case failed:
+		out.nodes.Failed++
+	case ready:
+		out.nodes.Ready++
+	default:
+		out.nodes.Pulling++
+	}
+}
+
+// setOwner records o on the entry ref of spec, creating the entry.
+func setOwner(spec *prepullv1.NodeImageSetSpec, ref string, o prepullv1.ImageOwner) {
+	i := slices.IndexFunc(spec.Images, func(e prepullv1.NodeImage) bool { return e.Image == ref })
+	if i < 0 {
+		spec.Images = append(spec.Images, prepullv1.NodeImage{Image: ref})
+		i = len(spec.Images) - 1
+	}
+	e := &spec.Images[i]
+	j := slices.IndexFunc(e.Owners, func(x prepullv1.ImageOwner) bool { return x.List == o.List })
+	if j < 0 {
+		e.Owners = append(e.Owners, o)
+	} else if !equality.Semantic.DeepEqual(e.Owners[j], o) {
+		e.Owners[j] = o
+	}
+	derive(e)
+}
+
+// derive computes an entry's fields from its owners: the union of tags and
+// secrets of the owners that are not releasing, pinned if any of them says
+// so, the shortest timeout and the largest backoff limit.
+func derive(e *prepullv1.NodeImage) {
+	slices.SortFunc(e.Owners, func(a, b prepullv1.ImageOwner) int { return cmp.Compare(a.List, b.List) })
+	var tags, secrets []string
+	var timeout *metav1.Duration
+	var backoff *int32
+	retain := prepullv1.RetainUnpinned
+	for _, o := range e.Owners {
+		if o.Releasing {
+			continue
+		}
+		tags = append(tags, o.Tags...)
+		secrets = append(secrets, o.PullSecrets...)
+		if o.Retain == prepullv1.RetainPinned || o.Retain == "" {
+			retain = prepullv1.RetainPinned
+		}
+		if o.Timeout != nil && (timeout == nil || o.Timeout.Duration < timeout.Duration) {
+			timeout = o.Timeout.DeepCopy()
+		}
+		if o.BackoffLimit != nil && (backoff == nil || *o.BackoffLimit > *backoff) {
+			v := *o.BackoffLimit
+			backoff = &v
+		}
+	}
+	slices.Sort(tags)
+	slices.Sort(secrets)
+	e.Tags, e.PullSecrets = slices.Compact(tags), slices.Compact(secrets)
+	e.Retain, e.Timeout, e.BackoffLimit = retain, timeout, backoff
+}
+
+func findOwner(spec *prepullv1.NodeImageSetSpec, ref, list string) *prepullv1.ImageOwner {
+	for i := range spec.Images {
+		if spec.Images[i].Image == ref {
+			return findOwnerIn(&spec.Images[i], list)
+		}
+	}
+	return nil
+}
+
+func findOwnerIn(e *prepullv1.NodeImage, list string) *prepullv1.ImageOwner {
+	for i := range e.Owners {
+		if e.Owners[i].List == list {
+			return &e.Owners[i]
+		}
+	}
+	return nil
+}
+
+func findStatus(st *prepullv1.NodeImageSetStatus, ref string) *prepullv1.NodeImageStatus {
+	if st == nil {
+		return nil
+	}
+	for i := range st.Images {
+		if st.Images[i].Image == ref {
+			return &st.Images[i]
+		}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+// nextRefresh is when a tag resolved at resolvedAt is due again.
+func nextRefresh(resolvedAt time.Time, interval time.Duration) time.Time {
+	if interval <= 0 {
+		interval = time.Hour
+	}
+	return resolvedAt.Add(interval)
+}
+
+// never is a time that is never reached, for min computations.
+var never = time.Unix(math.MaxInt32, 0)

@@ -1,0 +1,892 @@
+package prepulllist_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/prepulllist"
+	"prepull.io/prepull/controllers/pullsecret"
+	"prepull.io/prepull/e2e/testground"
+)
+
+const controllerNS = "prepull-system"
+
+// env is one apiserver, one controller and the registries the subtests
+// share; each subtest uses its own namespace and its own nodes.
+type env struct {
+	c        client.Client
+	clock    *clocktesting.FakeClock
+	public   *testground.Registry
+	private  *testground.Registry
+	resolver *countingResolver
+}
+
+// countingResolver counts the registry requests the controller makes.
+type countingResolver struct {
+	inner prepulllist.Resolver
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (r *countingResolver) Resolve(ctx context.Context, ref string, creds []pullsecret.Credential) (string, error) {
+	r.mu.Lock()
+	r.calls[ref]++
+	r.mu.Unlock()
+	return r.inner.Resolve(ctx, ref, creds)
+}
+
+func (r *countingResolver) count(ref string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls[ref]
+}
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	ctrl.SetLogger(zap.New(zap.WriteTo(testWriter{t}), zap.UseDevMode(true)))
+	cfg, _ := testground.StartAPIServer(t, "../../deploy/crd")
+	public := testground.StartRegistry(t)
+	private := testground.StartRegistry(t, testground.WithBasicAuth("alice", "s3cret"))
+
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := prepullv1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:  scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Namespaces: map[string]cache.Config{controllerNS: {}}},
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{
+		c:       mgr.GetClient(),
+		clock:   clocktesting.NewFakeClock(time.Now()),
+		public:  public,
+		private: private,
+		resolver: &countingResolver{calls: map[string]int{}, inner: &prepulllist.RegistryResolver{
+			Insecure: map[string]bool{public.Host: true, private.Host: true},
+		}},
+	}
+	r := &prepulllist.Reconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Namespace: controllerNS,
+		Resolver:  e.resolver,
+		Recorder:  mgr.GetEventRecorder("prepull-controller"),
+		Clock:     e.clock,
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+	// The test client writes directly; the manager's client reads a cache.
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.c = c
+	e.mustCreate(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: controllerNS}})
+	return e
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+var ctx = context.Background()
+
+func (e *env) mustCreate(t *testing.T, o client.Object) {
+	t.Helper()
+	if err := e.c.Create(ctx, o); err != nil {
+		t.Fatalf("create %T %s: %v", o, o.GetName(), err)
+	}
+}
+
+// namespace creates a namespace for one subtest.
+func (e *env) namespace(t *testing.T, name string) string {
+	t.Helper()
+	e.mustCreate(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	return name
+}
+
+func (e *env) node(t *testing.T, name string, labels map[string]string) *corev1.Node {
+	t.Helper()
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	e.mustCreate(t, n)
+	return n
+}
+
+func (e *env) relabel(t *testing.T, name string, labels map[string]string) {
+	t.Helper()
+	n := &corev1.Node{}
+	if err := e.c.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
+		t.Fatal(err)
+	}
+	n.Labels = labels
+	if err := e.c.Update(ctx, n); err != nil {
+		t.Fatalf("relabel node %s: %v", name, err)
+	}
+}
+
+func list(ns, name string, images ...string) *prepullv1.PrePullList {
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	for _, i := range images {
+		l.Spec.Images = append(l.Spec.Images, prepullv1.PrePullImage{Image: i})
+	}
+	return l
+}
+
+func selector(labels map[string]string) *metav1.LabelSelector {
+	return &metav1.LabelSelector{MatchLabels: labels}
+}
+
+const wait = 20 * time.Second
+
+// eventually polls cond until it returns nil, or fails the test with its last
+// error.
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err = cond(); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s: not after %s: %v", what, wait, err)
+}
+
+func (e *env) getList(t *testing.T, l *prepullv1.PrePullList) *prepullv1.PrePullList {
+	t.Helper()
+	got := &prepullv1.PrePullList{}
+	if err := e.c.Get(ctx, client.ObjectKeyFromObject(l), got); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func (e *env) nodeSet(name string) (*prepullv1.NodeImageSet, error) {
+	set := &prepullv1.NodeImageSet{}
+	err := e.c.Get(ctx, client.ObjectKey{Name: name}, set)
+	return set, err
+}
+
+// entry returns the entry image of node's NodeImageSet, or nil.
+func (e *env) entry(node, image string) *prepullv1.NodeImage {
+	set, err := e.nodeSet(node)
+	if err != nil {
+		return nil
+	}
+	for i := range set.Spec.Images {
+		if set.Spec.Images[i].Image == image {
+			return &set.Spec.Images[i]
+		}
+	}
+	return nil
+}
+
+// activeOwners lists the owners of an entry that are not releasing.
+func activeOwners(e *prepullv1.NodeImage) []string {
+	var out []string
+	if e == nil {
+		return nil
+	}
+	for _, o := range e.Owners {
+		if !o.Releasing {
+			out = append(out, o.List)
+		}
+	}
+	return out
+}
+
+// agent does what a node's agent would do in one pass, without a runtime:
+// every wanted image Present (or Failed where fail says so) and pinned for
+// its active owners; entries with only releasing owners Released.
+func (e *env) agent(t *testing.T, node string, fail map[string]string) {
+	t.Helper()
+	for {
+		set, err := e.nodeSet(node)
+		if apierrors.IsNotFound(err) {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		set.Status.Images = nil
+		for _, img := range set.Spec.Images {
+			st := prepullv1.NodeImageStatus{Image: img.Image, Phase: prepullv1.PhasePresent}
+			if _, d, ok := strings.Cut(img.Image, "@"); ok {
+				st.Digest = d
+			}
+			active := activeOwners(&img)
+			switch {
+			case len(active) == 0:
+				st.Phase = prepullv1.PhaseReleased
+			case fail[img.Image] != "":
+				st.Phase, st.Reason, st.LastError = prepullv1.PhaseFailed, "Unauthorized", fail[img.Image]
+			case img.Retain == prepullv1.RetainPinned:
+				st.Pinned, st.PinOwners = true, active
+			}
+			set.Status.Images = append(set.Status.Images, st)
+		}
+		err = e.c.Status().Update(ctx, set)
+		if apierrors.IsConflict(err) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("write status of node %s: %v", node, err)
+		}
+		return
+	}
+}
+
+func condition(l *prepullv1.PrePullList, typ string) *metav1.Condition {
+	return meta.FindStatusCondition(l.Status.Conditions, typ)
+}
+
+func (e *env) events(t *testing.T, ns, reason string) []eventsv1.Event {
+	t.Helper()
+	var evs eventsv1.EventList
+	if err := e.c.List(ctx, &evs, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	return slices.DeleteFunc(evs.Items, func(ev eventsv1.Event) bool { return ev.Reason != reason })
+}
+
+func digestOf(ref string) string {
+	_, d, _ := strings.Cut(ref, "@")
+	return d
+}
+
+func intOrString(s string) *intstr.IntOrString {
+	v := intstr.Parse(s)
+	return &v
+}
+
+func TestController(t *testing.T) {
+	e := setup(t)
+	img := e.public.MustPushRandom(t, "shared/app:v1", 1024, 1)
+
+	t.Run("the apiserver refuses bad lists", func(t *testing.T) {
+		ns := e.namespace(t, "bad")
+		tests := []struct {
+			name    string
+			list    *prepullv1.PrePullList
+			wantErr []string
+		}{
+			{
+				name:    "malformed reference",
+				list:    list(ns, "malformed", "ok/image:v1", "Not A Reference"),
+				wantErr: []string{"spec.images[1].image", "not a valid image reference: Not A Reference"},
+			},
+			{
+				name:    "upper-case repository",
+				list:    list(ns, "upper", "registry.example/Team/app:v1"),
+				wantErr: []string{"spec.images[0].image", "not a valid image reference"},
+			},
+			{
+				name:    "short digest",
+				list:    list(ns, "digest", "app@sha256:abc"),
+				wantErr: []string{"spec.images[0].image"},
+			},
+			{
+				name:    "duplicate",
+				list:    list(ns, "dup", "app:v1", "app:v1"),
+				wantErr: []string{"spec.images[1]", "Duplicate value"},
+			},
+			{
+				name:    "empty",
+				list:    list(ns, "empty"),
+				wantErr: []string{"spec.images"},
+			},
+			{
+				name: "refresh too often",
+				list: func() *prepullv1.PrePullList {
+					l := list(ns, "refresh", "app:v1")
+					l.Spec.RefreshInterval = &metav1.Duration{Duration: 10 * time.Second}
+					return l
+				}(),
+				wantErr: []string{"spec.refreshInterval", "must be at least 1m"},
+			},
+			{
+				name: "zero nodes at a time",
+				list: func() *prepullv1.PrePullList {
+					l := list(ns, "zero", "app:v1")
+					l.Spec.Rollout.MaxConcurrentNodes = intOrString("0%")
+					return l
+				}(),
+				wantErr: []string{"spec.rollout.maxConcurrentNodes"},
+			},
+			{
+				name: "unknown retain policy",
+				list: func() *prepullv1.PrePullList {
+					l := list(ns, "retain", "app:v1")
+					l.Spec.Retain = "Forever"
+					return l
+				}(),
+				wantErr: []string{"spec.retain", "Unsupported value"},
+			},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				err := e.c.Create(ctx, tt.list)
+				if err == nil {
+					t.Fatal("the apiserver accepted the list")
+				}
+				for _, w := range tt.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not contain %q", err, w)
+					}
+				}
+			})
+		}
+		good := list(ns, "good", "nginx", "nginx:1.27", "registry.example:5000/team/app:v1@sha256:"+strings.Repeat("a", 64), "localhost/app")
+		if err := e.c.Create(ctx, good); err != nil {
+			t.Errorf("valid references refused: %v", err)
+		}
+		got := e.getList(t, good)
+		if got.Spec.Retain != prepullv1.RetainPinned || got.Spec.OnDelete != prepullv1.DeleteUnpin || got.Spec.RefreshInterval.Duration != time.Hour ||
+			got.Spec.Rollout.MaxConcurrentNodes.String() != "25%" || *got.Spec.Rollout.BackoffLimit != 6 {
+			t.Errorf("defaults not applied: %+v", got.Spec)
+		}
+	})
+
+	t.Run("an empty selector selects every node", func(t *testing.T) {
+		ns := e.namespace(t, "empty-selector")
+		e.node(t, "all-1", nil)
+		e.node(t, "all-2", map[string]string{"pool": "other"})
+		l := list(ns, "everywhere", img.Digest)
+		l.Spec.NodeSelector = &metav1.LabelSelector{}
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
+		e.mustCreate(t, l)
+		eventually(t, "every node selected", func() error {
+			var nodes corev1.NodeList
+			if err := e.c.List(ctx, &nodes); err != nil {
+				return err
+			}
+			got := e.getList(t, l)
+			if int(got.Status.Nodes.Selected) != len(nodes.Items) {
+				return fmt.Errorf("selected %d of %d nodes", got.Status.Nodes.Selected, len(nodes.Items))
+			}
+			for _, n := range nodes.Items {
+				if !slices.Contains(activeOwners(e.entry(n.Name, img.Digest)), ns+"/everywhere") {
+					return fmt.Errorf("node %s lacks the image", n.Name)
+				}
+			}
+			return nil
+		})
+		e.deleteList(t, l, "all-1", "all-2")
+	})
+
+	t.Run("selection follows labels, nodes added later and relabelled", func(t *testing.T) {
+		ns := e.namespace(t, "selection")
+		in := map[string]string{"pool": "gpu"}
+		e.node(t, "sel-a", in)
+		e.node(t, "sel-b", in)
+		e.node(t, "sel-c", map[string]string{"pool": "cpu"})
+		l := list(ns, "gpu", img.Tag)
+		l.Spec.NodeSelector = selector(in)
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
+		e.mustCreate(t, l)
+		owner := ns + "/gpu"
+		has := func(node string) bool { return slices.Contains(activeOwners(e.entry(node, img.Digest)), owner) }
+		eventually(t, "selected nodes get the image", func() error {
+			if !has("sel-a") || !has("sel-b") {
+				return fmt.Errorf("sel-a %t, sel-b %t", has("sel-a"), has("sel-b"))
+			}
+			return nil
+		})
+		if e.entry("sel-c", img.Digest) != nil {
+			t.Errorf("unselected node sel-c got the image")
+		}
+		if got := e.entry("sel-a", img.Digest); !slices.Equal(got.Tags, []string{img.Tag}) || got.Retain != prepullv1.RetainPinned {
+			t.Errorf("entry %+v: want tag %s, retain Pinned", got, img.Tag)
+		}
+
+		e.node(t, "sel-d", in)
+		eventually(t, "a node added later gets the image", func() error {
+			if !has("sel-d") {
+				return fmt.Errorf("sel-d lacks it")
+			}
+			return nil
+		})
+
+		e.agent(t, "sel-a", nil)
+		e.relabel(t, "sel-a", map[string]string{"pool": "cpu"})
+		eventually(t, "a node relabelled out is released", func() error {
+			en := e.entry("sel-a", img.Digest)
+			if en != nil && slices.ContainsFunc(en.Owners, func(o prepullv1.ImageOwner) bool { return o.List == owner && !o.Releasing }) {
+				return fmt.Errorf("still an active owner: %+v", en.Owners)
+			}
+			return nil
+		})
+		eventually(t, "the release is collected once the agent applied it", func() error {
+			e.agent(t, "sel-a", nil)
+			if en := e.entry("sel-a", img.Digest); en != nil {
+				return fmt.Errorf("entry still there: %+v", en.Owners)
+			}
+			return nil
+		})
+		e.relabel(t, "sel-a", in)
+		eventually(t, "a node relabelled back gets the image again", func() error {
+			if !has("sel-a") {
+				return fmt.Errorf("sel-a lacks it")
+			}
+			return nil
+		})
+		eventually(t, "status counts three selected nodes", func() error {
+			if got := e.getList(t, l).Status.Nodes.Selected; got != 3 {
+				return fmt.Errorf("selected = %d", got)
+			}
+			return nil
+		})
+	})
+
+	t.Run("two lists share an image and one goes", func(t *testing.T) {
+		ns := e.namespace(t, "sharing")
+		pool := map[string]string{"pool": "sharing"}
+		e.node(t, "share-1", pool)
+		first, second := list(ns, "first", img.Digest), list(ns, "second", img.Tag)
+		first.Spec.NodeSelector, second.Spec.NodeSelector = selector(pool), selector(pool)
+		first.Spec.OnDelete = prepullv1.DeleteRemove
+		e.mustCreate(t, first)
+		e.mustCreate(t, second)
+		eventually(t, "both lists own the one entry", func() error {
+			got := activeOwners(e.entry("share-1", img.Digest))
+			if !slices.Equal(got, []string{ns + "/first", ns + "/second"}) {
+				return fmt.Errorf("owners %v", got)
+			}
+			return nil
+		})
+		e.agent(t, "share-1", nil)
+		if err := e.c.Delete(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the deleted list is released and gone", func() error {
+			e.agent(t, "share-1", nil)
+			err := e.c.Get(ctx, client.ObjectKeyFromObject(first), &prepullv1.PrePullList{})
+			if !apierrors.IsNotFound(err) {
+				return fmt.Errorf("list still there: %v", err)
+			}
+			return nil
+		})
+		en := e.entry("share-1", img.Digest)
+		if got := activeOwners(en); !slices.Equal(got, []string{ns + "/second"}) || len(en.Owners) != 1 {
+			t.Errorf("after the first list went, owners = %+v, want only %s/second", en, ns)
+		}
+		if !slices.Equal(en.Tags, []string{img.Tag}) {
+			t.Errorf("the remaining list's tag was lost: %v", en.Tags)
+		}
+	})
+
+	t.Run("a deleted list waits for the agents, not for deleted nodes", func(t *testing.T) {
+		ns := e.namespace(t, "deletion")
+		pool := map[string]string{"pool": "deletion"}
+		e.node(t, "del-live", pool)
+		e.node(t, "del-gone", pool)
+		l := list(ns, "doomed", img.Digest)
+		l.Spec.NodeSelector = selector(pool)
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("2")
+		e.mustCreate(t, l)
+		eventually(t, "both nodes get the image", func() error {
+			for _, n := range []string{"del-live", "del-gone"} {
+				if e.entry(n, img.Digest) == nil {
+					return fmt.Errorf("%s lacks it", n)
+				}
+			}
+			return nil
+		})
+		e.agent(t, "del-live", nil)
+		e.agent(t, "del-gone", nil)
+		if err := e.c.Delete(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "owners marked releasing", func() error {
+			if got := activeOwners(e.entry("del-live", img.Digest)); len(got) != 0 {
+				return fmt.Errorf("still active: %v", got)
+			}
+			return nil
+		})
+		time.Sleep(time.Second)
+		if err := e.c.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{}); err != nil {
+			t.Fatalf("the list went before any agent released it: %v", err)
+		}
+		e.agent(t, "del-live", nil)
+		if err := e.c.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "del-gone"}}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the list goes once the live agent released and the other node is gone", func() error {
+			err := e.c.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{})
+			if !apierrors.IsNotFound(err) {
+				return fmt.Errorf("list still there: %v", err)
+			}
+			return nil
+		})
+		if _, err := e.nodeSet("del-gone"); !apierrors.IsNotFound(err) {
+			t.Errorf("the deleted node's NodeImageSet is still there: %v", err)
+		}
+	})
+
+	t.Run("a moved tag is resolved once per refresh and rolled out paced", func(t *testing.T) {
+		ns := e.namespace(t, "refresh")
+		pool := map[string]string{"pool": "refresh"}
+		nodes := []string{"ref-1", "ref-2", "ref-3", "ref-4"}
+		for _, n := range nodes {
+			e.node(t, n, pool)
+		}
+		v1 := e.public.MustPushRandom(t, "moving/app:stable", 1024, 1)
+		l := list(ns, "moving", v1.Tag)
+		l.Spec.NodeSelector = selector(pool)
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("1")
+		l.Spec.RefreshInterval = &metav1.Duration{Duration: 10 * time.Minute}
+		e.mustCreate(t, l)
+
+		rollOut := func(ref string) {
+			t.Helper()
+			for step := 1; step <= len(nodes); step++ {
+				var handed []string
+				eventually(t, fmt.Sprintf("%d nodes handed %s", step, ref), func() error {
+					handed = nil
+					for _, n := range nodes {
+						if len(activeOwners(e.entry(n, ref))) > 0 {
+							handed = append(handed, n)
+						}
+					}
+					if len(handed) != step {
+						return fmt.Errorf("handed to %v", handed)
+					}
+					return nil
+				})
+				// Pacing: no more than one node is handed the digest before
+				// the one before it settled.
+				time.Sleep(300 * time.Millisecond)
+				for _, n := range nodes {
+					if !slices.Contains(handed, n) && len(activeOwners(e.entry(n, ref))) > 0 {
+						t.Fatalf("node %s handed %s before its turn (handed: %v)", n, ref, handed)
+					}
+				}
+				e.agent(t, handed[len(handed)-1], nil)
+			}
+			eventually(t, "Ready", func() error {
+				got := e.getList(t, l)
+				if c := condition(got, prepullv1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue || got.Status.ReadyNodes != "4/4" {
+					return fmt.Errorf("ready %s, condition %+v", got.Status.ReadyNodes, c)
+				}
+				return nil
+			})
+		}
+		rollOut(v1.Digest)
+		if n := e.resolver.count(v1.Tag); n != 1 {
+			t.Errorf("the tag was resolved %d times for one rollout to 4 nodes, want 1", n)
+		}
+
+		v2 := e.public.MustPushRandom(t, "moving/app:stable", 1024, 1)
+		e.clock.Step(11 * time.Minute)
+		touch(t, e, l)
+		rollOut(v2.Digest)
+		if got := e.getList(t, l).Status.Images[0].Digest; got != digestOf(v2.Digest) {
+			t.Errorf("status digest %s, want %s", got, digestOf(v2.Digest))
+		}
+		if n := e.resolver.count(v1.Tag); n != 2 {
+			t.Errorf("the tag was resolved %d times over two refreshes, want 2", n)
+		}
+		eventually(t, "the old digest is released everywhere", func() error {
+			for _, n := range nodes {
+				e.agent(t, n, nil)
+				if en := e.entry(n, v1.Digest); en != nil {
+					return fmt.Errorf("node %s still has the old digest: %+v", n, en.Owners)
+				}
+			}
+			return nil
+		})
+		if evs := e.events(t, ns, "TagMoved"); len(evs) != 1 || !strings.Contains(evs[0].Note, digestOf(v2.Digest)) {
+			t.Errorf("TagMoved events: %+v, want one naming the new digest", evs)
+		}
+	})
+
+	t.Run("an unresolvable image degrades the list and the others roll out", func(t *testing.T) {
+		ns := e.namespace(t, "unresolvable")
+		pool := map[string]string{"pool": "unresolvable"}
+		e.node(t, "unres-1", pool)
+		missing := e.public.Repo("does/not-exist:v9")
+		l := list(ns, "partly", missing, img.Digest)
+		l.Spec.NodeSelector = selector(pool)
+		e.mustCreate(t, l)
+		eventually(t, "Degraded with the registry's answer", func() error {
+			got := e.getList(t, l)
+			c := condition(got, prepullv1.ConditionDegraded)
+			if c == nil || c.Status != metav1.ConditionTrue || c.Reason != prepullv1.ReasonResolutionFailed {
+				return fmt.Errorf("degraded %+v", c)
+			}
+			if !strings.Contains(c.Message, missing) || !strings.Contains(c.Message, "404") {
+				return fmt.Errorf("message %q does not name the image and the registry's answer", c.Message)
+			}
+			return nil
+		})
+		eventually(t, "the resolvable image still reaches the node", func() error {
+			if e.entry("unres-1", img.Digest) == nil {
+				return fmt.Errorf("not handed")
+			}
+			return nil
+		})
+		e.agent(t, "unres-1", nil)
+		got := e.getList(t, l)
+		if c := condition(got, prepullv1.ConditionReady); c.Status != metav1.ConditionFalse {
+			t.Errorf("Ready %+v with an unresolved image, want False", c)
+		}
+		if evs := e.events(t, ns, prepullv1.ReasonResolutionFailed); len(evs) == 0 {
+			t.Errorf("no ResolutionFailed event")
+		}
+	})
+
+	t.Run("pull secrets are mirrored for the agents and cleaned up", func(t *testing.T) {
+		ns := e.namespace(t, "secrets")
+		pool := map[string]string{"pool": "secrets"}
+		e.node(t, "sec-1", pool)
+		private := e.private.MustPushRandom(t, "private/app:v1", 1024, 1)
+		cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"s3cret"}}}`, e.private.Host)
+		e.mustCreate(t, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"},
+			Type:       corev1.SecretTypeDockerConfigJson,
+			Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
+		})
+		l := list(ns, "private", private.Tag)
+		l.Spec.NodeSelector = selector(pool)
+		l.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+		e.mustCreate(t, l)
+		var mirror string
+		eventually(t, "resolved with the secret and handed with its mirror", func() error {
+			en := e.entry("sec-1", private.Digest)
+			if en == nil || len(en.PullSecrets) != 1 {
+				return fmt.Errorf("entry %+v", en)
+			}
+			mirror = en.PullSecrets[0]
+			return nil
+		})
+		s := &corev1.Secret{}
+		if err := e.c.Get(ctx, client.ObjectKey{Namespace: controllerNS, Name: mirror}, s); err != nil {
+			t.Fatalf("mirror %s/%s: %v", controllerNS, mirror, err)
+		}
+		if string(s.Data[corev1.DockerConfigJsonKey]) != cfg || s.Type != corev1.SecretTypeDockerConfigJson {
+			t.Errorf("mirror does not carry the source's credentials and type")
+		}
+		got := e.getList(t, l)
+		raw := fmt.Sprintf("%+v", got) + fmt.Sprintf("%+v", e.entry("sec-1", private.Digest))
+		if strings.Contains(raw, "s3cret") {
+			t.Errorf("a credential leaked into a custom resource")
+		}
+
+		broken := list(ns, "broken", private.Tag)
+		broken.Spec.NodeSelector = selector(pool)
+		broken.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "absent"}}
+		e.mustCreate(t, broken)
+		eventually(t, "a missing secret degrades the list, naming the field", func() error {
+			c := condition(e.getList(t, broken), prepullv1.ConditionDegraded)
+			if c == nil || c.Reason != prepullv1.ReasonPullSecretUnavailable || !strings.Contains(c.Message, "spec.imagePullSecrets[0]: secret secrets/absent not found") {
+				return fmt.Errorf("degraded %+v", c)
+			}
+			return nil
+		})
+
+		if err := e.c.Delete(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the mirror goes with the list", func() error {
+			e.agent(t, "sec-1", nil)
+			err := e.c.Get(ctx, client.ObjectKey{Namespace: controllerNS, Name: mirror}, &corev1.Secret{})
+			if !apierrors.IsNotFound(err) {
+				return fmt.Errorf("mirror still there: %v", err)
+			}
+			return nil
+		})
+	})
+
+	t.Run("status aggregates what agents report", func(t *testing.T) {
+		ns := e.namespace(t, "aggregation")
+		pool := map[string]string{"pool": "aggregation"}
+		e.node(t, "agg-ok", pool)
+		e.node(t, "agg-bad", pool)
+		l := list(ns, "mixed", img.Digest)
+		l.Spec.NodeSelector = selector(pool)
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
+		e.mustCreate(t, l)
+		eventually(t, "both nodes handed", func() error {
+			if e.entry("agg-ok", img.Digest) == nil || e.entry("agg-bad", img.Digest) == nil {
+				return fmt.Errorf("not handed")
+			}
+			return nil
+		})
+		e.agent(t, "agg-ok", nil)
+		e.agent(t, "agg-bad", map[string]string{img.Digest: "pull: 401 Unauthorized"})
+		eventually(t, "one ready, one failed", func() error {
+			got := e.getList(t, l)
+			n := got.Status.Nodes
+			if n.Selected != 2 || n.Ready != 1 || n.Failed != 1 || got.Status.ReadyNodes != "1/2" {
+				return fmt.Errorf("nodes %+v", n)
+			}
+			if len(got.Status.Failures) != 1 || got.Status.Failures[0].Node != "agg-bad" || got.Status.Failures[0].Reason != "Unauthorized" {
+				return fmt.Errorf("failures %+v", got.Status.Failures)
+			}
+			if c := condition(got, prepullv1.ConditionDegraded); c.Reason != prepullv1.ReasonNodesFailed || !strings.Contains(c.Message, "401 Unauthorized") {
+				return fmt.Errorf("degraded %+v", c)
+			}
+			if got.Status.Images[0].NodesReady != 1 || got.Status.Images[0].NodesFailed != 1 {
+				return fmt.Errorf("image counts %+v", got.Status.Images[0])
+			}
+			return nil
+		})
+		e.agent(t, "agg-bad", nil)
+		eventually(t, "Ready once both report Present", func() error {
+			got := e.getList(t, l)
+			if c := condition(got, prepullv1.ConditionReady); c.Status != metav1.ConditionTrue || c.Reason != prepullv1.ReasonAllNodesReady {
+				return fmt.Errorf("ready %+v", c)
+			}
+			if c := condition(got, prepullv1.ConditionDegraded); c.Status != metav1.ConditionFalse {
+				return fmt.Errorf("still degraded %+v", c)
+			}
+			if c := condition(got, prepullv1.ConditionProgressing); c.Status != metav1.ConditionFalse {
+				return fmt.Errorf("still progressing %+v", c)
+			}
+			return nil
+		})
+		eventually(t, "a Ready event and a NodesFailed event", func() error {
+			if len(e.events(t, ns, "Ready")) != 1 || len(e.events(t, ns, prepullv1.ReasonNodesFailed)) != 1 {
+				return fmt.Errorf("events Ready %d, NodesFailed %d", len(e.events(t, ns, "Ready")), len(e.events(t, ns, prepullv1.ReasonNodesFailed)))
+			}
+			return nil
+		})
+	})
+
+	t.Run("latest and untagged images are accepted with advice", func(t *testing.T) {
+		ns := e.namespace(t, "latest")
+		e.public.MustPushRandom(t, "shared/app:latest", 1024, 1)
+		l := list(ns, "mutable", e.public.Repo("shared/app"), img.Tag)
+		l.Spec.NodeSelector = selector(map[string]string{"pool": "none"})
+		e.mustCreate(t, l)
+		eventually(t, "advice in status", func() error {
+			got := e.getList(t, l)
+			if len(got.Status.Images) != 2 || !strings.Contains(got.Status.Images[0].Warning, "imagePullPolicy: Always") || got.Status.Images[1].Warning != "" {
+				return fmt.Errorf("images %+v", got.Status.Images)
+			}
+			if c := condition(got, prepullv1.ConditionReady); c == nil || c.Reason != prepullv1.ReasonNoNodesSelected {
+				return fmt.Errorf("ready %+v, want reason NoNodesSelected", c)
+			}
+			return nil
+		})
+		if evs := e.events(t, ns, "MutableTag"); len(evs) != 1 {
+			t.Errorf("MutableTag events: %d, want 1", len(evs))
+		}
+	})
+
+	t.Run("a tag resolved on a node reaches the others as its digest", func(t *testing.T) {
+		ns := e.namespace(t, "node-resolution")
+		pool := map[string]string{"pool": "noderes"}
+		e.node(t, "nr-a", pool)
+		e.node(t, "nr-b", pool)
+		tagOnly := e.public.MustPushRandom(t, "airgap/app:v1", 1024, 1)
+		l := list(ns, "via-node", tagOnly.Tag)
+		l.Spec.NodeSelector = selector(pool)
+		l.Spec.Resolution = prepullv1.ResolveOnNode
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
+		e.mustCreate(t, l)
+		eventually(t, "the first node is handed the tag", func() error {
+			if e.entry("nr-a", tagOnly.Tag) == nil {
+				return fmt.Errorf("nr-a lacks the tag entry")
+			}
+			return nil
+		})
+		if e.entry("nr-b", tagOnly.Tag) != nil {
+			t.Errorf("the second node was handed the tag, not a digest")
+		}
+		before := e.resolver.count(tagOnly.Tag)
+		// The agent of nr-a pulls the tag and reports its digest.
+		set, err := e.nodeSet("nr-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		set.Status.Images = []prepullv1.NodeImageStatus{{Image: tagOnly.Tag, Phase: prepullv1.PhasePresent, Digest: digestOf(tagOnly.Digest)}}
+		if err := e.c.Status().Update(ctx, set); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "every node is handed the digest the node reported", func() error {
+			for _, n := range []string{"nr-a", "nr-b"} {
+				if e.entry(n, tagOnly.Digest) == nil {
+					return fmt.Errorf("%s lacks %s", n, tagOnly.Digest)
+				}
+			}
+			return nil
+		})
+		if after := e.resolver.count(tagOnly.Tag); after != before {
+			t.Errorf("the controller asked the registry %d times for a tag resolved on a node", after-before)
+		}
+	})
+}
+
+// deleteList deletes l and plays the agents of nodes until it is gone.
+func (e *env) deleteList(t *testing.T, l *prepullv1.PrePullList, nodes ...string) {
+	t.Helper()
+	if err := e.c.Delete(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "list "+l.Name+" released and gone", func() error {
+		for _, n := range nodes {
+			e.agent(t, n, nil)
+		}
+		err := e.c.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{})
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
+		}
+		return nil
+	})
+}
+
+// touch changes an annotation of l to trigger a reconcile.
+func touch(t *testing.T, e *env, l *prepullv1.PrePullList) {
+	t.Helper()
+	got := e.getList(t, l)
+	if got.Annotations == nil {
+		got.Annotations = map[string]string{}
+	}
+	got.Annotations["test/touched"] = time.Now().String()
+	if err := e.c.Update(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+}

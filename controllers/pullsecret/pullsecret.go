@@ -1,0 +1,109 @@
+// Package pullsecret reads the credentials of docker-registry Secrets
+// (kubernetes.io/dockerconfigjson and kubernetes.io/dockercfg) and matches
+// them to a registry host, for the controller's tag resolution and for the
+// agent's pulls. It never formats a credential into an error.
+package pullsecret
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Credential is one registry's credentials from a Secret.
+type Credential struct {
+	// Server is the registry host as the Secret names it, e.g.
+	// "registry.example.com:5000".
+	Server   string
+	Username string
+	Password string
+	// IdentityToken is an OAuth2 refresh token, when the config has one.
+	IdentityToken string
+}
+
+// String names the registry without revealing the credential.
+func (c Credential) String() string { return fmt.Sprintf("<credentials for %q>", c.Server) }
+
+type entry struct {
+	Username      string `json:"username"`
+	Password      string `json:"password"`
+	Auth          string `json:"auth"`
+	IdentityToken string `json:"identitytoken"`
+}
+
+// Parse returns the credentials in a docker-registry Secret.
+func Parse(s *corev1.Secret) ([]Credential, error) {
+	var auths map[string]entry
+	switch {
+	case s.Data[corev1.DockerConfigJsonKey] != nil:
+		var cfg struct {
+			Auths map[string]entry `json:"auths"`
+		}
+		if err := json.Unmarshal(s.Data[corev1.DockerConfigJsonKey], &cfg); err != nil {
+			return nil, fmt.Errorf("secret %s/%s: key %s is not a docker config: %w", s.Namespace, s.Name, corev1.DockerConfigJsonKey, jsonSyntax(err))
+		}
+		auths = cfg.Auths
+	case s.Data[corev1.DockerConfigKey] != nil:
+		if err := json.Unmarshal(s.Data[corev1.DockerConfigKey], &auths); err != nil {
+			return nil, fmt.Errorf("secret %s/%s: key %s is not a docker config: %w", s.Namespace, s.Name, corev1.DockerConfigKey, jsonSyntax(err))
+		}
+	default:
+		return nil, fmt.Errorf("secret %s/%s: has neither %s nor %s: not a docker-registry secret", s.Namespace, s.Name, corev1.DockerConfigJsonKey, corev1.DockerConfigKey)
+	}
+	out := make([]Credential, 0, len(auths))
+	for server, e := range auths {
+		c := Credential{Server: Host(server), Username: e.Username, Password: e.Password, IdentityToken: e.IdentityToken}
+		if e.Auth != "" && c.Username == "" {
+			raw, err := base64.StdEncoding.DecodeString(e.Auth)
+			if err != nil {
+				return nil, fmt.Errorf("secret %s/%s: the auth of %q is not base64", s.Namespace, s.Name, server)
+			}
+			user, pass, ok := strings.Cut(string(raw), ":")
+			if !ok {
+				return nil, fmt.Errorf("secret %s/%s: the auth of %q is not user:password", s.Namespace, s.Name, server)
+			}
+			c.Username, c.Password = user, pass
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// jsonSyntax keeps only the position of a JSON error: the message of a type
+// error can quote the Secret's content.
+func jsonSyntax(err error) error {
+	if se, ok := err.(*json.SyntaxError); ok {
+		return fmt.Errorf("invalid JSON at byte %d", se.Offset)
+	}
+	return fmt.Errorf("unexpected JSON structure")
+}
+
+// Host returns the registry host of a docker config key, which may be a bare
+// host, a URL, or a host with a path ("https://index.docker.io/v1/").
+func Host(server string) string {
+	if strings.Contains(server, "://") {
+		if u, err := url.Parse(server); err == nil {
+			server = u.Host
+		}
+	}
+	server, _, _ = strings.Cut(server, "/")
+	if server == "index.docker.io" || server == "registry-1.docker.io" {
+		return "docker.io"
+	}
+	return server
+}
+
+// Find returns the first credential for host among creds.
+func Find(creds []Credential, host string) (Credential, bool) {
+	host = Host(host)
+	for _, c := range creds {
+		if c.Server == host {
+			return c, true
+		}
+	}
+	return Credential{}, false
+}
