@@ -83,6 +83,12 @@ test: testground lint verify-generated ## Build the test ground and run every te
 test-unit: ## Run only the tests that need no test ground.
 	$(GO) test $(GO_TEST_FLAGS) ./cri/ ./cmd/...
 
+BENCH_NODES ?= 1000
+
+.PHONY: bench
+bench: testground build ## Run the benchmarks (BENCH_NODES=5000 for a larger controller rollout).
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./e2e/bench/ -args -nodes=$(BENCH_NODES)
+
 .PHONY: clean
 clean: ## Remove bin/ (the test ground is rebuilt on the next `make test`).
 	rm -rf $(BIN)

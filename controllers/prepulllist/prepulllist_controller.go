@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -50,6 +51,13 @@ type Reconciler struct {
 	Resolver  Resolver
 	Recorder  events.EventRecorder
 	Clock     clock.PassiveClock
+
+	// resolved remembers each list's last resolutions by list UID and image.
+	// Status holds them too, but the cache a reconcile reads status from can
+	// lag behind the last write; without this, a tag could be resolved twice
+	// in one refresh interval.
+	resolvedMu sync.Mutex
+	resolved   map[types.UID]map[string]prepullv1.ImageResolution
 }
 
 // +kubebuilder:rbac:groups=prepull.io,resources=prepulllists,verbs=get;list;watch;update;patch
@@ -144,6 +152,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 		return ctrl.Result{}, fmt.Errorf("remove finalizer: %w", err)
 	}
 	forgetNodes(l.Namespace, l.Name)
+	r.forget(l.UID)
 	return ctrl.Result{}, nil
 }
 
@@ -294,7 +303,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 			continue
 		}
 		res.Warning = w.advice
-		old := oldResolution(l, entry.Image)
+		old := r.lastResolution(l, entry.Image)
 		t := target{want: w}
 		switch {
 		case w.pinnedDigest != "":
@@ -329,10 +338,42 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 			}
 		}
 		res.Digest = t.digest
+		r.remember(l, res)
 		targets = append(targets, t)
 		images = append(images, res)
 	}
 	return targets, images, next
+}
+
+// lastResolution is the newer of the list's status and the reconciler's
+// memory for image.
+func (r *Reconciler) lastResolution(l *prepullv1.PrePullList, image string) prepullv1.ImageResolution {
+	fromStatus := oldResolution(l, image)
+	r.resolvedMu.Lock()
+	defer r.resolvedMu.Unlock()
+	mem, ok := r.resolved[l.UID][image]
+	if !ok || mem.ResolvedAt == nil || (fromStatus.ResolvedAt != nil && !fromStatus.ResolvedAt.Before(mem.ResolvedAt)) {
+		return fromStatus
+	}
+	return mem
+}
+
+func (r *Reconciler) remember(l *prepullv1.PrePullList, res prepullv1.ImageResolution) {
+	r.resolvedMu.Lock()
+	defer r.resolvedMu.Unlock()
+	if r.resolved == nil {
+		r.resolved = map[types.UID]map[string]prepullv1.ImageResolution{}
+	}
+	if r.resolved[l.UID] == nil {
+		r.resolved[l.UID] = map[string]prepullv1.ImageResolution{}
+	}
+	r.resolved[l.UID][res.Image] = res
+}
+
+func (r *Reconciler) forget(uid types.UID) {
+	r.resolvedMu.Lock()
+	defer r.resolvedMu.Unlock()
+	delete(r.resolved, uid)
 }
 
 func oldResolution(l *prepullv1.PrePullList, image string) prepullv1.ImageResolution {
