@@ -201,3 +201,13 @@ func (u Unsupported) Progress(context.Context) ([]Progress, error) {
 func (u Unsupported) Import(context.Context, io.Reader) ([]string, error) {
 	return nil, u.err("import")
 }
+
+// ImageWatcher is a Store that can tell when an image record changes, so that
+// a pin or a tag someone else took away is restored at once rather than at the
+// next periodic resync.
+type ImageWatcher interface {
+	// WatchImages sends the name of every image record created, updated or
+	// deleted, until ctx ends or the runtime stops sending; then it closes
+	// the channel.
+	WatchImages(ctx context.Context) (<-chan string, error)
+}

@@ -8,11 +8,19 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/containerd"
 )
@@ -32,7 +40,6 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	log := zap.New(zap.UseFlagOptions(zapOpts)).WithValues("node", opts.NodeName)
 	ctrl.SetLogger(log)
-	ctx = logr.NewContext(ctx, log)
 
 	images, err := cri.NewRemote(opts.CRIEndpoint,
 		cri.WithCallTimeout(opts.CallTimeout), cri.WithPullTimeout(opts.PullTimeout))
@@ -40,36 +47,70 @@ func runAgent(ctx context.Context, args []string) error {
 		return err
 	}
 	defer images.Close()
-	store, closeStore, err := openStore(ctx, images, opts)
+	store, runtimeName, closeStore, err := openStore(ctx, images, opts)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
-	_, pinErr := store.Owners(ctx, "prepull.io/probe:none")
-	log.Info("Runtime capabilities", "pinTagImport", !errors.Is(pinErr, cri.ErrUnsupported))
 
-	srv := &http.Server{Addr: opts.ProbeAddr, Handler: probes(images), ReadHeaderTimeout: 5 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	log.Info("Agent serving probes", "address", opts.ProbeAddr, "criEndpoint", opts.CRIEndpoint)
-	select {
-	case <-ctx.Done():
-	case err := <-errc:
-		return fmt.Errorf("probe server: %w", err)
-	}
-	shutdown, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
 	}
-	return nil
+	if err := prepullv1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
+		HealthProbeBindAddress: opts.ProbeAddr,
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			// The agent watches its own node's NodeImageSet and nothing else.
+			&prepullv1.NodeImageSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("agent manager: %w", err)
+	}
+	r := &nodeimageset.Reconciler{
+		Client:             mgr.GetClient(),
+		APIReader:          mgr.GetAPIReader(),
+		NodeName:           opts.NodeName,
+		Namespace:          opts.Namespace,
+		Images:             images,
+		Store:              store,
+		Runtime:            runtimeName,
+		MaxConcurrentPulls: opts.MaxConcurrentPulls,
+		StatusInterval:     opts.StatusInterval,
+		ResyncInterval:     opts.ResyncInterval,
+		BackoffBase:        opts.BackoffBase,
+		DiskBudget:         opts.DiskBudget,
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up the NodeImageSet reconciler: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("runtime", runtimeReady(images)); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("api", cacheSynced(mgr)); err != nil {
+		return err
+	}
+	log.Info("Starting agent", "version", version, "runtime", runtimeName, "criEndpoint", opts.CRIEndpoint)
+	return mgr.Start(ctx)
 }
 
 // openStore chooses the Store for what only containerd can do: containerd's
 // own API when the runtime is containerd, else one that answers
 // ErrUnsupported for everything and names the runtime.
-func openStore(ctx context.Context, images *cri.Remote, opts *AgentOptions) (cri.Store, func(), error) {
-	log := logr.FromContextOrDiscard(ctx)
+func openStore(ctx context.Context, images *cri.Remote, opts *AgentOptions) (cri.Store, string, func(), error) {
+	log := ctrl.Log.WithValues("node", opts.NodeName)
 	name, err := images.RuntimeName(ctx)
 	if err != nil {
 		// The runtime may start after the agent; readiness says so until it
@@ -79,7 +120,7 @@ func openStore(ctx context.Context, images *cri.Remote, opts *AgentOptions) (cri
 	}
 	if !strings.HasPrefix(name, "containerd") {
 		log.Info("Runtime is not containerd: pinning, tagging, progress and import are unsupported", "runtime", name)
-		return cri.Unsupported{Runtime: name}, func() {}, nil
+		return cri.Unsupported{Runtime: name}, name, func() {}, nil
 	}
 	addr := opts.ContainerdAddress
 	if addr == "" {
@@ -87,27 +128,31 @@ func openStore(ctx context.Context, images *cri.Remote, opts *AgentOptions) (cri
 	}
 	s, err := containerd.New(addr, containerd.WithTimeout(opts.CallTimeout))
 	if err != nil {
-		return nil, nil, err
+		return nil, "", nil, err
 	}
-	log.Info("Connected to the runtime", "runtime", name, "containerdAddress", addr)
-	return s, func() { s.Close() }, nil
+	return s, name, func() { s.Close() }, nil
 }
 
-// probes serves /healthz (the process is alive) and /readyz (the runtime
-// answers CRI calls).
-func probes(images cri.ImageService) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+// runtimeReady fails while the runtime does not answer CRI calls.
+func runtimeReady(images cri.ImageService) healthz.Checker {
+	return func(r *http.Request) error {
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
 		if _, err := images.ImageFsInfo(ctx); err != nil {
-			http.Error(w, "runtime not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
+			return fmt.Errorf("runtime not ready: %w", err)
 		}
-		fmt.Fprintln(w, "ok")
-	})
-	return mux
+		return nil
+	}
+}
+
+// cacheSynced fails until the agent has read its NodeImageSet from the API.
+func cacheSynced(mgr ctrl.Manager) healthz.Checker {
+	return func(r *http.Request) error {
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return errors.New("not synced with the API server")
+		}
+		return nil
+	}
 }

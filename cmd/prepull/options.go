@@ -31,11 +31,7 @@ type ControllerOptions struct {
 
 // NewControllerOptions returns the defaults.
 func NewControllerOptions() *ControllerOptions {
-	ns := os.Getenv("POD_NAMESPACE")
-	if ns == "" {
-		ns = "prepull-system"
-	}
-	return &ControllerOptions{MetricsAddr: ":8080", ProbeAddr: ":8081", LeaderElect: true, Namespace: ns, ResolveTimeout: 30 * time.Second}
+	return &ControllerOptions{MetricsAddr: ":8080", ProbeAddr: ":8081", LeaderElect: true, Namespace: namespaceDefault(), ResolveTimeout: 30 * time.Second}
 }
 
 // AddFlags defines the flags on fs.
@@ -78,20 +74,43 @@ type AgentOptions struct {
 	ContainerdAddress string
 	// ProbeAddr is where /healthz and /readyz are served.
 	ProbeAddr string
+	// MetricsAddr is where Prometheus metrics are served; "0" turns them off.
+	MetricsAddr string
+	// Namespace is the controller's namespace, which holds the mirrored pull
+	// secrets.
+	Namespace string
 	// CallTimeout bounds every runtime call but pulls.
 	CallTimeout time.Duration
-	// PullTimeout bounds one pull.
+	// PullTimeout bounds one pull, unless the spec sets a shorter one.
 	PullTimeout time.Duration
+	// MaxConcurrentPulls bounds the pulls under way at once on the node.
+	MaxConcurrentPulls int
+	// StatusInterval is the least time between two status writes.
+	StatusInterval time.Duration
+	// ResyncInterval is how often everything is verified again.
+	ResyncInterval time.Duration
+	// BackoffBase is the first wait after a failed pull; it doubles.
+	BackoffBase time.Duration
+	// DiskBudget is the fraction of the image filesystem past which no
+	// pull starts; 0 turns the budget off.
+	DiskBudget float64
 }
 
 // NewAgentOptions returns the defaults.
 func NewAgentOptions() *AgentOptions {
 	return &AgentOptions{
-		NodeName:    os.Getenv("NODE_NAME"),
-		CRIEndpoint: "/run/containerd/containerd.sock",
-		ProbeAddr:   ":8082",
-		CallTimeout: 30 * time.Second,
-		PullTimeout: 10 * time.Minute,
+		NodeName:           os.Getenv("NODE_NAME"),
+		CRIEndpoint:        "/run/containerd/containerd.sock",
+		ProbeAddr:          ":8082",
+		MetricsAddr:        ":8083",
+		Namespace:          namespaceDefault(),
+		CallTimeout:        30 * time.Second,
+		PullTimeout:        10 * time.Minute,
+		MaxConcurrentPulls: 3,
+		StatusInterval:     2 * time.Second,
+		ResyncInterval:     30 * time.Second,
+		BackoffBase:        5 * time.Second,
+		DiskBudget:         0.9,
 	}
 }
 
@@ -102,7 +121,14 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ContainerdAddress, "containerd-address", o.ContainerdAddress, "path of containerd's API socket (default: the CRI endpoint)")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "address of /healthz and /readyz")
 	fs.DurationVar(&o.CallTimeout, "runtime-call-timeout", o.CallTimeout, "deadline of each runtime call but pulls")
-	fs.DurationVar(&o.PullTimeout, "pull-timeout", o.PullTimeout, "deadline of one image pull")
+	fs.DurationVar(&o.PullTimeout, "pull-timeout", o.PullTimeout, "deadline of one image pull, unless a list sets a shorter one")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, `address of the Prometheus metrics endpoint; "0" turns it off`)
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "the controller's namespace, which holds the mirrored pull secrets (default: $POD_NAMESPACE, else prepull-system)")
+	fs.IntVar(&o.MaxConcurrentPulls, "max-concurrent-pulls", o.MaxConcurrentPulls, "pulls under way at once on this node")
+	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "least time between two writes of the node's status")
+	fs.DurationVar(&o.ResyncInterval, "resync-interval", o.ResyncInterval, "how often images, tags and pins are verified again")
+	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, "first wait after a failed pull; it doubles per attempt up to 5m, with jitter")
+	fs.Float64Var(&o.DiskBudget, "disk-budget", o.DiskBudget, "fraction of the image filesystem past which no pull starts (0 turns it off)")
 }
 
 // Validate reports every invalid flag at once.
@@ -120,6 +146,23 @@ func (o *AgentOptions) Validate() error {
 	if o.PullTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--pull-timeout: %s: must be positive", o.PullTimeout))
 	}
+	if o.MaxConcurrentPulls < 1 {
+		errs = append(errs, fmt.Errorf("--max-concurrent-pulls: %d: must be at least 1", o.MaxConcurrentPulls))
+	}
+	for flag, d := range map[string]time.Duration{"status-interval": o.StatusInterval, "resync-interval": o.ResyncInterval, "backoff-base": o.BackoffBase} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("--%s: %s: must be positive", flag, d))
+		}
+	}
+	if o.DiskBudget < 0 || o.DiskBudget > 1 {
+		errs = append(errs, fmt.Errorf("--disk-budget: %g: must be from 0 to 1", o.DiskBudget))
+	}
+	if o.Namespace == "" {
+		errs = append(errs, errors.New("--namespace: required"))
+	}
+	if o.MetricsAddr != "0" {
+		errs = append(errs, validAddr("metrics-bind-address", o.MetricsAddr))
+	}
 	errs = append(errs, validAddr("health-probe-bind-address", o.ProbeAddr))
 	return errors.Join(errs...)
 }
@@ -129,4 +172,13 @@ func validAddr(flag, addr string) error {
 		return fmt.Errorf("--%s: %q: %w", flag, addr, err)
 	}
 	return nil
+}
+
+// namespaceDefault is $POD_NAMESPACE, set from the downward API, else
+// prepull-system.
+func namespaceDefault() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	return "prepull-system"
 }

@@ -1,0 +1,622 @@
+// Package nodeimageset is the node agent's reconciler: it makes the node's
+// container runtime hold what its NodeImageSet's spec asks — each image at its
+// digest, every tag pods use naming exactly that digest, pinned for its
+// owners — and reports per image in the NodeImageSet's status, the one field
+// the agent writes.
+//
+// Pulls go through CRI, so that the runtime's mirrors and credentials apply;
+// tags and pins go through cri.Store (containerd's API), and a runtime
+// without one gets "unsupported by the runtime" in status instead of silence.
+// Pulls run in the background, a bounded number at a time, with a timeout
+// each and backoff with jitter between attempts; Reconcile never waits for
+// one. A periodic resync and containerd's image events restore what someone
+// else changed: an image removed, a pin taken off, a tag moved.
+package nodeimageset
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
+)
+
+// Defaults of the Reconciler's tunables.
+const (
+	DefaultMaxConcurrentPulls = 3
+	DefaultStatusInterval     = 2 * time.Second
+	DefaultResyncInterval     = 30 * time.Second
+	DefaultBackoffBase        = 5 * time.Second
+	DefaultBackoffMax         = 5 * time.Minute
+	DefaultPullTimeout        = 10 * time.Minute
+	DefaultBackoffLimit       = 6
+)
+
+// Reconciler reconciles the node's runtime to its NodeImageSet.
+type Reconciler struct {
+	client.Client
+	// APIReader reads pull secrets one by one in Namespace; they are never
+	// cached.
+	APIReader client.Reader
+	// NodeName is the node this agent serves; its NodeImageSet has its name.
+	NodeName string
+	// Namespace holds the pull secrets the controller mirrored.
+	Namespace string
+	Images    cri.ImageService
+	Store     cri.Store
+	// Runtime names the runtime, for status.
+	Runtime string
+	Clock   clock.Clock
+
+	// MaxConcurrentPulls bounds the pulls under way at once.
+	MaxConcurrentPulls int
+	// StatusInterval is the least time between two status writes.
+	StatusInterval time.Duration
+	// ResyncInterval is how often everything is verified again.
+	ResyncInterval time.Duration
+	// BackoffBase and BackoffMax shape the wait between pull attempts.
+	BackoffBase, BackoffMax time.Duration
+	// DiskBudget is the fraction of the image filesystem (0 < f ≤ 1) past
+	// which no pull starts; 0 means no budget.
+	DiskBudget float64
+	// FsUsage reports a filesystem's used and total bytes; nil means statfs.
+	FsUsage func(path string) (used, total uint64, err error)
+
+	mu        sync.Mutex
+	images    map[string]*imageState
+	sem       chan struct{}
+	wake      chan event.GenericEvent
+	baseCtx   context.Context
+	lastWrite time.Time
+	fs        *prepullv1.ImageFilesystem
+}
+
+// imageState is what the agent knows of one spec image between reconciles.
+type imageState struct {
+	phase             prepullv1.ImagePhase
+	digest            string
+	pinned            bool
+	pinOwners         []string
+	attempts          int32
+	reason, lastError string
+	since             metav1.Time
+	pulling           bool
+	nextTry           time.Time
+	bytesDone         int64
+	bytesTotal        int64
+	// failedSpec is the spec entry that failed for good; a changed entry
+	// is tried again.
+	failedSpec string
+}
+
+func (s *imageState) setPhase(p prepullv1.ImagePhase, now time.Time) {
+	if s.phase != p {
+		s.phase, s.since = p, metav1.NewTime(now)
+	}
+}
+
+// Reasons the agent reports.
+const (
+	ReasonUnauthorized       = "Unauthorized"
+	ReasonNotFound           = "NotFound"
+	ReasonUnavailable        = "RegistryUnavailable"
+	ReasonTimeout            = "Timeout"
+	ReasonNoSpace            = "NoSpace"
+	ReasonPullFailed         = "PullFailed"
+	ReasonDiskBudget         = "DiskBudgetExceeded"
+	ReasonUnsupported        = "UnsupportedByRuntime"
+	ReasonVerifyFailed       = "VerifyFailed"
+	ReasonPullSecretNotFound = "PullSecretUnavailable"
+)
+
+func reasonOf(err error) string {
+	switch {
+	case errors.Is(err, cri.ErrUnauthorized):
+		return ReasonUnauthorized
+	case errors.Is(err, cri.ErrNotFound):
+		return ReasonNotFound
+	case errors.Is(err, cri.ErrUnavailable):
+		return ReasonUnavailable
+	case errors.Is(err, cri.ErrTimeout):
+		return ReasonTimeout
+	case errors.Is(err, cri.ErrNoSpace):
+		return ReasonNoSpace
+	case errors.Is(err, cri.ErrUnsupported):
+		return ReasonUnsupported
+	}
+	return ReasonPullFailed
+}
+
+// +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",namespace=prepull-system,resources=secrets,verbs=get
+
+// Reconcile makes the runtime hold what the node's NodeImageSet asks.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	if req.Name != r.NodeName {
+		return ctrl.Result{}, nil
+	}
+	set := &prepullv1.NodeImageSet{}
+	if err := r.Get(ctx, req.NamespacedName, set); err != nil {
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	now := r.Clock.Now()
+	r.measureFilesystem(ctx)
+	soon := false
+	for i := range set.Spec.Images {
+		if r.ensure(ctx, &set.Spec.Images[i], now) {
+			soon = true
+		}
+	}
+	r.forgetOthers(set)
+
+	status := r.buildStatus(set)
+	requeue := r.ResyncInterval
+	if r.busy() || soon {
+		requeue = r.StatusInterval
+	}
+	if next := r.nextRetry(now); !next.IsZero() && next.Sub(now) < requeue {
+		requeue = max(next.Sub(now), 100*time.Millisecond)
+	}
+	if !statusEqual(set.Status, status) {
+		if wait := r.StatusInterval - now.Sub(r.lastWrite); wait > 0 {
+			return ctrl.Result{RequeueAfter: min(wait, requeue)}, nil
+		}
+		orig := set.DeepCopy()
+		set.Status = status
+		if err := r.Status().Patch(ctx, set, client.MergeFrom(orig)); err != nil {
+			return ctrl.Result{}, fmt.Errorf("write status of node image set %s: %w", set.Name, err)
+		}
+		r.lastWrite = now
+	}
+	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+// ensure brings one spec image to its wanted state, and reports whether it
+// changed something that the runtime shows a moment later (pins), so that
+// the next look comes soon.
+func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, now time.Time) bool {
+	st := r.state(e.Image)
+	if st.pulling {
+		return false
+	}
+	if len(activeOwners(e)) == 0 {
+		r.release(ctx, e, st, now)
+		return false
+	}
+	img, err := r.Images.ImageStatus(ctx, e.Image)
+	if errors.Is(err, cri.ErrNotFound) {
+		r.maybePull(ctx, e, st, now)
+		return false
+	}
+	if err != nil {
+		r.fail(st, err, now)
+		return false
+	}
+	changed, err := r.syncTagsAndPins(ctx, e, img)
+	owners := r.owners(ctx, e.Image)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st.phase != prepullv1.PhasePresent {
+		pullBytes.Observe(float64(img.Size))
+	}
+	st.digest = digestOf(e.Image, img)
+	st.setPhase(prepullv1.PhasePresent, now)
+	st.pinned = img.Pinned
+	st.pinOwners = owners
+	st.reason, st.lastError, st.bytesDone, st.bytesTotal = "", "", int64(img.Size), int64(img.Size)
+	if err != nil {
+		st.reason, st.lastError = reasonOf(err), err.Error()
+		if !errors.Is(err, cri.ErrUnsupported) {
+			st.reason = ReasonVerifyFailed
+			st.setPhase(prepullv1.PhasePulling, now)
+		}
+	}
+	return changed
+}
+
+// maybePull starts a pull unless one failed for good, its retry is not due,
+// or the disk budget forbids it.
+func (r *Reconciler) maybePull(ctx context.Context, e *prepullv1.NodeImage, st *imageState, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st.phase == prepullv1.PhaseFailed && st.failedSpec == specKey(e) {
+		return
+	}
+	if st.phase == prepullv1.PhaseFailed || st.phase == prepullv1.PhasePresent || st.phase == prepullv1.PhaseReleased {
+		// A changed spec after a failure, or an image gone from under us:
+		// start over.
+		st.attempts, st.failedSpec, st.nextTry = 0, "", time.Time{}
+	}
+	if now.Before(st.nextTry) {
+		return
+	}
+	if msg := r.overBudget(); msg != "" {
+		st.setPhase(prepullv1.PhasePending, now)
+		st.reason, st.lastError = ReasonDiskBudget, msg
+		st.nextTry = now.Add(r.ResyncInterval)
+		return
+	}
+	st.pulling = true
+	if st.phase != prepullv1.PhasePulling {
+		st.setPhase(prepullv1.PhasePending, now)
+	}
+	go r.pull(e.DeepCopy(), st)
+}
+
+// pull runs one pull attempt in the background and wakes Reconcile when it
+// ends.
+func (r *Reconciler) pull(e *prepullv1.NodeImage, st *imageState) {
+	r.mu.Lock()
+	ctx := r.baseCtx
+	r.mu.Unlock()
+	select {
+	case r.sem <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	defer func() { <-r.sem }()
+	log := ctrl.LoggerFrom(ctx).WithValues("image", e.Image)
+
+	r.mu.Lock()
+	st.attempts++
+	st.setPhase(prepullv1.PhasePulling, r.Clock.Now())
+	attempt := st.attempts
+	r.mu.Unlock()
+	r.notify()
+
+	start := r.Clock.Now()
+	auth, authErr := r.auth(ctx, e)
+	var err error
+	if authErr != nil {
+		err = authErr
+	} else {
+		timeout := DefaultPullTimeout
+		if e.Timeout != nil && e.Timeout.Duration > 0 {
+			timeout = e.Timeout.Duration
+		}
+		pctx, cancel := context.WithTimeout(ctx, timeout)
+		_, err = r.Images.PullImage(pctx, e.Image, auth)
+		cancel()
+	}
+	elapsed := r.Clock.Since(start)
+
+	r.mu.Lock()
+	st.pulling = false
+	now := r.Clock.Now()
+	if err == nil {
+		pullsTotal.WithLabelValues("success").Inc()
+		pullDuration.Observe(elapsed.Seconds())
+		log.Info("Pulled image", "attempt", attempt, "duration", elapsed.String())
+		st.nextTry = time.Time{}
+	} else if ctx.Err() == nil {
+		pullsTotal.WithLabelValues(reasonOf(err)).Inc()
+		st.reason, st.lastError = reasonOf(err), truncate(err.Error(), 1024)
+		limit := int32(DefaultBackoffLimit)
+		if e.BackoffLimit != nil {
+			limit = *e.BackoffLimit
+		}
+		if attempt > limit {
+			st.setPhase(prepullv1.PhaseFailed, now)
+			st.failedSpec = specKey(e)
+			log.Info("Image failed", "attempts", attempt, "reason", st.reason, "error", st.lastError)
+		} else {
+			st.nextTry = now.Add(r.backoff(attempt))
+			log.Info("Pull failed; retrying", "attempt", attempt, "reason", st.reason, "retryAt", st.nextTry, "error", st.lastError)
+		}
+	}
+	r.mu.Unlock()
+	r.notify()
+}
+
+// backoff is the wait after the n-th failed attempt: doubling from
+// BackoffBase up to BackoffMax, with ±20% jitter so that nodes that failed
+// together do not retry together.
+func (r *Reconciler) backoff(n int32) time.Duration {
+	d := r.BackoffBase << min(n-1, 20)
+	if d <= 0 || d > r.BackoffMax {
+		d = r.BackoffMax
+	}
+	jitter := 0.8 + 0.4*rand.Float64()
+	return time.Duration(float64(d) * jitter)
+}
+
+// syncTagsAndPins makes every tag name the image and puts exactly the
+// wanted owners' pins on the digest and on every tag.
+func (r *Reconciler) syncTagsAndPins(ctx context.Context, e *prepullv1.NodeImage, img *cri.Image) (bool, error) {
+	changed := false
+	var errs []error
+	for _, tag := range e.Tags {
+		ts, err := r.Images.ImageStatus(ctx, tag)
+		if err == nil && ts.ID == img.ID {
+			continue
+		}
+		if err != nil && !errors.Is(err, cri.ErrNotFound) {
+			errs = append(errs, err)
+			continue
+		}
+		if err := r.Store.Tag(ctx, tag, e.Image); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		changed = true
+		tagsTotal.Inc()
+	}
+	pinners := map[string]bool{}
+	for _, o := range e.Owners {
+		if !o.Releasing && (o.Retain == prepullv1.RetainPinned || o.Retain == "") {
+			pinners[o.List] = true
+		}
+	}
+	for _, ref := range append([]string{e.Image}, e.Tags...) {
+		c, err := r.syncPins(ctx, ref, pinners)
+		changed = changed || c
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return changed, err
+	}
+	// Verify: every tag answers with the image the digest answers with.
+	for _, tag := range e.Tags {
+		ts, err := r.Images.ImageStatus(ctx, tag)
+		if err != nil {
+			return changed, fmt.Errorf("verify tag %s: %w", tag, err)
+		}
+		if ts.ID != img.ID {
+			return changed, fmt.Errorf("verify tag %s: names image %s, want %s", tag, ts.ID, img.ID)
+		}
+	}
+	return changed, nil
+}
+
+// syncPins pins ref for each of pinners and takes off every other owner's
+// pin.
+func (r *Reconciler) syncPins(ctx context.Context, ref string, pinners map[string]bool) (bool, error) {
+	have, err := r.Store.Owners(ctx, ref)
+	if err != nil {
+		return false, err
+	}
+	changed := false
+	var errs []error
+	for o := range pinners {
+		if !slices.Contains(have, o) {
+			if err := r.Store.Pin(ctx, ref, o); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			changed = true
+		}
+	}
+	for _, o := range have {
+		if !pinners[o] {
+			if err := r.Store.Unpin(ctx, ref, o); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			changed = true
+		}
+	}
+	return changed, errors.Join(errs...)
+}
+
+// release takes the releasing owners' pins off the image and its tags, and
+// removes the image when an owner says onDelete: Remove.
+func (r *Reconciler) release(ctx context.Context, e *prepullv1.NodeImage, st *imageState, now time.Time) {
+	refs := []string{e.Image}
+	remove := false
+	for _, o := range e.Owners {
+		refs = append(refs, o.Tags...)
+		remove = remove || o.OnDelete == prepullv1.DeleteRemove
+	}
+	var errs []error
+	for _, ref := range refs {
+		if _, err := r.syncPins(ctx, ref, nil); err != nil && !errors.Is(err, cri.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	if remove && len(errs) == 0 {
+		if err := r.Images.RemoveImage(ctx, e.Image); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := errors.Join(errs...); err != nil && !errors.Is(err, cri.ErrUnsupported) {
+		st.reason, st.lastError = reasonOf(err), truncate(err.Error(), 1024)
+		return
+	}
+	st.setPhase(prepullv1.PhaseReleased, now)
+	st.pinned, st.pinOwners, st.reason, st.lastError = false, nil, "", ""
+}
+
+func (r *Reconciler) fail(st *imageState, err error, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st.reason, st.lastError = reasonOf(err), truncate(err.Error(), 1024)
+	if st.phase == "" {
+		st.setPhase(prepullv1.PhasePending, now)
+	}
+}
+
+// owners lists the owners pinned on ref, or nil where the runtime cannot
+// tell.
+func (r *Reconciler) owners(ctx context.Context, ref string) []string {
+	o, err := r.Store.Owners(ctx, ref)
+	if err != nil {
+		return nil
+	}
+	return o
+}
+
+func (r *Reconciler) state(image string) *imageState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := r.images[image]
+	if !ok {
+		st = &imageState{}
+		r.images[image] = st
+	}
+	return st
+}
+
+// forgetOthers drops what the agent knows of images no longer in the spec.
+func (r *Reconciler) forgetOthers(set *prepullv1.NodeImageSet) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for image, st := range r.images {
+		if st.pulling {
+			continue
+		}
+		if !slices.ContainsFunc(set.Spec.Images, func(e prepullv1.NodeImage) bool { return e.Image == image }) {
+			delete(r.images, image)
+		}
+	}
+}
+
+func (r *Reconciler) busy() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, st := range r.images {
+		if st.pulling {
+			return true
+		}
+	}
+	return false
+}
+
+// nextRetry is the earliest due retry, or zero.
+func (r *Reconciler) nextRetry(now time.Time) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var next time.Time
+	for _, st := range r.images {
+		if !st.pulling && !st.nextTry.IsZero() && st.phase != prepullv1.PhasePresent && (next.IsZero() || st.nextTry.Before(next)) {
+			next = st.nextTry
+		}
+	}
+	return next
+}
+
+// notify wakes Reconcile.
+func (r *Reconciler) notify() {
+	ev := event.GenericEvent{Object: &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: r.NodeName}}}
+	select {
+	case r.wake <- ev:
+	default:
+	}
+}
+
+func activeOwners(e *prepullv1.NodeImage) []string {
+	var out []string
+	for _, o := range e.Owners {
+		if !o.Releasing {
+			out = append(out, o.List)
+		}
+	}
+	return out
+}
+
+// specKey identifies what a spec entry asks, for "failed for good".
+func specKey(e *prepullv1.NodeImage) string {
+	return fmt.Sprintf("%s|%v|%v|%v", e.Image, e.Tags, e.PullSecrets, e.BackoffLimit)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+// SetupWithManager registers the reconciler: it watches the node's own
+// NodeImageSet, is woken by finished pulls and by the runtime's image
+// events, and polls pull progress.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
+	if r.MaxConcurrentPulls <= 0 {
+		r.MaxConcurrentPulls = DefaultMaxConcurrentPulls
+	}
+	if r.StatusInterval <= 0 {
+		r.StatusInterval = DefaultStatusInterval
+	}
+	if r.ResyncInterval <= 0 {
+		r.ResyncInterval = DefaultResyncInterval
+	}
+	if r.BackoffBase <= 0 {
+		r.BackoffBase = DefaultBackoffBase
+	}
+	if r.BackoffMax <= 0 {
+		r.BackoffMax = DefaultBackoffMax
+	}
+	r.images = map[string]*imageState{}
+	r.sem = make(chan struct{}, r.MaxConcurrentPulls)
+	r.wake = make(chan event.GenericEvent, 1)
+	r.baseCtx = context.Background()
+	if err := mgr.Add(runnable(func(ctx context.Context) error {
+		r.mu.Lock()
+		r.baseCtx = ctrl.LoggerInto(ctx, mgr.GetLogger().WithValues("node", r.NodeName))
+		r.mu.Unlock()
+		go r.watchRuntime(ctx)
+		r.pollProgress(ctx)
+		return nil
+	})); err != nil {
+		return err
+	}
+	mine := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == r.NodeName })
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&prepullv1.NodeImageSet{}, builder.WithPredicates(mine)).
+		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
+		Named("nodeimageset").
+		Complete(r)
+}
+
+// runnable adapts a function to manager.Runnable.
+type runnable func(context.Context) error
+
+func (f runnable) Start(ctx context.Context) error { return f(ctx) }
+
+// watchRuntime wakes Reconcile when the runtime reports an image change, so
+// that a pin or tag taken away is restored at once; it resubscribes when the
+// runtime restarts.
+func (r *Reconciler) watchRuntime(ctx context.Context) {
+	w, ok := r.Store.(cri.ImageWatcher)
+	if !ok {
+		return
+	}
+	for ctx.Err() == nil {
+		ch, err := w.WatchImages(ctx)
+		if err == nil {
+			for range ch {
+				r.notify()
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+			r.notify()
+		}
+	}
+}
