@@ -77,8 +77,8 @@ lint: vet ## Fail when any Go file is not gofmt-formatted, then vet.
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [[ -n "$$out" ]]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
 
 .PHONY: test
-test: testground lint verify-generated ## Build the test ground and run every test on it (as root).
-	$(TEST_ENV) $(GO) test $(GO_TEST_FLAGS) ./...
+test: testground lint verify-generated build ## Build the test ground and run every test on it (as root).
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test $(GO_TEST_FLAGS) ./...
 
 .PHONY: test-unit
 test-unit: ## Run only the tests that need no test ground.

@@ -539,7 +539,11 @@ func activeOwners(e *prepullv1.NodeImage) []string {
 
 // specKey identifies what a spec entry asks, for "failed for good".
 func specKey(e *prepullv1.NodeImage) string {
-	return fmt.Sprintf("%s|%v|%v|%v", e.Image, e.Tags, e.PullSecrets, e.BackoffLimit)
+	limit := int32(DefaultBackoffLimit)
+	if e.BackoffLimit != nil {
+		limit = *e.BackoffLimit
+	}
+	return fmt.Sprintf("%s|%v|%v|%d", e.Image, e.Tags, e.PullSecrets, limit)
 }
 
 func truncate(s string, n int) string {

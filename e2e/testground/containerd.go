@@ -139,13 +139,17 @@ func (c *Containerd) Stop() {
 
 // TrustRegistry writes the hosts.toml that lets this containerd pull from reg
 // over plain HTTP.
-func (c *Containerd) TrustRegistry(reg *Registry) {
+func (c *Containerd) TrustRegistry(reg *Registry) { c.TrustHost(reg.Host) }
+
+// TrustHost writes the hosts.toml that lets this containerd pull from host
+// ("127.0.0.1:port") over plain HTTP.
+func (c *Containerd) TrustHost(host string) {
 	c.t.Helper()
-	dir := filepath.Join(c.Dir, "certs.d", reg.Host)
+	dir := filepath.Join(c.Dir, "certs.d", host)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		c.t.Fatal(err)
 	}
-	hosts := fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", reg.Host)
+	hosts := fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", host)
 	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
 		c.t.Fatal(err)
 	}

@@ -1,0 +1,602 @@
+package nodeimageset_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodeimageset"
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/cri/containerd"
+	"prepull.io/prepull/e2e/testground"
+)
+
+const ns = "prepull-system"
+
+var ctx = context.Background()
+
+// env is one apiserver, one containerd and two registries the subtests
+// share; each subtest plays its own node with its own images.
+type env struct {
+	cfg     *rest.Config
+	api     *envtest.Environment
+	c       client.Client
+	ctd     *testground.Containerd
+	images  *cri.Remote
+	store   *containerd.Store
+	public  *testground.Registry
+	private *testground.Registry
+	scheme  *runtime.Scheme
+}
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	ctrl.SetLogger(zap.New(zap.WriteTo(testWriter{t}), zap.UseDevMode(true)))
+	e := &env{}
+	e.cfg, e.api = testground.StartAPIServer(t, "../../deploy/crd")
+	e.ctd = testground.StartContainerd(t)
+	e.public = testground.StartRegistry(t)
+	e.private = testground.StartRegistry(t, testground.WithBasicAuth("alice", "s3cret"))
+	e.ctd.TrustRegistry(e.public)
+	e.ctd.TrustRegistry(e.private)
+	var err error
+	if e.images, err = cri.NewRemote(e.ctd.Socket); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.images.Close() })
+	if e.store, err = containerd.New(e.ctd.Socket); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.store.Close() })
+	e.scheme = runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(e.scheme)
+	_ = prepullv1.AddToScheme(e.scheme)
+	if e.c, err = client.New(e.cfg, client.Options{Scheme: e.scheme}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// agent runs the agent's reconciler for node in this process until the
+// subtest ends; tune adjusts it before it starts.
+func (e *env) agent(t *testing.T, node string, tune func(*nodeimageset.Reconciler)) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
+		Scheme:  e.scheme,
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&prepullv1.NodeImageSet{}: {Field: fields.OneTermEqualSelector("metadata.name", node)},
+		}},
+		Controller: configNoNameCheck(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &nodeimageset.Reconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(),
+		NodeName: node, Namespace: ns,
+		Images: e.images, Store: e.store, Runtime: "containerd test",
+		StatusInterval: 200 * time.Millisecond, ResyncInterval: 2 * time.Second,
+		BackoffBase: 200 * time.Millisecond, BackoffMax: time.Second,
+	}
+	if tune != nil {
+		tune(r)
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(mctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("agent manager: %v", err)
+		}
+	})
+}
+
+// owner is an active owner entry for list, pinned.
+func owner(list string, tags ...string) prepullv1.ImageOwner {
+	limit := int32(1)
+	return prepullv1.ImageOwner{List: list, Retain: prepullv1.RetainPinned, OnDelete: prepullv1.DeleteUnpin, Tags: tags, BackoffLimit: &limit}
+}
+
+// entry is a spec entry for digest, derived from its owners as the
+// controller derives it.
+func entry(digest string, owners ...prepullv1.ImageOwner) prepullv1.NodeImage {
+	e := prepullv1.NodeImage{Image: digest, Owners: owners}
+	for _, o := range owners {
+		if o.Releasing {
+			continue
+		}
+		e.Tags = append(e.Tags, o.Tags...)
+		e.PullSecrets = append(e.PullSecrets, o.PullSecrets...)
+		e.Retain = prepullv1.RetainPinned
+		e.BackoffLimit = o.BackoffLimit
+	}
+	return e
+}
+
+// setSpec creates or replaces node's NodeImageSet spec, as the controller
+// would.
+func (e *env) setSpec(t *testing.T, node string, images ...prepullv1.NodeImage) {
+	t.Helper()
+	set := &prepullv1.NodeImageSet{}
+	err := e.c.Get(ctx, client.ObjectKey{Name: node}, set)
+	if apierrors.IsNotFound(err) {
+		set = &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: node}, Spec: prepullv1.NodeImageSetSpec{Images: images}}
+		if err := e.c.Create(ctx, set); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := set.DeepCopy()
+	set.Spec.Images = images
+	if err := e.c.Patch(ctx, set, client.MergeFrom(orig)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) status(t *testing.T, node, image string) *prepullv1.NodeImageStatus {
+	t.Helper()
+	set := &prepullv1.NodeImageSet{}
+	if err := e.c.Get(ctx, client.ObjectKey{Name: node}, set); err != nil {
+		t.Fatal(err)
+	}
+	for i := range set.Status.Images {
+		if set.Status.Images[i].Image == image {
+			return &set.Status.Images[i]
+		}
+	}
+	return nil
+}
+
+const wait = 60 * time.Second
+
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if err = cond(); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%s: not after %s: %v", what, wait, err)
+}
+
+// phase waits until image reaches phase on node, and returns its status.
+func (e *env) phase(t *testing.T, node, image string, phase prepullv1.ImagePhase, check func(*prepullv1.NodeImageStatus) error) *prepullv1.NodeImageStatus {
+	t.Helper()
+	var st *prepullv1.NodeImageStatus
+	eventually(t, fmt.Sprintf("%s %s on %s", image, phase, node), func() error {
+		st = e.status(t, node, image)
+		if st == nil || st.Phase != phase {
+			return fmt.Errorf("status %+v", st)
+		}
+		if check != nil {
+			return check(st)
+		}
+		return nil
+	})
+	return st
+}
+
+// runtimeID is the image ID the runtime reports for ref, or "" when absent.
+func (e *env) runtimeID(t *testing.T, ref string) string {
+	t.Helper()
+	img, err := e.images.ImageStatus(ctx, ref)
+	if errors.Is(err, cri.ErrNotFound) {
+		return ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img.ID
+}
+
+func (e *env) pinned(t *testing.T, ref string) bool {
+	t.Helper()
+	img, err := e.images.ImageStatus(ctx, ref)
+	return err == nil && img.Pinned
+}
+
+func TestAgent(t *testing.T) {
+	e := setup(t)
+
+	t.Run("pulls by digest, makes the tag name it, verifies and pins", func(t *testing.T) {
+		img := e.public.MustPushRandom(t, "basic/app:v1", 64<<10, 2)
+		e.agent(t, "basic", nil)
+		e.setSpec(t, "basic", entry(img.Digest, owner("shop/web", img.Tag)))
+		st := e.phase(t, "basic", img.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if !st.Pinned {
+				return fmt.Errorf("not pinned yet")
+			}
+			return nil
+		})
+		if _, d, _ := strings.Cut(img.Digest, "@"); st.Digest != d {
+			t.Errorf("status digest %s, want %s", st.Digest, d)
+		}
+		if !slices.Equal(st.PinOwners, []string{"shop/web"}) || st.Attempts != 1 || st.BytesTotal == 0 {
+			t.Errorf("status %+v: want pin owner shop/web, 1 attempt, a size", st)
+		}
+		if got := e.runtimeID(t, img.Tag); got != img.ID {
+			t.Errorf("CRI status of the tag %s: image %q, want %s", img.Tag, got, img.ID)
+		}
+		if !e.pinned(t, img.Tag) || !e.pinned(t, img.Digest) {
+			t.Errorf("CRI does not report the image pinned")
+		}
+		set := &prepullv1.NodeImageSet{}
+		if err := e.c.Get(ctx, client.ObjectKey{Name: "basic"}, set); err != nil {
+			t.Fatal(err)
+		}
+		if set.Status.Runtime != "containerd test" || set.Status.ImageFilesystem == nil || set.Status.ImageFilesystem.CapacityBytes == 0 {
+			t.Errorf("node status %+v: want runtime and image filesystem", set.Status)
+		}
+	})
+
+	t.Run("a failed image never stops the others", func(t *testing.T) {
+		good := e.public.MustPushRandom(t, "mixed/good:v1", 1024, 1)
+		private := e.private.MustPushRandom(t, "mixed/private:v1", 1024, 1)
+		missing := e.public.Repo("mixed/missing@sha256:" + strings.Repeat("1", 64))
+		cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"wrong"}}}`, e.private.Host)
+		if err := e.c.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wrong-creds"},
+			Type:       corev1.SecretTypeDockerConfigJson,
+			Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		withSecret := owner("shop/private", private.Tag)
+		withSecret.PullSecrets = []string{"wrong-creds"}
+		e.agent(t, "mixed", nil)
+		e.setSpec(t, "mixed",
+			entry(private.Digest, withSecret),
+			entry(missing, owner("shop/missing")),
+			entry(good.Digest, owner("shop/good", good.Tag)))
+		e.phase(t, "mixed", good.Digest, prepullv1.PhasePresent, nil)
+		st := e.phase(t, "mixed", private.Digest, prepullv1.PhaseFailed, nil)
+		if st.Reason != nodeimageset.ReasonUnauthorized || !strings.Contains(st.LastError, "401") || st.Attempts != 2 {
+			t.Errorf("wrong credentials: %+v, want Unauthorized with the registry's 401 after 2 attempts (backoff limit 1)", st)
+		}
+		if strings.Contains(st.LastError, "wrong") {
+			t.Errorf("the status reveals the password: %q", st.LastError)
+		}
+		st = e.phase(t, "mixed", missing, prepullv1.PhaseFailed, nil)
+		if st.Reason != nodeimageset.ReasonNotFound || !strings.Contains(st.LastError, "mixed/missing") {
+			t.Errorf("missing image: %+v, want NotFound naming the image", st)
+		}
+
+		// Right credentials in the secret: a changed spec is tried again.
+		s := &corev1.Secret{}
+		if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "wrong-creds"}, s); err != nil {
+			t.Fatal(err)
+		}
+		s.Data[corev1.DockerConfigJsonKey] = []byte(strings.Replace(cfg, "wrong", "s3cret", 1))
+		if err := e.c.Update(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		withSecret.PullSecrets = []string{"wrong-creds", "absent-is-fine-once-found"}[:1]
+		withSecret.BackoffLimit = ptr(int32(2))
+		e.setSpec(t, "mixed",
+			entry(private.Digest, withSecret),
+			entry(missing, owner("shop/missing")),
+			entry(good.Digest, owner("shop/good", good.Tag)))
+		e.phase(t, "mixed", private.Digest, prepullv1.PhasePresent, nil)
+	})
+
+	t.Run("the registry down, then back", func(t *testing.T) {
+		reg := testground.StartRegistry(t)
+		e.ctd.TrustRegistry(reg)
+		img := reg.MustPushRandom(t, "flaky/app:v1", 1024, 1)
+		reg.Stop()
+		e.agent(t, "flaky", nil)
+		lim := owner("shop/flaky", img.Tag)
+		lim.BackoffLimit = ptr(int32(100))
+		e.setSpec(t, "flaky", entry(img.Digest, lim))
+		e.phase(t, "flaky", img.Digest, prepullv1.PhasePulling, func(st *prepullv1.NodeImageStatus) error {
+			if st.Attempts < 2 || st.Reason != nodeimageset.ReasonUnavailable {
+				return fmt.Errorf("attempts %d, reason %s", st.Attempts, st.Reason)
+			}
+			return nil
+		})
+		reg.Start()
+		e.phase(t, "flaky", img.Digest, prepullv1.PhasePresent, nil)
+		if e.runtimeID(t, img.Tag) != img.ID {
+			t.Errorf("tag not made present after the registry came back")
+		}
+	})
+
+	t.Run("a tag whose digest changed is re-pointed and the old digest released", func(t *testing.T) {
+		v1 := e.public.MustPushRandom(t, "moved/app:stable", 1024, 1)
+		v2 := e.public.MustPushRandom(t, "moved/app:stable", 1024, 1)
+		e.agent(t, "moved", nil)
+		e.setSpec(t, "moved", entry(v1.Digest, owner("shop/moved", v1.Tag)))
+		e.phase(t, "moved", v1.Digest, prepullv1.PhasePresent, nil)
+		if e.runtimeID(t, v1.Tag) != v1.ID {
+			t.Fatalf("tag does not name v1")
+		}
+		old := owner("shop/moved", v1.Tag)
+		old.Releasing = true
+		e.setSpec(t, "moved", entry(v1.Digest, old), entry(v2.Digest, owner("shop/moved", v2.Tag)))
+		e.phase(t, "moved", v2.Digest, prepullv1.PhasePresent, func(*prepullv1.NodeImageStatus) error {
+			if e.runtimeID(t, v2.Tag) != v2.ID {
+				return fmt.Errorf("tag still names %s", e.runtimeID(t, v2.Tag))
+			}
+			return nil
+		})
+		e.phase(t, "moved", v1.Digest, prepullv1.PhaseReleased, nil)
+		eventually(t, "the old digest unpinned", func() error {
+			if e.pinned(t, v1.Digest) {
+				return fmt.Errorf("still pinned")
+			}
+			return nil
+		})
+		if owners, _ := e.store.Owners(ctx, v1.Digest); len(owners) != 0 {
+			t.Errorf("old digest still owned by %v", owners)
+		}
+		if e.runtimeID(t, v1.Digest) == "" {
+			t.Errorf("onDelete Unpin removed the old image")
+		}
+	})
+
+	t.Run("out-of-band removal and unpin are restored", func(t *testing.T) {
+		img := e.public.MustPushRandom(t, "healed/app:v1", 1024, 1)
+		e.agent(t, "healed", nil)
+		e.setSpec(t, "healed", entry(img.Digest, owner("shop/healed", img.Tag)))
+		e.phase(t, "healed", img.Digest, prepullv1.PhasePresent, nil)
+		eventually(t, "pinned", func() error {
+			if !e.pinned(t, img.Tag) {
+				return fmt.Errorf("not pinned")
+			}
+			return nil
+		})
+
+		// Someone takes the pin off both references by hand.
+		for _, ref := range []string{img.Digest, img.Tag} {
+			if err := e.store.Unpin(ctx, ref, "shop/healed"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, "the pin restored", func() error {
+			owners, err := e.store.Owners(ctx, img.Digest)
+			if err != nil || !slices.Equal(owners, []string{"shop/healed"}) || !e.pinned(t, img.Digest) {
+				return fmt.Errorf("owners %v, %v", owners, err)
+			}
+			return nil
+		})
+
+		// Someone removes the image.
+		if err := e.images.RemoveImage(ctx, img.Digest); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the image pulled again, tagged and pinned", func() error {
+			if e.runtimeID(t, img.Tag) != img.ID || !e.pinned(t, img.Tag) {
+				return fmt.Errorf("tag %q pinned %t", e.runtimeID(t, img.Tag), e.pinned(t, img.Tag))
+			}
+			return nil
+		})
+
+		// Someone points the tag at a foreign image.
+		foreign := e.public.MustPushRandom(t, "healed/other:v1", 1024, 1)
+		if _, err := e.images.PullImage(ctx, foreign.Digest, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.store.Tag(ctx, img.Tag, foreign.Digest); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the tag corrected", func() error {
+			if got := e.runtimeID(t, img.Tag); got != img.ID {
+				return fmt.Errorf("tag names %s", got)
+			}
+			return nil
+		})
+	})
+
+	t.Run("release with onDelete Remove removes the image", func(t *testing.T) {
+		img := e.public.MustPushRandom(t, "removed/app:v1", 1024, 1)
+		e.agent(t, "removed", nil)
+		e.setSpec(t, "removed", entry(img.Digest, owner("shop/removed", img.Tag)))
+		e.phase(t, "removed", img.Digest, prepullv1.PhasePresent, nil)
+		gone := owner("shop/removed", img.Tag)
+		gone.Releasing, gone.OnDelete = true, prepullv1.DeleteRemove
+		e.setSpec(t, "removed", entry(img.Digest, gone))
+		e.phase(t, "removed", img.Digest, prepullv1.PhaseReleased, nil)
+		for _, ref := range []string{img.Digest, img.Tag} {
+			if id := e.runtimeID(t, ref); id != "" {
+				t.Errorf("%s still present after release with Remove", ref)
+			}
+		}
+	})
+
+	t.Run("a pull that would pass the disk budget does not start", func(t *testing.T) {
+		img := e.public.MustPushRandom(t, "budget/app:v1", 1024, 1)
+		e.agent(t, "budget", func(r *nodeimageset.Reconciler) {
+			r.DiskBudget = 0.8
+			r.FsUsage = func(string) (uint64, uint64, error) { return 95, 100, nil }
+		})
+		e.setSpec(t, "budget", entry(img.Digest, owner("shop/budget", img.Tag)))
+		st := e.phase(t, "budget", img.Digest, prepullv1.PhasePending, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != nodeimageset.ReasonDiskBudget {
+				return fmt.Errorf("reason %q", st.Reason)
+			}
+			return nil
+		})
+		if !strings.Contains(st.LastError, "95.0% full") || !strings.Contains(st.LastError, "80.0%") {
+			t.Errorf("message %q: want the usage and the budget", st.LastError)
+		}
+		if e.runtimeID(t, img.Digest) != "" {
+			t.Errorf("the image was pulled past the budget")
+		}
+	})
+
+	t.Run("a runtime without containerd's API still pulls and says what it cannot do", func(t *testing.T) {
+		img := e.public.MustPushRandom(t, "crionly/app:v1", 1024, 1)
+		e.agent(t, "crionly", func(r *nodeimageset.Reconciler) {
+			r.Store = cri.Unsupported{Runtime: "cri-o 1.36"}
+			r.Runtime = "cri-o 1.36"
+		})
+		e.setSpec(t, "crionly", entry(img.Digest, owner("shop/crionly", img.Tag)))
+		st := e.phase(t, "crionly", img.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != nodeimageset.ReasonUnsupported {
+				return fmt.Errorf("reason %q", st.Reason)
+			}
+			return nil
+		})
+		if !strings.Contains(st.LastError, "unsupported by the runtime") || !strings.Contains(st.LastError, "cri-o 1.36") {
+			t.Errorf("message %q: want it to say what the runtime cannot do", st.LastError)
+		}
+		if e.runtimeID(t, img.Digest) != img.ID {
+			t.Errorf("the pull through CRI did not happen")
+		}
+	})
+
+	t.Run("progress is reported at a bounded rate", func(t *testing.T) {
+		const size = 24 << 20
+		th := testground.StartThrottle(t, e.public, 6<<20)
+		e.ctd.TrustHost(th.Host)
+		img := e.public.MustPushRandom(t, "slow/app:v1", size, 1)
+		digest, tag := th.Ref(e.public, img.Digest), th.Ref(e.public, img.Tag)
+		e.agent(t, "slow", func(r *nodeimageset.Reconciler) { r.StatusInterval = time.Second })
+
+		w, err := watchStatus(e, "slow")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		e.setSpec(t, "slow", entry(digest, owner("shop/slow", tag)))
+		var midway bool
+		var writes []time.Time
+		deadline := time.After(wait)
+		for done := false; !done; {
+			select {
+			case ev := <-w.ResultChan():
+				set, ok := ev.Object.(*prepullv1.NodeImageSet)
+				if !ok || len(set.Status.Images) == 0 {
+					continue
+				}
+				writes = append(writes, time.Now())
+				st := set.Status.Images[0]
+				if st.Phase == prepullv1.PhasePulling && st.BytesDone > 0 && st.BytesDone < st.BytesTotal {
+					midway = true
+				}
+				done = st.Phase == prepullv1.PhasePresent
+			case <-deadline:
+				t.Fatalf("not Present after %s", wait)
+			}
+		}
+		if !midway {
+			t.Errorf("no status showed bytes done between 0 and the total during a %d MiB pull", size>>20)
+		}
+		for i := 1; i < len(writes); i++ {
+			// The agent writes at most once a second; the watch may deliver
+			// two writes closer together, never much closer.
+			if gap := writes[i].Sub(writes[i-1]); gap < 500*time.Millisecond {
+				t.Errorf("status writes %d and %d came %s apart, want about 1s at least", i-1, i, gap)
+			}
+		}
+	})
+
+	t.Run("the agent killed mid-pull resumes after a restart", func(t *testing.T) {
+		bin := os.Getenv("PREPULL_BINARY")
+		if bin == "" {
+			testground.Unavailable(t, "PREPULL_BINARY is not set: `make test` builds bin/prepull and sets it")
+		}
+		const size = 32 << 20
+		th := testground.StartThrottle(t, e.public, 8<<20)
+		e.ctd.TrustHost(th.Host)
+		img := e.public.MustPushRandom(t, "killed/app:v1", size, 1)
+		digest, tag := th.Ref(e.public, img.Digest), th.Ref(e.public, img.Tag)
+		e.setSpec(t, "killed", entry(digest, owner("shop/killed", tag)))
+
+		kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+		if err := os.WriteFile(kubeconfig, e.api.KubeConfig, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		start := func() *exec.Cmd {
+			cmd := exec.Command(bin, "agent", "--node-name=killed", "--cri-endpoint="+e.ctd.Socket,
+				"--namespace="+ns, "--metrics-bind-address=0", "--status-interval=200ms",
+				fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testground.FreePort(t)))
+			cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+			log, _ := os.Create(filepath.Join(t.TempDir(), "agent.log"))
+			cmd.Stdout, cmd.Stderr = log, log
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+			return cmd
+		}
+		first := start()
+		e.phase(t, "killed", digest, prepullv1.PhasePulling, func(st *prepullv1.NodeImageStatus) error {
+			if st.BytesDone == 0 {
+				return fmt.Errorf("no bytes yet")
+			}
+			return nil
+		})
+		if err := first.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = first.Wait()
+		if e.runtimeID(t, digest) != "" {
+			t.Fatal("the pull finished before the agent was killed; the test proves nothing")
+		}
+		start()
+		e.phase(t, "killed", digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if !st.Pinned {
+				return fmt.Errorf("not pinned yet")
+			}
+			return nil
+		})
+		img2, err := e.images.ImageStatus(ctx, digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(img2.RepoTags, []string{tag}) || len(img2.RepoDigests) != 1 {
+			t.Errorf("after the restart the image has tags %v and digests %v, want exactly one of each", img2.RepoTags, img2.RepoDigests)
+		}
+		for _, ref := range []string{digest, tag} {
+			if owners, err := e.store.Owners(ctx, ref); err != nil || !slices.Equal(owners, []string{"shop/killed"}) {
+				t.Errorf("pin owners of %s: %v, %v; want exactly shop/killed", ref, owners, err)
+			}
+		}
+	})
+}
+
+func ptr[T any](v T) *T { return &v }
