@@ -80,6 +80,8 @@ type Reconciler struct {
 
 	mu        sync.Mutex
 	images    map[string]*imageState
+	dirty     map[string]bool
+	measured  time.Time
 	sem       chan struct{}
 	wake      chan event.GenericEvent
 	baseCtx   context.Context
@@ -103,6 +105,9 @@ type imageState struct {
 	// failedSpec is the spec entry that failed for good; a changed entry
 	// is tried again.
 	failedSpec string
+	// verified is the spec entry last found fully in place, at verifiedAt.
+	verified   string
+	verifiedAt time.Time
 }
 
 func (s *imageState) setPhase(p prepullv1.ImagePhase, now time.Time) {
@@ -160,10 +165,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	now := r.Clock.Now()
-	r.measureFilesystem(ctx)
+	r.measureFilesystem(ctx, now)
+	r.mu.Lock()
+	dirty := r.dirty
+	r.dirty = map[string]bool{}
+	r.mu.Unlock()
 	soon := false
 	for i := range set.Spec.Images {
-		if r.ensure(ctx, &set.Spec.Images[i], now) {
+		e := &set.Spec.Images[i]
+		if r.ensure(ctx, e, now, dirty) {
 			soon = true
 		}
 	}
@@ -194,9 +204,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 // ensure brings one spec image to its wanted state, and reports whether it
 // changed something that the runtime shows a moment later (pins), so that
 // the next look comes soon.
-func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, now time.Time) bool {
+func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, now time.Time, dirty map[string]bool) bool {
 	st := r.state(e.Image)
-	if st.pulling {
+	if st.pulling || r.fresh(e, st, now, dirty) {
 		return false
 	}
 	if len(activeOwners(e)) == 0 {
@@ -221,6 +231,12 @@ func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, now tim
 	}
 	st.digest = digestOf(e.Image, img)
 	st.setPhase(prepullv1.PhasePresent, now)
+	st.verified = specKey(e)
+	st.verifiedAt = now
+	if changed {
+		// Our own tags and pins show through CRI a moment later: look again.
+		st.verifiedAt = time.Time{}
+	}
 	st.pinned = img.Pinned
 	st.pinOwners = owners
 	st.reason, st.lastError, st.bytesDone, st.bytesTotal = "", "", int64(img.Size), int64(img.Size)
@@ -232,6 +248,30 @@ func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, now tim
 		}
 	}
 	return changed
+}
+
+// fresh reports whether e was found fully in place recently enough that it
+// needs no look until the next resync: its spec is the same, and no runtime
+// event touched any of its references since.
+func (r *Reconciler) fresh(e *prepullv1.NodeImage, st *imageState, now time.Time, dirty map[string]bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st.phase != prepullv1.PhasePresent || st.verified != specKey(e) || st.verifiedAt.IsZero() || now.Sub(st.verifiedAt) >= r.ResyncInterval {
+		return false
+	}
+	for _, ref := range append([]string{e.Image}, e.Tags...) {
+		if dirty[ref] {
+			return false
+		}
+	}
+	return true
+}
+
+// markDirty records that the runtime changed the image record name.
+func (r *Reconciler) markDirty(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dirty[name] = true
 }
 
 // maybePull starts a pull unless one failed for good, its retry is not due,
@@ -576,6 +616,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.BackoffMax = DefaultBackoffMax
 	}
 	r.images = map[string]*imageState{}
+	r.dirty = map[string]bool{}
 	r.sem = make(chan struct{}, r.MaxConcurrentPulls)
 	r.wake = make(chan event.GenericEvent, 1)
 	r.baseCtx = context.Background()
@@ -613,7 +654,8 @@ func (r *Reconciler) watchRuntime(ctx context.Context) {
 	for ctx.Err() == nil {
 		ch, err := w.WatchImages(ctx)
 		if err == nil {
-			for range ch {
+			for name := range ch {
+				r.markDirty(name)
 				r.notify()
 			}
 		}

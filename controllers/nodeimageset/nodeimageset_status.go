@@ -85,8 +85,13 @@ func digestOf(ref string, img *cri.Image) string {
 	return ""
 }
 
-// measureFilesystem records the image filesystem's usage for status.
-func (r *Reconciler) measureFilesystem(ctx context.Context) {
+// measureFilesystem records the image filesystem's usage for status, at
+// most once per status interval.
+func (r *Reconciler) measureFilesystem(ctx context.Context, now time.Time) {
+	if now.Sub(r.measured) < r.StatusInterval {
+		return
+	}
+	r.measured = now
 	fs, err := r.Images.ImageFsInfo(ctx)
 	if err != nil || len(fs) == 0 {
 		return

@@ -489,7 +489,7 @@ func TestAgent(t *testing.T) {
 
 	t.Run("progress is reported at a bounded rate", func(t *testing.T) {
 		const size = 24 << 20
-		th := testground.StartThrottle(t, e.public, 6<<20)
+		th := testground.StartThrottle(t, e.public, 6<<20, 0)
 		e.ctd.TrustHost(th.Host)
 		img := e.public.MustPushRandom(t, "slow/app:v1", size, 1)
 		digest, tag := th.Ref(e.public, img.Digest), th.Ref(e.public, img.Tag)
@@ -539,7 +539,7 @@ func TestAgent(t *testing.T) {
 			testground.Unavailable(t, "PREPULL_BINARY is not set: `make test` builds bin/prepull and sets it")
 		}
 		const size = 32 << 20
-		th := testground.StartThrottle(t, e.public, 8<<20)
+		th := testground.StartThrottle(t, e.public, 8<<20, 0)
 		e.ctd.TrustHost(th.Host)
 		img := e.public.MustPushRandom(t, "killed/app:v1", size, 1)
 		digest, tag := th.Ref(e.public, img.Digest), th.Ref(e.public, img.Tag)

@@ -6,30 +6,38 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 )
 
-// Throttle is a reverse proxy on loopback in front of a registry that sends
-// response bodies at a bounded rate, so that a pull takes long enough to be
-// watched, interrupted or measured.
+// Throttle is a reverse proxy on loopback in front of a registry that acts
+// as a slow link: every request waits latency before it is forwarded, and all
+// response bodies together share one bandwidth, so that a pull takes long
+// enough to be watched, interrupted or measured, and parallel pulls gain only
+// what a real link would give them.
 type Throttle struct {
 	// Host is "127.0.0.1:port"; name images through it.
 	Host string
 }
 
-// StartThrottle starts a proxy to reg that sends at most bytesPerSecond; it
-// stops when the test ends.
-func StartThrottle(t testing.TB, reg *Registry, bytesPerSecond int) *Throttle {
+// StartThrottle starts a proxy to reg that sends at most bytesPerSecond in
+// all, after latency per request; it stops when the test ends.
+func StartThrottle(t testing.TB, reg *Registry, bytesPerSecond int, latency time.Duration) *Throttle {
 	t.Helper()
 	target, _ := url.Parse("http://" + reg.Host)
 	rp := httputil.NewSingleHostReverseProxy(target)
+	link := &link{rate: bytesPerSecond}
 	rp.ModifyResponse = func(resp *http.Response) error {
-		resp.Body = &slowBody{ReadCloser: resp.Body, rate: bytesPerSecond}
+		resp.Body = &slowBody{ReadCloser: resp.Body, link: link}
 		return nil
 	}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(latency)
+		rp.ServeHTTP(w, r)
+	})
 	th := &Throttle{Host: fmt.Sprintf("127.0.0.1:%d", FreePort(t))}
-	srv := &http.Server{Addr: th.Host, Handler: rp, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Addr: th.Host, Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	t.Cleanup(func() { srv.Close() })
@@ -58,17 +66,38 @@ func (th *Throttle) Ref(reg *Registry, ref string) string {
 	return ref
 }
 
+// link is the bandwidth every response shares: each chunk books the next
+// free slot of the link and is released when its slot ends.
+type link struct {
+	rate int
+	mu   sync.Mutex
+	next time.Time
+}
+
+func (l *link) send(n int) {
+	l.mu.Lock()
+	now := time.Now()
+	start := l.next
+	if start.Before(now) {
+		start = now
+	}
+	end := start.Add(time.Duration(float64(n) / float64(l.rate) * float64(time.Second)))
+	l.next = end
+	l.mu.Unlock()
+	time.Sleep(time.Until(end))
+}
+
 type slowBody struct {
 	io.ReadCloser
-	rate int
+	link *link
 }
 
 func (s *slowBody) Read(p []byte) (int, error) {
-	chunk := max(s.rate/20, 1024)
+	chunk := max(s.link.rate/50, 1024)
 	if len(p) > chunk {
 		p = p[:chunk]
 	}
 	n, err := s.ReadCloser.Read(p)
-	time.Sleep(time.Duration(float64(n) / float64(s.rate) * float64(time.Second)))
+	s.link.send(n)
 	return n, err
 }

@@ -1,0 +1,216 @@
+package bench
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodeimageset"
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/cri/containerd"
+	"prepull.io/prepull/e2e/testground"
+)
+
+var (
+	agentImages    = flag.Int("agent-images", 8, "images per run in BenchmarkAgentPulls")
+	agentImageSize = flag.Int64("agent-image-mib", 8, "size of each image in MiB in BenchmarkAgentPulls")
+)
+
+// BenchmarkAgentPulls compares the agent pulling N images — pull, tag,
+// verify, pin, report — with the same number of raw CRI pulls on the same
+// containerd, in the same run: sequentially (the agent's overhead) and with
+// the agent's parallel pulls (its speed-up). Each run pulls images of its own,
+// of the same size, so that none is already present.
+func BenchmarkAgentPulls(b *testing.B) {
+	n, size := *agentImages, *agentImageSize<<20
+	cfg, _ := testground.StartAPIServer(b, "../../deploy/crd")
+	ctd := testground.StartContainerd(b)
+	reg := testground.StartRegistry(b)
+	ctd.TrustRegistry(reg)
+	images, err := cri.NewRemote(ctd.Socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer images.Close()
+	store, err := containerd.New(ctd.Socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	scheme := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(scheme)
+	_ = prepullv1.AddToScheme(scheme)
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prepull-system"}}); err != nil {
+		b.Fatal(err)
+	}
+
+	push := func(run string) []testground.Pushed {
+		var out []testground.Pushed
+		for i := range n {
+			out = append(out, reg.MustPushRandom(b, fmt.Sprintf("%s/img%d:v1", run, i), size, 1))
+		}
+		return out
+	}
+	raw := func(set []testground.Pushed) time.Duration {
+		start := time.Now()
+		for _, p := range set {
+			if _, err := images.PullImage(ctx, p.Digest, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return time.Since(start)
+	}
+	agent := func(node string, set []testground.Pushed, parallel int) time.Duration {
+		mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+			Scheme:     scheme,
+			Metrics:    metricsserver.Options{BindAddress: "0"},
+			Controller: config.Controller{SkipNameValidation: ptrTo(true)},
+			Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+				&prepullv1.NodeImageSet{}: {Field: fields.OneTermEqualSelector("metadata.name", node)},
+			}},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := &nodeimageset.Reconciler{
+			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), NodeName: node, Namespace: "prepull-system",
+			Images: images, Store: store, MaxConcurrentPulls: parallel,
+			StatusInterval: 50 * time.Millisecond, ResyncInterval: time.Minute,
+		}
+		if err := r.SetupWithManager(mgr); err != nil {
+			b.Fatal(err)
+		}
+		mctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() { _ = mgr.Start(mctx) }()
+		if !mgr.GetCache().WaitForCacheSync(mctx) {
+			b.Fatal("cache not synced")
+		}
+		set0 := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: node}}
+		for _, p := range set {
+			set0.Spec.Images = append(set0.Spec.Images, prepullv1.NodeImage{
+				Image: p.Digest, Tags: []string{p.Tag}, Retain: prepullv1.RetainPinned,
+				Owners: []prepullv1.ImageOwner{{List: "bench/list", Retain: prepullv1.RetainPinned, Tags: []string{p.Tag}}},
+			})
+		}
+		// The agent is running once it reported on an empty spec; the clock
+		// starts when the images are handed to it.
+		wanted := set0.Spec.Images
+		set0.Spec.Images = nil
+		if err := c.Create(ctx, set0); err != nil {
+			b.Fatal(err)
+		}
+		for set0.Status.ObservedGeneration == 0 {
+			time.Sleep(10 * time.Millisecond)
+			if err := c.Get(ctx, client.ObjectKey{Name: node}, set0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		orig := set0.DeepCopy()
+		set0.Spec.Images = wanted
+		start := time.Now()
+		if err := c.Patch(ctx, set0, client.MergeFrom(orig)); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			got := &prepullv1.NodeImageSet{}
+			if err := c.Get(ctx, client.ObjectKey{Name: node}, got); err != nil {
+				b.Fatal(err)
+			}
+			present := 0
+			if dbg := false; dbg {
+				inRuntime := 0
+				for _, p := range set {
+					if _, err := images.ImageStatus(ctx, p.Digest); err == nil {
+						inRuntime++
+					}
+				}
+				fmt.Printf("%6dms runtime %d status %v\n", time.Since(start).Milliseconds(), inRuntime, phases(got))
+			}
+			for _, st := range got.Status.Images {
+				if st.Phase == prepullv1.PhasePresent {
+					present++
+				}
+			}
+			if present == n {
+				return time.Since(start)
+			}
+			if time.Since(start) > 10*time.Minute {
+				b.Fatalf("agent: %d of %d present after 10m", present, n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	th := testground.StartThrottle(b, reg, 100_000_000/8, 10*time.Millisecond)
+	ctd.TrustHost(th.Host)
+	profiles := []struct {
+		name string
+		link string
+		ref  func(testground.Pushed) testground.Pushed
+	}{
+		{"loopback", "loopback, no shaping", func(p testground.Pushed) testground.Pushed { return p }},
+		{"shaped", "100 Mbit/s shared, 10 ms per request", func(p testground.Pushed) testground.Pushed {
+			p.Tag, p.Digest = th.Ref(reg, p.Tag), th.Ref(reg, p.Digest)
+			return p
+		}},
+	}
+	b.ResetTimer()
+	for _, prof := range profiles {
+		sets := map[string][]testground.Pushed{}
+		b.StopTimer()
+		for _, run := range []string{"raw1", "agent1", "raw2", "agentpar"} {
+			for _, p := range push(prof.name + "-" + run) {
+				sets[run] = append(sets[run], prof.ref(p))
+			}
+		}
+		b.StartTimer()
+		rawA := raw(sets["raw1"])
+		agentSeq := agent(prof.name+"-seq", sets["agent1"], 1)
+		rawB := raw(sets["raw2"])
+		agentPar := agent(prof.name+"-par", sets["agentpar"], 4)
+
+		rawMean := (rawA + rawB) / 2
+		overhead := agentSeq.Seconds() / rawMean.Seconds()
+		speedup := agentSeq.Seconds() / agentPar.Seconds()
+		b.ReportMetric(overhead, prof.name+"-agent-seq/raw-seq")
+		b.ReportMetric(speedup, prof.name+"-agent-seq/agent-par4")
+		fmt.Printf("\nagent pulls, %s: %d images of %d MiB, one layer each\n", prof.link, n, size>>20)
+		fmt.Printf("  raw CRI pulls, sequential:       %s and %s (mean %s)\n", round(rawA), round(rawB), round(rawMean))
+		fmt.Printf("  agent, 1 pull at a time:         %s  (pull + tag + verify + pin + status Present)\n", round(agentSeq))
+		fmt.Printf("  agent, 4 pulls at a time:        %s\n", round(agentPar))
+		fmt.Printf("  sequential overhead (agent/raw): %.3f\n", overhead)
+		fmt.Printf("  parallel speed-up (1 vs 4):      %.2fx\n", speedup)
+	}
+}
+
+func round(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+
+func ptrTo[T any](v T) *T { return &v }
+
+func phases(s *prepullv1.NodeImageSet) []string {
+	var out []string
+	for _, st := range s.Status.Images {
+		out = append(out, string(st.Phase)[:2])
+	}
+	return out
+}
