@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -413,6 +415,37 @@ func TestAgent(t *testing.T) {
 			return nil
 		})
 
+		// The kubelet pulls the same image again by its tag, which rewrites
+		// the tag's record.
+		if _, err := e.images.PullImage(ctx, img.Tag, nil); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "pinned after a re-pull by the kubelet", func() error {
+			for _, ref := range []string{img.Digest, img.Tag} {
+				if owners, err := e.store.Owners(ctx, ref); err != nil || !slices.Equal(owners, []string{"shop/healed"}) {
+					return fmt.Errorf("owners of %s: %v, %v", ref, owners, err)
+				}
+			}
+			if !e.pinned(t, img.Tag) {
+				return fmt.Errorf("CRI does not report it pinned")
+			}
+			return nil
+		})
+
+		// containerd restarts; pins live in its metadata and the agent
+		// reconnects.
+		e.ctd.Stop()
+		e.ctd.Start()
+		if err := e.store.Unpin(ctx, img.Digest, "shop/healed"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the pin restored after a containerd restart", func() error {
+			if owners, err := e.store.Owners(ctx, img.Digest); err != nil || !slices.Equal(owners, []string{"shop/healed"}) {
+				return fmt.Errorf("owners %v, %v", owners, err)
+			}
+			return nil
+		})
+
 		// Someone points the tag at a foreign image.
 		foreign := e.public.MustPushRandom(t, "healed/other:v1", 1024, 1)
 		if _, err := e.images.PullImage(ctx, foreign.Digest, nil); err != nil {
@@ -533,6 +566,50 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("no more pulls at once than the limit", func(t *testing.T) {
+		th := testground.StartThrottle(t, e.public, 8<<20, 0)
+		e.ctd.TrustHost(th.Host)
+		var entries []prepullv1.NodeImage
+		for i := range 5 {
+			img := e.public.MustPushRandom(t, fmt.Sprintf("bounded/app%d:v1", i), 4<<20, 1)
+			entries = append(entries, entry(th.Ref(e.public, img.Digest), owner("shop/bounded", th.Ref(e.public, img.Tag))))
+		}
+		e.agent(t, "bounded", func(r *nodeimageset.Reconciler) { r.MaxConcurrentPulls = 2 })
+		w, err := watchStatus(e, "bounded")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		e.setSpec(t, "bounded", entries...)
+		most := 0
+		deadline := time.After(wait)
+		for present := 0; present < len(entries); {
+			select {
+			case ev := <-w.ResultChan():
+				set, ok := ev.Object.(*prepullv1.NodeImageSet)
+				if !ok {
+					continue
+				}
+				pulling := 0
+				present = 0
+				for _, st := range set.Status.Images {
+					switch st.Phase {
+					case prepullv1.PhasePulling:
+						pulling++
+					case prepullv1.PhasePresent:
+						present++
+					}
+				}
+				most = max(most, pulling)
+			case <-deadline:
+				t.Fatalf("not all Present after %s", wait)
+			}
+		}
+		if most != 2 {
+			t.Errorf("at most %d images were Pulling at once, want exactly the limit of 2", most)
+		}
+	})
+
 	t.Run("the agent killed mid-pull resumes after a restart", func(t *testing.T) {
 		bin := os.Getenv("PREPULL_BINARY")
 		if bin == "" {
@@ -549,10 +626,12 @@ func TestAgent(t *testing.T) {
 		if err := os.WriteFile(kubeconfig, e.api.KubeConfig, 0o600); err != nil {
 			t.Fatal(err)
 		}
+		metricsPort, probePort := testground.FreePort(t), testground.FreePort(t)
 		start := func() *exec.Cmd {
 			cmd := exec.Command(bin, "agent", "--node-name=killed", "--cri-endpoint="+e.ctd.Socket,
-				"--namespace="+ns, "--metrics-bind-address=0", "--status-interval=200ms",
-				fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testground.FreePort(t)))
+				"--namespace="+ns, "--status-interval=200ms",
+				fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
+				fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort))
 			cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 			log, _ := os.Create(filepath.Join(t.TempDir(), "agent.log"))
 			cmd.Stdout, cmd.Stderr = log, log
@@ -596,7 +675,41 @@ func TestAgent(t *testing.T) {
 				t.Errorf("pin owners of %s: %v, %v; want exactly shop/killed", ref, owners, err)
 			}
 		}
+		if body := get(t, probePort, "/readyz"); !strings.Contains(body, "ok") {
+			t.Errorf("/readyz: %q", body)
+		}
+		metrics := get(t, metricsPort, "/metrics")
+		for _, want := range []string{
+			`prepull_agent_pulls_total{result="success"} 1`,
+			`prepull_agent_images{state="pinned"} 1`,
+			"prepull_agent_pull_duration_seconds_count 1",
+		} {
+			if !strings.Contains(metrics, want) {
+				t.Errorf("metrics lack %q", want)
+			}
+		}
 	})
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// get returns the body of GET path on a loopback port, waiting for it to
+// answer 200.
+func get(t *testing.T, port int, path string) string {
+	t.Helper()
+	var body string
+	eventually(t, "GET "+path, func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		body = string(data)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", resp.Status, body)
+		}
+		return nil
+	})
+	return body
+}
