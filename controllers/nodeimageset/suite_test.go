@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -270,6 +271,26 @@ func TestAgent(t *testing.T) {
 		}
 		if set.Status.Runtime != "containerd test" || set.Status.ImageFilesystem == nil || set.Status.ImageFilesystem.CapacityBytes == 0 {
 			t.Errorf("node status %+v: want runtime and image filesystem", set.Status)
+		}
+	})
+
+	t.Run("a multi-platform index is pulled by its index digest", func(t *testing.T) {
+		idx, err := testground.RandomIndex(1024, 1, testground.Linux("amd64"), testground.Linux("arm64"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := e.public.PushIndex("multi/app:v1", idx, goruntime.GOARCH)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.agent(t, "multi", nil)
+		e.setSpec(t, "multi", entry(img.Digest, owner("shop/multi", img.Tag)))
+		st := e.phase(t, "multi", img.Digest, prepullv1.PhasePresent, nil)
+		if _, d, _ := strings.Cut(img.Digest, "@"); st.Digest != d {
+			t.Errorf("status digest %s, want the index digest %s", st.Digest, d)
+		}
+		if got := e.runtimeID(t, img.Tag); got != img.ID {
+			t.Errorf("the tag names %s, want this platform's image %s", got, img.ID)
 		}
 	})
 
@@ -563,6 +584,22 @@ func TestAgent(t *testing.T) {
 			if gap := writes[i].Sub(writes[i-1]); gap < 500*time.Millisecond {
 				t.Errorf("status writes %d and %d came %s apart, want about 1s at least", i-1, i, gap)
 			}
+		}
+	})
+
+	t.Run("a pull past its timeout fails with the reason", func(t *testing.T) {
+		th := testground.StartThrottle(t, e.public, 1<<20, 0)
+		e.ctd.TrustHost(th.Host)
+		img := e.public.MustPushRandom(t, "timeout/app:v1", 8<<20, 1)
+		o := owner("shop/timeout", th.Ref(e.public, img.Tag))
+		o.Timeout, o.BackoffLimit = &metav1.Duration{Duration: 500 * time.Millisecond}, ptr(int32(0))
+		en := entry(th.Ref(e.public, img.Digest), o)
+		en.Timeout = o.Timeout
+		e.agent(t, "timeout", nil)
+		e.setSpec(t, "timeout", en)
+		st := e.phase(t, "timeout", en.Image, prepullv1.PhaseFailed, nil)
+		if st.Reason != nodeimageset.ReasonTimeout || st.Attempts != 1 {
+			t.Errorf("status %+v: want reason Timeout after 1 attempt", st)
 		}
 	})
 

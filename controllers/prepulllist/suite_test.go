@@ -642,6 +642,28 @@ func TestController(t *testing.T) {
 		}
 	})
 
+	t.Run("a multi-platform tag resolves to its index digest", func(t *testing.T) {
+		ns := e.namespace(t, "multiarch")
+		idx, err := testground.RandomIndex(1024, 1, testground.Linux("amd64"), testground.Linux("arm64"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pushed, err := e.public.PushIndex("multi/app:v1", idx, "amd64")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := list(ns, "multi", pushed.Tag)
+		l.Spec.NodeSelector = selector(map[string]string{"pool": "none"})
+		e.mustCreate(t, l)
+		eventually(t, "the index digest in status", func() error {
+			got := e.getList(t, l)
+			if len(got.Status.Images) != 1 || got.Status.Images[0].Digest != digestOf(pushed.Digest) {
+				return fmt.Errorf("images %+v, want digest %s", got.Status.Images, digestOf(pushed.Digest))
+			}
+			return nil
+		})
+	})
+
 	t.Run("an unresolvable image degrades the list and the others roll out", func(t *testing.T) {
 		ns := e.namespace(t, "unresolvable")
 		pool := map[string]string{"pool": "unresolvable"}
