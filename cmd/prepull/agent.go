@@ -8,10 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -27,15 +24,8 @@ import (
 
 func runAgent(ctx context.Context, args []string) error {
 	opts := NewAgentOptions()
-	fs := pflag.NewFlagSet("prepull agent", pflag.ContinueOnError)
-	opts.AddFlags(fs)
-	zapOpts := bindLogFlags(fs)
-	if err := fs.Parse(args); errors.Is(err, pflag.ErrHelp) {
-		return nil
-	} else if err != nil {
-		return err
-	}
-	if err := opts.Validate(); err != nil {
+	zapOpts, err := parseFlags("prepull agent", args, opts)
+	if err != nil || zapOpts == nil {
 		return err
 	}
 	log := zap.New(zap.UseFlagOptions(zapOpts)).WithValues("node", opts.NodeName)
@@ -53,11 +43,8 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	defer closeStore()
 
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return err
-	}
-	if err := prepullv1.AddToScheme(scheme); err != nil {
+	scheme, err := newScheme()
+	if err != nil {
 		return err
 	}
 	cfg, err := ctrl.GetConfig()

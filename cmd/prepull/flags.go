@@ -1,11 +1,51 @@
 package main
 
 import (
+	"errors"
 	"flag"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
 )
+
+// options is a command's flags.
+type options interface {
+	AddFlags(*pflag.FlagSet)
+	Validate() error
+}
+
+// parseFlags parses args into opts and the logging flags, and validates
+// opts. It returns nil options and no error for --help.
+func parseFlags(name string, args []string, opts options) (*zap.Options, error) {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	opts.AddFlags(fs)
+	zapOpts := bindLogFlags(fs)
+	if err := fs.Parse(args); errors.Is(err, pflag.ErrHelp) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	return zapOpts, nil
+}
+
+// newScheme knows the Kubernetes types and prepull's.
+func newScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := prepullv1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	return scheme, nil
+}
 
 // bindLogFlags defines zap's --zap-* logging flags on fs and returns the
 // options they fill.

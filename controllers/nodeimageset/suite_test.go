@@ -27,7 +27,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -57,7 +56,7 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	ctrl.SetLogger(zap.New(zap.WriteTo(testWriter{t}), zap.UseDevMode(true)))
+	ctrl.SetLogger(testground.Logger(t))
 	e := &env{}
 	e.cfg, e.api = testground.StartAPIServer(t, "../../deploy/crd")
 	e.ctd = testground.StartContainerd(t)
@@ -84,13 +83,6 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	return e
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // agent runs the agent's reconciler for node in this process until the
@@ -195,13 +187,7 @@ const wait = 60 * time.Second
 
 func eventually(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	var err error
-	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if err = cond(); err == nil {
-			return
-		}
-	}
-	t.Fatalf("%s: not after %s: %v", what, wait, err)
+	testground.Eventually(t, wait, what, cond)
 }
 
 // phase waits until image reaches phase on node, and returns its status.

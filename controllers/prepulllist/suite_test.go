@@ -21,7 +21,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -64,7 +63,7 @@ func (r *countingResolver) count(ref string) int {
 
 func setup(t *testing.T) *env {
 	t.Helper()
-	ctrl.SetLogger(zap.New(zap.WriteTo(testWriter{t}), zap.UseDevMode(true)))
+	ctrl.SetLogger(testground.Logger(t))
 	cfg, _ := testground.StartAPIServer(t, "../../deploy/crd")
 	public := testground.StartRegistry(t)
 	private := testground.StartRegistry(t, testground.WithBasicAuth("alice", "s3cret"))
@@ -125,13 +124,6 @@ func setup(t *testing.T) *env {
 	return e
 }
 
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 var ctx = context.Background()
 
 func (e *env) mustCreate(t *testing.T, o client.Object) {
@@ -185,13 +177,7 @@ const wait = 20 * time.Second
 // error.
 func eventually(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	var err error
-	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if err = cond(); err == nil {
-			return
-		}
-	}
-	t.Fatalf("%s: not after %s: %v", what, wait, err)
+	testground.Eventually(t, wait, what, cond)
 }
 
 func (e *env) getList(t *testing.T, l *prepullv1.PrePullList) *prepullv1.PrePullList {
