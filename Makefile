@@ -30,6 +30,10 @@ envtest-assets: ## Build the pinned kube-apiserver and etcd into bin/.
 	hack/build-tool.sh kube kube-apiserver
 	hack/build-tool.sh etcd
 
+.PHONY: cluster-binaries
+cluster-binaries: envtest-assets containerd ## Build the pinned kubelet, kube-controller-manager, kube-scheduler and kubectl into bin/.
+	hack/build-tool.sh kube kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl
+
 .PHONY: containerd
 containerd: ## Build the pinned containerd, ctr and containerd-shim-runc-v2 into bin/.
 	hack/build-tool.sh containerd
@@ -83,6 +87,18 @@ test: testground lint verify-generated build ## Build the test ground and run ev
 .PHONY: test-unit
 test-unit: ## Run only the tests that need no test ground.
 	$(GO) test $(GO_TEST_FLAGS) ./cri/ ./cmd/...
+
+##@ Local cluster
+
+CLUSTER_DIR ?= /var/lib/prepull-cluster
+
+.PHONY: demo
+demo: deps cluster-binaries build ## Bring up a local cluster, deploy prepull, pre-pull, stop the registry, start pods (root).
+	$(GO) run ./hack/cluster demo -dir $(CLUSTER_DIR) -bin $(BIN)
+
+.PHONY: demo-down
+demo-down: ## Stop the local cluster and restore the machine (root).
+	$(GO) run ./hack/cluster down -dir $(CLUSTER_DIR) -bin $(BIN)
 
 BENCH_NODES ?= 1000
 

@@ -1,0 +1,410 @@
+// Package cluster brings up, and tears down completely, a real single-node
+// Kubernetes cluster on this machine from the binaries the project builds:
+// etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, and
+// containerd with runc and the CNI bridge plugin, plus a registry. It needs
+// root. The processes outlive the command that started them (make demo
+// leaves the cluster up); their PIDs are recorded in the cluster's directory,
+// and Down stops exactly those, then undoes what the kubelet and containerd
+// did to the machine: mounts, pod cgroups, the bridge, iptables rules and
+// sysctls.
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Fixed addresses of the local cluster, all on loopback.
+const (
+	APIServerPort = 16443
+	EtcdPort      = 12379
+	RegistryHost  = "127.0.0.1:35000"
+	ServiceIP     = "10.96.0.1"
+	PodSubnet     = "10.244.0.0/24"
+	BridgeName    = "cni-prepull0"
+	PauseImage    = RegistryHost + "/prepull/pause:3.10"
+)
+
+// Cluster is a local cluster's directory and what is known of it.
+type Cluster struct {
+	// Dir holds everything the cluster writes.
+	Dir string
+	// Bin holds the binaries.
+	Bin string
+	// NodeName is the one node's name.
+	NodeName string
+}
+
+// New describes the cluster in dir with binaries in bin.
+func New(dir, bin, node string) *Cluster {
+	return &Cluster{Dir: dir, Bin: bin, NodeName: node}
+}
+
+// Kubeconfig is the admin kubeconfig.
+func (c *Cluster) Kubeconfig() string { return filepath.Join(c.Dir, "admin.kubeconfig") }
+
+// ContainerdSocket is the node runtime's socket.
+func (c *Cluster) ContainerdSocket() string { return filepath.Join(c.Dir, "containerd", "c.sock") }
+
+func (c *Cluster) path(p ...string) string { return filepath.Join(append([]string{c.Dir}, p...)...) }
+
+// Up starts the cluster and waits until the node is Ready. It fails if a
+// cluster is already up in Dir.
+func (c *Cluster) Up(ctx context.Context, logf func(string, ...any)) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the local cluster needs root")
+	}
+	if _, err := os.Stat(c.path("pids")); err == nil {
+		return fmt.Errorf("a cluster is already up in %s: run make demo-down first", c.Dir)
+	}
+	for _, d := range []string{"logs", "etcd", "containerd/certs.d", "containerd/cni", "cni-ipam", "kubelet/root", "kubelet/pki", "kubelet/plugins", "pod-logs", "registry"} {
+		if err := os.MkdirAll(c.path(d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := c.saveHostState(); err != nil {
+		return err
+	}
+	if err := pki(c.path("pki")); err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+	if err := c.writeConfigs(); err != nil {
+		return err
+	}
+
+	start := time.Now()
+	if err := c.start("registry", c.lookPath("docker-registry"), "serve", c.path("registry", "config.yml")); err != nil {
+		return err
+	}
+	if err := c.start("etcd", c.bin("etcd"), "--data-dir", c.path("etcd"),
+		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", EtcdPort),
+		"--advertise-client-urls", fmt.Sprintf("http://127.0.0.1:%d", EtcdPort),
+		"--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", EtcdPort+1),
+		"--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", EtcdPort+1),
+		"--initial-cluster", fmt.Sprintf("default=http://127.0.0.1:%d", EtcdPort+1),
+		"--log-level", "warn"); err != nil {
+		return err
+	}
+	pkiDir := c.path("pki")
+	if err := c.start("kube-apiserver", c.bin("kube-apiserver"),
+		"--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", EtcdPort),
+		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(APIServerPort),
+		"--advertise-address", "127.0.0.1", "--endpoint-reconciler-type", "none",
+		"--tls-cert-file", filepath.Join(pkiDir, "apiserver.crt"), "--tls-private-key-file", filepath.Join(pkiDir, "apiserver.key"),
+		"--token-auth-file", c.path("tokens.csv"),
+		"--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
+		"--service-cluster-ip-range", "10.96.0.0/16",
+		"--service-account-issuer", "https://kubernetes.default.svc",
+		"--service-account-key-file", filepath.Join(pkiDir, "sa.pub"),
+		"--service-account-signing-key-file", filepath.Join(pkiDir, "sa.key"),
+		"--allow-privileged=true"); err != nil {
+		return err
+	}
+	if err := waitHTTP(ctx, "kube-apiserver", fmt.Sprintf("https://127.0.0.1:%d/readyz", APIServerPort), 90*time.Second); err != nil {
+		return c.withLog(err, "kube-apiserver")
+	}
+	logf("kube-apiserver ready after %s", time.Since(start).Round(time.Millisecond))
+	if err := c.start("kube-controller-manager", c.bin("kube-controller-manager"),
+		"--kubeconfig", c.path("kcm.kubeconfig"), "--bind-address", "127.0.0.1", "--secure-port", "10357",
+		"--service-account-private-key-file", filepath.Join(pkiDir, "sa.key"), "--root-ca-file", filepath.Join(pkiDir, "ca.crt"),
+		"--use-service-account-credentials=false", "--leader-elect=false", "--controllers", "*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle"); err != nil {
+		return err
+	}
+	if err := c.start("kube-scheduler", c.bin("kube-scheduler"),
+		"--kubeconfig", c.path("scheduler.kubeconfig"), "--bind-address", "127.0.0.1", "--secure-port", "10359", "--leader-elect=false"); err != nil {
+		return err
+	}
+	if err := c.start("containerd", c.bin("containerd"), "--config", c.path("containerd", "config.toml")); err != nil {
+		return err
+	}
+	if err := waitFile(ctx, c.ContainerdSocket(), 60*time.Second); err != nil {
+		return c.withLog(err, "containerd")
+	}
+	if err := c.start("kubelet", c.bin("kubelet"),
+		"--config", c.path("kubelet", "config.yaml"), "--kubeconfig", c.path("kubelet.kubeconfig"),
+		"--root-dir", c.path("kubelet", "root"), "--cert-dir", c.path("kubelet", "pki"),
+		"--hostname-override", c.NodeName, "--node-ip", "127.0.0.1", "--v", "1"); err != nil {
+		return err
+	}
+	logf("all processes started after %s", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// writeConfigs writes tokens, kubeconfigs and the configurations of the
+// registry, containerd, the CNI bridge and the kubelet.
+func (c *Cluster) writeConfigs() error {
+	server := fmt.Sprintf("https://127.0.0.1:%d", APIServerPort)
+	ca := c.path("pki", "ca.crt")
+	users := []struct{ file, user, uid, groups string }{
+		{"admin.kubeconfig", "admin", "1", "system:masters"},
+		{"kubelet.kubeconfig", "system:node:" + c.NodeName, "2", "system:nodes"},
+		{"kcm.kubeconfig", "system:kube-controller-manager", "3", ""},
+		{"scheduler.kubeconfig", "system:kube-scheduler", "4", ""},
+	}
+	var tokens strings.Builder
+	for _, u := range users {
+		tok := token()
+		fmt.Fprintf(&tokens, "%s,%s,%s,%q\n", tok, u.user, u.uid, u.groups)
+		if err := os.WriteFile(c.path(u.file), []byte(kubeconfig(server, ca, u.user, tok)), 0o600); err != nil {
+			return err
+		}
+	}
+	files := map[string]string{
+		"tokens.csv":              tokens.String(),
+		"registry/config.yml":     fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", c.path("registry", "data"), RegistryHost),
+		"containerd/config.toml":  containerdConfig(c.path("containerd"), c.path("kubelet")),
+		"containerd/cni/10-prepull.conflist": fmt.Sprintf(`{"cniVersion":"1.0.0","name":"prepull","plugins":[{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q,"routes":[{"dst":"0.0.0.0/0"}]}}]}`,
+			BridgeName, PodSubnet, c.path("cni-ipam")),
+		"containerd/certs.d/" + RegistryHost + "/hosts.toml": fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", RegistryHost),
+		"kubelet/config.yaml": kubeletConfig(c.ContainerdSocket(), c.path("pod-logs"), c.path("kubelet", "plugins")),
+	}
+	for name, data := range files {
+		if err := os.MkdirAll(filepath.Dir(c.path(name)), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(c.path(name), []byte(data), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func containerdConfig(dir, kubeletDir string) string {
+	return fmt.Sprintf(`version = 4
+root = '%[1]s/root'
+state = '%[1]s/state'
+temp = '%[1]s/tmp'
+imports = []
+disabled_plugins = [
+  'io.containerd.snapshotter.v1.devmapper',
+  'io.containerd.snapshotter.v1.zfs',
+  'io.containerd.snapshotter.v1.blockfile',
+  'io.containerd.snapshotter.v1.erofs',
+  'io.containerd.differ.v1.erofs',
+  'io.containerd.mount-handler.v1.erofs',
+  'io.containerd.nri.v1.nri',
+]
+
+[plugins]
+  [plugins.'io.containerd.server.v1.grpc']
+    address = '%[1]s/c.sock'
+  [plugins.'io.containerd.server.v1.ttrpc']
+    address = '%[1]s/c.sock.ttrpc'
+  [plugins.'io.containerd.shim.v1.manager']
+    socket_dir = '%[1]s/s'
+  [plugins.'io.containerd.internal.v1.opt']
+    path = '%[1]s/opt'
+  [plugins.'io.containerd.image-verifier.v1.bindir']
+    bin_dir = '%[1]s/opt/verifiers'
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = 'overlayfs'
+    stats_collect_period = 2
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = '%[2]s'
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = '%[1]s/certs.d'
+  [plugins.'io.containerd.cri.v1.runtime']
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ['/usr/lib/cni', '/opt/cni/bin']
+      conf_dir = '%[1]s/cni'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+      SystemdCgroup = false
+  [plugins.'io.containerd.grpc.v1.cri']
+    stream_server_address = '127.0.0.1'
+    stream_server_port = '0'
+`, dir, PauseImage)
+}
+
+func kubeletConfig(socket, podLogs, plugins string) string {
+	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://%s
+address: 127.0.0.1
+port: 10350
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10358
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+oomScoreAdj: 0
+failSwapOn: false
+podLogsDir: %s
+volumePluginDir: %s
+resolvConf: /etc/resolv.conf
+enforceNodeAllocatable: []
+serializeImagePulls: false
+imageMinimumGCAge: 0s
+evictionHard:
+  memory.available: 50Mi
+  nodefs.available: 1%%
+  imagefs.available: 1%%
+`, socket, podLogs, plugins)
+}
+
+// bin is a project-built binary.
+func (c *Cluster) bin(name string) string { return filepath.Join(c.Bin, name) }
+
+// lookPath finds a system binary.
+func (c *Cluster) lookPath(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return name
+}
+
+// start starts a detached process logging to logs/name.log and records its
+// PID.
+func (c *Cluster) start(name, bin string, args ...string) error {
+	log, err := os.OpenFile(c.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.Env = append(os.Environ(), "PATH="+c.Bin+":"+os.Getenv("PATH"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	f, err := os.OpenFile(c.path("pids"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = fmt.Fprintf(f, "%s %d\n", name, cmd.Process.Pid)
+	_ = cmd.Process.Release()
+	return err
+}
+
+// withLog adds the end of a process's log to err.
+func (c *Cluster) withLog(err error, name string) error {
+	data, _ := os.ReadFile(c.path("logs", name+".log"))
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return fmt.Errorf("%w; %s log ends:\n%s", err, name, strings.Join(lines, "\n"))
+}
+
+// pids reads the recorded processes, in start order.
+func (c *Cluster) pids() ([][2]string, error) {
+	f, err := os.Open(c.path("pids"))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out [][2]string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if name, pid, ok := strings.Cut(sc.Text(), " "); ok {
+			out = append(out, [2]string{name, pid})
+		}
+	}
+	return out, sc.Err()
+}
+
+// Stop stops one recorded process by its PID (the registry, to show that
+// pods start without it).
+func (c *Cluster) Stop(name string) error {
+	ps, err := c.pids()
+	if err != nil {
+		return err
+	}
+	for _, p := range ps {
+		if p[0] == name {
+			pid, _ := strconv.Atoi(p[1])
+			return stopPID(name, pid, 20*time.Second)
+		}
+	}
+	return fmt.Errorf("no %s recorded in %s", name, c.path("pids"))
+}
+
+// stopPID sends SIGTERM and waits, then SIGKILL. A process that is already
+// gone, or whose PID now names another program, is left alone.
+func stopPID(name string, pid int, grace time.Duration) error {
+	if !alive(pid, name) {
+		return nil
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if !alive(pid, name) {
+			return nil
+		}
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	for range 50 {
+		if !alive(pid, name) {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s (pid %d) did not stop", name, pid)
+}
+
+// alive reports whether pid runs the binary name.
+func alive(pid int, name string) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err == nil && strings.Contains(string(stat), ") Z ") {
+		return false
+	}
+	base := filepath.Base(strings.TrimSuffix(exe, " (deleted)"))
+	return base == name || (name == "registry" && base == "docker-registry")
+}
+
+func waitHTTP(ctx context.Context, what, url string, timeout time.Duration) error {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: insecureTransport()}
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
+				return nil
+			}
+			err = fmt.Errorf("%s", resp.Status)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s not ready after %s: %v", what, timeout, last)
+}
+
+func waitFile(ctx context.Context, path string, timeout time.Duration) error {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s did not appear within %s", path, timeout)
+}

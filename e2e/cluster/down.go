@@ -1,0 +1,239 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// sysctls the kubelet changes, saved before it starts and restored by Down.
+var sysctls = []string{
+	"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
+}
+
+// saveHostState records the sysctls and iptables rules that the kubelet and
+// the CNI plugin change.
+func (c *Cluster) saveHostState() error {
+	var b strings.Builder
+	for _, s := range sysctls {
+		v, err := os.ReadFile("/proc/sys/" + s)
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(&b, "%s %s\n", s, strings.TrimSpace(string(v)))
+	}
+	if err := os.WriteFile(c.path("sysctls.saved"), []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		out, err := exec.Command(tool+"-save").Output()
+		if err != nil {
+			return fmt.Errorf("%s-save (is iptables installed? make deps): %w", tool, err)
+		}
+		if err := os.WriteFile(c.path(tool+".saved"), out, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Down stops every recorded process by PID and undoes what the cluster did
+// to the machine, then removes Dir. It goes on past errors and reports them
+// all.
+func (c *Cluster) Down(logf func(string, ...any)) error {
+	if _, err := os.Stat(c.Dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var errs []error
+	ps, _ := c.pids()
+	byName := map[string]int{}
+	for _, p := range ps {
+		pid, _ := strconv.Atoi(p[1])
+		byName[p[0]] = pid
+	}
+	stop := func(name string) {
+		if pid, ok := byName[name]; ok {
+			if err := stopPID(name, pid, 20*time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// The kubelet first, so that it restarts nothing; then every pod through
+	// the runtime, so that no container, mount or network is left; then the
+	// rest.
+	stop("kubelet")
+	if pid, ok := byName["containerd"]; ok && alive(pid, "containerd") {
+		if err := c.removePods(); err != nil {
+			errs = append(errs, fmt.Errorf("remove pods: %w", err))
+		}
+	}
+	for _, name := range []string{"kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd", "containerd", "registry"} {
+		stop(name)
+	}
+	c.killShims(logf)
+	errs = append(errs, c.unmountAll(), c.removeCgroups(), c.removeBridge(), c.restoreHostState(), c.removeLogLinks())
+	if err := os.RemoveAll(c.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// removePods stops and removes every pod sandbox through CRI.
+func (c *Cluster) removePods() error {
+	conn, err := grpc.NewClient("unix://"+c.ContainerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := rs.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range resp.GetItems() {
+		if _, err := rs.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.GetId()}); err != nil {
+			errs = append(errs, err)
+		}
+		if _, err := rs.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.GetId()}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killShims stops runtime shims whose sockets live in the cluster's
+// directory, should any survive containerd.
+func (c *Cluster) killShims(logf func(string, ...any)) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.Contains(string(cmdline), c.Dir) {
+			continue
+		}
+		if alive(pid, "containerd-shim-runc-v2") {
+			logf("stopping leftover shim %d", pid)
+			_ = stopPID("containerd-shim-runc-v2", pid, 5*time.Second)
+		}
+	}
+}
+
+// unmountAll unmounts every mount under Dir, deepest first.
+func (c *Cluster) unmountAll() error {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	var mounts []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && (fields[4] == c.Dir || strings.HasPrefix(fields[4], c.Dir+"/")) {
+			mounts = append(mounts, fields[4])
+		}
+	}
+	f.Close()
+	slices.SortFunc(mounts, func(a, b string) int { return len(b) - len(a) })
+	var errs []error
+	for _, m := range mounts {
+		if err := exec.Command("umount", "-l", m).Run(); err != nil {
+			errs = append(errs, fmt.Errorf("umount %s: %w", m, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeCgroups removes the kubelet's pod cgroups, deepest first.
+func (c *Cluster) removeCgroups() error {
+	var dirs []string
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods*")
+	unified, _ := filepath.Glob("/sys/fs/cgroup/kubepods*")
+	for _, root := range append(roots, unified...) {
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+	}
+	slices.SortFunc(dirs, func(a, b string) int { return len(b) - len(a) })
+	var errs []error
+	for _, d := range dirs {
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Cluster) removeBridge() error {
+	if err := exec.Command("ip", "link", "show", BridgeName).Run(); err != nil {
+		return nil
+	}
+	if out, err := exec.Command("ip", "link", "del", BridgeName).CombinedOutput(); err != nil {
+		return fmt.Errorf("delete bridge %s: %v: %s", BridgeName, err, out)
+	}
+	return nil
+}
+
+// restoreHostState puts back the saved sysctls and iptables rules.
+func (c *Cluster) restoreHostState() error {
+	var errs []error
+	if data, err := os.ReadFile(c.path("sysctls.saved")); err == nil {
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			if k, v, ok := strings.Cut(line, " "); ok {
+				if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0o644); err != nil {
+					errs = append(errs, fmt.Errorf("restore sysctl %s: %w", k, err))
+				}
+			}
+		}
+	}
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		data, err := os.ReadFile(c.path(tool + ".saved"))
+		if err != nil {
+			continue
+		}
+		cmd := exec.Command(tool + "-restore")
+		cmd.Stdin = strings.NewReader(string(data))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("%s-restore: %v: %s", tool, err, out))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeLogLinks removes the kubelet's /var/log/containers links into Dir.
+func (c *Cluster) removeLogLinks() error {
+	links, _ := filepath.Glob("/var/log/containers/*.log")
+	for _, l := range links {
+		if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, c.Dir) {
+			_ = os.Remove(l)
+		}
+	}
+	return nil
+}
+
+func insecureTransport() *http.Transport {
+	return &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} //nolint:gosec // a readiness probe of our own loopback apiserver
+}
