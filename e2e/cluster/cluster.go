@@ -133,7 +133,7 @@ func (c *Cluster) Up(ctx context.Context, logf func(string, ...any)) error {
 	if err := c.start("kubelet", c.bin("kubelet"),
 		"--config", c.path("kubelet", "config.yaml"), "--kubeconfig", c.path("kubelet.kubeconfig"),
 		"--root-dir", c.path("kubelet", "root"), "--cert-dir", c.path("kubelet", "pki"),
-		"--hostname-override", c.NodeName, "--node-ip", "127.0.0.1", "--v", "1"); err != nil {
+		"--hostname-override", c.NodeName, "--v", "1"); err != nil {
 		return err
 	}
 	logf("all processes started after %s", time.Since(start).Round(time.Millisecond))
@@ -148,7 +148,9 @@ func (c *Cluster) writeConfigs() error {
 	users := []struct{ file, user, uid, groups string }{
 		{"admin.kubeconfig", "admin", "1", "system:masters"},
 		{"kubelet.kubeconfig", "system:node:" + c.NodeName, "2", "system:nodes"},
-		{"kcm.kubeconfig", "system:kube-controller-manager", "3", ""},
+		// A local test cluster: the controller manager acts with its own
+		// credentials for every controller.
+		{"kcm.kubeconfig", "system:kube-controller-manager", "3", "system:masters"},
 		{"scheduler.kubeconfig", "system:kube-scheduler", "4", ""},
 	}
 	var tokens strings.Builder
