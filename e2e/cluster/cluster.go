@@ -43,12 +43,29 @@ type Cluster struct {
 	Bin string
 	// NodeName is the one node's name.
 	NodeName string
+	// Root is the prepull module's root, for building the pause program
+	// and finding the deploy overlay.
+	Root string
 }
 
-// New describes the cluster in dir with binaries in bin.
+// New describes the cluster in dir with binaries in bin, for the module
+// found from the working directory up.
 func New(dir, bin, node string) *Cluster {
-	return &Cluster{Dir: dir, Bin: bin, NodeName: node}
+	root, _ := os.Getwd()
+	for d := root; ; d = filepath.Dir(d) {
+		if data, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && strings.HasPrefix(string(data), "module prepull.io/prepull\n") {
+			root = d
+			break
+		}
+		if d == filepath.Dir(d) {
+			break
+		}
+	}
+	return &Cluster{Dir: dir, Bin: bin, NodeName: node, Root: root}
 }
+
+// Overlay is the kustomize overlay that deploys prepull on this cluster.
+func (c *Cluster) Overlay() string { return filepath.Join(c.Root, "hack", "cluster", "overlay") }
 
 // Kubeconfig is the admin kubeconfig.
 func (c *Cluster) Kubeconfig() string { return filepath.Join(c.Dir, "admin.kubeconfig") }
@@ -162,13 +179,13 @@ func (c *Cluster) writeConfigs() error {
 		}
 	}
 	files := map[string]string{
-		"tokens.csv":              tokens.String(),
-		"registry/config.yml":     fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", c.path("registry", "data"), RegistryHost),
-		"containerd/config.toml":  containerdConfig(c.path("containerd"), c.path("kubelet")),
+		"tokens.csv":             tokens.String(),
+		"registry/config.yml":    fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", c.path("registry", "data"), RegistryHost),
+		"containerd/config.toml": containerdConfig(c.path("containerd"), c.path("kubelet")),
 		"containerd/cni/10-prepull.conflist": fmt.Sprintf(`{"cniVersion":"1.0.0","name":"prepull","plugins":[{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q,"routes":[{"dst":"0.0.0.0/0"}]}}]}`,
 			BridgeName, PodSubnet, c.path("cni-ipam")),
 		"containerd/certs.d/" + RegistryHost + "/hosts.toml": fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", RegistryHost),
-		"kubelet/config.yaml": kubeletConfig(c.ContainerdSocket(), c.path("pod-logs"), c.path("kubelet", "plugins")),
+		"kubelet/config.yaml":                                kubeletConfig(c.ContainerdSocket(), c.path("pod-logs"), c.path("kubelet", "plugins")),
 	}
 	for name, data := range files {
 		if err := os.MkdirAll(filepath.Dir(c.path(name)), 0o755); err != nil {

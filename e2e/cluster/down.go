@@ -41,7 +41,7 @@ func (c *Cluster) saveHostState() error {
 		return err
 	}
 	for _, tool := range []string{"iptables", "ip6tables"} {
-		out, err := exec.Command(tool+"-save").Output()
+		out, err := exec.Command(tool + "-save").Output()
 		if err != nil {
 			return fmt.Errorf("%s-save (is iptables installed? make deps): %w", tool, err)
 		}

@@ -1,0 +1,227 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+)
+
+// up brings the cluster up, pushes its pause image and waits for the node.
+func (c *Cluster) Start(ctx context.Context, logf func(string, ...any)) error {
+	start := time.Now()
+	if err := c.Up(ctx, logf); err != nil {
+		return err
+	}
+	pause, err := BuildPause(c.Root)
+	if err != nil {
+		return err
+	}
+	img, err := Image([]string{"/pause"}, []File{{Path: "pause", Mode: 0o755, Data: pause}})
+	if err != nil {
+		return err
+	}
+	if _, err := Push(PauseImage, img); err != nil {
+		return err
+	}
+	cs, _, err := c.Clients()
+	if err != nil {
+		return err
+	}
+	if err := WaitNodeReady(ctx, cs, c.NodeName, 2*time.Minute); err != nil {
+		return err
+	}
+	logf("node %s Ready %s after start; kubeconfig: %s", c.NodeName, time.Since(start).Round(time.Millisecond), c.Kubeconfig())
+	return nil
+}
+
+func (c *Cluster) Clients() (*kubernetes.Clientset, client.Client, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig())
+	if err != nil {
+		return nil, nil, err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	scheme := Scheme()
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	return cs, cl, err
+}
+
+// waitNodeReady waits for a Ready condition with a heartbeat newer than the
+// wait itself: after a restart, a stale Ready status lies.
+func WaitNodeReady(ctx context.Context, cs *kubernetes.Clientset, name string, timeout time.Duration) error {
+	since := time.Now().Add(-time.Second)
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			for _, cond := range n.Status.Conditions {
+				if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue && cond.LastHeartbeatTime.After(since) {
+					return nil
+				}
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("node %s not Ready after %s", name, timeout)
+}
+
+// kubectl runs the built kubectl against the
+func (c *Cluster) Kubectl(args ...string) error {
+	cmd := exec.Command(filepath.Join(c.Bin, "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig()}, args...)...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	return cmd.Run()
+}
+
+// waitPodRunning creates pod and watches it to Running, returning the time
+// from creation to Running with millisecond precision.
+func WaitPodRunning(ctx context.Context, cs *kubernetes.Clientset, pod *corev1.Pod, timeout time.Duration) (time.Duration, error) {
+	pods := cs.CoreV1().Pods(pod.Namespace)
+	w, err := pods.Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", pod.Name).String()})
+	if err != nil {
+		return 0, err
+	}
+	defer w.Stop()
+	start := time.Now()
+	if _, err := pods.Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return 0, err
+	}
+	deadline := time.After(timeout)
+	for {
+		select {
+		case ev := <-w.ResultChan():
+			if ev.Type == watch.Error {
+				return 0, apierrors.FromObject(ev.Object)
+			}
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			if p.Status.Phase == corev1.PodRunning {
+				return time.Since(start), nil
+			}
+			for _, s := range p.Status.ContainerStatuses {
+				if w := s.State.Waiting; w != nil && (w.Reason == "ErrImageNeverPull" || w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
+					return 0, fmt.Errorf("pod %s: %s: %s", p.Name, w.Reason, w.Message)
+				}
+			}
+		case <-deadline:
+			return 0, fmt.Errorf("pod %s not Running after %s", pod.Name, timeout)
+		}
+	}
+}
+
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(s)
+	_ = prepullv1.AddToScheme(s)
+	return s
+}
+
+// PrepullImage is where the demo pushes the prepull image; the overlay in
+// hack/cluster/overlay names it.
+const PrepullImage = RegistryHost + "/prepull/prepull:dev"
+
+// pushPrepull builds the prepull image from the built binary, without a
+// Docker engine, and pushes it to the cluster's registry.
+func (c *Cluster) PushPrepull() error {
+	bin, err := os.ReadFile(filepath.Join(c.Bin, "prepull"))
+	if err != nil {
+		return fmt.Errorf("read the prepull binary (make build): %w", err)
+	}
+	files := []File{{Path: "prepull", Mode: 0o755, Data: bin}}
+	if ca, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt"); err == nil {
+		files = append(files, File{Path: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644, Data: ca})
+	}
+	img, err := Image([]string{"/prepull"}, files)
+	if err != nil {
+		return err
+	}
+	_, err = Push(PrepullImage, img)
+	return err
+}
+
+// Deploy deploys prepull on the cluster and waits until the agent and the
+// controller are ready.
+func (c *Cluster) Deploy(ctx context.Context, cs *kubernetes.Clientset, overlay string) error {
+	if err := c.PushPrepull(); err != nil {
+		return err
+	}
+	if err := c.Kubectl("apply", "--server-side", "-k", overlay); err != nil {
+		return fmt.Errorf("kubectl apply -k %s: %w", overlay, err)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for time.Now().Before(deadline) {
+		ds, err1 := cs.AppsV1().DaemonSets("prepull-system").Get(ctx, "prepull-agent", metav1.GetOptions{})
+		dep, err2 := cs.AppsV1().Deployments("prepull-system").Get(ctx, "prepull-controller", metav1.GetOptions{})
+		if err1 == nil && err2 == nil && ds.Status.DesiredNumberScheduled > 0 && ds.Status.NumberReady == ds.Status.DesiredNumberScheduled && dep.Status.ReadyReplicas >= 1 {
+			return nil
+		}
+		time.Sleep(time.Second)
+	}
+	return errors.New("prepull's agent and controller not ready after 3m: kubectl -n prepull-system get pods,events")
+}
+
+func IsExists(err error) bool {
+	return err != nil && metav1.StatusReasonAlreadyExists == reasonOf(err)
+}
+
+func reasonOf(err error) metav1.StatusReason {
+	var s interface{ Status() metav1.Status }
+	if errors.As(err, &s) {
+		return s.Status().Reason
+	}
+	return ""
+}
+
+func WaitListReady(ctx context.Context, cl client.Client, l *prepullv1.PrePullList, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		got := &prepullv1.PrePullList{}
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), got); err == nil {
+			if meta.IsStatusConditionTrue(got.Status.Conditions, prepullv1.ConditionReady) && got.Status.Nodes.Selected > 0 {
+				return nil
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("PrePullList %s/%s not Ready after %s: kubectl get ppl -A -o yaml", l.Namespace, l.Name, timeout)
+}
+
+func WaitServiceAccount(ctx context.Context, cs *kubernetes.Clientset, ns string) error {
+	for range 120 {
+		if _, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			return nil
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("no default service account in %s", ns)
+}
+
+func WaitPodGone(ctx context.Context, cs *kubernetes.Clientset, ns, name string) {
+	for range 60 {
+		if _, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err != nil {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
