@@ -81,8 +81,13 @@ lint: vet ## Fail when any Go file is not gofmt-formatted, then vet.
 	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [[ -n "$$out" ]]; then echo "not gofmt-formatted:"; echo "$$out"; exit 1; fi
 
 .PHONY: test
-test: testground lint verify-generated build ## Build the test ground and run every test on it (as root).
+test: testground lint verify-generated build ## Build the test ground and run every test on it, end-to-end ones included (as root).
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test $(GO_TEST_FLAGS) ./...
+	$(MAKE) --no-print-directory test-e2e
+
+.PHONY: test-e2e
+test-e2e: deps cluster-binaries build ## Run the end-to-end tests on a real local cluster (as root; tears down a running demo cluster).
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -count=1 -timeout 30m ./e2e/
 
 .PHONY: test-unit
 test-unit: ## Run only the tests that need no test ground.
@@ -105,6 +110,10 @@ BENCH_NODES ?= 1000
 .PHONY: bench
 bench: testground build ## Run the benchmarks (BENCH_NODES=5000 for a larger controller rollout).
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./e2e/bench/ -args -nodes=$(BENCH_NODES)
+
+.PHONY: bench-podstart
+bench-podstart: deps cluster-binaries build ## Pod start latency on the local cluster: pre-pulled vs cold vs kubelet-pulled, over a shaped link (root).
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkPodStart -benchtime 1x -timeout 30m ./e2e/
 
 .PHONY: clean
 clean: ## Remove bin/ (the test ground is rebuilt on the next `make test`).

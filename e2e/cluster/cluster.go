@@ -346,9 +346,9 @@ func (c *Cluster) Stop(name string) error {
 	if err != nil {
 		return err
 	}
-	for _, p := range ps {
-		if p[0] == name {
-			pid, _ := strconv.Atoi(p[1])
+	for i := len(ps) - 1; i >= 0; i-- {
+		if ps[i][0] == name {
+			pid, _ := strconv.Atoi(ps[i][1])
 			return stopPID(name, pid, 20*time.Second)
 		}
 	}

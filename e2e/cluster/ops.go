@@ -225,3 +225,37 @@ func WaitPodGone(ctx context.Context, cs *kubernetes.Clientset, ns, name string)
 		time.Sleep(500 * time.Millisecond)
 	}
 }
+
+// StartRegistry starts the cluster's registry again after Stop, on the same
+// storage, and waits until it answers.
+func (c *Cluster) StartRegistry(ctx context.Context) error {
+	if err := c.start("registry", c.lookPath("docker-registry"), "serve", c.path("registry", "config.yml")); err != nil {
+		return err
+	}
+	return waitHTTP(ctx, "registry", "http://"+RegistryHost+"/v2/", 30*time.Second)
+}
+
+// RestartKubelet stops the kubelet, appends extra to its configuration, and
+// starts it again; it returns once the node reports Ready with a fresh
+// heartbeat.
+func (c *Cluster) RestartKubelet(ctx context.Context, cs *kubernetes.Clientset, extra string) error {
+	if err := c.Stop("kubelet"); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(c.path("kubelet", "config.yaml"), os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(extra); err != nil {
+		f.Close()
+		return err
+	}
+	f.Close()
+	if err := c.start("kubelet", c.bin("kubelet"),
+		"--config", c.path("kubelet", "config.yaml"), "--kubeconfig", c.path("kubelet.kubeconfig"),
+		"--root-dir", c.path("kubelet", "root"), "--cert-dir", c.path("kubelet", "pki"),
+		"--hostname-override", c.NodeName, "--v", "1"); err != nil {
+		return err
+	}
+	return WaitNodeReady(ctx, cs, c.NodeName, 2*time.Minute)
+}

@@ -1,0 +1,326 @@
+//go:build e2e
+
+// Package e2e proves prepull on a real local cluster (package e2e/cluster):
+// a real kubelet, containerd and scheduler run the pods, prepull runs as its
+// deploy/ manifests say, and the registry is really stopped.
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/e2e/cluster"
+	"prepull.io/prepull/e2e/testground"
+)
+
+var (
+	c      *cluster.Cluster
+	cs     *kubernetes.Clientset
+	cl     client.Client
+	images *cri.Remote
+	ctx    = context.Background()
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Println("TEST GROUND UNAVAILABLE: the e2e tests run a real cluster and need root (sudo make test-e2e)")
+		if os.Getenv("CI") == "true" {
+			return 1
+		}
+		return 0
+	}
+	c = cluster.New("/var/lib/prepull-cluster", testground.BinDir(), "prepull-node")
+	logf := func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) }
+	if _, err := os.Stat(filepath.Join(c.Dir, "pids")); err == nil {
+		logf("a local cluster is up in %s (make demo?); tearing it down for a fresh one", c.Dir)
+		if err := c.Down(logf); err != nil {
+			logf("tear down: %v", err)
+			return 1
+		}
+	}
+	defer func() {
+		if err := c.Down(logf); err != nil {
+			logf("tear down: %v", err)
+		}
+	}()
+	if err := c.Start(ctx, logf); err != nil {
+		logf("cluster: %v", err)
+		return 1
+	}
+	var err error
+	if cs, cl, err = c.Clients(); err != nil {
+		logf("clients: %v", err)
+		return 1
+	}
+	if err := c.Deploy(ctx, cs, c.Overlay()); err != nil {
+		logf("deploy: %v", err)
+		return 1
+	}
+	if images, err = cri.NewRemote(c.ContainerdSocket()); err != nil {
+		logf("CRI: %v", err)
+		return 1
+	}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "e2e"}}, metav1.CreateOptions{}); err != nil {
+		logf("namespace: %v", err)
+		return 1
+	}
+	if err := cluster.WaitServiceAccount(ctx, cs, "e2e"); err != nil {
+		logf("%v", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// push pushes a new runnable image of size random bytes to repoTag in the
+// cluster's registry.
+func push(t *testing.T, repoTag string, size int) (tag, digest string) {
+	t.Helper()
+	pause, err := cluster.BuildPause(c.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := cluster.Image([]string{"/pause"},
+		[]cluster.File{{Path: "pause", Mode: 0o755, Data: pause}},
+		[]cluster.File{{Path: "payload.bin", Mode: 0o644, Data: cluster.RandomBytes(size)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag = cluster.RegistryHost + "/" + repoTag
+	digest, err = cluster.Push(tag, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tag, digest
+}
+
+func applyList(t *testing.T, name string, mutate func(*prepullv1.PrePullList), images ...string) *prepullv1.PrePullList {
+	t.Helper()
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: "e2e", Name: name}}
+	for _, i := range images {
+		l.Spec.Images = append(l.Spec.Images, prepullv1.PrePullImage{Image: i})
+	}
+	if mutate != nil {
+		mutate(l)
+	}
+	if err := cl.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func waitReady(t *testing.T, l *prepullv1.PrePullList) {
+	t.Helper()
+	if err := cluster.WaitListReady(ctx, cl, l, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func deleteList(t *testing.T, l *prepullv1.PrePullList) {
+	t.Helper()
+	if err := cl.Delete(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	testground.Eventually(t, 2*time.Minute, "list "+l.Name+" gone", func() error {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{}); err == nil {
+			return errors.New("still there")
+		}
+		return nil
+	})
+}
+
+// onNode is what the node's runtime reports for ref: present and pinned.
+func onNode(ref string) (present, pinned bool, id string) {
+	img, err := images.ImageStatus(ctx, ref)
+	if err != nil {
+		return false, false, ""
+	}
+	return true, img.Pinned, img.ID
+}
+
+func runPod(t *testing.T, name, image string, policy corev1.PullPolicy) time.Duration {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "e2e", Name: name},
+		Spec: corev1.PodSpec{
+			Containers:                    []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: policy}},
+			TerminationGracePeriodSeconds: new(int64),
+		},
+	}
+	d, err := cluster.WaitPodRunning(ctx, cs, pod, 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.CoreV1().Pods("e2e").Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		cluster.WaitPodGone(ctx, cs, "e2e", name)
+	})
+	return d
+}
+
+func TestPrePulledImagesStartPodsWithoutARegistry(t *testing.T) {
+	tag, digest := push(t, "e2e/web:1.0", 16<<20)
+	l := applyList(t, "web", nil, tag)
+	waitReady(t, l)
+	testground.Eventually(t, time.Minute, "tag and digest present and pinned on the node", func() error {
+		tp, tpin, tid := onNode(tag)
+		dp, dpin, did := onNode(digest)
+		if !tp || !dp || tid != did || !tpin || !dpin {
+			return fmt.Errorf("tag present %t pinned %t id %s; digest present %t pinned %t id %s", tp, tpin, tid, dp, dpin, did)
+		}
+		return nil
+	})
+
+	if err := c.Stop("registry"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := c.StartRegistry(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	never := runPod(t, "never", tag, corev1.PullNever)
+	ifNotPresent := runPod(t, "ifnotpresent", tag, corev1.PullIfNotPresent)
+	t.Logf("with the registry stopped: Never pod Running in %s, IfNotPresent pod in %s", never, ifNotPresent)
+}
+
+func TestDeletedListsUnpinAndRemove(t *testing.T) {
+	keepTag, keepDigest := push(t, "e2e/kept:1.0", 1<<20)
+	goneTag, goneDigest := push(t, "e2e/gone:1.0", 1<<20)
+	unpin := applyList(t, "unpin", nil, keepTag)
+	remove := applyList(t, "remove", func(l *prepullv1.PrePullList) { l.Spec.OnDelete = prepullv1.DeleteRemove }, goneTag)
+	waitReady(t, unpin)
+	waitReady(t, remove)
+	for _, ref := range []string{keepDigest, goneDigest} {
+		testground.Eventually(t, time.Minute, ref+" pinned", func() error {
+			if _, pinned, _ := onNode(ref); !pinned {
+				return errors.New("not pinned")
+			}
+			return nil
+		})
+	}
+	deleteList(t, unpin)
+	deleteList(t, remove)
+	if present, pinned, _ := onNode(keepDigest); !present || pinned {
+		t.Errorf("onDelete Unpin: present %t, pinned %t; want present and unpinned", present, pinned)
+	}
+	if present, _, _ := onNode(goneDigest); present {
+		t.Errorf("onDelete Remove: the image is still on the node")
+	}
+}
+
+func TestAnAlwaysPodLeavesThePin(t *testing.T) {
+	tag, digest := push(t, "e2e/always:1.0", 1<<20)
+	l := applyList(t, "always", nil, tag)
+	waitReady(t, l)
+	runPod(t, "always", tag, corev1.PullAlways)
+	// The kubelet's pull rewrites the tag's record; the agent restores any
+	// pin it lost, and the image must never stay unpinned.
+	testground.Eventually(t, time.Minute, "still pinned after the kubelet re-pulled", func() error {
+		_, tagPinned, _ := onNode(tag)
+		_, digestPinned, _ := onNode(digest)
+		if !tagPinned || !digestPinned {
+			return fmt.Errorf("tag pinned %t, digest pinned %t", tagPinned, digestPinned)
+		}
+		return nil
+	})
+	deleteList(t, l)
+}
+
+func TestANodeRelabelledOutLosesThePin(t *testing.T) {
+	tag, digest := push(t, "e2e/labelled:1.0", 1<<20)
+	setLabel(t, "pool", "e2e")
+	defer setLabel(t, "pool", "")
+	l := applyList(t, "labelled", func(l *prepullv1.PrePullList) {
+		l.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "e2e"}}
+	}, tag)
+	waitReady(t, l)
+	testground.Eventually(t, time.Minute, "pinned", func() error {
+		if _, pinned, _ := onNode(digest); !pinned {
+			return errors.New("not pinned")
+		}
+		return nil
+	})
+	setLabel(t, "pool", "other")
+	testground.Eventually(t, 2*time.Minute, "unpinned after the node left the selector", func() error {
+		if _, pinned, _ := onNode(digest); pinned {
+			return errors.New("still pinned")
+		}
+		got := &prepullv1.PrePullList{}
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), got); err != nil {
+			return err
+		}
+		if got.Status.Nodes.Selected != 0 {
+			return fmt.Errorf("status still selects %d nodes", got.Status.Nodes.Selected)
+		}
+		return nil
+	})
+	deleteList(t, l)
+}
+
+func setLabel(t *testing.T, key, value string) {
+	t.Helper()
+	n, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if value == "" {
+		delete(n.Labels, key)
+	} else {
+		n.Labels[key] = value
+	}
+	if _, err := cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKubeletImageGCSparesPinnedImages runs last: it makes the kubelet's
+// image garbage collection collect everything it may.
+func TestKubeletImageGCSparesPinnedImages(t *testing.T) {
+	pinnedTag, pinnedDigest := push(t, "e2e/gc-pinned:1.0", 4<<20)
+	looseTag, _ := push(t, "e2e/gc-loose:1.0", 4<<20)
+	l := applyList(t, "gc", nil, pinnedTag)
+	waitReady(t, l)
+	// The other image comes the kubelet's own way: a pod pulls it, then goes.
+	runPod(t, "loose", looseTag, corev1.PullIfNotPresent)
+	if err := cs.CoreV1().Pods("e2e").Delete(ctx, "loose", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	cluster.WaitPodGone(ctx, cs, "e2e", "loose")
+	if present, pinned, _ := onNode(looseTag); !present || pinned {
+		t.Fatalf("the kubelet-pulled image: present %t, pinned %t; want present, unpinned", present, pinned)
+	}
+
+	// Collect whenever the image filesystem is more than 1% full: always.
+	if err := c.RestartKubelet(ctx, cs, "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\n"); err != nil {
+		t.Fatal(err)
+	}
+	// The kubelet collects images every five minutes.
+	testground.Eventually(t, 8*time.Minute, "the kubelet collects the unpinned image", func() error {
+		if present, _, _ := onNode(looseTag); present {
+			return errors.New("still present")
+		}
+		return nil
+	})
+	if present, pinned, _ := onNode(pinnedDigest); !present || !pinned {
+		t.Errorf("the pinned image after image GC: present %t, pinned %t", present, pinned)
+	}
+	if present, _, _ := onNode(pinnedTag); !present {
+		t.Errorf("the pinned image's tag was collected")
+	}
+}

@@ -1,0 +1,175 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/e2e/cluster"
+)
+
+// The shaped link: a network namespace of the benchmark's own, joined to the
+// host by a veth pair whose two ends each delay by half the RTT and cap the
+// rate, with a registry inside.
+const (
+	linkNS     = "prepull-bench"
+	linkHost   = "pp-bench0"
+	linkPeer   = "pp-bench1"
+	hostIP     = "192.168.231.1"
+	registryIP = "192.168.231.2"
+	linkRate   = "100mbit"
+	halfRTT    = "10ms"
+)
+
+func sh(b *testing.B, args ...string) {
+	b.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		b.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// shapedRegistry serves the cluster registry's storage from inside the
+// shaped namespace and returns its host:port.
+func shapedRegistry(b *testing.B) string {
+	_ = exec.Command("ip", "netns", "del", linkNS).Run()
+	sh(b, "ip", "netns", "add", linkNS)
+	b.Cleanup(func() { _ = exec.Command("ip", "netns", "del", linkNS).Run() })
+	sh(b, "ip", "link", "add", linkHost, "type", "veth", "peer", "name", linkPeer)
+	b.Cleanup(func() { _ = exec.Command("ip", "link", "del", linkHost).Run() })
+	sh(b, "ip", "link", "set", linkPeer, "netns", linkNS)
+	sh(b, "ip", "addr", "add", hostIP+"/30", "dev", linkHost)
+	sh(b, "ip", "link", "set", linkHost, "up")
+	sh(b, "ip", "netns", "exec", linkNS, "ip", "addr", "add", registryIP+"/30", "dev", linkPeer)
+	sh(b, "ip", "netns", "exec", linkNS, "ip", "link", "set", linkPeer, "up")
+	sh(b, "ip", "netns", "exec", linkNS, "ip", "link", "set", "lo", "up")
+	sh(b, "tc", "qdisc", "add", "dev", linkHost, "root", "netem", "delay", halfRTT, "rate", linkRate)
+	sh(b, "ip", "netns", "exec", linkNS, "tc", "qdisc", "add", "dev", linkPeer, "root", "netem", "delay", halfRTT, "rate", linkRate)
+
+	host := registryIP + ":5000"
+	cfg := filepath.Join(b.TempDir(), "config.yml")
+	data := filepath.Join(c.Dir, "registry", "data")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", data, host)), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	reg := exec.Command("ip", "netns", "exec", linkNS, "docker-registry", "serve", cfg)
+	if err := reg.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = reg.Process.Kill(); _ = reg.Wait() })
+	dir := filepath.Join(c.Dir, "containerd", "certs.d", host)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	hosts := fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", host)
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		resp, err := http.Get("http://" + host + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i > 100 {
+			b.Fatalf("shaped registry not up: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return host
+}
+
+// BenchmarkPodStart measures pod start latency, creation to Running, for an
+// image pre-pulled by prepull, an absent image (a cold pull over the shaped
+// link), and an image the kubelet itself pulled earlier.
+func BenchmarkPodStart(b *testing.B) {
+	const size = 150 << 20
+	var refs [3]string
+	for i, name := range []string{"prepulled", "cold", "kubelet"} {
+		tag, _ := pushB(b, fmt.Sprintf("podstart/%s:1.0", name), size)
+		refs[i] = tag
+	}
+	shaped := shapedRegistry(b)
+	for i := range refs {
+		refs[i] = strings.Replace(refs[i], cluster.RegistryHost, shaped, 1)
+	}
+	prepulled, cold, kubelet := refs[0], refs[1], refs[2]
+
+	start := time.Now()
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: "e2e", Name: "podstart"},
+		Spec: prepullv1.PrePullListSpec{Images: []prepullv1.PrePullImage{{Image: prepulled}}}}
+	if err := cl.Create(ctx, l); err != nil {
+		b.Fatal(err)
+	}
+	if err := cluster.WaitListReady(ctx, cl, l, 10*time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	prepullTime := time.Since(start)
+	warm := podStart(b, "warmup", kubelet)
+	deletePod(b, "warmup")
+
+	b.ResetTimer()
+	tPre := podStart(b, "prepulled", prepulled)
+	tKubelet := podStart(b, "kubelet-pulled", kubelet)
+	tCold := podStart(b, "cold", cold)
+	b.StopTimer()
+
+	b.ReportMetric(float64(tCold)/float64(tPre), "cold/prepulled")
+	b.ReportMetric(float64(tPre)/float64(tKubelet), "prepulled/kubelet-pulled")
+	fmt.Printf("\npod start, creation to Running (watched), %d MiB image, registry behind %s with %s each way:\n", size>>20, linkRate, halfRTT)
+	fmt.Printf("  pre-pulled by prepull:            %6d ms  (the list was Ready %s after it was applied)\n", tPre.Milliseconds(), prepullTime.Round(time.Millisecond))
+	fmt.Printf("  pulled earlier by the kubelet:    %6d ms  (that first pod took %d ms)\n", tKubelet.Milliseconds(), warm.Milliseconds())
+	fmt.Printf("  absent (cold pull):               %6d ms\n", tCold.Milliseconds())
+	fmt.Printf("  cold / pre-pulled:                %6.1fx\n", float64(tCold)/float64(tPre))
+	fmt.Printf("  pre-pulled / kubelet-pulled:      %6.3f\n", float64(tPre)/float64(tKubelet))
+}
+
+func pushB(b *testing.B, repoTag string, size int) (string, string) {
+	pause, err := cluster.BuildPause(c.Root)
+	if err != nil {
+		b.Fatal(err)
+	}
+	img, err := cluster.Image([]string{"/pause"},
+		[]cluster.File{{Path: "pause", Mode: 0o755, Data: pause}},
+		[]cluster.File{{Path: "payload.bin", Mode: 0o644, Data: cluster.RandomBytes(size)}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tag := cluster.RegistryHost + "/" + repoTag
+	digest, err := cluster.Push(tag, img)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tag, digest
+}
+
+func podStart(b *testing.B, name, image string) time.Duration {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "e2e", Name: name},
+		Spec: corev1.PodSpec{
+			Containers:                    []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: corev1.PullIfNotPresent}},
+			TerminationGracePeriodSeconds: new(int64),
+		},
+	}
+	d, err := cluster.WaitPodRunning(ctx, cs, pod, 10*time.Minute)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { deletePod(b, name) })
+	return d
+}
+
+func deletePod(b *testing.B, name string) {
+	_ = cs.CoreV1().Pods("e2e").Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	cluster.WaitPodGone(ctx, cs, "e2e", name)
+}
