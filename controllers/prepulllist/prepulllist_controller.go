@@ -58,6 +58,8 @@ type Reconciler struct {
 	// in one refresh interval.
 	resolvedMu sync.Mutex
 	resolved   map[types.UID]map[string]prepullv1.ImageResolution
+	// lastStatus is the status last computed per list, for events.
+	lastStatus map[types.UID]prepullv1.PrePullListStatus
 }
 
 // +kubebuilder:rbac:groups=prepull.io,resources=prepulllists,verbs=get;list;watch;update;patch
@@ -114,7 +116,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	writeErr := r.writeNodes(ctx, nodes)
 
 	status := buildStatus(l.Status, l.Generation, images, out, secretErr)
-	r.recordTransitions(l, status)
+	r.recordTransitions(l, r.previousStatus(l), status)
 	recordNodes(l, status.Nodes)
 	if err := r.patchStatus(ctx, l, status); err != nil {
 		return ctrl.Result{}, errors.Join(writeErr, err)
@@ -374,6 +376,7 @@ func (r *Reconciler) forget(uid types.UID) {
 	r.resolvedMu.Lock()
 	defer r.resolvedMu.Unlock()
 	delete(r.resolved, uid)
+	delete(r.lastStatus, uid)
 }
 
 func oldResolution(l *prepullv1.PrePullList, image string) prepullv1.ImageResolution {
@@ -417,18 +420,37 @@ func minTime(a, b time.Time) time.Time {
 	return a
 }
 
+// previousStatus is the status this reconciler last computed for l, or l's
+// status when it has computed none: the cache that l was read from can lag
+// behind the last write, and an event must fire once per transition.
+func (r *Reconciler) previousStatus(l *prepullv1.PrePullList) prepullv1.PrePullListStatus {
+	r.resolvedMu.Lock()
+	defer r.resolvedMu.Unlock()
+	if st, ok := r.lastStatus[l.UID]; ok {
+		return st
+	}
+	return l.Status
+}
+
 // recordTransitions emits Events for what changed: the list became Ready, a
 // tag moved, an image failed to resolve, nodes failed, advice about tags.
-func (r *Reconciler) recordTransitions(l *prepullv1.PrePullList, st prepullv1.PrePullListStatus) {
+func (r *Reconciler) recordTransitions(l *prepullv1.PrePullList, prev, st prepullv1.PrePullListStatus) {
+	r.resolvedMu.Lock()
+	if r.lastStatus == nil {
+		r.lastStatus = map[types.UID]prepullv1.PrePullListStatus{}
+	}
+	r.lastStatus[l.UID] = *st.DeepCopy()
+	r.resolvedMu.Unlock()
 	if r.Recorder == nil {
 		return
 	}
-	if meta.IsStatusConditionTrue(st.Conditions, prepullv1.ConditionReady) && !meta.IsStatusConditionTrue(l.Status.Conditions, prepullv1.ConditionReady) {
+	prevList := &prepullv1.PrePullList{Status: prev}
+	if meta.IsStatusConditionTrue(st.Conditions, prepullv1.ConditionReady) && !meta.IsStatusConditionTrue(prev.Conditions, prepullv1.ConditionReady) {
 		c := meta.FindStatusCondition(st.Conditions, prepullv1.ConditionReady)
 		r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, "Ready", "Rollout", "%s", c.Message)
 	}
 	for _, img := range st.Images {
-		old := oldResolution(l, img.Image)
+		old := oldResolution(prevList, img.Image)
 		if old.Digest != "" && img.Digest != "" && old.Digest != img.Digest {
 			r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, "TagMoved", "Resolve", "%s moved from %s to %s; rolling out", img.Image, old.Digest, img.Digest)
 		}
@@ -439,7 +461,7 @@ func (r *Reconciler) recordTransitions(l *prepullv1.PrePullList, st prepullv1.Pr
 			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, "MutableTag", "Validate", "%s: %s", img.Image, img.Warning)
 		}
 	}
-	if st.FailureCount > l.Status.FailureCount && len(st.Failures) > 0 {
+	if st.FailureCount > prev.FailureCount && len(st.Failures) > 0 {
 		f := st.Failures[0]
 		r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonNodesFailed, "Pull",
 			"%d image pulls failed on nodes; first: node %s, image %s: %s", st.FailureCount, f.Node, f.Image, f.Message)

@@ -219,8 +219,101 @@ func (c *Cluster) restoreHostState() error {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("%s-restore: %v: %s", tool, err, out))
 		}
+		// iptables-nft-restore keeps chains the dump does not name: remove
+		// the ones the kubelet added, and the rules that jump to them.
+		if err := removeNewChains(tool, string(data)); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeNewChains deletes, table by table, every chain that the saved dump
+// does not have, after deleting the rules that jump to it.
+func removeNewChains(tool, saved string) error {
+	now, err := exec.Command(tool + "-save").Output()
+	if err != nil {
+		return fmt.Errorf("%s-save: %w", tool, err)
+	}
+	old := chains(saved)
+	var errs []error
+	table := ""
+	type rule struct{ table, spec string }
+	var jumps []rule
+	fresh := map[string][]string{}
+	for _, line := range strings.Split(string(now), "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			table = line[1:]
+		case strings.HasPrefix(line, ":"):
+			name := strings.Fields(line[1:])[0]
+			if !old[table+"/"+name] {
+				fresh[table] = append(fresh[table], name)
+			}
+		case strings.HasPrefix(line, "-A "):
+			jumps = append(jumps, rule{table, line})
+		}
+	}
+	for _, j := range jumps {
+		for _, c := range fresh[j.table] {
+			if strings.Contains(j.spec, " -j "+c) || strings.HasPrefix(j.spec, "-A "+c+" ") {
+				args := append([]string{"-t", j.table, "-D"}, splitRule(strings.TrimPrefix(j.spec, "-A "))...)
+				if out, err := exec.Command(tool, args...).CombinedOutput(); err != nil {
+					errs = append(errs, fmt.Errorf("%s %s: %v: %s", tool, strings.Join(args, " "), err, out))
+				}
+				break
+			}
+		}
+	}
+	for t, cs := range fresh {
+		for _, c := range cs {
+			_ = exec.Command(tool, "-t", t, "-F", c).Run()
+			if out, err := exec.Command(tool, "-t", t, "-X", c).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("%s -t %s -X %s: %v: %s", tool, t, c, err, out))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// chains lists "table/chain" of an iptables-save dump.
+func chains(dump string) map[string]bool {
+	out := map[string]bool{}
+	table := ""
+	for _, line := range strings.Split(dump, "\n") {
+		switch {
+		case strings.HasPrefix(line, "*"):
+			table = line[1:]
+		case strings.HasPrefix(line, ":"):
+			out[table+"/"+strings.Fields(line[1:])[0]] = true
+		}
+	}
+	return out
+}
+
+// splitRule splits an iptables-save rule into arguments, keeping quoted
+// comments whole.
+func splitRule(spec string) []string {
+	var out []string
+	var cur strings.Builder
+	quoted := false
+	for _, r := range spec {
+		switch {
+		case r == '"':
+			quoted = !quoted
+		case r == ' ' && !quoted:
+			if cur.Len() > 0 {
+				out = append(out, cur.String())
+				cur.Reset()
+			}
+		default:
+			cur.WriteRune(r)
+		}
+	}
+	if cur.Len() > 0 {
+		out = append(out, cur.String())
+	}
+	return out
 }
 
 // removeLogLinks removes the kubelet's /var/log/containers links into Dir.
