@@ -89,7 +89,7 @@ func run(m *testing.M) int {
 
 // push pushes a new runnable image of size random bytes to repoTag in the
 // cluster's registry.
-func push(t *testing.T, repoTag string, size int) (tag, digest string) {
+func push(t testing.TB, repoTag string, size int) (tag, digest string) {
 	t.Helper()
 	pause, err := cluster.BuildPause(c.Root)
 	if err != nil {

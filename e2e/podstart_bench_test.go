@@ -98,7 +98,7 @@ func BenchmarkPodStart(b *testing.B) {
 	const size = 150 << 20
 	var refs [3]string
 	for i, name := range []string{"prepulled", "cold", "kubelet"} {
-		tag, _ := pushB(b, fmt.Sprintf("podstart/%s:1.0", name), size)
+		tag, _ := push(b, fmt.Sprintf("podstart/%s:1.0", name), size)
 		refs[i] = tag
 	}
 	shaped := shapedRegistry(b)
@@ -142,25 +142,6 @@ func BenchmarkPodStart(b *testing.B) {
 	fmt.Printf("  absent (cold pull):               %6d ms\n", tCold.Milliseconds())
 	fmt.Printf("  cold / pre-pulled:                %6.1fx\n", float64(tCold)/float64(tPre))
 	fmt.Printf("  pre-pulled / kubelet-pulled:      %6.3f\n", float64(tPre)/float64(tKubelet))
-}
-
-func pushB(b *testing.B, repoTag string, size int) (string, string) {
-	pause, err := cluster.BuildPause(c.Root)
-	if err != nil {
-		b.Fatal(err)
-	}
-	img, err := cluster.Image([]string{"/pause"},
-		[]cluster.File{{Path: "pause", Mode: 0o755, Data: pause}},
-		[]cluster.File{{Path: "payload.bin", Mode: 0o644, Data: cluster.RandomBytes(size)}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	tag := cluster.RegistryHost + "/" + repoTag
-	digest, err := cluster.Push(tag, img)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return tag, digest
 }
 
 func podStart(b *testing.B, name, image string) time.Duration {

@@ -22,6 +22,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"prepull.io/prepull/e2e/testground"
 )
 
 // Fixed addresses of the local cluster, all on loopback.
@@ -181,7 +183,7 @@ func (c *Cluster) writeConfigs() error {
 	files := map[string]string{
 		"tokens.csv":             tokens.String(),
 		"registry/config.yml":    fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", c.path("registry", "data"), RegistryHost),
-		"containerd/config.toml": containerdConfig(c.path("containerd"), c.path("kubelet")),
+		"containerd/config.toml": testground.ContainerdConfig(c.path("containerd"), PauseImage),
 		"containerd/cni/10-prepull.conflist": fmt.Sprintf(`{"cniVersion":"1.0.0","name":"prepull","plugins":[{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q,"routes":[{"dst":"0.0.0.0/0"}]}}]}`,
 			BridgeName, PodSubnet, c.path("cni-ipam")),
 		"containerd/certs.d/" + RegistryHost + "/hosts.toml": fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", RegistryHost),
@@ -196,54 +198,6 @@ func (c *Cluster) writeConfigs() error {
 		}
 	}
 	return nil
-}
-
-func containerdConfig(dir, kubeletDir string) string {
-	return fmt.Sprintf(`version = 4
-root = '%[1]s/root'
-state = '%[1]s/state'
-temp = '%[1]s/tmp'
-imports = []
-disabled_plugins = [
-  'io.containerd.snapshotter.v1.devmapper',
-  'io.containerd.snapshotter.v1.zfs',
-  'io.containerd.snapshotter.v1.blockfile',
-  'io.containerd.snapshotter.v1.erofs',
-  'io.containerd.differ.v1.erofs',
-  'io.containerd.mount-handler.v1.erofs',
-  'io.containerd.nri.v1.nri',
-]
-
-[plugins]
-  [plugins.'io.containerd.server.v1.grpc']
-    address = '%[1]s/c.sock'
-  [plugins.'io.containerd.server.v1.ttrpc']
-    address = '%[1]s/c.sock.ttrpc'
-  [plugins.'io.containerd.shim.v1.manager']
-    socket_dir = '%[1]s/s'
-  [plugins.'io.containerd.internal.v1.opt']
-    path = '%[1]s/opt'
-  [plugins.'io.containerd.image-verifier.v1.bindir']
-    bin_dir = '%[1]s/opt/verifiers'
-  [plugins.'io.containerd.cri.v1.images']
-    snapshotter = 'overlayfs'
-    stats_collect_period = 2
-    [plugins.'io.containerd.cri.v1.images'.pinned_images]
-      sandbox = '%[2]s'
-    [plugins.'io.containerd.cri.v1.images'.registry]
-      config_path = '%[1]s/certs.d'
-  [plugins.'io.containerd.cri.v1.runtime']
-    restrict_oom_score_adj = true
-    netns_mounts_under_state_dir = true
-    [plugins.'io.containerd.cri.v1.runtime'.cni]
-      bin_dirs = ['/usr/lib/cni', '/opt/cni/bin']
-      conf_dir = '%[1]s/cni'
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-      SystemdCgroup = false
-  [plugins.'io.containerd.grpc.v1.cri']
-    stream_server_address = '127.0.0.1'
-    stream_server_port = '0'
-`, dir, PauseImage)
 }
 
 func kubeletConfig(socket, podLogs, plugins string) string {

@@ -50,10 +50,19 @@ func StartContainerd(t testing.TB) *Containerd {
 	return c
 }
 
-// configText is a containerd configuration that touches nothing outside Dir:
-// no host configuration is imported, NRI is off, sockets live in Dir.
-func (c *Containerd) configText() string {
-	d := c.Dir
+// configText is this containerd's configuration.
+func (c *Containerd) configText() string { return ContainerdConfig(c.Dir, "") }
+
+// ContainerdConfig is a containerd configuration that touches nothing outside
+// dir: no host configuration is imported, NRI is off, sockets, shims and
+// network namespaces live in dir, registries are configured by hosts.toml
+// files in dir/certs.d and CNI by dir/cni. A non-empty sandboxImage is the
+// CRI plugin's pinned sandbox (pause) image.
+func ContainerdConfig(dir, sandboxImage string) string {
+	sandbox := ""
+	if sandboxImage != "" {
+		sandbox = fmt.Sprintf("    [plugins.'io.containerd.cri.v1.images'.pinned_images]\n      sandbox = '%s'\n", sandboxImage)
+	}
 	return fmt.Sprintf(`version = 4
 root = '%[1]s/root'
 state = '%[1]s/state'
@@ -83,17 +92,20 @@ disabled_plugins = [
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = 'overlayfs'
     stats_collect_period = 1
-    [plugins.'io.containerd.cri.v1.images'.registry]
+%[2]s    [plugins.'io.containerd.cri.v1.images'.registry]
       config_path = '%[1]s/certs.d'
   [plugins.'io.containerd.cri.v1.runtime']
     restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ['/usr/lib/cni', '/opt/cni/bin']
       conf_dir = '%[1]s/cni'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+      SystemdCgroup = false
   [plugins.'io.containerd.grpc.v1.cri']
     stream_server_address = '127.0.0.1'
     stream_server_port = '0'
-`, d)
+`, dir, sandbox)
 }
 
 // Start starts containerd, again after Stop, with the same root, and waits
