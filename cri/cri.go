@@ -211,3 +211,11 @@ type ImageWatcher interface {
 	// the channel.
 	WatchImages(ctx context.Context) (<-chan string, error)
 }
+
+// PinLister is a Store that can list every reference carrying pin owners, so
+// that an agent can take off pins whose owners it no longer knows of (the
+// list went while the agent was away).
+type PinLister interface {
+	// PinnedRefs maps each image reference that carries owners to them.
+	PinnedRefs(ctx context.Context) (map[string][]string, error)
+}

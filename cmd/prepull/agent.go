@@ -76,6 +76,7 @@ func runAgent(ctx context.Context, args []string) error {
 		ResyncInterval:     opts.ResyncInterval,
 		BackoffBase:        opts.BackoffBase,
 		DiskBudget:         opts.DiskBudget,
+		KeepStrayPins:      !opts.CollectStrayPins,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the NodeImageSet reconciler: %w", err)

@@ -94,6 +94,8 @@ type AgentOptions struct {
 	// DiskBudget is the fraction of the image filesystem past which no
 	// pull starts; 0 turns the budget off.
 	DiskBudget float64
+	// CollectStrayPins takes off pins whose owner no spec entry names.
+	CollectStrayPins bool
 }
 
 // NewAgentOptions returns the defaults.
@@ -111,6 +113,7 @@ func NewAgentOptions() *AgentOptions {
 		ResyncInterval:     30 * time.Second,
 		BackoffBase:        5 * time.Second,
 		DiskBudget:         0.9,
+		CollectStrayPins:   true,
 	}
 }
 
@@ -129,6 +132,7 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ResyncInterval, "resync-interval", o.ResyncInterval, "how often images, tags and pins are verified again")
 	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, "first wait after a failed pull; it doubles per attempt up to 5m, with jitter")
 	fs.Float64Var(&o.DiskBudget, "disk-budget", o.DiskBudget, "fraction of the image filesystem past which no pull starts (0 turns it off)")
+	fs.BoolVar(&o.CollectStrayPins, "collect-stray-pins", o.CollectStrayPins, "take off prepull pins whose owning list no longer wants the image on this node (turn off only when several agents share one runtime)")
 }
 
 // Validate reports every invalid flag at once.

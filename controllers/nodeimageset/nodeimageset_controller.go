@@ -77,8 +77,13 @@ type Reconciler struct {
 	DiskBudget float64
 	// FsUsage reports a filesystem's used and total bytes; nil means statfs.
 	FsUsage func(path string) (used, total uint64, err error)
+	// KeepStrayPins leaves alone pins whose owner no spec entry names. Only
+	// for several agents sharing one runtime, as in tests: an agent owns its
+	// node's runtime.
+	KeepStrayPins bool
 
 	mu        sync.Mutex
+	collected time.Time
 	images    map[string]*imageState
 	dirty     map[string]bool
 	measured  time.Time
@@ -178,6 +183,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 	}
 	r.forgetOthers(set)
+	r.collectStrayPins(ctx, set, now)
 
 	status := r.buildStatus(set)
 	requeue := r.ResyncInterval
@@ -265,6 +271,54 @@ func (r *Reconciler) fresh(e *prepullv1.NodeImage, st *imageState, now time.Time
 		}
 	}
 	return true
+}
+
+// collectStrayPins takes off, once per resync, every pin whose owner does
+// not own that reference in the spec: pins left by a list that went while
+// this agent was away, whose entries the controller has since dropped.
+func (r *Reconciler) collectStrayPins(ctx context.Context, set *prepullv1.NodeImageSet, now time.Time) {
+	lister, ok := r.Store.(cri.PinLister)
+	if r.KeepStrayPins || !ok || now.Sub(r.collected) < r.ResyncInterval {
+		return
+	}
+	r.collected = now
+	refs, err := lister.PinnedRefs(ctx)
+	if err != nil {
+		return
+	}
+	wanted := map[string]map[string]bool{}
+	for _, e := range set.Spec.Images {
+		for _, ref := range append([]string{e.Image}, e.Tags...) {
+			for _, o := range e.Owners {
+				if wanted[ref] == nil {
+					wanted[ref] = map[string]bool{}
+				}
+				// Releasing owners are the release's to take off.
+				wanted[ref][o.List] = true
+			}
+		}
+		for _, o := range e.Owners {
+			for _, tag := range o.Tags {
+				if wanted[tag] == nil {
+					wanted[tag] = map[string]bool{}
+				}
+				wanted[tag][o.List] = true
+			}
+		}
+	}
+	log := ctrl.LoggerFrom(ctx)
+	for ref, owners := range refs {
+		for _, o := range owners {
+			if wanted[ref][o] {
+				continue
+			}
+			if err := r.Store.Unpin(ctx, ref, o); err != nil {
+				log.Error(err, "Take off a stray pin", "image", ref, "owner", o)
+				continue
+			}
+			log.Info("Took off a stray pin", "image", ref, "owner", o)
+		}
+	}
 }
 
 // markDirty records that the runtime changed the image record name.

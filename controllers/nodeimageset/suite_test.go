@@ -106,6 +106,8 @@ func (e *env) agent(t *testing.T, node string, tune func(*nodeimageset.Reconcile
 		Images: e.images, Store: e.store, Runtime: "containerd test",
 		StatusInterval: 200 * time.Millisecond, ResyncInterval: 2 * time.Second,
 		BackoffBase: 200 * time.Millisecond, BackoffMax: time.Second,
+		// The subtests' agents share one containerd.
+		KeepStrayPins: true,
 	}
 	if tune != nil {
 		tune(r)
@@ -485,6 +487,31 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("a pin whose owner no entry names is taken off", func(t *testing.T) {
+		img := e.public.MustPushRandom(t, "stray/app:v1", 1024, 1)
+		kept := e.public.MustPushRandom(t, "stray/kept:v1", 1024, 1)
+		for _, p := range []testground.Pushed{img, kept} {
+			if _, err := e.images.PullImage(ctx, p.Digest, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A list that went while the agent was away left its pin.
+		if err := e.store.Pin(ctx, img.Digest, "shop/gone"); err != nil {
+			t.Fatal(err)
+		}
+		e.agent(t, "stray", func(r *nodeimageset.Reconciler) { r.KeepStrayPins = false })
+		e.setSpec(t, "stray", entry(kept.Digest, owner("shop/kept", kept.Tag)))
+		e.phase(t, "stray", kept.Digest, prepullv1.PhasePresent, nil)
+		eventually(t, "the stray pin taken off, the wanted one kept", func() error {
+			stray, _ := e.store.Owners(ctx, img.Digest)
+			wanted, _ := e.store.Owners(ctx, kept.Digest)
+			if len(stray) != 0 || !slices.Equal(wanted, []string{"shop/kept"}) {
+				return fmt.Errorf("stray owners %v, wanted owners %v", stray, wanted)
+			}
+			return nil
+		})
+	})
+
 	t.Run("a pull that would pass the disk budget does not start", func(t *testing.T) {
 		img := e.public.MustPushRandom(t, "budget/app:v1", 1024, 1)
 		e.agent(t, "budget", func(r *nodeimageset.Reconciler) {
@@ -652,7 +679,7 @@ func TestAgent(t *testing.T) {
 		metricsPort, probePort := testground.FreePort(t), testground.FreePort(t)
 		start := func() *exec.Cmd {
 			cmd := exec.Command(bin, "agent", "--node-name=killed", "--cri-endpoint="+e.ctd.Socket,
-				"--namespace="+ns, "--status-interval=200ms",
+				"--namespace="+ns, "--status-interval=200ms", "--collect-stray-pins=false",
 				fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
 				fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort))
 			cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)

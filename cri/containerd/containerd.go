@@ -237,3 +237,22 @@ func wrap(op, ref string, err error) error {
 	}
 	return &cri.Error{Op: op, Ref: ref, Kind: kind, Err: err}
 }
+
+var _ cri.PinLister = (*Store)(nil)
+
+// PinnedRefs maps each image record that carries owners to them.
+func (s *Store) PinnedRefs(ctx context.Context) (map[string][]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	imgs, err := s.client.ImageService().List(ctx)
+	if err != nil {
+		return nil, wrap("list pinned images", "", err)
+	}
+	out := map[string][]string{}
+	for _, img := range imgs {
+		if owners := cri.PinOwners(img.Labels); len(owners) > 0 {
+			out[img.Name] = owners
+		}
+	}
+	return out, nil
+}

@@ -376,3 +376,18 @@ func (f *Runtime) Tag(_ context.Context, tag, digestRef string) error {
 func (f *Runtime) Progress(context.Context) ([]cri.Progress, error) {
 	return nil, nil
 }
+
+var _ cri.PinLister = (*Runtime)(nil)
+
+// PinnedRefs maps each reference that carries owners to them.
+func (f *Runtime) PinnedRefs(context.Context) (map[string][]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string][]string{}
+	for name, r := range f.records {
+		if owners := cri.PinOwners(r.labels); len(owners) > 0 {
+			out[name] = owners
+		}
+	}
+	return out, nil
+}
