@@ -38,6 +38,11 @@ type ImageOwner struct {
 	// backoffLimit is this list's backoff limit.
 	// +optional
 	BackoffLimit *int32 `json:"backoffLimit,omitempty"`
+	// resolveAfter, on a tag resolved on the node, asks the agent to pull
+	// the tag again once this time has come, if it last pulled it before:
+	// that is how a tag that moved is noticed on this path.
+	// +optional
+	ResolveAfter *metav1.Time `json:"resolveAfter,omitempty"`
 }
 
 // NodeImage is one image a node must hold.
@@ -69,6 +74,9 @@ type NodeImage struct {
 	// of the owners'.
 	// +optional
 	BackoffLimit *int32 `json:"backoffLimit,omitempty"`
+	// resolveAfter is the latest of the owners' resolveAfter.
+	// +optional
+	ResolveAfter *metav1.Time `json:"resolveAfter,omitempty"`
 	// retain is Pinned while any owner that is not releasing says Pinned.
 	// +optional
 	Retain RetainPolicy `json:"retain,omitempty"`
@@ -137,6 +145,9 @@ type NodeImageStatus struct {
 	BytesDone int64 `json:"bytesDone,omitempty"`
 	// +optional
 	BytesTotal int64 `json:"bytesTotal,omitempty"`
+	// pulledAt is when the agent last pulled the image successfully.
+	// +optional
+	PulledAt *metav1.Time `json:"pulledAt,omitempty"`
 	// attempts counts the pulls tried.
 	// +optional
 	Attempts int32 `json:"attempts,omitempty"`

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -113,11 +114,15 @@ type imageState struct {
 	// verified is the spec entry last found fully in place, at verifiedAt.
 	verified   string
 	verifiedAt time.Time
+	// pulledAt is when the image was last pulled successfully.
+	pulledAt time.Time
 }
 
 func (s *imageState) setPhase(p prepullv1.ImagePhase, now time.Time) {
 	if s.phase != p {
-		s.phase, s.since = p, metav1.NewTime(now)
+		// Second precision, as the API stores it, so that status compares
+		// equal to what was written.
+		s.phase, s.since = p, metav1.NewTime(now).Rfc3339Copy()
 	}
 }
 
@@ -178,6 +183,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	soon := false
 	for i := range set.Spec.Images {
 		e := &set.Spec.Images[i]
+		r.adoptPulledAt(e.Image, &set.Status)
 		if r.ensure(ctx, e, now, dirty) {
 			soon = true
 		}
@@ -220,7 +226,7 @@ func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, now tim
 		return false
 	}
 	img, err := r.Images.ImageStatus(ctx, e.Image)
-	if errors.Is(err, cri.ErrNotFound) {
+	if errors.Is(err, cri.ErrNotFound) || (err == nil && r.resolveDue(e, st, now)) {
 		r.maybePull(ctx, e, st, now)
 		return false
 	}
@@ -321,6 +327,37 @@ func (r *Reconciler) collectStrayPins(ctx context.Context, set *prepullv1.NodeIm
 	}
 }
 
+// resolveDue reports whether a tag resolved on this node (an entry named by
+// tag alone) must be pulled again: it was never pulled by this agent, or the
+// controller asks for a pull after the last one.
+func (r *Reconciler) resolveDue(e *prepullv1.NodeImage, st *imageState, now time.Time) bool {
+	if strings.Contains(e.Image, "@") {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st.pulledAt.IsZero() {
+		return true
+	}
+	return e.ResolveAfter != nil && !now.Before(e.ResolveAfter.Time) && st.pulledAt.Before(e.ResolveAfter.Time)
+}
+
+// adoptPulledAt takes, for an image this agent has not pulled since it
+// started, the pull time its status recorded before.
+func (r *Reconciler) adoptPulledAt(image string, status *prepullv1.NodeImageSetStatus) {
+	st := r.state(image)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !st.pulledAt.IsZero() {
+		return
+	}
+	for _, s := range status.Images {
+		if s.Image == image && s.PulledAt != nil {
+			st.pulledAt = s.PulledAt.Time
+		}
+	}
+}
+
 // markDirty records that the runtime changed the image record name.
 func (r *Reconciler) markDirty(name string) {
 	r.mu.Lock()
@@ -401,7 +438,7 @@ func (r *Reconciler) pull(e *prepullv1.NodeImage, st *imageState) {
 		pullsTotal.WithLabelValues("success").Inc()
 		pullDuration.Observe(elapsed.Seconds())
 		log.Info("Pulled image", "attempt", attempt, "duration", elapsed.String())
-		st.nextTry = time.Time{}
+		st.nextTry, st.pulledAt = time.Time{}, metav1.NewTime(now).Rfc3339Copy().Time
 	} else if ctx.Err() == nil {
 		pullsTotal.WithLabelValues(reasonOf(err)).Inc()
 		st.reason, st.lastError = reasonOf(err), truncate(err.Error(), 1024)
@@ -637,7 +674,11 @@ func specKey(e *prepullv1.NodeImage) string {
 	if e.BackoffLimit != nil {
 		limit = *e.BackoffLimit
 	}
-	return fmt.Sprintf("%s|%v|%v|%d", e.Image, e.Tags, e.PullSecrets, limit)
+	var resolveAfter time.Time
+	if e.ResolveAfter != nil {
+		resolveAfter = e.ResolveAfter.Time
+	}
+	return fmt.Sprintf("%s|%v|%v|%d|%d", e.Image, e.Tags, e.PullSecrets, limit, resolveAfter.Unix())
 }
 
 func truncate(s string, n int) string {

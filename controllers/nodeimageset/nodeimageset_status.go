@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -35,7 +36,12 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImag
 			continue
 		}
 		since := s.since
+		var pulledAt *metav1.Time
+		if !s.pulledAt.IsZero() {
+			pulledAt = &metav1.Time{Time: s.pulledAt}
+		}
 		st.Images = append(st.Images, prepullv1.NodeImageStatus{
+			PulledAt:           pulledAt,
 			Image:              e.Image,
 			Phase:              s.phase,
 			Digest:             s.digest,

@@ -487,6 +487,27 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("a tag resolved on the node is pulled again when asked", func(t *testing.T) {
+		v1 := e.public.MustPushRandom(t, "probe/app:v1", 1024, 1)
+		e.agent(t, "probe", nil)
+		probe := entry(v1.Tag, owner("shop/probe"))
+		e.setSpec(t, "probe", probe)
+		st := e.phase(t, "probe", v1.Tag, prepullv1.PhasePresent, nil)
+		if _, d, _ := strings.Cut(v1.Digest, "@"); st.Digest != d || st.PulledAt == nil {
+			t.Fatalf("status %+v: want digest %s and a pull time", st, d)
+		}
+		v2 := e.public.MustPushRandom(t, "probe/app:v1", 1024, 1)
+		probe.ResolveAfter = &metav1.Time{Time: time.Now().Add(time.Second)}
+		e.setSpec(t, "probe", probe)
+		_, d2, _ := strings.Cut(v2.Digest, "@")
+		e.phase(t, "probe", v1.Tag, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if st.Digest != d2 {
+				return fmt.Errorf("digest %s, want the moved tag's %s", st.Digest, d2)
+			}
+			return nil
+		})
+	})
+
 	t.Run("a pin whose owner no entry names is taken off", func(t *testing.T) {
 		img := e.public.MustPushRandom(t, "stray/app:v1", 1024, 1)
 		kept := e.public.MustPushRandom(t, "stray/kept:v1", 1024, 1)

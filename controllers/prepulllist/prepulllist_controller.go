@@ -311,11 +311,19 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 		case w.pinnedDigest != "":
 			t.digest = w.pinnedDigest
 		case l.Spec.Resolution == prepullv1.ResolveOnNode:
+			// The probe node pulls the tag; each pull it reports newer than
+			// the last resolution resolves the tag again. Once a refresh is
+			// due, the probe is asked to pull again.
 			t.probe = true
 			t.digest = old.Digest
 			res.ResolvedAt = old.ResolvedAt
-			if d := probedDigest(nodes, probeNode, w.tag); d != "" && d != old.Digest {
-				t.digest, res.ResolvedAt = d, &metav1.Time{Time: now}
+			if d, at := probedDigest(nodes, probeNode, w.tag); d != "" && (old.ResolvedAt == nil || old.ResolvedAt.Before(at)) {
+				t.digest, res.ResolvedAt = d, at
+			}
+			if res.ResolvedAt != nil && t.digest != "" {
+				due := metav1.NewTime(nextRefresh(res.ResolvedAt.Time, refresh))
+				t.resolveAfter = &due
+				next = minTime(next, due.Time)
 			}
 			if t.digest == "" {
 				res.Message = fmt.Sprintf("waiting for node %s to pull %s and report its digest", probeNode, w.tag)
@@ -400,17 +408,18 @@ func firstSelected(nodes []*node) string {
 	return first
 }
 
-// probedDigest is the digest the probe node reported for a tag entry.
-func probedDigest(nodes []*node, probeNode, tag string) string {
+// probedDigest is the digest the probe node reported for a tag entry, and
+// when it pulled it.
+func probedDigest(nodes []*node, probeNode, tag string) (string, *metav1.Time) {
 	for _, n := range nodes {
 		if n.name != probeNode {
 			continue
 		}
-		if st := findStatus(n.status, tag); st != nil && st.Phase == prepullv1.PhasePresent {
-			return st.Digest
+		if st := findStatus(n.status, tag); st != nil && st.Phase == prepullv1.PhasePresent && st.PulledAt != nil {
+			return st.Digest, st.PulledAt
 		}
 	}
-	return ""
+	return "", nil
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -20,6 +20,8 @@ type target struct {
 	digest string
 	// probe marks a tag resolved on a node (resolution: Node).
 	probe bool
+	// resolveAfter asks the probe node to pull the tag again from then on.
+	resolveAfter *metav1.Time
 }
 
 // ref is the NodeImageSet entry of a resolved target.
@@ -172,7 +174,7 @@ func (p *plan) hand(n *node, targets []target) {
 func (p *plan) handProbes(n *node) {
 	for _, t := range p.probes {
 		o := p.owner
-		o.Tags = nil
+		o.Tags, o.ResolveAfter = nil, t.resolveAfter
 		setOwner(n.spec, t.tag, o)
 	}
 }
@@ -306,6 +308,7 @@ func derive(e *prepullv1.NodeImage) {
 	var tags, secrets []string
 	var timeout *metav1.Duration
 	var backoff *int32
+	var resolveAfter *metav1.Time
 	retain := prepullv1.RetainUnpinned
 	for _, o := range e.Owners {
 		if o.Releasing {
@@ -323,7 +326,11 @@ func derive(e *prepullv1.NodeImage) {
 			v := *o.BackoffLimit
 			backoff = &v
 		}
+		if o.ResolveAfter != nil && (resolveAfter == nil || resolveAfter.Before(o.ResolveAfter)) {
+			resolveAfter = o.ResolveAfter.DeepCopy()
+		}
 	}
+	e.ResolveAfter = resolveAfter
 	slices.Sort(tags)
 	slices.Sort(secrets)
 	e.Tags, e.PullSecrets = slices.Compact(tags), slices.Compact(secrets)

@@ -846,22 +846,52 @@ func TestController(t *testing.T) {
 		}
 		before := e.resolver.count(tagOnly.Tag)
 		// The agent of nr-a pulls the tag and reports its digest.
-		set, err := e.nodeSet("nr-a")
-		if err != nil {
-			t.Fatal(err)
+		report := func(digest string) {
+			t.Helper()
+			set, err := e.nodeSet("nr-a")
+			if err != nil {
+				t.Fatal(err)
+			}
+			set.Status.Images = []prepullv1.NodeImageStatus{{
+				Image: tagOnly.Tag, Phase: prepullv1.PhasePresent, Digest: digestOf(digest),
+				PulledAt: &metav1.Time{Time: e.clock.Now()},
+			}}
+			if err := e.c.Status().Update(ctx, set); err != nil {
+				t.Fatal(err)
+			}
 		}
-		set.Status.Images = []prepullv1.NodeImageStatus{{Image: tagOnly.Tag, Phase: prepullv1.PhasePresent, Digest: digestOf(tagOnly.Digest)}}
-		if err := e.c.Status().Update(ctx, set); err != nil {
-			t.Fatal(err)
-		}
-		eventually(t, "every node is handed the digest the node reported", func() error {
-			for _, n := range []string{"nr-a", "nr-b"} {
-				if e.entry(n, tagOnly.Digest) == nil {
-					return fmt.Errorf("%s lacks %s", n, tagOnly.Digest)
+		report(tagOnly.Digest)
+		handedEverywhere := func(digest string) {
+			t.Helper()
+			eventually(t, "every node is handed the digest the node reported", func() error {
+				for _, n := range []string{"nr-a", "nr-b"} {
+					if len(activeOwners(e.entry(n, digest))) == 0 {
+						return fmt.Errorf("%s lacks %s", n, digest)
+					}
 				}
+				return nil
+			})
+		}
+		handedEverywhere(tagOnly.Digest)
+
+		// The tag moves; at the next refresh the probe node is asked to pull
+		// it again, and what it reports rolls out.
+		moved := e.public.MustPushRandom(t, "airgap/app:v1", 1024, 1)
+		e.clock.Step(61 * time.Minute)
+		touch(t, e, l)
+		eventually(t, "the probe node is asked to pull the tag again", func() error {
+			en := e.entry("nr-a", tagOnly.Tag)
+			if en == nil || en.ResolveAfter == nil || e.clock.Now().Before(en.ResolveAfter.Time) {
+				return fmt.Errorf("probe entry %+v", en)
 			}
 			return nil
 		})
+		e.clock.Step(time.Second)
+		report(moved.Digest)
+		handedEverywhere(moved.Digest)
+		if got := e.getList(t, l).Status.Images[0].Digest; got != digestOf(moved.Digest) {
+			t.Errorf("status digest %s, want the moved tag's %s", got, digestOf(moved.Digest))
+		}
 		if after := e.resolver.count(tagOnly.Tag); after != before {
 			t.Errorf("the controller asked the registry %d times for a tag resolved on a node", after-before)
 		}
