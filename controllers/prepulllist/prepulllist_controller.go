@@ -52,14 +52,13 @@ type Reconciler struct {
 	Recorder  events.EventRecorder
 	Clock     clock.PassiveClock
 
-	// resolved remembers each list's last resolutions by list UID and image.
-	// Status holds them too, but the cache a reconcile reads status from can
-	// lag behind the last write; without this, a tag could be resolved twice
-	// in one refresh interval.
-	resolvedMu sync.Mutex
-	resolved   map[types.UID]map[string]prepullv1.ImageResolution
-	// lastStatus is the status last computed per list, for events.
-	lastStatus map[types.UID]prepullv1.PrePullListStatus
+	// computed is the status last computed per list UID. The cache a
+	// reconcile reads the list from can lag behind the controller's own
+	// last write; resolutions and events start from this instead, so that a
+	// tag is resolved once per refresh and an event fires once per
+	// transition.
+	mu       sync.Mutex
+	computed map[types.UID]prepullv1.PrePullListStatus
 }
 
 // +kubebuilder:rbac:groups=prepull.io,resources=prepulllists,verbs=get;list;watch;update;patch
@@ -103,20 +102,23 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	targets, images, next := r.resolve(ctx, l, creds, nodes)
+	prev := r.previousStatus(l)
+	selected, probeNode := selection(nodes)
+	targets, images, next := r.resolve(ctx, l, prev.Images, creds, nodes, probeNode)
 
-	p := r.planFor(l, targets, secretNames, countSelected(nodes))
-	p.probeNode = firstSelected(nodes)
+	p := r.planFor(l, targets, secretNames, selected)
+	p.probeNode = probeNode
 	out := p.run(nodes)
 	for i := range images {
-		if res := out.perImage[images[i].Image]; res != nil {
-			images[i].NodesReady, images[i].NodesFailed = res.NodesReady, res.NodesFailed
+		if c, ok := out.perImage[images[i].Image]; ok {
+			images[i].NodesReady, images[i].NodesFailed = c.ready, c.failed
 		}
 	}
 	writeErr := r.writeNodes(ctx, nodes)
 
 	status := buildStatus(l.Status, l.Generation, images, out, secretErr)
-	r.recordTransitions(l, r.previousStatus(l), status)
+	r.remember(l, status)
+	r.recordTransitions(l, prev, status)
 	recordNodes(l, status.Nodes)
 	if err := r.patchStatus(ctx, l, status); err != nil {
 		return ctrl.Result{}, errors.Join(writeErr, err)
@@ -245,16 +247,6 @@ func (r *Reconciler) writeNodes(ctx context.Context, nodes []*node) error {
 	return errors.Join(errs...)
 }
 
-func countSelected(nodes []*node) int {
-	n := 0
-	for _, x := range nodes {
-		if x.selected {
-			n++
-		}
-	}
-	return n
-}
-
 // planFor returns l's rollout plan.
 func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, secrets []string, selected int) *plan {
 	ro := l.Spec.Rollout
@@ -272,8 +264,8 @@ func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, secrets
 		},
 		maxConcurrent: maxConcurrentNodes(ro.MaxConcurrentNodes, selected),
 	}
+	p.targets = targets
 	for _, t := range targets {
-		p.targets = append(p.targets, t)
 		if t.probe {
 			p.probes = append(p.probes, t)
 		}
@@ -285,7 +277,7 @@ func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, secrets
 // when a tag is next due for resolution. A tag is resolved once per refresh
 // interval; in between, the digest in status is used. A failed resolution
 // keeps the digest known before, so nodes keep what they have.
-func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node) ([]target, []prepullv1.ImageResolution, time.Time) {
+func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev []prepullv1.ImageResolution, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, time.Time) {
 	log := ctrl.LoggerFrom(ctx)
 	now := r.Clock.Now()
 	refresh := time.Hour
@@ -293,7 +285,6 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 		refresh = l.Spec.RefreshInterval.Duration
 	}
 	next := now.Add(refresh)
-	probeNode := firstSelected(nodes)
 	var targets []target
 	var images []prepullv1.ImageResolution
 	for _, entry := range l.Spec.Images {
@@ -305,7 +296,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 			continue
 		}
 		res.Warning = w.advice
-		old := r.lastResolution(l, entry.Image)
+		old := resolutionOf(prev, entry.Image)
 		t := target{want: w}
 		switch {
 		case w.pinnedDigest != "":
@@ -348,47 +339,21 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 			}
 		}
 		res.Digest = t.digest
-		r.remember(l, res)
 		targets = append(targets, t)
 		images = append(images, res)
 	}
 	return targets, images, next
 }
 
-// lastResolution is the newer of the list's status and the reconciler's
-// memory for image.
-func (r *Reconciler) lastResolution(l *prepullv1.PrePullList, image string) prepullv1.ImageResolution {
-	fromStatus := oldResolution(l, image)
-	r.resolvedMu.Lock()
-	defer r.resolvedMu.Unlock()
-	mem, ok := r.resolved[l.UID][image]
-	if !ok || mem.ResolvedAt == nil || (fromStatus.ResolvedAt != nil && !fromStatus.ResolvedAt.Before(mem.ResolvedAt)) {
-		return fromStatus
-	}
-	return mem
-}
-
-func (r *Reconciler) remember(l *prepullv1.PrePullList, res prepullv1.ImageResolution) {
-	r.resolvedMu.Lock()
-	defer r.resolvedMu.Unlock()
-	if r.resolved == nil {
-		r.resolved = map[types.UID]map[string]prepullv1.ImageResolution{}
-	}
-	if r.resolved[l.UID] == nil {
-		r.resolved[l.UID] = map[string]prepullv1.ImageResolution{}
-	}
-	r.resolved[l.UID][res.Image] = res
-}
-
 func (r *Reconciler) forget(uid types.UID) {
-	r.resolvedMu.Lock()
-	defer r.resolvedMu.Unlock()
-	delete(r.resolved, uid)
-	delete(r.lastStatus, uid)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.computed, uid)
 }
 
-func oldResolution(l *prepullv1.PrePullList, image string) prepullv1.ImageResolution {
-	for _, i := range l.Status.Images {
+// resolutionOf is image's entry in images, or an empty one.
+func resolutionOf(images []prepullv1.ImageResolution, image string) prepullv1.ImageResolution {
+	for _, i := range images {
 		if i.Image == image {
 			return i
 		}
@@ -396,16 +361,20 @@ func oldResolution(l *prepullv1.PrePullList, image string) prepullv1.ImageResolu
 	return prepullv1.ImageResolution{}
 }
 
-// firstSelected is the node that resolves tags for a list with resolution
-// Node: the first selected node by name, so that the choice is stable.
-func firstSelected(nodes []*node) string {
-	first := ""
+// selection counts the selected nodes and names the one that resolves tags
+// for a list with resolution Node: the first selected node by name, so that
+// the choice is stable.
+func selection(nodes []*node) (selected int, probeNode string) {
 	for _, n := range nodes {
-		if n.selected && (first == "" || n.name < first) {
-			first = n.name
+		if !n.selected {
+			continue
+		}
+		selected++
+		if probeNode == "" || n.name < probeNode {
+			probeNode = n.name
 		}
 	}
-	return first
+	return selected, probeNode
 }
 
 // probedDigest is the digest the probe node reported for a tag entry, and
@@ -430,36 +399,38 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // previousStatus is the status this reconciler last computed for l, or l's
-// status when it has computed none: the cache that l was read from can lag
-// behind the last write, and an event must fire once per transition.
+// status when it has computed none since it started.
 func (r *Reconciler) previousStatus(l *prepullv1.PrePullList) prepullv1.PrePullListStatus {
-	r.resolvedMu.Lock()
-	defer r.resolvedMu.Unlock()
-	if st, ok := r.lastStatus[l.UID]; ok {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st, ok := r.computed[l.UID]; ok {
 		return st
 	}
 	return l.Status
 }
 
+// remember records the status just computed for l.
+func (r *Reconciler) remember(l *prepullv1.PrePullList, st prepullv1.PrePullListStatus) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.computed == nil {
+		r.computed = map[types.UID]prepullv1.PrePullListStatus{}
+	}
+	r.computed[l.UID] = *st.DeepCopy()
+}
+
 // recordTransitions emits Events for what changed: the list became Ready, a
 // tag moved, an image failed to resolve, nodes failed, advice about tags.
 func (r *Reconciler) recordTransitions(l *prepullv1.PrePullList, prev, st prepullv1.PrePullListStatus) {
-	r.resolvedMu.Lock()
-	if r.lastStatus == nil {
-		r.lastStatus = map[types.UID]prepullv1.PrePullListStatus{}
-	}
-	r.lastStatus[l.UID] = *st.DeepCopy()
-	r.resolvedMu.Unlock()
 	if r.Recorder == nil {
 		return
 	}
-	prevList := &prepullv1.PrePullList{Status: prev}
 	if meta.IsStatusConditionTrue(st.Conditions, prepullv1.ConditionReady) && !meta.IsStatusConditionTrue(prev.Conditions, prepullv1.ConditionReady) {
 		c := meta.FindStatusCondition(st.Conditions, prepullv1.ConditionReady)
 		r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, "Ready", "Rollout", "%s", c.Message)
 	}
 	for _, img := range st.Images {
-		old := oldResolution(prevList, img.Image)
+		old := resolutionOf(prev.Images, img.Image)
 		if old.Digest != "" && img.Digest != "" && old.Digest != img.Digest {
 			r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, "TagMoved", "Resolve", "%s moved from %s to %s; rolling out", img.Image, old.Digest, img.Digest)
 		}

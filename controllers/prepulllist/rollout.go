@@ -2,7 +2,6 @@ package prepulllist
 
 import (
 	"cmp"
-	"math"
 	"slices"
 	"time"
 
@@ -59,12 +58,15 @@ type plan struct {
 // outcome is what a plan observed and did.
 type outcome struct {
 	nodes    prepullv1.NodeCounts
-	perImage map[string]*prepullv1.ImageResolution // by want.image
+	perImage map[string]*imageCounts // by want.image
 	failures []prepullv1.NodeFailure
 	// held counts the nodes on which the list still owns an entry, releasing
 	// or not: a deleted list's finalizer waits for zero.
 	held int
 }
+
+// imageCounts counts the selected nodes by the state of one image.
+type imageCounts struct{ ready, failed int32 }
 
 // maxConcurrentNodes scales rollout.maxConcurrentNodes to selected nodes:
 // percentages round up, and the result is at least one.
@@ -82,9 +84,9 @@ func maxConcurrentNodes(v *intstr.IntOrString, selected int) int {
 // run applies the plan to nodes, which it sorts by name, and reports.
 func (p *plan) run(nodes []*node) outcome {
 	slices.SortFunc(nodes, func(a, b *node) int { return cmp.Compare(a.name, b.name) })
-	out := outcome{perImage: map[string]*prepullv1.ImageResolution{}}
+	out := outcome{perImage: map[string]*imageCounts{}}
 	for _, t := range p.targets {
-		out.perImage[t.image] = &prepullv1.ImageResolution{Image: t.image, Digest: t.digest}
+		out.perImage[t.image] = &imageCounts{}
 	}
 	resolved := p.resolvedTargets()
 
@@ -262,9 +264,9 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 		case st == nil:
 			ready = false
 		case st.Phase == prepullv1.PhasePresent:
-			res.NodesReady++
+			res.ready++
 		case st.Phase == prepullv1.PhaseFailed:
-			res.NodesFailed++
+			res.failed++
 			failed, ready = true, false
 			out.failures = append(out.failures, prepullv1.NodeFailure{
 				Node: n.name, Image: t.image, Reason: st.Reason, Message: truncate(st.LastError, 1024),
@@ -381,6 +383,3 @@ func nextRefresh(resolvedAt time.Time, interval time.Duration) time.Time {
 	}
 	return resolvedAt.Add(interval)
 }
-
-// never is a time that is never reached, for min computations.
-var never = time.Unix(math.MaxInt32, 0)
