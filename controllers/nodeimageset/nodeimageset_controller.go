@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
@@ -93,6 +94,7 @@ type Reconciler struct {
 	baseCtx   context.Context
 	lastWrite time.Time
 	fs        *prepullv1.ImageFilesystem
+	fsMount   string
 }
 
 // imageState is what the agent knows of one spec image between reconciles.
@@ -128,16 +130,15 @@ func (s *imageState) setPhase(p prepullv1.ImagePhase, now time.Time) {
 
 // Reasons the agent reports.
 const (
-	ReasonUnauthorized       = "Unauthorized"
-	ReasonNotFound           = "NotFound"
-	ReasonUnavailable        = "RegistryUnavailable"
-	ReasonTimeout            = "Timeout"
-	ReasonNoSpace            = "NoSpace"
-	ReasonPullFailed         = "PullFailed"
-	ReasonDiskBudget         = "DiskBudgetExceeded"
-	ReasonUnsupported        = "UnsupportedByRuntime"
-	ReasonVerifyFailed       = "VerifyFailed"
-	ReasonPullSecretNotFound = "PullSecretUnavailable"
+	ReasonUnauthorized = "Unauthorized"
+	ReasonNotFound     = "NotFound"
+	ReasonUnavailable  = "RegistryUnavailable"
+	ReasonTimeout      = "Timeout"
+	ReasonNoSpace      = "NoSpace"
+	ReasonPullFailed   = "PullFailed"
+	ReasonDiskBudget   = "DiskBudgetExceeded"
+	ReasonUnsupported  = "UnsupportedByRuntime"
+	ReasonVerifyFailed = "VerifyFailed"
 )
 
 func reasonOf(err error) string {
@@ -182,9 +183,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	r.mu.Unlock()
 	soon := false
 	for i := range set.Spec.Images {
-		e := &set.Spec.Images[i]
-		r.adoptPulledAt(e.Image, &set.Status)
-		if r.ensure(ctx, e, now, dirty) {
+		if r.ensure(ctx, &set.Spec.Images[i], &set.Status, now, dirty) {
 			soon = true
 		}
 	}
@@ -199,7 +198,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if next := r.nextRetry(now); !next.IsZero() && next.Sub(now) < requeue {
 		requeue = max(next.Sub(now), 100*time.Millisecond)
 	}
-	if !statusEqual(set.Status, status) {
+	if !equality.Semantic.DeepEqual(set.Status, status) {
 		if wait := r.StatusInterval - now.Sub(r.lastWrite); wait > 0 {
 			return ctrl.Result{RequeueAfter: min(wait, requeue)}, nil
 		}
@@ -216,7 +215,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 // ensure brings one spec image to its wanted state, and reports whether it
 // changed something that the runtime shows a moment later (pins), so that
 // the next look comes soon.
-func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, now time.Time, dirty map[string]bool) bool {
+func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, status *prepullv1.NodeImageSetStatus, now time.Time, dirty map[string]bool) bool {
 	st := r.state(e.Image)
 	if st.pulling || r.fresh(e, st, now, dirty) {
 		return false
@@ -226,7 +225,7 @@ func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, now tim
 		return false
 	}
 	img, err := r.Images.ImageStatus(ctx, e.Image)
-	if errors.Is(err, cri.ErrNotFound) || (err == nil && r.resolveDue(e, st, now)) {
+	if errors.Is(err, cri.ErrNotFound) || (err == nil && r.resolveDue(e, st, status, now)) {
 		r.maybePull(ctx, e, st, now)
 		return false
 	}
@@ -234,8 +233,7 @@ func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, now tim
 		r.fail(st, err, now)
 		return false
 	}
-	changed, err := r.syncTagsAndPins(ctx, e, img)
-	owners := r.owners(ctx, e.Image)
+	changed, owners, err := r.syncTagsAndPins(ctx, e, img)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if st.phase != prepullv1.PhasePresent {
@@ -292,30 +290,22 @@ func (r *Reconciler) collectStrayPins(ctx context.Context, set *prepullv1.NodeIm
 	if err != nil {
 		return
 	}
-	wanted := map[string]map[string]bool{}
-	for _, e := range set.Spec.Images {
-		for _, ref := range append([]string{e.Image}, e.Tags...) {
+	// Every owner of an entry may keep its pins on the entry's references;
+	// releasing owners' pins are the release's to take off.
+	type pin struct{ ref, owner string }
+	wanted := map[pin]bool{}
+	for i := range set.Spec.Images {
+		e := &set.Spec.Images[i]
+		for _, ref := range entryRefs(e) {
 			for _, o := range e.Owners {
-				if wanted[ref] == nil {
-					wanted[ref] = map[string]bool{}
-				}
-				// Releasing owners are the release's to take off.
-				wanted[ref][o.List] = true
-			}
-		}
-		for _, o := range e.Owners {
-			for _, tag := range o.Tags {
-				if wanted[tag] == nil {
-					wanted[tag] = map[string]bool{}
-				}
-				wanted[tag][o.List] = true
+				wanted[pin{ref, o.List}] = true
 			}
 		}
 	}
 	log := ctrl.LoggerFrom(ctx)
 	for ref, owners := range refs {
 		for _, o := range owners {
-			if wanted[ref][o] {
+			if wanted[pin{ref, o}] {
 				continue
 			}
 			if err := r.Store.Unpin(ctx, ref, o); err != nil {
@@ -328,34 +318,26 @@ func (r *Reconciler) collectStrayPins(ctx context.Context, set *prepullv1.NodeIm
 }
 
 // resolveDue reports whether a tag resolved on this node (an entry named by
-// tag alone) must be pulled again: it was never pulled by this agent, or the
-// controller asks for a pull after the last one.
-func (r *Reconciler) resolveDue(e *prepullv1.NodeImage, st *imageState, now time.Time) bool {
+// tag alone) must be pulled again: it was never pulled, or the controller
+// asks for a pull after the last one. After a restart, the last pull's time
+// comes from the status the agent wrote before.
+func (r *Reconciler) resolveDue(e *prepullv1.NodeImage, st *imageState, status *prepullv1.NodeImageSetStatus, now time.Time) bool {
 	if strings.Contains(e.Image, "@") {
 		return false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if st.pulledAt.IsZero() {
+		for _, s := range status.Images {
+			if s.Image == e.Image && s.PulledAt != nil {
+				st.pulledAt = s.PulledAt.Time
+			}
+		}
+	}
+	if st.pulledAt.IsZero() {
 		return true
 	}
 	return e.ResolveAfter != nil && !now.Before(e.ResolveAfter.Time) && st.pulledAt.Before(e.ResolveAfter.Time)
-}
-
-// adoptPulledAt takes, for an image this agent has not pulled since it
-// started, the pull time its status recorded before.
-func (r *Reconciler) adoptPulledAt(image string, status *prepullv1.NodeImageSetStatus) {
-	st := r.state(image)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !st.pulledAt.IsZero() {
-		return
-	}
-	for _, s := range status.Images {
-		if s.Image == image && s.PulledAt != nil {
-			st.pulledAt = s.PulledAt.Time
-		}
-	}
 }
 
 // markDirty records that the runtime changed the image record name.
@@ -472,9 +454,10 @@ func (r *Reconciler) backoff(n int32) time.Duration {
 }
 
 // syncTagsAndPins makes every tag name the image and puts exactly the
-// wanted owners' pins on the digest and on every tag.
-func (r *Reconciler) syncTagsAndPins(ctx context.Context, e *prepullv1.NodeImage, img *cri.Image) (bool, error) {
-	changed := false
+// wanted owners' pins on the digest and on every tag. It reports whether it
+// changed anything, and the owners now pinned on the image.
+func (r *Reconciler) syncTagsAndPins(ctx context.Context, e *prepullv1.NodeImage, img *cri.Image) (bool, []string, error) {
+	var retagged []string
 	var errs []error
 	for _, tag := range e.Tags {
 		ts, err := r.Images.ImageStatus(ctx, tag)
@@ -489,7 +472,7 @@ func (r *Reconciler) syncTagsAndPins(ctx context.Context, e *prepullv1.NodeImage
 			errs = append(errs, err)
 			continue
 		}
-		changed = true
+		retagged = append(retagged, tag)
 		tagsTotal.Inc()
 	}
 	pinners := map[string]bool{}
@@ -498,38 +481,45 @@ func (r *Reconciler) syncTagsAndPins(ctx context.Context, e *prepullv1.NodeImage
 			pinners[o.List] = true
 		}
 	}
-	for _, ref := range append([]string{e.Image}, e.Tags...) {
-		c, err := r.syncPins(ctx, ref, pinners)
+	changed := len(retagged) > 0
+	var owners []string
+	for i, ref := range append([]string{e.Image}, e.Tags...) {
+		now, c, err := r.syncPins(ctx, ref, pinners)
 		changed = changed || c
 		if err != nil {
 			errs = append(errs, err)
 		}
+		if i == 0 {
+			owners = now
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return changed, err
+		return changed, owners, err
 	}
-	// Verify: every tag answers with the image the digest answers with.
-	for _, tag := range e.Tags {
+	// Verify what was retagged: the tag must answer through CRI with the
+	// image the digest answers with. The other tags were just seen to.
+	for _, tag := range retagged {
 		ts, err := r.Images.ImageStatus(ctx, tag)
 		if err != nil {
-			return changed, fmt.Errorf("verify tag %s: %w", tag, err)
+			return changed, owners, fmt.Errorf("verify tag %s: %w", tag, err)
 		}
 		if ts.ID != img.ID {
-			return changed, fmt.Errorf("verify tag %s: names image %s, want %s", tag, ts.ID, img.ID)
+			return changed, owners, fmt.Errorf("verify tag %s: names image %s, want %s", tag, ts.ID, img.ID)
 		}
 	}
-	return changed, nil
+	return changed, owners, nil
 }
 
 // syncPins pins ref for each of pinners and takes off every other owner's
-// pin.
-func (r *Reconciler) syncPins(ctx context.Context, ref string, pinners map[string]bool) (bool, error) {
+// pin. It returns the owners left on ref and whether it changed any.
+func (r *Reconciler) syncPins(ctx context.Context, ref string, pinners map[string]bool) ([]string, bool, error) {
 	have, err := r.Store.Owners(ctx, ref)
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
 	changed := false
 	var errs []error
+	var now []string
 	for o := range pinners {
 		if !slices.Contains(have, o) {
 			if err := r.Store.Pin(ctx, ref, o); err != nil {
@@ -538,31 +528,29 @@ func (r *Reconciler) syncPins(ctx context.Context, ref string, pinners map[strin
 			}
 			changed = true
 		}
+		now = append(now, o)
 	}
 	for _, o := range have {
 		if !pinners[o] {
 			if err := r.Store.Unpin(ctx, ref, o); err != nil {
 				errs = append(errs, err)
+				now = append(now, o)
 				continue
 			}
 			changed = true
 		}
 	}
-	return changed, errors.Join(errs...)
+	slices.Sort(now)
+	return now, changed, errors.Join(errs...)
 }
 
 // release takes the releasing owners' pins off the image and its tags, and
 // removes the image when an owner says onDelete: Remove.
 func (r *Reconciler) release(ctx context.Context, e *prepullv1.NodeImage, st *imageState, now time.Time) {
-	refs := []string{e.Image}
-	remove := false
-	for _, o := range e.Owners {
-		refs = append(refs, o.Tags...)
-		remove = remove || o.OnDelete == prepullv1.DeleteRemove
-	}
+	remove := slices.ContainsFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.OnDelete == prepullv1.DeleteRemove })
 	var errs []error
-	for _, ref := range refs {
-		if _, err := r.syncPins(ctx, ref, nil); err != nil && !errors.Is(err, cri.ErrNotFound) {
+	for _, ref := range entryRefs(e) {
+		if _, _, err := r.syncPins(ctx, ref, nil); err != nil && !errors.Is(err, cri.ErrNotFound) {
 			errs = append(errs, err)
 		}
 	}
@@ -588,16 +576,6 @@ func (r *Reconciler) fail(st *imageState, err error, now time.Time) {
 	if st.phase == "" {
 		st.setPhase(prepullv1.PhasePending, now)
 	}
-}
-
-// owners lists the owners pinned on ref, or nil where the runtime cannot
-// tell.
-func (r *Reconciler) owners(ctx context.Context, ref string) []string {
-	o, err := r.Store.Owners(ctx, ref)
-	if err != nil {
-		return nil
-	}
-	return o
 }
 
 func (r *Reconciler) state(image string) *imageState {
@@ -656,6 +634,20 @@ func (r *Reconciler) notify() {
 	case r.wake <- ev:
 	default:
 	}
+}
+
+// entryRefs are the references an entry may carry pins on: its image and
+// every owner's tags, releasing owners' included.
+func entryRefs(e *prepullv1.NodeImage) []string {
+	refs := []string{e.Image}
+	for _, o := range e.Owners {
+		for _, t := range o.Tags {
+			if !slices.Contains(refs, t) {
+				refs = append(refs, t)
+			}
+		}
+	}
+	return refs
 }
 
 func activeOwners(e *prepullv1.NodeImage) []string {

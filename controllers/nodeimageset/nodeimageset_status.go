@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -68,10 +67,6 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImag
 	return st
 }
 
-func statusEqual(a, b prepullv1.NodeImageSetStatus) bool {
-	return equality.Semantic.DeepEqual(a, b)
-}
-
 // digestOf is the manifest digest of a present image: the digest of a
 // digest reference, or for a tag (resolved on the node) the digest the
 // runtime recorded for its repository.
@@ -107,27 +102,24 @@ func (r *Reconciler) measureFilesystem(ctx context.Context, now time.Time) {
 		out.CapacityBytes = int64(total)
 	}
 	r.mu.Lock()
-	r.fs = out
+	r.fs, r.fsMount = out, fs[0].Mountpoint
 	r.mu.Unlock()
 }
 
 // overBudget says why no pull may start, or "" when one may: the image
-// filesystem is used past DiskBudget.
+// filesystem, found by the last measureFilesystem, is used past DiskBudget.
+// The caller holds r.mu.
 func (r *Reconciler) overBudget() string {
-	if r.DiskBudget <= 0 {
+	if r.DiskBudget <= 0 || r.fsMount == "" {
 		return ""
 	}
-	fs, err := r.Images.ImageFsInfo(context.Background())
-	if err != nil || len(fs) == 0 {
-		return ""
-	}
-	used, total, err := r.fsUsage(fs[0].Mountpoint)
+	used, total, err := r.fsUsage(r.fsMount)
 	if err != nil || total == 0 {
 		return ""
 	}
 	if frac := float64(used) / float64(total); frac >= r.DiskBudget {
 		return fmt.Sprintf("the image filesystem %s is %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
-			fs[0].Mountpoint, 100*frac, 100*r.DiskBudget)
+			r.fsMount, 100*frac, 100*r.DiskBudget)
 	}
 	return ""
 }
