@@ -14,7 +14,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
@@ -43,25 +42,14 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	defer closeStore()
 
-	scheme, err := newScheme()
-	if err != nil {
-		return err
-	}
-	cfg, err := ctrl.GetConfig()
-	if err != nil {
-		return fmt.Errorf("kubeconfig: %w", err)
-	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: opts.MetricsAddr},
-		HealthProbeBindAddress: opts.ProbeAddr,
+	mgr, err := newManager(opts.ServeOptions, ctrl.Options{
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// The agent watches its own node's NodeImageSet and nothing else.
 			&prepullv1.NodeImageSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
 		}},
 	})
 	if err != nil {
-		return fmt.Errorf("agent manager: %w", err)
+		return err
 	}
 	r := &nodeimageset.Reconciler{
 		Client:             mgr.GetClient(),
@@ -80,9 +68,6 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the NodeImageSet reconciler: %w", err)
-	}
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		return err
 	}
 	if err := mgr.AddReadyzCheck("runtime", runtimeReady(images)); err != nil {
 		return err

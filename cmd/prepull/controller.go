@@ -10,7 +10,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"prepull.io/prepull/controllers/prepulllist"
 )
@@ -23,22 +22,11 @@ func runController(ctx context.Context, args []string) error {
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(zapOpts)))
 
-	scheme, err := newScheme()
-	if err != nil {
-		return err
-	}
 	leaseNS := opts.LeaderElectionNamespace
 	if leaseNS == "" {
 		leaseNS = opts.Namespace
 	}
-	cfg, err := ctrl.GetConfig()
-	if err != nil {
-		return fmt.Errorf("kubeconfig: %w", err)
-	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                  scheme,
-		Metrics:                 metricsserver.Options{BindAddress: opts.MetricsAddr},
-		HealthProbeBindAddress:  opts.ProbeAddr,
+	mgr, err := newManager(opts.ServeOptions, ctrl.Options{
 		LeaderElection:          opts.LeaderElect,
 		LeaderElectionID:        "prepull-controller.prepull.io",
 		LeaderElectionNamespace: leaseNS,
@@ -49,7 +37,7 @@ func runController(ctx context.Context, args []string) error {
 		}},
 	})
 	if err != nil {
-		return fmt.Errorf("controller manager: %w", err)
+		return err
 	}
 	insecure := map[string]bool{}
 	for _, h := range opts.InsecureRegistries {
@@ -64,9 +52,6 @@ func runController(ctx context.Context, args []string) error {
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the PrePullList controller: %w", err)
-	}
-	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
-		return err
 	}
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return err

@@ -10,43 +10,32 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// ControllerOptions are the controller's flags.
-type ControllerOptions struct {
+// ServeOptions are the flags of every long-running command.
+type ServeOptions struct {
 	// MetricsAddr is where Prometheus metrics are served; "0" turns them off.
 	MetricsAddr string
 	// ProbeAddr is where /healthz and /readyz are served.
 	ProbeAddr string
-	// LeaderElect makes replicas elect one leader, so that one reconciles.
-	LeaderElect bool
-	// LeaderElectionNamespace holds the lease; empty means Namespace.
-	LeaderElectionNamespace string
-	// Namespace is the controller's own namespace, which holds the mirrored
-	// pull secrets the agents read.
+	// Namespace is the controller's namespace, which holds the pull secrets
+	// it mirrors for the agents.
 	Namespace string
-	// InsecureRegistries are registry hosts resolved over plain HTTP.
-	InsecureRegistries []string
-	// ResolveTimeout bounds one tag resolution at a registry.
-	ResolveTimeout time.Duration
 }
 
-// NewControllerOptions returns the defaults.
-func NewControllerOptions() *ControllerOptions {
-	return &ControllerOptions{MetricsAddr: ":8080", ProbeAddr: ":8081", LeaderElect: true, Namespace: namespaceDefault(), ResolveTimeout: 30 * time.Second}
+func newServeOptions(metrics, probes string) ServeOptions {
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "prepull-system"
+	}
+	return ServeOptions{MetricsAddr: metrics, ProbeAddr: probes, Namespace: ns}
 }
 
-// AddFlags defines the flags on fs.
-func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
+func (o *ServeOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, `address of the Prometheus metrics endpoint; "0" turns it off`)
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "address of /healthz and /readyz")
-	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "elect one active replica through a Lease")
-	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "namespace of the leader-election Lease (default: --namespace)")
-	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "the controller's namespace, where pull secrets are mirrored for the agents (default: $POD_NAMESPACE, else prepull-system)")
-	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", o.InsecureRegistries, "registry hosts (host:port) to resolve tags at over plain HTTP")
-	fs.DurationVar(&o.ResolveTimeout, "resolve-timeout", o.ResolveTimeout, "deadline of one tag resolution at a registry")
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "the controller's namespace, which holds the pull secrets mirrored for the agents (default: $POD_NAMESPACE, else prepull-system)")
 }
 
-// Validate reports every invalid flag at once.
-func (o *ControllerOptions) Validate() error {
+func (o *ServeOptions) validate() []error {
 	var errs []error
 	if o.MetricsAddr != "0" {
 		errs = append(errs, validAddr("metrics-bind-address", o.MetricsAddr))
@@ -55,6 +44,39 @@ func (o *ControllerOptions) Validate() error {
 	if o.Namespace == "" {
 		errs = append(errs, errors.New("--namespace: required"))
 	}
+	return errs
+}
+
+// ControllerOptions are the controller's flags.
+type ControllerOptions struct {
+	ServeOptions
+	// LeaderElect makes replicas elect one leader, so that one reconciles.
+	LeaderElect bool
+	// LeaderElectionNamespace holds the lease; empty means Namespace.
+	LeaderElectionNamespace string
+	// InsecureRegistries are registry hosts resolved over plain HTTP.
+	InsecureRegistries []string
+	// ResolveTimeout bounds one tag resolution at a registry.
+	ResolveTimeout time.Duration
+}
+
+// NewControllerOptions returns the defaults.
+func NewControllerOptions() *ControllerOptions {
+	return &ControllerOptions{ServeOptions: newServeOptions(":8080", ":8081"), LeaderElect: true, ResolveTimeout: 30 * time.Second}
+}
+
+// AddFlags defines the flags on fs.
+func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
+	o.addFlags(fs)
+	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "elect one active replica through a Lease")
+	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "namespace of the leader-election Lease (default: --namespace)")
+	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", o.InsecureRegistries, "registry hosts (host:port) to resolve tags at over plain HTTP")
+	fs.DurationVar(&o.ResolveTimeout, "resolve-timeout", o.ResolveTimeout, "deadline of one tag resolution at a registry")
+}
+
+// Validate reports every invalid flag at once.
+func (o *ControllerOptions) Validate() error {
+	errs := o.validate()
 	if o.ResolveTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--resolve-timeout: %s: must be positive", o.ResolveTimeout))
 	}
@@ -63,6 +85,7 @@ func (o *ControllerOptions) Validate() error {
 
 // AgentOptions are the node agent's flags.
 type AgentOptions struct {
+	ServeOptions
 	// NodeName is the node the agent serves; from NODE_NAME by default, which
 	// the DaemonSet sets from the downward API.
 	NodeName string
@@ -72,13 +95,6 @@ type AgentOptions struct {
 	// cannot do; empty means the CRI endpoint, which is the same socket for
 	// containerd.
 	ContainerdAddress string
-	// ProbeAddr is where /healthz and /readyz are served.
-	ProbeAddr string
-	// MetricsAddr is where Prometheus metrics are served; "0" turns them off.
-	MetricsAddr string
-	// Namespace is the controller's namespace, which holds the mirrored pull
-	// secrets.
-	Namespace string
 	// CallTimeout bounds every runtime call but pulls.
 	CallTimeout time.Duration
 	// PullTimeout bounds one pull, unless the spec sets a shorter one.
@@ -102,10 +118,8 @@ type AgentOptions struct {
 func NewAgentOptions() *AgentOptions {
 	return &AgentOptions{
 		NodeName:           os.Getenv("NODE_NAME"),
+		ServeOptions:       newServeOptions(":8083", ":8082"),
 		CRIEndpoint:        "/run/containerd/containerd.sock",
-		ProbeAddr:          ":8082",
-		MetricsAddr:        ":8083",
-		Namespace:          namespaceDefault(),
 		CallTimeout:        30 * time.Second,
 		PullTimeout:        10 * time.Minute,
 		MaxConcurrentPulls: 3,
@@ -122,11 +136,9 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "the node this agent serves (default: $NODE_NAME)")
 	fs.StringVar(&o.CRIEndpoint, "cri-endpoint", o.CRIEndpoint, "path of the runtime's CRI socket")
 	fs.StringVar(&o.ContainerdAddress, "containerd-address", o.ContainerdAddress, "path of containerd's API socket (default: the CRI endpoint)")
-	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "address of /healthz and /readyz")
+	o.addFlags(fs)
 	fs.DurationVar(&o.CallTimeout, "runtime-call-timeout", o.CallTimeout, "deadline of each runtime call but pulls")
 	fs.DurationVar(&o.PullTimeout, "pull-timeout", o.PullTimeout, "deadline of one image pull, unless a list sets a shorter one")
-	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, `address of the Prometheus metrics endpoint; "0" turns it off`)
-	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "the controller's namespace, which holds the mirrored pull secrets (default: $POD_NAMESPACE, else prepull-system)")
 	fs.IntVar(&o.MaxConcurrentPulls, "max-concurrent-pulls", o.MaxConcurrentPulls, "pulls under way at once on this node")
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "least time between two writes of the node's status")
 	fs.DurationVar(&o.ResyncInterval, "resync-interval", o.ResyncInterval, "how often images, tags and pins are verified again")
@@ -137,7 +149,7 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 
 // Validate reports every invalid flag at once.
 func (o *AgentOptions) Validate() error {
-	var errs []error
+	errs := o.validate()
 	if o.NodeName == "" {
 		errs = append(errs, errors.New("--node-name: required (or set NODE_NAME from the downward API)"))
 	}
@@ -161,13 +173,6 @@ func (o *AgentOptions) Validate() error {
 	if o.DiskBudget < 0 || o.DiskBudget > 1 {
 		errs = append(errs, fmt.Errorf("--disk-budget: %g: must be from 0 to 1", o.DiskBudget))
 	}
-	if o.Namespace == "" {
-		errs = append(errs, errors.New("--namespace: required"))
-	}
-	if o.MetricsAddr != "0" {
-		errs = append(errs, validAddr("metrics-bind-address", o.MetricsAddr))
-	}
-	errs = append(errs, validAddr("health-probe-bind-address", o.ProbeAddr))
 	return errors.Join(errs...)
 }
 
@@ -176,13 +181,4 @@ func validAddr(flag, addr string) error {
 		return fmt.Errorf("--%s: %q: %w", flag, addr, err)
 	}
 	return nil
-}
-
-// namespaceDefault is $POD_NAMESPACE, set from the downward API, else
-// prepull-system.
-func namespaceDefault() string {
-	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
-		return ns
-	}
-	return "prepull-system"
 }

@@ -21,7 +21,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -73,9 +72,7 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.store.Close() })
-	e.scheme = runtime.NewScheme()
-	_ = clientgoscheme.AddToScheme(e.scheme)
-	_ = prepullv1.AddToScheme(e.scheme)
+	e.scheme = testground.Scheme()
 	if e.c, err = client.New(e.cfg, client.Options{Scheme: e.scheme}); err != nil {
 		t.Fatal(err)
 	}

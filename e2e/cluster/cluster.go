@@ -149,14 +149,20 @@ func (c *Cluster) Up(ctx context.Context, logf func(string, ...any)) error {
 	if err := waitFile(ctx, c.ContainerdSocket(), 60*time.Second); err != nil {
 		return c.withLog(err, "containerd")
 	}
-	if err := c.start("kubelet", c.bin("kubelet"),
-		"--config", c.path("kubelet", "config.yaml"), "--kubeconfig", c.path("kubelet.kubeconfig"),
-		"--root-dir", c.path("kubelet", "root"), "--cert-dir", c.path("kubelet", "pki"),
-		"--hostname-override", c.NodeName, "--v", "1"); err != nil {
+	if err := c.startKubelet(); err != nil {
 		return err
 	}
 	logf("all processes started after %s", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// startKubelet starts the kubelet with its root, certificates and
+// configuration inside Dir.
+func (c *Cluster) startKubelet() error {
+	return c.start("kubelet", c.bin("kubelet"),
+		"--config", c.path("kubelet", "config.yaml"), "--kubeconfig", c.path("kubelet.kubeconfig"),
+		"--root-dir", c.path("kubelet", "root"), "--cert-dir", c.path("kubelet", "pki"),
+		"--hostname-override", c.NodeName, "--v", "1")
 }
 
 // writeConfigs writes tokens, kubeconfigs and the configurations of the

@@ -14,17 +14,17 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/e2e/testground"
 )
 
-// up brings the cluster up, pushes its pause image and waits for the node.
+// Start brings the cluster up, pushes its pause image and waits until the
+// node is Ready.
 func (c *Cluster) Start(ctx context.Context, logf func(string, ...any)) error {
 	start := time.Now()
 	if err := c.Up(ctx, logf); err != nil {
@@ -52,6 +52,7 @@ func (c *Cluster) Start(ctx context.Context, logf func(string, ...any)) error {
 	return nil
 }
 
+// Clients are clients of the cluster as its admin.
 func (c *Cluster) Clients() (*kubernetes.Clientset, client.Client, error) {
 	cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig())
 	if err != nil {
@@ -61,12 +62,12 @@ func (c *Cluster) Clients() (*kubernetes.Clientset, client.Client, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	scheme := Scheme()
+	scheme := testground.Scheme()
 	cl, err := client.New(cfg, client.Options{Scheme: scheme})
 	return cs, cl, err
 }
 
-// waitNodeReady waits for a Ready condition with a heartbeat newer than the
+// WaitNodeReady waits for a Ready condition with a heartbeat newer than the
 // wait itself: after a restart, a stale Ready status lies.
 func WaitNodeReady(ctx context.Context, cs *kubernetes.Clientset, name string, timeout time.Duration) error {
 	since := time.Now().Add(-time.Second)
@@ -85,14 +86,14 @@ func WaitNodeReady(ctx context.Context, cs *kubernetes.Clientset, name string, t
 	return fmt.Errorf("node %s not Ready after %s", name, timeout)
 }
 
-// kubectl runs the built kubectl against the
+// Kubectl runs the built kubectl against the cluster.
 func (c *Cluster) Kubectl(args ...string) error {
 	cmd := exec.Command(filepath.Join(c.Bin, "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig()}, args...)...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	return cmd.Run()
 }
 
-// waitPodRunning creates pod and watches it to Running, returning the time
+// WaitPodRunning creates pod and watches it to Running, returning the time
 // from creation to Running with millisecond precision.
 func WaitPodRunning(ctx context.Context, cs *kubernetes.Clientset, pod *corev1.Pod, timeout time.Duration) (time.Duration, error) {
 	pods := cs.CoreV1().Pods(pod.Namespace)
@@ -130,18 +131,11 @@ func WaitPodRunning(ctx context.Context, cs *kubernetes.Clientset, pod *corev1.P
 	}
 }
 
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	_ = clientgoscheme.AddToScheme(s)
-	_ = prepullv1.AddToScheme(s)
-	return s
-}
-
 // PrepullImage is where the demo pushes the prepull image; the overlay in
 // hack/cluster/overlay names it.
 const PrepullImage = RegistryHost + "/prepull/prepull:dev"
 
-// pushPrepull builds the prepull image from the built binary, without a
+// PushPrepull builds the prepull image from the built binary, without a
 // Docker engine, and pushes it to the cluster's registry.
 func (c *Cluster) PushPrepull() error {
 	bin, err := os.ReadFile(filepath.Join(c.Bin, "prepull"))
@@ -181,18 +175,8 @@ func (c *Cluster) Deploy(ctx context.Context, cs *kubernetes.Clientset, overlay 
 	return errors.New("prepull's agent and controller not ready after 3m: kubectl -n prepull-system get pods,events")
 }
 
-func IsExists(err error) bool {
-	return err != nil && metav1.StatusReasonAlreadyExists == reasonOf(err)
-}
-
-func reasonOf(err error) metav1.StatusReason {
-	var s interface{ Status() metav1.Status }
-	if errors.As(err, &s) {
-		return s.Status().Reason
-	}
-	return ""
-}
-
+// WaitListReady waits until the list is Ready with at least one node
+// selected.
 func WaitListReady(ctx context.Context, cl client.Client, l *prepullv1.PrePullList, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
@@ -207,6 +191,8 @@ func WaitListReady(ctx context.Context, cl client.Client, l *prepullv1.PrePullLi
 	return fmt.Errorf("PrePullList %s/%s not Ready after %s: kubectl get ppl -A -o yaml", l.Namespace, l.Name, timeout)
 }
 
+// WaitServiceAccount waits for the default service account of ns, which pods
+// need.
 func WaitServiceAccount(ctx context.Context, cs *kubernetes.Clientset, ns string) error {
 	for range 120 {
 		if _, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
@@ -217,6 +203,7 @@ func WaitServiceAccount(ctx context.Context, cs *kubernetes.Clientset, ns string
 	return fmt.Errorf("no default service account in %s", ns)
 }
 
+// WaitPodGone waits, for at most 30 s, until the pod is gone.
 func WaitPodGone(ctx context.Context, cs *kubernetes.Clientset, ns, name string) {
 	for range 60 {
 		if _, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err != nil {
@@ -251,10 +238,7 @@ func (c *Cluster) RestartKubelet(ctx context.Context, cs *kubernetes.Clientset, 
 		return err
 	}
 	f.Close()
-	if err := c.start("kubelet", c.bin("kubelet"),
-		"--config", c.path("kubelet", "config.yaml"), "--kubeconfig", c.path("kubelet.kubeconfig"),
-		"--root-dir", c.path("kubelet", "root"), "--cert-dir", c.path("kubelet", "pki"),
-		"--hostname-override", c.NodeName, "--v", "1"); err != nil {
+	if err := c.startKubelet(); err != nil {
 		return err
 	}
 	return WaitNodeReady(ctx, cs, c.NodeName, 2*time.Minute)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -57,7 +58,7 @@ func demo(ctx context.Context, c *cluster.Cluster) error {
 		logf("pushed %s (%d MiB)", ref, size>>20)
 	}
 
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil && !cluster.IsExists(err) {
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	list := &prepullv1.PrePullList{
@@ -68,7 +69,7 @@ func demo(ctx context.Context, c *cluster.Cluster) error {
 		}},
 	}
 	start := time.Now()
-	if err := cl.Create(ctx, list); err != nil && !cluster.IsExists(err) {
+	if err := cl.Create(ctx, list); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	logf("applied PrePullList demo/shop with 2 images; waiting for Ready")

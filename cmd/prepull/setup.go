@@ -3,11 +3,15 @@ package main
 import (
 	"errors"
 	"flag"
+	"fmt"
 
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 )
@@ -55,4 +59,28 @@ func bindLogFlags(fs *pflag.FlagSet) *zap.Options {
 	opts.BindFlags(gfs)
 	fs.AddGoFlagSet(gfs)
 	return opts
+}
+
+// newManager builds a controller manager with the scheme, the metrics and
+// probe endpoints of so and a liveness check; o sets the rest.
+func newManager(so ServeOptions, o ctrl.Options) (ctrl.Manager, error) {
+	scheme, err := newScheme()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	o.Scheme = scheme
+	o.Metrics = metricsserver.Options{BindAddress: so.MetricsAddr}
+	o.HealthProbeBindAddress = so.ProbeAddr
+	mgr, err := ctrl.NewManager(cfg, o)
+	if err != nil {
+		return nil, fmt.Errorf("manager: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return nil, err
+	}
+	return mgr, nil
 }
