@@ -91,18 +91,8 @@ func run(m *testing.M) int {
 // cluster's registry.
 func push(t testing.TB, repoTag string, size int) (tag, digest string) {
 	t.Helper()
-	pause, err := cluster.BuildPause(c.Root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := cluster.Image([]string{"/pause"},
-		[]cluster.File{{Path: "pause", Mode: 0o755, Data: pause}},
-		[]cluster.File{{Path: "payload.bin", Mode: 0o644, Data: cluster.RandomBytes(size)}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	tag = cluster.RegistryHost + "/" + repoTag
-	digest, err = cluster.Push(tag, img)
+	digest, err := c.PushWorkload(tag, size)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,6 +48,8 @@ type Cluster struct {
 	// Root is the prepull module's root, for building the pause program
 	// and finding the deploy overlay.
 	Root string
+
+	pauseBin []byte
 }
 
 // New describes the cluster in dir with binaries in bin, for the module

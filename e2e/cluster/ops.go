@@ -7,8 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -30,15 +32,7 @@ func (c *Cluster) Start(ctx context.Context, logf func(string, ...any)) error {
 	if err := c.Up(ctx, logf); err != nil {
 		return err
 	}
-	pause, err := BuildPause(c.Root)
-	if err != nil {
-		return err
-	}
-	img, err := Image([]string{"/pause"}, []File{{Path: "pause", Mode: 0o755, Data: pause}})
-	if err != nil {
-		return err
-	}
-	if _, err := Push(PauseImage, img); err != nil {
+	if _, err := c.PushWorkload(PauseImage, 0); err != nil {
 		return err
 	}
 	cs, _, err := c.Clients()
@@ -142,15 +136,15 @@ func (c *Cluster) PushPrepull() error {
 	if err != nil {
 		return fmt.Errorf("read the prepull binary (make build): %w", err)
 	}
-	files := []File{{Path: "prepull", Mode: 0o755, Data: bin}}
+	files := []testground.File{{Path: "prepull", Mode: 0o755, Data: bin}}
 	if ca, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt"); err == nil {
-		files = append(files, File{Path: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644, Data: ca})
+		files = append(files, testground.File{Path: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644, Data: ca})
 	}
-	img, err := Image([]string{"/prepull"}, files)
+	img, err := testground.Image(platform(), []string{"/prepull"}, files)
 	if err != nil {
 		return err
 	}
-	_, err = Push(PrepullImage, img)
+	_, err = testground.Push(PrepullImage, img)
 	return err
 }
 
@@ -242,4 +236,29 @@ func (c *Cluster) RestartKubelet(ctx context.Context, cs *kubernetes.Clientset, 
 		return err
 	}
 	return WaitNodeReady(ctx, cs, c.NodeName, 2*time.Minute)
+}
+
+// platform is this machine's, the node's.
+func platform() v1.Platform { return testground.Linux(goruntime.GOARCH) }
+
+// PushWorkload pushes to ref an image that runs the pause program, with a
+// layer of payload random bytes when payload > 0, so that it weighs what a
+// real workload's image weighs; it returns the digest reference.
+func (c *Cluster) PushWorkload(ref string, payload int) (string, error) {
+	if c.pauseBin == nil {
+		bin, err := BuildPause(c.Root)
+		if err != nil {
+			return "", err
+		}
+		c.pauseBin = bin
+	}
+	layers := [][]testground.File{{{Path: "pause", Mode: 0o755, Data: c.pauseBin}}}
+	if payload > 0 {
+		layers = append(layers, []testground.File{{Path: "payload.bin", Mode: 0o644, Data: testground.RandomBytes(payload)}})
+	}
+	img, err := testground.Image(platform(), []string{"/pause"}, layers...)
+	if err != nil {
+		return "", err
+	}
+	return testground.Push(ref, img)
 }

@@ -1,7 +1,11 @@
 package testground
 
 import (
+	"archive/tar"
+	"bytes"
+	"crypto/rand"
 	"fmt"
+	"io"
 	"runtime"
 	"testing"
 
@@ -10,8 +14,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
@@ -32,22 +36,42 @@ type Pushed struct {
 // Linux returns the linux platform of arch.
 func Linux(arch string) v1.Platform { return v1.Platform{OS: "linux", Architecture: arch} }
 
-// RandomImage makes an OCI image for platform with layers layers of size
-// random, incompressible bytes each.
-func RandomImage(size int64, layers int, platform v1.Platform) (v1.Image, error) {
+// File is one file of an image layer.
+type File struct {
+	Path string
+	Mode int64
+	Data []byte
+}
+
+// Image builds an OCI image for platform from layers of files and an
+// entrypoint, without a Docker engine.
+func Image(platform v1.Platform, entrypoint []string, layers ...[]File) (v1.Image, error) {
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	adds := make([]mutate.Addendum, 0, layers)
-	for range layers {
-		l, err := random.Layer(size, types.OCILayer)
+	for _, files := range layers {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		for _, f := range files {
+			if err := tw.WriteHeader(&tar.Header{Name: f.Path, Mode: f.Mode, Size: int64(len(f.Data)), Typeflag: tar.TypeReg}); err != nil {
+				return nil, err
+			}
+			if _, err := tw.Write(f.Data); err != nil {
+				return nil, err
+			}
+		}
+		if err := tw.Close(); err != nil {
+			return nil, err
+		}
+		data := buf.Bytes()
+		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(data)), nil
+		}, tarball.WithMediaType(types.OCILayer))
 		if err != nil {
 			return nil, err
 		}
-		adds = append(adds, mutate.Addendum{Layer: l, MediaType: types.OCILayer})
-	}
-	img, err := mutate.Append(img, adds...)
-	if err != nil {
-		return nil, err
+		if img, err = mutate.AppendLayers(img, layer); err != nil {
+			return nil, err
+		}
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {
@@ -55,8 +79,42 @@ func RandomImage(size int64, layers int, platform v1.Platform) (v1.Image, error)
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture, cf.Variant = platform.OS, platform.Architecture, platform.Variant
-	cf.Config.Cmd = []string{"/bin/true"}
+	cf.Config.Entrypoint = entrypoint
 	return mutate.ConfigFile(img, cf)
+}
+
+// RandomImage makes an OCI image for platform with layers layers of size
+// random, incompressible bytes each.
+func RandomImage(size int64, layers int, platform v1.Platform) (v1.Image, error) {
+	files := make([][]File, layers)
+	for i := range files {
+		files[i] = []File{{Path: "random.bin", Mode: 0o644, Data: RandomBytes(int(size))}}
+	}
+	return Image(platform, []string{"/bin/true"}, files...)
+}
+
+// RandomBytes returns n incompressible bytes.
+func RandomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// Push pushes img to ref, in a registry without credentials, over plain
+// HTTP, and returns its digest reference.
+func Push(ref string, img v1.Image) (string, error) {
+	tag, err := name.NewTag(ref, name.Insecure)
+	if err != nil {
+		return "", err
+	}
+	if err := remote.Write(tag, img); err != nil {
+		return "", fmt.Errorf("push %s: %w", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return "", err
+	}
+	return tag.Context().Digest(d.String()).String(), nil
 }
 
 // RandomIndex makes a multi-platform OCI index with one random image per

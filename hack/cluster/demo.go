@@ -40,19 +40,9 @@ func demo(ctx context.Context, c *cluster.Cluster) error {
 	}
 	logf("prepull's controller and agent are running")
 
-	pause, err := cluster.BuildPause(c.Root)
-	if err != nil {
-		return err
-	}
 	images := map[string]int{cluster.RegistryHost + "/demo/web:1.0": 96 << 20, cluster.RegistryHost + "/demo/worker:2.1": 48 << 20}
 	for ref, size := range images {
-		img, err := cluster.Image([]string{"/pause"},
-			[]cluster.File{{Path: "pause", Mode: 0o755, Data: pause}},
-			[]cluster.File{{Path: "payload.bin", Mode: 0o644, Data: cluster.RandomBytes(size)}})
-		if err != nil {
-			return err
-		}
-		if _, err := cluster.Push(ref, img); err != nil {
+		if _, err := c.PushWorkload(ref, size); err != nil {
 			return err
 		}
 		logf("pushed %s (%d MiB)", ref, size>>20)
