@@ -55,17 +55,7 @@ type Cluster struct {
 // New describes the cluster in dir with binaries in bin, for the module
 // found from the working directory up.
 func New(dir, bin, node string) *Cluster {
-	root, _ := os.Getwd()
-	for d := root; ; d = filepath.Dir(d) {
-		if data, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && strings.HasPrefix(string(data), "module prepull.io/prepull\n") {
-			root = d
-			break
-		}
-		if d == filepath.Dir(d) {
-			break
-		}
-	}
-	return &Cluster{Dir: dir, Bin: bin, NodeName: node, Root: root}
+	return &Cluster{Dir: dir, Bin: bin, NodeName: node, Root: testground.ModuleRoot()}
 }
 
 // Overlay is the kustomize overlay that deploys prepull on this cluster.

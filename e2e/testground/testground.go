@@ -34,20 +34,24 @@ func BinDir() string {
 	if d := os.Getenv("PREPULL_BIN"); d != "" {
 		return d
 	}
-	dir, err := os.Getwd()
+	return filepath.Join(ModuleRoot(), "bin")
+}
+
+// ModuleRoot returns the root of the prepull module, found from the working
+// directory up, or the working directory when there is none.
+func ModuleRoot() string {
+	wd, err := os.Getwd()
 	if err != nil {
-		return "bin"
+		return "."
 	}
-	for {
+	for dir := wd; ; dir = filepath.Dir(dir) {
 		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil &&
 			strings.HasPrefix(string(data), "module prepull.io/prepull\n") {
-			return filepath.Join(dir, "bin")
+			return dir
 		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "bin"
+		if dir == filepath.Dir(dir) {
+			return wd
 		}
-		dir = parent
 	}
 }
 
