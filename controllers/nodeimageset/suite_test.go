@@ -73,12 +73,7 @@ func setup(t *testing.T) *env {
 	}
 	t.Cleanup(func() { e.store.Close() })
 	e.scheme = testground.Scheme()
-	if e.c, err = client.New(e.cfg, client.Options{Scheme: e.scheme}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		t.Fatal(err)
-	}
+	e.c = testground.APIClient(t, e.cfg, ns)
 	return e
 }
 

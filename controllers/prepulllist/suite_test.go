@@ -107,12 +107,7 @@ func setup(t *testing.T) *env {
 		}
 	})
 	// The test client writes directly; the manager's client reads a cache.
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.c = c
-	e.mustCreate(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: controllerNS}})
+	e.c = testground.APIClient(t, cfg, controllerNS)
 	return e
 }
 

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -50,14 +49,8 @@ func BenchmarkAgentPulls(b *testing.B) {
 	}
 	defer store.Close()
 	scheme := testground.Scheme()
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := testground.APIClient(b, cfg, "prepull-system")
 	ctx := context.Background()
-	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prepull-system"}}); err != nil {
-		b.Fatal(err)
-	}
 
 	push := func(run string) []testground.Pushed {
 		var out []testground.Pushed

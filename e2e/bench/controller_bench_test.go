@@ -77,18 +77,8 @@ func BenchmarkControllerRollout(b *testing.B) {
 	reg := testground.StartRegistry(b)
 	proxy := startCountingProxy(b, reg.Host)
 
-	scheme := testground.Scheme()
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := testground.APIClient(b, cfg, "prepull-system", "bench")
 	ctx := context.Background()
-	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "prepull-system"}}); err != nil {
-		b.Fatal(err)
-	}
-	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bench"}}); err != nil {
-		b.Fatal(err)
-	}
 	parallel(n, 16, func(i int) {
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node-%05d", i), Labels: map[string]string{"pool": "bench"}}}
 		if err := c.Create(ctx, node); err != nil {

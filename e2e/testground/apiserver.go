@@ -1,11 +1,15 @@
 package testground
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -35,4 +39,20 @@ func StartAPIServer(t testing.TB, crdDirs ...string) (*rest.Config, *envtest.Env
 		}
 	})
 	return cfg, env
+}
+
+// APIClient returns an uncached client of the apiserver at cfg, after
+// creating namespaces in it.
+func APIClient(t testing.TB, cfg *rest.Config, namespaces ...string) client.Client {
+	t.Helper()
+	c, err := client.New(cfg, client.Options{Scheme: Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range namespaces {
+		if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			t.Fatalf("create namespace %s: %v", ns, err)
+		}
+	}
+	return c
 }
