@@ -147,9 +147,28 @@ type Store interface {
 	Tag(ctx context.Context, tag, digestRef string) error
 	// Progress reports the pulls under way, in bytes.
 	Progress(ctx context.Context) ([]Progress, error)
-	// Import imports an OCI image-layout or docker-save archive, unpacks it
-	// for the runtime's snapshotter, and returns the references it created.
-	Import(ctx context.Context, archive io.Reader) ([]string, error)
+	// Import loads an OCI image-layout or docker-save archive into the
+	// runtime and makes present each image it holds for which refs returns
+	// references: unpacked for the node's platform, then named by exactly
+	// those references (a reference that named another image is moved; its
+	// labels, pins included, are kept). refs gets the name the archive gives
+	// the image ("" when none) and its digest. An image that cannot be made
+	// present (no manifest for the node's platform, a missing blob) gets an
+	// Err and no reference; the others go on. A malformed archive is an
+	// error and names nothing.
+	Import(ctx context.Context, archive io.Reader, refs func(name, digest string) []string) ([]ArchiveImage, error)
+}
+
+// ArchiveImage is one image an archive holds, as Import found it.
+type ArchiveImage struct {
+	// Name is the reference the archive gives the image, or "".
+	Name string
+	// Digest is the digest of its manifest or index, "sha256:…".
+	Digest string
+	// Refs are the references Import made name it.
+	Refs []string
+	// Err says why Import could not make it present.
+	Err error
 }
 
 // Progress is the state of one blob being downloaded.
@@ -198,7 +217,7 @@ func (u Unsupported) Progress(context.Context) ([]Progress, error) {
 }
 
 // Import fails with ErrUnsupported.
-func (u Unsupported) Import(context.Context, io.Reader) ([]string, error) {
+func (u Unsupported) Import(context.Context, io.Reader, func(string, string) []string) ([]ArchiveImage, error) {
 	return nil, u.err("import")
 }
 

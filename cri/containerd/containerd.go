@@ -9,15 +9,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"slices"
 	"strings"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/platforms"
 
 	"prepull.io/prepull/cri"
 )
@@ -186,35 +183,6 @@ func (s *Store) Progress(ctx context.Context) ([]cri.Progress, error) {
 		})
 	}
 	return out, nil
-}
-
-// Import imports archive for the node's platform, unpacks every image it
-// holds for the snapshotter, and returns the references it created. When an
-// image cannot be unpacked, the references this call created are removed
-// again, so that nothing is left half-imported.
-func (s *Store) Import(ctx context.Context, archive io.Reader) ([]string, error) {
-	imgs, err := s.client.Import(ctx, archive,
-		containerd.WithImportPlatform(platforms.Default()),
-		containerd.WithImageLabels(map[string]string{criManagedLabel: "managed"}),
-	)
-	if err != nil {
-		return nil, wrap("import", "", err)
-	}
-	refs := make([]string, 0, len(imgs))
-	for _, i := range imgs {
-		refs = append(refs, i.Name)
-	}
-	for _, i := range imgs {
-		img := containerd.NewImageWithPlatform(s.client, i, platforms.Default())
-		if err := img.Unpack(ctx, s.snapshotter); err != nil {
-			for _, r := range refs {
-				_ = s.client.ImageService().Delete(context.WithoutCancel(ctx), r)
-			}
-			return nil, wrap("unpack", i.Name, err)
-		}
-	}
-	slices.Sort(refs)
-	return refs, nil
 }
 
 // wrap maps a containerd error to the cri sentinels.

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -41,8 +42,9 @@ type Env struct {
 	// ServerAddress set to its host without a scheme.
 	Auth cri.Auth
 	// Archive returns an OCI image-layout archive holding one new random
-	// image named ref, and that image.
-	Archive func(t testing.TB, ref string) ([]byte, Image)
+	// image for linux/arch named ref, and that image (Digest is the
+	// repository of ref at the image's manifest digest).
+	Archive func(t testing.TB, ref, arch string) ([]byte, Image)
 	// Registry is the host of the registry that Push uses.
 	Registry string
 }
@@ -221,29 +223,109 @@ func Run(t *testing.T, env *Env) {
 		t.Errorf("image filesystem usage %d after a pull, %d before: want it larger", after, before)
 	})
 
-	t.Run("import an archive", func(t *testing.T) {
+	t.Run("import names exactly the wanted references", func(t *testing.T) {
 		ref := env.Registry + "/imported/app:v1"
-		archive, img := env.Archive(t, ref)
-		refs, err := env.Store.Import(ctx, bytes.NewReader(archive))
+		data, img := env.Archive(t, ref, runtime.GOARCH)
+		got, err := env.Store.Import(ctx, bytes.NewReader(data), func(name, digest string) []string {
+			if name != ref || digest != digestOf(img.Digest) {
+				t.Errorf("import offered %s at %s, want %s at %s", name, digest, ref, digestOf(img.Digest))
+			}
+			return []string{img.Digest, ref}
+		})
 		if err != nil {
 			t.Fatalf("import: %v", err)
 		}
-		if !slices.Contains(refs, ref) {
-			t.Errorf("import created %v, want %s among them", refs, ref)
+		if len(got) != 1 || got[0].Err != nil || !slices.Equal(got[0].Refs, []string{img.Digest, ref}) {
+			t.Fatalf("import = %+v, want one image named %s and %s", got, img.Digest, ref)
 		}
 		eventuallyID(t, env.Images, ref, img.ID)
+		eventuallyID(t, env.Images, img.Digest, img.ID)
+	})
+
+	t.Run("import of an image no one wants names nothing", func(t *testing.T) {
+		ref := env.Registry + "/imported/unwanted:v1"
+		data, img := env.Archive(t, ref, runtime.GOARCH)
+		got, err := env.Store.Import(ctx, bytes.NewReader(data), func(string, string) []string { return nil })
+		if err != nil {
+			t.Fatalf("import: %v", err)
+		}
+		if len(got) != 1 || got[0].Name != ref || len(got[0].Refs) != 0 {
+			t.Errorf("import = %+v, want %s listed and not named", got, ref)
+		}
+		for _, r := range []string{ref, img.Digest} {
+			if _, err := env.Images.ImageStatus(ctx, r); !errors.Is(err, cri.ErrNotFound) {
+				t.Errorf("status of %s: error %v, want ErrNotFound", r, err)
+			}
+		}
+	})
+
+	t.Run("import moves a tag and keeps its pins", func(t *testing.T) {
+		ref := env.Registry + "/imported/moved:v1"
+		first, firstImg := env.Archive(t, ref, runtime.GOARCH)
+		name := func(string, string) []string { return []string{ref} }
+		if _, err := env.Store.Import(ctx, bytes.NewReader(first), name); err != nil {
+			t.Fatalf("import: %v", err)
+		}
+		eventuallyID(t, env.Images, ref, firstImg.ID)
+		if err := env.Store.Pin(ctx, ref, "ns/moved"); err != nil {
+			t.Fatalf("pin: %v", err)
+		}
+		second, secondImg := env.Archive(t, ref, runtime.GOARCH)
+		if _, err := env.Store.Import(ctx, bytes.NewReader(second), name); err != nil {
+			t.Fatalf("import again: %v", err)
+		}
+		eventuallyID(t, env.Images, ref, secondImg.ID)
+		owners, err := env.Store.Owners(ctx, ref)
+		if err != nil || !slices.Equal(owners, []string{"ns/moved"}) {
+			t.Errorf("owners of %s after a second import = %v, %v; want [ns/moved]", ref, owners, err)
+		}
+	})
+
+	t.Run("an image for another platform is refused and named nowhere", func(t *testing.T) {
+		ref := env.Registry + "/imported/foreign:v1"
+		data, img := env.Archive(t, ref, foreignArch())
+		got, err := env.Store.Import(ctx, bytes.NewReader(data), func(string, string) []string { return []string{ref, img.Digest} })
+		if err != nil {
+			t.Fatalf("import: %v", err)
+		}
+		if len(got) != 1 || !errors.Is(got[0].Err, cri.ErrNotFound) || len(got[0].Refs) != 0 {
+			t.Fatalf("import of a %s-only image = %+v, want an ErrNotFound and no reference", foreignArch(), got)
+		}
+		if !strings.Contains(got[0].Err.Error(), runtime.GOARCH) {
+			t.Errorf("error %q does not name the platform wanted", got[0].Err)
+		}
+		for _, r := range []string{ref, img.Digest} {
+			if _, err := env.Images.ImageStatus(ctx, r); !errors.Is(err, cri.ErrNotFound) {
+				t.Errorf("status of %s: error %v, want ErrNotFound", r, err)
+			}
+		}
 	})
 
 	t.Run("corrupt archive fails and imports nothing", func(t *testing.T) {
 		ref := env.Registry + "/imported/corrupt:v1"
-		archive, _ := env.Archive(t, ref)
-		if _, err := env.Store.Import(ctx, bytes.NewReader(archive[:len(archive)/2])); err == nil {
+		data, _ := env.Archive(t, ref, runtime.GOARCH)
+		all := func(string, string) []string { return []string{ref} }
+		if _, err := env.Store.Import(ctx, bytes.NewReader(data[:len(data)/2]), all); err == nil {
 			t.Fatal("import of a truncated archive succeeded")
 		}
 		if _, err := env.Images.ImageStatus(ctx, ref); !errors.Is(err, cri.ErrNotFound) {
 			t.Errorf("status of %s after a failed import: error %v, want ErrNotFound", ref, err)
 		}
 	})
+}
+
+// digestOf is the digest of a digest reference.
+func digestOf(digestRef string) string {
+	_, d, _ := strings.Cut(digestRef, "@")
+	return d
+}
+
+// foreignArch is an architecture other than the one the tests run on.
+func foreignArch() string {
+	if runtime.GOARCH == "arm64" {
+		return "amd64"
+	}
+	return "arm64"
 }
 
 func mustPull(t *testing.T, images cri.ImageService, ref string) {

@@ -2,7 +2,6 @@ package critest_test
 
 import (
 	"context"
-	"runtime"
 	"testing"
 
 	"prepull.io/prepull/cri"
@@ -12,10 +11,11 @@ import (
 	"prepull.io/prepull/e2e/testground"
 )
 
-// archive makes an OCI archive of a new small random image named ref.
-func archive(t testing.TB, ref string) ([]byte, critest.Image) {
+// archive makes an OCI archive of a new small random linux/arch image named
+// ref.
+func archive(t testing.TB, ref, arch string) ([]byte, critest.Image) {
 	t.Helper()
-	img, err := testground.RandomImage(64<<10, 2, testground.Linux(runtime.GOARCH))
+	img, err := testground.RandomImage(64<<10, 2, testground.Linux(arch))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +27,15 @@ func archive(t testing.TB, ref string) ([]byte, critest.Image) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return data, critest.Image{Tag: ref, ID: id.String()}
+	digest, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, err := cri.Repository(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, critest.Image{Tag: ref, Digest: repo + "@" + digest.String(), ID: id.String()}
 }
 
 func TestFake(t *testing.T) {

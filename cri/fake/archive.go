@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"slices"
 	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -22,45 +21,56 @@ import (
 // reads it on import.
 const imageNameAnnotation = "io.containerd.image.name"
 
-// Import reads an OCI image-layout archive and records each image its index
-// names with the io.containerd.image.name annotation, for the platform the
-// test runs on. Every blob it reads is checked against its digest, and nothing
-// is recorded unless the whole archive is good.
-func (f *Runtime) Import(_ context.Context, archive io.Reader) ([]string, error) {
+// Import reads an OCI image-layout archive and, for each image of its index
+// that refs names, records those references for the platform the test runs
+// on, keeping the labels of a reference that existed. Every blob it reads is
+// checked against its digest, and nothing is recorded unless the whole
+// archive is good.
+func (f *Runtime) Import(_ context.Context, archive io.Reader, refs func(name, digest string) []string) ([]cri.ArchiveImage, error) {
 	blobs, index, err := readLayout(archive)
 	if err != nil {
 		return nil, &cri.Error{Op: "import", Kind: cri.ErrInvalid, Err: err}
 	}
-	type found struct {
-		name string
-		m    manifest
-	}
-	var all []found
-	for _, d := range index.Manifests {
-		name := d.Annotations[imageNameAnnotation]
-		if name == "" {
-			continue
-		}
-		named, err := parse(name)
-		if err != nil {
-			return nil, &cri.Error{Op: "import", Ref: name, Kind: cri.ErrInvalid, Err: err}
-		}
-		m, err := manifestFor(blobs, d)
-		if err != nil {
-			return nil, &cri.Error{Op: "import", Ref: name, Kind: cri.ErrInvalid, Err: err}
-		}
-		all = append(all, found{named.String(), m})
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	refs := make([]string, 0, len(all))
-	for _, i := range all {
-		f.sizes[i.m.id] = i.m.size
-		f.records[i.name] = &record{id: i.m.id, labels: map[string]string{}}
-		refs = append(refs, i.name)
+	var out []cri.ArchiveImage
+	for _, d := range index.Manifests {
+		ai := cri.ArchiveImage{Name: d.Annotations[imageNameAnnotation], Digest: d.Digest.String()}
+		if ai.Name == "" {
+			ai.Name = d.Annotations[ocispec.AnnotationRefName]
+		}
+		names := refs(ai.Name, ai.Digest)
+		if len(names) == 0 {
+			out = append(out, ai)
+			continue
+		}
+		m, err := manifestFor(blobs, d)
+		var normalized []string
+		for _, n := range names {
+			named, perr := parse(n)
+			if perr != nil {
+				err = errors.Join(err, perr)
+				continue
+			}
+			normalized = append(normalized, named.String())
+		}
+		if err != nil {
+			ai.Err = &cri.Error{Op: "import", Ref: names[0], Kind: cri.ErrNotFound, Err: err}
+			out = append(out, ai)
+			continue
+		}
+		f.sizes[m.id] = m.size
+		for _, n := range normalized {
+			if r, ok := f.records[n]; ok {
+				r.id = m.id
+				continue
+			}
+			f.records[n] = &record{id: m.id, labels: map[string]string{}}
+		}
+		ai.Refs = names
+		out = append(out, ai)
 	}
-	slices.Sort(refs)
-	return refs, nil
+	return out, nil
 }
 
 // readLayout reads every blob of an OCI layout tar, checking its digest.
@@ -125,6 +135,11 @@ func manifestFor(blobs map[string][]byte, d ocispec.Descriptor) (manifest, error
 	var m ocispec.Manifest
 	if err := json.Unmarshal(data, &m); err != nil {
 		return manifest{}, fmt.Errorf("manifest %s: %w", d.Digest, err)
+	}
+	var cfg ocispec.Image
+	if data, ok := blobs[m.Config.Digest.String()]; ok && json.Unmarshal(data, &cfg) == nil &&
+		cfg.Architecture != "" && (cfg.OS != "linux" || cfg.Architecture != runtime.GOARCH) {
+		return manifest{}, fmt.Errorf("manifest %s is for %s/%s: the archive holds no linux/%s image", d.Digest, cfg.OS, cfg.Architecture, runtime.GOARCH)
 	}
 	size := uint64(m.Config.Size)
 	for _, l := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {

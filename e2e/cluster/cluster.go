@@ -97,6 +97,9 @@ func (c *Cluster) Up(ctx context.Context, logf func(string, ...any)) error {
 	if err := c.start("registry", c.lookPath("docker-registry"), "serve", c.path("registry", "config.yml")); err != nil {
 		return err
 	}
+	if err := waitHTTP(ctx, "registry", "http://"+RegistryHost+"/v2/", 60*time.Second); err != nil {
+		return c.withLog(err, "registry")
+	}
 	if err := c.start("etcd", c.bin("etcd"), "--data-dir", c.path("etcd"),
 		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", EtcdPort),
 		"--advertise-client-urls", fmt.Sprintf("http://127.0.0.1:%d", EtcdPort),
