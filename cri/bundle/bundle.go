@@ -1,0 +1,286 @@
+// Package bundle writes and reads prepull bundles: OCI image-layout tar
+// archives that carry the images of PrePullLists to nodes no registry
+// reaches.
+//
+// A bundle holds, for each image, the blobs of the platforms asked for (an
+// index keeps its own digest, with only those platforms' manifests inside),
+// an index.json entry per reference with the name an import recreates, and
+// prepull-bundle.json, a readable list of what it holds.
+package bundle
+
+import (
+	"archive/tar"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+)
+
+// Names of a bundle's members.
+const (
+	ContentsFile = "prepull-bundle.json"
+	indexFile    = "index.json"
+	layoutFile   = "oci-layout"
+	blobDir      = "blobs/sha256/"
+)
+
+// Annotations naming an image in index.json. containerd reads the first;
+// other OCI tools the second.
+const (
+	ImageNameAnnotation = "io.containerd.image.name"
+	RefNameAnnotation   = "org.opencontainers.image.ref.name"
+)
+
+// DefaultPlatforms are the platforms a bundle carries when none are named.
+var DefaultPlatforms = []v1.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}}
+
+// Contents is the readable index of a bundle.
+type Contents struct {
+	// Created is when the bundle was written.
+	Created time.Time `json:"created"`
+	// Platforms are the platforms asked for.
+	Platforms []string `json:"platforms"`
+	// Images are the images it holds, by reference.
+	Images []Image `json:"images"`
+}
+
+// Image is one image of a bundle.
+type Image struct {
+	// Ref is the reference an import recreates: "repo:tag", or
+	// "repo@sha256:…" for an image given by digest alone.
+	Ref string `json:"ref"`
+	// Digest is the digest of its manifest or index, as the registry serves
+	// it.
+	Digest string `json:"digest"`
+	// MediaType is the media type of that manifest or index.
+	MediaType string `json:"mediaType"`
+	// Platforms are the platforms the bundle holds it for; empty for a
+	// manifest whose config names none.
+	Platforms []string `json:"platforms,omitempty"`
+	// Size is the bytes of its blobs.
+	Size int64 `json:"size"`
+	// blobs are its blobs, root last, and repo where they are fetched from.
+	blobs []v1.Descriptor
+	repo  name.Repository
+}
+
+// Find returns the image of c that ref names, after normalization.
+func (c *Contents) Find(ref string) (Image, bool) {
+	for _, i := range c.Images {
+		if i.Ref == ref {
+			return i, true
+		}
+	}
+	return Image{}, false
+}
+
+// member is one regular file of a tar archive, where it starts.
+type member struct {
+	offset, size int64
+}
+
+// archive is an opened bundle, with the position of each member.
+type archive struct {
+	f       *os.File
+	members map[string]member
+}
+
+// openArchive indexes the members of the tar at path.
+func openArchive(p string) (*archive, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	a := &archive{f: f, members: map[string]member{}}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return a, nil
+		}
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%s: not a readable tar archive: %w", p, err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		off, err := f.Seek(0, io.SeekCurrent)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		a.members[path.Clean(h.Name)] = member{offset: off, size: h.Size}
+	}
+}
+
+func (a *archive) Close() error { return a.f.Close() }
+
+// open returns a reader of the member name.
+func (a *archive) open(name string) (*io.SectionReader, bool) {
+	m, ok := a.members[name]
+	if !ok {
+		return nil, false
+	}
+	return io.NewSectionReader(a.f, m.offset, m.size), true
+}
+
+func (a *archive) readJSON(name string, v any) error {
+	r, ok := a.open(name)
+	if !ok {
+		return fmt.Errorf("no %s in the archive", name)
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}
+
+// blob returns a reader of the blob d, checked against d's size; the digest
+// is the reader's to check.
+func (a *archive) blob(d digest.Digest, size int64) (*io.SectionReader, bool) {
+	r, ok := a.open(blobDir + d.Encoded())
+	if !ok || r.Size() != size {
+		return nil, false
+	}
+	return r, true
+}
+
+// Read returns the contents of the bundle at path, without checking its
+// blobs; Verify checks them.
+func Read(p string) (*Contents, error) {
+	a, err := openArchive(p)
+	if err != nil {
+		return nil, err
+	}
+	defer a.Close()
+	var c Contents
+	if err := a.readJSON(ContentsFile, &c); err != nil {
+		return nil, fmt.Errorf("%s is not a prepull bundle: %w", p, err)
+	}
+	return &c, nil
+}
+
+// Verify checks the bundle at path: every blob matches its digest, and
+// every image of its contents has every blob its manifests name for the
+// platforms it holds. It returns the contents.
+func Verify(p string) (*Contents, error) {
+	a, err := openArchive(p)
+	if err != nil {
+		return nil, err
+	}
+	defer a.Close()
+	var c Contents
+	if err := a.readJSON(ContentsFile, &c); err != nil {
+		return nil, fmt.Errorf("%s is not a prepull bundle: %w", p, err)
+	}
+	var index v1.IndexManifest
+	if err := a.readJSON(indexFile, &index); err != nil {
+		return nil, err
+	}
+	names := map[string]bool{}
+	for _, d := range index.Manifests {
+		names[d.Annotations[ImageNameAnnotation]] = true
+	}
+	for name, m := range a.members {
+		enc, ok := strings.CutPrefix(name, blobDir)
+		if !ok {
+			continue
+		}
+		r := io.NewSectionReader(a.f, m.offset, m.size)
+		if err := check(r, digest.NewDigestFromEncoded(digest.SHA256, enc), m.size); err != nil {
+			return nil, fmt.Errorf("%s: blob %s: %w", p, enc, err)
+		}
+	}
+	for _, img := range c.Images {
+		if !names[img.Ref] {
+			return nil, fmt.Errorf("%s: %s is listed in %s but not in %s", p, img.Ref, ContentsFile, indexFile)
+		}
+		d, err := digest.Parse(img.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", p, img.Ref, err)
+		}
+		if err := a.checkTree(d, types.MediaType(img.MediaType), img.Platforms); err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", p, img.Ref, err)
+		}
+	}
+	return &c, nil
+}
+
+// checkTree checks that the manifest or index d and, for the platforms
+// held, every blob below it are in the archive.
+func (a *archive) checkTree(d digest.Digest, mt types.MediaType, held []string) error {
+	if _, ok := a.members[blobDir+d.Encoded()]; !ok {
+		return fmt.Errorf("blob %s is missing", d)
+	}
+	if mt.IsIndex() {
+		var idx v1.IndexManifest
+		if err := a.readJSON(blobDir+d.Encoded(), &idx); err != nil {
+			return err
+		}
+		for _, m := range idx.Manifests {
+			if m.Platform == nil || !contains(held, m.Platform.String()) {
+				continue
+			}
+			if err := a.checkTree(digest.Digest(m.Digest.String()), m.MediaType, held); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var m v1.Manifest
+	if err := a.readJSON(blobDir+d.Encoded(), &m); err != nil {
+		return err
+	}
+	for _, l := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+		if _, ok := a.members[blobDir+l.Digest.Hex]; !ok {
+			return fmt.Errorf("blob %s is missing", l.Digest)
+		}
+	}
+	return nil
+}
+
+// check reads r to the end and fails unless it has size bytes with digest d.
+func check(r io.Reader, d digest.Digest, size int64) error {
+	v := d.Verifier()
+	n, err := io.Copy(v, r)
+	if err != nil {
+		return err
+	}
+	if n != size {
+		return fmt.Errorf("%d bytes, want %d", n, size)
+	}
+	if !v.Verified() {
+		return errors.New("content does not match its digest")
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// sortedImages sorts images by reference.
+func sortedImages(images []Image) []Image {
+	sort.Slice(images, func(i, j int) bool { return images[i].Ref < images[j].Ref })
+	return images
+}
