@@ -2,6 +2,7 @@ package cri
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/distribution/reference"
 )
@@ -25,4 +26,23 @@ func Repository(ref string) (string, error) {
 		return "", fmt.Errorf("image reference %q: %w: %w", ref, ErrInvalid, err)
 	}
 	return named.Name(), nil
+}
+
+// ManifestDigest is the manifest digest of the present image img that ref
+// names: the digest of a digest reference, or for a tag the digest the
+// runtime recorded for the tag's repository; "" when it recorded none.
+func ManifestDigest(ref string, img *Image) string {
+	if _, d, ok := strings.Cut(ref, "@"); ok {
+		return d
+	}
+	repo, err := Repository(ref)
+	if err != nil {
+		return ""
+	}
+	for _, rd := range img.RepoDigests {
+		if r, d, ok := strings.Cut(rd, "@"); ok && r == repo {
+			return d
+		}
+	}
+	return ""
 }

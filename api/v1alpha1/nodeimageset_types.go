@@ -43,6 +43,9 @@ type ImageOwner struct {
 	// that is how a tag that moved is noticed on this path.
 	// +optional
 	ResolveAfter *metav1.Time `json:"resolveAfter,omitempty"`
+	// archive is the list's archive source, when it has one.
+	// +optional
+	Archive *ArchiveSource `json:"archive,omitempty"`
 }
 
 // NodeImage is one image a node must hold.
@@ -80,6 +83,11 @@ type NodeImage struct {
 	// retain is Pinned while any owner that is not releasing says Pinned.
 	// +optional
 	Retain RetainPolicy `json:"retain,omitempty"`
+	// archive, when set, is where the agent imports the image from instead
+	// of pulling it: the archive of the first owner (by list) that is not
+	// releasing and has one.
+	// +optional
+	Archive *ArchiveSource `json:"archive,omitempty"`
 	// owners are the lists that want the image, each with its own settings;
 	// the fields above are derived from them.
 	// +required
@@ -145,9 +153,15 @@ type NodeImageStatus struct {
 	BytesDone int64 `json:"bytesDone,omitempty"`
 	// +optional
 	BytesTotal int64 `json:"bytesTotal,omitempty"`
-	// pulledAt is when the agent last pulled the image successfully.
+	// pulledAt is when the agent last pulled or imported the image
+	// successfully.
 	// +optional
 	PulledAt *metav1.Time `json:"pulledAt,omitempty"`
+	// importedFrom is the SHA-256 of the archive the image was last
+	// imported from; empty when it was pulled.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	ImportedFrom string `json:"importedFrom,omitempty"`
 	// attempts counts the pulls tried.
 	// +optional
 	Attempts int32 `json:"attempts,omitempty"`

@@ -81,6 +81,50 @@ type RolloutSpec struct {
 	BackoffLimit *int32 `json:"backoffLimit,omitempty"`
 }
 
+// ImageSource says where a list's images come from.
+type ImageSource struct {
+	// archive makes every node import the list's images from an OCI
+	// image-layout archive (a bundle that "prepull bundle" writes) instead
+	// of pulling them from a registry. Tags are then resolved from the
+	// archive itself, and refreshInterval and resolution do not apply.
+	// +optional
+	Archive *ArchiveSource `json:"archive,omitempty"`
+}
+
+// ArchiveSource is an OCI image-layout archive: a file on each node, or a URL
+// the nodes download it from.
+// +kubebuilder:validation:XValidation:rule="has(self.path) != has(self.url)",message="give exactly one of path and url"
+type ArchiveSource struct {
+	// path is the archive's path on the node, relative to the agent's
+	// archive directory (its --archive-dir flag, /var/lib/prepull/archives
+	// by default).
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:XValidation:rule="!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')",message="path must be relative to the agent's archive directory and must not contain '..'"
+	Path string `json:"path,omitempty"`
+	// url is an http:// or https:// URL the agent downloads the archive
+	// from, typically a Service inside the cluster.
+	// +optional
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('http://') || self.startsWith('https://')",message="url must start with http:// or https://"
+	URL string `json:"url,omitempty"`
+	// sha256 is the archive's SHA-256 as 64 lowercase hex digits. The agent
+	// checks it before it imports anything, and refuses an archive that
+	// does not match.
+	// +required
+	// +kubebuilder:validation:Pattern=`^[a-f0-9]{64}$`
+	SHA256 string `json:"sha256"`
+}
+
+// Location is the archive's path or URL, for messages.
+func (a *ArchiveSource) Location() string {
+	if a.URL != "" {
+		return a.URL
+	}
+	return a.Path
+}
+
 // PrePullListSpec is what an operator wants present on which nodes.
 type PrePullListSpec struct {
 	// images are the images to make present; each at most once.
@@ -125,6 +169,10 @@ type PrePullListSpec struct {
 	// +optional
 	// +kubebuilder:default={}
 	Rollout RolloutSpec `json:"rollout,omitempty"`
+	// source says where the images come from; omitted, from their
+	// registries.
+	// +optional
+	Source *ImageSource `json:"source,omitempty"`
 }
 
 // Condition types of a PrePullList.

@@ -36,7 +36,7 @@ func runAgent(ctx context.Context, args []string) error {
 		return err
 	}
 	defer images.Close()
-	store, runtimeName, closeStore, err := openStore(ctx, images, opts)
+	store, runtimeName, closeStore, err := openStore(ctx, images, opts.RuntimeOptions)
 	if err != nil {
 		return err
 	}
@@ -65,6 +65,7 @@ func runAgent(ctx context.Context, args []string) error {
 		BackoffBase:        opts.BackoffBase,
 		DiskBudget:         opts.DiskBudget,
 		KeepStrayPins:      !opts.CollectStrayPins,
+		ArchiveDir:         opts.ArchiveDir,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the NodeImageSet reconciler: %w", err)
@@ -82,8 +83,8 @@ func runAgent(ctx context.Context, args []string) error {
 // openStore chooses the Store for what only containerd can do: containerd's
 // own API when the runtime is containerd, else one that answers
 // ErrUnsupported for everything and names the runtime.
-func openStore(ctx context.Context, images *cri.Remote, opts *AgentOptions) (cri.Store, string, func(), error) {
-	log := ctrl.Log.WithValues("node", opts.NodeName)
+func openStore(ctx context.Context, images *cri.Remote, opts RuntimeOptions) (cri.Store, string, func(), error) {
+	log := ctrl.Log
 	name, err := images.RuntimeName(ctx)
 	if err != nil {
 		// The runtime may start after the agent; readiness says so until it

@@ -25,6 +25,10 @@ Usage:
 Commands:
   controller   run the controller (a Deployment, leader-elected)
   agent        run the node agent (a DaemonSet, one per node)
+  bundle       write the images of PrePullLists into one archive, for
+               nodes no registry reaches
+  node apply   make the images of PrePullLists present and pinned on this
+               node, with no API server (node bootstrap, image baking)
   version      print the version
 
 Run "prepull <command> --help" for a command's flags.
@@ -52,6 +56,10 @@ func run(args []string, stdout io.Writer) error {
 		return runController(ctx, args[1:])
 	case "agent":
 		return runAgent(ctx, args[1:])
+	case "bundle":
+		return runBundle(ctx, args[1:], stdout)
+	case "node":
+		return runNode(ctx, args[1:], stdout)
 	case "version":
 		_, err := fmt.Fprintln(stdout, version)
 		return err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -67,7 +68,7 @@ func NewControllerOptions() *ControllerOptions {
 
 // AddFlags defines the flags on fs.
 func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
-	o.addFlags(fs)
+	o.ServeOptions.addFlags(fs)
 	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "elect one active replica through a Lease")
 	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "namespace of the leader-election Lease (default: --namespace)")
 	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", o.InsecureRegistries, "registry hosts (host:port) to resolve tags at over plain HTTP")
@@ -76,19 +77,16 @@ func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
 
 // Validate reports every invalid flag at once.
 func (o *ControllerOptions) Validate() error {
-	errs := o.validate()
+	errs := o.ServeOptions.validate()
 	if o.ResolveTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--resolve-timeout: %s: must be positive", o.ResolveTimeout))
 	}
 	return errors.Join(errs...)
 }
 
-// AgentOptions are the node agent's flags.
-type AgentOptions struct {
-	ServeOptions
-	// NodeName is the node the agent serves; from NODE_NAME by default, which
-	// the DaemonSet sets from the downward API.
-	NodeName string
+// RuntimeOptions are the flags of every command that talks to the node's
+// runtime.
+type RuntimeOptions struct {
 	// CRIEndpoint is the runtime's CRI socket.
 	CRIEndpoint string
 	// ContainerdAddress is containerd's own API socket, used for what CRI
@@ -99,6 +97,42 @@ type AgentOptions struct {
 	CallTimeout time.Duration
 	// PullTimeout bounds one pull, unless the spec sets a shorter one.
 	PullTimeout time.Duration
+}
+
+func newRuntimeOptions() RuntimeOptions {
+	return RuntimeOptions{CRIEndpoint: "/run/containerd/containerd.sock", CallTimeout: 30 * time.Second, PullTimeout: 10 * time.Minute}
+}
+
+func (o *RuntimeOptions) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.CRIEndpoint, "cri-endpoint", o.CRIEndpoint, "path of the runtime's CRI socket")
+	fs.StringVar(&o.ContainerdAddress, "containerd-address", o.ContainerdAddress, "path of containerd's API socket (default: the CRI endpoint)")
+	fs.DurationVar(&o.CallTimeout, "runtime-call-timeout", o.CallTimeout, "deadline of each runtime call but pulls")
+	fs.DurationVar(&o.PullTimeout, "pull-timeout", o.PullTimeout, "deadline of one image pull or import, unless a list sets a shorter one")
+}
+
+func (o *RuntimeOptions) validate() []error {
+	var errs []error
+	if o.CRIEndpoint == "" {
+		errs = append(errs, errors.New("--cri-endpoint: required"))
+	}
+	if o.CallTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--runtime-call-timeout: %s: must be positive", o.CallTimeout))
+	}
+	if o.PullTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--pull-timeout: %s: must be positive", o.PullTimeout))
+	}
+	return errs
+}
+
+// AgentOptions are the node agent's flags.
+type AgentOptions struct {
+	ServeOptions
+	RuntimeOptions
+	// NodeName is the node the agent serves; from NODE_NAME by default, which
+	// the DaemonSet sets from the downward API.
+	NodeName string
+	// ArchiveDir is the directory archive paths of lists are relative to.
+	ArchiveDir string
 	// MaxConcurrentPulls bounds the pulls under way at once on the node.
 	MaxConcurrentPulls int
 	// StatusInterval is the least time between two status writes.
@@ -119,9 +153,8 @@ func NewAgentOptions() *AgentOptions {
 	return &AgentOptions{
 		NodeName:           os.Getenv("NODE_NAME"),
 		ServeOptions:       newServeOptions(":8083", ":8082"),
-		CRIEndpoint:        "/run/containerd/containerd.sock",
-		CallTimeout:        30 * time.Second,
-		PullTimeout:        10 * time.Minute,
+		RuntimeOptions:     newRuntimeOptions(),
+		ArchiveDir:         "/var/lib/prepull/archives",
 		MaxConcurrentPulls: 3,
 		StatusInterval:     2 * time.Second,
 		ResyncInterval:     30 * time.Second,
@@ -134,11 +167,9 @@ func NewAgentOptions() *AgentOptions {
 // AddFlags defines the flags on fs.
 func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "the node this agent serves (default: $NODE_NAME)")
-	fs.StringVar(&o.CRIEndpoint, "cri-endpoint", o.CRIEndpoint, "path of the runtime's CRI socket")
-	fs.StringVar(&o.ContainerdAddress, "containerd-address", o.ContainerdAddress, "path of containerd's API socket (default: the CRI endpoint)")
-	o.addFlags(fs)
-	fs.DurationVar(&o.CallTimeout, "runtime-call-timeout", o.CallTimeout, "deadline of each runtime call but pulls")
-	fs.DurationVar(&o.PullTimeout, "pull-timeout", o.PullTimeout, "deadline of one image pull, unless a list sets a shorter one")
+	o.RuntimeOptions.addFlags(fs)
+	o.ServeOptions.addFlags(fs)
+	fs.StringVar(&o.ArchiveDir, "archive-dir", o.ArchiveDir, "directory that the archive paths of lists (source.archive.path) are relative to")
 	fs.IntVar(&o.MaxConcurrentPulls, "max-concurrent-pulls", o.MaxConcurrentPulls, "pulls under way at once on this node")
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "least time between two writes of the node's status")
 	fs.DurationVar(&o.ResyncInterval, "resync-interval", o.ResyncInterval, "how often images, tags and pins are verified again")
@@ -149,18 +180,12 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 
 // Validate reports every invalid flag at once.
 func (o *AgentOptions) Validate() error {
-	errs := o.validate()
+	errs := append(o.ServeOptions.validate(), o.RuntimeOptions.validate()...)
 	if o.NodeName == "" {
 		errs = append(errs, errors.New("--node-name: required (or set NODE_NAME from the downward API)"))
 	}
-	if o.CRIEndpoint == "" {
-		errs = append(errs, errors.New("--cri-endpoint: required"))
-	}
-	if o.CallTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("--runtime-call-timeout: %s: must be positive", o.CallTimeout))
-	}
-	if o.PullTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("--pull-timeout: %s: must be positive", o.PullTimeout))
+	if !filepath.IsAbs(o.ArchiveDir) {
+		errs = append(errs, fmt.Errorf("--archive-dir: %q: must be an absolute path", o.ArchiveDir))
 	}
 	if o.MaxConcurrentPulls < 1 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-pulls: %d: must be at least 1", o.MaxConcurrentPulls))

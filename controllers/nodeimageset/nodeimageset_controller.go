@@ -18,6 +18,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -37,6 +39,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/cri/bundle"
 )
 
 // Defaults of the Reconciler's tunables.
@@ -83,6 +86,13 @@ type Reconciler struct {
 	// for several agents sharing one runtime, as in tests: an agent owns its
 	// node's runtime.
 	KeepStrayPins bool
+	// ArchiveDir is the directory that archive paths are relative to.
+	ArchiveDir string
+	// DownloadDir holds archives downloaded from a URL while they are
+	// imported; empty means the system's temporary directory.
+	DownloadDir string
+	// HTTPClient downloads archives; nil means http.DefaultClient.
+	HTTPClient *http.Client
 
 	mu        sync.Mutex
 	collected time.Time
@@ -95,6 +105,12 @@ type Reconciler struct {
 	lastWrite time.Time
 	fs        *prepullv1.ImageFilesystem
 	fsMount   string
+	// archiveWants are, by archive SHA-256, the images of the spec that
+	// come from it; archiveLocks serialize the imports of one archive; and
+	// loaded records which references an import of an archive made.
+	archiveWants map[string][]string
+	archiveLocks map[string]*sync.Mutex
+	loaded       map[string]map[string]bool
 }
 
 // imageState is what the agent knows of one spec image between reconciles.
@@ -116,8 +132,10 @@ type imageState struct {
 	// verified is the spec entry last found fully in place, at verifiedAt.
 	verified   string
 	verifiedAt time.Time
-	// pulledAt is when the image was last pulled successfully.
-	pulledAt time.Time
+	// pulledAt is when the image was last pulled successfully, and
+	// importedFrom the SHA-256 of the archive it came from, if it did.
+	pulledAt     time.Time
+	importedFrom string
 }
 
 func (s *imageState) setPhase(p prepullv1.ImagePhase, now time.Time) {
@@ -139,10 +157,20 @@ const (
 	ReasonDiskBudget   = "DiskBudgetExceeded"
 	ReasonUnsupported  = "UnsupportedByRuntime"
 	ReasonVerifyFailed = "VerifyFailed"
+	// Reasons of images that come from an archive.
+	ReasonArchiveNotFound = "ArchiveNotFound"
+	ReasonArchiveChecksum = "ArchiveChecksumMismatch"
+	ReasonArchiveInvalid  = "InvalidArchive"
 )
 
 func reasonOf(err error) string {
 	switch {
+	case errors.Is(err, bundle.ErrChecksum):
+		return ReasonArchiveChecksum
+	case errors.Is(err, os.ErrNotExist):
+		return ReasonArchiveNotFound
+	case errors.Is(err, cri.ErrInvalid):
+		return ReasonArchiveInvalid
 	case errors.Is(err, cri.ErrUnauthorized):
 		return ReasonUnauthorized
 	case errors.Is(err, cri.ErrNotFound):
@@ -181,6 +209,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	dirty := r.dirty
 	r.dirty = map[string]bool{}
 	r.mu.Unlock()
+	r.noteArchives(set)
 	soon := false
 	for i := range set.Spec.Images {
 		if r.ensure(ctx, &set.Spec.Images[i], &set.Status, now, dirty) {
@@ -239,7 +268,7 @@ func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, status 
 	if st.phase != prepullv1.PhasePresent {
 		pullBytes.Observe(float64(img.Size))
 	}
-	st.digest = digestOf(e.Image, img)
+	st.digest = cri.ManifestDigest(e.Image, img)
 	st.setPhase(prepullv1.PhasePresent, now)
 	st.verified = specKey(e)
 	st.verifiedAt = now
@@ -330,12 +359,16 @@ func (r *Reconciler) resolveDue(e *prepullv1.NodeImage, st *imageState, status *
 	if st.pulledAt.IsZero() {
 		for _, s := range status.Images {
 			if s.Image == e.Image && s.PulledAt != nil {
-				st.pulledAt = s.PulledAt.Time
+				st.pulledAt, st.importedFrom = s.PulledAt.Time, s.ImportedFrom
 			}
 		}
 	}
 	if st.pulledAt.IsZero() {
 		return true
+	}
+	if e.Archive != nil {
+		// An archive's tags move only when the list names another archive.
+		return st.importedFrom != e.Archive.SHA256
 	}
 	return e.ResolveAfter != nil && !now.Before(e.ResolveAfter.Time) && st.pulledAt.Before(e.ResolveAfter.Time)
 }
@@ -408,7 +441,11 @@ func (r *Reconciler) pull(e *prepullv1.NodeImage, st *imageState) {
 			timeout = e.Timeout.Duration
 		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
-		_, err = r.Images.PullImage(pctx, e.Image, auth)
+		if e.Archive != nil {
+			err = r.importArchive(pctx, e)
+		} else {
+			_, err = r.Images.PullImage(pctx, e.Image, auth)
+		}
 		cancel()
 	}
 	elapsed := r.Clock.Since(start)
@@ -419,8 +456,13 @@ func (r *Reconciler) pull(e *prepullv1.NodeImage, st *imageState) {
 	if err == nil {
 		pullsTotal.WithLabelValues("success").Inc()
 		pullDuration.Observe(elapsed.Seconds())
-		log.Info("Pulled image", "attempt", attempt, "duration", elapsed.String())
-		st.nextTry, st.pulledAt = time.Time{}, metav1.NewTime(now).Rfc3339Copy().Time
+		st.nextTry, st.pulledAt, st.importedFrom = time.Time{}, metav1.NewTime(now).Rfc3339Copy().Time, ""
+		if e.Archive != nil {
+			st.importedFrom = e.Archive.SHA256
+			log.Info("Imported image", "archive", e.Archive.Location(), "attempt", attempt, "duration", elapsed.String())
+		} else {
+			log.Info("Pulled image", "attempt", attempt, "duration", elapsed.String())
+		}
 	} else if ctx.Err() == nil {
 		pullsTotal.WithLabelValues(reasonOf(err)).Inc()
 		st.reason, st.lastError = reasonOf(err), truncate(err.Error(), 1024)
@@ -670,7 +712,11 @@ func specKey(e *prepullv1.NodeImage) string {
 	if e.ResolveAfter != nil {
 		resolveAfter = e.ResolveAfter.Time
 	}
-	return fmt.Sprintf("%s|%v|%v|%d|%d", e.Image, e.Tags, e.PullSecrets, limit, resolveAfter.Unix())
+	var archive string
+	if e.Archive != nil {
+		archive = e.Archive.Location() + "|" + e.Archive.SHA256
+	}
+	return fmt.Sprintf("%s|%v|%v|%d|%d|%s", e.Image, e.Tags, e.PullSecrets, limit, resolveAfter.Unix(), archive)
 }
 
 func truncate(s string, n int) string {

@@ -41,6 +41,7 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImag
 		}
 		st.Images = append(st.Images, prepullv1.NodeImageStatus{
 			PulledAt:           pulledAt,
+			ImportedFrom:       s.importedFrom,
 			Image:              e.Image,
 			Phase:              s.phase,
 			Digest:             s.digest,
@@ -65,25 +66,6 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImag
 	imagesGauge.WithLabelValues("pinned").Set(float64(pinned))
 	pinnedBytesGauge.Set(float64(pinnedBytes))
 	return st
-}
-
-// digestOf is the manifest digest of a present image: the digest of a
-// digest reference, or for a tag (resolved on the node) the digest the
-// runtime recorded for its repository.
-func digestOf(ref string, img *cri.Image) string {
-	if _, d, ok := strings.Cut(ref, "@"); ok {
-		return d
-	}
-	repo, err := cri.Repository(ref)
-	if err != nil {
-		return ""
-	}
-	for _, rd := range img.RepoDigests {
-		if r, d, ok := strings.Cut(rd, "@"); ok && r == repo {
-			return d
-		}
-	}
-	return ""
 }
 
 // measureFilesystem records the image filesystem's usage for status, at

@@ -261,6 +261,7 @@ func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, secrets
 		owner: prepullv1.ImageOwner{
 			List: ownerName(l), Retain: retain, OnDelete: onDelete,
 			PullSecrets: secrets, Timeout: ro.Timeout, BackoffLimit: ro.BackoffLimit,
+			Archive: archiveOf(l),
 		},
 		maxConcurrent: maxConcurrentNodes(ro.MaxConcurrentNodes, selected),
 	}
@@ -301,23 +302,29 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev
 		switch {
 		case w.pinnedDigest != "":
 			t.digest = w.pinnedDigest
-		case l.Spec.Resolution == prepullv1.ResolveOnNode:
-			// The probe node pulls the tag; each pull it reports newer than
-			// the last resolution resolves the tag again. Once a refresh is
-			// due, the probe is asked to pull again.
+		case l.Spec.Resolution == prepullv1.ResolveOnNode || archiveOf(l) != nil:
+			// The probe node pulls the tag, or imports it from the archive;
+			// each pull it reports newer than the last resolution resolves
+			// the tag again. Once a refresh is due, the probe is asked to
+			// pull again; an archive holds the same bytes until the list
+			// names another one, which the probe imports at once.
 			t.probe = true
 			t.digest = old.Digest
 			res.ResolvedAt = old.ResolvedAt
 			if d, at := probedDigest(nodes, probeNode, w.tag); d != "" && (old.ResolvedAt == nil || old.ResolvedAt.Before(at)) {
 				t.digest, res.ResolvedAt = d, at
 			}
-			if res.ResolvedAt != nil && t.digest != "" {
+			if res.ResolvedAt != nil && t.digest != "" && archiveOf(l) == nil {
 				due := metav1.NewTime(nextRefresh(res.ResolvedAt.Time, refresh))
 				t.resolveAfter = &due
 				next = minTime(next, due.Time)
 			}
 			if t.digest == "" {
-				res.Message = fmt.Sprintf("waiting for node %s to pull %s and report its digest", probeNode, w.tag)
+				verb := "pull it and report its digest"
+				if a := archiveOf(l); a != nil {
+					verb = "import it from " + a.Location() + " and report its digest"
+				}
+				res.Message = fmt.Sprintf("waiting for node %s to %s: %s", probeNode, verb, w.tag)
 				if probeNode == "" {
 					res.Message = "no node is selected to resolve the tag on"
 				}
@@ -343,6 +350,14 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev
 		images = append(images, res)
 	}
 	return targets, images, next
+}
+
+// archiveOf is l's archive source, or nil.
+func archiveOf(l *prepullv1.PrePullList) *prepullv1.ArchiveSource {
+	if l.Spec.Source == nil {
+		return nil
+	}
+	return l.Spec.Source.Archive
 }
 
 func (r *Reconciler) forget(uid types.UID) {

@@ -311,6 +311,7 @@ func derive(e *prepullv1.NodeImage) {
 	var timeout *metav1.Duration
 	var backoff *int32
 	var resolveAfter *metav1.Time
+	var archive *prepullv1.ArchiveSource
 	retain := prepullv1.RetainUnpinned
 	for _, o := range e.Owners {
 		if o.Releasing {
@@ -331,8 +332,11 @@ func derive(e *prepullv1.NodeImage) {
 		if o.ResolveAfter != nil && (resolveAfter == nil || resolveAfter.Before(o.ResolveAfter)) {
 			resolveAfter = o.ResolveAfter.DeepCopy()
 		}
+		if archive == nil && o.Archive != nil {
+			archive = o.Archive.DeepCopy()
+		}
 	}
-	e.ResolveAfter = resolveAfter
+	e.ResolveAfter, e.Archive = resolveAfter, archive
 	slices.Sort(tags)
 	slices.Sort(secrets)
 	e.Tags, e.PullSecrets = slices.Compact(tags), slices.Compact(secrets)

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"text/tabwriter"
+
+	"github.com/spf13/pflag"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"prepull.io/prepull/controllers/nodeapply"
+	"prepull.io/prepull/cri"
+)
+
+// NodeApplyOptions are the flags of "prepull node apply".
+type NodeApplyOptions struct {
+	RuntimeOptions
+	// Files are the files of PrePullLists to apply.
+	Files []string
+	// Archive is a bundle to import every image from.
+	Archive string
+	// ArchiveSHA256, when set, is checked against Archive.
+	ArchiveSHA256 string
+	// ArchiveDir is what the archive paths of lists are relative to.
+	ArchiveDir string
+}
+
+// NewNodeApplyOptions returns the defaults.
+func NewNodeApplyOptions() *NodeApplyOptions {
+	return &NodeApplyOptions{RuntimeOptions: newRuntimeOptions(), ArchiveDir: NewAgentOptions().ArchiveDir}
+}
+
+// AddFlags defines the flags on fs.
+func (o *NodeApplyOptions) AddFlags(fs *pflag.FlagSet) {
+	fs.StringArrayVarP(&o.Files, "filename", "f", o.Files, `file of PrePullLists ("-" for stdin); repeat for more`)
+	fs.StringVar(&o.Archive, "archive", o.Archive, "bundle to import every image from, instead of the lists' sources")
+	fs.StringVar(&o.ArchiveSHA256, "archive-sha256", o.ArchiveSHA256, "SHA-256 the --archive must have (64 hex digits), checked before anything is imported")
+	fs.StringVar(&o.ArchiveDir, "archive-dir", o.ArchiveDir, "directory that the archive paths of lists (source.archive.path) are relative to")
+	o.RuntimeOptions.addFlags(fs)
+}
+
+var sha256Hex = regexp.MustCompile(`^[a-f0-9]{64}$`)
+
+// Validate reports every invalid flag at once.
+func (o *NodeApplyOptions) Validate() error {
+	errs := o.RuntimeOptions.validate()
+	if len(o.Files) == 0 {
+		errs = append(errs, errors.New("-f: give at least one file of PrePullLists"))
+	}
+	if o.ArchiveSHA256 != "" && !sha256Hex.MatchString(o.ArchiveSHA256) {
+		errs = append(errs, fmt.Errorf("--archive-sha256: %q: want 64 lowercase hex digits", o.ArchiveSHA256))
+	}
+	if o.ArchiveSHA256 != "" && o.Archive == "" {
+		errs = append(errs, errors.New("--archive-sha256: needs --archive"))
+	}
+	if !filepath.IsAbs(o.ArchiveDir) {
+		errs = append(errs, fmt.Errorf("--archive-dir: %q: must be an absolute path", o.ArchiveDir))
+	}
+	return errors.Join(errs...)
+}
+
+const nodeUsage = `Usage:
+  prepull node apply -f list.yaml [-f more.yaml] [--archive bundle.tar]
+
+Makes the images of the lists present on this node's runtime, tagged and
+pinned, with no API server, prints a report, and exits non-zero when any
+image failed. Running it again changes nothing.
+`
+
+func runNode(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "apply" {
+		fmt.Fprint(os.Stderr, nodeUsage)
+		return fmt.Errorf("node: %w", errUsage)
+	}
+	opts := NewNodeApplyOptions()
+	zapOpts, err := parseFlags("prepull node apply", args[1:], opts)
+	if err != nil || zapOpts == nil {
+		return err
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(zapOpts)))
+	lists, err := readLists(opts.Files, os.Stdin)
+	if err != nil {
+		return err
+	}
+	images, err := cri.NewRemote(opts.CRIEndpoint,
+		cri.WithCallTimeout(opts.CallTimeout), cri.WithPullTimeout(opts.PullTimeout))
+	if err != nil {
+		return err
+	}
+	defer images.Close()
+	if _, err := images.RuntimeName(ctx); err != nil {
+		return fmt.Errorf("the runtime at %s does not answer: %w", opts.CRIEndpoint, err)
+	}
+	store, _, closeStore, err := openStore(ctx, images, opts.RuntimeOptions)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+
+	results := nodeapply.Apply(ctx, lists, nodeapply.Options{
+		Images: images, Store: store,
+		Archive: opts.Archive, ArchiveSHA256: opts.ArchiveSHA256, ArchiveDir: opts.ArchiveDir,
+		PullTimeout: opts.PullTimeout,
+	})
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LIST\tIMAGE\tDIGEST\tHOW\tPINNED\tRESULT")
+	failed := 0
+	for _, r := range results {
+		result := "ok"
+		if r.Err != nil {
+			failed++
+			result = "FAILED: " + r.Err.Error()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\n", r.List, r.Image, orDash(r.Digest), orDash(r.How), r.Pinned, result)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d images failed", failed, len(results))
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

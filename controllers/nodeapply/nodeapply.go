@@ -1,0 +1,265 @@
+// Package nodeapply makes the images of PrePullLists present, tagged and
+// pinned on one node's runtime, once, with no API server: for node
+// bootstrap and for baking machine images. It does what the agent does for
+// one NodeImageSet entry, and records pins with the same owners ("namespace/
+// name" of the list), so that an agent that later serves the node and is
+// handed the same list keeps them.
+package nodeapply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/distribution/reference"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/cri/bundle"
+)
+
+// Options configure Apply.
+type Options struct {
+	Images cri.ImageService
+	Store  cri.Store
+	// Archive is a bundle to import every image from; empty means each
+	// list's own source: its archive, or the registries.
+	Archive string
+	// ArchiveSHA256, when set, is checked against Archive before import.
+	ArchiveSHA256 string
+	// ArchiveDir is what the archive paths of lists are relative to.
+	ArchiveDir string
+	// HTTPClient downloads the archives of lists given by URL.
+	HTTPClient *http.Client
+	// PullTimeout bounds one pull or one archive import.
+	PullTimeout time.Duration
+}
+
+// How an image came to be present.
+const (
+	HowPresent  = "present"
+	HowPulled   = "pulled"
+	HowImported = "imported"
+)
+
+// Result is what became of one image of one list.
+type Result struct {
+	// List is the list as an owner, "namespace/name".
+	List string
+	// Image is the image as the list names it.
+	Image string
+	// Digest is the manifest digest now present.
+	Digest string
+	// How is HowPresent (nothing to do), HowPulled or HowImported.
+	How string
+	// Pinned reports whether the list's pin is on the image.
+	Pinned bool
+	// Err says why the image is not present as asked.
+	Err error
+}
+
+// entry is one image of one list, parsed.
+type entry struct {
+	list    string
+	image   string
+	tag     string // normalized tag reference, or ""
+	digest  string // digest reference "repo@sha256:…", or ""
+	retain  bool
+	archive *bundle.Source
+}
+
+// ref is the reference the entry is made present by.
+func (e *entry) ref() string {
+	if e.digest != "" {
+		return e.digest
+	}
+	return e.tag
+}
+
+// Apply makes every image of lists present on the node, with its tag naming
+// its digest, pinned for its list unless the list says Unpinned. An image
+// that is present already is not fetched again, so a second Apply changes
+// nothing. One image failing never stops the others: its Result says why.
+func Apply(ctx context.Context, lists []prepullv1.PrePullList, opts Options) []Result {
+	var entries []*entry
+	results := map[*entry]*Result{}
+	var out []*Result
+	for i := range lists {
+		l := &lists[i]
+		owner := l.Namespace + "/" + l.Name
+		for _, img := range l.Spec.Images {
+			e, err := parse(owner, img.Image, l, opts)
+			res := &Result{List: owner, Image: img.Image, Err: err}
+			out = append(out, res)
+			if err == nil {
+				entries = append(entries, e)
+				results[e] = res
+			}
+		}
+	}
+
+	// Imports: one per archive, naming every image wanted of it.
+	byArchive := map[bundle.Source][]*entry{}
+	for _, e := range entries {
+		if e.archive != nil {
+			if _, err := opts.Images.ImageStatus(ctx, e.ref()); err == nil {
+				continue
+			}
+			byArchive[*e.archive] = append(byArchive[*e.archive], e)
+		}
+	}
+	for src, es := range byArchive {
+		importFrom(ctx, src, es, results, opts)
+	}
+
+	for _, e := range entries {
+		res := results[e]
+		if res.Err != nil {
+			continue
+		}
+		res.Err = makePresent(ctx, e, res, opts)
+	}
+	final := make([]Result, 0, len(out))
+	for _, r := range out {
+		final = append(final, *r)
+	}
+	return final
+}
+
+func parse(owner, image string, l *prepullv1.PrePullList, opts Options) (*entry, error) {
+	named, err := reference.ParseNormalizedNamed(image)
+	if err != nil {
+		return nil, fmt.Errorf("image %q: %w: %w", image, cri.ErrInvalid, err)
+	}
+	e := &entry{list: owner, image: image, retain: l.Spec.Retain != prepullv1.RetainUnpinned}
+	if d, ok := named.(reference.Digested); ok {
+		e.digest = named.Name() + "@" + d.Digest().String()
+	}
+	if t, ok := named.(reference.Tagged); ok {
+		e.tag = named.Name() + ":" + t.Tag()
+	} else if e.digest == "" {
+		e.tag = named.Name() + ":latest"
+	}
+	switch {
+	case opts.Archive != "":
+		e.archive = &bundle.Source{Path: opts.Archive, SHA256: opts.ArchiveSHA256}
+	case l.Spec.Source != nil && l.Spec.Source.Archive != nil:
+		a := l.Spec.Source.Archive
+		e.archive = &bundle.Source{URL: a.URL, SHA256: a.SHA256}
+		if a.URL == "" {
+			e.archive.Path = filepath.Join(opts.ArchiveDir, filepath.Clean("/"+a.Path))
+		}
+	}
+	return e, nil
+}
+
+// importFrom imports the entries es from the archive src, recording
+// failures in their results.
+func importFrom(ctx context.Context, src bundle.Source, es []*entry, results map[*entry]*Result, opts Options) {
+	fail := func(err error) {
+		for _, e := range es {
+			results[e].Err = err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, opts.PullTimeout)
+	defer cancel()
+	path := src.Path
+	if src.URL != "" || src.SHA256 != "" {
+		p, release, err := bundle.Fetch(ctx, src, opts.HTTPClient, "")
+		if err != nil {
+			fail(err)
+			return
+		}
+		defer release()
+		path = p
+	}
+	var wanted []string
+	for _, e := range es {
+		wanted = append(wanted, e.ref())
+	}
+	loaded, err := bundle.Load(ctx, opts.Store, path, slices.Compact(wanted))
+	if err != nil {
+		fail(err)
+		return
+	}
+	for _, e := range es {
+		l := loaded[e.ref()]
+		results[e].Err = l.Err
+		if l.Err == nil {
+			results[e].How = HowImported
+		}
+	}
+}
+
+// makePresent pulls e unless present or imported, points its tag at its
+// digest, checks both, and pins.
+func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error {
+	img, err := opts.Images.ImageStatus(ctx, e.ref())
+	switch {
+	case err == nil:
+		if res.How == "" {
+			res.How = HowPresent
+		}
+	case errors.Is(err, cri.ErrNotFound) && e.archive == nil:
+		pctx, cancel := context.WithTimeout(ctx, opts.PullTimeout)
+		_, err = opts.Images.PullImage(pctx, e.ref(), nil)
+		cancel()
+		if err != nil {
+			return err
+		}
+		res.How = HowPulled
+		if img, err = statusSoon(ctx, opts.Images, e.ref()); err != nil {
+			return err
+		}
+	default:
+		return err
+	}
+	res.Digest = cri.ManifestDigest(e.ref(), img)
+
+	refs := []string{e.ref()}
+	if e.tag != "" && e.digest != "" {
+		// tag@digest: the tag must name exactly the digest.
+		if ts, err := opts.Images.ImageStatus(ctx, e.tag); err != nil || ts.ID != img.ID {
+			if err := opts.Store.Tag(ctx, e.tag, e.digest); err != nil {
+				return err
+			}
+		}
+		if ts, err := statusSoon(ctx, opts.Images, e.tag); err != nil {
+			return err
+		} else if ts.ID != img.ID {
+			return fmt.Errorf("tag %s names image %s, not %s of %s", e.tag, ts.ID, img.ID, e.digest)
+		}
+		refs = append(refs, e.tag)
+	}
+	if !e.retain {
+		return nil
+	}
+	for _, ref := range refs {
+		if err := opts.Store.Pin(ctx, ref, e.list); err != nil {
+			return err
+		}
+	}
+	res.Pinned = true
+	return nil
+}
+
+// statusSoon is the status of ref, allowing the runtime a moment to show
+// what was just made.
+func statusSoon(ctx context.Context, images cri.ImageService, ref string) (*cri.Image, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		img, err := images.ImageStatus(ctx, ref)
+		if err == nil || !errors.Is(err, cri.ErrNotFound) || time.Now().After(deadline) {
+			return img, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

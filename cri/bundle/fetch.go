@@ -1,0 +1,118 @@
+package bundle
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+)
+
+// Source is where an archive is, and the SHA-256 it must have.
+type Source struct {
+	// Path is a local file; URL is an http(s) URL. One is set.
+	Path, URL string
+	// SHA256 is 64 lowercase hex digits.
+	SHA256 string
+}
+
+func (s Source) location() string {
+	if s.URL != "" {
+		return s.URL
+	}
+	return s.Path
+}
+
+// ErrChecksum is the error of an archive whose SHA-256 is not the one asked
+// for.
+var ErrChecksum = errors.New("archive checksum mismatch")
+
+// Fetch makes the archive src names available as a local file whose SHA-256
+// it checked, and returns its path and a function that releases it: a
+// download, made in tmpDir (empty means the system's), is removed then.
+// client nil means http.DefaultClient.
+func Fetch(ctx context.Context, src Source, client *http.Client, tmpDir string) (string, func(), error) {
+	nothing := func() {}
+	if src.URL == "" {
+		f, err := os.Open(src.Path)
+		if err != nil {
+			return "", nothing, fmt.Errorf("archive %s: %w", src.Path, err)
+		}
+		defer f.Close()
+		if err := checkSum(ctx, f, src); err != nil {
+			return "", nothing, err
+		}
+		return src.Path, nothing, nil
+	}
+	if client == nil {
+		client = http.DefaultClient
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.URL, nil)
+	if err != nil {
+		return "", nothing, fmt.Errorf("archive %s: %w", src.URL, err)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", nothing, fmt.Errorf("archive %s: download: %w", src.URL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", nothing, fmt.Errorf("archive %s: download: the server answered %s", src.URL, resp.Status)
+	}
+	f, err := os.CreateTemp(tmpDir, "prepull-archive-*.tar")
+	if err != nil {
+		return "", nothing, fmt.Errorf("archive %s: %w", src.URL, err)
+	}
+	release := func() { os.Remove(f.Name()) }
+	err = checkSum(ctx, io.TeeReader(resp.Body, f), src)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("archive %s: %w", src.URL, cerr)
+	}
+	if err != nil {
+		release()
+		return "", nothing, err
+	}
+	return f.Name(), release, nil
+}
+
+// checkSum reads r to the end and fails unless its SHA-256 is src's.
+func checkSum(ctx context.Context, r io.Reader, src Source) error {
+	h := sha256.New()
+	if _, err := io.Copy(h, ctxReader{ctx, r}); err != nil {
+		return fmt.Errorf("archive %s: read: %w", src.location(), err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != src.SHA256 {
+		return fmt.Errorf("archive %s: its sha256 is %s, but %s was asked for: %w", src.location(), got, src.SHA256, ErrChecksum)
+	}
+	return nil
+}
+
+// ctxReader stops reading once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// SumFile returns the SHA-256 of the file at path, as Source wants it.
+func SumFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

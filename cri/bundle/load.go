@@ -1,0 +1,79 @@
+package bundle
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+
+	"github.com/distribution/reference"
+
+	"prepull.io/prepull/cri"
+)
+
+// Loaded is what Load did for one wanted reference.
+type Loaded struct {
+	// Digest is the digest the reference now names.
+	Digest string
+	// Err says why the reference could not be made.
+	Err error
+}
+
+// Load imports into store, from the archive at path, the images that
+// wanted names. A digest reference ("repo@sha256:…") is made for the
+// archive's image with that digest; a tag reference for the image the
+// archive names by that tag, together with the digest reference of its
+// repository, as a pull makes them. Nothing else in the archive is named. It
+// returns what became of each wanted reference; an error means the archive
+// itself could not be read, and then nothing was named.
+func Load(ctx context.Context, store cri.Store, path string, wanted []string) (map[string]Loaded, error) {
+	byDigest := map[string][]string{} // digest -> wanted digest references
+	byTag := map[string]string{}      // normalized tag -> wanted reference
+	out := map[string]Loaded{}
+	for _, w := range wanted {
+		named, err := reference.ParseNormalizedNamed(w)
+		if err != nil {
+			out[w] = Loaded{Err: fmt.Errorf("image reference %q: %w: %w", w, cri.ErrInvalid, err)}
+			continue
+		}
+		if d, ok := named.(reference.Digested); ok {
+			byDigest[d.Digest().String()] = append(byDigest[d.Digest().String()], w)
+			continue
+		}
+		byTag[reference.TagNameOnly(named).String()] = w
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", path, err)
+	}
+	defer f.Close()
+	matched := map[string][]string{} // digest -> wanted references it serves
+	images, err := store.Import(ctx, f, func(name, digest string) []string {
+		refs := slices.Clone(byDigest[digest])
+		matched[digest] = append(matched[digest], byDigest[digest]...)
+		if n, err := reference.ParseNormalizedNamed(name); err == nil {
+			if w, ok := byTag[reference.TagNameOnly(n).String()]; ok {
+				refs = append(refs, w, n.Name()+"@"+digest)
+				matched[digest] = append(matched[digest], w)
+			}
+		}
+		return slices.Compact(refs)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", path, err)
+	}
+	for _, img := range images {
+		for _, w := range matched[img.Digest] {
+			if prev, ok := out[w]; ok && prev.Err == nil {
+				continue
+			}
+			out[w] = Loaded{Digest: img.Digest, Err: img.Err}
+		}
+	}
+	for _, w := range wanted {
+		if _, ok := out[w]; !ok {
+			out[w] = Loaded{Err: fmt.Errorf("archive %s does not hold %s: %w", path, w, cri.ErrNotFound)}
+		}
+	}
+	return out, nil
+}
