@@ -82,6 +82,8 @@ type RolloutSpec struct {
 }
 
 // ImageSource says where a list's images come from.
+// +kubebuilder:validation:XValidation:rule="!has(self.archive) || has(self.archive.path) != has(self.archive.url)",message="archive: give exactly one of path and url"
+// +kubebuilder:validation:XValidation:rule="!has(self.archive) || !has(self.archive.path) || !self.archive.path.matches('(^|/)[.][.](/|$)')",message="archive.path must not contain '..'"
 type ImageSource struct {
 	// archive makes every node import the list's images from an OCI
 	// image-layout archive (a bundle that "prepull bundle" writes) instead
@@ -92,8 +94,7 @@ type ImageSource struct {
 }
 
 // ArchiveSource is an OCI image-layout archive: a file on each node, or a URL
-// the nodes download it from.
-// +kubebuilder:validation:XValidation:rule="has(self.path) != has(self.url)",message="give exactly one of path and url"
+// the nodes download it from. Exactly one of path and url is given.
 type ArchiveSource struct {
 	// path is the archive's path on the node, relative to the agent's
 	// archive directory (its --archive-dir flag, /var/lib/prepull/archives
@@ -101,13 +102,13 @@ type ArchiveSource struct {
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=255
-	// +kubebuilder:validation:XValidation:rule="!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)')",message="path must be relative to the agent's archive directory and must not contain '..'"
+	// +kubebuilder:validation:Pattern=`^[^/]`
 	Path string `json:"path,omitempty"`
 	// url is an http:// or https:// URL the agent downloads the archive
 	// from, typically a Service inside the cluster.
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
-	// +kubebuilder:validation:XValidation:rule="self.startsWith('http://') || self.startsWith('https://')",message="url must start with http:// or https://"
+	// +kubebuilder:validation:Pattern=`^https?://`
 	URL string `json:"url,omitempty"`
 	// sha256 is the archive's SHA-256 as 64 lowercase hex digits. The agent
 	// checks it before it imports anything, and refuses an archive that

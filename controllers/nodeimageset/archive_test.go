@@ -1,0 +1,142 @@
+package nodeimageset_test
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodeimageset"
+	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/e2e/testground"
+)
+
+// TestAgentImportsFromArchives proves the archive source on a real
+// containerd: the registry the images came from is stopped before any agent
+// starts, so whatever becomes present came from the archive.
+func TestAgentImportsFromArchives(t *testing.T) {
+	e := setup(t)
+	reg := testground.StartRegistry(t)
+	e.ctd.TrustRegistry(reg)
+	app := reg.MustPushRandom(t, "air/app:v1", 64<<10, 2)
+	db := reg.MustPushRandom(t, "air/db:v1", 64<<10, 1)
+	probe := reg.MustPushRandom(t, "air/probe:v1", 64<<10, 1)
+	spare := reg.MustPushRandom(t, "air/spare:v1", 64<<10, 1)
+	absent := reg.MustPushRandom(t, "air/absent:v1", 64<<10, 1)
+	idx, err := testground.RandomIndex(64<<10, 1, testground.Linux("amd64"), testground.Linux("arm64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	multi, err := reg.PushIndex("air/multi:v1", idx, "amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	archive := filepath.Join(dir, "site", "bundle.tar")
+	if err := os.MkdirAll(filepath.Dir(archive), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundle.Write(ctx, archive, []string{app.Tag, db.Digest, probe.Tag, multi.Tag, spare.Tag}, bundle.Options{}); err != nil {
+		t.Fatalf("bundle: %v", err)
+	}
+	sum, err := bundle.SumFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Stop()
+
+	onDisk := &prepullv1.ArchiveSource{Path: "site/bundle.tar", SHA256: sum}
+	fromArchive := func(digest string, src *prepullv1.ArchiveSource, owners ...prepullv1.ImageOwner) prepullv1.NodeImage {
+		for i := range owners {
+			owners[i].Archive = src
+		}
+		en := entry(digest, owners...)
+		en.Archive = src
+		return en
+	}
+	tune := func(r *nodeimageset.Reconciler) { r.ArchiveDir = dir }
+	imported := func(st *prepullv1.NodeImageStatus) error {
+		if !st.Pinned || st.ImportedFrom != sum {
+			return fmt.Errorf("pinned %v, imported from %q", st.Pinned, st.ImportedFrom)
+		}
+		return nil
+	}
+
+	t.Run("images of a file on the node are imported, tagged and pinned", func(t *testing.T) {
+		e.agent(t, "air-file", tune)
+		e.setSpec(t, "air-file",
+			fromArchive(app.Digest, onDisk, owner("air/list", app.Tag)),
+			fromArchive(db.Digest, onDisk, owner("air/list", db.Tag)))
+		for _, img := range []testground.Pushed{app, db} {
+			st := e.phase(t, "air-file", img.Digest, prepullv1.PhasePresent, imported)
+			if _, d, _ := strings.Cut(img.Digest, "@"); st.Digest != d {
+				t.Errorf("status digest of %s: %s", img.Digest, st.Digest)
+			}
+			if got := e.runtimeID(t, img.Tag); got != img.ID {
+				t.Errorf("tag %s names %q, want %s", img.Tag, got, img.ID)
+			}
+			if !e.pinned(t, img.Tag) {
+				t.Errorf("%s not pinned", img.Tag)
+			}
+		}
+	})
+
+	t.Run("an archive given by URL is downloaded, checked and imported", func(t *testing.T) {
+		srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
+		t.Cleanup(srv.Close)
+		byURL := &prepullv1.ArchiveSource{URL: srv.URL + "/site/bundle.tar", SHA256: sum}
+		e.agent(t, "air-url", tune)
+		e.setSpec(t, "air-url", fromArchive(multi.Digest, byURL, owner("air/url", multi.Tag)))
+		e.phase(t, "air-url", multi.Digest, prepullv1.PhasePresent, imported)
+		if got := e.runtimeID(t, multi.Tag); got != multi.ID {
+			t.Errorf("tag %s names %q, want %s (the index's image for this platform)", multi.Tag, got, multi.ID)
+		}
+	})
+
+	t.Run("a tag resolved on the node reports the archive's digest", func(t *testing.T) {
+		e.agent(t, "air-probe", tune)
+		e.setSpec(t, "air-probe", fromArchive(probe.Tag, onDisk, owner("air/probe")))
+		st := e.phase(t, "air-probe", probe.Tag, prepullv1.PhasePresent, imported)
+		if _, d, _ := strings.Cut(probe.Digest, "@"); st.Digest != d {
+			t.Errorf("digest reported for %s: %q, want %s", probe.Tag, st.Digest, d)
+		}
+	})
+
+	t.Run("a wrong sha256 fails clearly and imports nothing; other images go on", func(t *testing.T) {
+		wrong := &prepullv1.ArchiveSource{Path: "site/bundle.tar", SHA256: strings.Repeat("0", 64)}
+		e.agent(t, "air-wrong", tune)
+		// The good entry's image is present since the first subtest; its
+		// tag is new, so that the agent has work to do for it.
+		goodTag := strings.Replace(app.Tag, ":v1", ":wrong-sha-neighbour", 1)
+		e.setSpec(t, "air-wrong",
+			fromArchive(spare.Digest, wrong, owner("air/wrong", spare.Tag)),
+			fromArchive(app.Digest, onDisk, owner("air/right", goodTag)))
+		st := e.phase(t, "air-wrong", spare.Digest, prepullv1.PhaseFailed, nil)
+		if st.Reason != nodeimageset.ReasonArchiveChecksum || !strings.Contains(st.LastError, sum) || !strings.Contains(st.LastError, "site/bundle.tar") {
+			t.Errorf("status %+v: want reason %s and a message naming the archive and its real sha256", st, nodeimageset.ReasonArchiveChecksum)
+		}
+		if e.runtimeID(t, spare.Digest) != "" {
+			t.Errorf("%s is present after an import refused for its checksum", spare.Digest)
+		}
+		e.phase(t, "air-wrong", app.Digest, prepullv1.PhasePresent, nil)
+		if got := e.runtimeID(t, goodTag); got != app.ID {
+			t.Errorf("tag %s names %q, want %s", goodTag, got, app.ID)
+		}
+	})
+
+	t.Run("an image the archive does not hold fails and names the archive", func(t *testing.T) {
+		e.agent(t, "air-absent", tune)
+		e.setSpec(t, "air-absent", fromArchive(absent.Digest, onDisk, owner("air/absent", absent.Tag)))
+		st := e.phase(t, "air-absent", absent.Digest, prepullv1.PhaseFailed, nil)
+		if st.Reason != nodeimageset.ReasonNotFound || !strings.Contains(st.LastError, "does not hold") {
+			t.Errorf("status %+v: want reason %s saying the archive does not hold the image", st, nodeimageset.ReasonNotFound)
+		}
+		if e.runtimeID(t, absent.Tag) != "" || e.pinned(t, absent.Digest) {
+			t.Errorf("%s left present or pinned", absent.Tag)
+		}
+	})
+}
