@@ -1,0 +1,167 @@
+package nodeapply_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodeapply"
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/cri/containerd"
+	"prepull.io/prepull/e2e/testground"
+)
+
+func list(name string, retain prepullv1.RetainPolicy, images ...string) prepullv1.PrePullList {
+	l := prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: "boot", Name: name}}
+	l.Spec.Retain = retain
+	for _, i := range images {
+		l.Spec.Images = append(l.Spec.Images, prepullv1.PrePullImage{Image: i})
+	}
+	return l
+}
+
+func TestApplyOnContainerd(t *testing.T) {
+	ctx := context.Background()
+	ctd := testground.StartContainerd(t)
+	reg := testground.StartRegistry(t)
+	ctd.TrustRegistry(reg)
+	images, err := cri.NewRemote(ctd.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { images.Close() })
+	store, err := containerd.New(ctd.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	opts := nodeapply.Options{Images: images, Store: store, PullTimeout: time.Minute, ArchiveDir: t.TempDir()}
+
+	byResult := func(results []nodeapply.Result) map[string]nodeapply.Result {
+		out := map[string]nodeapply.Result{}
+		for _, r := range results {
+			out[r.Image] = r
+		}
+		return out
+	}
+
+	t.Run("from an archive: imported, tagged, pinned; again: nothing to do", func(t *testing.T) {
+		app := reg.MustPushRandom(t, "boot/app:v1", 64<<10, 2)
+		pinned := reg.MustPushRandom(t, "boot/pinned:v1", 64<<10, 1)
+		loose := reg.MustPushRandom(t, "boot/loose:v1", 64<<10, 1)
+		_, pinnedDigest := cut(pinned.Digest)
+		withDigest := pinned.Tag + "@" + pinnedDigest
+		archive := filepath.Join(t.TempDir(), "bundle.tar")
+		if _, err := bundle.Write(ctx, archive, []string{app.Tag, withDigest, loose.Tag}, bundle.Options{}); err != nil {
+			t.Fatalf("bundle: %v", err)
+		}
+		sum, err := bundle.SumFile(archive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg.Stop()
+		defer reg.Start()
+		missing := reg.Repo("boot/missing:v1")
+		lists := []prepullv1.PrePullList{
+			list("base", "", app.Tag, withDigest, missing),
+			list("extra", prepullv1.RetainUnpinned, loose.Tag),
+		}
+		o := opts
+		o.Archive, o.ArchiveSHA256 = archive, sum
+		got := byResult(nodeapply.Apply(ctx, lists, o))
+		for _, img := range []string{app.Tag, withDigest, loose.Tag} {
+			r := got[img]
+			if r.Err != nil || r.How != nodeapply.HowImported {
+				t.Errorf("%s: %+v, want imported", img, r)
+			}
+		}
+		if r := got[missing]; !errors.Is(r.Err, cri.ErrNotFound) || !strings.Contains(r.Err.Error(), "does not hold") {
+			t.Errorf("%s: %+v, want an error saying the archive does not hold it", missing, r)
+		}
+		if r := got[app.Tag]; !r.Pinned || r.Digest != digestOf(app.Digest) {
+			t.Errorf("%s: %+v, want pinned at %s", app.Tag, r, digestOf(app.Digest))
+		}
+		if r := got[loose.Tag]; r.Pinned {
+			t.Errorf("%s of an Unpinned list: %+v, want not pinned", loose.Tag, r)
+		}
+		for _, ref := range []string{app.Tag, pinned.Tag, pinned.Digest} {
+			st, err := images.ImageStatus(ctx, ref)
+			if err != nil || !st.Pinned {
+				t.Errorf("CRI status of %s: %+v, %v; want present and pinned", ref, st, err)
+			}
+		}
+		if owners, err := store.Owners(ctx, app.Tag); err != nil || len(owners) != 1 || owners[0] != "boot/base" {
+			t.Errorf("owners of %s: %v, %v; want [boot/base]", app.Tag, owners, err)
+		}
+
+		again := byResult(nodeapply.Apply(ctx, lists, o))
+		for _, img := range []string{app.Tag, withDigest, loose.Tag} {
+			if r := again[img]; r.Err != nil || r.How != nodeapply.HowPresent || r.Digest != got[img].Digest {
+				t.Errorf("second apply of %s: %+v, want present at %s and nothing done", img, r, got[img].Digest)
+			}
+		}
+	})
+
+	t.Run("a wrong sha256 imports and pins nothing", func(t *testing.T) {
+		img := reg.MustPushRandom(t, "boot/checked:v1", 64<<10, 1)
+		archive := filepath.Join(t.TempDir(), "bundle.tar")
+		if _, err := bundle.Write(ctx, archive, []string{img.Tag}, bundle.Options{}); err != nil {
+			t.Fatalf("bundle: %v", err)
+		}
+		o := opts
+		o.Archive, o.ArchiveSHA256 = archive, strings.Repeat("a", 64)
+		r := nodeapply.Apply(ctx, []prepullv1.PrePullList{list("checked", "", img.Tag)}, o)[0]
+		if !errors.Is(r.Err, bundle.ErrChecksum) {
+			t.Errorf("apply with a wrong sha256: %+v, want ErrChecksum", r)
+		}
+		if _, err := images.ImageStatus(ctx, img.Tag); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("%s present after a refused archive: %v", img.Tag, err)
+		}
+	})
+
+	t.Run("a list's own archive path, relative to the archive directory", func(t *testing.T) {
+		img := reg.MustPushRandom(t, "boot/own:v1", 64<<10, 1)
+		archive := filepath.Join(opts.ArchiveDir, "own.tar")
+		if _, err := bundle.Write(ctx, archive, []string{img.Tag}, bundle.Options{}); err != nil {
+			t.Fatalf("bundle: %v", err)
+		}
+		sum, err := bundle.SumFile(archive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := list("own", "", img.Tag)
+		l.Spec.Source = &prepullv1.ImageSource{Archive: &prepullv1.ArchiveSource{Path: "own.tar", SHA256: sum}}
+		if r := nodeapply.Apply(ctx, []prepullv1.PrePullList{l}, opts)[0]; r.Err != nil || r.How != nodeapply.HowImported || !r.Pinned {
+			t.Errorf("apply of a list with its own archive: %+v, want imported and pinned", r)
+		}
+	})
+
+	t.Run("from the registry: pulled and pinned; a missing image fails alone", func(t *testing.T) {
+		img := reg.MustPushRandom(t, "boot/pulled:v1", 64<<10, 1)
+		missing := reg.Repo("boot/nowhere:v1")
+		got := byResult(nodeapply.Apply(ctx, []prepullv1.PrePullList{list("net", "", missing, img.Tag)}, opts))
+		if r := got[img.Tag]; r.Err != nil || r.How != nodeapply.HowPulled || !r.Pinned || r.Digest != digestOf(img.Digest) {
+			t.Errorf("%s: %+v, want pulled and pinned at %s", img.Tag, got[img.Tag], digestOf(img.Digest))
+		}
+		if r := got[missing]; !errors.Is(r.Err, cri.ErrNotFound) {
+			t.Errorf("%s: %+v, want ErrNotFound", missing, r)
+		}
+	})
+}
+
+func cut(ref string) (string, string) {
+	r, d, _ := strings.Cut(ref, "@")
+	return r, d
+}
+
+func digestOf(ref string) string {
+	_, d := cut(ref)
+	return d
+}
