@@ -337,6 +337,31 @@ func TestController(t *testing.T) {
 				}(),
 				wantErr: []string{"spec.retain", "Unsupported value"},
 			},
+			{
+				name:    "archive with both path and url",
+				list:    withArchive(list(ns, "both", "app:v1"), prepullv1.ArchiveSource{Path: "b.tar", URL: "http://files/b.tar", SHA256: strings.Repeat("a", 64)}),
+				wantErr: []string{"spec.source", "give exactly one of path and url"},
+			},
+			{
+				name:    "archive path escaping its directory",
+				list:    withArchive(list(ns, "escape", "app:v1"), prepullv1.ArchiveSource{Path: "site/../../etc/b.tar", SHA256: strings.Repeat("a", 64)}),
+				wantErr: []string{"spec.source", "must not contain '..'"},
+			},
+			{
+				name:    "absolute archive path",
+				list:    withArchive(list(ns, "absolute", "app:v1"), prepullv1.ArchiveSource{Path: "/etc/b.tar", SHA256: strings.Repeat("a", 64)}),
+				wantErr: []string{"spec.source.archive.path"},
+			},
+			{
+				name:    "archive url of another scheme",
+				list:    withArchive(list(ns, "scheme", "app:v1"), prepullv1.ArchiveSource{URL: "ftp://files/b.tar", SHA256: strings.Repeat("a", 64)}),
+				wantErr: []string{"spec.source.archive.url"},
+			},
+			{
+				name:    "archive sha256 malformed",
+				list:    withArchive(list(ns, "sha", "app:v1"), prepullv1.ArchiveSource{Path: "b.tar", SHA256: "ABC"}),
+				wantErr: []string{"spec.source.archive.sha256"},
+			},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -883,6 +908,63 @@ func TestController(t *testing.T) {
 			t.Errorf("the controller asked the registry %d times for a tag resolved on a node", after-before)
 		}
 	})
+
+	t.Run("an archive list: its tags are resolved from the archive on a node, never at a registry", func(t *testing.T) {
+		ns := e.namespace(t, "archive")
+		pool := map[string]string{"pool": "archive"}
+		e.node(t, "ar-a", pool)
+		e.node(t, "ar-b", pool)
+		img := e.public.MustPushRandom(t, "archived/app:v1", 1024, 1)
+		pinned := e.public.MustPushRandom(t, "archived/pinned:v1", 1024, 1)
+		src := prepullv1.ArchiveSource{Path: "site/bundle.tar", SHA256: strings.Repeat("b", 64)}
+		l := withArchive(list(ns, "archived", img.Tag, pinned.Digest), src)
+		l.Spec.NodeSelector = selector(pool)
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
+		e.mustCreate(t, l)
+		eventually(t, "the probe node is handed the tag with the archive, and every node the digest", func() error {
+			probe := e.entry("ar-a", img.Tag)
+			if probe == nil || probe.Archive == nil || *probe.Archive != src || probe.ResolveAfter != nil {
+				return fmt.Errorf("probe entry %+v", probe)
+			}
+			for _, n := range []string{"ar-a", "ar-b"} {
+				if en := e.entry(n, pinned.Digest); en == nil || en.Archive == nil || *en.Archive != src {
+					return fmt.Errorf("%s: entry %+v", n, en)
+				}
+			}
+			return nil
+		})
+		if msg := e.getList(t, l).Status.Images[0].Message; !strings.Contains(msg, "import it from site/bundle.tar") {
+			t.Errorf("status message while unresolved: %q, want it to say the tag is imported from the archive", msg)
+		}
+		set, err := e.nodeSet("ar-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		set.Status.Images = []prepullv1.NodeImageStatus{{
+			Image: img.Tag, Phase: prepullv1.PhasePresent, Digest: digestOf(img.Digest),
+			PulledAt: &metav1.Time{Time: e.clock.Now()}, ImportedFrom: src.SHA256,
+		}}
+		if err := e.c.Status().Update(ctx, set); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the digest the probe imported reaches every node with the archive", func() error {
+			for _, n := range []string{"ar-a", "ar-b"} {
+				if en := e.entry(n, img.Digest); en == nil || en.Archive == nil || len(activeOwners(en)) == 0 {
+					return fmt.Errorf("%s: entry %+v", n, en)
+				}
+			}
+			return nil
+		})
+		if n := e.resolver.count(img.Tag); n != 0 {
+			t.Errorf("the controller asked the registry %d times for a tag of an archive list", n)
+		}
+	})
+}
+
+// withArchive gives l the archive source a.
+func withArchive(l *prepullv1.PrePullList, a prepullv1.ArchiveSource) *prepullv1.PrePullList {
+	l.Spec.Source = &prepullv1.ImageSource{Archive: &a}
+	return l
 }
 
 // deleteList deletes l and plays the agents of nodes until it is gone.
