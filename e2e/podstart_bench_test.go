@@ -4,9 +4,6 @@ package e2e
 
 import (
 	"fmt"
-	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,71 +21,18 @@ import (
 // host by a veth pair whose two ends each cap the rate with a token bucket
 // (tc tbf), with a registry inside. (This machine's kernel has no netem, so
 // the link adds no delay of its own.)
-const (
-	linkNS     = "prepull-bench"
-	linkHost   = "pp-bench0"
-	linkPeer   = "pp-bench1"
-	hostIP     = "192.168.231.1"
-	registryIP = "192.168.231.2"
-	linkRate   = "100mbit"
-)
+var shaped = link{ns: "prepull-bench", host: "pp-bench0", peer: "pp-bench1", hostIP: "192.168.231.1", peerIP: "192.168.231.2"}
 
-func sh(b *testing.B, args ...string) {
-	b.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		b.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
+const linkRate = "100mbit"
 
 // shapedRegistry serves the cluster registry's storage from inside the
 // shaped namespace and returns its host:port.
 func shapedRegistry(b *testing.B) string {
-	_ = exec.Command("ip", "netns", "del", linkNS).Run()
-	sh(b, "ip", "netns", "add", linkNS)
-	b.Cleanup(func() { _ = exec.Command("ip", "netns", "del", linkNS).Run() })
-	sh(b, "ip", "link", "add", linkHost, "type", "veth", "peer", "name", linkPeer)
-	b.Cleanup(func() { _ = exec.Command("ip", "link", "del", linkHost).Run() })
-	sh(b, "ip", "link", "set", linkPeer, "netns", linkNS)
-	sh(b, "ip", "addr", "add", hostIP+"/30", "dev", linkHost)
-	sh(b, "ip", "link", "set", linkHost, "up")
-	sh(b, "ip", "netns", "exec", linkNS, "ip", "addr", "add", registryIP+"/30", "dev", linkPeer)
-	sh(b, "ip", "netns", "exec", linkNS, "ip", "link", "set", linkPeer, "up")
-	sh(b, "ip", "netns", "exec", linkNS, "ip", "link", "set", "lo", "up")
+	shaped.up(b)
 	tbf := []string{"root", "tbf", "rate", linkRate, "burst", "64kb", "latency", "100ms"}
-	sh(b, append([]string{"tc", "qdisc", "add", "dev", linkHost}, tbf...)...)
-	sh(b, append([]string{"ip", "netns", "exec", linkNS, "tc", "qdisc", "add", "dev", linkPeer}, tbf...)...)
-
-	host := registryIP + ":5000"
-	cfg := filepath.Join(b.TempDir(), "config.yml")
-	data := filepath.Join(c.Dir, "registry", "data")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", data, host)), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	reg := exec.Command("ip", "netns", "exec", linkNS, "docker-registry", "serve", cfg)
-	if err := reg.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = reg.Process.Kill(); _ = reg.Wait() })
-	dir := filepath.Join(c.Dir, "containerd", "certs.d", host)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		b.Fatal(err)
-	}
-	hosts := fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", host)
-	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	for i := 0; ; i++ {
-		resp, err := http.Get("http://" + host + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if i > 100 {
-			b.Fatalf("shaped registry not up: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return host
+	sh(b, append([]string{"tc", "qdisc", "add", "dev", shaped.host}, tbf...)...)
+	sh(b, append([]string{"ip", "netns", "exec", shaped.ns, "tc", "qdisc", "add", "dev", shaped.peer}, tbf...)...)
+	return shaped.registry(b, filepath.Join(c.Dir, "registry", "data"))
 }
 
 // BenchmarkPodStart measures pod start latency, creation to Running, for an
@@ -101,9 +45,9 @@ func BenchmarkPodStart(b *testing.B) {
 		tag, _ := push(b, fmt.Sprintf("podstart/%s:1.0", name), size)
 		refs[i] = tag
 	}
-	shaped := shapedRegistry(b)
+	via := shapedRegistry(b)
 	for i := range refs {
-		refs[i] = strings.Replace(refs[i], cluster.RegistryHost, shaped, 1)
+		refs[i] = strings.Replace(refs[i], cluster.RegistryHost, via, 1)
 	}
 	prepulled, cold, kubelet := refs[0], refs[1], refs[2]
 

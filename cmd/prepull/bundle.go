@@ -99,17 +99,20 @@ func runBundle(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	fi, err := os.Stat(opts.Output)
+	if err != nil {
+		return err
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "IMAGE\tDIGEST\tPLATFORMS\tSIZE")
-	var total int64
 	for _, img := range contents.Images {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", img.Ref, img.Digest, strings.Join(img.Platforms, ","), bundle.Bytes(img.Size))
-		total += img.Size
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "\nwrote %s: %d images, %s of blobs, verified\nsha256: %s\n", opts.Output, len(contents.Images), bundle.Bytes(total), sum)
+	fmt.Fprintf(stdout, "\nwrote %s: %d images, %s (layers shared by images are stored once), verified\nsha256: %s\n",
+		opts.Output, len(contents.Images), bundle.Bytes(fi.Size()), sum)
 	if writeErr != nil {
 		failed := 1
 		if j, ok := writeErr.(interface{ Unwrap() []error }); ok {

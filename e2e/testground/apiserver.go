@@ -31,6 +31,9 @@ func StartAPIServer(t testing.TB, crdDirs ...string) (*rest.Config, *envtest.Env
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		// A failure after the processes started (CRDs refused) leaves them
+		// running: stop them before failing.
+		_ = env.Stop()
 		t.Fatalf("start kube-apiserver and etcd: %v", err)
 	}
 	t.Cleanup(func() {
