@@ -5,7 +5,6 @@ package e2e
 import (
 	"fmt"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/e2e/cluster"
+	"prepull.io/prepull/e2e/testground"
 )
 
 // The shaped link: a network namespace of the benchmark's own, joined to the
@@ -76,13 +76,13 @@ func BenchmarkPodStart(b *testing.B) {
 	}
 	tCold := podStart(b, "cold", cold)
 	b.StopTimer()
-	tPre, tKubelet := median(pre), median(kub)
+	tPre, tKubelet := testground.Median(pre), testground.Median(kub)
 
 	b.ReportMetric(float64(tCold)/float64(tPre), "cold/prepulled")
 	b.ReportMetric(float64(tPre)/float64(tKubelet), "prepulled/kubelet-pulled")
 	fmt.Printf("\npod start, creation to Running (watched), %d MiB image, registry behind a %s veth (tc tbf both ways):\n", size>>20, linkRate)
-	fmt.Printf("  pre-pulled by prepull:            %6d ms  median of %v (the list was Ready %s after it was applied)\n", tPre.Milliseconds(), ms(pre), prepullTime.Round(time.Millisecond))
-	fmt.Printf("  pulled earlier by the kubelet:    %6d ms  median of %v (the pod that pulled it took %d ms)\n", tKubelet.Milliseconds(), ms(kub), warm.Milliseconds())
+	fmt.Printf("  pre-pulled by prepull:            %6d ms  median of %v (the list was Ready %s after it was applied)\n", tPre.Milliseconds(), testground.Millis(pre), prepullTime.Round(time.Millisecond))
+	fmt.Printf("  pulled earlier by the kubelet:    %6d ms  median of %v (the pod that pulled it took %d ms)\n", tKubelet.Milliseconds(), testground.Millis(kub), warm.Milliseconds())
 	fmt.Printf("  absent (cold pull):               %6d ms\n", tCold.Milliseconds())
 	fmt.Printf("  cold / pre-pulled:                %6.1fx\n", float64(tCold)/float64(tPre))
 	fmt.Printf("  pre-pulled / kubelet-pulled:      %6.3f\n", float64(tPre)/float64(tKubelet))
@@ -107,18 +107,4 @@ func podStart(b *testing.B, name, image string) time.Duration {
 func deletePod(b *testing.B, name string) {
 	_ = cs.CoreV1().Pods("e2e").Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 	cluster.WaitPodGone(ctx, cs, "e2e", name)
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func ms(ds []time.Duration) []int64 {
-	var out []int64
-	for _, d := range ds {
-		out = append(out, d.Milliseconds())
-	}
-	return out
 }

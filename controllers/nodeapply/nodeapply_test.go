@@ -14,7 +14,6 @@ import (
 	"prepull.io/prepull/controllers/nodeapply"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/bundle"
-	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/e2e/testground"
 )
 
@@ -32,16 +31,7 @@ func TestApplyOnContainerd(t *testing.T) {
 	ctd := testground.StartContainerd(t)
 	reg := testground.StartRegistry(t)
 	ctd.TrustRegistry(reg)
-	images, err := cri.NewRemote(ctd.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { images.Close() })
-	store, err := containerd.New(ctd.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	images, store := ctd.Clients(t)
 	opts := nodeapply.Options{Images: images, Store: store, PullTimeout: time.Minute, ArchiveDir: t.TempDir()}
 
 	byResult := func(results []nodeapply.Result) map[string]nodeapply.Result {

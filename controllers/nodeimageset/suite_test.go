@@ -63,15 +63,7 @@ func setup(t *testing.T) *env {
 	e.private = testground.StartRegistry(t, testground.WithBasicAuth("alice", "s3cret"))
 	e.ctd.TrustRegistry(e.public)
 	e.ctd.TrustRegistry(e.private)
-	var err error
-	if e.images, err = cri.NewRemote(e.ctd.Socket); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.images.Close() })
-	if e.store, err = containerd.New(e.ctd.Socket); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.store.Close() })
+	e.images, e.store = e.ctd.Clients(t)
 	e.scheme = testground.Scheme()
 	e.c = testground.APIClient(t, e.cfg, ns)
 	return e

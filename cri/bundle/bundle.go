@@ -163,31 +163,37 @@ func (a *archive) blob(d digest.Digest, size int64) (*io.SectionReader, bool) {
 // Read returns the contents of the bundle at path, without checking its
 // blobs; Verify checks them.
 func Read(p string) (*Contents, error) {
-	a, err := openArchive(p)
+	a, c, err := openBundle(p)
 	if err != nil {
 		return nil, err
 	}
-	defer a.Close()
+	a.Close()
+	return c, nil
+}
+
+// openBundle opens the bundle at p and reads its contents.
+func openBundle(p string) (*archive, *Contents, error) {
+	a, err := openArchive(p)
+	if err != nil {
+		return nil, nil, err
+	}
 	var c Contents
 	if err := a.readJSON(ContentsFile, &c); err != nil {
-		return nil, fmt.Errorf("%s is not a prepull bundle: %w", p, err)
+		a.Close()
+		return nil, nil, fmt.Errorf("%s is not a prepull bundle: %w", p, err)
 	}
-	return &c, nil
+	return a, &c, nil
 }
 
 // Verify checks the bundle at path: every blob matches its digest, and
 // every image of its contents has every blob its manifests name for the
 // platforms it holds. It returns the contents.
 func Verify(p string) (*Contents, error) {
-	a, err := openArchive(p)
+	a, c, err := openBundle(p)
 	if err != nil {
 		return nil, err
 	}
 	defer a.Close()
-	var c Contents
-	if err := a.readJSON(ContentsFile, &c); err != nil {
-		return nil, fmt.Errorf("%s is not a prepull bundle: %w", p, err)
-	}
 	var index v1.IndexManifest
 	if err := a.readJSON(indexFile, &index); err != nil {
 		return nil, err
@@ -218,7 +224,7 @@ func Verify(p string) (*Contents, error) {
 			return nil, fmt.Errorf("%s: %s: %w", p, img.Ref, err)
 		}
 	}
-	return &c, nil
+	return c, nil
 }
 
 // checkTree checks that the manifest or index d and, for the platforms

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"prepull.io/prepull/cri"
-	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/cri/critest"
 	"prepull.io/prepull/cri/fake"
 	"prepull.io/prepull/e2e/testground"
@@ -76,16 +75,7 @@ func TestContainerd(t *testing.T) {
 	ctd.TrustRegistry(public)
 	ctd.TrustRegistry(private)
 
-	images, err := cri.NewRemote(ctd.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { images.Close() })
-	store, err := containerd.New(ctd.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
+	images, store := ctd.Clients(t)
 	if name, err := images.RuntimeName(context.Background()); err != nil {
 		t.Fatalf("CRI version: %v\ncontainerd log:\n%s", err, ctd.Log())
 	} else {

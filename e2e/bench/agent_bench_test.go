@@ -17,8 +17,6 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
-	"prepull.io/prepull/cri"
-	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/e2e/testground"
 )
 
@@ -38,16 +36,7 @@ func BenchmarkAgentPulls(b *testing.B) {
 	ctd := testground.StartContainerd(b)
 	reg := testground.StartRegistry(b)
 	ctd.TrustRegistry(reg)
-	images, err := cri.NewRemote(ctd.Socket)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer images.Close()
-	store, err := containerd.New(ctd.Socket)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer store.Close()
+	images, store := ctd.Clients(b)
 	scheme := testground.Scheme()
 	c := testground.APIClient(b, cfg, "prepull-system")
 	ctx := context.Background()

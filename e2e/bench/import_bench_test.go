@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
-	"slices"
 	"testing"
 	"time"
 
@@ -57,11 +56,7 @@ func BenchmarkArchiveImport(b *testing.B) {
 	viaPrepull := func() time.Duration {
 		ctd := testground.StartContainerd(b)
 		defer ctd.Stop()
-		store, err := containerd.New(ctd.Socket)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer store.Close()
+		_, store := ctd.Clients(b)
 		start := time.Now()
 		path, release, err := bundle.Fetch(ctx, bundle.Source{Path: archive, SHA256: sum}, nil, "")
 		if err != nil {
@@ -105,7 +100,7 @@ func BenchmarkArchiveImport(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	mOurs, mTheirs := median(ours), median(theirs)
+	mOurs, mTheirs := testground.Median(ours), testground.Median(theirs)
 	speed := float64(mTheirs) / float64(mOurs)
 	mib := float64(fi.Size()) / (1 << 20)
 	b.ReportMetric(speed, "prepull-speed/ctr-speed")
@@ -113,21 +108,7 @@ func BenchmarkArchiveImport(b *testing.B) {
 	fmt.Printf("\nbundle of %d images (%.0f MiB, 2 random layers each) from a loopback registry:\n", n, mib)
 	fmt.Printf("  prepull bundle (resolve, fetch, write, verify):  %6d ms  %.0f MiB/s\n", writeTime.Milliseconds(), mib/writeTime.Seconds())
 	fmt.Printf("import of that bundle on a fresh containerd, median of %d each:\n", *importRounds)
-	fmt.Printf("  prepull (sha256 check, import, unpack, names):   %6d ms  %v\n", mOurs.Milliseconds(), msOf(ours))
-	fmt.Printf("  ctr images import (import, unpack):               %6d ms  %v\n", mTheirs.Milliseconds(), msOf(theirs))
+	fmt.Printf("  prepull (sha256 check, import, unpack, names):   %6d ms  %v\n", mOurs.Milliseconds(), testground.Millis(ours))
+	fmt.Printf("  ctr images import (import, unpack):               %6d ms  %v\n", mTheirs.Milliseconds(), testground.Millis(theirs))
 	fmt.Printf("  prepull speed / ctr speed:                        %6.2fx\n", speed)
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func msOf(ds []time.Duration) []int64 {
-	var out []int64
-	for _, d := range ds {
-		out = append(out, d.Milliseconds())
-	}
-	return out
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/cri/containerd"
 )
 
 // Containerd is a containerd with its own root, state directory and socket,
@@ -169,3 +170,20 @@ func (c *Containerd) TrustHost(host string) {
 
 // Log returns the end of containerd's log, for failure messages.
 func (c *Containerd) Log() string { return tail(c.logPath, 40) }
+
+// Clients connects a CRI client and a containerd Store to c; both are closed
+// when the test ends.
+func (c *Containerd) Clients(t testing.TB) (*cri.Remote, *containerd.Store) {
+	t.Helper()
+	images, err := cri.NewRemote(c.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { images.Close() })
+	store, err := containerd.New(c.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return images, store
+}

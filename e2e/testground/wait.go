@@ -1,6 +1,7 @@
 package testground
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,4 +33,20 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// Median is the median of ds.
+func Median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// Millis is ds in whole milliseconds, for printing.
+func Millis(ds []time.Duration) []int64 {
+	out := make([]int64, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, d.Milliseconds())
+	}
+	return out
 }
