@@ -238,3 +238,21 @@ type PinLister interface {
 	// PinnedRefs maps each image reference that carries owners to them.
 	PinnedRefs(ctx context.Context) (map[string][]string, error)
 }
+
+// StatusSoon is the status of ref, allowing the runtime a few seconds to
+// show an image just made: containerd's CRI plugin learns of images made
+// through its own API (imports, tags) from events, a moment later.
+func StatusSoon(ctx context.Context, images ImageService, ref string) (*Image, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		img, err := images.ImageStatus(ctx, ref)
+		if err == nil || !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
+			return img, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -199,6 +199,10 @@ func importFrom(ctx context.Context, src bundle.Source, es []*entry, results map
 // digest, checks both, and pins.
 func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error {
 	img, err := opts.Images.ImageStatus(ctx, e.ref())
+	if errors.Is(err, cri.ErrNotFound) && res.How == HowImported {
+		// The runtime shows an import a moment after it is made.
+		img, err = cri.StatusSoon(ctx, opts.Images, e.ref())
+	}
 	switch {
 	case err == nil:
 		if res.How == "" {
@@ -212,7 +216,7 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 			return err
 		}
 		res.How = HowPulled
-		if img, err = statusSoon(ctx, opts.Images, e.ref()); err != nil {
+		if img, err = cri.StatusSoon(ctx, opts.Images, e.ref()); err != nil {
 			return err
 		}
 	default:
@@ -228,7 +232,7 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 				return err
 			}
 		}
-		if ts, err := statusSoon(ctx, opts.Images, e.tag); err != nil {
+		if ts, err := cri.StatusSoon(ctx, opts.Images, e.tag); err != nil {
 			return err
 		} else if ts.ID != img.ID {
 			return fmt.Errorf("tag %s names image %s, not %s of %s", e.tag, ts.ID, img.ID, e.digest)
@@ -245,21 +249,4 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 	}
 	res.Pinned = true
 	return nil
-}
-
-// statusSoon is the status of ref, allowing the runtime a moment to show
-// what was just made.
-func statusSoon(ctx context.Context, images cri.ImageService, ref string) (*cri.Image, error) {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		img, err := images.ImageStatus(ctx, ref)
-		if err == nil || !errors.Is(err, cri.ErrNotFound) || time.Now().After(deadline) {
-			return img, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/bundle"
 )
 
@@ -95,7 +96,12 @@ func (r *Reconciler) importArchive(ctx context.Context, e *prepullv1.NodeImage) 
 		}
 	}
 	r.mu.Unlock()
-	// Entries named on the way are found present at their next look.
+	if err := loaded[e.Image].Err; err != nil {
+		return err
+	}
+	// Entries named on the way are found present at their next look; this
+	// one is, once the runtime shows it.
 	r.notify()
-	return loaded[e.Image].Err
+	_, err = cri.StatusSoon(ctx, r.Images, e.Image)
+	return err
 }
