@@ -26,11 +26,13 @@ import (
 	"prepull.io/prepull/e2e/testground"
 )
 
-// Fixed addresses of the local cluster, all on loopback.
+// Fixed addresses of the local cluster, all on loopback and below the
+// kernel's ephemeral port range (32768 and up), so that no outgoing
+// connection of another process can hold one of them.
 const (
 	APIServerPort = 16443
 	EtcdPort      = 12379
-	RegistryHost  = "127.0.0.1:35000"
+	RegistryHost  = "127.0.0.1:15000"
 	ServiceIP     = "10.96.0.1"
 	PodSubnet     = "10.244.0.0/24"
 	BridgeName    = "cni-prepull0"
