@@ -128,6 +128,31 @@ func TestAgentImportsFromArchives(t *testing.T) {
 		}
 	})
 
+	t.Run("a corrupt archive with its own sha256 fails as invalid and imports nothing", func(t *testing.T) {
+		data, err := os.ReadFile(archive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		broken := filepath.Join(dir, "site", "broken.tar")
+		if err := os.WriteFile(broken, data[:len(data)/2], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		brokenSum, err := bundle.SumFile(broken)
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := &prepullv1.ArchiveSource{Path: "site/broken.tar", SHA256: brokenSum}
+		e.agent(t, "air-broken", tune)
+		e.setSpec(t, "air-broken", fromArchive(absent.Digest, src, owner("air/broken", absent.Tag)))
+		st := e.phase(t, "air-broken", absent.Digest, prepullv1.PhaseFailed, nil)
+		if st.Reason != nodeimageset.ReasonArchiveInvalid || !strings.Contains(st.LastError, "site/broken.tar") {
+			t.Errorf("status %+v: want reason %s naming the archive", st, nodeimageset.ReasonArchiveInvalid)
+		}
+		if e.runtimeID(t, absent.Tag) != "" || e.runtimeID(t, absent.Digest) != "" {
+			t.Errorf("%s present after a corrupt archive", absent.Tag)
+		}
+	})
+
 	t.Run("an image the archive does not hold fails and names the archive", func(t *testing.T) {
 		e.agent(t, "air-absent", tune)
 		e.setSpec(t, "air-absent", fromArchive(absent.Digest, onDisk, owner("air/absent", absent.Tag)))

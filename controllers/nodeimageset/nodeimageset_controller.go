@@ -169,7 +169,7 @@ func reasonOf(err error) string {
 		return ReasonArchiveChecksum
 	case errors.Is(err, os.ErrNotExist):
 		return ReasonArchiveNotFound
-	case errors.Is(err, cri.ErrInvalid):
+	case errors.Is(err, bundle.ErrUnreadable):
 		return ReasonArchiveInvalid
 	case errors.Is(err, cri.ErrUnauthorized):
 		return ReasonUnauthorized

@@ -26,9 +26,14 @@ func (s Source) location() string {
 	return s.Path
 }
 
-// ErrChecksum is the error of an archive whose SHA-256 is not the one asked
-// for.
-var ErrChecksum = errors.New("archive checksum mismatch")
+// Errors of archives.
+var (
+	// ErrChecksum: the archive's SHA-256 is not the one asked for.
+	ErrChecksum = errors.New("archive checksum mismatch")
+	// ErrUnreadable: the runtime could not read the archive as an OCI
+	// image layout or a docker-save archive.
+	ErrUnreadable = errors.New("unreadable archive")
+)
 
 // Fetch makes the archive src names available as a local file whose SHA-256
 // it checked, and returns its path and a function that releases it: a

@@ -60,7 +60,7 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 		return slices.Compact(refs)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("archive %s: %w", path, err)
+		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
 	}
 	for _, img := range images {
 		for _, w := range matched[img.Digest] {
