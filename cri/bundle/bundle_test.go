@@ -139,6 +139,13 @@ func TestWriteLeavesOutWhatFailsAndKeepsTheRest(t *testing.T) {
 		t.Errorf("the bundle without the failed image fails verification: %v", err)
 	}
 
+	// One reference listed twice at two digests is refused, not guessed.
+	other := reg.MustPushRandom(t, "good:v2", 64<<10, 1)
+	_, err = bundle.Write(context.Background(), filepath.Join(t.TempDir(), "twice.tar"), []string{good.Tag, good.Tag + "@" + digestOf(other.Digest)}, bundle.Options{})
+	if err == nil || !strings.Contains(err.Error(), "listed twice") {
+		t.Errorf("write of one tag at two digests: %v, want an error saying it is listed twice", err)
+	}
+
 	// Platforms named are required of every image.
 	strict := bundle.Options{Platforms: []v1.Platform{testground.Linux("amd64"), {OS: "linux", Architecture: "ppc64le"}}, Strict: true}
 	_, err = bundle.Write(context.Background(), filepath.Join(t.TempDir(), "strict.tar"), []string{multi.Tag}, strict)

@@ -88,7 +88,7 @@ func Write(ctx context.Context, out string, images []string, opts Options) (*Con
 
 	var failed []error
 	var planned []*Image
-	seen := map[string]bool{}
+	seen := map[string]string{} // reference -> digest
 	for _, ref := range images {
 		img, err := w.plan(ctx, prev, ref)
 		if err != nil {
@@ -96,10 +96,15 @@ func Write(ctx context.Context, out string, images []string, opts Options) (*Con
 			w.progress.ImageDone(ref, err)
 			continue
 		}
-		if seen[img.Ref] {
+		if d, ok := seen[img.Ref]; ok {
+			if d != img.Digest {
+				err := fmt.Errorf("%s is listed twice, at %s and at %s", img.Ref, d, img.Digest)
+				failed = append(failed, &ImageError{Image: ref, Err: err})
+				w.progress.ImageDone(ref, err)
+			}
 			continue
 		}
-		seen[img.Ref] = true
+		seen[img.Ref] = img.Digest
 		planned = append(planned, img)
 	}
 
@@ -147,7 +152,8 @@ type writer struct {
 	opts       Options
 	remote     []remote.Option
 	progress   Progress
-	// manifests are the manifests and indexes read while planning, by digest.
+	// manifests are the manifests, indexes and lone manifests' configs read
+	// while planning, by digest.
 	mu        sync.Mutex
 	manifests map[digest.Digest][]byte
 }
@@ -283,11 +289,12 @@ func (w *writer) manifestBlobs(ctx context.Context, repo name.Repository, m v1.D
 // configPlatform reads the platform that config, the config of a lone
 // manifest, names, or nil when it names none.
 func (w *writer) configPlatform(ctx context.Context, prev *archive, repo name.Repository, config v1.Descriptor) *v1.Platform {
-	var r io.Reader
-	if b, ok := prev.blob(digest.Digest(config.Digest.String()), config.Size); ok {
-		r = b
-	} else {
-		l, err := remote.Layer(repo.Digest(config.Digest.String()), append(w.remote, remote.WithContext(ctx))...)
+	d := digest.Digest(config.Digest.String())
+	var data []byte
+	if b, ok := prev.blob(d, config.Size); ok {
+		data, _ = io.ReadAll(b)
+	} else if config.Size <= 4<<20 {
+		l, err := remote.Layer(repo.Digest(d.String()), append(w.remote, remote.WithContext(ctx))...)
 		if err != nil {
 			return nil
 		}
@@ -296,10 +303,19 @@ func (w *writer) configPlatform(ctx context.Context, prev *archive, repo name.Re
 			return nil
 		}
 		defer rc.Close()
-		r = rc
+		if data, err = io.ReadAll(io.LimitReader(rc, config.Size+1)); err != nil {
+			return nil
+		}
+		// Kept like the manifests, so that it is not fetched again.
+		if v := d.Verifier(); int64(len(data)) == config.Size {
+			_, _ = v.Write(data)
+			if v.Verified() {
+				w.keep(config.Digest, data)
+			}
+		}
 	}
 	var cfg v1.ConfigFile
-	if err := json.NewDecoder(io.LimitReader(r, 4<<20)).Decode(&cfg); err != nil || cfg.OS == "" {
+	if err := json.Unmarshal(data, &cfg); err != nil || cfg.OS == "" {
 		return nil
 	}
 	return &v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture, Variant: cfg.Variant}
