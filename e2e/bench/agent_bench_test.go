@@ -2,10 +2,13 @@ package bench
 
 import (
 	"context"
+
 	"flag"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/go-logr/logr"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -32,6 +35,8 @@ var (
 // of the same size, so that none is already present.
 func BenchmarkAgentPulls(b *testing.B) {
 	n, size := *agentImages, *agentImageSize<<20
+	// The agents' logs would drown the figures.
+	ctrl.SetLogger(logr.Discard())
 	cfg, _ := testground.StartAPIServer(b, "../../deploy/crd")
 	ctd := testground.StartContainerd(b)
 	reg := testground.StartRegistry(b)
