@@ -15,6 +15,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"prepull.io/prepull/cri"
 )
@@ -143,25 +144,41 @@ func (s *Store) Tag(ctx context.Context, tag, digestRef string) error {
 	if err != nil {
 		return err
 	}
-	is := s.client.ImageService()
-	src, err := is.Get(ctx, srcName)
+	src, err := s.client.ImageService().Get(ctx, srcName)
 	if err != nil {
 		return wrap("tag "+tag+" as", digestRef, err)
 	}
-	labels := map[string]string{}
-	if v, ok := src.Labels[criManagedLabel]; ok {
-		labels[criManagedLabel] = v
-	}
-	_, err = is.Create(ctx, images.Image{Name: tagName, Target: src.Target, Labels: labels})
-	if errdefs.IsAlreadyExists(err) {
-		var cur images.Image
-		cur, err = is.Get(ctx, tagName)
-		if err == nil && cur.Target.Digest != src.Target.Digest {
-			cur.Target = src.Target
-			_, err = is.Update(ctx, cur, "target")
-		}
-	}
+	_, err = s.point(ctx, tagName, src.Target)
 	return wrap("tag "+tag+" as", digestRef, err)
+}
+
+// point makes the record name name the image target: a new record carries
+// the CRI plugin's label, so that the kubelet sees it; a record that names
+// another image is moved, its labels (pins included) kept. It returns what
+// undoes the change, or nil when there was none.
+func (s *Store) point(ctx context.Context, name string, target ocispec.Descriptor) (func(context.Context), error) {
+	is := s.client.ImageService()
+	cur, err := is.Get(ctx, name)
+	switch {
+	case errdefs.IsNotFound(err):
+		if _, err := is.Create(ctx, images.Image{Name: name, Target: target, Labels: map[string]string{criManagedLabel: "managed"}}); err != nil {
+			return nil, err
+		}
+		return func(c context.Context) { _ = is.Delete(c, name) }, nil
+	case err != nil:
+		return nil, err
+	case cur.Target.Digest == target.Digest:
+		return nil, nil
+	}
+	old := cur.Target
+	cur.Target = target
+	if _, err := is.Update(ctx, cur, "target"); err != nil {
+		return nil, err
+	}
+	return func(c context.Context) {
+		cur.Target = old
+		_, _ = is.Update(c, cur, "target")
+	}, nil
 }
 
 // Progress reports the downloads under way in the content store.

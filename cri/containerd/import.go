@@ -101,7 +101,6 @@ func (s *Store) makePresent(ctx context.Context, desc ocispec.Descriptor, names 
 		return wrap("unpack", first, err)
 	}
 
-	is := s.client.ImageService()
 	var undo []func(context.Context)
 	rollback := func() {
 		bg := context.WithoutCancel(ctx)
@@ -115,23 +114,13 @@ func (s *Store) makePresent(ctx context.Context, desc ocispec.Descriptor, names 
 			rollback()
 			return err
 		}
-		cur, err := is.Get(ctx, name)
-		switch {
-		case errdefs.IsNotFound(err):
-			_, err = is.Create(ctx, images.Image{Name: name, Target: desc, Labels: map[string]string{criManagedLabel: "managed"}})
-			undo = append(undo, func(c context.Context) { _ = is.Delete(c, name) })
-		case err == nil && cur.Target.Digest != desc.Digest:
-			old := cur.Target
-			cur.Target = desc
-			_, err = is.Update(ctx, cur, "target")
-			undo = append(undo, func(c context.Context) {
-				cur.Target = old
-				_, _ = is.Update(c, cur, "target")
-			})
-		}
+		u, err := s.point(ctx, name, desc)
 		if err != nil {
 			rollback()
 			return wrap("import", ref, err)
+		}
+		if u != nil {
+			undo = append(undo, u)
 		}
 	}
 	return nil
