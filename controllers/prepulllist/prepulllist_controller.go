@@ -300,8 +300,8 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev
 		old := resolutionOf(prev, entry.Image)
 		t := target{want: w}
 		switch {
-		case w.pinnedDigest != "":
-			t.digest = w.pinnedDigest
+		case w.Digest != "":
+			t.digest = w.Digest
 		case l.Spec.Resolution == prepullv1.ResolveOnNode || archiveOf(l) != nil:
 			// The probe node pulls the tag, or imports it from the archive;
 			// each pull it reports newer than the last resolution resolves
@@ -311,7 +311,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev
 			t.probe = true
 			t.digest = old.Digest
 			res.ResolvedAt = old.ResolvedAt
-			if d, at := probedDigest(nodes, probeNode, w.tag); d != "" && (old.ResolvedAt == nil || old.ResolvedAt.Before(at)) {
+			if d, at := probedDigest(nodes, probeNode, w.Tag); d != "" && (old.ResolvedAt == nil || old.ResolvedAt.Before(at)) {
 				t.digest, res.ResolvedAt = d, at
 			}
 			if res.ResolvedAt != nil && t.digest != "" && archiveOf(l) == nil {
@@ -324,7 +324,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev
 				if a := archiveOf(l); a != nil {
 					verb = "import it from " + a.Location() + " and report its digest"
 				}
-				res.Message = fmt.Sprintf("waiting for node %s to %s: %s", probeNode, verb, w.tag)
+				res.Message = fmt.Sprintf("waiting for node %s to %s: %s", probeNode, verb, w.Tag)
 				if probeNode == "" {
 					res.Message = "no node is selected to resolve the tag on"
 				}
@@ -333,7 +333,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev
 			t.digest, res.ResolvedAt = old.Digest, old.ResolvedAt
 			next = minTime(next, nextRefresh(old.ResolvedAt.Time, refresh))
 		default:
-			d, err := r.Resolver.Resolve(ctx, w.tag, creds)
+			d, err := r.Resolver.Resolve(ctx, w.Tag, creds)
 			if err != nil {
 				resolutions.WithLabelValues("failed").Inc()
 				log.Info("Tag resolution failed", "image", entry.Image, "error", err.Error())

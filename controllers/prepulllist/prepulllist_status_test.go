@@ -132,7 +132,7 @@ func TestParseWant(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if w.repo != tt.wantRepo || w.tag != tt.wantTag || w.pinnedDigest != tt.wantDigest || (w.advice != "") != tt.wantAdvice {
+			if w.Repo != tt.wantRepo || w.Tag != tt.wantTag || w.Digest != tt.wantDigest || (w.advice != "") != tt.wantAdvice {
 				t.Errorf("parseWant(%q) = %+v", tt.image, w)
 			}
 		})

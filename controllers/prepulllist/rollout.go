@@ -24,7 +24,7 @@ type target struct {
 }
 
 // ref is the NodeImageSet entry of a resolved target.
-func (t target) ref() string { return digestRef(t.repo, t.digest) }
+func (t target) ref() string { return digestRef(t.Repo, t.digest) }
 
 // node is one node as the planner sees it.
 type node struct {
@@ -158,15 +158,15 @@ func (p *plan) hand(n *node, targets []target) {
 	keep := map[string]bool{}
 	for _, t := range targets {
 		o := p.owner
-		if t.tag != "" {
-			o.Tags = []string{t.tag}
+		if t.Tag != "" {
+			o.Tags = []string{t.Tag}
 		}
 		setOwner(n.spec, t.ref(), o)
 		keep[t.ref()] = true
 	}
 	if n.name == p.probeNode {
 		for _, t := range p.probes {
-			keep[t.tag] = true
+			keep[t.Tag] = true
 		}
 	}
 	p.releaseAll(n, keep)
@@ -177,7 +177,7 @@ func (p *plan) handProbes(n *node) {
 	for _, t := range p.probes {
 		o := p.owner
 		o.Tags, o.ResolveAfter = nil, t.resolveAfter
-		setOwner(n.spec, t.tag, o)
+		setOwner(n.spec, t.Tag, o)
 	}
 }
 

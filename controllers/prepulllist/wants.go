@@ -1,24 +1,18 @@
 package prepulllist
 
 import (
-	"fmt"
-
-	"github.com/distribution/reference"
+	"strings"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
 )
 
-// want is one image of a list, parsed.
+// want is one image of a list, parsed: Tag is empty for an image given by
+// digest alone, and Digest is the digest the list gives, if any.
 type want struct {
 	// image is the entry as the list names it.
 	image string
-	// repo is the normalized repository, "docker.io/library/nginx".
-	repo string
-	// tag is the normalized tag reference, "docker.io/library/nginx:1.27",
-	// or empty for an image given by digest alone.
-	tag string
-	// pinnedDigest is the digest the list gives ("sha256:…"), if any.
-	pinnedDigest string
+	cri.Ref
 	// advice warns about an entry that pods cannot use from the node alone.
 	advice string
 }
@@ -30,22 +24,12 @@ const latestAdvice = "a pod whose image has the tag latest or no tag defaults to
 // parseWant parses one list entry. The apiserver already refused malformed
 // references; this also normalizes and catches what the pattern cannot.
 func parseWant(image string) (want, error) {
-	named, err := reference.ParseNormalizedNamed(image)
+	r, err := cri.ParseRef(image)
 	if err != nil {
-		return want{}, fmt.Errorf("image %q: %w", image, err)
+		return want{}, err
 	}
-	w := want{image: image, repo: named.Name()}
-	if d, ok := named.(reference.Digested); ok {
-		w.pinnedDigest = d.Digest().String()
-	}
-	switch t, ok := named.(reference.Tagged); {
-	case ok:
-		w.tag = named.Name() + ":" + t.Tag()
-		if t.Tag() == "latest" {
-			w.advice = latestAdvice
-		}
-	case w.pinnedDigest == "":
-		w.tag = named.Name() + ":latest"
+	w := want{image: image, Ref: r}
+	if strings.HasSuffix(r.Tag, ":latest") {
 		w.advice = latestAdvice
 	}
 	return w, nil

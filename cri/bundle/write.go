@@ -14,13 +14,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+	"prepull.io/prepull/cri"
 )
 
 // Options configure Write.
@@ -187,22 +187,19 @@ func newWriter(out string, opts Options) *writer {
 
 // plan resolves ref and lists the blobs the bundle needs of it.
 func (w *writer) plan(ctx context.Context, prev *archive, ref string) (*Image, error) {
-	named, err := reference.ParseNormalizedNamed(ref)
+	r, err := cri.ParseRef(ref)
 	if err != nil {
-		return nil, fmt.Errorf("not an image reference: %w", err)
+		return nil, err
 	}
-	img := &Image{}
-	var fetchRef string
-	switch d, isDigested := named.(reference.Digested); {
-	case isDigested:
-		fetchRef = named.Name() + "@" + d.Digest().String()
-		img.Ref = fetchRef
-		if t, ok := named.(reference.Tagged); ok {
-			img.Ref = named.Name() + ":" + t.Tag()
+	// An image is named by its tag, and by its digest when it has no tag; it
+	// is fetched by its digest when the list pins one.
+	img := &Image{Ref: r.Tag}
+	fetchRef := r.Tag
+	if d := r.DigestRef(); d != "" {
+		fetchRef = d
+		if img.Ref == "" {
+			img.Ref = d
 		}
-	default:
-		img.Ref = reference.TagNameOnly(named).String()
-		fetchRef = img.Ref
 	}
 	nref, err := w.parse(fetchRef)
 	if err != nil {
