@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"path/filepath"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -116,6 +118,16 @@ type ArchiveSource struct {
 	// +required
 	// +kubebuilder:validation:Pattern=`^[a-f0-9]{64}$`
 	SHA256 string `json:"sha256"`
+}
+
+// PathIn is the archive's path on a node whose archive directory is dir, or
+// "" for an archive given by URL. The API refuses absolute paths and "..";
+// cleaning under "/" keeps even a path that slipped past it inside dir.
+func (a *ArchiveSource) PathIn(dir string) string {
+	if a.URL != "" {
+		return ""
+	}
+	return filepath.Join(dir, filepath.Clean("/"+a.Path))
 }
 
 // Location is the archive's path or URL, for messages.

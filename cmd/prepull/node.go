@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"regexp"
 	"text/tabwriter"
 
@@ -27,13 +26,11 @@ type NodeApplyOptions struct {
 	Archive string
 	// ArchiveSHA256, when set, is checked against Archive.
 	ArchiveSHA256 string
-	// ArchiveDir is what the archive paths of lists are relative to.
-	ArchiveDir string
 }
 
 // NewNodeApplyOptions returns the defaults.
 func NewNodeApplyOptions() *NodeApplyOptions {
-	return &NodeApplyOptions{RuntimeOptions: newRuntimeOptions(), ArchiveDir: NewAgentOptions().ArchiveDir}
+	return &NodeApplyOptions{RuntimeOptions: newRuntimeOptions()}
 }
 
 // AddFlags defines the flags on fs.
@@ -41,7 +38,6 @@ func (o *NodeApplyOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVarP(&o.Files, "filename", "f", o.Files, `file of PrePullLists ("-" for stdin); repeat for more`)
 	fs.StringVar(&o.Archive, "archive", o.Archive, "bundle to import every image from, instead of the lists' sources")
 	fs.StringVar(&o.ArchiveSHA256, "archive-sha256", o.ArchiveSHA256, "SHA-256 the --archive must have (64 hex digits), checked before anything is imported")
-	fs.StringVar(&o.ArchiveDir, "archive-dir", o.ArchiveDir, "directory that the archive paths of lists (source.archive.path) are relative to")
 	o.RuntimeOptions.addFlags(fs)
 }
 
@@ -58,9 +54,6 @@ func (o *NodeApplyOptions) Validate() error {
 	}
 	if o.ArchiveSHA256 != "" && o.Archive == "" {
 		errs = append(errs, errors.New("--archive-sha256: needs --archive"))
-	}
-	if !filepath.IsAbs(o.ArchiveDir) {
-		errs = append(errs, fmt.Errorf("--archive-dir: %q: must be an absolute path", o.ArchiveDir))
 	}
 	return errors.Join(errs...)
 }

@@ -97,10 +97,14 @@ type RuntimeOptions struct {
 	CallTimeout time.Duration
 	// PullTimeout bounds one pull, unless the spec sets a shorter one.
 	PullTimeout time.Duration
+	// ArchiveDir is the directory the archive paths of lists are relative
+	// to.
+	ArchiveDir string
 }
 
 func newRuntimeOptions() RuntimeOptions {
-	return RuntimeOptions{CRIEndpoint: "/run/containerd/containerd.sock", CallTimeout: 30 * time.Second, PullTimeout: 10 * time.Minute}
+	return RuntimeOptions{CRIEndpoint: "/run/containerd/containerd.sock", CallTimeout: 30 * time.Second, PullTimeout: 10 * time.Minute,
+		ArchiveDir: "/var/lib/prepull/archives"}
 }
 
 func (o *RuntimeOptions) addFlags(fs *pflag.FlagSet) {
@@ -108,6 +112,7 @@ func (o *RuntimeOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ContainerdAddress, "containerd-address", o.ContainerdAddress, "path of containerd's API socket (default: the CRI endpoint)")
 	fs.DurationVar(&o.CallTimeout, "runtime-call-timeout", o.CallTimeout, "deadline of each runtime call but pulls")
 	fs.DurationVar(&o.PullTimeout, "pull-timeout", o.PullTimeout, "deadline of one image pull or import, unless a list sets a shorter one")
+	fs.StringVar(&o.ArchiveDir, "archive-dir", o.ArchiveDir, "directory that the archive paths of lists (source.archive.path) are relative to")
 }
 
 func (o *RuntimeOptions) validate() []error {
@@ -121,6 +126,9 @@ func (o *RuntimeOptions) validate() []error {
 	if o.PullTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--pull-timeout: %s: must be positive", o.PullTimeout))
 	}
+	if !filepath.IsAbs(o.ArchiveDir) {
+		errs = append(errs, fmt.Errorf("--archive-dir: %q: must be an absolute path", o.ArchiveDir))
+	}
 	return errs
 }
 
@@ -131,8 +139,6 @@ type AgentOptions struct {
 	// NodeName is the node the agent serves; from NODE_NAME by default, which
 	// the DaemonSet sets from the downward API.
 	NodeName string
-	// ArchiveDir is the directory archive paths of lists are relative to.
-	ArchiveDir string
 	// MaxConcurrentPulls bounds the pulls under way at once on the node.
 	MaxConcurrentPulls int
 	// StatusInterval is the least time between two status writes.
@@ -154,7 +160,6 @@ func NewAgentOptions() *AgentOptions {
 		NodeName:           os.Getenv("NODE_NAME"),
 		ServeOptions:       newServeOptions(":8083", ":8082"),
 		RuntimeOptions:     newRuntimeOptions(),
-		ArchiveDir:         "/var/lib/prepull/archives",
 		MaxConcurrentPulls: 3,
 		StatusInterval:     2 * time.Second,
 		ResyncInterval:     30 * time.Second,
@@ -169,7 +174,6 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "the node this agent serves (default: $NODE_NAME)")
 	o.RuntimeOptions.addFlags(fs)
 	o.ServeOptions.addFlags(fs)
-	fs.StringVar(&o.ArchiveDir, "archive-dir", o.ArchiveDir, "directory that the archive paths of lists (source.archive.path) are relative to")
 	fs.IntVar(&o.MaxConcurrentPulls, "max-concurrent-pulls", o.MaxConcurrentPulls, "pulls under way at once on this node")
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "least time between two writes of the node's status")
 	fs.DurationVar(&o.ResyncInterval, "resync-interval", o.ResyncInterval, "how often images, tags and pins are verified again")
@@ -183,9 +187,6 @@ func (o *AgentOptions) Validate() error {
 	errs := append(o.ServeOptions.validate(), o.RuntimeOptions.validate()...)
 	if o.NodeName == "" {
 		errs = append(errs, errors.New("--node-name: required (or set NODE_NAME from the downward API)"))
-	}
-	if !filepath.IsAbs(o.ArchiveDir) {
-		errs = append(errs, fmt.Errorf("--archive-dir: %q: must be an absolute path", o.ArchiveDir))
 	}
 	if o.MaxConcurrentPulls < 1 {
 		errs = append(errs, fmt.Errorf("--max-concurrent-pulls: %d: must be at least 1", o.MaxConcurrentPulls))

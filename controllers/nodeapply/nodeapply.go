@@ -11,11 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
-	"slices"
 	"time"
-
-	"github.com/distribution/reference"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/cri"
@@ -64,20 +60,20 @@ type Result struct {
 
 // entry is one image of one list, parsed.
 type entry struct {
-	list    string
-	image   string
-	tag     string // normalized tag reference, or ""
-	digest  string // digest reference "repo@sha256:…", or ""
+	list  string
+	image string
+	cri.Ref
 	retain  bool
 	archive *bundle.Source
 }
 
-// ref is the reference the entry is made present by.
+// ref is the reference the entry is made present by: its digest reference,
+// else its tag.
 func (e *entry) ref() string {
-	if e.digest != "" {
-		return e.digest
+	if d := e.DigestRef(); d != "" {
+		return d
 	}
-	return e.tag
+	return e.Tag
 }
 
 // Apply makes every image of lists present on the node, with its tag naming
@@ -131,28 +127,17 @@ func Apply(ctx context.Context, lists []prepullv1.PrePullList, opts Options) []R
 }
 
 func parse(owner, image string, l *prepullv1.PrePullList, opts Options) (*entry, error) {
-	named, err := reference.ParseNormalizedNamed(image)
+	r, err := cri.ParseRef(image)
 	if err != nil {
-		return nil, fmt.Errorf("image %q: %w: %w", image, cri.ErrInvalid, err)
+		return nil, err
 	}
-	e := &entry{list: owner, image: image, retain: l.Spec.Retain != prepullv1.RetainUnpinned}
-	if d, ok := named.(reference.Digested); ok {
-		e.digest = named.Name() + "@" + d.Digest().String()
-	}
-	if t, ok := named.(reference.Tagged); ok {
-		e.tag = named.Name() + ":" + t.Tag()
-	} else if e.digest == "" {
-		e.tag = named.Name() + ":latest"
-	}
+	e := &entry{list: owner, image: image, Ref: r, retain: l.Spec.Retain != prepullv1.RetainUnpinned}
 	switch {
 	case opts.Archive != "":
 		e.archive = &bundle.Source{Path: opts.Archive, SHA256: opts.ArchiveSHA256}
 	case l.Spec.Source != nil && l.Spec.Source.Archive != nil:
 		a := l.Spec.Source.Archive
-		e.archive = &bundle.Source{URL: a.URL, SHA256: a.SHA256}
-		if a.URL == "" {
-			e.archive.Path = filepath.Join(opts.ArchiveDir, filepath.Clean("/"+a.Path))
-		}
+		e.archive = &bundle.Source{Path: a.PathIn(opts.ArchiveDir), URL: a.URL, SHA256: a.SHA256}
 	}
 	return e, nil
 }
@@ -160,30 +145,17 @@ func parse(owner, image string, l *prepullv1.PrePullList, opts Options) (*entry,
 // importFrom imports the entries es from the archive src, recording
 // failures in their results.
 func importFrom(ctx context.Context, src bundle.Source, es []*entry, results map[*entry]*Result, opts Options) {
-	fail := func(err error) {
-		for _, e := range es {
-			results[e].Err = err
-		}
-	}
 	ctx, cancel := context.WithTimeout(ctx, opts.PullTimeout)
 	defer cancel()
-	path := src.Path
-	if src.URL != "" || src.SHA256 != "" {
-		p, release, err := bundle.Fetch(ctx, src, opts.HTTPClient, "")
-		if err != nil {
-			fail(err)
-			return
-		}
-		defer release()
-		path = p
-	}
 	var wanted []string
 	for _, e := range es {
 		wanted = append(wanted, e.ref())
 	}
-	loaded, err := bundle.Load(ctx, opts.Store, path, slices.Compact(wanted))
+	loaded, err := bundle.Import(ctx, opts.Store, src, opts.HTTPClient, "", wanted)
 	if err != nil {
-		fail(err)
+		for _, e := range es {
+			results[e].Err = err
+		}
 		return
 	}
 	for _, e := range es {
@@ -225,19 +197,19 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 	res.Digest = cri.ManifestDigest(e.ref(), img)
 
 	refs := []string{e.ref()}
-	if e.tag != "" && e.digest != "" {
+	if e.Tag != "" && e.Digest != "" {
 		// tag@digest: the tag must name exactly the digest.
-		if ts, err := opts.Images.ImageStatus(ctx, e.tag); err != nil || ts.ID != img.ID {
-			if err := opts.Store.Tag(ctx, e.tag, e.digest); err != nil {
+		if ts, err := opts.Images.ImageStatus(ctx, e.Tag); err != nil || ts.ID != img.ID {
+			if err := opts.Store.Tag(ctx, e.Tag, e.DigestRef()); err != nil {
 				return err
 			}
 		}
-		if ts, err := cri.StatusSoon(ctx, opts.Images, e.tag); err != nil {
+		if ts, err := cri.StatusSoon(ctx, opts.Images, e.Tag); err != nil {
 			return err
 		} else if ts.ID != img.ID {
-			return fmt.Errorf("tag %s names image %s, not %s of %s", e.tag, ts.ID, img.ID, e.digest)
+			return fmt.Errorf("tag %s names image %s, not %s of %s", e.Tag, ts.ID, img.ID, e.DigestRef())
 		}
-		refs = append(refs, e.tag)
+		refs = append(refs, e.Tag)
 	}
 	if !e.retain {
 		return nil

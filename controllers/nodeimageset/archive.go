@@ -2,7 +2,6 @@ package nodeimageset
 
 import (
 	"context"
-	"path/filepath"
 	"slices"
 	"sync"
 
@@ -68,18 +67,8 @@ func (r *Reconciler) importArchive(ctx context.Context, e *prepullv1.NodeImage) 
 		wanted = append(wanted, e.Image)
 	}
 
-	src := bundle.Source{URL: e.Archive.URL, SHA256: sha}
-	if src.URL == "" {
-		// The API refuses absolute paths and "..": cleaning under "/"
-		// keeps even a path that slipped past it inside ArchiveDir.
-		src.Path = filepath.Join(r.ArchiveDir, filepath.Clean("/"+e.Archive.Path))
-	}
-	path, release, err := bundle.Fetch(ctx, src, r.HTTPClient, r.DownloadDir)
-	if err != nil {
-		return err
-	}
-	defer release()
-	loaded, err := bundle.Load(ctx, r.Store, path, wanted)
+	src := bundle.Source{Path: e.Archive.PathIn(r.ArchiveDir), URL: e.Archive.URL, SHA256: sha}
+	loaded, err := bundle.Import(ctx, r.Store, src, r.HTTPClient, r.DownloadDir, wanted)
 	if err != nil {
 		return err
 	}

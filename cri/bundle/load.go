@@ -6,8 +6,6 @@ import (
 	"os"
 	"slices"
 
-	"github.com/distribution/reference"
-
 	"prepull.io/prepull/cri"
 )
 
@@ -28,19 +26,23 @@ type Loaded struct {
 // itself could not be read, and then nothing was named.
 func Load(ctx context.Context, store cri.Store, path string, wanted []string) (map[string]Loaded, error) {
 	byDigest := map[string][]string{} // digest -> wanted digest references
-	byTag := map[string]string{}      // normalized tag -> wanted reference
+	byTag := map[string]string{}      // tag reference -> wanted reference
 	out := map[string]Loaded{}
+	seen := map[string]bool{}
 	for _, w := range wanted {
-		named, err := reference.ParseNormalizedNamed(w)
-		if err != nil {
-			out[w] = Loaded{Err: fmt.Errorf("image reference %q: %w: %w", w, cri.ErrInvalid, err)}
+		if seen[w] {
 			continue
 		}
-		if d, ok := named.(reference.Digested); ok {
-			byDigest[d.Digest().String()] = append(byDigest[d.Digest().String()], w)
-			continue
+		seen[w] = true
+		r, err := cri.ParseRef(w)
+		switch {
+		case err != nil:
+			out[w] = Loaded{Err: err}
+		case r.Digest != "":
+			byDigest[r.Digest] = append(byDigest[r.Digest], w)
+		default:
+			byTag[r.Tag] = w
 		}
-		byTag[reference.TagNameOnly(named).String()] = w
 	}
 	f, err := os.Open(path)
 	if err != nil {
@@ -51,9 +53,9 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 	images, err := store.Import(ctx, f, func(name, digest string) []string {
 		refs := slices.Clone(byDigest[digest])
 		matched[digest] = append(matched[digest], byDigest[digest]...)
-		if n, err := reference.ParseNormalizedNamed(name); err == nil {
-			if w, ok := byTag[reference.TagNameOnly(n).String()]; ok {
-				refs = append(refs, w, n.Name()+"@"+digest)
+		if n, err := cri.ParseRef(name); err == nil && n.Tag != "" {
+			if w, ok := byTag[n.Tag]; ok {
+				refs = append(refs, w, n.Repo+"@"+digest)
 				matched[digest] = append(matched[digest], w)
 			}
 		}

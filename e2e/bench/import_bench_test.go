@@ -58,12 +58,7 @@ func BenchmarkArchiveImport(b *testing.B) {
 		defer ctd.Stop()
 		_, store := ctd.Clients(b)
 		start := time.Now()
-		path, release, err := bundle.Fetch(ctx, bundle.Source{Path: archive, SHA256: sum}, nil, "")
-		if err != nil {
-			b.Fatal(err)
-		}
-		loaded, err := bundle.Load(ctx, store, path, refs)
-		release()
+		loaded, err := bundle.Import(ctx, store, bundle.Source{Path: archive, SHA256: sum}, nil, "", refs)
 		d := time.Since(start)
 		if err != nil {
 			b.Fatal(err)
