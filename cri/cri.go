@@ -159,6 +159,10 @@ type Store interface {
 	Import(ctx context.Context, archive io.Reader, refs func(name, digest string) []string) ([]ArchiveImage, error)
 }
 
+// ImageNameAnnotation names an image in an OCI image layout's index.json;
+// containerd's import reads it, so archives for nodes carry it.
+const ImageNameAnnotation = "io.containerd.image.name"
+
 // ArchiveImage is one image an archive holds, as Import found it.
 type ArchiveImage struct {
 	// Name is the reference the archive gives the image, or "".

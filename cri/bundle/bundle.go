@@ -16,7 +16,7 @@ import (
 	"io"
 	"os"
 	"path"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,6 +24,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+	"prepull.io/prepull/cri"
 )
 
 // Names of a bundle's members.
@@ -32,13 +33,6 @@ const (
 	indexFile    = "index.json"
 	layoutFile   = "oci-layout"
 	blobDir      = "blobs/sha256/"
-)
-
-// Annotations naming an image in index.json. containerd reads the first;
-// other OCI tools the second.
-const (
-	ImageNameAnnotation = "io.containerd.image.name"
-	RefNameAnnotation   = "org.opencontainers.image.ref.name"
 )
 
 // DefaultPlatforms are the platforms a bundle carries when none are named.
@@ -160,47 +154,26 @@ func (a *archive) blob(d digest.Digest, size int64) (*io.SectionReader, bool) {
 	return r, true
 }
 
-// Read returns the contents of the bundle at path, without checking its
-// blobs; Verify checks them.
-func Read(p string) (*Contents, error) {
-	a, c, err := openBundle(p)
-	if err != nil {
-		return nil, err
-	}
-	a.Close()
-	return c, nil
-}
-
-// openBundle opens the bundle at p and reads its contents.
-func openBundle(p string) (*archive, *Contents, error) {
-	a, err := openArchive(p)
-	if err != nil {
-		return nil, nil, err
-	}
-	var c Contents
-	if err := a.readJSON(ContentsFile, &c); err != nil {
-		a.Close()
-		return nil, nil, fmt.Errorf("%s is not a prepull bundle: %w", p, err)
-	}
-	return a, &c, nil
-}
-
 // Verify checks the bundle at path: every blob matches its digest, and
 // every image of its contents has every blob its manifests name for the
 // platforms it holds. It returns the contents.
 func Verify(p string) (*Contents, error) {
-	a, c, err := openBundle(p)
+	a, err := openArchive(p)
 	if err != nil {
 		return nil, err
 	}
 	defer a.Close()
+	c := &Contents{}
+	if err := a.readJSON(ContentsFile, c); err != nil {
+		return nil, fmt.Errorf("%s is not a prepull bundle: %w", p, err)
+	}
 	var index v1.IndexManifest
 	if err := a.readJSON(indexFile, &index); err != nil {
 		return nil, err
 	}
 	names := map[string]bool{}
 	for _, d := range index.Manifests {
-		names[d.Annotations[ImageNameAnnotation]] = true
+		names[d.Annotations[cri.ImageNameAnnotation]] = true
 	}
 	for name, m := range a.members {
 		enc, ok := strings.CutPrefix(name, blobDir)
@@ -239,7 +212,7 @@ func (a *archive) checkTree(d digest.Digest, mt types.MediaType, held []string) 
 			return err
 		}
 		for _, m := range idx.Manifests {
-			if m.Platform == nil || !contains(held, m.Platform.String()) {
+			if m.Platform == nil || !slices.Contains(held, m.Platform.String()) {
 				continue
 			}
 			if err := a.checkTree(digest.Digest(m.Digest.String()), m.MediaType, held); err != nil {
@@ -274,19 +247,4 @@ func check(r io.Reader, d digest.Digest, size int64) error {
 		return errors.New("content does not match its digest")
 	}
 	return nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-// sortedImages sorts images by reference.
-func sortedImages(images []Image) []Image {
-	sort.Slice(images, func(i, j int) bool { return images[i].Ref < images[j].Ref })
-	return images
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"prepull.io/prepull/cri"
 )
 
@@ -225,7 +227,7 @@ func (w *writer) plan(ctx context.Context, prev *archive, ref string) (*Image, e
 				continue
 			}
 			available = append(available, m.Platform.String())
-			if !w.wanted(*m.Platform) || contains(img.Platforms, m.Platform.String()) {
+			if !w.wanted(*m.Platform) || slices.Contains(img.Platforms, m.Platform.String()) {
 				continue
 			}
 			blobs, err := w.manifestBlobs(ctx, nref.Context(), m)
@@ -337,7 +339,7 @@ func (w *writer) checkPlatforms(held, available []string) error {
 	}
 	var missing []string
 	for _, p := range want {
-		if !contains(held, p) {
+		if !slices.Contains(held, p) {
 			missing = append(missing, p)
 		}
 	}
@@ -506,11 +508,11 @@ func (w *writer) assemble(prev *archive, images []*Image) (*Contents, error) {
 			written[d] = true
 		}
 		root := img.blobs[len(img.blobs)-1]
-		root.Annotations = map[string]string{ImageNameAnnotation: img.Ref, RefNameAnnotation: img.Ref}
+		root.Annotations = map[string]string{cri.ImageNameAnnotation: img.Ref, ocispec.AnnotationRefName: img.Ref}
 		index.Manifests = append(index.Manifests, root)
 		contents.Images = append(contents.Images, *img)
 	}
-	contents.Images = sortedImages(contents.Images)
+	slices.SortFunc(contents.Images, func(a, b Image) int { return strings.Compare(a.Ref, b.Ref) })
 	if err := putJSON(indexFile, index); err != nil {
 		return nil, err
 	}

@@ -17,10 +17,6 @@ import (
 	"prepull.io/prepull/cri"
 )
 
-// imageNameAnnotation names an image in an OCI layout's index, as containerd
-// reads it on import.
-const imageNameAnnotation = "io.containerd.image.name"
-
 // Import reads an OCI image-layout archive and, for each image of its index
 // that refs names, records those references for the platform the test runs
 // on, keeping the labels of a reference that existed. Every blob it reads is
@@ -35,7 +31,7 @@ func (f *Runtime) Import(_ context.Context, archive io.Reader, refs func(name, d
 	defer f.mu.Unlock()
 	var out []cri.ArchiveImage
 	for _, d := range index.Manifests {
-		ai := cri.ArchiveImage{Name: d.Annotations[imageNameAnnotation], Digest: d.Digest.String()}
+		ai := cri.ArchiveImage{Name: d.Annotations[cri.ImageNameAnnotation], Digest: d.Digest.String()}
 		if ai.Name == "" {
 			ai.Name = d.Annotations[ocispec.AnnotationRefName]
 		}

@@ -11,11 +11,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-)
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-// ImageNameAnnotation names an image in an OCI layout's index, as containerd
-// reads it on import.
-const ImageNameAnnotation = "io.containerd.image.name"
+	"prepull.io/prepull/cri"
+)
 
 // OCIArchive returns a tar of an OCI image layout holding img under ref, named
 // so that containerd's import recreates ref.
@@ -34,8 +33,8 @@ func OCIArchive(ref string, img v1.Image) ([]byte, error) {
 		return nil, err
 	}
 	err = p.AppendImage(img, layout.WithAnnotations(map[string]string{
-		ImageNameAnnotation:                 parsed.Name(),
-		"org.opencontainers.image.ref.name": parsed.Identifier(),
+		cri.ImageNameAnnotation:   parsed.Name(),
+		ocispec.AnnotationRefName: parsed.Identifier(),
 	}))
 	if err != nil {
 		return nil, err
