@@ -54,9 +54,7 @@ func TestAgentImportsFromArchives(t *testing.T) {
 		for i := range owners {
 			owners[i].Archive = src
 		}
-		en := entry(digest, owners...)
-		en.Archive = src
-		return en
+		return entry(digest, owners...)
 	}
 	tune := func(r *nodeimageset.Reconciler) { r.ArchiveDir = dir }
 	imported := func(st *prepullv1.NodeImageStatus) error {

@@ -120,15 +120,7 @@ func owner(list string, tags ...string) prepullv1.ImageOwner {
 // controller derives it.
 func entry(digest string, owners ...prepullv1.ImageOwner) prepullv1.NodeImage {
 	e := prepullv1.NodeImage{Image: digest, Owners: owners}
-	for _, o := range owners {
-		if o.Releasing {
-			continue
-		}
-		e.Tags = append(e.Tags, o.Tags...)
-		e.PullSecrets = append(e.PullSecrets, o.PullSecrets...)
-		e.Retain = prepullv1.RetainPinned
-		e.BackoffLimit = o.BackoffLimit
-	}
+	e.Derive()
 	return e
 }
 

@@ -147,7 +147,7 @@ func TestDeriveEntry(t *testing.T) {
 		{List: "ns/a", Retain: prepullv1.RetainPinned, Tags: []string{"r/app:v1", "r/app:stable"}, Timeout: &short, BackoffLimit: &six},
 		{List: "ns/c", Retain: prepullv1.RetainPinned, Releasing: true, Tags: []string{"r/app:old"}, PullSecrets: []string{"pull-c"}},
 	}}
-	derive(&e)
+	e.Derive()
 	if e.Owners[0].List != "ns/a" {
 		t.Errorf("owners not sorted: %v", e.Owners)
 	}

@@ -193,7 +193,7 @@ func (p *plan) releaseAll(n *node, keep map[string]bool) {
 			if o.List == p.owner.List && !o.Releasing {
 				o.Releasing = true
 				o.OnDelete = p.owner.OnDelete
-				derive(e)
+				e.Derive()
 			}
 		}
 	}
@@ -210,7 +210,7 @@ func (p *plan) collectReleased(n *node) {
 			if len(e.Owners) == 0 {
 				continue
 			}
-			derive(&e)
+			e.Derive()
 		}
 		images = append(images, e)
 	}
@@ -299,48 +299,7 @@ func setOwner(spec *prepullv1.NodeImageSetSpec, ref string, o prepullv1.ImageOwn
 	} else if !equality.Semantic.DeepEqual(e.Owners[j], o) {
 		e.Owners[j] = o
 	}
-	derive(e)
-}
-
-// derive computes an entry's fields from its owners: the union of tags and
-// secrets of the owners that are not releasing, pinned if any of them says
-// so, the shortest timeout and the largest backoff limit.
-func derive(e *prepullv1.NodeImage) {
-	slices.SortFunc(e.Owners, func(a, b prepullv1.ImageOwner) int { return cmp.Compare(a.List, b.List) })
-	var tags, secrets []string
-	var timeout *metav1.Duration
-	var backoff *int32
-	var resolveAfter *metav1.Time
-	var archive *prepullv1.ArchiveSource
-	retain := prepullv1.RetainUnpinned
-	for _, o := range e.Owners {
-		if o.Releasing {
-			continue
-		}
-		tags = append(tags, o.Tags...)
-		secrets = append(secrets, o.PullSecrets...)
-		if o.Retain == prepullv1.RetainPinned || o.Retain == "" {
-			retain = prepullv1.RetainPinned
-		}
-		if o.Timeout != nil && (timeout == nil || o.Timeout.Duration < timeout.Duration) {
-			timeout = o.Timeout.DeepCopy()
-		}
-		if o.BackoffLimit != nil && (backoff == nil || *o.BackoffLimit > *backoff) {
-			v := *o.BackoffLimit
-			backoff = &v
-		}
-		if o.ResolveAfter != nil && (resolveAfter == nil || resolveAfter.Before(o.ResolveAfter)) {
-			resolveAfter = o.ResolveAfter.DeepCopy()
-		}
-		if archive == nil && o.Archive != nil {
-			archive = o.Archive.DeepCopy()
-		}
-	}
-	e.ResolveAfter, e.Archive = resolveAfter, archive
-	slices.Sort(tags)
-	slices.Sort(secrets)
-	e.Tags, e.PullSecrets = slices.Compact(tags), slices.Compact(secrets)
-	e.Retain, e.Timeout, e.BackoffLimit = retain, timeout, backoff
+	e.Derive()
 }
 
 func findOwner(spec *prepullv1.NodeImageSetSpec, ref, list string) *prepullv1.ImageOwner {

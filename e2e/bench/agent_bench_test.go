@@ -90,10 +90,10 @@ func BenchmarkAgentPulls(b *testing.B) {
 		}
 		set0 := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: node}}
 		for _, p := range set {
-			set0.Spec.Images = append(set0.Spec.Images, prepullv1.NodeImage{
-				Image: p.Digest, Tags: []string{p.Tag}, Retain: prepullv1.RetainPinned,
-				Owners: []prepullv1.ImageOwner{{List: "bench/list", Retain: prepullv1.RetainPinned, Tags: []string{p.Tag}}},
-			})
+			e := prepullv1.NodeImage{Image: p.Digest,
+				Owners: []prepullv1.ImageOwner{{List: "bench/list", Retain: prepullv1.RetainPinned, Tags: []string{p.Tag}}}}
+			e.Derive()
+			set0.Spec.Images = append(set0.Spec.Images, e)
 		}
 		// The agent is running once it reported on an empty spec; the clock
 		// starts when the images are handed to it.
