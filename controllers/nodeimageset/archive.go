@@ -6,7 +6,6 @@ import (
 	"sync"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/bundle"
 )
 
@@ -85,12 +84,7 @@ func (r *Reconciler) importArchive(ctx context.Context, e *prepullv1.NodeImage) 
 		}
 	}
 	r.mu.Unlock()
-	if err := loaded[e.Image].Err; err != nil {
-		return err
-	}
-	// Entries named on the way are found present at their next look; this
-	// one is, once the runtime shows it.
+	// Entries named on the way are found present at their next look.
 	r.notify()
-	_, err = cri.StatusSoon(ctx, r.Images, e.Image)
-	return err
+	return loaded[e.Image].Err
 }

@@ -262,6 +262,13 @@ func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, status 
 		r.fail(st, err, now)
 		return false
 	}
+	return r.settle(ctx, e, st, img, now)
+}
+
+// settle makes the present image img what e asks — tags, pins — and records
+// it Present, or why it is not yet. It reports whether it changed something
+// that the runtime shows a moment later.
+func (r *Reconciler) settle(ctx context.Context, e *prepullv1.NodeImage, st *imageState, img *cri.Image, now time.Time) bool {
 	changed, owners, err := r.syncTagsAndPins(ctx, e, img)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -451,7 +458,6 @@ func (r *Reconciler) pull(e *prepullv1.NodeImage, st *imageState) {
 	elapsed := r.Clock.Since(start)
 
 	r.mu.Lock()
-	st.pulling = false
 	now := r.Clock.Now()
 	if err == nil {
 		pullsTotal.WithLabelValues("success").Inc()
@@ -479,6 +485,18 @@ func (r *Reconciler) pull(e *prepullv1.NodeImage, st *imageState) {
 			log.Info("Pull failed; retrying", "attempt", attempt, "reason", st.reason, "retryAt", st.nextTry, "error", st.lastError)
 		}
 	}
+	r.mu.Unlock()
+	if err == nil {
+		// Tag, pin and verify while still holding the pull's slot, so that
+		// an image reads Pulling only until it is Present and at most
+		// MaxConcurrentPulls images read Pulling. An import shows through
+		// CRI a moment after it is made.
+		if img, err := cri.StatusSoon(ctx, r.Images, e.Image); err == nil {
+			r.settle(ctx, e, st, img, r.Clock.Now())
+		}
+	}
+	r.mu.Lock()
+	st.pulling = false
 	r.mu.Unlock()
 	r.notify()
 }
