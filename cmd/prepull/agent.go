@@ -36,7 +36,14 @@ func runAgent(ctx context.Context, args []string) error {
 		return err
 	}
 	defer images.Close()
-	store, runtimeName, closeStore, err := openStore(ctx, images, opts.RuntimeOptions)
+	runtimeName, err := images.RuntimeName(ctx)
+	if err != nil {
+		// The runtime may start after the agent; readiness says so until it
+		// answers. Assume containerd, the default endpoint's runtime.
+		log.Error(err, "Runtime does not answer yet", "criEndpoint", opts.CRIEndpoint)
+		runtimeName = "containerd"
+	}
+	store, closeStore, err := openStore(runtimeName, opts.RuntimeOptions)
 	if err != nil {
 		return err
 	}
@@ -83,18 +90,10 @@ func runAgent(ctx context.Context, args []string) error {
 // openStore chooses the Store for what only containerd can do: containerd's
 // own API when the runtime is containerd, else one that answers
 // ErrUnsupported for everything and names the runtime.
-func openStore(ctx context.Context, images *cri.Remote, opts RuntimeOptions) (cri.Store, string, func(), error) {
-	log := ctrl.Log
-	name, err := images.RuntimeName(ctx)
-	if err != nil {
-		// The runtime may start after the agent; readiness says so until it
-		// answers. Assume containerd, the default endpoint's runtime.
-		log.Error(err, "Runtime does not answer yet", "criEndpoint", opts.CRIEndpoint)
-		name = "containerd"
-	}
+func openStore(name string, opts RuntimeOptions) (cri.Store, func(), error) {
 	if !strings.HasPrefix(name, "containerd") {
-		log.Info("Runtime is not containerd: pinning, tagging, progress and import are unsupported", "runtime", name)
-		return cri.Unsupported{Runtime: name}, name, func() {}, nil
+		ctrl.Log.Info("Runtime is not containerd: pinning, tagging, progress and import are unsupported", "runtime", name)
+		return cri.Unsupported{Runtime: name}, func() {}, nil
 	}
 	addr := opts.ContainerdAddress
 	if addr == "" {
@@ -102,9 +101,9 @@ func openStore(ctx context.Context, images *cri.Remote, opts RuntimeOptions) (cr
 	}
 	s, err := containerd.New(addr, containerd.WithTimeout(opts.CallTimeout))
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, err
 	}
-	return s, name, func() { s.Close() }, nil
+	return s, func() { s.Close() }, nil
 }
 
 // runtimeReady fails while the runtime does not answer CRI calls.

@@ -87,10 +87,11 @@ func runNode(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer images.Close()
-	if _, err := images.RuntimeName(ctx); err != nil {
+	runtimeName, err := images.RuntimeName(ctx)
+	if err != nil {
 		return fmt.Errorf("the runtime at %s does not answer: %w", opts.CRIEndpoint, err)
 	}
-	store, _, closeStore, err := openStore(ctx, images, opts.RuntimeOptions)
+	store, closeStore, err := openStore(runtimeName, opts.RuntimeOptions)
 	if err != nil {
 		return err
 	}
