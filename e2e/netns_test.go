@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"prepull.io/prepull/e2e/testground"
 )
 
 // link is a network namespace of a test's own, joined to the host by a veth
@@ -54,7 +56,7 @@ func (l link) registry(t testing.TB, dataDir string) string {
 	t.Helper()
 	host := l.peerIP + ":5000"
 	cfg := filepath.Join(t.TempDir(), "config.yml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", dataDir, host)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(testground.RegistryConfig(dataDir, host)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	reg := exec.Command("ip", "netns", "exec", l.ns, "docker-registry", "serve", cfg)

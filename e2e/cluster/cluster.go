@@ -96,11 +96,8 @@ func (c *Cluster) Up(ctx context.Context, logf func(string, ...any)) error {
 	}
 
 	start := time.Now()
-	if err := c.start("registry", c.lookPath("docker-registry"), "serve", c.path("registry", "config.yml")); err != nil {
+	if err := c.StartRegistry(ctx); err != nil {
 		return err
-	}
-	if err := waitHTTP(ctx, "registry", "http://"+RegistryHost+"/v2/", 60*time.Second); err != nil {
-		return c.withLog(err, "registry")
 	}
 	if err := c.start("etcd", c.bin("etcd"), "--data-dir", c.path("etcd"),
 		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", EtcdPort),
@@ -185,7 +182,7 @@ func (c *Cluster) writeConfigs() error {
 	}
 	files := map[string]string{
 		"tokens.csv":             tokens.String(),
-		"registry/config.yml":    fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", c.path("registry", "data"), RegistryHost),
+		"registry/config.yml":    testground.RegistryConfig(c.path("registry", "data"), RegistryHost),
 		"containerd/config.toml": testground.ContainerdConfig(c.path("containerd"), PauseImage),
 		"containerd/cni/10-prepull.conflist": fmt.Sprintf(`{"cniVersion":"1.0.0","name":"prepull","plugins":[{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q,"routes":[{"dst":"0.0.0.0/0"}]}}]}`,
 			BridgeName, PodSubnet, c.path("cni-ipam")),

@@ -207,13 +207,16 @@ func WaitPodGone(ctx context.Context, cs *kubernetes.Clientset, ns, name string)
 	}
 }
 
-// StartRegistry starts the cluster's registry again after Stop, on the same
-// storage, and waits until it answers.
+// StartRegistry starts the cluster's registry, at Up or again after Stop,
+// on the same storage, and waits until it answers.
 func (c *Cluster) StartRegistry(ctx context.Context) error {
 	if err := c.start("registry", c.lookPath("docker-registry"), "serve", c.path("registry", "config.yml")); err != nil {
 		return err
 	}
-	return waitHTTP(ctx, "registry", "http://"+RegistryHost+"/v2/", 30*time.Second)
+	if err := waitHTTP(ctx, "registry", "http://"+RegistryHost+"/v2/", 60*time.Second); err != nil {
+		return c.withLog(err, "registry")
+	}
+	return nil
 }
 
 // RestartKubelet stops the kubelet, appends extra to its configuration, and

@@ -66,7 +66,15 @@ func (r *Registry) writeConfig() error {
 		}
 		auth = fmt.Sprintf("auth:\n  htpasswd:\n    realm: prepull-test\n    path: %s\n", htpasswd)
 	}
-	cfg := fmt.Sprintf(`version: 0.1
+	cfg := RegistryConfig(filepath.Join(r.dir, "data"), r.Host) + auth
+	return os.WriteFile(filepath.Join(r.dir, "config.yml"), []byte(cfg), 0o600)
+}
+
+// RegistryConfig is the configuration of a distribution registry that
+// stores in dataDir, serves plain HTTP on addr, logs only warnings, and
+// allows deletes.
+func RegistryConfig(dataDir, addr string) string {
+	return fmt.Sprintf(`version: 0.1
 log:
   level: warn
   accesslog:
@@ -81,8 +89,7 @@ storage:
       enabled: false
 http:
   addr: %s
-%s`, filepath.Join(r.dir, "data"), r.Host, auth)
-	return os.WriteFile(filepath.Join(r.dir, "config.yml"), []byte(cfg), 0o600)
+`, dataDir, addr)
 }
 
 // Start starts the registry, again after Stop, on the same port and storage.
