@@ -175,6 +175,14 @@ func TestVerifyFindsACorruptBlob(t *testing.T) {
 	if _, err := bundle.Verify(out); err == nil || !strings.Contains(err.Error(), "does not match its digest") {
 		t.Errorf("verify of a corrupt bundle: %v, want a digest mismatch", err)
 	}
+	// A rewrite that would reuse the corrupt blob fails verification and
+	// leaves the file it found as it was.
+	if _, err := bundle.Write(context.Background(), out, []string{img.Tag}, bundle.Options{}); err == nil || !strings.Contains(err.Error(), "fails verification") {
+		t.Errorf("write reusing a corrupt blob: %v, want a verification failure", err)
+	}
+	if again, err := os.ReadFile(out); err != nil || !bytes.Equal(again, data) {
+		t.Errorf("the bundle found was replaced or lost (%v)", err)
+	}
 }
 
 func TestPlainProgressPrintsALinePerImage(t *testing.T) {

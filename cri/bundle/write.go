@@ -2,6 +2,7 @@ package bundle
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -217,7 +218,7 @@ func (w *writer) plan(ctx context.Context, prev *archive, ref string) (*Image, e
 	root := v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}
 
 	if desc.MediaType.IsIndex() {
-		idx, err := v1.ParseIndexManifest(strings.NewReader(string(desc.Manifest)))
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
 		if err != nil {
 			return nil, fmt.Errorf("index %s: %w", desc.Digest, err)
 		}
@@ -274,7 +275,7 @@ func (w *writer) manifestBlobs(ctx context.Context, repo name.Repository, m v1.D
 		raw = desc.Manifest
 		w.keep(desc.Digest, raw)
 	}
-	man, err := v1.ParseManifest(strings.NewReader(string(raw)))
+	man, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", m.Digest, err)
 	}
@@ -541,12 +542,12 @@ func (w *writer) assemble(prev *archive, images []*Image) (*Contents, error) {
 	return contents, nil
 }
 
-// copyBlob writes blob d into the bundle from wherever it is at hand,
-// checking its digest on the way.
+// copyBlob writes blob d into the bundle from wherever it is at hand. Its
+// digest is checked once, by the verification of the whole bundle.
 func (w *writer) copyBlob(put func(string, int64, io.Reader) error, prev *archive, d digest.Digest, size int64) error {
 	var src io.Reader
 	if raw, ok := w.manifest(d); ok {
-		src = strings.NewReader(string(raw))
+		src = bytes.NewReader(raw)
 	} else if r, ok := prev.blob(d, size); ok {
 		src = r
 	} else {
@@ -557,12 +558,8 @@ func (w *writer) copyBlob(put func(string, int64, io.Reader) error, prev *archiv
 		defer f.Close()
 		src = f
 	}
-	v := d.Verifier()
-	if err := put(blobDir+d.Encoded(), size, io.TeeReader(src, v)); err != nil {
+	if err := put(blobDir+d.Encoded(), size, src); err != nil {
 		return fmt.Errorf("blob %s: %w", d, err)
-	}
-	if !v.Verified() {
-		return fmt.Errorf("blob %s: content at hand does not match its digest", d)
 	}
 	return nil
 }
