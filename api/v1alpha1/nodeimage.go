@@ -2,52 +2,104 @@ package v1alpha1
 
 import (
 	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"time"
 )
 
-// Derive computes the entry's fields from its owners, which it sorts by
-// list. Of the owners that are not releasing: the union of tags and secrets,
-// pinned if any says so, the shortest timeout, the largest backoff limit,
-// the latest resolveAfter, the first archive.
-//
-// The controller derives every entry it writes; tests that play the
-// controller derive theirs the same way.
-func (e *NodeImage) Derive() {
-	slices.SortFunc(e.Owners, func(a, b ImageOwner) int { return cmp.Compare(a.List, b.List) })
-	var tags, secrets []string
-	var timeout *metav1.Duration
-	var backoff *int32
-	var resolveAfter *metav1.Time
-	var archive *ArchiveSource
-	retain := RetainUnpinned
+// Defaults of a PrePullList's settings, as the API server fills them in.
+// The agent uses them for an owner whose list it cannot read.
+const (
+	DefaultPullTimeout  = 10 * time.Minute
+	DefaultBackoffLimit = 6
+	DefaultRefresh      = time.Hour
+)
+
+// MirrorSecretName is the name of the controller's mirror of secret, a pull
+// secret of the list namespace/name, in the controller's namespace: a hash,
+// so that it fits any namespace and list name and reveals neither. The
+// controller writes the mirror; the agent reads it by this name.
+func MirrorSecretName(namespace, name, secret string) string {
+	sum := sha256.Sum256([]byte(namespace + "/" + name + "/" + secret))
+	return "pull-" + hex.EncodeToString(sum[:10])
+}
+
+// EntrySettings is what the agent does for one NodeImage, derived from its
+// owners and their lists.
+type EntrySettings struct {
+	// Tags are the active owners' tags: each must name the image.
+	Tags []string
+	// PullSecrets are the mirrors of the active owners' lists' secrets.
+	PullSecrets []string
+	// Timeout bounds one pull: the shortest of the active owners' lists'.
+	Timeout time.Duration
+	// BackoffLimit is the largest of the active owners' lists'.
+	BackoffLimit int32
+	// Pinners are the active owners whose list says retain: Pinned.
+	Pinners []string
+	// Remove is true when a releasing owner's list says onDelete: Remove.
+	Remove bool
+}
+
+// Settings derives e's settings from its owners, reading each owner's list
+// with lookup ("namespace/name"; nil when the list cannot be read, which
+// means the API's defaults).
+func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettings {
+	s := EntrySettings{BackoffLimit: -1}
 	for _, o := range e.Owners {
+		l := lookup(o.List)
 		if o.Releasing {
+			if l != nil && l.Spec.OnDelete == DeleteRemove {
+				s.Remove = true
+			}
 			continue
 		}
-		tags = append(tags, o.Tags...)
-		secrets = append(secrets, o.PullSecrets...)
-		if o.Retain == RetainPinned || o.Retain == "" {
-			retain = RetainPinned
+		s.Tags = append(s.Tags, o.Tags...)
+		timeout, limit := DefaultPullTimeout, int32(DefaultBackoffLimit)
+		if l != nil {
+			if t := l.Spec.Rollout.Timeout; t != nil && t.Duration > 0 {
+				timeout = t.Duration
+			}
+			if b := l.Spec.Rollout.BackoffLimit; b != nil {
+				limit = *b
+			}
+			for _, ref := range l.Spec.ImagePullSecrets {
+				s.PullSecrets = append(s.PullSecrets, MirrorSecretName(l.Namespace, l.Name, ref.Name))
+			}
 		}
-		if o.Timeout != nil && (timeout == nil || o.Timeout.Duration < timeout.Duration) {
-			timeout = o.Timeout.DeepCopy()
+		if l == nil || l.Spec.Retain != RetainUnpinned {
+			s.Pinners = append(s.Pinners, o.List)
 		}
-		if o.BackoffLimit != nil && (backoff == nil || *o.BackoffLimit > *backoff) {
-			v := *o.BackoffLimit
-			backoff = &v
+		if s.Timeout == 0 || timeout < s.Timeout {
+			s.Timeout = timeout
 		}
-		if o.ResolveAfter != nil && (resolveAfter == nil || resolveAfter.Before(o.ResolveAfter)) {
-			resolveAfter = o.ResolveAfter.DeepCopy()
-		}
-		if archive == nil && o.Archive != nil {
-			archive = o.Archive.DeepCopy()
+		s.BackoffLimit = max(s.BackoffLimit, limit)
+	}
+	if s.BackoffLimit < 0 {
+		s.BackoffLimit = DefaultBackoffLimit
+	}
+	if s.Timeout == 0 {
+		s.Timeout = DefaultPullTimeout
+	}
+	slices.Sort(s.Tags)
+	slices.Sort(s.PullSecrets)
+	s.Tags, s.PullSecrets = slices.Compact(s.Tags), slices.Compact(s.PullSecrets)
+	return s
+}
+
+// ActiveOwners lists the owners that are not releasing.
+func (e *NodeImage) ActiveOwners() []string {
+	var out []string
+	for _, o := range e.Owners {
+		if !o.Releasing {
+			out = append(out, o.List)
 		}
 	}
-	e.ResolveAfter, e.Archive = resolveAfter, archive
-	slices.Sort(tags)
-	slices.Sort(secrets)
-	e.Tags, e.PullSecrets = slices.Compact(tags), slices.Compact(secrets)
-	e.Retain, e.Timeout, e.BackoffLimit = retain, timeout, backoff
+	return out
+}
+
+// SortOwners sorts e's owners by list, as the API lists them.
+func (e *NodeImage) SortOwners() {
+	slices.SortFunc(e.Owners, func(a, b ImageOwner) int { return cmp.Compare(a.List, b.List) })
 }

@@ -4,92 +4,46 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// ImageOwner is one PrePullList that wants an image on a node.
+// ImageOwner is one PrePullList that wants an image on a node. It carries
+// only what the controller decides for the node; the list's own settings
+// (retain, onDelete, rollout timeout and backoff limit, pull secrets) are
+// read by the agent from the PrePullList itself, where they are defined.
 type ImageOwner struct {
 	// list is the owning PrePullList as "namespace/name".
 	// +required
 	// +kubebuilder:validation:MaxLength=317
 	List string `json:"list"`
-	// retain is the list's retain policy.
-	// +optional
-	Retain RetainPolicy `json:"retain,omitempty"`
-	// onDelete is the list's delete policy.
-	// +optional
-	OnDelete DeletePolicy `json:"onDelete,omitempty"`
 	// releasing is true when the list is being deleted, no longer selects
 	// the node, or moved to another digest: the agent takes the list's pin
-	// off and applies onDelete; the controller then drops the owner.
+	// off and applies its onDelete; the controller then drops the owner.
 	// +optional
 	Releasing bool `json:"releasing,omitempty"`
-	// tags are the tag references this list wants to name the image.
+	// tags are the tag references this list wants to name the image. A
+	// tag is claimed by at most one entry of a node.
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=64
 	Tags []string `json:"tags,omitempty"`
-	// pullSecrets are the Secrets, in the controller's namespace, mirrored
-	// from this list's imagePullSecrets.
-	// +optional
-	// +listType=set
-	// +kubebuilder:validation:MaxItems=8
-	PullSecrets []string `json:"pullSecrets,omitempty"`
-	// timeout is this list's per-pull timeout.
-	// +optional
-	Timeout *metav1.Duration `json:"timeout,omitempty"`
-	// backoffLimit is this list's backoff limit.
-	// +optional
-	BackoffLimit *int32 `json:"backoffLimit,omitempty"`
-	// resolveAfter, on a tag resolved on the node, asks the agent to pull
-	// the tag again once this time has come, if it last pulled it before:
-	// that is how a tag that moved is noticed on this path.
-	// +optional
-	ResolveAfter *metav1.Time `json:"resolveAfter,omitempty"`
-	// archive is the list's archive source, when it has one.
-	// +optional
-	Archive *ArchiveSource `json:"archive,omitempty"`
 }
 
 // NodeImage is one image a node must hold.
 type NodeImage struct {
 	// image is the digest reference every node gets, "repo@sha256:…"; or,
-	// while a tag is resolved on a node (resolution: Node), the tag
-	// reference itself, whose digest the agent reports.
+	// while a tag is resolved on a node (resolution: Node, or an archive),
+	// the tag reference itself, whose digest the agent reports.
 	// +required
 	// +kubebuilder:validation:MaxLength=400
 	Image string `json:"image"`
-	// tags are the tag references ("repo:tag") that must name exactly this
-	// digest on the node, because pods use them: the union of the tags of
-	// the owners that are not releasing.
-	// +optional
-	// +listType=set
-	// +kubebuilder:validation:MaxItems=64
-	Tags []string `json:"tags,omitempty"`
-	// pullSecrets are Secrets in the controller's namespace (mirrors of the
-	// lists' imagePullSecrets) the agent pulls with: the union of the
-	// owners'.
-	// +optional
-	// +listType=set
-	// +kubebuilder:validation:MaxItems=16
-	PullSecrets []string `json:"pullSecrets,omitempty"`
-	// timeout bounds one pull; the shortest of the owners'.
-	// +optional
-	Timeout *metav1.Duration `json:"timeout,omitempty"`
-	// backoffLimit is how many times a failed pull is retried; the largest
-	// of the owners'.
-	// +optional
-	BackoffLimit *int32 `json:"backoffLimit,omitempty"`
-	// resolveAfter is the latest of the owners' resolveAfter.
+	// resolveAfter, on a tag resolved on the node, asks the agent to pull
+	// the tag again once this time has come, if it last pulled it before:
+	// that is how a tag that moved is noticed on this path.
 	// +optional
 	ResolveAfter *metav1.Time `json:"resolveAfter,omitempty"`
-	// retain is Pinned while any owner that is not releasing says Pinned.
-	// +optional
-	Retain RetainPolicy `json:"retain,omitempty"`
 	// archive, when set, is where the agent imports the image from instead
-	// of pulling it: the archive of the first owner (by list) that is not
-	// releasing and has one.
+	// of pulling it.
 	// +optional
 	Archive *ArchiveSource `json:"archive,omitempty"`
-	// owners are the lists that want the image, each with its own settings;
-	// the fields above are derived from them.
+	// owners are the lists that want the image, sorted by list.
 	// +required
 	// +listType=map
 	// +listMapKey=list

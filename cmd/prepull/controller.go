@@ -26,30 +26,29 @@ func runController(ctx context.Context, args []string) error {
 	if leaseNS == "" {
 		leaseNS = opts.Namespace
 	}
-	mgr, err := newManager(opts.ServeOptions, ctrl.Options{
-		LeaderElection:          opts.LeaderElect,
-		LeaderElectionID:        "prepull-controller.prepull.io",
-		LeaderElectionNamespace: leaseNS,
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Only the mirrored pull secrets are watched; a list's own
-			// secrets are read one by one, never cached cluster-wide.
-			&corev1.Secret{}: {Namespaces: map[string]cache.Config{opts.Namespace: {}}},
-		}},
-	})
-	if err != nil {
-		return err
-	}
 	insecure := map[string]bool{}
 	for _, h := range opts.InsecureRegistries {
 		insecure[h] = true
 	}
 	r := &prepulllist.Reconciler{
-		Client:    mgr.GetClient(),
-		APIReader: mgr.GetAPIReader(),
 		Namespace: opts.Namespace,
 		Resolver:  &prepulllist.RegistryResolver{Insecure: insecure, Timeout: opts.ResolveTimeout},
-		Recorder:  mgr.GetEventRecorder("prepull-controller"),
 	}
+	mgr, err := newManager(opts.ServeOptions, ctrl.Options{
+		LeaderElection:          opts.LeaderElect,
+		LeaderElectionID:        "prepull-controller.prepull.io",
+		LeaderElectionNamespace: leaseNS,
+		Cache: r.CacheOptions(cache.Options{ByObject: map[client.Object]cache.ByObject{
+			// Only the mirrored pull secrets are watched; a list's own
+			// secrets are read one by one, never cached cluster-wide.
+			&corev1.Secret{}: {Namespaces: map[string]cache.Config{opts.Namespace: {}}},
+		}}),
+	})
+	if err != nil {
+		return err
+	}
+	r.Client, r.APIReader = mgr.GetClient(), mgr.GetAPIReader()
+	r.Recorder = mgr.GetEventRecorder("prepull-controller")
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the PrePullList controller: %w", err)
 	}

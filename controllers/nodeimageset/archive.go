@@ -15,7 +15,7 @@ func (r *Reconciler) noteArchives(set *prepullv1.NodeImageSet) {
 	wants := map[string][]string{}
 	for i := range set.Spec.Images {
 		e := &set.Spec.Images[i]
-		if e.Archive != nil && len(activeOwners(e)) > 0 {
+		if e.Archive != nil && len(e.ActiveOwners()) > 0 {
 			wants[e.Archive.SHA256] = append(wants[e.Archive.SHA256], e.Image)
 		}
 	}
@@ -47,7 +47,7 @@ func (r *Reconciler) archiveLock(sha string) *sync.Mutex {
 // importArchive makes e present from its archive: it fetches the archive,
 // checks its SHA-256, and imports every image the node wants of it, unless
 // an import of the same archive for another entry already made e.
-func (r *Reconciler) importArchive(ctx context.Context, e *prepullv1.NodeImage) error {
+func (r *Reconciler) importArchive(ctx context.Context, e *entry) error {
 	sha := e.Archive.SHA256
 	lock := r.archiveLock(sha)
 	lock.Lock()

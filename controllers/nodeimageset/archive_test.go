@@ -51,10 +51,9 @@ func TestAgentImportsFromArchives(t *testing.T) {
 
 	onDisk := &prepullv1.ArchiveSource{Path: "site/bundle.tar", SHA256: sum}
 	fromArchive := func(digest string, src *prepullv1.ArchiveSource, owners ...prepullv1.ImageOwner) prepullv1.NodeImage {
-		for i := range owners {
-			owners[i].Archive = src
-		}
-		return entry(digest, owners...)
+		e := entry(digest, owners...)
+		e.Archive = src
+		return e
 	}
 	tune := func(r *nodeimageset.Reconciler) { r.ArchiveDir = dir }
 	imported := func(st *prepullv1.NodeImageStatus) error {

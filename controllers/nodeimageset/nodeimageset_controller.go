@@ -35,6 +35,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -49,8 +50,6 @@ const (
 	DefaultResyncInterval     = 30 * time.Second
 	DefaultBackoffBase        = 5 * time.Second
 	DefaultBackoffMax         = 5 * time.Minute
-	DefaultPullTimeout        = 10 * time.Minute
-	DefaultBackoffLimit       = 6
 )
 
 // Reconciler reconciles the node's runtime to its NodeImageSet.
@@ -188,6 +187,7 @@ func reasonOf(err error) string {
 }
 
 // +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=prepull.io,resources=prepulllists,verbs=get;list;watch
 // +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",namespace=prepull-system,resources=secrets,verbs=get
 
@@ -211,8 +211,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	r.mu.Unlock()
 	r.noteArchives(set)
 	soon := false
-	for i := range set.Spec.Images {
-		if r.ensure(ctx, &set.Spec.Images[i], &set.Status, now, dirty) {
+	entries := r.entries(ctx, set)
+	losers := tagConflicts(entries)
+	for _, e := range entries {
+		st := r.state(e.Image)
+		if msg, ok := losers[e.Image]; ok {
+			r.conflict(st, msg, now)
+			continue
+		}
+		r.clearConflict(st, now)
+		if r.ensure(ctx, e, &set.Status, now, dirty) {
 			soon = true
 		}
 	}
@@ -244,12 +252,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 // ensure brings one spec image to its wanted state, and reports whether it
 // changed something that the runtime shows a moment later (pins), so that
 // the next look comes soon.
-func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, status *prepullv1.NodeImageSetStatus, now time.Time, dirty map[string]bool) bool {
+func (r *Reconciler) ensure(ctx context.Context, e *entry, status *prepullv1.NodeImageSetStatus, now time.Time, dirty map[string]bool) bool {
 	st := r.state(e.Image)
 	if st.pulling || r.fresh(e, st, now, dirty) {
 		return false
 	}
-	if len(activeOwners(e)) == 0 {
+	if len(e.ActiveOwners()) == 0 {
 		r.release(ctx, e, st, now)
 		return false
 	}
@@ -268,7 +276,7 @@ func (r *Reconciler) ensure(ctx context.Context, e *prepullv1.NodeImage, status 
 // settle makes the present image img what e asks — tags, pins — and records
 // it Present, or why it is not yet. It reports whether it changed something
 // that the runtime shows a moment later.
-func (r *Reconciler) settle(ctx context.Context, e *prepullv1.NodeImage, st *imageState, img *cri.Image, now time.Time) bool {
+func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *cri.Image, now time.Time) bool {
 	changed, owners, err := r.syncTagsAndPins(ctx, e, img)
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -299,7 +307,7 @@ func (r *Reconciler) settle(ctx context.Context, e *prepullv1.NodeImage, st *ima
 // fresh reports whether e was found fully in place recently enough that it
 // needs no look until the next resync: its spec is the same, and no runtime
 // event touched any of its references since.
-func (r *Reconciler) fresh(e *prepullv1.NodeImage, st *imageState, now time.Time, dirty map[string]bool) bool {
+func (r *Reconciler) fresh(e *entry, st *imageState, now time.Time, dirty map[string]bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if st.phase != prepullv1.PhasePresent || st.verified != specKey(e) || st.verifiedAt.IsZero() || now.Sub(st.verifiedAt) >= r.ResyncInterval {
@@ -357,7 +365,7 @@ func (r *Reconciler) collectStrayPins(ctx context.Context, set *prepullv1.NodeIm
 // tag alone) must be pulled again: it was never pulled, or the controller
 // asks for a pull after the last one. After a restart, the last pull's time
 // comes from the status the agent wrote before.
-func (r *Reconciler) resolveDue(e *prepullv1.NodeImage, st *imageState, status *prepullv1.NodeImageSetStatus, now time.Time) bool {
+func (r *Reconciler) resolveDue(e *entry, st *imageState, status *prepullv1.NodeImageSetStatus, now time.Time) bool {
 	if strings.Contains(e.Image, "@") {
 		return false
 	}
@@ -389,7 +397,7 @@ func (r *Reconciler) markDirty(name string) {
 
 // maybePull starts a pull unless one failed for good, its retry is not due,
 // or the disk budget forbids it.
-func (r *Reconciler) maybePull(ctx context.Context, e *prepullv1.NodeImage, st *imageState, now time.Time) {
+func (r *Reconciler) maybePull(ctx context.Context, e *entry, st *imageState, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if st.phase == prepullv1.PhaseFailed && st.failedSpec == specKey(e) {
@@ -413,12 +421,12 @@ func (r *Reconciler) maybePull(ctx context.Context, e *prepullv1.NodeImage, st *
 	if st.phase != prepullv1.PhasePulling {
 		st.setPhase(prepullv1.PhasePending, now)
 	}
-	go r.pull(e.DeepCopy(), st)
+	go r.pull(e.clone(), st)
 }
 
 // pull runs one pull attempt in the background and wakes Reconcile when it
 // ends.
-func (r *Reconciler) pull(e *prepullv1.NodeImage, st *imageState) {
+func (r *Reconciler) pull(e *entry, st *imageState) {
 	r.mu.Lock()
 	ctx := r.baseCtx
 	r.mu.Unlock()
@@ -443,11 +451,7 @@ func (r *Reconciler) pull(e *prepullv1.NodeImage, st *imageState) {
 	if authErr != nil {
 		err = authErr
 	} else {
-		timeout := DefaultPullTimeout
-		if e.Timeout != nil && e.Timeout.Duration > 0 {
-			timeout = e.Timeout.Duration
-		}
-		pctx, cancel := context.WithTimeout(ctx, timeout)
+		pctx, cancel := context.WithTimeout(ctx, e.Timeout)
 		if e.Archive != nil {
 			err = r.importArchive(pctx, e)
 		} else {
@@ -472,11 +476,7 @@ func (r *Reconciler) pull(e *prepullv1.NodeImage, st *imageState) {
 	} else if ctx.Err() == nil {
 		pullsTotal.WithLabelValues(reasonOf(err)).Inc()
 		st.reason, st.lastError = reasonOf(err), truncate(err.Error(), 1024)
-		limit := int32(DefaultBackoffLimit)
-		if e.BackoffLimit != nil {
-			limit = *e.BackoffLimit
-		}
-		if attempt > limit {
+		if attempt > e.BackoffLimit {
 			st.setPhase(prepullv1.PhaseFailed, now)
 			st.failedSpec = specKey(e)
 			log.Info("Image failed", "attempts", attempt, "reason", st.reason, "error", st.lastError)
@@ -516,7 +516,7 @@ func (r *Reconciler) backoff(n int32) time.Duration {
 // syncTagsAndPins makes every tag name the image and puts exactly the
 // wanted owners' pins on the digest and on every tag. It reports whether it
 // changed anything, and the owners now pinned on the image.
-func (r *Reconciler) syncTagsAndPins(ctx context.Context, e *prepullv1.NodeImage, img *cri.Image) (bool, []string, error) {
+func (r *Reconciler) syncTagsAndPins(ctx context.Context, e *entry, img *cri.Image) (bool, []string, error) {
 	var retagged []string
 	var errs []error
 	for _, tag := range e.Tags {
@@ -536,10 +536,8 @@ func (r *Reconciler) syncTagsAndPins(ctx context.Context, e *prepullv1.NodeImage
 		tagsTotal.Inc()
 	}
 	pinners := map[string]bool{}
-	for _, o := range e.Owners {
-		if !o.Releasing && (o.Retain == prepullv1.RetainPinned || o.Retain == "") {
-			pinners[o.List] = true
-		}
+	for _, o := range e.Pinners {
+		pinners[o] = true
 	}
 	changed := len(retagged) > 0
 	var owners []string
@@ -606,10 +604,10 @@ func (r *Reconciler) syncPins(ctx context.Context, ref string, pinners map[strin
 
 // release takes the releasing owners' pins off the image and its tags, and
 // removes the image when an owner says onDelete: Remove.
-func (r *Reconciler) release(ctx context.Context, e *prepullv1.NodeImage, st *imageState, now time.Time) {
-	remove := slices.ContainsFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.OnDelete == prepullv1.DeleteRemove })
+func (r *Reconciler) release(ctx context.Context, e *entry, st *imageState, now time.Time) {
+	remove := e.Remove
 	var errs []error
-	for _, ref := range entryRefs(e) {
+	for _, ref := range entryRefs(e.NodeImage) {
 		if _, _, err := r.syncPins(ctx, ref, nil); err != nil && !errors.Is(err, cri.ErrNotFound) {
 			errs = append(errs, err)
 		}
@@ -710,22 +708,8 @@ func entryRefs(e *prepullv1.NodeImage) []string {
 	return refs
 }
 
-func activeOwners(e *prepullv1.NodeImage) []string {
-	var out []string
-	for _, o := range e.Owners {
-		if !o.Releasing {
-			out = append(out, o.List)
-		}
-	}
-	return out
-}
-
 // specKey identifies what a spec entry asks, for "failed for good".
-func specKey(e *prepullv1.NodeImage) string {
-	limit := int32(DefaultBackoffLimit)
-	if e.BackoffLimit != nil {
-		limit = *e.BackoffLimit
-	}
+func specKey(e *entry) string {
 	var resolveAfter time.Time
 	if e.ResolveAfter != nil {
 		resolveAfter = e.ResolveAfter.Time
@@ -734,7 +718,7 @@ func specKey(e *prepullv1.NodeImage) string {
 	if e.Archive != nil {
 		archive = e.Archive.Location() + "|" + e.Archive.SHA256
 	}
-	return fmt.Sprintf("%s|%v|%v|%d|%d|%s", e.Image, e.Tags, e.PullSecrets, limit, resolveAfter.Unix(), archive)
+	return fmt.Sprintf("%s|%v|%v|%d|%d|%s|%v|%s", e.Image, e.Tags, e.PullSecrets, e.BackoffLimit, resolveAfter.Unix(), archive, e.Pinners, e.Timeout)
 }
 
 func truncate(s string, n int) string {
@@ -782,8 +766,14 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	mine := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == r.NodeName })
+	// A list's settings (retain, onDelete, rollout, pull secrets) are read
+	// from the list: a change of one is a change of this node's work.
+	ownNode := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: client.ObjectKey{Name: r.NodeName}}}
+	})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&prepullv1.NodeImageSet{}, builder.WithPredicates(mine)).
+		Watches(&prepullv1.PrePullList{}, ownNode, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
 		Named("nodeimageset").
 		Complete(r)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -120,7 +121,7 @@ func (r *Reconciler) fsUsage(path string) (uint64, uint64, error) {
 
 // auth returns the credentials for e's registry from its pull secrets, read
 // in the controller's namespace, or nil when it has none for that registry.
-func (r *Reconciler) auth(ctx context.Context, e *prepullv1.NodeImage) (*cri.Auth, error) {
+func (r *Reconciler) auth(ctx context.Context, e *entry) (*cri.Auth, error) {
 	if len(e.PullSecrets) == 0 {
 		return nil, nil
 	}
@@ -131,7 +132,11 @@ func (r *Reconciler) auth(ctx context.Context, e *prepullv1.NodeImage) (*cri.Aut
 	host, _, _ := strings.Cut(repo, "/")
 	for _, name := range e.PullSecrets {
 		s := &corev1.Secret{}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: name}, s); err != nil {
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: name}, s); apierrors.IsNotFound(err) {
+			// The controller mirrors only the secrets that exist and parse;
+			// the list's status says which do not.
+			continue
+		} else if err != nil {
 			return nil, fmt.Errorf("pull secret %s/%s: %w", r.Namespace, name, err)
 		}
 		creds, err := pullsecret.Parse(s)

@@ -110,24 +110,64 @@ func (e *env) agent(t *testing.T, node string, tune func(*nodeimageset.Reconcile
 	})
 }
 
-// owner is an active owner entry for list, pinned.
+// owner is an active owner entry for list ("namespace/name"). The list's
+// settings are the PrePullList's: setSpec creates one with a backoff limit
+// of 1 unless setList made it first.
 func owner(list string, tags ...string) prepullv1.ImageOwner {
-	limit := int32(1)
-	return prepullv1.ImageOwner{List: list, Retain: prepullv1.RetainPinned, OnDelete: prepullv1.DeleteUnpin, Tags: tags, BackoffLimit: &limit}
+	return prepullv1.ImageOwner{List: list, Tags: tags}
 }
 
-// entry is a spec entry for digest, derived from its owners as the
-// controller derives it.
+// entry is a spec entry for digest, its owners sorted as the controller
+// sorts them.
 func entry(digest string, owners ...prepullv1.ImageOwner) prepullv1.NodeImage {
 	e := prepullv1.NodeImage{Image: digest, Owners: owners}
-	e.Derive()
+	e.SortOwners()
 	return e
+}
+
+// setList creates or updates the PrePullList owner ("namespace/name") that
+// the agent reads an owner's settings from: pinned, onDelete Unpin, a
+// backoff limit of 1, then what edit changes.
+func (e *env) setList(t *testing.T, owner string, edit func(*prepullv1.PrePullListSpec)) {
+	t.Helper()
+	namespace, name, _ := strings.Cut(owner, "/")
+	if err := e.c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	l := &prepullv1.PrePullList{}
+	err := e.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, l)
+	if apierrors.IsNotFound(err) {
+		l = &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
+		l.Spec.Images = []prepullv1.PrePullImage{{Image: "placeholder/app:v1"}}
+		l.Spec.Rollout.BackoffLimit = ptr(int32(1))
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(&l.Spec)
+	}
+	if l.ResourceVersion == "" {
+		err = e.c.Create(ctx, l)
+	} else {
+		err = e.c.Update(ctx, l)
+	}
+	if err != nil {
+		t.Fatalf("write list %s: %v", owner, err)
+	}
 }
 
 // setSpec creates or replaces node's NodeImageSet spec, as the controller
 // would.
 func (e *env) setSpec(t *testing.T, node string, images ...prepullv1.NodeImage) {
 	t.Helper()
+	for _, img := range images {
+		for _, o := range img.Owners {
+			ns, name, _ := strings.Cut(o.List, "/")
+			if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &prepullv1.PrePullList{}); apierrors.IsNotFound(err) {
+				e.setList(t, o.List, nil)
+			}
+		}
+	}
 	set := &prepullv1.NodeImageSet{}
 	err := e.c.Get(ctx, client.ObjectKey{Name: node}, set)
 	if apierrors.IsNotFound(err) {
@@ -263,15 +303,20 @@ func TestAgent(t *testing.T) {
 		private := e.private.MustPushRandom(t, "mixed/private:v1", 1024, 1)
 		missing := e.public.Repo("mixed/missing@sha256:" + strings.Repeat("1", 64))
 		cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"wrong"}}}`, e.private.Host)
+		// The controller's mirror of the list's secret, by the name the
+		// agent reads it by.
+		mirror := prepullv1.MirrorSecretName("shop", "private", "wrong-creds")
 		if err := e.c.Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "wrong-creds"},
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: mirror},
 			Type:       corev1.SecretTypeDockerConfigJson,
 			Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
 		}); err != nil {
 			t.Fatal(err)
 		}
 		withSecret := owner("shop/private", private.Tag)
-		withSecret.PullSecrets = []string{"wrong-creds"}
+		e.setList(t, "shop/private", func(s *prepullv1.PrePullListSpec) {
+			s.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "wrong-creds"}}
+		})
 		e.agent(t, "mixed", nil)
 		e.setSpec(t, "mixed",
 			entry(private.Digest, withSecret),
@@ -292,15 +337,14 @@ func TestAgent(t *testing.T) {
 
 		// Right credentials in the secret: a changed spec is tried again.
 		s := &corev1.Secret{}
-		if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "wrong-creds"}, s); err != nil {
+		if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: mirror}, s); err != nil {
 			t.Fatal(err)
 		}
 		s.Data[corev1.DockerConfigJsonKey] = []byte(strings.Replace(cfg, "wrong", "s3cret", 1))
 		if err := e.c.Update(ctx, s); err != nil {
 			t.Fatal(err)
 		}
-		withSecret.PullSecrets = []string{"wrong-creds", "absent-is-fine-once-found"}[:1]
-		withSecret.BackoffLimit = ptr(int32(2))
+		e.setList(t, "shop/private", func(s *prepullv1.PrePullListSpec) { s.Rollout.BackoffLimit = ptr(int32(2)) })
 		e.setSpec(t, "mixed",
 			entry(private.Digest, withSecret),
 			entry(missing, owner("shop/missing")),
@@ -315,7 +359,7 @@ func TestAgent(t *testing.T) {
 		reg.Stop()
 		e.agent(t, "flaky", nil)
 		lim := owner("shop/flaky", img.Tag)
-		lim.BackoffLimit = ptr(int32(100))
+		e.setList(t, "shop/flaky", func(s *prepullv1.PrePullListSpec) { s.Rollout.BackoffLimit = ptr(int32(100)) })
 		e.setSpec(t, "flaky", entry(img.Digest, lim))
 		e.phase(t, "flaky", img.Digest, prepullv1.PhasePulling, func(st *prepullv1.NodeImageStatus) error {
 			if st.Attempts < 2 || st.Reason != nodeimageset.ReasonUnavailable {
@@ -453,7 +497,8 @@ func TestAgent(t *testing.T) {
 		e.setSpec(t, "removed", entry(img.Digest, owner("shop/removed", img.Tag)))
 		e.phase(t, "removed", img.Digest, prepullv1.PhasePresent, nil)
 		gone := owner("shop/removed", img.Tag)
-		gone.Releasing, gone.OnDelete = true, prepullv1.DeleteRemove
+		gone.Releasing = true
+		e.setList(t, "shop/removed", func(s *prepullv1.PrePullListSpec) { s.OnDelete = prepullv1.DeleteRemove })
 		e.setSpec(t, "removed", entry(img.Digest, gone))
 		e.phase(t, "removed", img.Digest, prepullv1.PhaseReleased, nil)
 		for _, ref := range []string{img.Digest, img.Tag} {
@@ -602,9 +647,10 @@ func TestAgent(t *testing.T) {
 		e.ctd.TrustHost(th.Host)
 		img := e.public.MustPushRandom(t, "timeout/app:v1", 8<<20, 1)
 		o := owner("shop/timeout", th.Ref(e.public, img.Tag))
-		o.Timeout, o.BackoffLimit = &metav1.Duration{Duration: 500 * time.Millisecond}, ptr(int32(0))
+		e.setList(t, "shop/timeout", func(s *prepullv1.PrePullListSpec) {
+			s.Rollout.Timeout, s.Rollout.BackoffLimit = &metav1.Duration{Duration: 500 * time.Millisecond}, ptr(int32(0))
+		})
 		en := entry(th.Ref(e.public, img.Digest), o)
-		en.Timeout = o.Timeout
 		e.agent(t, "timeout", nil)
 		e.setSpec(t, "timeout", en)
 		st := e.phase(t, "timeout", en.Image, prepullv1.PhaseFailed, nil)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,7 +18,11 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -52,6 +55,14 @@ type Reconciler struct {
 	Recorder  events.EventRecorder
 	Clock     clock.PassiveClock
 
+	// fleet is every node's spec as the controller wants it; tags are the
+	// cluster's tag resolutions. wake enqueues lists whose tag moved.
+	fleet  *fleet
+	once   sync.Once
+	tags   *tagStore
+	wake   chan event.GenericEvent
+	cached bool
+
 	// computed is the status last computed per list UID. The cache a
 	// reconcile reads the list from can lag behind the controller's own
 	// last write; resolutions and events start from this instead, so that a
@@ -65,6 +76,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=prepull.io,resources=prepulllists/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=prepull.io,resources=prepulllists/finalizers,verbs=update
 // +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=prepull.io,resources=tagresolutions,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",namespace=prepull-system,resources=secrets,verbs=get;list;watch;create;update;patch;delete
@@ -77,7 +89,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := r.Get(ctx, req.NamespacedName, l); err != nil {
 		if apierrors.IsNotFound(err) {
 			forgetNodes(req.Namespace, req.Name)
-			return ctrl.Result{}, nil
+			return ctrl.Result{}, r.tags.collect(ctx, r.tags.use(req.NamespacedName, nil))
 		}
 		return ctrl.Result{}, err
 	}
@@ -94,7 +106,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullList) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx)
-	secretNames, creds, secretErr := r.mirrorSecrets(ctx, l)
+	if err := r.tags.index(ctx); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.tags.collect(ctx, r.tags.use(client.ObjectKeyFromObject(l), usesOf(l))); err != nil {
+		return ctrl.Result{}, err
+	}
+	_, creds, secretErr := r.mirrorSecrets(ctx, l)
 	if secretErr != nil {
 		log.Info("Pull secrets unavailable", "error", secretErr.Error())
 	}
@@ -104,17 +122,17 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	}
 	prev := r.previousStatus(l)
 	selected, probeNode := selection(nodes)
-	targets, images, next := r.resolve(ctx, l, prev.Images, creds, nodes, probeNode)
+	targets, images, next, resolveErr := r.resolve(ctx, l, prev.Images, creds, nodes, probeNode)
 
-	p := r.planFor(l, targets, secretNames, selected)
+	p := r.planFor(l, targets, selected)
 	p.probeNode = probeNode
-	out := p.run(nodes)
+	out := r.apply(p, nodes)
 	for i := range images {
 		if c, ok := out.perImage[images[i].Image]; ok {
 			images[i].NodesReady, images[i].NodesFailed = c.ready, c.failed
 		}
 	}
-	writeErr := r.writeNodes(ctx, nodes)
+	writeErr := resolveErr
 
 	status := buildStatus(l.Status, l.Generation, images, out, secretErr)
 	r.remember(l, status)
@@ -137,16 +155,18 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	p := r.planFor(l, nil, nil, 0)
+	p := r.planFor(l, nil, 0)
 	p.deleting = true
-	out := p.run(nodes)
-	if err := r.writeNodes(ctx, nodes); err != nil {
-		return ctrl.Result{}, err
-	}
+	out := r.apply(p, nodes)
 	if out.held > 0 {
 		ctrl.LoggerFrom(ctx).Info("Waiting for agents to release the list", "nodes", out.held)
 		// NodeImageSet status changes requeue the list.
 		return ctrl.Result{}, nil
+	}
+	if r.fleet.pending() {
+		// The specs that drop the list are not written yet: the finalizer
+		// goes only once no NodeImageSet names the list.
+		return ctrl.Result{RequeueAfter: flushQuiet}, nil
 	}
 	if err := r.deleteMirrors(ctx, l, nil); err != nil {
 		return ctrl.Result{}, err
@@ -157,12 +177,12 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 	}
 	forgetNodes(l.Namespace, l.Name)
 	r.forget(l.UID)
-	return ctrl.Result{}, nil
+	return ctrl.Result{}, r.tags.collect(ctx, r.tags.use(client.ObjectKeyFromObject(l), nil))
 }
 
-// nodes returns every node that exists or has a NodeImageSet, with its
-// NodeImageSet (empty if none) and whether l selects it. NodeImageSets of
-// deleted nodes are deleted: a deleted node never holds a list back.
+// nodes returns every node that exists, with its spec in the fleet and
+// whether l selects it. NodeImageSets of deleted nodes are deleted: a
+// deleted node never holds a list back.
 func (r *Reconciler) nodes(ctx context.Context, l *prepullv1.PrePullList) ([]*node, error) {
 	selector := labels.Everything()
 	if l.Spec.NodeSelector != nil {
@@ -172,98 +192,81 @@ func (r *Reconciler) nodes(ctx context.Context, l *prepullv1.PrePullList) ([]*no
 		}
 		selector = s
 	}
+	if err := r.fleet.load(ctx, r.APIReader); err != nil {
+		return nil, err
+	}
 	var nodeList corev1.NodeList
-	if err := r.List(ctx, &nodeList); err != nil {
+	if err := r.List(ctx, &nodeList, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
-	var sets prepullv1.NodeImageSetList
-	if err := r.List(ctx, &sets); err != nil {
-		return nil, fmt.Errorf("list node image sets: %w", err)
-	}
-	byName := map[string]*prepullv1.NodeImageSet{}
-	for i := range sets.Items {
-		byName[sets.Items[i].Name] = &sets.Items[i]
-	}
-	var out []*node
-	seen := map[string]bool{}
+	f := r.fleet
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]*node, 0, len(nodeList.Items))
+	seen := make(map[string]bool, len(nodeList.Items))
 	for i := range nodeList.Items {
 		n := &nodeList.Items[i]
 		if !n.DeletionTimestamp.IsZero() {
 			continue
 		}
 		seen[n.Name] = true
-		set := byName[n.Name]
-		if set == nil {
-			set = newNodeImageSet(n)
-		}
 		out = append(out, &node{
 			name: n.Name, selected: selector.Matches(labels.Set(n.Labels)),
-			spec: &set.Spec, status: &set.Status, obj: set, orig: set.DeepCopy(),
+			spec: f.spec(n.Name), status: f.status[n.Name],
 		})
 	}
-	for name, set := range byName {
-		if seen[name] {
-			continue
+	var gone []string
+	for name := range f.specs {
+		if !seen[name] {
+			gone = append(gone, name)
 		}
+	}
+	for name := range f.exists {
+		if !seen[name] && !slices.Contains(gone, name) {
+			gone = append(gone, name)
+		}
+	}
+	for _, name := range gone {
+		set := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: name}}
 		if err := r.Delete(ctx, set); err != nil && !apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("delete node image set of deleted node %s: %w", name, err)
 		}
+		f.forget(name)
 	}
 	return out, nil
 }
 
-func newNodeImageSet(n *corev1.Node) *prepullv1.NodeImageSet {
-	return &prepullv1.NodeImageSet{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: n.Name,
-			OwnerReferences: []metav1.OwnerReference{{
-				APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID,
-			}},
-		},
+// apply runs p over nodes and marks the nodes whose spec it changed for the
+// fleet's next write.
+func (r *Reconciler) apply(p *plan, nodes []*node) outcome {
+	r.fleet.mu.Lock()
+	defer r.fleet.mu.Unlock()
+	out := p.run(nodes)
+	for _, n := range nodes {
+		if n.changed {
+			internSpec(n.spec)
+			r.fleet.markDirty(n.name)
+		}
 	}
+	return out
 }
 
-// writeNodes writes every NodeImageSet spec the plan changed: a merge patch
-// of the spec, which the agents' status writes never conflict with.
-func (r *Reconciler) writeNodes(ctx context.Context, nodes []*node) error {
-	var errs []error
-	for _, n := range nodes {
-		if n.obj == nil || equality.Semantic.DeepEqual(n.obj.Spec, n.orig.Spec) {
-			continue
-		}
-		if n.obj.ResourceVersion == "" {
-			if len(n.obj.Spec.Images) == 0 {
-				continue
-			}
-			if err := r.Create(ctx, n.obj); err != nil {
-				errs = append(errs, fmt.Errorf("create node image set %s: %w", n.name, err))
-			}
-			continue
-		}
-		if err := r.Patch(ctx, n.obj, client.MergeFrom(n.orig)); err != nil {
-			errs = append(errs, fmt.Errorf("update node image set %s: %w", n.name, err))
-		}
+// nodeUID is the UID of a node in the cache, which a new NodeImageSet's
+// owner reference names.
+func (r *Reconciler) nodeUID(name string) (types.UID, bool) {
+	n := &corev1.Node{}
+	if err := r.Get(context.Background(), client.ObjectKey{Name: name}, n); err != nil {
+		return "", false
 	}
-	return errors.Join(errs...)
+	return n.UID, true
 }
 
 // planFor returns l's rollout plan.
-func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, secrets []string, selected int) *plan {
-	ro := l.Spec.Rollout
-	retain, onDelete := l.Spec.Retain, l.Spec.OnDelete
-	if retain == "" {
-		retain = prepullv1.RetainPinned
-	}
-	if onDelete == "" {
-		onDelete = prepullv1.DeleteUnpin
-	}
+func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, selected int) *plan {
 	p := &plan{
-		owner: prepullv1.ImageOwner{
-			List: ownerName(l), Retain: retain, OnDelete: onDelete,
-			PullSecrets: secrets, Timeout: ro.Timeout, BackoffLimit: ro.BackoffLimit,
-			Archive: archiveOf(l),
-		},
-		maxConcurrent: maxConcurrentNodes(ro.MaxConcurrentNodes, selected),
+		owner:         prepullv1.ImageOwner{List: ownerName(l)},
+		archive:       archiveOf(l),
+		maxConcurrent: maxConcurrentNodes(l.Spec.Rollout.MaxConcurrentNodes, selected),
 	}
 	p.targets = targets
 	for _, t := range targets {
@@ -274,20 +277,18 @@ func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, secrets
 	return p
 }
 
-// resolve returns l's targets with their digests, the images' status, and
-// when a tag is next due for resolution. A tag is resolved once per refresh
-// interval; in between, the digest in status is used. A failed resolution
-// keeps the digest known before, so nodes keep what they have.
-func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev []prepullv1.ImageResolution, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, time.Time) {
-	log := ctrl.LoggerFrom(ctx)
+// resolve returns l's targets with their digests, the images' status, when
+// a tag is next due for resolution, and a failure to record a resolution.
+// Each tag's digest is its TagResolution's, shared by every list naming it:
+// resolved at the registry once per refresh for the cluster, or reported by
+// a node. A failed resolution keeps the digest known before, so nodes keep
+// what they have.
+func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev []prepullv1.ImageResolution, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, time.Time, error) {
 	now := r.Clock.Now()
-	refresh := time.Hour
-	if l.Spec.RefreshInterval != nil {
-		refresh = l.Spec.RefreshInterval.Duration
-	}
-	next := now.Add(refresh)
+	next := now.Add(prepullv1.DefaultRefresh)
 	var targets []target
 	var images []prepullv1.ImageResolution
+	var errs []error
 	for _, entry := range l.Spec.Images {
 		res := prepullv1.ImageResolution{Image: entry.Image}
 		w, err := parseWant(entry.Image)
@@ -297,59 +298,113 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev
 			continue
 		}
 		res.Warning = w.advice
-		old := resolutionOf(prev, entry.Image)
 		t := target{want: w}
-		switch {
-		case w.Digest != "":
+		if w.Digest != "" {
 			t.digest = w.Digest
-		case l.Spec.Resolution == prepullv1.ResolveOnNode || archiveOf(l) != nil:
-			// The probe node pulls the tag, or imports it from the archive;
-			// each pull it reports newer than the last resolution resolves
-			// the tag again. Once a refresh is due, the probe is asked to
-			// pull again; an archive holds the same bytes until the list
-			// names another one, which the probe imports at once.
-			t.probe = true
-			t.digest = old.Digest
-			res.ResolvedAt = old.ResolvedAt
-			if d, at := probedDigest(nodes, probeNode, w.Tag); d != "" && (old.ResolvedAt == nil || old.ResolvedAt.Before(at)) {
-				t.digest, res.ResolvedAt = d, at
-			}
-			if res.ResolvedAt != nil && t.digest != "" && archiveOf(l) == nil {
-				due := metav1.NewTime(nextRefresh(res.ResolvedAt.Time, refresh))
-				t.resolveAfter = &due
-				next = minTime(next, due.Time)
-			}
-			if t.digest == "" {
-				verb := "pull it and report its digest"
-				if a := archiveOf(l); a != nil {
-					verb = "import it from " + a.Location() + " and report its digest"
-				}
-				res.Message = fmt.Sprintf("waiting for node %s to %s: %s", probeNode, verb, w.Tag)
-				if probeNode == "" {
-					res.Message = "no node is selected to resolve the tag on"
-				}
-			}
-		case old.Digest != "" && old.ResolvedAt != nil && now.Before(nextRefresh(old.ResolvedAt.Time, refresh)):
-			t.digest, res.ResolvedAt = old.Digest, old.ResolvedAt
-			next = minTime(next, nextRefresh(old.ResolvedAt.Time, refresh))
-		default:
-			d, err := r.Resolver.Resolve(ctx, w.Tag, creds)
+		} else {
+			rec, due, err := r.resolveTag(ctx, l, w.Tag, creds, nodes, probeNode)
 			if err != nil {
-				resolutions.WithLabelValues("failed").Inc()
-				log.Info("Tag resolution failed", "image", entry.Image, "error", err.Error())
-				t.digest, res.ResolvedAt = old.Digest, old.ResolvedAt
-				res.Message = truncate(err.Error(), 1024)
-				next = minTime(next, now.Add(resolutionRetry))
-			} else {
-				resolutions.WithLabelValues("resolved").Inc()
-				t.digest, res.ResolvedAt = d, &metav1.Time{Time: now}
+				errs = append(errs, err)
+			}
+			next = minTime(next, due)
+			pol := r.tags.policy(w.Tag)
+			if rec != nil {
+				t.digest, res.ResolvedAt, res.Message = rec.Status.Digest, rec.Status.ResolvedAt, truncate(rec.Status.Message, 1024)
+			}
+			if pol.source != prepullv1.SourceRegistry {
+				t.probe = true
+				if pol.source == prepullv1.SourceNode && res.ResolvedAt != nil && t.digest != "" {
+					due := metav1.NewTime(nextRefresh(res.ResolvedAt.Time, pol.refresh))
+					t.resolveAfter = &due
+				}
+				if t.digest == "" {
+					res.Message = probeWait(l, probeNode, w.Tag)
+				}
 			}
 		}
 		res.Digest = t.digest
 		targets = append(targets, t)
 		images = append(images, res)
 	}
-	return targets, images, next
+	return targets, images, next, errors.Join(errs...)
+}
+
+// resolveTag brings tag's TagResolution up to date as far as l can: at the
+// registry when it is due and the registry wins, or from what l's probe node
+// reported. It returns the record, when the tag is next due, and a failure
+// to write the record. Lists whose digest it changed are woken.
+func (r *Reconciler) resolveTag(ctx context.Context, l *prepullv1.PrePullList, tag string, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, time.Time, error) {
+	now := r.Clock.Now()
+	rec, err := r.tags.get(ctx, tag)
+	if err != nil {
+		return nil, now.Add(resolutionRetry), err
+	}
+	pol := r.tags.policy(tag)
+	var st prepullv1.TagResolutionStatus
+	if rec != nil {
+		st = *rec.Status.DeepCopy()
+	}
+	if pol.source != prepullv1.SourceRegistry {
+		d, at := probedDigest(nodes, probeNode, tag)
+		if d == "" || (st.Source == pol.source && st.ResolvedAt != nil && !st.ResolvedAt.Before(at)) {
+			if st.ResolvedAt != nil && pol.source == prepullv1.SourceNode {
+				return rec, nextRefresh(st.ResolvedAt.Time, pol.refresh), nil
+			}
+			return rec, now.Add(prepullv1.DefaultRefresh), nil
+		}
+		st = prepullv1.TagResolutionStatus{Digest: d, Source: pol.source, ResolvedAt: at}
+		return r.record(ctx, tag, rec, st, now.Add(pol.refresh))
+	}
+	due := rec == nil || st.Source != prepullv1.SourceRegistry || st.ResolvedAt == nil || !now.Before(nextRefresh(st.ResolvedAt.Time, pol.refresh))
+	if due && st.Message != "" && st.AttemptedAt != nil && now.Before(st.AttemptedAt.Add(resolutionRetry)) {
+		// It failed a moment ago, for this list or another: wait.
+		return rec, st.AttemptedAt.Add(resolutionRetry), nil
+	}
+	if !due {
+		return rec, nextRefresh(st.ResolvedAt.Time, pol.refresh), nil
+	}
+	d, err := r.Resolver.Resolve(ctx, tag, creds)
+	st.AttemptedAt = &metav1.Time{Time: now}
+	if err != nil {
+		resolutions.WithLabelValues("failed").Inc()
+		ctrl.LoggerFrom(ctx).Info("Tag resolution failed", "image", tag, "error", err.Error())
+		st.Message = truncate(err.Error(), 1024)
+		return r.record(ctx, tag, rec, st, now.Add(resolutionRetry))
+	}
+	resolutions.WithLabelValues("resolved").Inc()
+	st = prepullv1.TagResolutionStatus{Digest: d, Source: prepullv1.SourceRegistry, ResolvedAt: st.AttemptedAt, AttemptedAt: st.AttemptedAt}
+	return r.record(ctx, tag, rec, st, now.Add(pol.refresh))
+}
+
+// record writes tag's new status and wakes every list naming the tag when
+// its digest changed.
+func (r *Reconciler) record(ctx context.Context, tag string, rec *prepullv1.TagResolution, st prepullv1.TagResolutionStatus, next time.Time) (*prepullv1.TagResolution, time.Time, error) {
+	moved := rec == nil || rec.Status.Digest != st.Digest || rec.Status.Message != st.Message
+	out, err := r.tags.put(ctx, tag, rec, st)
+	if err != nil {
+		return out, minTime(next, r.Clock.Now().Add(resolutionRetry)), err
+	}
+	if moved {
+		lists := r.tags.listsNaming(tag)
+		go func() {
+			for _, l := range lists {
+				r.wake <- event.GenericEvent{Object: &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name}}}
+			}
+		}()
+	}
+	return out, next, nil
+}
+
+// probeWait says what a tag resolved on a node is waiting for.
+func probeWait(l *prepullv1.PrePullList, probeNode, tag string) string {
+	if probeNode == "" {
+		return "no node is selected to resolve the tag on"
+	}
+	verb := "pull it and report its digest"
+	if a := archiveOf(l); a != nil {
+		verb = "import it from " + a.Location() + " and report its digest"
+	}
+	return fmt.Sprintf("waiting for node %s to %s: %s", probeNode, verb, tag)
 }
 
 // archiveOf is l's archive source, or nil.
@@ -399,8 +454,8 @@ func probedDigest(nodes []*node, probeNode, tag string) (string, *metav1.Time) {
 		if n.name != probeNode {
 			continue
 		}
-		if st := findStatus(n.status, tag); st != nil && st.Phase == prepullv1.PhasePresent && st.PulledAt != nil {
-			return st.Digest, st.PulledAt
+		if st := n.status.find(tag); st != nil && st.phase == prepullv1.PhasePresent && st.extra != nil && st.extra.pulledAt != nil {
+			return st.extra.digest, st.extra.pulledAt
 		}
 	}
 	return "", nil
@@ -475,18 +530,95 @@ func (r *Reconciler) patchStatus(ctx context.Context, l *prepullv1.PrePullList, 
 	return nil
 }
 
-// SetupWithManager registers the reconciler and its watches.
+// statusBatch is how long NodeImageSet status changes are gathered before
+// the lists they concern are reconciled: a list's status is aggregated at
+// most about once per statusBatch however many agents write.
+const statusBatch = time.Second
+
+// CacheOptions returns o with what the reconciler needs of the manager's
+// cache: NodeImageSets cached as metadata only, their status kept as the
+// fleet's compact reports; Nodes without their status; no managed fields.
+// The manager that SetupWithManager is given must use them.
+func (r *Reconciler) CacheOptions(o cache.Options) cache.Options {
+	if o.ByObject == nil {
+		o.ByObject = map[client.Object]cache.ByObject{}
+	}
+	o.DefaultTransform = cache.TransformStripManagedFields()
+	o.ByObject[&prepullv1.NodeImageSet{}] = cache.ByObject{Transform: func(obj any) (any, error) {
+		if set, ok := obj.(*prepullv1.NodeImageSet); ok {
+			return r.fleetOf().observe(set), nil
+		}
+		return obj, nil
+	}}
+	o.ByObject[&corev1.Node{}] = cache.ByObject{Transform: func(obj any) (any, error) {
+		if n, ok := obj.(*corev1.Node); ok {
+			return &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{
+				Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels,
+				DeletionTimestamp: n.DeletionTimestamp,
+			}, Spec: corev1.NodeSpec{Taints: n.Spec.Taints, Unschedulable: n.Spec.Unschedulable}}, nil
+		}
+		return obj, nil
+	}}
+	r.cached = true
+	return o
+}
+
+// fleetOf is the fleet, made on first use: the cache's transform may run
+// before SetupWithManager.
+func (r *Reconciler) fleetOf() *fleet {
+	r.once.Do(func() {
+		if r.Clock == nil {
+			r.Clock = clock.RealClock{}
+		}
+		// The fleet's write pacing is real time, whatever clock the
+		// rollout reads.
+		r.fleet = newFleet(clock.RealClock{})
+	})
+	return r.fleet
+}
+
+// SetupWithManager registers the reconciler, its watches and the fleet's
+// writer.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	if r.Clock == nil {
-		r.Clock = clock.RealClock{}
+	if !r.cached {
+		return errors.New("the manager's cache must be built with Reconciler.CacheOptions")
+	}
+	r.fleetOf()
+	r.tags = newTagStore(r.Client)
+	r.wake = make(chan event.GenericEvent, 1024)
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		return r.fleet.flush(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("fleet")), r.Client, r.nodeUID)
+	})); err != nil {
+		return err
+	}
+	statusChanged := handler.TypedFuncs[client.Object, reconcile.Request]{
+		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.enqueueOwners(e.Object.GetName(), q)
+		},
+		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.enqueueOwners(e.ObjectNew.GetName(), q)
+		},
+		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.fleet.gone(e.Object.GetName())
+			r.enqueueOwners(e.Object.GetName(), q)
+		},
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&prepullv1.PrePullList{}).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allLists),
 			builder.WithPredicates(nodeChanged())).
-		Watches(&prepullv1.NodeImageSet{}, handler.EnqueueRequestsFromMapFunc(ownersOf)).
+		Watches(&prepullv1.NodeImageSet{}, statusChanged).
+		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
 		Named("prepulllist").
 		Complete(r)
+}
+
+// enqueueOwners reconciles, after statusBatch, the lists that own an entry
+// on node: its agent reported.
+func (r *Reconciler) enqueueOwners(node string, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	for _, l := range r.fleet.owners(node) {
+		q.AddAfter(reconcile.Request{NamespacedName: l}, statusBatch)
+	}
 }
 
 // allLists enqueues every list: a node came, went or changed its labels.
@@ -499,25 +631,6 @@ func (r *Reconciler) allLists(ctx context.Context, _ client.Object) []reconcile.
 	out := make([]reconcile.Request, 0, len(lists.Items))
 	for _, l := range lists.Items {
 		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&l)})
-	}
-	return out
-}
-
-// ownersOf enqueues the lists that own an entry of a NodeImageSet.
-func ownersOf(_ context.Context, o client.Object) []reconcile.Request {
-	set, ok := o.(*prepullv1.NodeImageSet)
-	if !ok {
-		return nil
-	}
-	var out []reconcile.Request
-	for _, e := range set.Spec.Images {
-		for _, ow := range e.Owners {
-			ns, name, ok := strings.Cut(ow.List, "/")
-			req := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}}
-			if ok && !slices.Contains(out, req) {
-				out = append(out, req)
-			}
-		}
 	}
 	return out
 }

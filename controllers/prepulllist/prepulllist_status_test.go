@@ -139,22 +139,3 @@ func TestParseWant(t *testing.T) {
 	}
 }
 
-func TestDeriveEntry(t *testing.T) {
-	short, long := metav1.Duration{Duration: 1}, metav1.Duration{Duration: 9}
-	three, six := int32(3), int32(6)
-	e := prepullv1.NodeImage{Image: "r/app@sha256:1", Owners: []prepullv1.ImageOwner{
-		{List: "ns/b", Retain: prepullv1.RetainUnpinned, Tags: []string{"r/app:v1"}, PullSecrets: []string{"pull-b"}, Timeout: &long, BackoffLimit: &three},
-		{List: "ns/a", Retain: prepullv1.RetainPinned, Tags: []string{"r/app:v1", "r/app:stable"}, Timeout: &short, BackoffLimit: &six},
-		{List: "ns/c", Retain: prepullv1.RetainPinned, Releasing: true, Tags: []string{"r/app:old"}, PullSecrets: []string{"pull-c"}},
-	}}
-	e.Derive()
-	if e.Owners[0].List != "ns/a" {
-		t.Errorf("owners not sorted: %v", e.Owners)
-	}
-	if strings.Join(e.Tags, ",") != "r/app:stable,r/app:v1" || strings.Join(e.PullSecrets, ",") != "pull-b" {
-		t.Errorf("tags %v, secrets %v: want the union of the active owners'", e.Tags, e.PullSecrets)
-	}
-	if e.Retain != prepullv1.RetainPinned || e.Timeout.Duration != 1 || *e.BackoffLimit != 6 {
-		t.Errorf("retain %s, timeout %v, backoff %d", e.Retain, e.Timeout, *e.BackoffLimit)
-	}
-}

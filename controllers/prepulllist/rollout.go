@@ -30,19 +30,21 @@ func (t target) ref() string { return digestRef(t.Repo, t.digest) }
 type node struct {
 	name     string
 	selected bool
-	// spec is the node's NodeImageSet spec, to be changed in place; status is
-	// what its agent reported. Both are empty for a node without one yet.
+	// spec is the node's NodeImageSet spec in the fleet, to be changed in
+	// place; status is what its agent reported. Both are empty for a node
+	// without one yet.
 	spec   *prepullv1.NodeImageSetSpec
-	status *prepullv1.NodeImageSetStatus
-	// obj is the NodeImageSet spec and status point into, and orig a copy as
-	// read; nil in unit tests of the plan alone.
-	obj, orig *prepullv1.NodeImageSet
+	status reports
+	// changed is set when the plan changed spec.
+	changed bool
 }
 
 // plan is one list's rollout over every node.
 type plan struct {
 	// owner is the list as an owner, without tags: each entry gets its own.
 	owner prepullv1.ImageOwner
+	// archive is the list's archive source, or nil.
+	archive *prepullv1.ArchiveSource
 	// targets are the list's images; only resolved ones reach nodes.
 	targets []target
 	// probes are tags resolved on a node (resolution: Node), handed to
@@ -144,24 +146,26 @@ func (p *plan) handed(n *node, targets []target) bool {
 // settled reports whether every resolved target is Present or Failed on n.
 func (p *plan) settled(n *node, targets []target) bool {
 	for _, t := range targets {
-		st := findStatus(n.status, t.ref())
-		if st == nil || (st.Phase != prepullv1.PhasePresent && st.Phase != prepullv1.PhaseFailed) {
+		st := n.status.find(t.ref())
+		if st == nil || (st.phase != prepullv1.PhasePresent && st.phase != prepullv1.PhaseFailed) {
 			return false
 		}
 	}
 	return true
 }
 
-// hand makes the list own exactly the targets on n, with its current
-// settings, and releases whatever else it owned there.
+// hand makes the list own exactly the targets on n, and releases whatever
+// else it owned there. A tag is claimed by one entry of a node: the entry
+// handed it last, which holds the tag's one digest for the cluster.
 func (p *plan) hand(n *node, targets []target) {
 	keep := map[string]bool{}
 	for _, t := range targets {
 		o := p.owner
 		if t.Tag != "" {
 			o.Tags = []string{t.Tag}
+			n.changed = unclaim(n.spec, t.Tag, t.ref()) || n.changed
 		}
-		setOwner(n.spec, t.ref(), o)
+		n.changed = setOwner(n.spec, t.ref(), o, p.archive, nil) || n.changed
 		keep[t.ref()] = true
 	}
 	if n.name == p.probeNode {
@@ -175,9 +179,7 @@ func (p *plan) hand(n *node, targets []target) {
 // handProbes hands the probe node the tags it resolves.
 func (p *plan) handProbes(n *node) {
 	for _, t := range p.probes {
-		o := p.owner
-		o.Tags, o.ResolveAfter = nil, t.resolveAfter
-		setOwner(n.spec, t.Tag, o)
+		n.changed = setOwner(n.spec, t.Tag, p.owner, p.archive, t.resolveAfter) || n.changed
 	}
 }
 
@@ -192,8 +194,7 @@ func (p *plan) releaseAll(n *node, keep map[string]bool) {
 			o := &e.Owners[j]
 			if o.List == p.owner.List && !o.Releasing {
 				o.Releasing = true
-				o.OnDelete = p.owner.OnDelete
-				e.Derive()
+				n.changed = true
 			}
 		}
 	}
@@ -205,12 +206,12 @@ func (p *plan) collectReleased(n *node) {
 	images := n.spec.Images[:0]
 	for _, e := range n.spec.Images {
 		o := findOwnerIn(&e, p.owner.List)
-		if o != nil && o.Releasing && released(&e, findStatus(n.status, e.Image), p.owner.List) {
+		if o != nil && o.Releasing && released(&e, n.status.find(e.Image), p.owner.List) {
 			e.Owners = slices.DeleteFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.List == p.owner.List })
+			n.changed = true
 			if len(e.Owners) == 0 {
 				continue
 			}
-			e.Derive()
 		}
 		images = append(images, e)
 	}
@@ -218,13 +219,13 @@ func (p *plan) collectReleased(n *node) {
 }
 
 // released reports whether the agent has applied the release of list on e.
-func released(e *prepullv1.NodeImage, st *prepullv1.NodeImageStatus, list string) bool {
+func released(e *prepullv1.NodeImage, st *report, list string) bool {
 	if st == nil {
 		// The agent never reported the image: it holds no pin of it. An
 		// agent also takes off pins whose owner is not in its spec.
 		return true
 	}
-	if slices.Contains(st.PinOwners, list) {
+	if slices.Contains(st.pinOwners, list) {
 		return false
 	}
 	for _, o := range e.Owners {
@@ -233,7 +234,7 @@ func released(e *prepullv1.NodeImage, st *prepullv1.NodeImageStatus, list string
 			return true
 		}
 	}
-	return st.Phase == prepullv1.PhaseReleased
+	return st.phase == prepullv1.PhaseReleased
 }
 
 // holds reports whether the list owns any entry on n.
@@ -258,19 +259,21 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 	}
 	ready, failed := len(targets) == len(p.targets), false
 	for _, t := range targets {
-		st := findStatus(n.status, t.ref())
+		st := n.status.find(t.ref())
 		res := out.perImage[t.image]
 		switch {
 		case st == nil:
 			ready = false
-		case st.Phase == prepullv1.PhasePresent:
+		case st.phase == prepullv1.PhasePresent:
 			res.ready++
-		case st.Phase == prepullv1.PhaseFailed:
+		case st.phase == prepullv1.PhaseFailed:
 			res.failed++
 			failed, ready = true, false
-			out.failures = append(out.failures, prepullv1.NodeFailure{
-				Node: n.name, Image: t.image, Reason: st.Reason, Message: truncate(st.LastError, 1024),
-			})
+			f := prepullv1.NodeFailure{Node: n.name, Image: t.image}
+			if st.extra != nil {
+				f.Reason, f.Message = st.extra.reason, truncate(st.extra.message, 1024)
+			}
+			out.failures = append(out.failures, f)
 		default:
 			ready = false
 		}
@@ -285,21 +288,53 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 	}
 }
 
-// setOwner records o on the entry ref of spec, creating the entry.
-func setOwner(spec *prepullv1.NodeImageSetSpec, ref string, o prepullv1.ImageOwner) {
+// setOwner records o on the entry ref of spec, creating the entry with
+// archive and resolveAfter, and reports whether it changed anything.
+func setOwner(spec *prepullv1.NodeImageSetSpec, ref string, o prepullv1.ImageOwner, archive *prepullv1.ArchiveSource, resolveAfter *metav1.Time) bool {
+	changed := false
 	i := slices.IndexFunc(spec.Images, func(e prepullv1.NodeImage) bool { return e.Image == ref })
 	if i < 0 {
 		spec.Images = append(spec.Images, prepullv1.NodeImage{Image: ref})
-		i = len(spec.Images) - 1
+		i, changed = len(spec.Images)-1, true
 	}
 	e := &spec.Images[i]
 	j := slices.IndexFunc(e.Owners, func(x prepullv1.ImageOwner) bool { return x.List == o.List })
-	if j < 0 {
+	switch {
+	case j < 0:
 		e.Owners = append(e.Owners, o)
-	} else if !equality.Semantic.DeepEqual(e.Owners[j], o) {
+		e.SortOwners()
+		changed = true
+	case !equality.Semantic.DeepEqual(e.Owners[j], o):
 		e.Owners[j] = o
+		changed = true
 	}
-	e.Derive()
+	if archive != nil && e.Archive == nil {
+		e.Archive, changed = archive.DeepCopy(), true
+	}
+	if resolveAfter != nil && !resolveAfter.Equal(e.ResolveAfter) {
+		e.ResolveAfter, changed = resolveAfter.DeepCopy(), true
+	}
+	return changed
+}
+
+// unclaim takes tag off every owner of every entry of spec but ref, and
+// reports whether it changed anything: ref now holds the tag.
+func unclaim(spec *prepullv1.NodeImageSetSpec, tag, ref string) bool {
+	changed := false
+	for i := range spec.Images {
+		e := &spec.Images[i]
+		if e.Image == ref {
+			continue
+		}
+		for j := range e.Owners {
+			o := &e.Owners[j]
+			if !o.Releasing && slices.Contains(o.Tags, tag) {
+				o.Tags = slices.DeleteFunc(slices.Clone(o.Tags), func(t string) bool { return t == tag })
+				changed = true
+			}
+		}
+	}
+	return changed
 }
 
 func findOwner(spec *prepullv1.NodeImageSetSpec, ref, list string) *prepullv1.ImageOwner {
@@ -320,18 +355,6 @@ func findOwnerIn(e *prepullv1.NodeImage, list string) *prepullv1.ImageOwner {
 	return nil
 }
 
-func findStatus(st *prepullv1.NodeImageSetStatus, ref string) *prepullv1.NodeImageStatus {
-	if st == nil {
-		return nil
-	}
-	for i := range st.Images {
-		if st.Images[i].Image == ref {
-			return &st.Images[i]
-		}
-	}
-	return nil
-}
-
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -342,7 +365,7 @@ func truncate(s string, n int) string {
 // nextRefresh is when a tag resolved at resolvedAt is due again.
 func nextRefresh(resolvedAt time.Time, interval time.Duration) time.Time {
 	if interval <= 0 {
-		interval = time.Hour
+		interval = prepullv1.DefaultRefresh
 	}
 	return resolvedAt.Add(interval)
 }

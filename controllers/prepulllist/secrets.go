@@ -2,8 +2,6 @@ package prepulllist
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -28,13 +26,6 @@ const (
 	// MirrorSourceAnnotation names the mirrored Secret, "namespace/name".
 	MirrorSourceAnnotation = "prepull.io/source"
 )
-
-// mirrorName is the name of the mirror of a list's secret: a hash, so that it
-// fits any namespace and list name and reveals neither.
-func mirrorName(l *prepullv1.PrePullList, secret string) string {
-	sum := sha256.Sum256([]byte(l.Namespace + "/" + l.Name + "/" + secret))
-	return "pull-" + hex.EncodeToString(sum[:10])
-}
 
 // mirrorSecrets makes the mirrors of l's pull secrets match their sources,
 // removes mirrors l no longer names, and returns the mirrors' names and the
@@ -61,7 +52,7 @@ func (r *Reconciler) mirrorSecrets(ctx context.Context, l *prepullv1.PrePullList
 			continue
 		}
 		creds = append(creds, c...)
-		name := mirrorName(l, ref.Name)
+		name := prepullv1.MirrorSecretName(l.Namespace, l.Name, ref.Name)
 		if err := r.writeMirror(ctx, l, src, name); err != nil {
 			errs = append(errs, fmt.Errorf("spec.imagePullSecrets[%d]: mirror secret %s/%s: %w", i, l.Namespace, ref.Name, err))
 			continue

@@ -15,10 +15,13 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/rest"
 	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -32,11 +35,13 @@ const controllerNS = "prepull-system"
 // env is one apiserver, one controller and the registries the subtests
 // share; each subtest uses its own namespace and its own nodes.
 type env struct {
-	c        client.Client
-	clock    *clocktesting.FakeClock
-	public   *testground.Registry
-	private  *testground.Registry
-	resolver *countingResolver
+	cfg            *rest.Config
+	stopController func()
+	c              client.Client
+	clock          *clocktesting.FakeClock
+	public         *testground.Registry
+	private        *testground.Registry
+	resolver       *countingResolver
 }
 
 // countingResolver counts the registry requests the controller makes.
@@ -66,19 +71,8 @@ func setup(t *testing.T) *env {
 	public := testground.StartRegistry(t)
 	private := testground.StartRegistry(t, testground.WithBasicAuth("alice", "s3cret"))
 
-	scheme := testground.Scheme()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:  scheme,
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {Namespaces: map[string]cache.Config{controllerNS: {}}},
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	e := &env{
-		c:       mgr.GetClient(),
+		cfg:     cfg,
 		clock:   clocktesting.NewFakeClock(time.Now()),
 		public:  public,
 		private: private,
@@ -86,29 +80,47 @@ func setup(t *testing.T) *env {
 			Insecure: map[string]bool{public.Host: true, private.Host: true},
 		}},
 	}
-	r := &prepulllist.Reconciler{
-		Client:    mgr.GetClient(),
-		APIReader: mgr.GetAPIReader(),
-		Namespace: controllerNS,
-		Resolver:  e.resolver,
-		Recorder:  mgr.GetEventRecorder("prepull-controller"),
-		Clock:     e.clock,
+	e.stopController = e.startController(t)
+	// The test client writes directly; the manager's client reads a cache.
+	e.c = testground.APIClient(t, cfg, controllerNS)
+	return e
+}
+
+// startController starts a controller, as the binary does, and returns what
+// stops it.
+func (e *env) startController(t *testing.T) func() {
+	t.Helper()
+	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Clock: e.clock}
+	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
+		Scheme:  testground.Scheme(),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: r.CacheOptions(cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Secret{}: {Namespaces: map[string]cache.Config{controllerNS: {}}},
+		}}),
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	r.Client, r.APIReader = mgr.GetClient(), mgr.GetAPIReader()
+	r.Recorder = mgr.GetEventRecorder("prepull-controller")
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
-	// The test client writes directly; the manager's client reads a cache.
-	e.c = testground.APIClient(t, cfg, controllerNS)
-	return e
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 var ctx = context.Background()
@@ -210,6 +222,25 @@ func activeOwners(e *prepullv1.NodeImage) []string {
 	return out
 }
 
+// lookupList reads an owner's list, as the agent does.
+func (e *env) lookupList(owner string) *prepullv1.PrePullList {
+	ns, name, _ := strings.Cut(owner, "/")
+	l := &prepullv1.PrePullList{}
+	if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, l); err != nil {
+		return nil
+	}
+	return l
+}
+
+// tagsOf is the union of the active owners' tags of an entry, as the agent
+// reads them.
+func tagsOf(en *prepullv1.NodeImage) []string {
+	if en == nil {
+		return nil
+	}
+	return en.Settings(func(string) *prepullv1.PrePullList { return nil }).Tags
+}
+
 // agent does what a node's agent would do in one pass, without a runtime:
 // every wanted image Present (or Failed where fail says so) and pinned for
 // its active owners; entries with only releasing owners Released.
@@ -230,13 +261,14 @@ func (e *env) agent(t *testing.T, node string, fail map[string]string) {
 				st.Digest = d
 			}
 			active := activeOwners(&img)
+			settings := img.Settings(e.lookupList)
 			switch {
 			case len(active) == 0:
 				st.Phase = prepullv1.PhaseReleased
 			case fail[img.Image] != "":
 				st.Phase, st.Reason, st.LastError = prepullv1.PhaseFailed, "Unauthorized", fail[img.Image]
-			case img.Retain == prepullv1.RetainPinned:
-				st.Pinned, st.PinOwners = true, active
+			case len(settings.Pinners) > 0:
+				st.Pinned, st.PinOwners = true, settings.Pinners
 			}
 			set.Status.Images = append(set.Status.Images, st)
 		}
@@ -435,8 +467,8 @@ func TestController(t *testing.T) {
 		if e.entry("sel-c", img.Digest) != nil {
 			t.Errorf("unselected node sel-c got the image")
 		}
-		if got := e.entry("sel-a", img.Digest); !slices.Equal(got.Tags, []string{img.Tag}) || got.Retain != prepullv1.RetainPinned {
-			t.Errorf("entry %+v: want tag %s, retain Pinned", got, img.Tag)
+		if got := e.entry("sel-a", img.Digest); !slices.Equal(tagsOf(got), []string{img.Tag}) || got.Owners[0].List != owner {
+			t.Errorf("entry %+v: want tag %s, owner %s", got, img.Tag, owner)
 		}
 
 		e.node(t, "sel-d", in)
@@ -510,8 +542,8 @@ func TestController(t *testing.T) {
 		if got := activeOwners(en); !slices.Equal(got, []string{ns + "/second"}) || len(en.Owners) != 1 {
 			t.Errorf("after the first list went, owners = %+v, want only %s/second", en, ns)
 		}
-		if !slices.Equal(en.Tags, []string{img.Tag}) {
-			t.Errorf("the remaining list's tag was lost: %v", en.Tags)
+		if !slices.Equal(tagsOf(en), []string{img.Tag}) {
+			t.Errorf("the remaining list's tag was lost: %+v", en)
 		}
 	})
 
@@ -712,14 +744,13 @@ func TestController(t *testing.T) {
 		l.Spec.NodeSelector = selector(pool)
 		l.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
 		e.mustCreate(t, l)
-		var mirror string
-		eventually(t, "resolved with the secret and handed with its mirror", func() error {
-			en := e.entry("sec-1", private.Digest)
-			if en == nil || len(en.PullSecrets) != 1 {
-				return fmt.Errorf("entry %+v", en)
+		// The agent reads the mirror by the name the list's secret gives it.
+		mirror := prepullv1.MirrorSecretName(ns, "private", "regcred")
+		eventually(t, "resolved with the secret and handed, its secret mirrored", func() error {
+			if en := e.entry("sec-1", private.Digest); en == nil {
+				return fmt.Errorf("no entry for %s", private.Digest)
 			}
-			mirror = en.PullSecrets[0]
-			return nil
+			return e.c.Get(ctx, client.ObjectKey{Namespace: controllerNS, Name: mirror}, &corev1.Secret{})
 		})
 		s := &corev1.Secret{}
 		if err := e.c.Get(ctx, client.ObjectKey{Namespace: controllerNS, Name: mirror}, s); err != nil {

@@ -91,8 +91,7 @@ func BenchmarkAgentPulls(b *testing.B) {
 		set0 := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: node}}
 		for _, p := range set {
 			e := prepullv1.NodeImage{Image: p.Digest,
-				Owners: []prepullv1.ImageOwner{{List: "bench/list", Retain: prepullv1.RetainPinned, Tags: []string{p.Tag}}}}
-			e.Derive()
+				Owners: []prepullv1.ImageOwner{{List: "bench/list", Tags: []string{p.Tag}}}}
 			set0.Spec.Images = append(set0.Spec.Images, e)
 		}
 		// The agent is running once it reported on an empty spec; the clock

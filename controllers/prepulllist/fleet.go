@@ -1,0 +1,364 @@
+package prepulllist
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+	"unique"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"golang.org/x/sync/errgroup"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+)
+
+// The controller is the one writer of every NodeImageSet spec, so its own
+// copy of them — the fleet — is the truth, and the API holds what it last
+// wrote. List reconciles change the fleet and mark nodes dirty; a flusher
+// writes each dirty node's whole spec in one patch once the reconciles have
+// been quiet for flushQuiet (or flushMax after the first mark), so that the
+// decisions of every list touching a node in one moment reach it in one
+// write, however many lists there are.
+//
+// What agents report is kept compactly too: the informer's transform turns
+// each NodeImageSet's status into reports (phase, pin owners, and for the
+// few entries that need them the digest, pull time and failure) and strips
+// the object it caches to its metadata, so that the controller's memory
+// grows with nodes × images by a few dozen bytes, not by the status objects.
+const (
+	flushQuiet   = 200 * time.Millisecond
+	flushMax     = 2 * time.Second
+	flushWorkers = 16
+)
+
+// report is what the controller needs of one image's status on one node.
+type report struct {
+	image     string
+	phase     prepullv1.ImagePhase
+	pinOwners []string
+	// extra is set only for tag entries (their digest and pull time) and
+	// failed images (their reason and message).
+	extra *reportExtra
+}
+
+type reportExtra struct {
+	digest          string
+	pulledAt        *metav1.Time
+	reason, message string
+}
+
+// reports are one node's reports, sorted by image.
+type reports []report
+
+// find is the report of ref, or nil.
+func (rs reports) find(ref string) *report {
+	i := sort.Search(len(rs), func(i int) bool { return rs[i].image >= ref })
+	if i < len(rs) && rs[i].image == ref {
+		return &rs[i]
+	}
+	return nil
+}
+
+// fleet holds every node's spec as the controller wants it, and what the
+// node's agent last reported.
+type fleet struct {
+	mu      sync.Mutex
+	specs   map[string]*prepullv1.NodeImageSetSpec
+	status  map[string]reports
+	exists  map[string]bool
+	loaded  bool
+	dirty   map[string]bool
+	writing int
+	first   time.Time
+	last    time.Time
+	clock   clock.PassiveClock
+	written int64
+}
+
+func newFleet(c clock.PassiveClock) *fleet {
+	return &fleet{
+		specs: map[string]*prepullv1.NodeImageSetSpec{}, status: map[string]reports{},
+		exists: map[string]bool{}, dirty: map[string]bool{}, clock: c,
+	}
+}
+
+// load reads every NodeImageSet's spec from the API once, after a start or
+// a change of leader: the cache holds no specs. It pages through them.
+func (f *fleet) load(ctx context.Context, r client.Reader) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.loaded {
+		return nil
+	}
+	cont := ""
+	for {
+		var page prepullv1.NodeImageSetList
+		if err := r.List(ctx, &page, client.Limit(500), client.Continue(cont)); err != nil {
+			return fmt.Errorf("read node image sets: %w", err)
+		}
+		for i := range page.Items {
+			s := &page.Items[i]
+			spec := s.Spec
+			internSpec(&spec)
+			f.specs[s.Name] = &spec
+			f.exists[s.Name] = true
+		}
+		if cont = page.Continue; cont == "" {
+			break
+		}
+	}
+	f.loaded = true
+	return nil
+}
+
+// spec is node's spec, created empty.
+func (f *fleet) spec(node string) *prepullv1.NodeImageSetSpec {
+	s, ok := f.specs[node]
+	if !ok {
+		s = &prepullv1.NodeImageSetSpec{}
+		f.specs[node] = s
+	}
+	return s
+}
+
+// markDirty records that node's spec changed. The caller holds f.mu.
+func (f *fleet) markDirty(node string) {
+	now := f.clock.Now()
+	if len(f.dirty) == 0 {
+		f.first = now
+	}
+	f.dirty[node], f.last = true, now
+}
+
+// forget drops a node that is gone. The caller holds f.mu.
+func (f *fleet) forget(node string) {
+	delete(f.specs, node)
+	delete(f.status, node)
+	delete(f.exists, node)
+	delete(f.dirty, node)
+}
+
+// owners are the lists that own an entry on node.
+func (f *fleet) owners(node string) []types.NamespacedName {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []types.NamespacedName
+	s := f.specs[node]
+	if s == nil {
+		return nil
+	}
+	for _, e := range s.Images {
+		for _, o := range e.Owners {
+			ns, name, ok := strings.Cut(o.List, "/")
+			n := types.NamespacedName{Namespace: ns, Name: name}
+			if ok && !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// take returns the dirty nodes' specs to write, when the reconciles have
+// been quiet long enough or the first mark is old enough.
+func (f *fleet) take() map[string]*prepullv1.NodeImageSetSpec {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.clock.Now()
+	if len(f.dirty) == 0 || (now.Sub(f.last) < flushQuiet && now.Sub(f.first) < flushMax) {
+		return nil
+	}
+	out := make(map[string]*prepullv1.NodeImageSetSpec, len(f.dirty))
+	for n := range f.dirty {
+		if s, ok := f.specs[n]; ok {
+			out[n] = s.DeepCopy()
+		}
+	}
+	f.dirty = map[string]bool{}
+	f.writing++
+	return out
+}
+
+// pending reports whether a spec change is not written yet.
+func (f *fleet) pending() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.dirty) > 0 || f.writing > 0
+}
+
+// flush writes the dirty nodes' specs until ctx ends.
+func (f *fleet) flush(ctx context.Context, c client.Client, nodeUID func(string) (types.UID, bool)) error {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		batch := f.take()
+		if len(batch) == 0 {
+			continue
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(flushWorkers)
+		var mu sync.Mutex
+		var failed []string
+		for name, spec := range batch {
+			g.Go(func() error {
+				if err := f.write(gctx, c, name, spec, nodeUID); err != nil {
+					ctrl.LoggerFrom(ctx).Info("Write of a node image set failed; retrying", "node", name, "error", err.Error())
+					mu.Lock()
+					failed = append(failed, name)
+					mu.Unlock()
+				}
+				return nil
+			})
+		}
+		_ = g.Wait()
+		f.mu.Lock()
+		f.writing--
+		f.written += int64(len(batch) - len(failed))
+		for _, n := range failed {
+			if _, ok := f.specs[n]; ok {
+				f.markDirty(n)
+			}
+		}
+		f.mu.Unlock()
+	}
+}
+
+// write makes node's NodeImageSet spec be spec: a merge patch that replaces
+// the whole spec (the controller is its only writer), or a create.
+func (f *fleet) write(ctx context.Context, c client.Client, node string, spec *prepullv1.NodeImageSetSpec, nodeUID func(string) (types.UID, bool)) error {
+	f.mu.Lock()
+	exists := f.exists[node]
+	f.mu.Unlock()
+	if !exists {
+		if len(spec.Images) == 0 {
+			return nil
+		}
+		uid, ok := nodeUID(node)
+		if !ok {
+			return nil
+		}
+		set := &prepullv1.NodeImageSet{
+			ObjectMeta: metav1.ObjectMeta{
+				Name:            node,
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node, UID: uid}},
+			},
+			Spec: *spec,
+		}
+		err := c.Create(ctx, set)
+		if err == nil || apierrors.IsAlreadyExists(err) {
+			f.setExists(node)
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	}
+	body, err := json.Marshal(map[string]any{"spec": spec})
+	if err != nil {
+		return err
+	}
+	set := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: node}}
+	err = c.Patch(ctx, set, client.RawPatch(types.MergePatchType, body))
+	if apierrors.IsNotFound(err) {
+		f.mu.Lock()
+		delete(f.exists, node)
+		f.mu.Unlock()
+		return errors.New("node image set is gone; creating it again")
+	}
+	return err
+}
+
+func (f *fleet) setExists(node string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.exists[node] = true
+}
+
+// observe records a NodeImageSet the informer delivered: its reports, and
+// that it exists. It returns the object stripped to its metadata, which is
+// all the cache keeps.
+func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
+	rs := make(reports, 0, len(set.Status.Images))
+	for _, st := range set.Status.Images {
+		rep := report{image: intern(st.Image), phase: internPhase(st.Phase), pinOwners: internOwners(st.PinOwners)}
+		tagEntry := !strings.Contains(st.Image, "@")
+		if tagEntry || st.Phase == prepullv1.PhaseFailed {
+			rep.extra = &reportExtra{digest: st.Digest, pulledAt: st.PulledAt, reason: st.Reason, message: st.LastError}
+		}
+		rs = append(rs, rep)
+	}
+	slices.SortFunc(rs, func(a, b report) int { return strings.Compare(a.image, b.image) })
+	f.mu.Lock()
+	f.status[set.Name] = rs
+	f.exists[set.Name] = true
+	f.mu.Unlock()
+	return &prepullv1.NodeImageSet{
+		TypeMeta: set.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: set.Name, UID: set.UID, ResourceVersion: set.ResourceVersion,
+			Generation: set.Generation, DeletionTimestamp: set.DeletionTimestamp,
+		},
+	}
+}
+
+// gone records that a NodeImageSet was deleted.
+func (f *fleet) gone(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.exists, name)
+	delete(f.status, name)
+}
+
+func intern(s string) string { return unique.Make(s).Value() }
+
+func internPhase(p prepullv1.ImagePhase) prepullv1.ImagePhase {
+	switch p {
+	case prepullv1.PhasePending, prepullv1.PhasePulling, prepullv1.PhasePresent, prepullv1.PhaseFailed, prepullv1.PhaseReleased:
+		return prepullv1.ImagePhase(intern(string(p)))
+	}
+	return p
+}
+
+var ownerSets sync.Map // "a,b" -> []string, shared by every report that has them
+
+func internOwners(owners []string) []string {
+	if len(owners) == 0 {
+		return nil
+	}
+	key := strings.Join(owners, ",")
+	if v, ok := ownerSets.Load(key); ok {
+		return v.([]string)
+	}
+	v, _ := ownerSets.LoadOrStore(key, slices.Clone(owners))
+	return v.([]string)
+}
+
+// internSpec shares the strings of spec that repeat on every node.
+func internSpec(spec *prepullv1.NodeImageSetSpec) {
+	for i := range spec.Images {
+		e := &spec.Images[i]
+		e.Image = intern(e.Image)
+		for j := range e.Owners {
+			o := &e.Owners[j]
+			o.List = intern(o.List)
+			for k := range o.Tags {
+				o.Tags[k] = intern(o.Tags[k])
+			}
+		}
+	}
+}
