@@ -138,4 +138,3 @@ func TestParseWant(t *testing.T) {
 		})
 	}
 }
-
