@@ -247,6 +247,57 @@ func (e *env) pinned(t *testing.T, ref string) bool {
 func TestAgent(t *testing.T) {
 	e := setup(t)
 
+	t.Run("two entries claiming one tag: one keeps it, the other is a TagConflict, the tag never flaps", func(t *testing.T) {
+		v1 := e.public.MustPushRandom(t, "conflict/app:v1", 1024, 1)
+		v2 := e.public.MustPushRandom(t, "conflict/app:v1", 1024, 1)
+		win, lose := v1, v2
+		if v2.Digest < v1.Digest {
+			win, lose = v2, v1
+		}
+		e.agent(t, "conflict", nil)
+		e.setSpec(t, "conflict",
+			entry(v1.Digest, owner("shop/conflict-a", v1.Tag)),
+			entry(v2.Digest, owner("shop/conflict-b", v2.Tag)))
+		e.phase(t, "conflict", win.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if !st.Pinned {
+				return fmt.Errorf("not pinned yet")
+			}
+			return nil
+		})
+		st := e.phase(t, "conflict", lose.Digest, prepullv1.PhaseFailed, nil)
+		if st.Reason != nodeimageset.ReasonTagConflict || !strings.Contains(st.LastError, digestOf(win.Digest)) || !strings.Contains(st.LastError, digestOf(lose.Digest)) {
+			t.Errorf("status %+v: want TagConflict naming both digests", st)
+		}
+		if e.runtimeID(t, win.Tag) != win.ID {
+			t.Fatalf("the tag does not name the chosen entry's image")
+		}
+		if e.runtimeID(t, lose.Digest) != "" {
+			t.Errorf("the losing entry was pulled")
+		}
+
+		// Over 30 s — fifteen of the agent's resyncs — containerd records
+		// no change of the tag.
+		var w cri.ImageWatcher = e.store
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		events, err := w.WatchImages(wctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		moves := 0
+		for name := range events {
+			if name == win.Tag {
+				moves++
+			}
+		}
+		if moves != 0 {
+			t.Errorf("the tag's record changed %d times in 30 s, want 0", moves)
+		}
+		if e.runtimeID(t, win.Tag) != win.ID {
+			t.Errorf("the tag moved away from the chosen entry")
+		}
+	})
+
 	t.Run("pulls by digest, makes the tag name it, verifies and pins", func(t *testing.T) {
 		img := e.public.MustPushRandom(t, "basic/app:v1", 64<<10, 2)
 		e.agent(t, "basic", nil)
@@ -805,4 +856,9 @@ func get(t *testing.T, port int, path string) string {
 		return nil
 	})
 	return body
+}
+
+func digestOf(ref string) string {
+	_, d, _ := strings.Cut(ref, "@")
+	return d
 }

@@ -533,7 +533,7 @@ func (r *Reconciler) patchStatus(ctx context.Context, l *prepullv1.PrePullList, 
 // statusBatch is how long NodeImageSet status changes are gathered before
 // the lists they concern are reconciled: a list's status is aggregated at
 // most about once per statusBatch however many agents write.
-const statusBatch = time.Second
+const statusBatch = 300 * time.Millisecond
 
 // CacheOptions returns o with what the reconciler needs of the manager's
 // cache: NodeImageSets cached as metadata only, their status kept as the

@@ -36,6 +36,7 @@ const controllerNS = "prepull-system"
 // share; each subtest uses its own namespace and its own nodes.
 type env struct {
 	cfg            *rest.Config
+	top            *testing.T
 	stopController func()
 	c              client.Client
 	clock          *clocktesting.FakeClock
@@ -80,6 +81,7 @@ func setup(t *testing.T) *env {
 			Insecure: map[string]bool{public.Host: true, private.Host: true},
 		}},
 	}
+	e.top = t
 	e.stopController = e.startController(t)
 	// The test client writes directly; the manager's client reads a cache.
 	e.c = testground.APIClient(t, cfg, controllerNS)
@@ -119,7 +121,8 @@ func (e *env) startController(t *testing.T) func() {
 			}
 		})
 	}
-	t.Cleanup(stop)
+	// The controller outlives the subtest that starts it.
+	e.top.Cleanup(stop)
 	return stop
 }
 
@@ -206,6 +209,21 @@ func (e *env) entry(node, image string) *prepullv1.NodeImage {
 		}
 	}
 	return nil
+}
+
+// entriesOf are the entries of node's NodeImageSet whose image names repo.
+func (e *env) entriesOf(node, repo string) []prepullv1.NodeImage {
+	set, err := e.nodeSet(node)
+	if err != nil {
+		return nil
+	}
+	var out []prepullv1.NodeImage
+	for _, en := range set.Spec.Images {
+		if strings.Contains(en.Image, "/"+repo+"@") || strings.HasSuffix(en.Image, "/"+repo) || strings.Contains(en.Image, "/"+repo+":") {
+			out = append(out, en)
+		}
+	}
+	return out
 }
 
 // activeOwners lists the owners of an entry that are not releasing.
@@ -669,6 +687,141 @@ func TestController(t *testing.T) {
 		})
 		if evs := e.events(t, ns, "TagMoved"); len(evs) != 1 || !strings.Contains(evs[0].Note, digestOf(v2.Digest)) {
 			t.Errorf("TagMoved events: %+v, want one naming the new digest", evs)
+		}
+	})
+
+	t.Run("one digest per tag for the cluster: lists share it, across a restart and a refresh", func(t *testing.T) {
+		ns := e.namespace(t, "onedigest")
+		pool := map[string]string{"pool": "onedigest"}
+		e.node(t, "one-1", pool)
+		a := e.public.MustPushRandom(t, "onedigest/app:1.0", 1024, 1)
+		ready := func(l *prepullv1.PrePullList, digest string) {
+			t.Helper()
+			eventually(t, l.Name+" Ready at "+digest, func() error {
+				e.agent(t, "one-1", nil)
+				got := e.getList(t, l)
+				if got.Status.ReadyNodes != "1/1" || len(got.Status.Images) != 1 || got.Status.Images[0].Digest != digestOf(digest) {
+					return fmt.Errorf("ready %s, images %+v", got.Status.ReadyNodes, got.Status.Images)
+				}
+				return nil
+			})
+		}
+		first := list(ns, "first", a.Tag)
+		first.Spec.NodeSelector = selector(pool)
+		e.mustCreate(t, first)
+		ready(first, a.Digest)
+		if n := e.resolver.count(a.Tag); n != 1 {
+			t.Fatalf("resolved %d times, want 1", n)
+		}
+		rec := &prepullv1.TagResolution{}
+		if err := e.c.Get(ctx, client.ObjectKey{Name: prepullv1.TagResolutionName(a.Tag)}, rec); err != nil {
+			t.Fatalf("the tag's resolution record: %v", err)
+		}
+		if rec.Spec.Image != a.Tag || rec.Status.Digest != digestOf(a.Digest) || rec.Status.Source != prepullv1.SourceRegistry {
+			t.Errorf("record %+v", rec)
+		}
+
+		// The tag moves at the registry; a new controller starts; a second
+		// list names the tag. It gets the digest the cluster has, and the
+		// registry is not asked again before the refresh is due.
+		b := e.public.MustPushRandom(t, "onedigest/app:1.0", 1024, 1)
+		e.stopController()
+		e.stopController = e.startController(t)
+		second := list(ns, "second", a.Tag)
+		second.Spec.NodeSelector = selector(pool)
+		e.mustCreate(t, second)
+		ready(second, a.Digest)
+		ready(first, a.Digest)
+		if n := e.resolver.count(a.Tag); n != 1 {
+			t.Errorf("after a restart and a second list the tag was resolved %d times, want 1", n)
+		}
+		if got := e.entriesOf("one-1", "onedigest/app"); len(got) != 1 {
+			t.Errorf("node entries %+v: want one entry for the one tag", got)
+		}
+
+		// The refresh moves both lists together, resolving once.
+		e.clock.Step(61 * time.Minute)
+		touch(t, e, first)
+		ready(first, b.Digest)
+		ready(second, b.Digest)
+		if n := e.resolver.count(a.Tag); n != 2 {
+			t.Errorf("the refresh resolved the tag %d times for two lists, want 1 (total %d)", n-1, n)
+		}
+		eventually(t, "each list says TagMoved", func() error {
+			var names []string
+			for _, ev := range e.events(t, ns, "TagMoved") {
+				names = append(names, ev.Regarding.Name)
+			}
+			slices.Sort(names)
+			if !slices.Equal(slices.Compact(names), []string{"first", "second"}) {
+				return fmt.Errorf("TagMoved for %v", names)
+			}
+			return nil
+		})
+		eventually(t, "the node's spec holds one entry claiming the tag", func() error {
+			e.agent(t, "one-1", nil)
+			got := e.entriesOf("one-1", "onedigest/app")
+			var claims []string
+			for _, en := range got {
+				if slices.Contains(tagsOf(&en), a.Tag) {
+					claims = append(claims, en.Image)
+				}
+			}
+			if len(claims) != 1 || digestOf(claims[0]) != digestOf(b.Digest) || len(got) != 1 {
+				return fmt.Errorf("entries %+v", got)
+			}
+			return nil
+		})
+
+		// The last list naming the tag goes: so does its record.
+		for _, l := range []*prepullv1.PrePullList{first, second} {
+			if err := e.c.Delete(ctx, l); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, "the record goes with the last list", func() error {
+			e.agent(t, "one-1", nil)
+			err := e.c.Get(ctx, client.ObjectKey{Name: prepullv1.TagResolutionName(a.Tag)}, &prepullv1.TagResolution{})
+			if !apierrors.IsNotFound(err) {
+				return fmt.Errorf("record still there: %v", err)
+			}
+			return nil
+		})
+	})
+
+	t.Run("a tag named with resolution Registry and Node: the registry wins for both", func(t *testing.T) {
+		ns := e.namespace(t, "mixedres")
+		pool := map[string]string{"pool": "mixedres"}
+		e.node(t, "mixres-1", pool)
+		e.node(t, "mixres-2", pool)
+		img := e.public.MustPushRandom(t, "mixedres/app:v1", 1024, 1)
+		byNode := list(ns, "by-node", img.Tag)
+		byNode.Spec.NodeSelector, byNode.Spec.Resolution = selector(pool), prepullv1.ResolveOnNode
+		byRegistry := list(ns, "by-registry", img.Tag)
+		byRegistry.Spec.NodeSelector = selector(pool)
+		e.mustCreate(t, byNode)
+		e.mustCreate(t, byRegistry)
+		eventually(t, "both lists Ready at the registry's digest", func() error {
+			for _, n := range []string{"mixres-1", "mixres-2"} {
+				e.agent(t, n, nil)
+			}
+			for _, l := range []*prepullv1.PrePullList{byNode, byRegistry} {
+				got := e.getList(t, l)
+				if got.Status.ReadyNodes != "2/2" || got.Status.Images[0].Digest != digestOf(img.Digest) {
+					return fmt.Errorf("%s: ready %s, images %+v", l.Name, got.Status.ReadyNodes, got.Status.Images)
+				}
+			}
+			return nil
+		})
+		if en := e.entry("mixres-1", img.Tag); en != nil {
+			t.Errorf("the first node was handed the tag to resolve although the registry resolves it: %+v", en)
+		}
+		if n := e.resolver.count(img.Tag); n != 1 {
+			t.Errorf("resolved %d times, want 1", n)
+		}
+		rec := &prepullv1.TagResolution{}
+		if err := e.c.Get(ctx, client.ObjectKey{Name: prepullv1.TagResolutionName(img.Tag)}, rec); err != nil || rec.Status.Source != prepullv1.SourceRegistry {
+			t.Errorf("record %+v (%v): want source Registry", rec.Status, err)
 		}
 	})
 

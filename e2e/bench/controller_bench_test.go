@@ -6,8 +6,10 @@ package bench
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -23,15 +25,24 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/e2e/testground"
 )
 
-var nodeCount = flag.Int("nodes", 1000, "simulated nodes in BenchmarkControllerRollout")
+var (
+	nodeCount  = flag.Int("nodes", 1000, "simulated nodes in BenchmarkControllerRollout")
+	listCount  = flag.Int("lists", 1, "PrePullLists in BenchmarkControllerRollout, all selecting every node")
+	imageCount = flag.Int("images", 1, "distinct tags in BenchmarkControllerRollout; with several lists each tag is named by two")
+	moveShare  = flag.Float64("move", 0.1, "share of the tags pushed again with other bytes for the second phase")
+	refreshAt  = flag.Duration("refresh", time.Minute, "the lists' refreshInterval: the second phase starts at the first refresh after the move")
+)
 
 // countingProxy forwards to a registry and counts the requests it sees.
 type countingProxy struct {
@@ -62,16 +73,21 @@ func startCountingProxy(b *testing.B, target string) *countingProxy {
 	return p
 }
 
-// BenchmarkControllerRollout measures one PrePullList rolled out to
-// -nodes simulated nodes by the real controller binary on the project's
-// kube-apiserver: time to Ready, the controller's API writes per node,
-// registry requests for the rollout, and the controller's peak RSS.
+// BenchmarkControllerRollout measures -lists PrePullLists naming -images
+// distinct tags, rolled out to -nodes simulated nodes by the real controller
+// binary on the project's kube-apiserver, in two phases: the first rollout,
+// then a move of -move of the tags (pushed again with other bytes) picked up
+// at the next refresh. For each phase it prints the time to Ready, the
+// registry resolutions (one per distinct tag is the goal, against one per
+// list and tag for lists resolving on their own), and the controller's API
+// writes per node; then one node's NodeImageSet size, the controller's peak
+// RSS and etcd's database size.
 func BenchmarkControllerRollout(b *testing.B) {
 	bin := os.Getenv("PREPULL_BINARY")
 	if bin == "" {
 		testground.Unavailable(b, "PREPULL_BINARY is not set: run `make bench`, which builds bin/prepull")
 	}
-	n := *nodeCount
+	n, nLists, nImages := *nodeCount, max(*listCount, 1), max(*imageCount, 1)
 	cfg, env := testground.StartAPIServer(b, "../../deploy/crd")
 	cfg.QPS, cfg.Burst = 500, 1000
 	reg := testground.StartRegistry(b)
@@ -86,10 +102,18 @@ func BenchmarkControllerRollout(b *testing.B) {
 		}
 	})
 
-	// The image is named through the counting proxy, so every registry
+	// The images are named through the counting proxy, so every registry
 	// request the controller makes is seen.
-	pushed := reg.MustPushRandom(b, "bench/app:v1", 1024, 1)
-	tag := strings.Replace(pushed.Tag, reg.Host, proxy.host, 1)
+	tags := make([]string, nImages)
+	parallel(nImages, 8, func(i int) {
+		pushed := reg.MustPushRandom(b, fmt.Sprintf("bench/app-%03d:v1", i), 1024, 1)
+		tags[i] = strings.Replace(pushed.Tag, reg.Host, proxy.host, 1)
+	})
+	lists := benchLists(nLists, tags)
+	named := 0
+	for _, l := range lists {
+		named += len(l.Spec.Images)
+	}
 
 	kubeconfig := filepath.Join(b.TempDir(), "kubeconfig")
 	if err := os.WriteFile(kubeconfig, env.KubeConfig, 0o600); err != nil {
@@ -118,103 +142,247 @@ func BenchmarkControllerRollout(b *testing.B) {
 	agentCtx, stopAgents := context.WithCancel(ctx)
 	defer stopAgents()
 	var agentWrites atomic.Int64
-	go simulateAgents(agentCtx, c, &agentWrites)
+	go simulateAgents(agentCtx, b, cfg, &agentWrites)
 
 	b.ResetTimer()
 	start := time.Now()
-	l := &prepullv1.PrePullList{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: "rollout"},
-		Spec: prepullv1.PrePullListSpec{
-			Images:       []prepullv1.PrePullImage{{Image: tag}},
-			NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "bench"}},
-		},
+	for _, l := range lists {
+		if err := c.Create(ctx, l); err != nil {
+			b.Fatal(err)
+		}
 	}
-	if err := c.Create(ctx, l); err != nil {
+	waitReady(b, c, lists, n, nil)
+	first := time.Since(start)
+	m1 := scrape(b, metricsPort)
+	req1 := proxy.requests.Load()
+
+	// Phase two: a share of the tags moves; the next refresh sees it.
+	moved := map[string]string{}
+	for i := 0; i < int(math.Ceil(*moveShare*float64(nImages))); i++ {
+		pushed := reg.MustPushRandom(b, fmt.Sprintf("bench/app-%03d:v1", i), 1024, 1)
+		moved[tags[i]] = pushed.Digest[strings.Index(pushed.Digest, "@")+1:]
+	}
+	seen := waitMoved(b, c, moved)
+	waitReady(b, c, lists, n, moved)
+	second := time.Since(seen)
+	b.StopTimer()
+	m2 := scrape(b, metricsPort)
+
+	writes := func(m map[string]float64) float64 {
+		w := 0.0
+		for _, verb := range []string{"POST", "PUT", "PATCH", "DELETE"} {
+			for _, code := range []string{"200", "201"} {
+				w += m[`rest_client_requests_total{code="`+code+`",host="`+hostOf(cfg.Host)+`",method="`+verb+`"}`]
+			}
+		}
+		return w
+	}
+	res1 := m1[`prepull_tag_resolutions_total{result="resolved"}`]
+	res2 := m2[`prepull_tag_resolutions_total{result="resolved"}`] - res1
+	w1, w2 := writes(m1), writes(m2)-writes(m1)
+	rss := peakRSS(b, cmd.Process.Pid)
+	one := &prepullv1.NodeImageSet{}
+	if err := c.Get(ctx, client.ObjectKey{Name: "node-00000"}, one); err != nil {
 		b.Fatal(err)
 	}
+	one.ManagedFields = nil
+	setBytes, _ := json.Marshal(one)
+	specBytes, _ := json.Marshal(one.Spec)
+	dbSize := etcdDBSize(b, env)
+
+	b.ReportMetric(first.Seconds(), "s-to-ready")
+	b.ReportMetric(second.Seconds(), "s-to-move")
+	b.ReportMetric(w1/float64(n), "api-writes/node")
+	b.ReportMetric(res1, "resolutions")
+	b.ReportMetric(float64(rss)/1024, "controller-peak-MiB")
+	fmt.Printf("\ncontroller rollout: %d nodes, %d lists, %d distinct tags (%d list entries), maxConcurrentNodes 25%%, refreshInterval %s\n",
+		n, nLists, nImages, named, *refreshAt)
+	fmt.Printf("  first rollout, time to Ready:  %.1f s\n", first.Seconds())
+	fmt.Printf("    tag resolutions:             %.0f for %d distinct tags (lists resolving on their own: %d; per node: %d)\n", res1, nImages, named, named*n)
+	fmt.Printf("    registry HTTP requests:      %d\n", req1)
+	fmt.Printf("    controller API writes:       %.0f (%.2f per node)\n", w1, w1/float64(n))
+	fmt.Printf("  %d tags moved, from the refresh that saw it to Ready: %.1f s\n", len(moved), second.Seconds())
+	fmt.Printf("    tag resolutions:             %.0f (the refresh resolves each distinct tag once)\n", res2)
+	fmt.Printf("    controller API writes:       %.0f (%.2f per node)\n", w2, w2/float64(n))
+	fmt.Printf("  one node's NodeImageSet:       %d bytes (spec %d bytes, %d entries)\n", len(setBytes), len(specBytes), len(one.Spec.Images))
+	fmt.Printf("  simulated agent writes:        %d\n", agentWrites.Load())
+	fmt.Printf("  controller peak RSS:           %.0f MiB\n", float64(rss)/1024)
+	fmt.Printf("  etcd database size:           %.0f MiB\n", dbSize/(1<<20))
+}
+
+// benchLists are nLists lists over every node; with several lists, each of
+// the tags is named by two lists, neighbours in a ring.
+func benchLists(nLists int, tags []string) []*prepullv1.PrePullList {
+	per := len(tags)
+	if nLists > 1 {
+		per = min(len(tags), max(1, 2*len(tags)/nLists))
+	}
+	step := max(1, len(tags)/nLists)
+	out := make([]*prepullv1.PrePullList, nLists)
+	for i := range out {
+		l := &prepullv1.PrePullList{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("list-%02d", i)},
+			Spec: prepullv1.PrePullListSpec{
+				NodeSelector:    &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "bench"}},
+				RefreshInterval: &metav1.Duration{Duration: *refreshAt},
+			},
+		}
+		for k := range per {
+			l.Spec.Images = append(l.Spec.Images, prepullv1.PrePullImage{Image: tags[(i*step+k)%len(tags)]})
+		}
+		out[i] = l
+	}
+	return out
+}
+
+// waitReady waits until every list is Ready on all n nodes and, for each
+// moved tag it names, reports the moved digest.
+func waitReady(b *testing.B, c client.Client, lists []*prepullv1.PrePullList, n int, moved map[string]string) {
 	want := fmt.Sprintf("%d/%d", n, n)
 	deadline := time.Now().Add(15 * time.Minute)
 	for {
-		got := &prepullv1.PrePullList{}
-		if err := c.Get(ctx, client.ObjectKeyFromObject(l), got); err != nil {
-			b.Fatal(err)
-		}
-		if got.Status.ReadyNodes == want {
-			break
-		}
-		for _, i := range got.Status.Images {
-			if i.Message != "" {
-				b.Fatalf("resolution failed: %s", i.Message)
+		done := true
+		for _, l := range lists {
+			got := &prepullv1.PrePullList{}
+			if err := c.Get(context.Background(), client.ObjectKeyFromObject(l), got); err != nil {
+				b.Fatal(err)
+			}
+			ok := got.Status.ReadyNodes == want && len(got.Status.Images) == len(l.Spec.Images)
+			for _, i := range got.Status.Images {
+				if i.Message != "" {
+					b.Fatalf("resolution failed: %s", i.Message)
+				}
+				if d, ok2 := moved[i.Image]; ok2 && i.Digest != d {
+					ok = false
+				}
+			}
+			if !ok {
+				done = false
+				if time.Now().After(deadline) {
+					b.Fatalf("list %s not Ready after 15m: %s", l.Name, got.Status.ReadyNodes)
+				}
+				break
 			}
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("not Ready after 15m: %s", got.Status.ReadyNodes)
+		if done {
+			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	elapsed := time.Since(start)
-	b.StopTimer()
-
-	metrics := scrape(b, metricsPort)
-	writes := 0.0
-	for _, m := range []string{"POST", "PUT", "PATCH", "DELETE"} {
-		writes += metrics[`rest_client_requests_total{code="200",host="`+hostOf(cfg.Host)+`",method="`+m+`"}`]
-		writes += metrics[`rest_client_requests_total{code="201",host="`+hostOf(cfg.Host)+`",method="`+m+`"}`]
-	}
-	rss := peakRSS(b, cmd.Process.Pid)
-	regRequests := proxy.requests.Load()
-	resolutions := metrics[`prepull_tag_resolutions_total{result="resolved"}`]
-
-	b.ReportMetric(elapsed.Seconds(), "s-to-ready")
-	b.ReportMetric(writes/float64(n), "api-writes/node")
-	b.ReportMetric(float64(regRequests), "registry-requests")
-	b.ReportMetric(float64(rss)/1024, "controller-peak-MiB")
-	fmt.Printf("\ncontroller rollout: %d nodes, 1 tag, maxConcurrentNodes 25%%\n", n)
-	fmt.Printf("  time to Ready:              %.1f s\n", elapsed.Seconds())
-	fmt.Printf("  controller API writes:      %.0f (%.2f per node)\n", writes, writes/float64(n))
-	fmt.Printf("  tag resolutions:            %.0f (a pull per node would resolve %d times: %.0fx fewer)\n", resolutions, n, float64(n)/max(resolutions, 1))
-	fmt.Printf("  registry HTTP requests:     %d\n", regRequests)
-	fmt.Printf("  simulated agent writes:     %d\n", agentWrites.Load())
-	fmt.Printf("  controller peak RSS:        %.0f MiB\n", float64(rss)/1024)
 }
 
-// simulateAgents plays every node's agent: each image of a NodeImageSet
-// spec is reported Present, pinned, as an agent that pulled it would.
-func simulateAgents(ctx context.Context, c client.Client, writes *atomic.Int64) {
+// waitMoved waits until the controller resolved the first moved tag to its
+// new digest, and returns when it saw that.
+func waitMoved(b *testing.B, c client.Client, moved map[string]string) time.Time {
+	deadline := time.Now().Add(*refreshAt + 5*time.Minute)
+	for time.Now().Before(deadline) {
+		for tag, d := range moved {
+			rec := &prepullv1.TagResolution{}
+			if err := c.Get(context.Background(), client.ObjectKey{Name: prepullv1.TagResolutionName(tag)}, rec); err == nil && rec.Status.Digest == d {
+				return time.Now()
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Fatal("no moved tag was resolved again")
+	return time.Time{}
+}
+
+// etcdDBSize is etcd's database size in bytes, from its metrics.
+func etcdDBSize(b *testing.B, env *envtest.Environment) float64 {
+	u := *env.ControlPlane.Etcd.URL
+	u.Path = "/metrics"
+	resp, err := http.Get(u.String())
+	if err != nil {
+		b.Logf("etcd metrics: %v", err)
+		return 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "etcd_mvcc_db_total_size_in_bytes "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// simulateAgents plays every node's agent: on each change of a
+// NodeImageSet's spec, every image is reported Present and pinned for its
+// active owners, or Released when only releasing owners are left, as an
+// agent that pulled it would; one status patch per spec generation.
+func simulateAgents(ctx context.Context, b *testing.B, cfg *rest.Config, writes *atomic.Int64) {
+	wc, err := client.NewWithWatch(cfg, client.Options{Scheme: testground.Scheme()})
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	var mu sync.Mutex
+	latest := map[string]*prepullv1.NodeImageSet{}
+	answered := map[string]int64{}
+	work := make(chan string, 1<<16)
+	for range 16 {
+		go func() {
+			for name := range work {
+				mu.Lock()
+				s := latest[name]
+				delete(latest, name)
+				mu.Unlock()
+				if s == nil {
+					continue
+				}
+				if err := reportPresent(ctx, wc, s); err != nil && ctx.Err() == nil {
+					fmt.Fprintln(os.Stderr, "simulated agent:", err)
+					continue
+				}
+				writes.Add(1)
+			}
+		}()
+	}
 	for ctx.Err() == nil {
-		var sets prepullv1.NodeImageSetList
-		if err := c.List(ctx, &sets); err != nil {
+		w, err := wc.Watch(ctx, &prepullv1.NodeImageSetList{})
+		if err != nil {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
-		var todo []*prepullv1.NodeImageSet
-		for i := range sets.Items {
-			s := &sets.Items[i]
-			if len(s.Status.Images) != len(s.Spec.Images) {
-				todo = append(todo, s)
+		for ev := range w.ResultChan() {
+			s, ok := ev.Object.(*prepullv1.NodeImageSet)
+			if !ok || ev.Type == watch.Deleted {
+				continue
 			}
-		}
-		parallel(len(todo), 16, func(i int) {
-			s := todo[i]
-			s.Status.Images = nil
-			for _, img := range s.Spec.Images {
-				_, d, _ := strings.Cut(img.Image, "@")
-				var owners []string
-				for _, o := range img.Owners {
-					owners = append(owners, o.List)
+			mu.Lock()
+			if s.Generation > answered[s.Name] {
+				answered[s.Name] = s.Generation
+				_, queued := latest[s.Name]
+				latest[s.Name] = s
+				if !queued {
+					work <- s.Name
 				}
-				s.Status.Images = append(s.Status.Images, prepullv1.NodeImageStatus{
-					Image: img.Image, Phase: prepullv1.PhasePresent, Digest: d, Pinned: true, PinOwners: owners,
-				})
 			}
-			if err := c.Status().Update(ctx, s); err == nil {
-				writes.Add(1)
-			} else if !apierrors.IsConflict(err) && ctx.Err() == nil {
-				fmt.Fprintln(os.Stderr, "simulated agent:", err)
-			}
-		})
-		time.Sleep(200 * time.Millisecond)
+			mu.Unlock()
+		}
 	}
+}
+
+func reportPresent(ctx context.Context, c client.Client, s *prepullv1.NodeImageSet) error {
+	images := make([]prepullv1.NodeImageStatus, 0, len(s.Spec.Images))
+	for _, img := range s.Spec.Images {
+		_, d, _ := strings.Cut(img.Image, "@")
+		active := img.ActiveOwners()
+		st := prepullv1.NodeImageStatus{Image: img.Image, Phase: prepullv1.PhasePresent, Digest: d, Pinned: true, PinOwners: active}
+		if len(active) == 0 {
+			st = prepullv1.NodeImageStatus{Image: img.Image, Phase: prepullv1.PhaseReleased, Digest: d}
+		}
+		images = append(images, st)
+	}
+	body, err := json.Marshal(map[string]any{"status": prepullv1.NodeImageSetStatus{ObservedGeneration: s.Generation, Images: images}})
+	if err != nil {
+		return err
+	}
+	patched := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: s.Name}}
+	return c.Status().Patch(ctx, patched, client.RawPatch(types.MergePatchType, body))
 }
 
 func parallel(n, workers int, f func(int)) {
