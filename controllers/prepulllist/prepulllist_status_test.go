@@ -1,6 +1,7 @@
 package prepulllist
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -136,5 +137,42 @@ func TestParseWant(t *testing.T) {
 				t.Errorf("parseWant(%q) = %+v", tt.image, w)
 			}
 		})
+	}
+}
+
+func TestHandMovesATagToOneEntry(t *testing.T) {
+	const tag, d1, d2 = "registry.example/app:v1", "registry.example/app@sha256:1", "registry.example/app@sha256:2"
+	n := &node{name: "n", selected: true, spec: &prepullv1.NodeImageSetSpec{Images: []prepullv1.NodeImage{{
+		Image: d1, Owners: []prepullv1.ImageOwner{{List: "ns/a", Tags: []string{tag}}, {List: "ns/b", Tags: []string{tag}}},
+	}}}}
+	w, err := parseWant(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// List a is handed the tag's new digest first; list b waits its turn.
+	p := &plan{owner: prepullv1.ImageOwner{List: "ns/a"}, targets: []target{{want: w, digest: "sha256:2"}}, maxConcurrent: 1}
+	p.run([]*node{n})
+	claims := map[string][]string{}
+	for _, e := range n.spec.Images {
+		for _, o := range e.Owners {
+			if !o.Releasing && slices.Contains(o.Tags, tag) {
+				claims[tag] = append(claims[tag], e.Image)
+			}
+		}
+	}
+	if got := slices.Compact(claims[tag]); !slices.Equal(got, []string{d2}) {
+		t.Errorf("entries claiming %s: %v, want only %s", tag, got, d2)
+	}
+	if !n.changed {
+		t.Error("the node is not marked changed")
+	}
+	var bKeeps bool
+	for _, e := range n.spec.Images {
+		for _, o := range e.Owners {
+			bKeeps = bKeeps || (e.Image == d1 && o.List == "ns/b" && !o.Releasing)
+		}
+	}
+	if !bKeeps {
+		t.Errorf("list b lost its entry before its turn: %+v", n.spec.Images)
 	}
 }
