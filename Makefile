@@ -111,6 +111,14 @@ BENCH_NODES ?= 1000
 bench: testground build ## Run the benchmarks (BENCH_NODES=5000 for a larger controller rollout).
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./e2e/bench/ -args -nodes=$(BENCH_NODES)
 
+FLEET_NODES ?= 5000
+FLEET_LISTS ?= 20
+FLEET_IMAGES ?= 100
+
+.PHONY: bench-fleet
+bench-fleet: testground build ## The controller at fleet scale: FLEET_NODES x FLEET_LISTS lists x FLEET_IMAGES tags, then a tag move.
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -run '^$$' -bench BenchmarkControllerRollout -benchtime 1x -timeout 60m ./e2e/bench/ -args -nodes=$(FLEET_NODES) -lists=$(FLEET_LISTS) -images=$(FLEET_IMAGES)
+
 .PHONY: bench-podstart
 bench-podstart: deps cluster-binaries build ## Pod start latency on the local cluster: pre-pulled vs cold vs kubelet-pulled, over a shaped link (root).
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkPodStart -benchtime 1x -timeout 30m ./e2e/

@@ -85,6 +85,9 @@ type Reconciler struct {
 
 // Reconcile brings one PrePullList's nodes and status up to date.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	if err := r.tags.index(ctx); err != nil {
+		return ctrl.Result{}, err
+	}
 	l := &prepullv1.PrePullList{}
 	if err := r.Get(ctx, req.NamespacedName, l); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -106,9 +109,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullList) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx)
-	if err := r.tags.index(ctx); err != nil {
-		return ctrl.Result{}, err
-	}
 	if err := r.tags.collect(ctx, r.tags.use(client.ObjectKeyFromObject(l), usesOf(l))); err != nil {
 		return ctrl.Result{}, err
 	}
