@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -26,9 +27,9 @@ import (
 // The controller is the one writer of every NodeImageSet spec, so its own
 // copy of them — the fleet — is the truth, and the API holds what it last
 // wrote. List reconciles change the fleet and mark nodes dirty; a flusher
-// writes each dirty node's whole spec in one patch once the reconciles have
-// been quiet for flushQuiet (or flushMax after the first mark), so that the
-// decisions of every list touching a node in one moment reach it in one
+// writes each dirty node's whole spec in one patch once no reconcile has
+// run for flushQuiet (or flushMax after the first mark), so that the
+// decisions of every list reconciled back to back reach a node in one
 // write, however many lists there are.
 //
 // What agents report is kept compactly too: the informer's transform turns
@@ -37,7 +38,7 @@ import (
 // the object it caches to its metadata, so that the controller's memory
 // grows with nodes × images by a few dozen bytes, not by the status objects.
 const (
-	flushQuiet   = 200 * time.Millisecond
+	flushQuiet   = 20 * time.Millisecond
 	flushMax     = 2 * time.Second
 	flushWorkers = 16
 )
@@ -73,15 +74,20 @@ func (rs reports) find(ref string) *report {
 // fleet holds every node's spec as the controller wants it, and what the
 // node's agent last reported.
 type fleet struct {
-	mu      sync.Mutex
-	specs   map[string]*prepullv1.NodeImageSetSpec
-	status  map[string]reports
+	mu     sync.Mutex
+	specs  map[string]*prepullv1.NodeImageSetSpec
+	status map[string]reports
+	// view is status as of the last statusBatch: the lists reconciled
+	// together decide from one view, so they hand the same nodes at once.
+	view    map[string]reports
 	exists  map[string]bool
 	loaded  bool
 	dirty   map[string]bool
 	writing int
 	first   time.Time
+	// last is when a reconcile last ended; active counts those under way.
 	last    time.Time
+	active  int
 	clock   clock.PassiveClock
 	written int64
 }
@@ -122,6 +128,21 @@ func (f *fleet) load(ctx context.Context, r client.Reader) error {
 	return nil
 }
 
+// snapshot makes what agents reported so far the view reconciles read.
+func (f *fleet) snapshot() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.view = maps.Clone(f.status)
+}
+
+// reported is node's reports in the current view. The caller holds f.mu.
+func (f *fleet) reported(node string) reports {
+	if f.view == nil {
+		return f.status[node]
+	}
+	return f.view[node]
+}
+
 // spec is node's spec, created empty.
 func (f *fleet) spec(node string) *prepullv1.NodeImageSetSpec {
 	s, ok := f.specs[node]
@@ -138,13 +159,28 @@ func (f *fleet) markDirty(node string) {
 	if len(f.dirty) == 0 {
 		f.first = now
 	}
-	f.dirty[node], f.last = true, now
+	f.dirty[node] = true
+}
+
+// begin and end bracket a reconcile: the fleet is written once none runs.
+func (f *fleet) begin() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.active++
+}
+
+func (f *fleet) end() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.active--
+	f.last = f.clock.Now()
 }
 
 // forget drops a node that is gone. The caller holds f.mu.
 func (f *fleet) forget(node string) {
 	delete(f.specs, node)
 	delete(f.status, node)
+	delete(f.view, node)
 	delete(f.exists, node)
 	delete(f.dirty, node)
 }
@@ -176,7 +212,8 @@ func (f *fleet) take() map[string]*prepullv1.NodeImageSetSpec {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.clock.Now()
-	if len(f.dirty) == 0 || (now.Sub(f.last) < flushQuiet && now.Sub(f.first) < flushMax) {
+	quiet := f.active == 0 && now.Sub(f.last) >= flushQuiet
+	if len(f.dirty) == 0 || (!quiet && now.Sub(f.first) < flushMax) {
 		return nil
 	}
 	out := make(map[string]*prepullv1.NodeImageSetSpec, len(f.dirty))
@@ -199,7 +236,7 @@ func (f *fleet) pending() bool {
 
 // flush writes the dirty nodes' specs until ctx ends.
 func (f *fleet) flush(ctx context.Context, c client.Client, nodeUID func(string) (types.UID, bool)) error {
-	t := time.NewTicker(50 * time.Millisecond)
+	t := time.NewTicker(flushQuiet)
 	defer t.Stop()
 	for {
 		select {

@@ -62,6 +62,11 @@ type Reconciler struct {
 	tags   *tagStore
 	wake   chan event.GenericEvent
 	cached bool
+	// reported are the lists whose nodes' agents reported since the last
+	// statusBatch.
+	reportMu  sync.Mutex
+	reported  map[types.NamespacedName]bool
+	viewStale bool
 
 	// computed is the status last computed per list UID. The cache a
 	// reconcile reads the list from can lag behind the controller's own
@@ -85,6 +90,8 @@ type Reconciler struct {
 
 // Reconcile brings one PrePullList's nodes and status up to date.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	r.fleet.begin()
+	defer r.fleet.end()
 	if err := r.tags.index(ctx); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -166,7 +173,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 	if r.fleet.pending() {
 		// The specs that drop the list are not written yet: the finalizer
 		// goes only once no NodeImageSet names the list.
-		return ctrl.Result{RequeueAfter: flushQuiet}, nil
+		return ctrl.Result{RequeueAfter: 10 * flushQuiet}, nil
 	}
 	if err := r.deleteMirrors(ctx, l, nil); err != nil {
 		return ctrl.Result{}, err
@@ -212,7 +219,7 @@ func (r *Reconciler) nodes(ctx context.Context, l *prepullv1.PrePullList) ([]*no
 		seen[n.Name] = true
 		out = append(out, &node{
 			name: n.Name, selected: selector.Matches(labels.Set(n.Labels)),
-			spec: f.spec(n.Name), status: f.status[n.Name],
+			spec: f.spec(n.Name), status: f.reported(n.Name), live: f.status[n.Name],
 		})
 	}
 	var gone []string
@@ -524,16 +531,28 @@ func (r *Reconciler) patchStatus(ctx context.Context, l *prepullv1.PrePullList, 
 		return nil
 	}
 	l.Status = st
-	if err := r.Status().Update(ctx, l); err != nil {
+	err := r.Status().Update(ctx, l)
+	if apierrors.IsConflict(err) {
+		// The cache l came from lags behind the controller's own last
+		// write of it: read it again and write once more.
+		cur := &prepullv1.PrePullList{}
+		if err = r.APIReader.Get(ctx, client.ObjectKeyFromObject(l), cur); err == nil {
+			cur.Status = st
+			err = r.Status().Update(ctx, cur)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("update status: %w", err)
 	}
 	return nil
 }
 
 // statusBatch is how long NodeImageSet status changes are gathered before
-// the lists they concern are reconciled: a list's status is aggregated at
-// most about once per statusBatch however many agents write.
-const statusBatch = 300 * time.Millisecond
+// the lists they concern are reconciled, all of them together: a list's
+// status is aggregated at most about once per statusBatch however many
+// agents write, and lists reconciled back to back reach each node in one
+// write of the fleet.
+const statusBatch = 200 * time.Millisecond
 
 // CacheOptions returns o with what the reconciler needs of the manager's
 // cache: NodeImageSets cached as metadata only, their status kept as the
@@ -591,16 +610,19 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})); err != nil {
 		return err
 	}
+	if err := mgr.Add(manager.RunnableFunc(r.releaseReported)); err != nil {
+		return err
+	}
 	statusChanged := handler.TypedFuncs[client.Object, reconcile.Request]{
-		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			r.enqueueOwners(e.Object.GetName(), q)
+		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[client.Object], _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.noteReport(e.Object.GetName())
 		},
-		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			r.enqueueOwners(e.ObjectNew.GetName(), q)
+		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[client.Object], _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.noteReport(e.ObjectNew.GetName())
 		},
-		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[client.Object], _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			r.fleet.gone(e.Object.GetName())
-			r.enqueueOwners(e.Object.GetName(), q)
+			r.noteReport(e.Object.GetName())
 		},
 	}
 	return ctrl.NewControllerManagedBy(mgr).
@@ -613,11 +635,46 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// enqueueOwners reconciles, after statusBatch, the lists that own an entry
-// on node: its agent reported.
-func (r *Reconciler) enqueueOwners(node string, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-	for _, l := range r.fleet.owners(node) {
-		q.AddAfter(reconcile.Request{NamespacedName: l}, statusBatch)
+// noteReport records that node's agent reported: the lists that own an
+// entry there are reconciled at the next statusBatch.
+func (r *Reconciler) noteReport(node string) {
+	owners := r.fleet.owners(node)
+	r.reportMu.Lock()
+	defer r.reportMu.Unlock()
+	if r.reported == nil {
+		r.reported = map[types.NamespacedName]bool{}
+	}
+	r.viewStale = true
+	for _, l := range owners {
+		r.reported[l] = true
+	}
+}
+
+// releaseReported queues, every statusBatch, every list whose nodes
+// reported since the last time, together.
+func (r *Reconciler) releaseReported(ctx context.Context) error {
+	t := time.NewTicker(statusBatch)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		r.reportMu.Lock()
+		lists, stale := r.reported, r.viewStale
+		r.reported, r.viewStale = nil, false
+		r.reportMu.Unlock()
+		if stale {
+			r.fleet.snapshot()
+		}
+		for l := range lists {
+			select {
+			case r.wake <- event.GenericEvent{Object: &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name}}}:
+			case <-ctx.Done():
+				return nil
+			}
+		}
 	}
 }
 

@@ -35,6 +35,10 @@ type node struct {
 	// without one yet.
 	spec   *prepullv1.NodeImageSetSpec
 	status reports
+	// live is what the agent reported last, newer than status (the view of
+	// the last statusBatch that pacing decides from): a release is
+	// confirmed only by it.
+	live reports
 	// changed is set when the plan changed spec.
 	changed bool
 }
@@ -206,7 +210,7 @@ func (p *plan) collectReleased(n *node) {
 	images := n.spec.Images[:0]
 	for _, e := range n.spec.Images {
 		o := findOwnerIn(&e, p.owner.List)
-		if o != nil && o.Releasing && released(&e, n.status.find(e.Image), p.owner.List) {
+		if o != nil && o.Releasing && released(&e, n.live.find(e.Image), p.owner.List) {
 			e.Owners = slices.DeleteFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.List == p.owner.List })
 			n.changed = true
 			if len(e.Owners) == 0 {
