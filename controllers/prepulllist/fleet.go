@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -234,46 +235,43 @@ func (f *fleet) pending() bool {
 	return len(f.dirty) > 0 || f.writing > 0
 }
 
-// flush writes the dirty nodes' specs until ctx ends.
+// flush writes the dirty nodes' specs every flushQuiet until ctx ends.
 func (f *fleet) flush(ctx context.Context, c client.Client, nodeUID func(string) (types.UID, bool)) error {
-	t := time.NewTicker(flushQuiet)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		batch := f.take()
-		if len(batch) == 0 {
-			continue
-		}
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(flushWorkers)
-		var mu sync.Mutex
-		var failed []string
-		for name, spec := range batch {
-			g.Go(func() error {
-				if err := f.write(gctx, c, name, spec, nodeUID); err != nil {
-					ctrl.LoggerFrom(ctx).Info("Write of a node image set failed; retrying", "node", name, "error", err.Error())
-					mu.Lock()
-					failed = append(failed, name)
-					mu.Unlock()
-				}
-				return nil
-			})
-		}
-		_ = g.Wait()
-		f.mu.Lock()
-		f.writing--
-		f.written += int64(len(batch) - len(failed))
-		for _, n := range failed {
-			if _, ok := f.specs[n]; ok {
-				f.markDirty(n)
-			}
-		}
-		f.mu.Unlock()
+	wait.UntilWithContext(ctx, func(ctx context.Context) { f.flushOnce(ctx, c, nodeUID) }, flushQuiet)
+	return nil
+}
+
+// flushOnce writes the dirty nodes' specs, when take says it is time.
+func (f *fleet) flushOnce(ctx context.Context, c client.Client, nodeUID func(string) (types.UID, bool)) {
+	batch := f.take()
+	if len(batch) == 0 {
+		return
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(flushWorkers)
+	var mu sync.Mutex
+	var failed []string
+	for name, spec := range batch {
+		g.Go(func() error {
+			if err := f.write(gctx, c, name, spec, nodeUID); err != nil {
+				ctrl.LoggerFrom(ctx).Info("Write of a node image set failed; retrying", "node", name, "error", err.Error())
+				mu.Lock()
+				failed = append(failed, name)
+				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	f.mu.Lock()
+	f.writing--
+	f.written += int64(len(batch) - len(failed))
+	for _, n := range failed {
+		if _, ok := f.specs[n]; ok {
+			f.markDirty(n)
+		}
+	}
+	f.mu.Unlock()
 }
 
 // write makes node's NodeImageSet spec be spec: a merge patch that replaces

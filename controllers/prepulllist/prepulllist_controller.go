@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
@@ -653,14 +654,7 @@ func (r *Reconciler) noteReport(node string) {
 // releaseReported queues, every statusBatch, every list whose nodes
 // reported since the last time, together.
 func (r *Reconciler) releaseReported(ctx context.Context) error {
-	t := time.NewTicker(statusBatch)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		r.reportMu.Lock()
 		lists, stale := r.reported, r.viewStale
 		r.reported, r.viewStale = nil, false
@@ -672,10 +666,11 @@ func (r *Reconciler) releaseReported(ctx context.Context) error {
 			select {
 			case r.wake <- event.GenericEvent{Object: &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name}}}:
 			case <-ctx.Done():
-				return nil
+				return
 			}
 		}
-	}
+	}, statusBatch)
+	return nil
 }
 
 // allLists enqueues every list: a node came, went or changed its labels.
