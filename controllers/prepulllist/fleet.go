@@ -87,10 +87,9 @@ type fleet struct {
 	writing int
 	first   time.Time
 	// last is when a reconcile last ended; active counts those under way.
-	last    time.Time
-	active  int
-	clock   clock.PassiveClock
-	written int64
+	last   time.Time
+	active int
+	clock  clock.PassiveClock
 }
 
 func newFleet(c clock.PassiveClock) *fleet {
@@ -265,7 +264,6 @@ func (f *fleet) flushOnce(ctx context.Context, c client.Client, nodeUID func(str
 	_ = g.Wait()
 	f.mu.Lock()
 	f.writing--
-	f.written += int64(len(batch) - len(failed))
 	for _, n := range failed {
 		if _, ok := f.specs[n]; ok {
 			f.markDirty(n)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -130,7 +129,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	}
 	prev := r.previousStatus(l)
 	selected, probeNode := selection(nodes)
-	targets, images, next, resolveErr := r.resolve(ctx, l, prev.Images, creds, nodes, probeNode)
+	targets, images, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
 
 	p := r.planFor(l, targets, selected)
 	p.probeNode = probeNode
@@ -223,18 +222,19 @@ func (r *Reconciler) nodes(ctx context.Context, l *prepullv1.PrePullList) ([]*no
 			spec: f.spec(n.Name), status: f.reported(n.Name), live: f.status[n.Name],
 		})
 	}
-	var gone []string
+	// A node the fleet knows of, by its spec or its object, that is not
+	// among the nodes any more.
+	gone := map[string]bool{}
 	for name := range f.specs {
-		if !seen[name] {
-			gone = append(gone, name)
-		}
+		gone[name] = !seen[name]
 	}
 	for name := range f.exists {
-		if !seen[name] && !slices.Contains(gone, name) {
-			gone = append(gone, name)
-		}
+		gone[name] = !seen[name]
 	}
-	for _, name := range gone {
+	for name, isGone := range gone {
+		if !isGone {
+			continue
+		}
 		set := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: name}}
 		if err := r.Delete(ctx, set); err != nil && !apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("delete node image set of deleted node %s: %w", name, err)
@@ -291,7 +291,7 @@ func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, selecte
 // resolved at the registry once per refresh for the cluster, or reported by
 // a node. A failed resolution keeps the digest known before, so nodes keep
 // what they have.
-func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev []prepullv1.ImageResolution, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, time.Time, error) {
+func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, time.Time, error) {
 	now := r.Clock.Now()
 	next := now.Add(prepullv1.DefaultRefresh)
 	var targets []target
@@ -310,12 +310,11 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev
 		if w.Digest != "" {
 			t.digest = w.Digest
 		} else {
-			rec, due, err := r.resolveTag(ctx, l, w.Tag, creds, nodes, probeNode)
+			rec, pol, due, err := r.resolveTag(ctx, l, w.Tag, creds, nodes, probeNode)
 			if err != nil {
 				errs = append(errs, err)
 			}
 			next = minTime(next, due)
-			pol := r.tags.policy(w.Tag)
 			if rec != nil {
 				t.digest, res.ResolvedAt, res.Message = rec.Status.Digest, rec.Status.ResolvedAt, truncate(rec.Status.Message, 1024)
 			}
@@ -339,15 +338,24 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, prev
 
 // resolveTag brings tag's TagResolution up to date as far as l can: at the
 // registry when it is due and the registry wins, or from what l's probe node
-// reported. It returns the record, when the tag is next due, and a failure
-// to write the record. Lists whose digest it changed are woken.
-func (r *Reconciler) resolveTag(ctx context.Context, l *prepullv1.PrePullList, tag string, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, time.Time, error) {
+// reported. It returns the record, how the tag is resolved for every list,
+// when it is next due, and a failure to write the record. Lists whose digest
+// it changed are woken.
+func (r *Reconciler) resolveTag(ctx context.Context, l *prepullv1.PrePullList, tag string, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, tagUse, time.Time, error) {
 	now := r.Clock.Now()
+	pol := r.tags.policy(tag)
 	rec, err := r.tags.get(ctx, tag)
 	if err != nil {
-		return nil, now.Add(resolutionRetry), err
+		return nil, pol, now.Add(resolutionRetry), err
 	}
-	pol := r.tags.policy(tag)
+	rec, next, err := r.refreshTag(ctx, tag, rec, pol, creds, nodes, probeNode)
+	return rec, pol, next, err
+}
+
+// refreshTag resolves tag again when it is due under pol: at the registry,
+// or from what the probe node reported.
+func (r *Reconciler) refreshTag(ctx context.Context, tag string, rec *prepullv1.TagResolution, pol tagUse, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, time.Time, error) {
+	now := r.Clock.Now()
 	var st prepullv1.TagResolutionStatus
 	if rec != nil {
 		st = *rec.Status.DeepCopy()

@@ -127,12 +127,14 @@ func (s *tagStore) setUses(list types.NamespacedName, uses map[string]tagUse) []
 	return dropped
 }
 
+// rank orders the sources when lists naming one tag disagree.
+var rank = map[prepullv1.ResolutionSource]int{prepullv1.SourceRegistry: 3, prepullv1.SourceNode: 2, prepullv1.SourceArchive: 1}
+
 // policy is how tag is resolved for every list: the winning source and the
 // shortest refresh among the lists that resolve it that way.
 func (s *tagStore) policy(tag string) tagUse {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rank := map[prepullv1.ResolutionSource]int{prepullv1.SourceRegistry: 3, prepullv1.SourceNode: 2, prepullv1.SourceArchive: 1}
 	var p tagUse
 	for _, u := range s.uses[tag] {
 		switch {
