@@ -5,7 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"slices"
+	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // Defaults of a PrePullList's settings, as the API server fills them in.
@@ -86,6 +89,13 @@ func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettin
 	slices.Sort(s.PullSecrets)
 	s.Tags, s.PullSecrets = slices.Compact(s.Tags), slices.Compact(s.PullSecrets)
 	return s
+}
+
+// OwnerKey is the namespace and name of the list an owner names
+// ("namespace/name"), and whether it has that form.
+func OwnerKey(owner string) (types.NamespacedName, bool) {
+	ns, name, ok := strings.Cut(owner, "/")
+	return types.NamespacedName{Namespace: ns, Name: name}, ok
 }
 
 // ActiveOwners lists the owners that are not releasing.

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 )
 
@@ -36,9 +34,9 @@ func (r *Reconciler) entries(ctx context.Context, set *prepullv1.NodeImageSet) [
 		if l, ok := lists[owner]; ok {
 			return l
 		}
-		ns, name, _ := strings.Cut(owner, "/")
+		key, _ := prepullv1.OwnerKey(owner)
 		l := &prepullv1.PrePullList{}
-		if err := r.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, l); err != nil {
+		if err := r.Get(ctx, key, l); err != nil {
 			// Gone or not readable: the API's defaults.
 			l = nil
 		}

@@ -162,8 +162,8 @@ func (e *env) setSpec(t *testing.T, node string, images ...prepullv1.NodeImage) 
 	t.Helper()
 	for _, img := range images {
 		for _, o := range img.Owners {
-			ns, name, _ := strings.Cut(o.List, "/")
-			if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &prepullv1.PrePullList{}); apierrors.IsNotFound(err) {
+			key, _ := prepullv1.OwnerKey(o.List)
+			if err := e.c.Get(ctx, key, &prepullv1.PrePullList{}); apierrors.IsNotFound(err) {
 				e.setList(t, o.List, nil)
 			}
 		}

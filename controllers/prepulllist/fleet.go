@@ -196,8 +196,7 @@ func (f *fleet) owners(node string) []types.NamespacedName {
 	}
 	for _, e := range s.Images {
 		for _, o := range e.Owners {
-			ns, name, ok := strings.Cut(o.List, "/")
-			n := types.NamespacedName{Namespace: ns, Name: name}
+			n, ok := prepullv1.OwnerKey(o.List)
 			if ok && !slices.Contains(out, n) {
 				out = append(out, n)
 			}

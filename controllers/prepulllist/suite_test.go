@@ -242,9 +242,9 @@ func activeOwners(e *prepullv1.NodeImage) []string {
 
 // lookupList reads an owner's list, as the agent does.
 func (e *env) lookupList(owner string) *prepullv1.PrePullList {
-	ns, name, _ := strings.Cut(owner, "/")
+	key, _ := prepullv1.OwnerKey(owner)
 	l := &prepullv1.PrePullList{}
-	if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, l); err != nil {
+	if err := e.c.Get(ctx, key, l); err != nil {
 		return nil
 	}
 	return l
