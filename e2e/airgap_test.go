@@ -17,7 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/e2e/testground"
 )
 

@@ -13,7 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
 
-	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/bundle"
 )
 
 // BundleOptions are the flags of "prepull bundle".

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/e2e/testground"
 )
 

@@ -13,7 +13,7 @@ import (
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeapply"
 	"prepull.io/prepull/cri"
-	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/e2e/testground"
 )
 

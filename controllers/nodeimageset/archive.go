@@ -6,7 +6,7 @@ import (
 	"sync"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/bundle"
 )
 
 // noteArchives records, by archive, the spec images that come from it, so

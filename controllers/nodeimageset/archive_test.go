@@ -11,7 +11,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
-	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/e2e/testground"
 )
 

@@ -40,7 +40,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/cri"
-	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/bundle"
 )
 
 // Defaults of the Reconciler's tunables.

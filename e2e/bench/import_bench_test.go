@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/e2e/testground"
 )

@@ -15,7 +15,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"prepull.io/prepull/cri/bundle"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/e2e/testground"
 )
 
