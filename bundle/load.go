@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
 )
 
 // Loaded is what Load did for one wanted reference.
@@ -34,7 +35,7 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 			continue
 		}
 		seen[w] = true
-		r, err := cri.ParseRef(w)
+		r, err := imageref.Parse(w)
 		switch {
 		case err != nil:
 			out[w] = Loaded{Err: err}
@@ -53,7 +54,7 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 	images, err := store.Import(ctx, f, func(name, digest string) []string {
 		refs := slices.Clone(byDigest[digest])
 		matched[digest] = append(matched[digest], byDigest[digest]...)
-		if n, err := cri.ParseRef(name); err == nil && n.Tag != "" {
+		if n, err := imageref.Parse(name); err == nil && n.Tag != "" {
 			if w, ok := byTag[n.Tag]; ok {
 				refs = append(refs, w, n.Repo+"@"+digest)
 				matched[digest] = append(matched[digest], w)

@@ -24,6 +24,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
 )
 
 // Options configure Write.
@@ -190,7 +191,7 @@ func newWriter(out string, opts Options) *writer {
 
 // plan resolves ref and lists the blobs the bundle needs of it.
 func (w *writer) plan(ctx context.Context, prev *archive, ref string) (*Image, error) {
-	r, err := cri.ParseRef(ref)
+	r, err := imageref.Parse(ref)
 	if err != nil {
 		return nil, err
 	}

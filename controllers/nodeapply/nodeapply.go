@@ -15,6 +15,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/bundle"
 )
 
@@ -62,7 +63,7 @@ type Result struct {
 type entry struct {
 	list  string
 	image string
-	cri.Ref
+	imageref.Ref
 	retain  bool
 	archive *bundle.Source
 }
@@ -127,7 +128,7 @@ func Apply(ctx context.Context, lists []prepullv1.PrePullList, opts Options) []R
 }
 
 func parse(owner, image string, l *prepullv1.PrePullList, opts Options) (*entry, error) {
-	r, err := cri.ParseRef(image)
+	r, err := imageref.Parse(image)
 	if err != nil {
 		return nil, err
 	}

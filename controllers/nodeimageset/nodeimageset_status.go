@@ -16,6 +16,7 @@ import (
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/pullsecret"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
 )
 
 // buildStatus is the status the agent reports for set.
@@ -125,7 +126,7 @@ func (r *Reconciler) auth(ctx context.Context, e *entry) (*cri.Auth, error) {
 	if len(e.PullSecrets) == 0 {
 		return nil, nil
 	}
-	repo, err := cri.Repository(e.Image)
+	repo, err := imageref.Repository(e.Image)
 	if err != nil {
 		return nil, err
 	}

@@ -4,7 +4,7 @@ import (
 	"strings"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
 )
 
 // want is one image of a list, parsed: Tag is empty for an image given by
@@ -12,7 +12,7 @@ import (
 type want struct {
 	// image is the entry as the list names it.
 	image string
-	cri.Ref
+	imageref.Ref
 	// advice warns about an entry that pods cannot use from the node alone.
 	advice string
 }
@@ -24,7 +24,7 @@ const latestAdvice = "a pod whose image has the tag latest or no tag defaults to
 // parseWant parses one list entry. The apiserver already refused malformed
 // references; this also normalizes and catches what the pattern cannot.
 func parseWant(image string) (want, error) {
-	r, err := cri.ParseRef(image)
+	r, err := imageref.Parse(image)
 	if err != nil {
 		return want{}, err
 	}

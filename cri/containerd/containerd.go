@@ -18,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
 )
 
 // Namespace is the containerd namespace of containerd's CRI plugin.
@@ -94,7 +95,7 @@ func (s *Store) Unpin(ctx context.Context, ref, owner string) error {
 func (s *Store) Owners(ctx context.Context, ref string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	name, err := cri.Normalize(ref)
+	name, err := imageref.Normalize(ref)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +111,7 @@ func (s *Store) Owners(ctx context.Context, ref string) ([]string, error) {
 func (s *Store) changeLabels(ctx context.Context, op, ref string, change func(map[string]string) map[string]string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	name, err := cri.Normalize(ref)
+	name, err := imageref.Normalize(ref)
 	if err != nil {
 		return err
 	}
@@ -136,11 +137,11 @@ func (s *Store) changeLabels(ctx context.Context, op, ref string, change func(ma
 func (s *Store) Tag(ctx context.Context, tag, digestRef string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	tagName, err := cri.Normalize(tag)
+	tagName, err := imageref.Normalize(tag)
 	if err != nil {
 		return err
 	}
-	srcName, err := cri.Normalize(digestRef)
+	srcName, err := imageref.Normalize(digestRef)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
 )
 
 // Import loads archive into the content store under a lease, and makes each
@@ -109,7 +110,7 @@ func (s *Store) makePresent(ctx context.Context, desc ocispec.Descriptor, names 
 		}
 	}
 	for _, ref := range names {
-		name, err := cri.Normalize(ref)
+		name, err := imageref.Normalize(ref)
 		if err != nil {
 			rollback()
 			return err

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/cri/critest"
 	"prepull.io/prepull/cri/fake"
 	"prepull.io/prepull/e2e/testground"
@@ -30,7 +31,7 @@ func archive(t testing.TB, ref, arch string) ([]byte, critest.Image) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	repo, err := cri.Repository(ref)
+	repo, err := imageref.Repository(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +51,7 @@ func TestFake(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			repo, err := cri.Repository(ref)
+			repo, err := imageref.Repository(ref)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,19 +1,26 @@
-package cri
+// Package imageref takes image references apart and puts them in the fully
+// qualified form container runtimes store them in, so that the controller,
+// the lists' readers, bundles, node apply and the agent all name an image
+// the same way.
+package imageref
 
 import (
+	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/distribution/reference"
 )
+
+// ErrInvalid means a string is not an image reference.
+var ErrInvalid = errors.New("invalid image reference")
 
 // Normalize returns ref in the fully qualified form the runtime stores, e.g.
 // "nginx:1.27" becomes "docker.io/library/nginx:1.27". A reference with neither
 // tag nor digest gets the tag "latest", as the runtime gives it.
 func Normalize(ref string) (string, error) {
-	named, err := reference.ParseNormalizedNamed(ref)
+	named, err := parse(ref)
 	if err != nil {
-		return "", fmt.Errorf("image reference %q: %w: %w", ref, ErrInvalid, err)
+		return "", err
 	}
 	return reference.TagNameOnly(named).String(), nil
 }
@@ -31,11 +38,11 @@ type Ref struct {
 	Digest string
 }
 
-// ParseRef takes s apart.
-func ParseRef(s string) (Ref, error) {
-	named, err := reference.ParseNormalizedNamed(s)
+// Parse takes s apart.
+func Parse(s string) (Ref, error) {
+	named, err := parse(s)
 	if err != nil {
-		return Ref{}, fmt.Errorf("image reference %q: %w: %w", s, ErrInvalid, err)
+		return Ref{}, err
 	}
 	r := Ref{Repo: named.Name()}
 	if d, ok := named.(reference.Digested); ok {
@@ -61,28 +68,17 @@ func (r Ref) DigestRef() string {
 // Repository returns the fully qualified repository of ref, without tag or
 // digest.
 func Repository(ref string) (string, error) {
-	named, err := reference.ParseNormalizedNamed(ref)
+	named, err := parse(ref)
 	if err != nil {
-		return "", fmt.Errorf("image reference %q: %w: %w", ref, ErrInvalid, err)
+		return "", err
 	}
 	return named.Name(), nil
 }
 
-// ManifestDigest is the manifest digest of the present image img that ref
-// names: the digest of a digest reference, or for a tag the digest the
-// runtime recorded for the tag's repository; "" when it recorded none.
-func ManifestDigest(ref string, img *Image) string {
-	if _, d, ok := strings.Cut(ref, "@"); ok {
-		return d
-	}
-	repo, err := Repository(ref)
+func parse(ref string) (reference.Named, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
 	if err != nil {
-		return ""
+		return nil, fmt.Errorf("image reference %q: %w: %w", ref, ErrInvalid, err)
 	}
-	for _, rd := range img.RepoDigests {
-		if r, d, ok := strings.Cut(rd, "@"); ok && r == repo {
-			return d
-		}
-	}
-	return ""
+	return named, nil
 }
