@@ -14,9 +14,9 @@ import (
 	"time"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
-	"prepull.io/prepull/bundle"
 )
 
 // Options configure Apply.

@@ -11,9 +11,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/controllers/nodeapply"
 	"prepull.io/prepull/cri"
-	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/e2e/testground"
 )
 

@@ -10,8 +10,8 @@ import (
 	"testing"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/e2e/testground"
 )
 

@@ -39,8 +39,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/cri"
 	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/cri"
 )
 
 // Defaults of the Reconciler's tunables.

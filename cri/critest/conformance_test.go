@@ -5,10 +5,10 @@ import (
 	"testing"
 
 	"prepull.io/prepull/cri"
-	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/cri/critest"
 	"prepull.io/prepull/cri/fake"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/imageref"
 )
 
 // archive makes an OCI archive of a new small random linux/arch image named
