@@ -13,8 +13,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"prepull.io/prepull/controllers/nodeapply"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/nodeapply"
 )
 
 // NodeApplyOptions are the flags of "prepull node apply".

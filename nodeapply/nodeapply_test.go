@@ -12,9 +12,9 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
-	"prepull.io/prepull/controllers/nodeapply"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/nodeapply"
 )
 
 func list(name string, retain prepullv1.RetainPolicy, images ...string) prepullv1.PrePullList {
