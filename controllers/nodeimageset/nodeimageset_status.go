@@ -14,9 +14,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/controllers/pullsecret"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
+	"prepull.io/prepull/pullsecret"
 )
 
 // buildStatus is the status the agent reports for set.

@@ -31,7 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/controllers/pullsecret"
+	"prepull.io/prepull/pullsecret"
 )
 
 // Finalizer holds a deleted PrePullList until every node's agent has taken

@@ -12,7 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
-	"prepull.io/prepull/controllers/pullsecret"
+	"prepull.io/prepull/pullsecret"
 )
 
 // Resolver resolves a tag reference to the digest of its manifest, or of its

@@ -13,7 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/controllers/pullsecret"
+	"prepull.io/prepull/pullsecret"
 )
 
 // Pull secrets reach agents as mirrors: the controller copies each Secret a

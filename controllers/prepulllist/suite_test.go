@@ -26,8 +26,8 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/prepulllist"
-	"prepull.io/prepull/controllers/pullsecret"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/pullsecret"
 )
 
 const controllerNS = "prepull-system"
