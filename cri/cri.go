@@ -21,6 +21,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // Sentinel errors. Implementations wrap them together with the runtime's own
@@ -245,18 +247,17 @@ type PinLister interface {
 
 // StatusSoon is the status of ref, allowing the runtime a few seconds to
 // show an image just made: containerd's CRI plugin learns of images made
-// through its own API (imports, tags) from events, a moment later.
+// through its own API (imports, tags) from events, a moment later. It asks
+// again every 10 ms, so that it waits about as long as the runtime lags.
 func StatusSoon(ctx context.Context, images ImageService, ref string) (*Image, error) {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		img, err := images.ImageStatus(ctx, ref)
-		if err == nil || !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
-			return img, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
+	var img *Image
+	var err error
+	_ = wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		img, err = images.ImageStatus(ctx, ref)
+		return err == nil || !errors.Is(err, ErrNotFound), nil
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
 	}
+	return img, err
 }
