@@ -9,7 +9,6 @@ package nodeapply
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
+	"prepull.io/prepull/present"
 )
 
 // Options configure Apply.
@@ -168,8 +168,10 @@ func importFrom(ctx context.Context, src bundle.Source, es []*entry, results map
 	}
 }
 
-// makePresent pulls e unless present or imported, points its tag at its
-// digest, checks both, and pins.
+// makePresent pulls e unless present or imported, then makes it what its
+// list wants: its tag naming its digest, pinned for its list unless the list
+// says Unpinned. Pins of other owners stay: another list, or the agent,
+// keeps its own.
 func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error {
 	img, err := opts.Images.ImageStatus(ctx, e.ref())
 	if errors.Is(err, cri.ErrNotFound) && res.How == HowImported {
@@ -195,31 +197,16 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 	default:
 		return err
 	}
-	res.Digest = cri.ManifestDigest(e.ref(), img)
-
-	refs := []string{e.ref()}
+	want := present.Want{Image: e.ref(), KeepOtherPins: true}
 	if e.Tag != "" && e.Digest != "" {
 		// tag@digest: the tag must name exactly the digest.
-		if ts, err := opts.Images.ImageStatus(ctx, e.Tag); err != nil || ts.ID != img.ID {
-			if err := opts.Store.Tag(ctx, e.Tag, e.DigestRef()); err != nil {
-				return err
-			}
-		}
-		if ts, err := cri.StatusSoon(ctx, opts.Images, e.Tag); err != nil {
-			return err
-		} else if ts.ID != img.ID {
-			return fmt.Errorf("tag %s names image %s, not %s of %s", e.Tag, ts.ID, img.ID, e.DigestRef())
-		}
-		refs = append(refs, e.Tag)
+		want.Tags = []string{e.Tag}
 	}
-	if !e.retain {
-		return nil
+	if e.retain {
+		want.Pinners = []string{e.list}
 	}
-	for _, ref := range refs {
-		if err := opts.Store.Pin(ctx, ref, e.list); err != nil {
-			return err
-		}
-	}
-	res.Pinned = true
-	return nil
+	st, err := present.Runtime{Images: opts.Images, Store: opts.Store}.Make(ctx, img, want)
+	res.Digest = st.Digest
+	res.Pinned = e.retain && err == nil
+	return err
 }

@@ -1,0 +1,169 @@
+// Package present makes an image that is on a node the way its owners want
+// it there: every tag pods use names exactly that image, the owners' pins
+// are on the image and on each tag, and both are verified through CRI, which
+// is what the kubelet reads. The agent uses it for each NodeImageSet entry,
+// and `prepull node apply` for each image of a list, so that the two leave a
+// node in the same state.
+package present
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"prepull.io/prepull/cri"
+)
+
+// Runtime is the node's runtime: CRI to read and verify, the Store to tag
+// and pin.
+type Runtime struct {
+	Images cri.ImageService
+	Store  cri.Store
+}
+
+// Want is what one present image should be.
+type Want struct {
+	// Image is the reference the image is present by: its digest reference,
+	// or a tag the node resolves.
+	Image string
+	// Tags must each name the image.
+	Tags []string
+	// Pinners are the owners whose pins must be on the image and on every
+	// tag.
+	Pinners []string
+	// KeepOtherPins leaves alone the pins of owners not in Pinners; without
+	// it, exactly the Pinners' pins are left.
+	KeepOtherPins bool
+}
+
+// State is what Make found and left.
+type State struct {
+	// Digest is the image's manifest digest, "" when the runtime recorded
+	// none for a tag.
+	Digest string
+	// Size is the image's size as the runtime counts it.
+	Size uint64
+	// Pinned is whether CRI reported the image pinned when Make began.
+	Pinned bool
+	// Owners are the owners now pinned on Image.
+	Owners []string
+	// Retagged are the tags Make pointed at the image.
+	Retagged []string
+	// Changed is whether Make tagged or pinned anything: CRI shows such a
+	// change a moment later, so a caller that reports Pinned looks again.
+	Changed bool
+}
+
+// Make brings img, the image w.Image names, to what w asks. Every tag and
+// pin is attempted even when one fails; the error joins the failures.
+func (rt Runtime) Make(ctx context.Context, img *cri.Image, w Want) (State, error) {
+	st := State{Digest: cri.ManifestDigest(w.Image, img), Size: img.Size, Pinned: img.Pinned}
+	retagged, errs := rt.tag(ctx, img, w)
+	st.Retagged, st.Changed = retagged, len(retagged) > 0
+	for i, ref := range append([]string{w.Image}, w.Tags...) {
+		owners, changed, err := rt.pins(ctx, ref, w.Pinners, w.KeepOtherPins)
+		st.Changed = st.Changed || changed
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if i == 0 {
+			st.Owners = owners
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return st, err
+	}
+	// What was retagged must answer through CRI with the image the
+	// reference answers with; the other tags were just seen to.
+	for _, tag := range retagged {
+		ts, err := cri.StatusSoon(ctx, rt.Images, tag)
+		if err != nil {
+			return st, fmt.Errorf("verify tag %s: %w", tag, err)
+		}
+		if ts.ID != img.ID {
+			return st, fmt.Errorf("verify tag %s: names image %s, want %s", tag, ts.ID, img.ID)
+		}
+	}
+	return st, nil
+}
+
+// tag points every tag of w that does not name img at it, and returns the
+// tags it moved.
+func (rt Runtime) tag(ctx context.Context, img *cri.Image, w Want) ([]string, []error) {
+	var retagged []string
+	var errs []error
+	for _, tag := range w.Tags {
+		ts, err := rt.Images.ImageStatus(ctx, tag)
+		if err == nil && ts.ID == img.ID {
+			continue
+		}
+		if err != nil && !errors.Is(err, cri.ErrNotFound) {
+			errs = append(errs, err)
+			continue
+		}
+		if err := rt.Store.Tag(ctx, tag, w.Image); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		retagged = append(retagged, tag)
+	}
+	return retagged, errs
+}
+
+// pins puts each of pinners' pins on ref and, unless keepOthers, takes off
+// every other owner's. It returns the owners left on ref and whether it
+// changed any.
+func (rt Runtime) pins(ctx context.Context, ref string, pinners []string, keepOthers bool) ([]string, bool, error) {
+	have, err := rt.Store.Owners(ctx, ref)
+	if err != nil {
+		return nil, false, err
+	}
+	changed := false
+	var errs []error
+	var now []string
+	for _, o := range pinners {
+		if !slices.Contains(have, o) {
+			if err := rt.Store.Pin(ctx, ref, o); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			changed = true
+		}
+		now = append(now, o)
+	}
+	for _, o := range have {
+		switch {
+		case slices.Contains(pinners, o):
+		case keepOthers:
+			now = append(now, o)
+		default:
+			if err := rt.Store.Unpin(ctx, ref, o); err != nil {
+				errs = append(errs, err)
+				now = append(now, o)
+				continue
+			}
+			changed = true
+		}
+	}
+	slices.Sort(now)
+	return slices.Compact(now), changed, errors.Join(errs...)
+}
+
+// Release takes every pin off refs (an image and its tags) and, when
+// remove, removes the image refs[0] names. An image already gone is no
+// error; a pin that cannot be taken off keeps the image.
+func (rt Runtime) Release(ctx context.Context, refs []string, remove bool) error {
+	var errs []error
+	for _, ref := range refs {
+		if _, _, err := rt.pins(ctx, ref, nil, false); err != nil && !errors.Is(err, cri.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	if remove && len(errs) == 0 && len(refs) > 0 {
+		if err := rt.Images.RemoveImage(ctx, refs[0]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

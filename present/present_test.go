@@ -1,0 +1,78 @@
+package present_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"prepull.io/prepull/cri/fake"
+	"prepull.io/prepull/present"
+)
+
+// The logic of Make and Release on the in-memory runtime; the agent's and
+// node apply's suites prove the same on containerd.
+func TestMakeAndRelease(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name       string
+		keepOthers bool
+		pinners    []string
+		wantOwners []string
+	}{
+		{name: "exactly the pinners", pinners: []string{"shop/a"}, wantOwners: []string{"shop/a"}},
+		{name: "other owners kept", keepOthers: true, pinners: []string{"shop/a"}, wantOwners: []string{"shop/a", "shop/old"}},
+		{name: "no pinners takes every pin off", wantOwners: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := fake.NewRegistry()
+			digest, _, err := reg.Push("reg.test/app:v1", 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := fake.New(reg)
+			ref := "reg.test/app@" + digest
+			if _, err := rt.PullImage(ctx, ref, nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := rt.Pin(ctx, ref, "shop/old"); err != nil {
+				t.Fatal(err)
+			}
+			img, err := rt.ImageStatus(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := present.Runtime{Images: rt, Store: rt}
+			w := present.Want{Image: ref, Tags: []string{"reg.test/app:v1"}, Pinners: tt.pinners, KeepOtherPins: tt.keepOthers}
+			st, err := m.Make(ctx, img, w)
+			if err != nil {
+				t.Fatalf("Make: %v", err)
+			}
+			if st.Digest != digest || !st.Changed || !slices.Equal(st.Retagged, w.Tags) || !slices.Equal(st.Owners, tt.wantOwners) {
+				t.Errorf("Make = %+v, want digest %s, changed, tag moved, owners %v", st, digest, tt.wantOwners)
+			}
+			tagged, err := rt.ImageStatus(ctx, "reg.test/app:v1")
+			if err != nil || tagged.ID != img.ID {
+				t.Errorf("tag names %+v (%v), want image %s", tagged, err, img.ID)
+			}
+			if got, _ := rt.Owners(ctx, ref); !slices.Equal(got, tt.wantOwners) {
+				t.Errorf("owners on %s = %v, want %v", ref, got, tt.wantOwners)
+			}
+			// The tag is new: only the pinners' pins are on it.
+			if got, _ := rt.Owners(ctx, "reg.test/app:v1"); !slices.Equal(got, tt.pinners) {
+				t.Errorf("owners on the tag = %v, want %v", got, tt.pinners)
+			}
+			again, err := m.Make(ctx, img, w)
+			if err != nil || again.Changed {
+				t.Errorf("second Make = %+v, %v: want nothing changed", again, err)
+			}
+
+			if err := m.Release(ctx, []string{ref, "reg.test/app:v1"}, true); err != nil {
+				t.Fatalf("Release: %v", err)
+			}
+			if _, err := rt.ImageStatus(ctx, ref); err == nil {
+				t.Error("image still present after a release that removes it")
+			}
+		})
+	}
+}
