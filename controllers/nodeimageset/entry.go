@@ -5,14 +5,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 )
-
-// ReasonTagConflict: the entry claims a tag that another entry of the same
-// NodeImageSet also claims, and the other entry was chosen.
-const ReasonTagConflict = "TagConflict"
 
 // entry is one spec image with the settings its owners' lists give it: the
 // NodeImageSet carries only what the controller decides, and the lists'
@@ -85,27 +80,4 @@ func digestOf(ref string) string {
 		return d
 	}
 	return ref
-}
-
-// conflict records that e lost a tag to another entry: Failed, and nothing
-// done on the runtime for it.
-func (r *Reconciler) conflict(st *imageState, msg string, now time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if st.pulling {
-		return
-	}
-	st.reason, st.lastError = ReasonTagConflict, msg
-	st.verified, st.failedSpec = "", ""
-	st.setPhase(prepullv1.PhaseFailed, now)
-}
-
-// clearConflict makes an entry whose conflict ended be looked at afresh.
-func (r *Reconciler) clearConflict(st *imageState, now time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if st.reason == ReasonTagConflict {
-		st.reason, st.lastError = "", ""
-		st.setPhase(prepullv1.PhasePending, now)
-	}
 }

@@ -24,6 +24,10 @@ var (
 		Name: "prepull_agent_tags_total",
 		Help: "Tags made, or moved, to name their resolved digest on this node.",
 	})
+	transitionsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prepull_agent_image_transitions_total",
+		Help: "Images of this node's NodeImageSet that entered a phase, by phase.",
+	}, []string{"phase"})
 	imagesGauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "prepull_agent_images",
 		Help: "Images of this node's NodeImageSet, by state (present, pinned).",
@@ -35,5 +39,5 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(pullsTotal, pullDuration, pullBytes, tagsTotal, imagesGauge, pinnedBytesGauge)
+	metrics.Registry.MustRegister(pullsTotal, pullDuration, pullBytes, tagsTotal, transitionsTotal, imagesGauge, pinnedBytesGauge)
 }

@@ -4,19 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/cri"
-	"prepull.io/prepull/imageref"
-	"prepull.io/prepull/pullsecret"
 )
 
 // buildStatus is the status the agent reports for set.
@@ -118,78 +111,4 @@ func (r *Reconciler) fsUsage(path string) (uint64, uint64, error) {
 	}
 	total := s.Blocks * uint64(s.Bsize)
 	return total - s.Bavail*uint64(s.Bsize), total, nil
-}
-
-// auth returns the credentials for e's registry from its pull secrets, read
-// in the controller's namespace, or nil when it has none for that registry.
-func (r *Reconciler) auth(ctx context.Context, e *entry) (*cri.Auth, error) {
-	if len(e.PullSecrets) == 0 {
-		return nil, nil
-	}
-	repo, err := imageref.Repository(e.Image)
-	if err != nil {
-		return nil, err
-	}
-	host, _, _ := strings.Cut(repo, "/")
-	for _, name := range e.PullSecrets {
-		s := &corev1.Secret{}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: name}, s); apierrors.IsNotFound(err) {
-			// The controller mirrors only the secrets that exist and parse;
-			// the list's status says which do not.
-			continue
-		} else if err != nil {
-			return nil, fmt.Errorf("pull secret %s/%s: %w", r.Namespace, name, err)
-		}
-		creds, err := pullsecret.Parse(s)
-		if err != nil {
-			return nil, err
-		}
-		if c, ok := pullsecret.Find(creds, host); ok {
-			return &cri.Auth{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken, ServerAddress: host}, nil
-		}
-	}
-	return nil, nil
-}
-
-// pollProgress reads the runtime's download progress while pulls are under
-// way and wakes Reconcile, whose status writes are rate-limited. containerd
-// reports downloads per blob, not per image: with one pull under way its
-// bytes are the image's; with several, each image reports its bytes when it
-// is Present.
-func (r *Reconciler) pollProgress(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		var pulling []*imageState
-		r.mu.Lock()
-		for _, st := range r.images {
-			if st.pulling && st.phase == prepullv1.PhasePulling {
-				pulling = append(pulling, st)
-			}
-		}
-		r.mu.Unlock()
-		if len(pulling) != 1 {
-			continue
-		}
-		prog, err := r.Store.Progress(ctx)
-		if err != nil {
-			continue
-		}
-		var done, total int64
-		for _, p := range prog {
-			done += p.Offset
-			total += p.Total
-		}
-		r.mu.Lock()
-		if done > pulling[0].bytesDone || total > pulling[0].bytesTotal {
-			pulling[0].bytesDone, pulling[0].bytesTotal = max(done, pulling[0].bytesDone), max(total, pulling[0].bytesTotal)
-		}
-		r.mu.Unlock()
-		r.notify()
-	}
 }

@@ -1,0 +1,180 @@
+package nodeimageset
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
+	"prepull.io/prepull/pullsecret"
+)
+
+// maybePull starts a pull unless one failed for good, its retry is not due,
+// or the disk budget forbids it.
+func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if st.phase == prepullv1.PhaseFailed && st.failedSpec == specKey(e) {
+		return
+	}
+	if st.phase == prepullv1.PhaseFailed || st.phase == prepullv1.PhasePresent || st.phase == prepullv1.PhaseReleased {
+		// A changed spec after a failure, or an image gone from under us:
+		// start over.
+		st.attempts, st.failedSpec, st.nextTry = 0, "", time.Time{}
+	}
+	if now.Before(st.nextTry) {
+		return
+	}
+	if msg := r.overBudget(); msg != "" {
+		st.to(prepullv1.PhasePending, ReasonDiskBudget, msg, now)
+		st.nextTry = now.Add(r.ResyncInterval)
+		return
+	}
+	st.pulling = true
+	if st.phase != prepullv1.PhasePulling {
+		st.to(prepullv1.PhasePending, st.reason, st.lastError, now)
+	}
+	go r.pull(e.clone(), st)
+}
+
+// pull runs one pull attempt in the background, in one of the
+// MaxConcurrentPulls slots, and wakes Reconcile when it ends.
+func (r *Reconciler) pull(e *entry, st *imageState) {
+	r.mu.Lock()
+	ctx := r.baseCtx
+	r.mu.Unlock()
+	select {
+	case r.sem <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	defer func() { <-r.sem }()
+
+	r.mu.Lock()
+	st.attempts++
+	st.to(prepullv1.PhasePulling, st.reason, st.lastError, r.Clock.Now())
+	attempt := st.attempts
+	r.mu.Unlock()
+	r.notify()
+
+	start := r.Clock.Now()
+	err := r.fetch(ctx, e)
+	r.record(ctx, e, st, attempt, err, r.Clock.Since(start))
+	if err == nil {
+		// Tag, pin and verify while still holding the pull's slot, so that
+		// an image reads Pulling only until it is Present and at most
+		// MaxConcurrentPulls images read Pulling. An import shows through
+		// CRI a moment after it is made.
+		if img, err := cri.StatusSoon(ctx, r.Images, e.Image); err == nil {
+			r.settle(ctx, e, st, img, r.Clock.Now())
+		}
+	}
+	r.mu.Lock()
+	st.pulling = false
+	r.mu.Unlock()
+	r.notify()
+}
+
+// fetch pulls e through CRI, or imports it from its archive, within e's
+// timeout.
+func (r *Reconciler) fetch(ctx context.Context, e *entry) error {
+	auth, err := r.auth(ctx, e)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.Timeout)
+	defer cancel()
+	if e.Archive != nil {
+		return r.importArchive(ctx, e)
+	}
+	_, err = r.Images.PullImage(ctx, e.Image, auth)
+	return err
+}
+
+// record notes the end of pull attempt number attempt: its metrics, and
+// either the pull's time or its failure, with the next try or Failed once
+// the backoff limit is spent.
+func (r *Reconciler) record(ctx context.Context, e *entry, st *imageState, attempt int32, err error, elapsed time.Duration) {
+	log := ctrl.LoggerFrom(ctx).WithValues("image", e.Image)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.Clock.Now()
+	switch {
+	case err == nil:
+		pullsTotal.WithLabelValues("success").Inc()
+		pullDuration.Observe(elapsed.Seconds())
+		st.nextTry, st.pulledAt, st.importedFrom = time.Time{}, metav1.NewTime(now).Rfc3339Copy().Time, ""
+		if e.Archive != nil {
+			st.importedFrom = e.Archive.SHA256
+			log.Info("Imported image", "archive", e.Archive.Location(), "attempt", attempt, "duration", elapsed.String())
+		} else {
+			log.Info("Pulled image", "attempt", attempt, "duration", elapsed.String())
+		}
+	case ctx.Err() != nil:
+		// The agent is stopping: the attempt says nothing of the image.
+	case attempt > e.BackoffLimit:
+		pullsTotal.WithLabelValues(reasonOf(err)).Inc()
+		st.to(prepullv1.PhaseFailed, reasonOf(err), err.Error(), now)
+		st.failedSpec = specKey(e)
+		log.Info("Image failed", "attempts", attempt, "reason", st.reason, "error", st.lastError)
+	default:
+		pullsTotal.WithLabelValues(reasonOf(err)).Inc()
+		st.explain(reasonOf(err), err.Error(), now)
+		st.nextTry = now.Add(r.backoff(attempt))
+		log.Info("Pull failed; retrying", "attempt", attempt, "reason", st.reason, "retryAt", st.nextTry, "error", st.lastError)
+	}
+}
+
+// backoff is the wait after the n-th failed attempt: doubling from
+// BackoffBase up to BackoffMax, with ±20% jitter so that nodes that failed
+// together do not retry together.
+func (r *Reconciler) backoff(n int32) time.Duration {
+	b := wait.Backoff{Duration: r.BackoffBase, Factor: 2, Cap: r.BackoffMax, Steps: math.MaxInt32}
+	var d time.Duration
+	for range min(n, 32) {
+		d = b.Step()
+	}
+	return wait.Jitter(min(d, r.BackoffMax)*4/5, 0.5)
+}
+
+// auth returns the credentials for e's registry from its pull secrets, read
+// in the controller's namespace, or nil when it has none for that registry.
+func (r *Reconciler) auth(ctx context.Context, e *entry) (*cri.Auth, error) {
+	if len(e.PullSecrets) == 0 {
+		return nil, nil
+	}
+	repo, err := imageref.Repository(e.Image)
+	if err != nil {
+		return nil, err
+	}
+	host, _, _ := strings.Cut(repo, "/")
+	for _, name := range e.PullSecrets {
+		s := &corev1.Secret{}
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: name}, s); apierrors.IsNotFound(err) {
+			// The controller mirrors only the secrets that exist and parse;
+			// the list's status says which do not.
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("pull secret %s/%s: %w", r.Namespace, name, err)
+		}
+		creds, err := pullsecret.Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		if c, ok := pullsecret.Find(creds, host); ok {
+			return &cri.Auth{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken, ServerAddress: host}, nil
+		}
+	}
+	return nil, nil
+}

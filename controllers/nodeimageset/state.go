@@ -1,0 +1,175 @@
+package nodeimageset
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/cri"
+)
+
+// Reasons the agent reports.
+const (
+	ReasonUnauthorized = "Unauthorized"
+	ReasonNotFound     = "NotFound"
+	ReasonUnavailable  = "RegistryUnavailable"
+	ReasonTimeout      = "Timeout"
+	ReasonNoSpace      = "NoSpace"
+	ReasonPullFailed   = "PullFailed"
+	ReasonDiskBudget   = "DiskBudgetExceeded"
+	ReasonUnsupported  = "UnsupportedByRuntime"
+	ReasonVerifyFailed = "VerifyFailed"
+	// ReasonTagConflict: the entry claims a tag that another entry of the
+	// same NodeImageSet also claims, and the other entry was chosen.
+	ReasonTagConflict = "TagConflict"
+	// Reasons of images that come from an archive.
+	ReasonArchiveNotFound = "ArchiveNotFound"
+	ReasonArchiveChecksum = "ArchiveChecksumMismatch"
+	ReasonArchiveInvalid  = "InvalidArchive"
+)
+
+func reasonOf(err error) string {
+	switch {
+	case errors.Is(err, bundle.ErrChecksum):
+		return ReasonArchiveChecksum
+	case errors.Is(err, os.ErrNotExist):
+		return ReasonArchiveNotFound
+	case errors.Is(err, bundle.ErrUnreadable):
+		return ReasonArchiveInvalid
+	case errors.Is(err, cri.ErrUnauthorized):
+		return ReasonUnauthorized
+	case errors.Is(err, cri.ErrNotFound):
+		return ReasonNotFound
+	case errors.Is(err, cri.ErrUnavailable):
+		return ReasonUnavailable
+	case errors.Is(err, cri.ErrTimeout):
+		return ReasonTimeout
+	case errors.Is(err, cri.ErrNoSpace):
+		return ReasonNoSpace
+	case errors.Is(err, cri.ErrUnsupported):
+		return ReasonUnsupported
+	}
+	return ReasonPullFailed
+}
+
+// imageState is what the agent knows of one spec image between reconciles.
+// Every field is read and written with the Reconciler's mutex held.
+type imageState struct {
+	phase             prepullv1.ImagePhase
+	digest            string
+	pinned            bool
+	pinOwners         []string
+	attempts          int32
+	reason, lastError string
+	since             metav1.Time
+	pulling           bool
+	nextTry           time.Time
+	bytesDone         int64
+	bytesTotal        int64
+	// failedSpec is the spec entry that failed for good; a changed entry
+	// is tried again.
+	failedSpec string
+	// verified is the spec entry last found fully in place, at verifiedAt.
+	verified   string
+	verifiedAt time.Time
+	// pulledAt is when the image was last pulled successfully, and
+	// importedFrom the SHA-256 of the archive it came from, if it did.
+	pulledAt     time.Time
+	importedFrom string
+}
+
+// to puts st in phase p, saying why with reason and msg ("" and "" when
+// all is well). It is the one place a phase changes: the transition's time
+// and the metrics of transitions are kept here.
+func (st *imageState) to(p prepullv1.ImagePhase, reason, msg string, now time.Time) {
+	if st.phase != p {
+		if p == prepullv1.PhasePresent {
+			pullBytes.Observe(float64(st.bytesTotal))
+		}
+		transitionsTotal.WithLabelValues(string(p)).Inc()
+		// Second precision, as the API stores it, so that status compares
+		// equal to what was written.
+		st.phase, st.since = p, metav1.NewTime(now).Rfc3339Copy()
+	}
+	st.reason, st.lastError = reason, truncate(msg, 1024)
+}
+
+// explain gives st's reason and message, its phase unchanged.
+func (st *imageState) explain(reason, msg string, now time.Time) {
+	st.to(st.phase, reason, msg, now)
+}
+
+func (r *Reconciler) state(image string) *imageState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st, ok := r.images[image]
+	if !ok {
+		st = &imageState{}
+		r.images[image] = st
+	}
+	return st
+}
+
+// forgetOthers drops what the agent knows of images no longer in the spec.
+func (r *Reconciler) forgetOthers(set *prepullv1.NodeImageSet) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for image, st := range r.images {
+		if st.pulling {
+			continue
+		}
+		if !slices.ContainsFunc(set.Spec.Images, func(e prepullv1.NodeImage) bool { return e.Image == image }) {
+			delete(r.images, image)
+		}
+	}
+}
+
+func (r *Reconciler) busy() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, st := range r.images {
+		if st.pulling {
+			return true
+		}
+	}
+	return false
+}
+
+// nextRetry is the earliest due retry, or zero.
+func (r *Reconciler) nextRetry() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var next time.Time
+	for _, st := range r.images {
+		if !st.pulling && !st.nextTry.IsZero() && st.phase != prepullv1.PhasePresent && (next.IsZero() || st.nextTry.Before(next)) {
+			next = st.nextTry
+		}
+	}
+	return next
+}
+
+// specKey identifies what a spec entry asks, for "failed for good".
+func specKey(e *entry) string {
+	var resolveAfter time.Time
+	if e.ResolveAfter != nil {
+		resolveAfter = e.ResolveAfter.Time
+	}
+	var archive string
+	if e.Archive != nil {
+		archive = e.Archive.Location() + "|" + e.Archive.SHA256
+	}
+	return fmt.Sprintf("%s|%v|%v|%d|%d|%s|%v|%s", e.Image, e.Tags, e.PullSecrets, e.BackoffLimit, resolveAfter.Unix(), archive, e.Pinners, e.Timeout)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
