@@ -3,48 +3,59 @@ package bundle
 import (
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/dustin/go-humanize"
+	"github.com/schollz/progressbar/v3"
 )
 
 // NewProgress reports Write's progress on w: a bar redrawn in place when w
 // is a terminal, plain lines otherwise (one per image, and one at the start
 // with the totals).
 func NewProgress(w io.Writer, terminal bool) Progress {
-	return &reporter{w: w, terminal: terminal, start: time.Now()}
+	return &reporter{w: w, terminal: terminal}
 }
 
 type reporter struct {
-	mu                  sync.Mutex
-	w                   io.Writer
-	terminal            bool
-	start, drawn        time.Time
-	images, done        int
-	total, reused, have int64
+	mu           sync.Mutex
+	w            io.Writer
+	terminal     bool
+	bar          *progressbar.ProgressBar
+	images, done int
 }
 
 func (r *reporter) Planned(images int, total, reused int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.images, r.total, r.reused, r.have = images, total, reused, reused
+	r.images = images
 	fmt.Fprintf(r.w, "bundling %d images: %s, %s of it already at hand\n", images, Bytes(total), Bytes(reused))
+	if r.terminal {
+		r.bar = progressbar.NewOptions64(total,
+			progressbar.OptionSetWriter(r.w),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionUseIECUnits(true),
+			progressbar.OptionSetWidth(30),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionClearOnFinish(),
+		)
+		_ = r.bar.Add64(reused)
+	}
 }
 
 func (r *reporter) Fetched(n int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.have += n
-	if r.terminal && time.Since(r.drawn) > 100*time.Millisecond {
-		r.draw()
+	if r.bar != nil {
+		_ = r.bar.Add64(n)
 	}
 }
 
 func (r *reporter) ImageDone(ref string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.terminal {
-		fmt.Fprint(r.w, "\r\033[K")
+	if r.bar != nil {
+		_ = r.bar.Clear()
 	}
 	if err != nil {
 		fmt.Fprintf(r.w, "failed   %s: %v\n", ref, err)
@@ -52,35 +63,12 @@ func (r *reporter) ImageDone(ref string, err error) {
 		r.done++
 		fmt.Fprintf(r.w, "fetched  %s (%d/%d)\n", ref, r.done, r.images)
 	}
-	if r.terminal {
-		r.draw()
+	if r.bar != nil {
+		_ = r.bar.RenderBlank()
 	}
 }
 
-// draw redraws the bar on the current line.
-func (r *reporter) draw() {
-	r.drawn = time.Now()
-	frac := 1.0
-	if r.total > 0 {
-		frac = min(float64(r.have)/float64(r.total), 1)
-	}
-	const width = 30
-	n := int(frac * width)
-	rate := float64(r.have-r.reused) / max(time.Since(r.start).Seconds(), 0.001)
-	fmt.Fprintf(r.w, "\r\033[K[%s%s] %3.0f%% %s/%s %s/s", strings.Repeat("=", n), strings.Repeat(" ", width-n),
-		frac*100, Bytes(r.have), Bytes(r.total), Bytes(int64(rate)))
-}
-
-// Bytes formats n bytes for people.
+// Bytes formats n bytes for people, in powers of 1024: "3.0 MiB".
 func Bytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	return humanize.IBytes(uint64(max(n, 0)))
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
 )
@@ -398,27 +400,21 @@ func (w *writer) have(prev *archive, d digest.Digest, size int64) bool {
 // fetch brings every blob of img not at hand into the cache, several at a
 // time, each checked against its digest.
 func (w *writer) fetch(ctx context.Context, prev *archive, img *Image) error {
-	sem := make(chan struct{}, w.opts.Jobs)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var errs []error
-	for _, b := range img.blobs {
+	var g errgroup.Group
+	g.SetLimit(w.opts.Jobs)
+	// Every blob is tried, and every failure reported.
+	errs := make([]error, len(img.blobs))
+	for i, b := range img.blobs {
 		d := digest.Digest(b.Digest.String())
 		if w.have(prev, d, b.Size) {
 			continue
 		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := w.fetchBlob(ctx, img.repo, d, b.Size); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
+		g.Go(func() error {
+			errs[i] = w.fetchBlob(ctx, img.repo, d, b.Size)
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait()
 	return errors.Join(errs...)
 }
 

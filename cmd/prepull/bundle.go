@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/pflag"
+	"golang.org/x/term"
 
 	"prepull.io/prepull/bundle"
 )
@@ -90,7 +91,7 @@ func runBundle(ctx context.Context, args []string, stdout io.Writer) error {
 		Keychain:  authn.DefaultKeychain,
 		Insecure:  insecure,
 		Jobs:      opts.Jobs,
-		Progress:  bundle.NewProgress(os.Stderr, isTerminal(os.Stderr)),
+		Progress:  bundle.NewProgress(os.Stderr, term.IsTerminal(int(os.Stderr.Fd()))),
 	})
 	if contents == nil {
 		return writeErr
@@ -121,10 +122,4 @@ func runBundle(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("%d images are not in the bundle:\n%w", failed, writeErr)
 	}
 	return nil
-}
-
-// isTerminal reports whether f is a terminal.
-func isTerminal(f *os.File) bool {
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
