@@ -12,11 +12,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// Default deadlines of Remote's calls.
-const (
-	DefaultCallTimeout = 30 * time.Second
-	DefaultPullTimeout = 10 * time.Minute
-)
+// DefaultCallTimeout is the deadline of Remote's calls but pulls.
+const DefaultCallTimeout = 30 * time.Second
 
 // Remote is the ImageService of a CRI runtime reached over gRPC.
 type Remote struct {
@@ -38,7 +35,8 @@ func WithCallTimeout(d time.Duration) RemoteOption {
 }
 
 // WithPullTimeout sets the deadline of a pull. A context with an earlier
-// deadline still wins.
+// deadline still wins. Without it, a pull has its context's deadline only:
+// the agent gives each pull its list's timeout.
 func WithPullTimeout(d time.Duration) RemoteOption {
 	return func(r *Remote) { r.pullTimeout = d }
 }
@@ -63,7 +61,6 @@ func NewRemote(endpoint string, opts ...RemoteOption) (*Remote, error) {
 		images:      runtimeapi.NewImageServiceClient(conn),
 		runtime:     runtimeapi.NewRuntimeServiceClient(conn),
 		callTimeout: DefaultCallTimeout,
-		pullTimeout: DefaultPullTimeout,
 	}
 	for _, o := range opts {
 		o(r)
@@ -88,8 +85,11 @@ func (r *Remote) RuntimeName(ctx context.Context) (string, error) {
 
 // PullImage pulls ref through the runtime.
 func (r *Remote) PullImage(ctx context.Context, ref string, auth *Auth) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.pullTimeout)
-	defer cancel()
+	if r.pullTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.pullTimeout)
+		defer cancel()
+	}
 	resp, err := r.images.PullImage(ctx, &runtimeapi.PullImageRequest{
 		Image: &runtimeapi.ImageSpec{Image: ref},
 		Auth:  authConfig(auth),

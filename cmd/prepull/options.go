@@ -9,6 +9,10 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodeimageset"
+	"prepull.io/prepull/cri"
 )
 
 // ServeOptions are the flags of every long-running command.
@@ -103,7 +107,7 @@ type RuntimeOptions struct {
 }
 
 func newRuntimeOptions() RuntimeOptions {
-	return RuntimeOptions{CRIEndpoint: "/run/containerd/containerd.sock", CallTimeout: 30 * time.Second, PullTimeout: 10 * time.Minute,
+	return RuntimeOptions{CRIEndpoint: "/run/containerd/containerd.sock", CallTimeout: cri.DefaultCallTimeout, PullTimeout: prepullv1.DefaultPullTimeout,
 		ArchiveDir: "/var/lib/prepull/archives"}
 }
 
@@ -160,10 +164,10 @@ func NewAgentOptions() *AgentOptions {
 		NodeName:           os.Getenv("NODE_NAME"),
 		ServeOptions:       newServeOptions(":8083", ":8082"),
 		RuntimeOptions:     newRuntimeOptions(),
-		MaxConcurrentPulls: 3,
-		StatusInterval:     2 * time.Second,
-		ResyncInterval:     30 * time.Second,
-		BackoffBase:        5 * time.Second,
+		MaxConcurrentPulls: nodeimageset.DefaultMaxConcurrentPulls,
+		StatusInterval:     nodeimageset.DefaultStatusInterval,
+		ResyncInterval:     nodeimageset.DefaultResyncInterval,
+		BackoffBase:        nodeimageset.DefaultBackoffBase,
 		DiskBudget:         0.9,
 		CollectStrayPins:   true,
 	}
@@ -177,7 +181,7 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.MaxConcurrentPulls, "max-concurrent-pulls", o.MaxConcurrentPulls, "pulls under way at once on this node")
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "least time between two writes of the node's status")
 	fs.DurationVar(&o.ResyncInterval, "resync-interval", o.ResyncInterval, "how often images, tags and pins are verified again")
-	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, "first wait after a failed pull; it doubles per attempt up to 5m, with jitter")
+	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, fmt.Sprintf("first wait after a failed pull; it doubles per attempt up to %s, with jitter", nodeimageset.DefaultBackoffMax))
 	fs.Float64Var(&o.DiskBudget, "disk-budget", o.DiskBudget, "fraction of the image filesystem past which no pull starts (0 turns it off)")
 	fs.BoolVar(&o.CollectStrayPins, "collect-stray-pins", o.CollectStrayPins, "take off prepull pins whose owning list no longer wants the image on this node (turn off only when several agents share one runtime)")
 }
