@@ -30,24 +30,14 @@ func runAgent(ctx context.Context, args []string) error {
 	log := zap.New(zap.UseFlagOptions(zapOpts)).WithValues("node", opts.NodeName)
 	ctrl.SetLogger(log)
 
-	images, err := cri.NewRemote(opts.CRIEndpoint,
-		cri.WithCallTimeout(opts.CallTimeout), cri.WithPullTimeout(opts.PullTimeout))
+	// The runtime may start after the agent; readiness says so until it
+	// answers. Until then, assume containerd, the default endpoint's runtime.
+	rt, err := dialRuntime(ctx, opts.RuntimeOptions, "containerd")
 	if err != nil {
 		return err
 	}
-	defer images.Close()
-	runtimeName, err := images.RuntimeName(ctx)
-	if err != nil {
-		// The runtime may start after the agent; readiness says so until it
-		// answers. Assume containerd, the default endpoint's runtime.
-		log.Error(err, "Runtime does not answer yet", "criEndpoint", opts.CRIEndpoint)
-		runtimeName = "containerd"
-	}
-	store, closeStore, err := openStore(runtimeName, opts.RuntimeOptions)
-	if err != nil {
-		return err
-	}
-	defer closeStore()
+	defer rt.Close()
+	images, store, runtimeName := rt.images, rt.store, rt.name
 
 	mgr, err := newManager(opts.ServeOptions, ctrl.Options{
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
@@ -85,6 +75,45 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	log.Info("Starting agent", "version", version, "runtime", runtimeName, "criEndpoint", opts.CRIEndpoint)
 	return mgr.Start(ctx)
+}
+
+// nodeRuntime is the node's runtime as the agent and node apply reach it:
+// CRI for images, a Store for what CRI cannot do, and the runtime's name.
+type nodeRuntime struct {
+	images     *cri.Remote
+	store      cri.Store
+	name       string
+	closeStore func()
+}
+
+func (rt *nodeRuntime) Close() {
+	rt.closeStore()
+	rt.images.Close()
+}
+
+// dialRuntime reaches the runtime opts names. A runtime that does not
+// answer is an error, unless assume names the runtime to take it for.
+func dialRuntime(ctx context.Context, opts RuntimeOptions, assume string) (*nodeRuntime, error) {
+	images, err := cri.NewRemote(opts.CRIEndpoint,
+		cri.WithCallTimeout(opts.CallTimeout), cri.WithPullTimeout(opts.PullTimeout))
+	if err != nil {
+		return nil, err
+	}
+	name, err := images.RuntimeName(ctx)
+	switch {
+	case err != nil && assume == "":
+		images.Close()
+		return nil, fmt.Errorf("the runtime at %s does not answer: %w", opts.CRIEndpoint, err)
+	case err != nil:
+		ctrl.Log.Error(err, "Runtime does not answer yet", "criEndpoint", opts.CRIEndpoint, "assumed", assume)
+		name = assume
+	}
+	store, closeStore, err := openStore(name, opts)
+	if err != nil {
+		images.Close()
+		return nil, err
+	}
+	return &nodeRuntime{images: images, store: store, name: name, closeStore: closeStore}, nil
 }
 
 // openStore chooses the Store for what only containerd can do: containerd's

@@ -13,7 +13,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"prepull.io/prepull/cri"
 	"prepull.io/prepull/nodeapply"
 )
 
@@ -81,24 +80,14 @@ func runNode(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	images, err := cri.NewRemote(opts.CRIEndpoint,
-		cri.WithCallTimeout(opts.CallTimeout), cri.WithPullTimeout(opts.PullTimeout))
+	rt, err := dialRuntime(ctx, opts.RuntimeOptions, "")
 	if err != nil {
 		return err
 	}
-	defer images.Close()
-	runtimeName, err := images.RuntimeName(ctx)
-	if err != nil {
-		return fmt.Errorf("the runtime at %s does not answer: %w", opts.CRIEndpoint, err)
-	}
-	store, closeStore, err := openStore(runtimeName, opts.RuntimeOptions)
-	if err != nil {
-		return err
-	}
-	defer closeStore()
+	defer rt.Close()
 
 	results := nodeapply.Apply(ctx, lists, nodeapply.Options{
-		Images: images, Store: store,
+		Images: rt.images, Store: rt.store,
 		Archive: opts.Archive, ArchiveSHA256: opts.ArchiveSHA256, ArchiveDir: opts.ArchiveDir,
 		PullTimeout: opts.PullTimeout,
 	})
