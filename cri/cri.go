@@ -145,8 +145,10 @@ type Store interface {
 	// Owners lists the owners recorded on the image that ref names.
 	Owners(ctx context.Context, ref string) ([]string, error)
 	// Tag makes tag name exactly the image that digestRef names, which must
-	// already be present; a tag that named another image is moved.
-	Tag(ctx context.Context, tag, digestRef string) error
+	// already be present; a tag that named another image is moved, its
+	// labels kept. The tag is pinned for each of owners in the same write,
+	// so that it is never seen unpinned and costs one write, not two.
+	Tag(ctx context.Context, tag, digestRef string, owners ...string) error
 	// Progress reports the pulls under way, in bytes.
 	Progress(ctx context.Context) ([]Progress, error)
 	// Import loads an OCI image-layout or docker-save archive into the
@@ -215,7 +217,7 @@ func (u Unsupported) Owners(context.Context, string) ([]string, error) {
 }
 
 // Tag fails with ErrUnsupported.
-func (u Unsupported) Tag(context.Context, string, string) error { return u.err("tag") }
+func (u Unsupported) Tag(context.Context, string, string, ...string) error { return u.err("tag") }
 
 // Progress fails with ErrUnsupported.
 func (u Unsupported) Progress(context.Context) ([]Progress, error) {

@@ -102,7 +102,7 @@ func (rt Runtime) tag(ctx context.Context, img *cri.Image, w Want) ([]string, []
 			errs = append(errs, err)
 			continue
 		}
-		if err := rt.Store.Tag(ctx, tag, w.Image); err != nil {
+		if err := rt.Store.Tag(ctx, tag, w.Image, w.Pinners...); err != nil {
 			errs = append(errs, err)
 			continue
 		}

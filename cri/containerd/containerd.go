@@ -133,8 +133,9 @@ func (s *Store) changeLabels(ctx context.Context, op, ref string, change func(ma
 	return wrap(op, ref, err)
 }
 
-// Tag makes tag name the image that digestRef names.
-func (s *Store) Tag(ctx context.Context, tag, digestRef string) error {
+// Tag makes tag name the image that digestRef names, pinned for owners, in
+// one write of the tag's record.
+func (s *Store) Tag(ctx context.Context, tag, digestRef string, owners ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	tagName, err := imageref.Normalize(tag)
@@ -149,37 +150,60 @@ func (s *Store) Tag(ctx context.Context, tag, digestRef string) error {
 	if err != nil {
 		return wrap("tag "+tag+" as", digestRef, err)
 	}
-	_, err = s.point(ctx, tagName, src.Target)
+	_, err = s.point(ctx, tagName, src.Target, owners...)
 	return wrap("tag "+tag+" as", digestRef, err)
 }
 
-// point makes the record name name the image target: a new record carries
-// the CRI plugin's label, so that the kubelet sees it; a record that names
-// another image is moved, its labels (pins included) kept. It returns what
-// undoes the change, or nil when there was none.
-func (s *Store) point(ctx context.Context, name string, target ocispec.Descriptor) (func(context.Context), error) {
+// point makes the record name name the image target, pinned for owners: a
+// new record carries the CRI plugin's label, so that the kubelet sees it; a
+// record that names another image is moved, its labels (pins included)
+// kept. It returns what undoes the move, or nil when there was none.
+func (s *Store) point(ctx context.Context, name string, target ocispec.Descriptor, owners ...string) (func(context.Context), error) {
 	is := s.client.ImageService()
 	cur, err := is.Get(ctx, name)
 	switch {
 	case errdefs.IsNotFound(err):
-		if _, err := is.Create(ctx, images.Image{Name: name, Target: target, Labels: map[string]string{criManagedLabel: "managed"}}); err != nil {
+		labels, _ := withPins(map[string]string{criManagedLabel: "managed"}, owners)
+		if _, err := is.Create(ctx, images.Image{Name: name, Target: target, Labels: labels}); err != nil {
 			return nil, err
 		}
 		return func(c context.Context) { _ = is.Delete(c, name) }, nil
 	case err != nil:
 		return nil, err
-	case cur.Target.Digest == target.Digest:
+	}
+	var paths []string
+	old := cur.Target
+	if cur.Target.Digest != target.Digest {
+		cur.Target, paths = target, append(paths, "target")
+	}
+	labels, changed := withPins(cur.Labels, owners)
+	cur.Labels = labels
+	for _, k := range changed {
+		paths = append(paths, "labels."+k)
+	}
+	if len(paths) == 0 {
 		return nil, nil
 	}
-	old := cur.Target
-	cur.Target = target
-	if _, err := is.Update(ctx, cur, "target"); err != nil {
+	if _, err := is.Update(ctx, cur, paths...); err != nil {
 		return nil, err
 	}
 	return func(c context.Context) {
 		cur.Target = old
 		_, _ = is.Update(c, cur, "target")
 	}, nil
+}
+
+// withPins returns labels with the pins of owners, and the keys it changed.
+func withPins(labels map[string]string, owners []string) (map[string]string, []string) {
+	var changed []string
+	for _, o := range owners {
+		changes := cri.PinChanges(labels, o)
+		for k := range changes {
+			changed = append(changed, k)
+		}
+		labels = cri.ApplyChanges(labels, changes)
+	}
+	return labels, changed
 }
 
 // Progress reports the downloads under way in the content store.

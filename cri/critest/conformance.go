@@ -100,6 +100,27 @@ func Run(t *testing.T, env *Env) {
 		}
 	})
 
+	t.Run("a tag made for owners carries their pins", func(t *testing.T) {
+		img := env.Push(t, "tagged-pinned:v1")
+		mustPull(t, env.Images, img.Digest)
+		if err := env.Store.Tag(ctx, img.Tag, img.Digest, "ns/a", "ns/b"); err != nil {
+			t.Fatalf("tag %s as %s for owners: %v", img.Tag, img.Digest, err)
+		}
+		if owners, err := env.Store.Owners(ctx, img.Tag); err != nil || !slices.Equal(owners, []string{"ns/a", "ns/b"}) {
+			t.Errorf("owners of tag %s: %v, %v; want [ns/a ns/b]", img.Tag, owners, err)
+		}
+		if owners, err := env.Store.Owners(ctx, img.Digest); err != nil || len(owners) != 0 {
+			t.Errorf("owners of %s: %v, %v; want none: only the tag was pinned", img.Digest, owners, err)
+		}
+		eventually(t, func() (*cri.Image, error) {
+			st, err := env.Images.ImageStatus(ctx, img.Tag)
+			if err == nil && !st.Pinned {
+				return nil, fmt.Errorf("tag %s is not pinned through CRI yet", img.Tag)
+			}
+			return st, err
+		})
+	})
+
 	t.Run("tag of an absent digest is not found", func(t *testing.T) {
 		img := env.Push(t, "never-pulled:v1")
 		if err := env.Store.Tag(ctx, img.Tag, img.Digest); !errors.Is(err, cri.ErrNotFound) {

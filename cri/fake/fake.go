@@ -352,8 +352,8 @@ func (f *Runtime) Owners(_ context.Context, ref string) ([]string, error) {
 	return cri.PinOwners(r.labels), nil
 }
 
-// Tag points tag at the image that digestRef names.
-func (f *Runtime) Tag(_ context.Context, tag, digestRef string) error {
+// Tag points tag at the image that digestRef names, pinned for owners.
+func (f *Runtime) Tag(_ context.Context, tag, digestRef string, owners ...string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	src, err := f.recordOf("tag "+tag+" as", digestRef)
@@ -364,11 +364,15 @@ func (f *Runtime) Tag(_ context.Context, tag, digestRef string) error {
 	if err != nil {
 		return &cri.Error{Op: "tag", Ref: tag, Kind: cri.ErrInvalid, Err: err}
 	}
-	if r, ok := f.records[named.String()]; ok {
-		r.id = src.id
-		return nil
+	r, ok := f.records[named.String()]
+	if !ok {
+		r = &record{labels: map[string]string{}}
+		f.records[named.String()] = r
 	}
-	f.records[named.String()] = &record{id: src.id, labels: map[string]string{}}
+	r.id = src.id
+	for _, o := range owners {
+		r.labels = cri.ApplyChanges(r.labels, cri.PinChanges(r.labels, o))
+	}
 	return nil
 }
 
