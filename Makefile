@@ -53,7 +53,7 @@ generate: controller-gen ## Generate the API types' deepcopy code.
 .PHONY: manifests
 manifests: controller-gen ## Generate the CRDs and RBAC under deploy/.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=deploy/crd
-	$(CONTROLLER_GEN) rbac:roleName=prepull-controller paths=./controllers/prepulllist/... output:rbac:artifacts:config=deploy/rbac/controller
+	$(CONTROLLER_GEN) rbac:roleName=prepull-controller paths="./controllers/prepulllist/...;./controllers/nodegate/..." output:rbac:artifacts:config=deploy/rbac/controller
 	$(CONTROLLER_GEN) rbac:roleName=prepull-agent paths=./controllers/nodeimageset/... output:rbac:artifacts:config=deploy/rbac/agent
 
 .PHONY: verify-generated

@@ -32,6 +32,7 @@ func TestCRDDefaultsAreTheConstants(t *testing.T) {
 		{"spec.rollout.timeout", rollout.Properties["timeout"], fmt.Sprintf("%q", duration(DefaultPullTimeout))},
 		{"spec.rollout.backoffLimit", rollout.Properties["backoffLimit"], fmt.Sprint(DefaultBackoffLimit)},
 		{"spec.refreshInterval", spec.Properties["refreshInterval"], fmt.Sprintf("%q", duration(DefaultRefresh))},
+		{"spec.nodeGate.timeout", spec.Properties["nodeGate"].Properties["timeout"], fmt.Sprintf("%q", duration(DefaultGateTimeout))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -17,7 +17,40 @@ const (
 	DefaultPullTimeout  = 10 * time.Minute
 	DefaultBackoffLimit = 6
 	DefaultRefresh      = time.Hour
+	DefaultGateTimeout  = 10 * time.Minute
 )
+
+// DefaultStartupTaint is the key of the taint nodes register with to be
+// held by gating lists, unless the controller's --startup-taint names
+// another.
+const DefaultStartupTaint = "prepull.io/images-not-ready"
+
+// NodeConditionImagesReady is the condition the controller keeps on every
+// node a gating list selects: True when every gating list's images are
+// present there.
+const NodeConditionImagesReady = "prepull.io/ImagesReady"
+
+// Reasons of the ImagesReady node condition.
+const (
+	// ReasonImagesPresent: every gating list's images are present.
+	ReasonImagesPresent = "ImagesPresent"
+	// ReasonImagesMissing: images of gating lists are not present yet; the
+	// message names them.
+	ReasonImagesMissing = "ImagesMissing"
+	// ReasonGateTimedOut: the gate opened at a list's timeout without its
+	// images; the message names them.
+	ReasonGateTimedOut = "GateTimedOut"
+	// ReasonNotGated: no gating list selects the node any more.
+	ReasonNotGated = "NotGated"
+)
+
+// GateTimeout is how long the list's gate waits for its images on a node.
+func (g *NodeGate) GateTimeout() time.Duration {
+	if g == nil || g.Timeout == nil {
+		return DefaultGateTimeout
+	}
+	return g.Timeout.Duration
+}
 
 // MirrorSecretName is the name of the controller's mirror of secret, a pull
 // secret of the list namespace/name, in the controller's namespace: a hash,

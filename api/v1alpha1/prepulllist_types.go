@@ -186,6 +186,23 @@ type PrePullListSpec struct {
 	// registries.
 	// +optional
 	Source *ImageSource `json:"source,omitempty"`
+	// nodeGate, when set, holds every node the list selects from work until
+	// the list's images are present on it: nodes that register with the
+	// controller's startup taint keep it until every gating list that
+	// selects them is present there, or its timeout passed. Omitted, the
+	// list holds no node.
+	// +optional
+	NodeGate *NodeGate `json:"nodeGate,omitempty"`
+}
+
+// NodeGate says how a list holds the nodes it selects.
+type NodeGate struct {
+	// timeout is how long after a node registered its gate waits for this
+	// list's images; then it opens anyway, with a Warning event, so that a
+	// registry that does not answer never strands a node.
+	// +optional
+	// +kubebuilder:default="10m"
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
 }
 
 // Condition types of a PrePullList.
@@ -324,6 +341,22 @@ type PrePullListStatus struct {
 	// failureCount counts every failed image on every node, sampled or not.
 	// +optional
 	FailureCount int32 `json:"failureCount,omitempty"`
+	// nodeGate counts the selected nodes the list's gate holds, and those
+	// its timeout let through without the list's images; set for a list
+	// with spec.nodeGate.
+	// +optional
+	NodeGate *NodeGateStatus `json:"nodeGate,omitempty"`
+}
+
+// NodeGateStatus counts a gating list's nodes.
+type NodeGateStatus struct {
+	// waiting counts the selected nodes that still carry the startup taint.
+	// +optional
+	Waiting int32 `json:"waiting,omitempty"`
+	// timedOut counts the selected nodes whose gate opened at the timeout
+	// while the list's images were not all present, and still are not.
+	// +optional
+	TimedOut int32 `json:"timedOut,omitempty"`
 }
 
 // PrePullList makes images present on nodes before pods need them.

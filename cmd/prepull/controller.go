@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"prepull.io/prepull/controllers/nodegate"
 	"prepull.io/prepull/controllers/prepulllist"
 )
 
@@ -30,9 +31,12 @@ func runController(ctx context.Context, args []string) error {
 	for _, h := range opts.InsecureRegistries {
 		insecure[h] = true
 	}
+	gates := nodegate.NewBook()
 	r := &prepulllist.Reconciler{
-		Namespace: opts.Namespace,
-		Resolver:  &prepulllist.RegistryResolver{Insecure: insecure, Timeout: opts.ResolveTimeout},
+		Namespace:    opts.Namespace,
+		Resolver:     &prepulllist.RegistryResolver{Insecure: insecure, Timeout: opts.ResolveTimeout},
+		Gates:        gates,
+		StartupTaint: opts.StartupTaint,
 	}
 	mgr, err := newManager(opts.ServeOptions, ctrl.Options{
 		LeaderElection:          opts.LeaderElect,
@@ -51,6 +55,11 @@ func runController(ctx context.Context, args []string) error {
 	r.Recorder = mgr.GetEventRecorder("prepull-controller")
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the PrePullList controller: %w", err)
+	}
+	gate := &nodegate.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Book: gates,
+		Taint: opts.StartupTaint, Recorder: r.Recorder}
+	if err := gate.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("set up the node gate: %w", err)
 	}
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return err

@@ -6,9 +6,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
@@ -63,11 +65,15 @@ type ControllerOptions struct {
 	InsecureRegistries []string
 	// ResolveTimeout bounds one tag resolution at a registry.
 	ResolveTimeout time.Duration
+	// StartupTaint is the key of the taint that gating lists hold nodes
+	// with.
+	StartupTaint string
 }
 
 // NewControllerOptions returns the defaults.
 func NewControllerOptions() *ControllerOptions {
-	return &ControllerOptions{ServeOptions: newServeOptions(":8080", ":8081"), LeaderElect: true, ResolveTimeout: 30 * time.Second}
+	return &ControllerOptions{ServeOptions: newServeOptions(":8080", ":8081"), LeaderElect: true, ResolveTimeout: 30 * time.Second,
+		StartupTaint: prepullv1.DefaultStartupTaint}
 }
 
 // AddFlags defines the flags on fs.
@@ -77,6 +83,7 @@ func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "namespace of the leader-election Lease (default: --namespace)")
 	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", o.InsecureRegistries, "registry hosts (host:port) to resolve tags at over plain HTTP")
 	fs.DurationVar(&o.ResolveTimeout, "resolve-timeout", o.ResolveTimeout, "deadline of one tag resolution at a registry")
+	fs.StringVar(&o.StartupTaint, "startup-taint", o.StartupTaint, "key of the taint nodes register with to wait for gating lists (spec.nodeGate); the controller removes it, and no other")
 }
 
 // Validate reports every invalid flag at once.
@@ -84,6 +91,9 @@ func (o *ControllerOptions) Validate() error {
 	errs := o.ServeOptions.validate()
 	if o.ResolveTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--resolve-timeout: %s: must be positive", o.ResolveTimeout))
+	}
+	if msgs := validation.IsQualifiedName(o.StartupTaint); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--startup-taint: %q: %s", o.StartupTaint, strings.Join(msgs, "; ")))
 	}
 	return errors.Join(errs...)
 }

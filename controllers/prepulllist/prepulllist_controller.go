@@ -1,9 +1,11 @@
 package prepulllist
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodegate"
 	"prepull.io/prepull/pullsecret"
 )
 
@@ -54,6 +57,10 @@ type Reconciler struct {
 	Resolver  Resolver
 	Recorder  events.EventRecorder
 	Clock     clock.PassiveClock
+	// Gates, when set, is where gating lists publish what is missing on
+	// their nodes, for the node gate; StartupTaint is the taint it removes.
+	Gates        *nodegate.Book
+	StartupTaint string
 
 	// fleet is every node's spec as the controller wants it; tags are the
 	// cluster's tag resolutions. wake enqueues lists whose tag moved.
@@ -99,6 +106,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := r.Get(ctx, req.NamespacedName, l); err != nil {
 		if apierrors.IsNotFound(err) {
 			forgetNodes(req.Namespace, req.Name)
+			r.dropGate(req.NamespacedName)
 			return ctrl.Result{}, r.tags.collect(ctx, r.tags.use(req.NamespacedName, nil))
 		}
 		return ctrl.Result{}, err
@@ -134,6 +142,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	p := r.planFor(l, targets, selected)
 	p.probeNode = probeNode
 	out := r.apply(p, nodes)
+	r.publishGate(l, out)
 	for i := range images {
 		if c, ok := out.perImage[images[i].Image]; ok {
 			images[i].NodesReady, images[i].NodesFailed = c.ready, c.failed
@@ -142,6 +151,9 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	writeErr := resolveErr
 
 	status := buildStatus(l.Status, l.Generation, images, out, secretErr)
+	if l.Spec.NodeGate != nil {
+		status.NodeGate = &out.gate
+	}
 	r.remember(l, status)
 	r.recordTransitions(l, prev, status)
 	recordNodes(l, status.Nodes)
@@ -162,6 +174,8 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	// A list going holds no node.
+	r.dropGate(client.ObjectKeyFromObject(l))
 	p := r.planFor(l, nil, 0)
 	p.deleting = true
 	out := r.apply(p, nodes)
@@ -220,6 +234,7 @@ func (r *Reconciler) nodes(ctx context.Context, l *prepullv1.PrePullList) ([]*no
 		out = append(out, &node{
 			name: n.Name, selected: selector.Matches(labels.Set(n.Labels)),
 			spec: f.spec(n.Name), status: f.reported(n.Name), live: f.status[n.Name],
+			tainted: r.tainted(n), created: n.CreationTimestamp.Time,
 		})
 	}
 	// A node the fleet knows of, by its spec or its object, that is not
@@ -259,6 +274,35 @@ func (r *Reconciler) apply(p *plan, nodes []*node) outcome {
 	return out
 }
 
+// publishGate tells the node gate what a gating list finds missing on its
+// nodes; a list without a gate gates nothing.
+func (r *Reconciler) publishGate(l *prepullv1.PrePullList, out outcome) {
+	if r.Gates == nil {
+		return
+	}
+	if l.Spec.NodeGate == nil || !l.DeletionTimestamp.IsZero() {
+		r.Gates.Drop(client.ObjectKeyFromObject(l))
+		return
+	}
+	missing := out.missing
+	if missing == nil {
+		missing = map[string][]string{}
+	}
+	r.Gates.Publish(client.ObjectKeyFromObject(l), l.Generation, missing)
+}
+
+func (r *Reconciler) dropGate(key types.NamespacedName) {
+	if r.Gates != nil {
+		r.Gates.Drop(key)
+	}
+}
+
+// tainted reports whether n carries the startup taint.
+func (r *Reconciler) tainted(n *corev1.Node) bool {
+	key := cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint)
+	return slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == key })
+}
+
 // nodeUID is the UID of a node in the cache, which a new NodeImageSet's
 // owner reference names.
 func (r *Reconciler) nodeUID(name string) (types.UID, bool) {
@@ -275,6 +319,8 @@ func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, selecte
 		owner:         prepullv1.ImageOwner{List: ownerName(l)},
 		archive:       archiveOf(l),
 		maxConcurrent: maxConcurrentNodes(l.Spec.Rollout.MaxConcurrentNodes, selected),
+		gate:          l.Spec.NodeGate,
+		now:           r.Clock.Now(),
 	}
 	p.targets = targets
 	for _, t := range targets {
@@ -582,7 +628,7 @@ func (r *Reconciler) CacheOptions(o cache.Options) cache.Options {
 		if n, ok := obj.(*corev1.Node); ok {
 			return &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{
 				Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels,
-				DeletionTimestamp: n.DeletionTimestamp,
+				CreationTimestamp: n.CreationTimestamp, DeletionTimestamp: n.DeletionTimestamp,
 			}, Spec: corev1.NodeSpec{Taints: n.Spec.Taints, Unschedulable: n.Spec.Unschedulable}}, nil
 		}
 		return obj, nil
@@ -699,7 +745,12 @@ func (r *Reconciler) allLists(ctx context.Context, _ client.Object) []reconcile.
 func nodeChanged() predicate.Predicate {
 	return predicate.Funcs{
 		UpdateFunc: func(e event.UpdateEvent) bool {
-			return !equality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
+			if !equality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) {
+				return true
+			}
+			// A gating list counts the nodes its gate holds.
+			o, n := e.ObjectOld.(*corev1.Node), e.ObjectNew.(*corev1.Node)
+			return !equality.Semantic.DeepEqual(o.Spec.Taints, n.Spec.Taints)
 		},
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}

@@ -41,6 +41,10 @@ type node struct {
 	live reports
 	// changed is set when the plan changed spec.
 	changed bool
+	// tainted is whether the node carries the startup taint; created is
+	// when it registered.
+	tainted bool
+	created time.Time
 }
 
 // plan is one list's rollout over every node.
@@ -59,6 +63,10 @@ type plan struct {
 	maxConcurrent int
 	// deleting releases the list everywhere.
 	deleting bool
+	// gate is the list's nodeGate, or nil; now is the time its timeouts
+	// are read at.
+	gate *prepullv1.NodeGate
+	now  time.Time
 }
 
 // outcome is what a plan observed and did.
@@ -69,6 +77,10 @@ type outcome struct {
 	// held counts the nodes on which the list still owns an entry, releasing
 	// or not: a deleted list's finalizer waits for zero.
 	held int
+	// missing are, for a gating list, the images missing on each selected
+	// node; gate counts its nodes.
+	missing map[string][]string
+	gate    prepullv1.NodeGateStatus
 }
 
 // imageCounts counts the selected nodes by the state of one image.
@@ -259,20 +271,24 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 	out.nodes.Selected++
 	if !p.handed(n, targets) {
 		out.nodes.Waiting++
+		p.observeGate(n, p.targets, out)
 		return
 	}
 	ready, failed := len(targets) == len(p.targets), false
+	var missing []target
 	for _, t := range targets {
 		st := n.status.find(t.ref())
 		res := out.perImage[t.image]
 		switch {
 		case st == nil:
 			ready = false
+			missing = append(missing, t)
 		case st.phase == prepullv1.PhasePresent:
 			res.ready++
 		case st.phase == prepullv1.PhaseFailed:
 			res.failed++
 			failed, ready = true, false
+			missing = append(missing, t)
 			f := prepullv1.NodeFailure{Node: n.name, Image: t.image}
 			if st.extra != nil {
 				f.Reason, f.Message = st.extra.reason, truncate(st.extra.message, 1024)
@@ -280,6 +296,7 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 			out.failures = append(out.failures, f)
 		default:
 			ready = false
+			missing = append(missing, t)
 		}
 	}
 	switch {
@@ -289,6 +306,34 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 		out.nodes.Ready++
 	default:
 		out.nodes.Pulling++
+	}
+	for _, t := range p.targets {
+		if !slices.ContainsFunc(targets, func(r target) bool { return r.image == t.image }) {
+			missing = append(missing, t)
+		}
+	}
+	p.observeGate(n, missing, out)
+}
+
+// observeGate records, for a gating list, the images missing on n and
+// whether the gate holds n or its timeout let n through without them.
+func (p *plan) observeGate(n *node, missing []target, out *outcome) {
+	if p.gate == nil {
+		return
+	}
+	if out.missing == nil {
+		out.missing = map[string][]string{}
+	}
+	images := make([]string, 0, len(missing))
+	for _, t := range missing {
+		images = append(images, t.image)
+	}
+	out.missing[n.name] = images
+	switch {
+	case n.tainted:
+		out.gate.Waiting++
+	case len(images) > 0 && !p.now.Before(n.created.Add(p.gate.GateTimeout())):
+		out.gate.TimedOut++
 	}
 }
 

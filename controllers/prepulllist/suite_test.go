@@ -25,6 +25,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodegate"
 	"prepull.io/prepull/controllers/prepulllist"
 	"prepull.io/prepull/e2e/testground"
 	"prepull.io/prepull/pullsecret"
@@ -92,7 +93,8 @@ func setup(t *testing.T) *env {
 // stops it.
 func (e *env) startController(t *testing.T) func() {
 	t.Helper()
-	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Clock: e.clock}
+	gates := nodegate.NewBook()
+	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Clock: e.clock, Gates: gates}
 	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
 		Scheme:  testground.Scheme(),
 		Metrics: metricsserver.Options{BindAddress: "0"},
@@ -107,6 +109,10 @@ func (e *env) startController(t *testing.T) func() {
 	r.Client, r.APIReader = mgr.GetClient(), mgr.GetAPIReader()
 	r.Recorder = mgr.GetEventRecorder("prepull-controller")
 	if err := r.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	gate := &nodegate.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Book: gates, Recorder: r.Recorder}
+	if err := gate.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

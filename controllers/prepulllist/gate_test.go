@@ -1,0 +1,275 @@
+package prepulllist_test
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+)
+
+var startupTaint = corev1.Taint{Key: prepullv1.DefaultStartupTaint, Effect: corev1.TaintEffectNoSchedule}
+
+// taintedNode registers a node as a kubelet with registerWithTaints does:
+// with the startup taint, and another taint of someone else's.
+func (e *env) taintedNode(t *testing.T, name string, labels map[string]string) {
+	t.Helper()
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+	n.Spec.Taints = []corev1.Taint{startupTaint, {Key: "example.com/other", Value: "x", Effect: corev1.TaintEffectNoSchedule}}
+	e.mustCreate(t, n)
+}
+
+func (e *env) taints(t *testing.T, node string) []string {
+	t.Helper()
+	n := &corev1.Node{}
+	if err := e.c.Get(ctx, client.ObjectKey{Name: node}, n); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, tn := range n.Spec.Taints {
+		// The API server taints a new node not-ready until its kubelet
+		// says otherwise; no kubelet runs here.
+		if tn.Key != corev1.TaintNodeNotReady {
+			out = append(out, tn.Key)
+		}
+	}
+	return out
+}
+
+func (e *env) imagesReady(t *testing.T, node string) *corev1.NodeCondition {
+	t.Helper()
+	n := &corev1.Node{}
+	if err := e.c.Get(ctx, client.ObjectKey{Name: node}, n); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == prepullv1.NodeConditionImagesReady {
+			return &n.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// report writes node's status as its agent would, with only the images
+// present for which present says so.
+func (e *env) report(t *testing.T, node string, present func(image string) bool) {
+	t.Helper()
+	eventually(t, "status of "+node+" written", func() error {
+		set, err := e.nodeSet(node)
+		if err != nil {
+			return err
+		}
+		set.Status.Images = nil
+		for _, img := range set.Spec.Images {
+			st := prepullv1.NodeImageStatus{Image: img.Image, Phase: prepullv1.PhasePulling}
+			if present(img.Image) {
+				st.Phase, st.Digest = prepullv1.PhasePresent, digestOf(img.Image)
+			}
+			set.Status.Images = append(set.Status.Images, st)
+		}
+		return e.c.Status().Update(ctx, set)
+	})
+}
+
+func gated(l *prepullv1.PrePullList, sel map[string]string, timeout time.Duration) *prepullv1.PrePullList {
+	l.Spec.NodeSelector = selector(sel)
+	l.Spec.NodeGate = &prepullv1.NodeGate{Timeout: &metav1.Duration{Duration: timeout}}
+	return l
+}
+
+func digestImage(repo string, n int) string {
+	return fmt.Sprintf("reg.test/%s@sha256:%064x", repo, n)
+}
+
+func TestNodeGate(t *testing.T) {
+	e := setup(t)
+
+	t.Run("the gate opens only when every gating list is present, and touches no other taint", func(t *testing.T) {
+		ns := e.namespace(t, "gate-all")
+		pool := map[string]string{"pool": "gate-all"}
+		web, db := digestImage("web", 1), digestImage("db", 2)
+		e.mustCreate(t, gated(list(ns, "web", web), pool, time.Hour))
+		e.mustCreate(t, gated(list(ns, "db", db), pool, time.Hour))
+		e.taintedNode(t, "gate-all-1", pool)
+
+		eventually(t, "condition ImagesMissing naming both lists", func() error {
+			c := e.imagesReady(t, "gate-all-1")
+			if c == nil || c.Status != corev1.ConditionFalse || c.Reason != prepullv1.ReasonImagesMissing ||
+				!strings.Contains(c.Message, ns+"/web") || !strings.Contains(c.Message, ns+"/db") {
+				return fmt.Errorf("condition %+v", c)
+			}
+			return nil
+		})
+		eventually(t, "both lists hand their image to the node", func() error {
+			set, err := e.nodeSet("gate-all-1")
+			if err != nil || len(set.Spec.Images) != 2 {
+				return fmt.Errorf("node image set %v, %v", set, err)
+			}
+			return nil
+		})
+		e.report(t, "gate-all-1", func(img string) bool { return img == web })
+		eventually(t, "list db counts the node as waiting, web's image present", func() error {
+			l := e.getList(t, list(ns, "db"))
+			if l.Status.NodeGate == nil || l.Status.NodeGate.Waiting != 1 {
+				return fmt.Errorf("status.nodeGate %+v", l.Status.NodeGate)
+			}
+			c := e.imagesReady(t, "gate-all-1")
+			if c == nil || strings.Contains(c.Message, ns+"/web") || !strings.Contains(c.Message, db) {
+				return fmt.Errorf("condition %+v: want only db's image named", c)
+			}
+			return nil
+		})
+		if got := e.taints(t, "gate-all-1"); !slices.Contains(got, prepullv1.DefaultStartupTaint) {
+			t.Fatalf("taints %v: the gate opened with db's image missing", got)
+		}
+
+		e.report(t, "gate-all-1", func(string) bool { return true })
+		eventually(t, "startup taint removed, the other kept, condition True", func() error {
+			got := e.taints(t, "gate-all-1")
+			if !slices.Equal(got, []string{"example.com/other"}) {
+				return fmt.Errorf("taints %v", got)
+			}
+			if c := e.imagesReady(t, "gate-all-1"); c == nil || c.Status != corev1.ConditionTrue || c.Reason != prepullv1.ReasonImagesPresent {
+				return fmt.Errorf("condition %+v", c)
+			}
+			if l := e.getList(t, list(ns, "db")); l.Status.NodeGate == nil || l.Status.NodeGate.Waiting != 0 {
+				return fmt.Errorf("status.nodeGate %+v", l.Status.NodeGate)
+			}
+			return nil
+		})
+
+		// Karpenter restores startup taints removed before it initialized
+		// the node: the node still qualifies, so it goes again.
+		n := &corev1.Node{}
+		if err := e.c.Get(ctx, client.ObjectKey{Name: "gate-all-1"}, n); err != nil {
+			t.Fatal(err)
+		}
+		n.Spec.Taints = append(n.Spec.Taints, startupTaint)
+		if err := e.c.Update(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the re-added taint removed again", func() error {
+			if got := e.taints(t, "gate-all-1"); !slices.Equal(got, []string{"example.com/other"}) {
+				return fmt.Errorf("taints %v", got)
+			}
+			return nil
+		})
+	})
+
+	t.Run("a node no gating list selects is never held", func(t *testing.T) {
+		ns := e.namespace(t, "gate-none")
+		e.mustCreate(t, gated(list(ns, "web", digestImage("web", 3)), map[string]string{"pool": "gate-none"}, time.Hour))
+		e.taintedNode(t, "gate-free-1", map[string]string{"pool": "elsewhere"})
+		eventually(t, "the startup taint removed at once", func() error {
+			if got := e.taints(t, "gate-free-1"); !slices.Equal(got, []string{"example.com/other"}) {
+				return fmt.Errorf("taints %v", got)
+			}
+			return nil
+		})
+		if c := e.imagesReady(t, "gate-free-1"); c != nil {
+			t.Errorf("a node no gating list selects has condition %+v", c)
+		}
+	})
+
+	t.Run("the timeout opens the gate, with a Warning event and the list's count", func(t *testing.T) {
+		ns := e.namespace(t, "gate-late")
+		pool := map[string]string{"pool": "gate-late"}
+		img := digestImage("slow", 4)
+		l := gated(list(ns, "slow", img), pool, 3*time.Second)
+		e.mustCreate(t, l)
+		e.taintedNode(t, "gate-late-1", pool)
+		if got := e.taints(t, "gate-late-1"); !slices.Contains(got, prepullv1.DefaultStartupTaint) {
+			t.Fatalf("taints %v right after registration", got)
+		}
+		eventually(t, "the gate opened at the timeout", func() error {
+			if got := e.taints(t, "gate-late-1"); slices.Contains(got, prepullv1.DefaultStartupTaint) {
+				return fmt.Errorf("taints %v", got)
+			}
+			return nil
+		})
+		c := e.imagesReady(t, "gate-late-1")
+		if c == nil || c.Status != corev1.ConditionFalse || c.Reason != prepullv1.ReasonGateTimedOut || !strings.Contains(c.Message, img) {
+			t.Errorf("condition %+v: want False, GateTimedOut, naming %s", c, img)
+		}
+		eventually(t, "a Warning event on the list naming the node and the image", func() error {
+			for _, ev := range e.events(t, ns, "NodeGateTimedOut") {
+				if ev.Type == corev1.EventTypeWarning && strings.Contains(ev.Note, "gate-late-1") && strings.Contains(ev.Note, img) {
+					return nil
+				}
+			}
+			return fmt.Errorf("no NodeGateTimedOut event")
+		})
+		// The list reads its timeouts on its own clock.
+		e.clock.SetTime(time.Now())
+		touch(t, e, l)
+		eventually(t, "the list counts the node let through", func() error {
+			got := e.getList(t, l)
+			if got.Status.NodeGate == nil || got.Status.NodeGate.TimedOut != 1 || got.Status.NodeGate.Waiting != 0 {
+				return fmt.Errorf("status.nodeGate %+v", got.Status.NodeGate)
+			}
+			return nil
+		})
+	})
+
+	t.Run("taint edits made while the gate opens survive", func(t *testing.T) {
+		ns := e.namespace(t, "gate-race")
+		pool := map[string]string{"pool": "gate-race"}
+		l := gated(list(ns, "web", digestImage("race", 5)), pool, time.Hour)
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
+		e.mustCreate(t, l)
+		const nodes = 5
+		for i := range nodes {
+			e.taintedNode(t, fmt.Sprintf("gate-race-%d", i), pool)
+		}
+		for i := range nodes {
+			name := fmt.Sprintf("gate-race-%d", i)
+			eventually(t, "image handed to "+name, func() error {
+				set, err := e.nodeSet(name)
+				if err != nil || len(set.Spec.Images) != 1 {
+					return fmt.Errorf("node image set %v, %v", set, err)
+				}
+				return nil
+			})
+		}
+		// Each node's images turn present while someone else adds a taint
+		// to it: the gate's removal must not write over that edit.
+		var wg sync.WaitGroup
+		for i := range nodes {
+			name := fmt.Sprintf("gate-race-%d", i)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				e.report(t, name, func(string) bool { return true })
+			}()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				eventually(t, "a taint added to "+name, func() error {
+					n := &corev1.Node{}
+					if err := e.c.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
+						return err
+					}
+					n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "example.com/late", Effect: corev1.TaintEffectNoSchedule})
+					return e.c.Update(ctx, n)
+				})
+			}()
+		}
+		wg.Wait()
+		for i := range nodes {
+			name := fmt.Sprintf("gate-race-%d", i)
+			eventually(t, "startup taint gone from "+name+", the others kept", func() error {
+				if got := e.taints(t, name); !slices.Equal(got, []string{"example.com/other", "example.com/late"}) {
+					return fmt.Errorf("taints %v", got)
+				}
+				return nil
+			})
+		}
+	})
+}
