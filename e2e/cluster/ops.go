@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -239,6 +240,53 @@ func (c *Cluster) RestartKubelet(ctx context.Context, cs *kubernetes.Clientset, 
 		return err
 	}
 	return WaitNodeReady(ctx, cs, c.NodeName, 2*time.Minute)
+}
+
+// Reregister makes the node join the cluster afresh, as a new node of a
+// scaling pool does: the kubelet stops, the Node object is deleted (its
+// NodeImageSet goes with it), away runs while no node exists, and the
+// kubelet starts again and registers with the startup taint key
+// (registerWithTaints, NoSchedule). It returns once the new Node exists.
+func (c *Cluster) Reregister(ctx context.Context, cs *kubernetes.Clientset, taint string, away func() error) error {
+	if err := c.Stop("kubelet"); err != nil {
+		return err
+	}
+	if err := cs.CoreV1().Nodes().Delete(ctx, c.NodeName, metav1.DeleteOptions{}); err != nil {
+		return fmt.Errorf("delete node %s: %w", c.NodeName, err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s not gone after a minute", c.NodeName)
+		}
+	}
+	if err := away(); err != nil {
+		return err
+	}
+	cfg := c.path("kubelet", "config.yaml")
+	data, err := os.ReadFile(cfg)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(data), "registerWithTaints:") {
+		data = append(data, fmt.Sprintf("registerWithTaints:\n- key: %s\n  effect: NoSchedule\n", taint)...)
+		if err := os.WriteFile(cfg, data, 0o600); err != nil {
+			return err
+		}
+	}
+	if err := c.startKubelet(); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if _, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{}); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return c.withLog(fmt.Errorf("node %s did not register again within 2 minutes", c.NodeName), "kubelet")
+		}
+	}
 }
 
 // platform is this machine's, the node's.
