@@ -119,6 +119,10 @@ FLEET_IMAGES ?= 100
 bench-fleet: testground build ## The controller at fleet scale: FLEET_NODES x FLEET_LISTS lists x FLEET_IMAGES tags, then a tag move.
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -run '^$$' -bench BenchmarkControllerRollout -benchtime 1x -timeout 60m ./e2e/bench/ -args -nodes=$(FLEET_NODES) -lists=$(FLEET_LISTS) -images=$(FLEET_IMAGES)
 
+.PHONY: bench-gate
+bench-gate: deps cluster-binaries build ## A node joining with a Deployment waiting: with a gating list vs without, over a shaped link (root).
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkGatedNodeJoin -benchtime 1x -timeout 30m ./e2e/
+
 .PHONY: bench-podstart
 bench-podstart: deps cluster-binaries build ## Pod start latency on the local cluster: pre-pulled vs cold vs kubelet-pulled, over a shaped link (root).
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkPodStart -benchtime 1x -timeout 30m ./e2e/

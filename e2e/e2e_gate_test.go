@@ -21,7 +21,7 @@ import (
 )
 
 // startupTainted reports whether the node carries the startup taint.
-func startupTainted(t *testing.T) bool {
+func startupTainted(t testing.TB) bool {
 	t.Helper()
 	n, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{})
 	if err != nil {
@@ -49,7 +49,7 @@ func deployment(name, image string) *appsv1.Deployment {
 }
 
 // podOf is the one pod of the Deployment name, or nil.
-func podOf(t *testing.T, name string) *corev1.Pod {
+func podOf(t testing.TB, name string) *corev1.Pod {
 	t.Helper()
 	pods, err := cs.CoreV1().Pods("e2e").List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
 	if err != nil {
