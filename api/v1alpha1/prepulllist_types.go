@@ -236,6 +236,9 @@ const (
 	// ReasonPullSecretUnavailable: an imagePullSecret is missing or is not a
 	// docker-registry Secret.
 	ReasonPullSecretUnavailable = "PullSecretUnavailable"
+	// ReasonNodeGateTimedOut: the gate's timeout let selected nodes through
+	// without every image, and they still lack some.
+	ReasonNodeGateTimedOut = "NodeGateTimedOut"
 	// ReasonAsExpected: nothing is degraded.
 	ReasonAsExpected = "AsExpected"
 )

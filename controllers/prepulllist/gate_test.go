@@ -214,6 +214,9 @@ func TestNodeGate(t *testing.T) {
 			if got.Status.NodeGate == nil || got.Status.NodeGate.TimedOut != 1 || got.Status.NodeGate.Waiting != 0 {
 				return fmt.Errorf("status.nodeGate %+v", got.Status.NodeGate)
 			}
+			if d := condition(got, prepullv1.ConditionDegraded); d == nil || d.Reason != prepullv1.ReasonNodeGateTimedOut {
+				return fmt.Errorf("Degraded %+v, want reason %s", d, prepullv1.ReasonNodeGateTimedOut)
+			}
 			return nil
 		})
 	})

@@ -151,9 +151,6 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	writeErr := resolveErr
 
 	status := buildStatus(l.Status, l.Generation, images, out, secretErr)
-	if l.Spec.NodeGate != nil {
-		status.NodeGate = &out.gate
-	}
 	r.remember(l, status)
 	r.recordTransitions(l, prev, status)
 	recordNodes(l, status.Nodes)

@@ -112,6 +112,15 @@ func buildStatus(old prepullv1.PrePullListStatus, gen int64, images []prepullv1.
 	}
 	meta.SetStatusCondition(&st.Conditions, readyCondition(gen, out.nodes, images))
 	meta.SetStatusCondition(&st.Conditions, progressingCondition(gen, out.nodes, images))
-	meta.SetStatusCondition(&st.Conditions, degradedCondition(gen, out.nodes, images, failures, secretErr))
+	degraded := degradedCondition(gen, out.nodes, images, failures, secretErr)
+	if out.gated {
+		gate := out.gate
+		st.NodeGate = &gate
+		if gate.TimedOut > 0 && degraded.Status == metav1.ConditionFalse {
+			degraded.Status, degraded.Reason = metav1.ConditionTrue, prepullv1.ReasonNodeGateTimedOut
+			degraded.Message = fmt.Sprintf("%d nodes were let through at the gate's timeout without every image", gate.TimedOut)
+		}
+	}
+	meta.SetStatusCondition(&st.Conditions, degraded)
 	return st
 }

@@ -80,6 +80,7 @@ type outcome struct {
 	// missing are, for a gating list, the images missing on each selected
 	// node; gate counts its nodes.
 	missing map[string][]string
+	gated   bool
 	gate    prepullv1.NodeGateStatus
 }
 
@@ -102,7 +103,7 @@ func maxConcurrentNodes(v *intstr.IntOrString, selected int) int {
 // run applies the plan to nodes, which it sorts by name, and reports.
 func (p *plan) run(nodes []*node) outcome {
 	slices.SortFunc(nodes, func(a, b *node) int { return cmp.Compare(a.name, b.name) })
-	out := outcome{perImage: map[string]*imageCounts{}}
+	out := outcome{perImage: map[string]*imageCounts{}, gated: p.gate != nil && !p.deleting}
 	for _, t := range p.targets {
 		out.perImage[t.image] = &imageCounts{}
 	}
