@@ -56,7 +56,7 @@ func runController(ctx context.Context, args []string) error {
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the PrePullList controller: %w", err)
 	}
-	gate := &nodegate.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Book: gates,
+	gate := &nodegate.Reconciler{Client: mgr.GetClient(), Book: gates,
 		Taint: opts.StartupTaint, Recorder: r.Recorder}
 	if err := gate.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the node gate: %w", err)

@@ -17,6 +17,7 @@ package nodegate
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -43,19 +44,18 @@ import (
 // Reconciler opens the gates of nodes.
 type Reconciler struct {
 	// Client reads Nodes and PrePullLists from the manager's cache, which
-	// must keep the Nodes' labels, taints and creation time (the list
-	// reconciler's CacheOptions do).
+	// must keep the Nodes' labels, taints, creation time and the
+	// prepull.io/ImagesReady condition (the list reconciler's CacheOptions
+	// do).
 	client.Client
-	// APIReader reads a node's conditions, which the cache drops.
-	APIReader client.Reader
-	Book      *Book
+	Book *Book
 	// Taint is the key of the startup taint; any effect.
 	Taint    string
 	Recorder events.EventRecorder
 	Clock    clock.Clock
 
 	mu sync.Mutex
-	// written is, by node, the condition last written or found.
+	// written is, by node, the condition last written.
 	written map[string]corev1.NodeCondition
 	// opened are the nodes whose gate this process opened, for the event
 	// and the metric, once each.
@@ -232,49 +232,47 @@ func missingText(g gating) string {
 
 // setCondition writes want on n's status when it differs from what n has,
 // keeping the transition time while the status stays; a nil want replaces
-// a condition left from a gating list that went with NotGated.
+// a condition left from a gating list that went with NotGated. n is the
+// cached node, which keeps this condition.
 func (r *Reconciler) setCondition(ctx context.Context, n *corev1.Node, want *corev1.NodeCondition) error {
-	r.mu.Lock()
-	had, known := r.written[n.Name]
-	r.mu.Unlock()
-	if want == nil && known && had.Reason == prepullv1.ReasonNotGated {
-		return nil
+	var have *corev1.NodeCondition
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == prepullv1.NodeConditionImagesReady {
+			have = &n.Status.Conditions[i]
+		}
 	}
-	if known && want != nil && same(had, *want) {
-		return nil
-	}
-	live := &corev1.Node{}
-	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(n), live); err != nil {
-		return client.IgnoreNotFound(err)
-	}
-	i := slices.IndexFunc(live.Status.Conditions, func(c corev1.NodeCondition) bool { return c.Type == prepullv1.NodeConditionImagesReady })
 	if want == nil {
-		if i < 0 {
-			r.remember(n.Name, corev1.NodeCondition{Reason: prepullv1.ReasonNotGated})
+		if have == nil || have.Reason == prepullv1.ReasonNotGated {
 			return nil
 		}
 		want = &corev1.NodeCondition{Type: prepullv1.NodeConditionImagesReady, Status: corev1.ConditionTrue,
 			Reason: prepullv1.ReasonNotGated, Message: "no PrePullList with a nodeGate selects this node"}
 	}
-	if i >= 0 && same(live.Status.Conditions[i], *want) {
-		r.remember(n.Name, live.Status.Conditions[i])
+	r.mu.Lock()
+	last, known := r.written[n.Name]
+	r.mu.Unlock()
+	if (have != nil && same(*have, *want)) || (known && same(last, *want)) {
+		// The cache may not show our last write yet.
 		return nil
 	}
-	orig := live.DeepCopy()
 	c := *want
 	c.LastHeartbeatTime = metav1.NewTime(r.Clock.Now())
 	c.LastTransitionTime = c.LastHeartbeatTime
-	if i >= 0 {
-		if live.Status.Conditions[i].Status == c.Status {
-			c.LastTransitionTime = live.Status.Conditions[i].LastTransitionTime
-		}
-		live.Status.Conditions[i] = c
-	} else {
-		live.Status.Conditions = append(live.Status.Conditions, c)
+	if have != nil && have.Status == c.Status {
+		c.LastTransitionTime = have.LastTransitionTime
+	} else if known && last.Status == c.Status {
+		c.LastTransitionTime = last.LastTransitionTime
 	}
-	// A strategic merge patch merges conditions by type: the kubelet's own
-	// stay as they are.
-	if err := r.Status().Patch(ctx, live, client.StrategicMergeFrom(orig)); err != nil {
+	// A strategic merge patch of this one condition merges by type: the
+	// kubelet's own conditions stay as they are.
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{c}}})
+	if err != nil {
+		return err
+	}
+	if err := r.Status().Patch(ctx, n.DeepCopy(), client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
 		return fmt.Errorf("set condition %s of node %s: %w", c.Type, n.Name, err)
 	}
 	r.remember(n.Name, c)

@@ -608,7 +608,8 @@ const statusBatch = 200 * time.Millisecond
 
 // CacheOptions returns o with what the reconciler needs of the manager's
 // cache: NodeImageSets cached as metadata only, their status kept as the
-// fleet's compact reports; Nodes without their status; no managed fields.
+// fleet's compact reports; Nodes with their labels, taints and the node
+// gate's condition only; no managed fields.
 // The manager that SetupWithManager is given must use them.
 func (r *Reconciler) CacheOptions(o cache.Options) cache.Options {
 	if o.ByObject == nil {
@@ -623,10 +624,18 @@ func (r *Reconciler) CacheOptions(o cache.Options) cache.Options {
 	}}
 	o.ByObject[&corev1.Node{}] = cache.ByObject{Transform: func(obj any) (any, error) {
 		if n, ok := obj.(*corev1.Node); ok {
+			// Of the status, only the node gate's own condition.
+			var conds []corev1.NodeCondition
+			for _, c := range n.Status.Conditions {
+				if c.Type == prepullv1.NodeConditionImagesReady {
+					conds = append(conds, c)
+				}
+			}
 			return &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{
 				Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels,
 				CreationTimestamp: n.CreationTimestamp, DeletionTimestamp: n.DeletionTimestamp,
-			}, Spec: corev1.NodeSpec{Taints: n.Spec.Taints, Unschedulable: n.Spec.Unschedulable}}, nil
+			}, Spec: corev1.NodeSpec{Taints: n.Spec.Taints, Unschedulable: n.Spec.Unschedulable},
+				Status: corev1.NodeStatus{Conditions: conds}}, nil
 		}
 		return obj, nil
 	}}

@@ -111,7 +111,7 @@ func (e *env) startController(t *testing.T) func() {
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	gate := &nodegate.Reconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Book: gates, Recorder: r.Recorder}
+	gate := &nodegate.Reconciler{Client: mgr.GetClient(), Book: gates, Recorder: r.Recorder}
 	if err := gate.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
