@@ -93,8 +93,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	now := r.Clock.Now()
-	if err := r.setCondition(ctx, n, condition(gates, now)); err != nil {
-		return ctrl.Result{}, err
+	// Until every gating list published its verdict on the node (after a
+	// restart, or for a node just registered), the condition keeps what it
+	// says: a verdict not reached yet is no news.
+	if !slices.ContainsFunc(gates, func(g gating) bool { return !g.observed }) {
+		if err := r.setCondition(ctx, n, condition(gates, now)); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	open, next := true, time.Time{}
 	for _, g := range gates {

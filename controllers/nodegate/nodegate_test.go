@@ -36,8 +36,6 @@ func TestCondition(t *testing.T) {
 			{list: l("a"), observed: true, due: now.Add(time.Hour)},
 			{list: l("b"), observed: true, missing: []string{"reg/b:1"}, due: now.Add(time.Hour)},
 		}, wantStatus: corev1.ConditionFalse, wantReason: prepullv1.ReasonImagesMissing, wantMessage: []string{"ns/b: reg/b:1"}},
-		{name: "not observed yet is missing", gates: []gating{{list: l("a"), due: now.Add(time.Hour)}},
-			wantStatus: corev1.ConditionFalse, wantReason: prepullv1.ReasonImagesMissing, wantMessage: []string{"ns/a", "not observed"}},
 		{name: "past the timeout", gates: []gating{{list: l("a"), observed: true, missing: []string{"reg/a:1"}, due: now.Add(-time.Second)}},
 			wantStatus: corev1.ConditionFalse, wantReason: prepullv1.ReasonGateTimedOut, wantMessage: []string{"ns/a: reg/a:1"}},
 	}

@@ -221,6 +221,27 @@ func TestNodeGate(t *testing.T) {
 		})
 	})
 
+	t.Run("nodes held by the gate take no rollout turn", func(t *testing.T) {
+		ns := e.namespace(t, "gate-pool")
+		pool := map[string]string{"pool": "gate-pool"}
+		l := gated(list(ns, "web", digestImage("pool", 6)), pool, time.Hour)
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("1")
+		e.mustCreate(t, l)
+		for i := range 3 {
+			e.taintedNode(t, fmt.Sprintf("gate-pool-%d", i), pool)
+		}
+		for i := range 3 {
+			name := fmt.Sprintf("gate-pool-%d", i)
+			eventually(t, "image handed to "+name+" with no node settled", func() error {
+				set, err := e.nodeSet(name)
+				if err != nil || len(set.Spec.Images) != 1 {
+					return fmt.Errorf("node image set %v, %v", set, err)
+				}
+				return nil
+			})
+		}
+	})
+
 	t.Run("taint edits made while the gate opens survive", func(t *testing.T) {
 		ns := e.namespace(t, "gate-race")
 		pool := map[string]string{"pool": "gate-race"}

@@ -113,7 +113,7 @@ func (p *plan) run(nodes []*node) outcome {
 	// rollout's budget; the others wait their turn in name order.
 	inFlight := 0
 	for _, n := range nodes {
-		if n.selected && !p.deleting && p.handed(n, resolved) && !p.settled(n, resolved) {
+		if n.selected && !p.deleting && !(p.gate != nil && n.tainted) && p.handed(n, resolved) && !p.settled(n, resolved) {
 			inFlight++
 		}
 	}
@@ -122,6 +122,10 @@ func (p *plan) run(nodes []*node) outcome {
 		case !n.selected || p.deleting:
 			p.releaseAll(n, nil)
 		case p.handed(n, resolved):
+			p.hand(n, resolved)
+		case p.gate != nil && n.tainted:
+			// A node held by the gate runs nothing yet: it takes no turn,
+			// so that a pool scaling up many nodes warms them together.
 			p.hand(n, resolved)
 		case inFlight < p.maxConcurrent:
 			p.hand(n, resolved)
