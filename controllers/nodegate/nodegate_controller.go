@@ -123,8 +123,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 // gatesOf is the verdict of every gating list that selects n.
 func (r *Reconciler) gatesOf(ctx context.Context, n *corev1.Node) ([]gating, error) {
+	// Read only, and done for every node: no copy of every list each time.
 	var lists prepullv1.PrePullListList
-	if err := r.List(ctx, &lists); err != nil {
+	if err := r.List(ctx, &lists, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list prepull lists: %w", err)
 	}
 	var out []gating
