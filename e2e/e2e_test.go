@@ -39,7 +39,7 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	if os.Geteuid() != 0 {
-		fmt.Println("TEST GROUND UNAVAILABLE: the e2e tests run a real cluster and need root (sudo make test-e2e)")
+		fmt.Println("TEST GROUND UNAVAILABLE: the e2e tests run a real cluster and need root (make test-e2e as root)")
 		if os.Getenv("CI") == "true" {
 			return 1
 		}

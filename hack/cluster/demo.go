@@ -111,7 +111,7 @@ func demo(ctx context.Context, c *cluster.Cluster) error {
 The cluster stays up. Look around:
   %s/kubectl --kubeconfig %s get prepulllists -A
   %s/kubectl --kubeconfig %s get nodeimagesets -o yaml
-Tear it all down: sudo make demo-down
+Tear it all down (as root): make demo-down
 `, c.Bin, c.Kubeconfig(), c.Bin, c.Kubeconfig())
 	return nil
 }
