@@ -74,7 +74,7 @@ func Binary(t testing.TB, name string) string {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		Unavailable(t, "this test runs a real containerd and needs root (run `sudo make test`)")
+		Unavailable(t, "this test runs a real containerd and needs root (run `make test` as root)")
 	}
 }
 
