@@ -268,7 +268,8 @@ func (p *plan) holds(n *node) bool {
 	return false
 }
 
-// observe counts n's state for the list's status.
+// observe counts n's state for the list's status, and for a gating list
+// the images missing on n.
 func (p *plan) observe(n *node, targets []target, out *outcome) {
 	if !n.selected || p.deleting {
 		return
@@ -312,9 +313,16 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 	default:
 		out.nodes.Pulling++
 	}
-	for _, t := range p.targets {
-		if !slices.ContainsFunc(targets, func(r target) bool { return r.image == t.image }) {
-			missing = append(missing, t)
+	if p.gate != nil && len(targets) < len(p.targets) {
+		// Images not resolved yet are missing too.
+		have := make(map[string]bool, len(targets))
+		for _, t := range targets {
+			have[t.image] = true
+		}
+		for _, t := range p.targets {
+			if !have[t.image] {
+				missing = append(missing, t)
+			}
 		}
 	}
 	p.observeGate(n, missing, out)
