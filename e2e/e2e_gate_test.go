@@ -91,11 +91,14 @@ func TestGateHoldsAJoiningNodeUntilItsImagesArePresent(t *testing.T) {
 	var lastTainted time.Time
 	sawTaintInMessage, sawPending := false, false
 	testground.Eventually(t, 3*time.Minute, "the gate opens", func() error {
+		// The pod first, then the node: a pod bound while the node still
+		// carries the taint afterwards was bound through it.
+		p := podOf(t, dep.Name)
 		if !startupTainted(t) {
 			return nil
 		}
 		lastTainted = time.Now()
-		if p := podOf(t, dep.Name); p != nil {
+		if p != nil {
 			if p.Spec.NodeName != "" {
 				t.Fatalf("pod %s was scheduled on %s while the node carried the startup taint", p.Name, p.Spec.NodeName)
 			}
