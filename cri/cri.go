@@ -149,8 +149,12 @@ type Store interface {
 	// labels kept. The tag is pinned for each of owners in the same write,
 	// so that it is never seen unpinned and costs one write, not two.
 	Tag(ctx context.Context, tag, digestRef string, owners ...string) error
-	// Progress reports the pulls under way, in bytes.
-	Progress(ctx context.Context) ([]Progress, error)
+	// PullProgress reports how many bytes of the image that digestRef (a
+	// digest reference) names are in the runtime, and of how many: the
+	// blobs of its manifest for the node's platform, each counted whole
+	// once stored and by its download's offset while it downloads. Nothing
+	// else's downloads count. Total is 0 while the manifest is not known.
+	PullProgress(ctx context.Context, digestRef string) (done, total int64, err error)
 	// Import loads an OCI image-layout or docker-save archive into the
 	// runtime and makes present each image it holds for which refs returns
 	// references: unpacked for the node's platform, then named by exactly
@@ -177,19 +181,6 @@ type ArchiveImage struct {
 	Refs []string
 	// Err says why Import could not make it present.
 	Err error
-}
-
-// Progress is the state of one blob being downloaded.
-type Progress struct {
-	// Ref is the runtime's name for the download; it names the blob's digest.
-	Ref string
-	// Offset is how many bytes are done.
-	Offset int64
-	// Total is how many bytes there are, or 0 when not yet known.
-	Total int64
-	// StartedAt and UpdatedAt tell when the download began and last moved.
-	StartedAt time.Time
-	UpdatedAt time.Time
 }
 
 // Unsupported is the Store of a runtime that is not containerd: every method
@@ -219,9 +210,9 @@ func (u Unsupported) Owners(context.Context, string) ([]string, error) {
 // Tag fails with ErrUnsupported.
 func (u Unsupported) Tag(context.Context, string, string, ...string) error { return u.err("tag") }
 
-// Progress fails with ErrUnsupported.
-func (u Unsupported) Progress(context.Context) ([]Progress, error) {
-	return nil, u.err("pull progress")
+// PullProgress fails with ErrUnsupported.
+func (u Unsupported) PullProgress(context.Context, string) (int64, int64, error) {
+	return 0, 0, u.err("pull progress")
 }
 
 // Import fails with ErrUnsupported.

@@ -2,6 +2,7 @@ package nodeimageset
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -51,11 +52,11 @@ func (r *Reconciler) notify() {
 	}
 }
 
-// pollProgress reads the runtime's download progress while pulls are under
-// way and wakes Reconcile, whose status writes are rate-limited. containerd
-// reports downloads per blob, not per image: with one pull under way its
-// bytes are the image's; with several, each image reports its bytes when it
-// is Present.
+// pollProgress reads, once a second, how much of each image being pulled
+// the runtime holds, and wakes Reconcile, whose status writes are
+// rate-limited. Each image counts only the blobs of its own manifest, so
+// that pulls under way at once, and pulls of others (the kubelet's), do not
+// mix; an image named by tag alone reports its bytes once Present.
 func (r *Reconciler) pollProgress(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -65,31 +66,29 @@ func (r *Reconciler) pollProgress(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		var pulling []*imageState
+		pulling := map[string]*imageState{}
 		r.mu.Lock()
-		for _, st := range r.images {
-			if st.pulling && st.phase == prepullv1.PhasePulling {
-				pulling = append(pulling, st)
+		for image, st := range r.images {
+			if st.pulling && st.phase == prepullv1.PhasePulling && strings.Contains(image, "@") {
+				pulling[image] = st
 			}
 		}
 		r.mu.Unlock()
-		if len(pulling) != 1 {
-			continue
+		moved := false
+		for image, st := range pulling {
+			done, total, err := r.Store.PullProgress(ctx, image)
+			if err != nil || total == 0 {
+				continue
+			}
+			r.mu.Lock()
+			if done > st.bytesDone || total != st.bytesTotal {
+				st.bytesDone, st.bytesTotal = max(done, st.bytesDone), total
+				moved = true
+			}
+			r.mu.Unlock()
 		}
-		prog, err := r.Store.Progress(ctx)
-		if err != nil {
-			continue
+		if moved {
+			r.notify()
 		}
-		var done, total int64
-		for _, p := range prog {
-			done += p.Offset
-			total += p.Total
-		}
-		r.mu.Lock()
-		if done > pulling[0].bytesDone || total > pulling[0].bytesTotal {
-			pulling[0].bytesDone, pulling[0].bytesTotal = max(done, pulling[0].bytesDone), max(total, pulling[0].bytesTotal)
-		}
-		r.mu.Unlock()
-		r.notify()
 	}
 }

@@ -693,6 +693,68 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("pulls at once each report their own bytes", func(t *testing.T) {
+		th := testground.StartThrottle(t, e.public, 6<<20, 0)
+		e.ctd.TrustHost(th.Host)
+		var entries []prepullv1.NodeImage
+		sizes := map[string]int64{}
+		for i := range 3 {
+			img := e.public.MustPushRandom(t, fmt.Sprintf("many/app%d:v1", i), 6<<20, 1)
+			ref := th.Ref(e.public, img.Digest)
+			entries = append(entries, entry(ref, owner("shop/many", th.Ref(e.public, img.Tag))))
+			sizes[ref] = img.Size
+		}
+		// A pull of someone else's, the kubelet's say, beside the agent's.
+		beside := e.public.MustPushRandom(t, "many/kubelet:v1", 6<<20, 1)
+		e.agent(t, "many", func(r *nodeimageset.Reconciler) { r.MaxConcurrentPulls = 3 })
+		w, err := watchStatus(e, "many")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		e.setSpec(t, "many", entries...)
+		besideDone := make(chan error, 1)
+		go func() {
+			_, err := e.images.PullImage(ctx, th.Ref(e.public, beside.Digest), nil)
+			besideDone <- err
+		}()
+		midway := map[string]bool{}
+		deadline := time.After(wait)
+		for present := 0; present < len(entries); {
+			select {
+			case ev := <-w.ResultChan():
+				set, ok := ev.Object.(*prepullv1.NodeImageSet)
+				if !ok {
+					continue
+				}
+				present = 0
+				for _, st := range set.Status.Images {
+					if st.Phase == prepullv1.PhasePresent {
+						present++
+					}
+					if st.Phase != prepullv1.PhasePulling || st.BytesTotal == 0 {
+						continue
+					}
+					// Its own layer and config, nothing of the others.
+					if own := sizes[st.Image]; st.BytesTotal < own || st.BytesTotal > own+64<<10 || st.BytesDone > st.BytesTotal {
+						t.Errorf("%s reads %d of %d bytes; its layers are %d bytes", st.Image, st.BytesDone, st.BytesTotal, own)
+					}
+					if st.BytesDone > 0 && st.BytesDone < st.BytesTotal {
+						midway[st.Image] = true
+					}
+				}
+			case <-deadline:
+				t.Fatalf("not all Present after %s", wait)
+			}
+		}
+		if err := <-besideDone; err != nil {
+			t.Errorf("the pull beside the agent's: %v", err)
+		}
+		if len(midway) != len(entries) {
+			t.Errorf("%d of %d images showed bytes between 0 and their total while pulling at once", len(midway), len(entries))
+		}
+	})
+
 	t.Run("a pull past its timeout fails with the reason", func(t *testing.T) {
 		th := testground.StartThrottle(t, e.public, 1<<20, 0)
 		e.ctd.TrustHost(th.Host)

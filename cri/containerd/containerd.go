@@ -7,14 +7,19 @@ package containerd
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"prepull.io/prepull/cri"
@@ -206,25 +211,74 @@ func withPins(labels map[string]string, owners []string) (map[string]string, []s
 	return labels, changed
 }
 
-// Progress reports the downloads under way in the content store.
-func (s *Store) Progress(ctx context.Context) ([]cri.Progress, error) {
+// PullProgress reports how much of the image digestRef names is in the
+// content store: its platform manifest's config and layers, each whole once
+// committed, else by the offset of its download under way.
+func (s *Store) PullProgress(ctx context.Context, digestRef string) (int64, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	statuses, err := s.client.ContentStore().ListStatuses(ctx)
+	r, err := imageref.Parse(digestRef)
 	if err != nil {
-		return nil, wrap("pull progress", "", err)
+		return 0, 0, err
 	}
-	out := make([]cri.Progress, 0, len(statuses))
+	if r.Digest == "" {
+		return 0, 0, fmt.Errorf("pull progress of %s: %w: not a digest reference", digestRef, cri.ErrInvalid)
+	}
+	cs := s.client.ContentStore()
+	blobs, err := s.platformBlobs(ctx, cs, digest.Digest(r.Digest))
+	if err != nil || len(blobs) == 0 {
+		// The manifest is not fetched yet.
+		return 0, 0, nil
+	}
+	statuses, err := cs.ListStatuses(ctx)
+	if err != nil {
+		return 0, 0, wrap("pull progress", digestRef, err)
+	}
+	offsets := make(map[digest.Digest]int64, len(statuses))
 	for _, st := range statuses {
-		out = append(out, cri.Progress{
-			Ref:       st.Ref,
-			Offset:    st.Offset,
-			Total:     st.Total,
-			StartedAt: st.StartedAt,
-			UpdatedAt: st.UpdatedAt,
-		})
+		offsets[st.Expected] = max(offsets[st.Expected], st.Offset)
 	}
-	return out, nil
+	var done, total int64
+	for _, b := range blobs {
+		total += b.Size
+		if _, err := cs.Info(ctx, b.Digest); err == nil {
+			done += b.Size
+		} else {
+			done += min(offsets[b.Digest], b.Size)
+		}
+	}
+	return done, total, nil
+}
+
+// platformBlobs are the config and layers of the manifest d names, or of
+// the manifest for the node's platform when d names an index; none while
+// that manifest is not in the content store.
+func (s *Store) platformBlobs(ctx context.Context, cs content.Store, d digest.Digest) ([]ocispec.Descriptor, error) {
+	for range 4 {
+		raw, err := content.ReadBlob(ctx, cs, ocispec.Descriptor{Digest: d})
+		if err != nil {
+			return nil, err
+		}
+		var m struct {
+			Manifests []ocispec.Descriptor `json:"manifests"`
+			Config    ocispec.Descriptor   `json:"config"`
+			Layers    []ocispec.Descriptor `json:"layers"`
+		}
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return nil, err
+		}
+		if len(m.Manifests) == 0 {
+			return append([]ocispec.Descriptor{m.Config}, m.Layers...), nil
+		}
+		next := slices.IndexFunc(m.Manifests, func(md ocispec.Descriptor) bool {
+			return md.Platform != nil && platforms.Default().Match(*md.Platform)
+		})
+		if next < 0 {
+			return nil, nil
+		}
+		d = m.Manifests[next].Digest
+	}
+	return nil, nil
 }
 
 // wrap maps a containerd error to the cri sentinels.

@@ -121,6 +121,26 @@ func Run(t *testing.T, env *Env) {
 		})
 	})
 
+	t.Run("pull progress counts the image's own blobs", func(t *testing.T) {
+		img := env.Push(t, "progress:v1")
+		other := env.Push(t, "progress-other:v1")
+		if done, total, err := env.Store.PullProgress(ctx, img.Digest); err != nil || done != 0 || total != 0 {
+			t.Errorf("progress of %s before its pull: %d of %d, %v; want nothing known", img.Digest, done, total, err)
+		}
+		mustPull(t, env.Images, other.Digest)
+		if done, total, err := env.Store.PullProgress(ctx, img.Digest); err != nil || done != 0 || total != 0 {
+			t.Errorf("progress of %s after another image's pull: %d of %d, %v; want nothing of it", img.Digest, done, total, err)
+		}
+		mustPull(t, env.Images, img.Digest)
+		done, total, err := env.Store.PullProgress(ctx, img.Digest)
+		if err != nil || total == 0 || done != total {
+			t.Errorf("progress of %s after its pull: %d of %d, %v; want all of it", img.Digest, done, total, err)
+		}
+		if _, _, err := env.Store.PullProgress(ctx, img.Tag); err == nil {
+			t.Errorf("progress of the tag %s: no error, want one: only digest references are known before the pull", img.Tag)
+		}
+	})
+
 	t.Run("tag of an absent digest is not found", func(t *testing.T) {
 		img := env.Push(t, "never-pulled:v1")
 		if err := env.Store.Tag(ctx, img.Tag, img.Digest); !errors.Is(err, cri.ErrNotFound) {

@@ -376,9 +376,20 @@ func (f *Runtime) Tag(_ context.Context, tag, digestRef string, owners ...string
 	return nil
 }
 
-// Progress reports no download: the fake's pulls are instant.
-func (f *Runtime) Progress(context.Context) ([]cri.Progress, error) {
-	return nil, nil
+// PullProgress reports an image present whole and any other not begun:
+// the fake's pulls are instant.
+func (f *Runtime) PullProgress(_ context.Context, digestRef string) (int64, int64, error) {
+	if !strings.Contains(digestRef, "@") {
+		return 0, 0, &cri.Error{Op: "pull progress", Ref: digestRef, Kind: cri.ErrInvalid, Err: fmt.Errorf("not a digest reference")}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id, ok := f.lookup(digestRef)
+	if !ok {
+		return 0, 0, nil
+	}
+	size := int64(f.image(id).Size)
+	return size, size, nil
 }
 
 var _ cri.PinLister = (*Runtime)(nil)
