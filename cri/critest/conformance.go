@@ -47,6 +47,10 @@ type Env struct {
 	Archive func(t testing.TB, ref, arch string) ([]byte, Image)
 	// Registry is the host of the registry that Push uses.
 	Registry string
+	// PinElsewhere pins the image record ref names as something other than
+	// prepull would: the pinned label alone, as an operator or another tool
+	// sets it.
+	PinElsewhere func(t testing.TB, ref string)
 }
 
 // Run runs the suite against env.
@@ -187,6 +191,27 @@ func Run(t *testing.T, env *Env) {
 		}
 		if err := env.Store.Pin(ctx, env.Registry+"/absent/image:v1", "ns/a"); !errors.Is(err, cri.ErrNotFound) {
 			t.Errorf("pin an absent image: error %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("a pin set by someone else stays", func(t *testing.T) {
+		img := env.Push(t, "pinned-elsewhere:v1")
+		mustPull(t, env.Images, img.Digest)
+		env.PinElsewhere(t, img.Digest)
+		eventuallyPinned(t, env.Images, img.Digest, true)
+		if err := env.Store.Pin(ctx, img.Digest, "ns/a"); err != nil {
+			t.Fatalf("pin for ns/a: %v", err)
+		}
+		if err := env.Store.Unpin(ctx, img.Digest, "ns/a"); err != nil {
+			t.Fatalf("unpin ns/a: %v", err)
+		}
+		// The last owner went, but prepull did not set this pin.
+		time.Sleep(200 * time.Millisecond)
+		if st := mustStatus(t, env.Images, img.Digest); !st.Pinned {
+			t.Errorf("a pin set by someone else was taken off with prepull's last owner")
+		}
+		if owners, err := env.Store.Owners(ctx, img.Digest); err != nil || len(owners) != 0 {
+			t.Errorf("owners = %v, %v; want none", owners, err)
 		}
 	})
 

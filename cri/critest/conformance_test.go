@@ -4,7 +4,10 @@ import (
 	"context"
 	"testing"
 
+	containerd "github.com/containerd/containerd/v2/client"
+
 	"prepull.io/prepull/cri"
+	ctdstore "prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/cri/critest"
 	"prepull.io/prepull/cri/fake"
 	"prepull.io/prepull/e2e/testground"
@@ -66,6 +69,11 @@ func TestFake(t *testing.T) {
 		Auth:        cri.Auth{Username: "alice", Password: "s3cret", ServerAddress: private},
 		Archive:     archive,
 		Registry:    public,
+		PinElsewhere: func(t testing.TB, ref string) {
+			if err := rt.Label(ref, cri.PinnedLabel, cri.PinnedLabelValue); err != nil {
+				t.Fatal(err)
+			}
+		},
 	})
 }
 
@@ -98,6 +106,30 @@ func TestContainerd(t *testing.T) {
 		Auth:        cri.Auth{Username: "alice", Password: "s3cret", ServerAddress: private.Host},
 		Archive:     archive,
 		Registry:    public.Host,
+		PinElsewhere: func(t testing.TB, ref string) {
+			t.Helper()
+			c, err := containerd.New(ctd.Socket, containerd.WithDefaultNamespace(ctdstore.Namespace))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			name, err := imageref.Normalize(ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			is := c.ImageService()
+			img, err := is.Get(context.Background(), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if img.Labels == nil {
+				img.Labels = map[string]string{}
+			}
+			img.Labels[cri.PinnedLabel] = cri.PinnedLabelValue
+			if _, err := is.Update(context.Background(), img, "labels."+cri.PinnedLabel); err != nil {
+				t.Fatal(err)
+			}
+		},
 	})
 	if t.Failed() {
 		t.Logf("containerd log:\n%s", ctd.Log())

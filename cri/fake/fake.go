@@ -376,6 +376,23 @@ func (f *Runtime) Tag(_ context.Context, tag, digestRef string, owners ...string
 	return nil
 }
 
+// Label sets the label key of the record ref names to value, as a tool
+// other than prepull would.
+func (f *Runtime) Label(ref, key, value string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	named, err := parse(ref)
+	if err != nil {
+		return err
+	}
+	r, ok := f.records[named.String()]
+	if !ok {
+		return &cri.Error{Op: "label", Ref: ref, Kind: cri.ErrNotFound, Err: fmt.Errorf("no such image record")}
+	}
+	r.labels[key] = value
+	return nil
+}
+
 // PullProgress reports an image present whole and any other not begun:
 // the fake's pulls are instant.
 func (f *Runtime) PullProgress(_ context.Context, digestRef string) (int64, int64, error) {
