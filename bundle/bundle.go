@@ -16,14 +16,17 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+
 	"prepull.io/prepull/cri"
 )
 
@@ -87,38 +90,92 @@ type member struct {
 type archive struct {
 	f       *os.File
 	members map[string]member
+	// plain is the decompressed copy of a compressed bundle, removed on
+	// Close.
+	plain string
 }
 
-// openArchive indexes the members of the tar at path.
+// openArchive indexes the members of the tar at path. A bundle compressed
+// with gzip or zstd (found by its content, not its name) is decompressed
+// next to it first: members are read at their offsets.
 func openArchive(p string) (*archive, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
 	}
 	a := &archive{f: f, members: map[string]member{}}
-	tr := tar.NewReader(f)
+	if plain, err := decompressed(f, p); err != nil {
+		f.Close()
+		return nil, err
+	} else if plain != nil {
+		f.Close()
+		a.f, a.plain = plain, plain.Name()
+	}
+	tr := tar.NewReader(a.f)
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			return a, nil
 		}
 		if err != nil {
-			f.Close()
+			a.Close()
 			return nil, fmt.Errorf("%s: not a readable tar archive: %w", p, err)
 		}
 		if h.Typeflag != tar.TypeReg {
 			continue
 		}
-		off, err := f.Seek(0, io.SeekCurrent)
+		off, err := a.f.Seek(0, io.SeekCurrent)
 		if err != nil {
-			f.Close()
+			a.Close()
 			return nil, err
 		}
 		a.members[path.Clean(h.Name)] = member{offset: off, size: h.Size}
 	}
 }
 
-func (a *archive) Close() error { return a.f.Close() }
+// decompressed returns, for a compressed f, a decompressed copy of it,
+// made beside path; nil for an uncompressed f, which it rewinds.
+func decompressed(f *os.File, path string) (*os.File, error) {
+	head := make([]byte, 16)
+	n, err := io.ReadFull(f, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	if compression.DetectCompression(head[:n]) == compression.Uncompressed {
+		return nil, nil
+	}
+	ds, err := compression.DecompressStream(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	defer ds.Close()
+	plain, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".plain-*")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(plain, ds); err != nil {
+		plain.Close()
+		os.Remove(plain.Name())
+		return nil, fmt.Errorf("%s: decompress: %w", path, err)
+	}
+	if _, err := plain.Seek(0, io.SeekStart); err != nil {
+		plain.Close()
+		os.Remove(plain.Name())
+		return nil, err
+	}
+	return plain, nil
+}
+
+func (a *archive) Close() error {
+	err := a.f.Close()
+	if a.plain != "" {
+		os.Remove(a.plain)
+	}
+	return err
+}
 
 // open returns a reader of the member name.
 func (a *archive) open(name string) (*io.SectionReader, bool) {

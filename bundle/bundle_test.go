@@ -239,3 +239,48 @@ func hasMember(t *testing.T, archive, name string) bool {
 		}
 	}
 }
+
+func TestCompressedBundleIsVerifiedAndReused(t *testing.T) {
+	reg := testground.StartRegistry(t)
+	img := reg.MustPushRandom(t, "squeezed:v1", 256<<10, 2)
+	for _, c := range []string{"gzip", "zstd"} {
+		t.Run(c, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "bundle")
+			tr := &counting{}
+			if _, err := bundle.Write(context.Background(), out, []string{img.Tag}, bundle.Options{Transport: tr, Compress: c}); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			head := make([]byte, 4)
+			f, err := os.Open(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = io.ReadFull(f, head)
+			f.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			magic := map[string][]byte{"gzip": {0x1f, 0x8b}, "zstd": {0x28, 0xb5, 0x2f, 0xfd}}[c]
+			if !bytes.HasPrefix(head, magic) {
+				t.Errorf("the bundle starts with % x, want %s's magic % x", head, c, magic)
+			}
+			contents, err := bundle.Verify(out)
+			if err != nil {
+				t.Fatalf("verify: %v", err)
+			}
+			if got, ok := contents.Find(img.Tag); !ok || got.Digest != digestOf(img.Digest) {
+				t.Errorf("verified contents %+v, want %s at %s", contents.Images, img.Tag, digestOf(img.Digest))
+			}
+			fetched := tr.blobs.Load()
+			if _, err := bundle.Write(context.Background(), out, []string{img.Tag}, bundle.Options{Transport: tr, Compress: c}); err != nil {
+				t.Fatalf("write again: %v", err)
+			}
+			if again := tr.blobs.Load() - fetched; again != 0 {
+				t.Errorf("the second write downloaded %d blobs, want none: the compressed bundle holds them", again)
+			}
+			if entries, _ := os.ReadDir(filepath.Dir(out)); len(entries) != 1 {
+				t.Errorf("the output directory holds %d entries, want only the bundle (no decompressed copy left)", len(entries))
+			}
+		})
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"slices"
 
+	"github.com/containerd/containerd/v2/pkg/archive/compression"
+
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
 )
@@ -50,8 +52,15 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 		return nil, fmt.Errorf("archive %s: %w", path, err)
 	}
 	defer f.Close()
+	// A gzip or zstd archive is read through its decompression, found by
+	// its content.
+	r, err := compression.DecompressStream(f)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
+	}
+	defer r.Close()
 	matched := map[string][]string{} // digest -> wanted references it serves
-	images, err := store.Import(ctx, f, func(name, digest string) []string {
+	images, err := store.Import(ctx, r, func(name, digest string) []string {
 		refs := slices.Clone(byDigest[digest])
 		matched[digest] = append(matched[digest], byDigest[digest]...)
 		if n, err := imageref.Parse(name); err == nil && n.Tag != "" {

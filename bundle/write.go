@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -48,7 +49,13 @@ type Options struct {
 	Progress Progress
 	// Clock stamps the bundle; nil means time.Now.
 	Clock func() time.Time
+	// Compress is "gzip" or "zstd" to compress the bundle once verified;
+	// empty means a plain tar.
+	Compress string
 }
+
+// Compressions are the values of Options.Compress.
+var Compressions = map[string]compression.Compression{"": compression.Uncompressed, "gzip": compression.Gzip, "zstd": compression.Zstd}
 
 // Progress hears how Write goes.
 type Progress interface {
@@ -529,6 +536,9 @@ func (w *writer) assemble(prev *archive, images []*Image) (*Contents, error) {
 	if _, err := Verify(tmp); err != nil {
 		return nil, fmt.Errorf("the bundle written fails verification: %w", err)
 	}
+	if err := w.compress(tmp); err != nil {
+		return nil, err
+	}
 	if err := os.Rename(tmp, w.out); err != nil {
 		return nil, err
 	}
@@ -537,6 +547,49 @@ func (w *writer) assemble(prev *archive, images []*Image) (*Contents, error) {
 	}
 	_ = os.Remove(w.cache) // only if empty: blobs of failed images stay for the next run
 	return contents, nil
+}
+
+// compress replaces the verified bundle at tmp by its compression, when
+// the options ask for one.
+func (w *writer) compress(tmp string) error {
+	c, ok := Compressions[w.opts.Compress]
+	if !ok {
+		return fmt.Errorf("compression %q: want gzip or zstd", w.opts.Compress)
+	}
+	if c == compression.Uncompressed {
+		return nil
+	}
+	in, err := os.Open(tmp)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(filepath.Dir(tmp), filepath.Base(tmp)+".z-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(out.Name())
+	cw, err := compression.CompressStream(out, c)
+	if err != nil {
+		out.Close()
+		return err
+	}
+	if _, err := io.Copy(cw, in); err != nil {
+		out.Close()
+		return fmt.Errorf("compress the bundle: %w", err)
+	}
+	if err := cw.Close(); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(out.Name(), tmp)
 }
 
 // copyBlob writes blob d into the bundle from wherever it is at hand. Its

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -95,6 +98,52 @@ func TestApplyOnContainerd(t *testing.T) {
 		for _, img := range []string{app.Tag, withDigest, loose.Tag} {
 			if r := again[img]; r.Err != nil || r.How != nodeapply.HowPresent || r.Digest != got[img].Digest {
 				t.Errorf("second apply of %s: %+v, want present at %s and nothing done", img, r, got[img].Digest)
+			}
+		}
+	})
+
+	t.Run("archives as users have them: docker save, gzip and zstd bundles, found by their content", func(t *testing.T) {
+		dir := t.TempDir()
+		// docker save's format, as go-containerregistry writes it.
+		saved := reg.Repo("boot/saved:v1")
+		img, err := testground.RandomImage(64<<10, 2, testground.Linux(runtime.GOARCH))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tag, err := name.NewTag(saved, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dockerSave := filepath.Join(dir, "images.docker")
+		if err := tarball.WriteToFile(dockerSave, tag, img); err != nil {
+			t.Fatal(err)
+		}
+		forms := map[string]string{dockerSave: saved}
+		for _, c := range []string{"gzip", "zstd"} {
+			pushed := reg.MustPushRandom(t, "boot/"+c+":v1", 64<<10, 2)
+			out := filepath.Join(dir, "bundle-"+c+".bin")
+			if _, err := bundle.Write(ctx, out, []string{pushed.Tag}, bundle.Options{Compress: c}); err != nil {
+				t.Fatalf("bundle with %s: %v", c, err)
+			}
+			if _, err := bundle.Verify(out); err != nil {
+				t.Errorf("verify the %s bundle: %v", c, err)
+			}
+			forms[out] = pushed.Tag
+		}
+		for file, ref := range forms {
+			sum, err := bundle.SumFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := opts
+			o.Archive, o.ArchiveSHA256 = file, sum
+			r := nodeapply.Apply(ctx, []prepullv1.PrePullList{list("forms", "", ref)}, o)[0]
+			if r.Err != nil || r.How != nodeapply.HowImported || !r.Pinned {
+				t.Errorf("%s from %s: %+v, want imported and pinned", ref, filepath.Base(file), r)
+				continue
+			}
+			if st, err := images.ImageStatus(ctx, ref); err != nil || !st.Pinned {
+				t.Errorf("CRI status of %s from %s: %+v, %v; want present and pinned", ref, filepath.Base(file), st, err)
 			}
 		}
 	})

@@ -29,6 +29,8 @@ type BundleOptions struct {
 	InsecureRegistries []string
 	// Jobs is how many blobs are fetched at once.
 	Jobs int
+	// Compress is "gzip" or "zstd", or empty for a plain tar.
+	Compress string
 
 	platforms []v1.Platform
 }
@@ -40,6 +42,7 @@ func (o *BundleOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.Platforms, "platform", o.Platforms, "platforms to carry, each os/arch[/variant]; every image must have each one named (default: linux/amd64 and linux/arm64, each image at least one)")
 	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", o.InsecureRegistries, "registry hosts (host:port) reached over plain HTTP")
 	fs.IntVar(&o.Jobs, "jobs", 4, "blobs fetched at once")
+	fs.StringVar(&o.Compress, "compress", o.Compress, "compress the bundle: gzip or zstd (nodes find it by its content; the SHA-256 printed is the compressed file's)")
 }
 
 // Validate reports every invalid flag at once.
@@ -59,6 +62,9 @@ func (o *BundleOptions) Validate() error {
 			continue
 		}
 		o.platforms = append(o.platforms, *parsed)
+	}
+	if _, ok := bundle.Compressions[o.Compress]; !ok {
+		errs = append(errs, fmt.Errorf("--compress: %q: want gzip or zstd", o.Compress))
 	}
 	if o.Jobs < 1 {
 		errs = append(errs, fmt.Errorf("--jobs: %d: must be at least 1", o.Jobs))
@@ -91,6 +97,7 @@ func runBundle(ctx context.Context, args []string, stdout io.Writer) error {
 		Keychain:  authn.DefaultKeychain,
 		Insecure:  insecure,
 		Jobs:      opts.Jobs,
+		Compress:  opts.Compress,
 		Progress:  bundle.NewProgress(os.Stderr, term.IsTerminal(int(os.Stderr.Fd()))),
 	})
 	if contents == nil {

@@ -47,6 +47,15 @@ func TestAgentImportsFromArchives(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	squeezed := reg.MustPushRandom(t, "air/squeezed:v1", 64<<10, 2)
+	zstdArchive := filepath.Join(dir, "site", "bundle.zst")
+	if _, err := bundle.Write(ctx, zstdArchive, []string{squeezed.Tag}, bundle.Options{Compress: "zstd"}); err != nil {
+		t.Fatalf("zstd bundle: %v", err)
+	}
+	zstdSum, err := bundle.SumFile(zstdArchive)
+	if err != nil {
+		t.Fatal(err)
+	}
 	reg.Stop()
 
 	onDisk := &prepullv1.ArchiveSource{Path: "site/bundle.tar", SHA256: sum}
@@ -62,6 +71,21 @@ func TestAgentImportsFromArchives(t *testing.T) {
 		}
 		return nil
 	}
+
+	t.Run("a zstd-compressed bundle is imported, found by its content", func(t *testing.T) {
+		e.agent(t, "air-zstd", tune)
+		src := &prepullv1.ArchiveSource{Path: "site/bundle.zst", SHA256: zstdSum}
+		e.setSpec(t, "air-zstd", fromArchive(squeezed.Digest, src, owner("air/zstd", squeezed.Tag)))
+		e.phase(t, "air-zstd", squeezed.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if !st.Pinned || st.ImportedFrom != zstdSum {
+				return fmt.Errorf("pinned %v, imported from %q", st.Pinned, st.ImportedFrom)
+			}
+			return nil
+		})
+		if got := e.runtimeID(t, squeezed.Tag); got != squeezed.ID {
+			t.Errorf("tag %s names %q, want %s", squeezed.Tag, got, squeezed.ID)
+		}
+	})
 
 	t.Run("images of a file on the node are imported, tagged and pinned", func(t *testing.T) {
 		e.agent(t, "air-file", tune)
