@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -142,18 +141,6 @@ func runtimeReady(images cri.ImageService) healthz.Checker {
 		defer cancel()
 		if _, err := images.ImageFsInfo(ctx); err != nil {
 			return fmt.Errorf("runtime not ready: %w", err)
-		}
-		return nil
-	}
-}
-
-// cacheSynced fails until the agent has read its NodeImageSet from the API.
-func cacheSynced(mgr ctrl.Manager) healthz.Checker {
-	return func(r *http.Request) error {
-		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
-		defer cancel()
-		if !mgr.GetCache().WaitForCacheSync(ctx) {
-			return errors.New("not synced with the API server")
 		}
 		return nil
 	}

@@ -8,7 +8,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"prepull.io/prepull/controllers/nodegate"
@@ -61,7 +60,11 @@ func runController(ctx context.Context, args []string) error {
 	if err := gate.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the node gate: %w", err)
 	}
-	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+	// Ready: caches synced and, on the leader, a list reconciled.
+	if err := mgr.AddReadyzCheck("api", cacheSynced(mgr)); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("reconciled", r.Reconciled(mgr.Elected())); err != nil {
 		return err
 	}
 	ctrl.Log.Info("Starting controller", "version", version)

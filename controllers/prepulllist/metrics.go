@@ -19,10 +19,15 @@ var (
 		Name: "prepull_list_nodes",
 		Help: "Selected nodes of each PrePullList, by state (ready, pulling, waiting, failed).",
 	}, []string{"namespace", "name", "state"})
+
+	rollouts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prepull_list_rollouts_total",
+		Help: "Rollouts of each PrePullList that ended Ready (the list turned Ready: created, changed, or a tag moved).",
+	}, []string{"namespace", "name"})
 )
 
 func init() {
-	metrics.Registry.MustRegister(resolutions, listNodes)
+	metrics.Registry.MustRegister(resolutions, listNodes, rollouts)
 }
 
 func recordNodes(l *prepullv1.PrePullList, n prepullv1.NodeCounts) {
@@ -33,4 +38,5 @@ func recordNodes(l *prepullv1.PrePullList, n prepullv1.NodeCounts) {
 
 func forgetNodes(namespace, name string) {
 	listNodes.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
+	rollouts.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
 }

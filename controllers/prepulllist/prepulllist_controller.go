@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -27,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -82,6 +85,8 @@ type Reconciler struct {
 	// transition.
 	mu       sync.Mutex
 	computed map[types.UID]prepullv1.PrePullListStatus
+	// reconciled is set once a list's status was written.
+	reconciled atomic.Bool
 }
 
 // +kubebuilder:rbac:groups=prepull.io,resources=prepulllists,verbs=get;list;watch;update;patch
@@ -157,6 +162,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	if err := r.patchStatus(ctx, l, status); err != nil {
 		return ctrl.Result{}, errors.Join(writeErr, err)
 	}
+	r.reconciled.Store(true)
 	if writeErr != nil {
 		return ctrl.Result{}, writeErr
 	}
@@ -269,6 +275,30 @@ func (r *Reconciler) apply(p *plan, nodes []*node) outcome {
 		}
 	}
 	return out
+}
+
+// Reconciled is a readiness check: a replica that is not the leader is
+// ready (its caches are another check's); the leader once it reconciled a
+// list, or when there is none to reconcile.
+func (r *Reconciler) Reconciled(elected <-chan struct{}) healthz.Checker {
+	return func(req *http.Request) error {
+		select {
+		case <-elected:
+		default:
+			return nil
+		}
+		if r.reconciled.Load() {
+			return nil
+		}
+		var lists prepullv1.PrePullListList
+		if err := r.List(req.Context(), &lists, client.Limit(1), client.UnsafeDisableDeepCopy); err != nil {
+			return err
+		}
+		if len(lists.Items) == 0 {
+			return nil
+		}
+		return errors.New("elected, and no PrePullList reconciled yet")
+	}
 }
 
 // publishGate tells the node gate what a gating list finds missing on its
@@ -551,10 +581,14 @@ func (r *Reconciler) remember(l *prepullv1.PrePullList, st prepullv1.PrePullList
 // recordTransitions emits Events for what changed: the list became Ready, a
 // tag moved, an image failed to resolve, nodes failed, advice about tags.
 func (r *Reconciler) recordTransitions(l *prepullv1.PrePullList, prev, st prepullv1.PrePullListStatus) {
+	ready := meta.IsStatusConditionTrue(st.Conditions, prepullv1.ConditionReady) && !meta.IsStatusConditionTrue(prev.Conditions, prepullv1.ConditionReady)
+	if ready {
+		rollouts.WithLabelValues(l.Namespace, l.Name).Inc()
+	}
 	if r.Recorder == nil {
 		return
 	}
-	if meta.IsStatusConditionTrue(st.Conditions, prepullv1.ConditionReady) && !meta.IsStatusConditionTrue(prev.Conditions, prepullv1.ConditionReady) {
+	if ready {
 		c := meta.FindStatusCondition(st.Conditions, prepullv1.ConditionReady)
 		r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, "Ready", "Rollout", "%s", c.Message)
 	}

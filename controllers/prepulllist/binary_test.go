@@ -1,0 +1,128 @@
+package prepulllist_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/e2e/testground"
+)
+
+// TestControllerBinary runs `prepull controller` as it runs in a cluster,
+// on its own apiserver, and reads its readiness and metrics while a list
+// rolls out to one node whose agent the test plays.
+func TestControllerBinary(t *testing.T) {
+	bin := os.Getenv("PREPULL_BINARY")
+	if bin == "" {
+		testground.Unavailable(t, "PREPULL_BINARY is not set: `make test` builds bin/prepull and sets it")
+	}
+	cfg, api := testground.StartAPIServer(t, "../../deploy/crd")
+	reg := testground.StartRegistry(t)
+	c := testground.APIClient(t, cfg, controllerNS, "shop")
+	e := &env{c: c, top: t}
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, api.KubeConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	metricsPort, probePort := testground.FreePort(t), testground.FreePort(t)
+	cmd := exec.Command(bin, "controller", "--leader-elect=false", "--namespace="+controllerNS,
+		"--insecure-registries="+reg.Host,
+		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
+		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort))
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	logPath := filepath.Join(t.TempDir(), "controller.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			data, _ := os.ReadFile(logPath)
+			t.Logf("controller log:\n%s", data)
+		}
+	})
+
+	// No list yet: the leader has nothing to reconcile, and is ready.
+	if body, code := httpGet(t, probePort, "/readyz?verbose"); code != http.StatusOK || !strings.Contains(body, "reconciled") {
+		t.Fatalf("/readyz with no list: %d %q", code, body)
+	}
+	img := reg.MustPushRandom(t, "shop/web:1.0", 64<<10, 1)
+	e.node(t, "bin-node-1", nil)
+	l := list("shop", "web", img.Tag)
+	e.mustCreate(t, l)
+	eventually(t, "the image handed to the node", func() error {
+		set, err := e.nodeSet("bin-node-1")
+		if err != nil || len(set.Spec.Images) != 1 {
+			return fmt.Errorf("node image set %v, %v", set, err)
+		}
+		return nil
+	})
+	e.agent(t, "bin-node-1", nil)
+	eventually(t, "list Ready", func() error {
+		got := &prepullv1.PrePullList{}
+		if err := c.Get(ctx, client.ObjectKeyFromObject(l), got); err != nil {
+			return err
+		}
+		if cond := condition(got, prepullv1.ConditionReady); cond == nil || cond.Status != "True" {
+			return fmt.Errorf("Ready %+v", cond)
+		}
+		return nil
+	})
+	if body, code := httpGet(t, probePort, "/readyz?verbose"); code != http.StatusOK {
+		t.Errorf("/readyz after a rollout: %d %q", code, body)
+	}
+	eventually(t, "metrics of the rollout", func() error {
+		body, code := httpGet(t, metricsPort, "/metrics")
+		if code != http.StatusOK {
+			return fmt.Errorf("/metrics: %d", code)
+		}
+		for _, want := range []string{
+			`prepull_tag_resolutions_total{result="resolved"} 1`,
+			`prepull_list_nodes{name="web",namespace="shop",state="ready"} 1`,
+			`prepull_list_nodes{name="web",namespace="shop",state="failed"} 0`,
+			`prepull_list_rollouts_total{name="web",namespace="shop"} 1`,
+			`controller_runtime_reconcile_total{controller="prepulllist",result="success"}`,
+			`controller_runtime_reconcile_errors_total{controller="prepulllist"}`,
+		} {
+			if !strings.Contains(body, want) {
+				return fmt.Errorf("metrics lack %q", want)
+			}
+		}
+		return nil
+	})
+}
+
+// httpGet is the status and body of GET path on a loopback port, once it
+// answers at all.
+func httpGet(t *testing.T, port int, path string) (string, int) {
+	t.Helper()
+	var body string
+	var code int
+	eventually(t, "GET "+path, func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		body, code = string(data), resp.StatusCode
+		return nil
+	})
+	return body, code
+}
