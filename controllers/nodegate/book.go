@@ -78,14 +78,15 @@ func (b *Book) Drop(key types.NamespacedName) {
 	}
 }
 
-// Missing is what list key at generation last found missing on node: ok is
-// false when the list has not published at that generation, or did not
-// select the node then.
+// Missing is what list key, seen at generation, last found missing on
+// node: ok is false when the list has not published at that generation or
+// a later one (the caller's cache may lag behind the list reconciler's), or
+// did not select the node then.
 func (b *Book) Missing(key types.NamespacedName, generation int64, node string) (missing []string, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	p := b.lists[key]
-	if p == nil || p.generation != generation {
+	if p == nil || p.generation < generation {
 		return nil, false
 	}
 	m, ok := p.missing[node]

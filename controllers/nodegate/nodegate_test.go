@@ -76,6 +76,9 @@ func TestBook(t *testing.T) {
 	if _, ok := b.Missing(key, 2, "n1"); ok {
 		t.Error("a verdict of generation 1 answers for generation 2")
 	}
+	if _, ok := b.Missing(key, 0, "n1"); !ok {
+		t.Error("a verdict newer than the caller's view of the list does not answer")
+	}
 	if _, ok := b.Missing(key, 1, "n3"); ok {
 		t.Error("a node the list did not select has a verdict")
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -655,12 +653,7 @@ func TestAgent(t *testing.T) {
 		digest, tag := th.Ref(e.public, img.Digest), th.Ref(e.public, img.Tag)
 		e.agent(t, "slow", func(r *nodeimageset.Reconciler) { r.StatusInterval = time.Second })
 
-		w, err := watchStatus(e, "slow")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer w.Stop()
-		e.setSpec(t, "slow", entry(digest, owner("shop/slow", tag)))
+		w := e.handWatched(t, "slow", entry(digest, owner("shop/slow", tag)))
 		var midway bool
 		var writes []time.Time
 		deadline := time.After(wait)
@@ -707,12 +700,7 @@ func TestAgent(t *testing.T) {
 		// A pull of someone else's, the kubelet's say, beside the agent's.
 		beside := e.public.MustPushRandom(t, "many/kubelet:v1", 6<<20, 1)
 		e.agent(t, "many", func(r *nodeimageset.Reconciler) { r.MaxConcurrentPulls = 3 })
-		w, err := watchStatus(e, "many")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer w.Stop()
-		e.setSpec(t, "many", entries...)
+		w := e.handWatched(t, "many", entries...)
 		besideDone := make(chan error, 1)
 		go func() {
 			_, err := e.images.PullImage(ctx, th.Ref(e.public, beside.Digest), nil)
@@ -781,12 +769,7 @@ func TestAgent(t *testing.T) {
 			entries = append(entries, entry(th.Ref(e.public, img.Digest), owner("shop/bounded", th.Ref(e.public, img.Tag))))
 		}
 		e.agent(t, "bounded", func(r *nodeimageset.Reconciler) { r.MaxConcurrentPulls = 2 })
-		w, err := watchStatus(e, "bounded")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer w.Stop()
-		e.setSpec(t, "bounded", entries...)
+		w := e.handWatched(t, "bounded", entries...)
 		most := 0
 		deadline := time.After(wait)
 		for present := 0; present < len(entries); {
@@ -881,10 +864,10 @@ func TestAgent(t *testing.T) {
 				t.Errorf("pin owners of %s: %v, %v; want exactly shop/killed", ref, owners, err)
 			}
 		}
-		if body := get(t, probePort, "/readyz"); !strings.Contains(body, "ok") {
+		if _, body := testground.HTTPGet(t, probePort, "/readyz", true); !strings.Contains(body, "ok") {
 			t.Errorf("/readyz: %q", body)
 		}
-		metrics := get(t, metricsPort, "/metrics")
+		_, metrics := testground.HTTPGet(t, metricsPort, "/metrics", true)
 		for _, want := range []string{
 			`prepull_agent_pulls_total{result="success"} 1`,
 			`prepull_agent_images{state="pinned"} 1`,
@@ -898,27 +881,6 @@ func TestAgent(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// get returns the body of GET path on a loopback port, waiting for it to
-// answer 200.
-func get(t *testing.T, port int, path string) string {
-	t.Helper()
-	var body string
-	eventually(t, "GET "+path, func() error {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		body = string(data)
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s: %s", resp.Status, body)
-		}
-		return nil
-	})
-	return body
-}
 
 func digestOf(ref string) string {
 	_, d, _ := strings.Cut(ref, "@")

@@ -2,7 +2,6 @@ package prepulllist_test
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -59,20 +58,14 @@ func TestControllerBinary(t *testing.T) {
 	})
 
 	// No list yet: the leader has nothing to reconcile, and is ready.
-	if body, code := httpGet(t, probePort, "/readyz?verbose"); code != http.StatusOK || !strings.Contains(body, "reconciled") {
+	if code, body := testground.HTTPGet(t, probePort, "/readyz?verbose", false); code != http.StatusOK || !strings.Contains(body, "reconciled") {
 		t.Fatalf("/readyz with no list: %d %q", code, body)
 	}
 	img := reg.MustPushRandom(t, "shop/web:1.0", 64<<10, 1)
 	e.node(t, "bin-node-1", nil)
 	l := list("shop", "web", img.Tag)
 	e.mustCreate(t, l)
-	eventually(t, "the image handed to the node", func() error {
-		set, err := e.nodeSet("bin-node-1")
-		if err != nil || len(set.Spec.Images) != 1 {
-			return fmt.Errorf("node image set %v, %v", set, err)
-		}
-		return nil
-	})
+	e.handed(t, "bin-node-1", 1)
 	e.agent(t, "bin-node-1", nil)
 	eventually(t, "list Ready", func() error {
 		got := &prepullv1.PrePullList{}
@@ -84,14 +77,11 @@ func TestControllerBinary(t *testing.T) {
 		}
 		return nil
 	})
-	if body, code := httpGet(t, probePort, "/readyz?verbose"); code != http.StatusOK {
+	if code, body := testground.HTTPGet(t, probePort, "/readyz?verbose", false); code != http.StatusOK {
 		t.Errorf("/readyz after a rollout: %d %q", code, body)
 	}
 	eventually(t, "metrics of the rollout", func() error {
-		body, code := httpGet(t, metricsPort, "/metrics")
-		if code != http.StatusOK {
-			return fmt.Errorf("/metrics: %d", code)
-		}
+		_, body := testground.HTTPGet(t, metricsPort, "/metrics", true)
 		for _, want := range []string{
 			`prepull_tag_resolutions_total{result="resolved"} 1`,
 			`prepull_list_nodes{name="web",namespace="shop",state="ready"} 1`,
@@ -106,23 +96,4 @@ func TestControllerBinary(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-// httpGet is the status and body of GET path on a loopback port, once it
-// answers at all.
-func httpGet(t *testing.T, port int, path string) (string, int) {
-	t.Helper()
-	var body string
-	var code int
-	eventually(t, "GET "+path, func() error {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		body, code = string(data), resp.StatusCode
-		return nil
-	})
-	return body, code
 }

@@ -78,6 +78,18 @@ func (e *env) report(t *testing.T, node string, present func(image string) bool)
 	})
 }
 
+// handed waits until node's NodeImageSet holds n images.
+func (e *env) handed(t *testing.T, node string, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d images handed to %s", n, node), func() error {
+		set, err := e.nodeSet(node)
+		if err != nil || len(set.Spec.Images) != n {
+			return fmt.Errorf("node image set %v, %v", set, err)
+		}
+		return nil
+	})
+}
+
 func gated(l *prepullv1.PrePullList, sel map[string]string, timeout time.Duration) *prepullv1.PrePullList {
 	l.Spec.NodeSelector = selector(sel)
 	l.Spec.NodeGate = &prepullv1.NodeGate{Timeout: &metav1.Duration{Duration: timeout}}
@@ -107,13 +119,7 @@ func TestNodeGate(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, "both lists hand their image to the node", func() error {
-			set, err := e.nodeSet("gate-all-1")
-			if err != nil || len(set.Spec.Images) != 2 {
-				return fmt.Errorf("node image set %v, %v", set, err)
-			}
-			return nil
-		})
+		e.handed(t, "gate-all-1", 2)
 		e.report(t, "gate-all-1", func(img string) bool { return img == web })
 		eventually(t, "list db counts the node as waiting, web's image present", func() error {
 			l := e.getList(t, list(ns, "db"))
@@ -231,14 +237,8 @@ func TestNodeGate(t *testing.T) {
 			e.taintedNode(t, fmt.Sprintf("gate-pool-%d", i), pool)
 		}
 		for i := range 3 {
-			name := fmt.Sprintf("gate-pool-%d", i)
-			eventually(t, "image handed to "+name+" with no node settled", func() error {
-				set, err := e.nodeSet(name)
-				if err != nil || len(set.Spec.Images) != 1 {
-					return fmt.Errorf("node image set %v, %v", set, err)
-				}
-				return nil
-			})
+			// No node reports anything meanwhile.
+			e.handed(t, fmt.Sprintf("gate-pool-%d", i), 1)
 		}
 	})
 
@@ -253,14 +253,7 @@ func TestNodeGate(t *testing.T) {
 			e.taintedNode(t, fmt.Sprintf("gate-race-%d", i), pool)
 		}
 		for i := range nodes {
-			name := fmt.Sprintf("gate-race-%d", i)
-			eventually(t, "image handed to "+name, func() error {
-				set, err := e.nodeSet(name)
-				if err != nil || len(set.Spec.Images) != 1 {
-					return fmt.Errorf("node image set %v, %v", set, err)
-				}
-				return nil
-			})
+			e.handed(t, fmt.Sprintf("gate-race-%d", i), 1)
 		}
 		// Each node's images turn present while someone else adds a taint
 		// to it: the gate's removal must not write over that edit.

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	clocktesting "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -1178,12 +1179,17 @@ func (e *env) deleteList(t *testing.T, l *prepullv1.PrePullList, nodes ...string
 // touch changes an annotation of l to trigger a reconcile.
 func touch(t *testing.T, e *env, l *prepullv1.PrePullList) {
 	t.Helper()
-	got := e.getList(t, l)
-	if got.Annotations == nil {
-		got.Annotations = map[string]string{}
-	}
-	got.Annotations["test/touched"] = time.Now().String()
-	if err := e.c.Update(ctx, got); err != nil {
+	// The controller writes the list's status meanwhile: read again on a
+	// conflict.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		got := e.getList(t, l)
+		if got.Annotations == nil {
+			got.Annotations = map[string]string{}
+		}
+		got.Annotations["test/touched"] = time.Now().String()
+		return e.c.Update(ctx, got)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 }

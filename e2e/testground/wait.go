@@ -1,6 +1,9 @@
 package testground
 
 import (
+	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -21,6 +24,28 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 		}
 	}
 	t.Fatalf("%s: not after %s: %v", what, timeout, err)
+}
+
+// HTTPGet is the status code and body of GET path on a loopback port,
+// once the port answers at all (within 20s). With wantOK, it waits for 200.
+func HTTPGet(t testing.TB, port int, path string, wantOK bool) (int, string) {
+	t.Helper()
+	var code int
+	var body string
+	Eventually(t, 20*time.Second, "GET "+path, func() error {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		code, body = resp.StatusCode, string(data)
+		if wantOK && code != http.StatusOK {
+			return fmt.Errorf("%s: %s", resp.Status, body)
+		}
+		return nil
+	})
+	return code, body
 }
 
 // Logger returns a logger that writes to the test's log.
