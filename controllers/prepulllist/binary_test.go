@@ -57,9 +57,10 @@ func TestControllerBinary(t *testing.T) {
 		}
 	})
 
-	// No list yet: the leader has nothing to reconcile, and is ready.
-	if code, body := testground.HTTPGet(t, probePort, "/readyz?verbose", false); code != http.StatusOK || !strings.Contains(body, "reconciled") {
-		t.Fatalf("/readyz with no list: %d %q", code, body)
+	// No list yet: once its caches are synced, the leader has nothing to
+	// reconcile, and is ready.
+	if _, body := testground.HTTPGet(t, probePort, "/readyz?verbose", true); !strings.Contains(body, "[+]reconciled ok") || !strings.Contains(body, "[+]api ok") {
+		t.Fatalf("/readyz with no list: %q", body)
 	}
 	img := reg.MustPushRandom(t, "shop/web:1.0", 64<<10, 1)
 	e.node(t, "bin-node-1", nil)
