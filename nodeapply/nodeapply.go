@@ -207,6 +207,6 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 	}
 	st, err := present.Runtime{Images: opts.Images, Store: opts.Store}.Make(ctx, img, want)
 	res.Digest = st.Digest
-	res.Pinned = e.retain && err == nil
+	res.Pinned = e.retain && err == nil && st.Pinned
 	return err
 }

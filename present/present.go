@@ -11,6 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"prepull.io/prepull/cri"
 )
@@ -44,7 +47,8 @@ type State struct {
 	Digest string
 	// Size is the image's size as the runtime counts it.
 	Size uint64
-	// Pinned is whether CRI reported the image pinned when Make began.
+	// Pinned is whether CRI reports the image pinned: when Make pinned it,
+	// once CRI shows it (within a few seconds).
 	Pinned bool
 	// Owners are the owners now pinned on Image.
 	Owners []string
@@ -74,6 +78,11 @@ func (rt Runtime) Make(ctx context.Context, img *cri.Image, w Want) (State, erro
 	if err := errors.Join(errs...); err != nil {
 		return st, err
 	}
+	if len(w.Pinners) > 0 && !st.Pinned {
+		// CRI, which the kubelet reads, shows a new pin a moment after it
+		// is set: Pinned says what CRI says.
+		st.Pinned = pinnedSoon(ctx, rt.Images, w.Image)
+	}
 	// What was retagged must answer through CRI with the image the
 	// reference answers with; the other tags were just seen to.
 	for _, tag := range retagged {
@@ -86,6 +95,16 @@ func (rt Runtime) Make(ctx context.Context, img *cri.Image, w Want) (State, erro
 		}
 	}
 	return st, nil
+}
+
+// pinnedSoon reports whether CRI shows the image ref names pinned, allowing
+// it a few seconds.
+func pinnedSoon(ctx context.Context, images cri.ImageService, ref string) bool {
+	err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+		img, err := images.ImageStatus(ctx, ref)
+		return err == nil && img.Pinned, nil
+	})
+	return err == nil
 }
 
 // tag points every tag of w that does not name img at it, and returns the
