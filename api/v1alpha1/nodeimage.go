@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 )
 
@@ -43,6 +45,15 @@ const (
 	// ReasonNotGated: no gating list selects the node any more.
 	ReasonNotGated = "NotGated"
 )
+
+// Selector is the list's spec.nodeSelector as a selector: omitted or
+// empty, it selects every node.
+func (s *PrePullListSpec) Selector() (labels.Selector, error) {
+	if s.NodeSelector == nil {
+		return labels.Everything(), nil
+	}
+	return metav1.LabelSelectorAsSelector(s.NodeSelector)
+}
 
 // GateTimeout is how long the list's gate waits for its images on a node.
 func (g *NodeGate) GateTimeout() time.Duration {

@@ -134,14 +134,10 @@ func (r *Reconciler) gatesOf(ctx context.Context, n *corev1.Node) ([]gating, err
 		if l.Spec.NodeGate == nil || !l.DeletionTimestamp.IsZero() {
 			continue
 		}
-		selector := labels.Everything()
-		if l.Spec.NodeSelector != nil {
-			s, err := metav1.LabelSelectorAsSelector(l.Spec.NodeSelector)
-			if err != nil {
-				// The list's status says so; it gates nothing meanwhile.
-				continue
-			}
-			selector = s
+		selector, err := l.Spec.Selector()
+		if err != nil {
+			// The list's status says so; it gates nothing meanwhile.
+			continue
 		}
 		if !selector.Matches(labels.Set(n.Labels)) {
 			continue

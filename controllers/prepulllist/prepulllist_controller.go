@@ -208,13 +208,9 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 // whether l selects it. NodeImageSets of deleted nodes are deleted: a
 // deleted node never holds a list back.
 func (r *Reconciler) nodes(ctx context.Context, l *prepullv1.PrePullList) ([]*node, error) {
-	selector := labels.Everything()
-	if l.Spec.NodeSelector != nil {
-		s, err := metav1.LabelSelectorAsSelector(l.Spec.NodeSelector)
-		if err != nil {
-			return nil, reconcile.TerminalError(fmt.Errorf("spec.nodeSelector: %w", err))
-		}
-		selector = s
+	selector, err := l.Spec.Selector()
+	if err != nil {
+		return nil, reconcile.TerminalError(fmt.Errorf("spec.nodeSelector: %w", err))
 	}
 	if err := r.fleet.load(ctx, r.APIReader); err != nil {
 		return nil, err
