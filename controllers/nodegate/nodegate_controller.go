@@ -297,6 +297,19 @@ func (r *Reconciler) forget(node string) {
 	delete(r.written, node)
 }
 
+// NodeChanged passes a Node's creation, deletion, and updates that change
+// its labels (what lists select) or taints (what the gate holds): not the
+// kubelet's status heartbeats.
+func NodeChanged() predicate.Predicate {
+	return predicate.Funcs{
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, n := e.ObjectOld.(*corev1.Node), e.ObjectNew.(*corev1.Node)
+			return !equality.Semantic.DeepEqual(o.Spec.Taints, n.Spec.Taints) || !labels.Equals(o.Labels, n.Labels)
+		},
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
+}
+
 // SetupWithManager registers the reconciler: it looks at a node when it
 // registers, when its labels or taints change, and when a gating list's
 // verdict on it changes.
@@ -308,15 +321,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.Taint = prepullv1.DefaultStartupTaint
 	}
 	r.written, r.opened = map[string]corev1.NodeCondition{}, map[types.UID]bool{}
-	changed := predicate.Funcs{
-		UpdateFunc: func(e event.UpdateEvent) bool {
-			o, n := e.ObjectOld.(*corev1.Node), e.ObjectNew.(*corev1.Node)
-			return !equality.Semantic.DeepEqual(o.Spec.Taints, n.Spec.Taints) || !labels.Equals(o.Labels, n.Labels)
-		},
-		GenericFunc: func(event.GenericEvent) bool { return false },
-	}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&corev1.Node{}, builder.WithPredicates(changed)).
+		For(&corev1.Node{}, builder.WithPredicates(NodeChanged())).
 		WatchesRawSource(r.Book.source()).
 		Named("nodegate").
 		Complete(r)

@@ -31,7 +31,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -719,7 +718,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&prepullv1.PrePullList{}).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allLists),
-			builder.WithPredicates(nodeChanged())).
+			builder.WithPredicates(nodegate.NodeChanged())).
 		Watches(&prepullv1.NodeImageSet{}, statusChanged).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
 		Named("prepulllist").
@@ -775,19 +774,4 @@ func (r *Reconciler) allLists(ctx context.Context, _ client.Object) []reconcile.
 		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&l)})
 	}
 	return out
-}
-
-// nodeChanged passes node creations, deletions and label changes.
-func nodeChanged() predicate.Predicate {
-	return predicate.Funcs{
-		UpdateFunc: func(e event.UpdateEvent) bool {
-			if !equality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) {
-				return true
-			}
-			// A gating list counts the nodes its gate holds.
-			o, n := e.ObjectOld.(*corev1.Node), e.ObjectNew.(*corev1.Node)
-			return !equality.Semantic.DeepEqual(o.Spec.Taints, n.Spec.Taints)
-		},
-		GenericFunc: func(event.GenericEvent) bool { return false },
-	}
 }
