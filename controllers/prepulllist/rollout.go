@@ -275,26 +275,24 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 		return
 	}
 	out.nodes.Selected++
-	if !p.handed(n, targets) {
+	handed := p.handed(n, targets)
+	p.observeGate(n, targets, handed, out)
+	if !handed {
 		out.nodes.Waiting++
-		p.observeGate(n, p.targets, out)
 		return
 	}
 	ready, failed := len(targets) == len(p.targets), false
-	var missing []target
 	for _, t := range targets {
 		st := n.status.find(t.ref())
 		res := out.perImage[t.image]
 		switch {
 		case st == nil:
 			ready = false
-			missing = append(missing, t)
 		case st.phase == prepullv1.PhasePresent:
 			res.ready++
 		case st.phase == prepullv1.PhaseFailed:
 			res.failed++
 			failed, ready = true, false
-			missing = append(missing, t)
 			f := prepullv1.NodeFailure{Node: n.name, Image: t.image}
 			if st.extra != nil {
 				f.Reason, f.Message = st.extra.reason, truncate(st.extra.message, 1024)
@@ -302,7 +300,6 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 			out.failures = append(out.failures, f)
 		default:
 			ready = false
-			missing = append(missing, t)
 		}
 	}
 	switch {
@@ -313,33 +310,29 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 	default:
 		out.nodes.Pulling++
 	}
-	if p.gate != nil && len(targets) < len(p.targets) {
-		// Images not resolved yet are missing too.
-		have := make(map[string]bool, len(targets))
-		for _, t := range targets {
-			have[t.image] = true
-		}
-		for _, t := range p.targets {
-			if !have[t.image] {
-				missing = append(missing, t)
-			}
-		}
-	}
-	p.observeGate(n, missing, out)
 }
 
-// observeGate records, for a gating list, the images missing on n and
-// whether the gate holds n or its timeout let n through without them.
-func (p *plan) observeGate(n *node, missing []target, out *outcome) {
+// observeGate records, for a gating list, the images missing on n — not
+// resolved yet, not handed, or not reported Present — and whether the gate
+// holds n or its timeout let n through without them.
+func (p *plan) observeGate(n *node, resolved []target, handed bool, out *outcome) {
 	if p.gate == nil {
 		return
 	}
 	if out.missing == nil {
 		out.missing = map[string][]string{}
 	}
-	images := make([]string, 0, len(missing))
-	for _, t := range missing {
-		images = append(images, t.image)
+	present := make(map[string]bool, len(resolved))
+	for _, t := range resolved {
+		if st := n.status.find(t.ref()); handed && st != nil && st.phase == prepullv1.PhasePresent {
+			present[t.image] = true
+		}
+	}
+	images := []string{}
+	for _, t := range p.targets {
+		if !present[t.image] {
+			images = append(images, t.image)
+		}
 	}
 	out.missing[n.name] = images
 	switch {
