@@ -2,6 +2,7 @@ package nodeimageset_test
 
 import (
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -31,4 +32,33 @@ func (e *env) handWatched(t *testing.T, node string, entries ...prepullv1.NodeIm
 	t.Cleanup(w.Stop)
 	e.setSpec(t, node, entries...)
 	return w
+}
+
+// statusUntilPresent reads the status writes w delivers until n images
+// read Present, calling each for every image of every write and then
+// written, if not nil, once the write is read.
+func statusUntilPresent(t *testing.T, w watch.Interface, n int, each func(prepullv1.NodeImageStatus), written func()) {
+	t.Helper()
+	deadline := time.After(wait)
+	for present := 0; present < n; {
+		select {
+		case ev := <-w.ResultChan():
+			set, ok := ev.Object.(*prepullv1.NodeImageSet)
+			if !ok {
+				continue
+			}
+			present = 0
+			for _, st := range set.Status.Images {
+				if st.Phase == prepullv1.PhasePresent {
+					present++
+				}
+				each(st)
+			}
+			if written != nil {
+				written()
+			}
+		case <-deadline:
+			t.Fatalf("not all Present after %s", wait)
+		}
+	}
 }

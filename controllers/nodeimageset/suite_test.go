@@ -707,34 +707,18 @@ func TestAgent(t *testing.T) {
 			besideDone <- err
 		}()
 		midway := map[string]bool{}
-		deadline := time.After(wait)
-		for present := 0; present < len(entries); {
-			select {
-			case ev := <-w.ResultChan():
-				set, ok := ev.Object.(*prepullv1.NodeImageSet)
-				if !ok {
-					continue
-				}
-				present = 0
-				for _, st := range set.Status.Images {
-					if st.Phase == prepullv1.PhasePresent {
-						present++
-					}
-					if st.Phase != prepullv1.PhasePulling || st.BytesTotal == 0 {
-						continue
-					}
-					// Its own layer and config, nothing of the others.
-					if own := sizes[st.Image]; st.BytesTotal < own || st.BytesTotal > own+64<<10 || st.BytesDone > st.BytesTotal {
-						t.Errorf("%s reads %d of %d bytes; its layers are %d bytes", st.Image, st.BytesDone, st.BytesTotal, own)
-					}
-					if st.BytesDone > 0 && st.BytesDone < st.BytesTotal {
-						midway[st.Image] = true
-					}
-				}
-			case <-deadline:
-				t.Fatalf("not all Present after %s", wait)
+		statusUntilPresent(t, w, len(entries), func(st prepullv1.NodeImageStatus) {
+			if st.Phase != prepullv1.PhasePulling || st.BytesTotal == 0 {
+				return
 			}
-		}
+			// Its own layer and config, nothing of the others.
+			if own := sizes[st.Image]; st.BytesTotal < own || st.BytesTotal > own+64<<10 || st.BytesDone > st.BytesTotal {
+				t.Errorf("%s reads %d of %d bytes; its layers are %d bytes", st.Image, st.BytesDone, st.BytesTotal, own)
+			}
+			if st.BytesDone > 0 && st.BytesDone < st.BytesTotal {
+				midway[st.Image] = true
+			}
+		}, nil)
 		if err := <-besideDone; err != nil {
 			t.Errorf("the pull beside the agent's: %v", err)
 		}
@@ -770,30 +754,12 @@ func TestAgent(t *testing.T) {
 		}
 		e.agent(t, "bounded", func(r *nodeimageset.Reconciler) { r.MaxConcurrentPulls = 2 })
 		w := e.handWatched(t, "bounded", entries...)
-		most := 0
-		deadline := time.After(wait)
-		for present := 0; present < len(entries); {
-			select {
-			case ev := <-w.ResultChan():
-				set, ok := ev.Object.(*prepullv1.NodeImageSet)
-				if !ok {
-					continue
-				}
-				pulling := 0
-				present = 0
-				for _, st := range set.Status.Images {
-					switch st.Phase {
-					case prepullv1.PhasePulling:
-						pulling++
-					case prepullv1.PhasePresent:
-						present++
-					}
-				}
-				most = max(most, pulling)
-			case <-deadline:
-				t.Fatalf("not all Present after %s", wait)
+		most, pulling := 0, 0
+		statusUntilPresent(t, w, len(entries), func(st prepullv1.NodeImageStatus) {
+			if st.Phase == prepullv1.PhasePulling {
+				pulling++
 			}
-		}
+		}, func() { most, pulling = max(most, pulling), 0 })
 		if most != 2 {
 			t.Errorf("at most %d images were Pulling at once, want exactly the limit of 2", most)
 		}

@@ -90,6 +90,24 @@ func (e *env) handed(t *testing.T, node string, n int) {
 	})
 }
 
+// gatedPool makes, in a namespace of its own, a gating list of image with
+// rollout.maxConcurrentNodes maxConcurrent over n nodes that register
+// tainted, and returns their names.
+func (e *env) gatedPool(t *testing.T, name, image, maxConcurrent string, n int) []string {
+	t.Helper()
+	ns := e.namespace(t, name)
+	pool := map[string]string{"pool": name}
+	l := gated(list(ns, "web", image), pool, time.Hour)
+	l.Spec.Rollout.MaxConcurrentNodes = intOrString(maxConcurrent)
+	e.mustCreate(t, l)
+	var names []string
+	for i := range n {
+		names = append(names, fmt.Sprintf("%s-%d", name, i))
+		e.taintedNode(t, names[i], pool)
+	}
+	return names
+}
+
 func gated(l *prepullv1.PrePullList, sel map[string]string, timeout time.Duration) *prepullv1.PrePullList {
 	l.Spec.NodeSelector = selector(sel)
 	l.Spec.NodeGate = &prepullv1.NodeGate{Timeout: &metav1.Duration{Duration: timeout}}
@@ -228,38 +246,21 @@ func TestNodeGate(t *testing.T) {
 	})
 
 	t.Run("nodes held by the gate take no rollout turn", func(t *testing.T) {
-		ns := e.namespace(t, "gate-pool")
-		pool := map[string]string{"pool": "gate-pool"}
-		l := gated(list(ns, "web", digestImage("pool", 6)), pool, time.Hour)
-		l.Spec.Rollout.MaxConcurrentNodes = intOrString("1")
-		e.mustCreate(t, l)
-		for i := range 3 {
-			e.taintedNode(t, fmt.Sprintf("gate-pool-%d", i), pool)
-		}
-		for i := range 3 {
+		for _, name := range e.gatedPool(t, "gate-pool", digestImage("pool", 6), "1", 3) {
 			// No node reports anything meanwhile.
-			e.handed(t, fmt.Sprintf("gate-pool-%d", i), 1)
+			e.handed(t, name, 1)
 		}
 	})
 
 	t.Run("taint edits made while the gate opens survive", func(t *testing.T) {
-		ns := e.namespace(t, "gate-race")
-		pool := map[string]string{"pool": "gate-race"}
-		l := gated(list(ns, "web", digestImage("race", 5)), pool, time.Hour)
-		l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
-		e.mustCreate(t, l)
-		const nodes = 5
-		for i := range nodes {
-			e.taintedNode(t, fmt.Sprintf("gate-race-%d", i), pool)
-		}
-		for i := range nodes {
-			e.handed(t, fmt.Sprintf("gate-race-%d", i), 1)
+		names := e.gatedPool(t, "gate-race", digestImage("race", 5), "100%", 5)
+		for _, name := range names {
+			e.handed(t, name, 1)
 		}
 		// Each node's images turn present while someone else adds a taint
 		// to it: the gate's removal must not write over that edit.
 		var wg sync.WaitGroup
-		for i := range nodes {
-			name := fmt.Sprintf("gate-race-%d", i)
+		for _, name := range names {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -279,8 +280,7 @@ func TestNodeGate(t *testing.T) {
 			}()
 		}
 		wg.Wait()
-		for i := range nodes {
-			name := fmt.Sprintf("gate-race-%d", i)
+		for _, name := range names {
 			eventually(t, "startup taint gone from "+name+", the others kept", func() error {
 				if got := e.taints(t, name); !slices.Equal(got, []string{"example.com/other", "example.com/late"}) {
 					return fmt.Errorf("taints %v", got)
