@@ -46,20 +46,17 @@ func (b *Book) Publish(key types.NamespacedName, generation int64, missing map[s
 	defer b.mu.Unlock()
 	old := b.lists[key]
 	b.lists[key] = &page{generation: generation, missing: missing}
+	if old == nil {
+		old = &page{}
+	}
 	for n, m := range missing {
-		if old == nil || old.generation != generation {
-			b.wake(n)
-			continue
-		}
-		if was, ok := old.missing[n]; !ok || !slices.Equal(was, m) {
+		if was, ok := old.missing[n]; !ok || old.generation != generation || !slices.Equal(was, m) {
 			b.wake(n)
 		}
 	}
-	if old != nil {
-		for n := range old.missing {
-			if _, ok := missing[n]; !ok {
-				b.wake(n)
-			}
+	for n := range old.missing {
+		if _, ok := missing[n]; !ok {
+			b.wake(n)
 		}
 	}
 }

@@ -156,7 +156,7 @@ func (r *Reconciler) gatesOf(ctx context.Context, n *corev1.Node) ([]gating, err
 // n's resource version as a precondition, so that a concurrent edit of the
 // taints is never lost: it fails, and the next look sees it.
 func (r *Reconciler) openGate(ctx context.Context, n *corev1.Node, gates []gating, now time.Time) error {
-	if !slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == r.Taint }) {
+	if !Tainted(n, r.Taint) {
 		return nil
 	}
 	orig := n.DeepCopy()
@@ -295,6 +295,11 @@ func (r *Reconciler) forget(node string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.written, node)
+}
+
+// Tainted reports whether n carries a taint of key, whatever its effect.
+func Tainted(n *corev1.Node, key string) bool {
+	return slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == key })
 }
 
 // NodeChanged passes a Node's creation, deletion, and updates that change

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -321,8 +320,7 @@ func (r *Reconciler) dropGate(key types.NamespacedName) {
 
 // tainted reports whether n carries the startup taint.
 func (r *Reconciler) tainted(n *corev1.Node) bool {
-	key := cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint)
-	return slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == key })
+	return nodegate.Tainted(n, cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint))
 }
 
 // nodeUID is the UID of a node in the cache, which a new NodeImageSet's
