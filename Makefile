@@ -19,7 +19,7 @@ help: ## List the targets.
 ##@ Test ground
 
 .PHONY: testground
-testground: deps envtest-assets containerd ## Install and build everything the tests run (root on a fresh Debian machine).
+testground: deps envtest-assets containerd clients ## Install and build everything the tests run (root on a fresh Debian machine).
 
 .PHONY: deps
 deps: ## Install runc, the CNI plugins, the registry and iptables from Debian when missing.
@@ -31,8 +31,13 @@ envtest-assets: ## Build the pinned kube-apiserver and etcd into bin/.
 	hack/build-tool.sh etcd
 
 .PHONY: cluster-binaries
-cluster-binaries: envtest-assets containerd ## Build the pinned kubelet, kube-controller-manager, kube-scheduler and kubectl into bin/.
+cluster-binaries: envtest-assets containerd clients ## Build the pinned kubelet, kube-controller-manager, kube-scheduler, kubectl and helm into bin/.
 	hack/build-tool.sh kube kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl
+
+.PHONY: clients
+clients: ## Build the pinned kubectl and helm into bin/ (the chart's tests, the local cluster).
+	hack/build-tool.sh kube kubectl
+	hack/build-tool.sh helm
 
 .PHONY: containerd
 containerd: ## Build the pinned containerd, ctr and containerd-shim-runc-v2 into bin/.
@@ -96,10 +101,13 @@ test-unit: ## Run only the tests that need no test ground.
 ##@ Local cluster
 
 CLUSTER_DIR ?= /var/lib/prepull-cluster
+# How make demo installs prepull: kustomize (hack/cluster/overlay) or helm
+# (deploy/chart/prepull with hack/cluster/values.yaml).
+INSTALL ?= kustomize
 
 .PHONY: demo
 demo: deps cluster-binaries build ## Bring up a local cluster, deploy prepull, pre-pull, stop the registry, start pods (root).
-	$(GO) run ./hack/cluster demo -dir $(CLUSTER_DIR) -bin $(BIN)
+	$(GO) run ./hack/cluster demo -dir $(CLUSTER_DIR) -bin $(BIN) -install $(INSTALL)
 
 .PHONY: demo-down
 demo-down: ## Stop the local cluster and restore the machine (root).

@@ -68,7 +68,7 @@ func run(m *testing.M) int {
 		logf("clients: %v", err)
 		return 1
 	}
-	if err := c.Deploy(ctx, cs, c.Overlay()); err != nil {
+	if err := c.Deploy(ctx, cs, cluster.Helm); err != nil {
 		logf("deploy: %v", err)
 		return 1
 	}

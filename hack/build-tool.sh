@@ -7,6 +7,7 @@
 #   hack/build-tool.sh etcd            etcd server
 #   hack/build-tool.sh containerd      containerd, ctr, containerd-shim-runc-v2
 #   hack/build-tool.sh controller-gen  controller-gen, which generates CRDs and deepcopy code
+#   hack/build-tool.sh helm            helm, which lints, renders and installs the chart
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -62,6 +63,10 @@ containerd)
 	;;
 controller-gen)
 	build sigs.k8s.io/controller-tools/cmd/controller-gen controller-gen ""
+	;;
+helm)
+	v="$(version_of helm.sh/helm/v3)"
+	build helm.sh/helm/v3/cmd/helm helm "-X helm.sh/helm/v3/internal/version.version=$v"
 	;;
 *)
 	echo "build-tool: unknown tool $tool" >&2

@@ -60,8 +60,25 @@ func New(dir, bin, node string) *Cluster {
 	return &Cluster{Dir: dir, Bin: bin, NodeName: node, Root: testground.ModuleRoot()}
 }
 
-// Overlay is the kustomize overlay that deploys prepull on this cluster.
-func (c *Cluster) Overlay() string { return filepath.Join(c.Root, "hack", "cluster", "overlay") }
+// Install is how Deploy installs prepull on the cluster.
+type Install string
+
+const (
+	// Kustomize applies the overlay in hack/cluster/overlay.
+	Kustomize Install = "kustomize"
+	// Helm installs the chart in deploy/chart/prepull with the values in
+	// hack/cluster/values.yaml (a test in deploy/ holds the two equal).
+	Helm Install = "helm"
+)
+
+// ParseInstall returns the install named s.
+func ParseInstall(s string) (Install, error) {
+	switch i := Install(s); i {
+	case Kustomize, Helm:
+		return i, nil
+	}
+	return "", fmt.Errorf("install %q: must be %s or %s", s, Kustomize, Helm)
+}
 
 // Kubeconfig is the admin kubeconfig.
 func (c *Cluster) Kubeconfig() string { return filepath.Join(c.Dir, "admin.kubeconfig") }

@@ -82,8 +82,11 @@ func WaitNodeReady(ctx context.Context, cs *kubernetes.Clientset, name string, t
 }
 
 // Kubectl runs the built kubectl against the cluster.
-func (c *Cluster) Kubectl(args ...string) error {
-	cmd := exec.Command(filepath.Join(c.Bin, "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig()}, args...)...)
+func (c *Cluster) Kubectl(args ...string) error { return c.tool("kubectl", args...) }
+
+// tool runs a built client (kubectl, helm) against the cluster.
+func (c *Cluster) tool(name string, args ...string) error {
+	cmd := exec.Command(filepath.Join(c.Bin, name), append([]string{"--kubeconfig", c.Kubeconfig()}, args...)...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	return cmd.Run()
 }
@@ -149,14 +152,25 @@ func (c *Cluster) PushPrepull() error {
 	return err
 }
 
-// Deploy deploys prepull on the cluster and waits until the agent and the
-// controller are ready.
-func (c *Cluster) Deploy(ctx context.Context, cs *kubernetes.Clientset, overlay string) error {
+// Deploy installs prepull on the cluster, the way how says, and waits until
+// the agent and the controller are ready.
+func (c *Cluster) Deploy(ctx context.Context, cs *kubernetes.Clientset, how Install) error {
 	if err := c.PushPrepull(); err != nil {
 		return err
 	}
-	if err := c.Kubectl("apply", "--server-side", "-k", overlay); err != nil {
-		return fmt.Errorf("kubectl apply -k %s: %w", overlay, err)
+	switch how {
+	case Kustomize:
+		overlay := filepath.Join(c.Root, "hack", "cluster", "overlay")
+		if err := c.Kubectl("apply", "--server-side", "-k", overlay); err != nil {
+			return fmt.Errorf("kubectl apply -k %s: %w", overlay, err)
+		}
+	case Helm:
+		chart, values := filepath.Join(c.Root, "deploy", "chart", "prepull"), filepath.Join(c.Root, "hack", "cluster", "values.yaml")
+		if err := c.tool("helm", "upgrade", "--install", "prepull", chart, "--values", values); err != nil {
+			return fmt.Errorf("helm upgrade --install prepull %s --values %s: %w", chart, values, err)
+		}
+	default:
+		return fmt.Errorf("install %q: must be %s or %s", how, Kustomize, Helm)
 	}
 	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {

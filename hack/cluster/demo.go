@@ -21,7 +21,7 @@ import (
 // demo shows the product's promise on the local cluster: images pre-pulled
 // by a PrePullList, the registry stopped, and pods with imagePullPolicy
 // Never and IfNotPresent starting all the same.
-func demo(ctx context.Context, c *cluster.Cluster) error {
+func demo(ctx context.Context, c *cluster.Cluster, how cluster.Install) error {
 	if _, err := os.Stat(filepath.Join(c.Dir, "pids")); err != nil {
 		logf("bringing up a single-node cluster in %s", c.Dir)
 		if err := c.Start(ctx, logf); err != nil {
@@ -34,8 +34,8 @@ func demo(ctx context.Context, c *cluster.Cluster) error {
 	if err != nil {
 		return err
 	}
-	logf("building the prepull image (no Docker engine) and deploying prepull (kubectl apply -k hack/cluster/overlay)")
-	if err := c.Deploy(ctx, cs, c.Overlay()); err != nil {
+	logf("building the prepull image (no Docker engine) and deploying prepull with %s", how)
+	if err := c.Deploy(ctx, cs, how); err != nil {
 		return err
 	}
 	logf("prepull's controller and agent are running")

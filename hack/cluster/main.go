@@ -34,6 +34,7 @@ func run() error {
 	dir := fs.String("dir", "/var/lib/prepull-cluster", "the cluster's directory (the overlay in hack/cluster/overlay names paths in it)")
 	bin := fs.String("bin", "bin", "directory of the built binaries")
 	node := fs.String("node", "prepull-node", "the node's name")
+	install := fs.String("install", string(cluster.Kustomize), "how demo installs prepull: kustomize (hack/cluster/overlay) or helm (deploy/chart/prepull with hack/cluster/values.yaml)")
 	if len(os.Args) < 2 {
 		return errors.New("usage: cluster up|down|demo [flags]")
 	}
@@ -57,7 +58,11 @@ func run() error {
 		logf("cluster in %s is down; the machine is as it was", c.Dir)
 		return nil
 	case "demo":
-		return demo(ctx, c)
+		how, err := cluster.ParseInstall(*install)
+		if err != nil {
+			return err
+		}
+		return demo(ctx, c, how)
 	}
 	return fmt.Errorf("unknown command %q: want up, down or demo", os.Args[1])
 }

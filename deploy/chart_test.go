@@ -1,0 +1,188 @@
+// Package deploy holds the manifests that install prepull: the kustomize
+// base in this directory and the Helm chart in chart/prepull. Its tests hold
+// the two equal.
+package deploy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"prepull.io/prepull/e2e/testground"
+)
+
+const chart = "chart/prepull"
+
+// TestChartRendersTheKustomizeBase renders the chart with its default
+// values, CRDs included, and compares it object by object with the
+// kustomize base: the same objects, and each the same in every field. It
+// does the same for the local cluster's overlay and its Helm values, so the
+// e2e suite (Helm) and make demo (kustomize) install the same prepull.
+func TestChartRendersTheKustomizeBase(t *testing.T) {
+	for _, c := range []struct{ name, kustomization, values string }{
+		{"defaults", ".", ""},
+		{"local cluster", "../hack/cluster/overlay", "../hack/cluster/values.yaml"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := []string{"template", "prepull", chart, "--include-crds"}
+			if c.values != "" {
+				args = append(args, "--values", c.values)
+			}
+			same(t, objects(t, run(t, "kubectl", "kustomize", c.kustomization)), objects(t, run(t, "helm", args...)))
+		})
+	}
+}
+
+func same(t *testing.T, kustomized, rendered map[string]*unstructured.Unstructured) {
+	t.Helper()
+	if len(kustomized) < 10 {
+		t.Fatalf("kubectl kustomize rendered %d objects; the base has more", len(kustomized))
+	}
+	for key, want := range kustomized {
+		got, ok := rendered[key]
+		if !ok {
+			t.Errorf("%s: in the kustomize base, not rendered by the chart", key)
+			continue
+		}
+		if d := cmp.Diff(want.Object, got.Object); d != "" {
+			t.Errorf("%s differs from the kustomize base (-kustomize +chart):\n%s", key, d)
+		}
+	}
+	for key := range rendered {
+		if _, ok := kustomized[key]; !ok {
+			t.Errorf("%s: rendered by the chart, not in the kustomize base", key)
+		}
+	}
+}
+
+// TestChartValues renders the chart with the values a k3s operator sets and
+// checks that each reaches the object it is meant for.
+func TestChartValues(t *testing.T) {
+	out := objects(t, run(t, "helm", "template", "prepull", chart,
+		"--set", "namespace.name=ops", "--set", "namespace.create=false",
+		"--set", "image.repository=registry.example/prepull", "--set", "image.tag=v1.2.3",
+		"--set", "agent.runtimeSocket=/run/k3s/containerd/containerd.sock",
+		"--set", "agent.runtimeRoot=/var/lib/rancher/k3s/agent/containerd",
+		"--set", "agent.priorityClass.create=false", "--set", "agent.priorityClass.name=system-node-critical",
+		"--set", "agent.extraArgs={--max-concurrent-pulls=4}",
+		"--set", "controller.replicas=3", "--set", "controller.extraArgs={--startup-taint=prepull.io/images-not-ready}",
+		"--set", "metrics.serviceMonitor.enabled=true"))
+	if _, ok := out["v1/Namespace//ops"]; ok {
+		t.Error("namespace.create=false still renders the Namespace")
+	}
+	if _, ok := out["scheduling.k8s.io/v1/PriorityClass//prepull-agent"]; ok {
+		t.Error("agent.priorityClass.create=false still renders the PriorityClass")
+	}
+	ds, ok := out["apps/v1/DaemonSet/ops/prepull-agent"]
+	if !ok {
+		t.Fatalf("no agent DaemonSet in namespace ops; rendered: %v", keys(out))
+	}
+	checks := []struct {
+		obj    *unstructured.Unstructured
+		path   []string
+		want   string
+		substr bool
+	}{
+		{ds, []string{"spec", "template", "spec", "priorityClassName"}, "system-node-critical", false},
+		{ds, []string{"spec", "template", "spec", "containers"}, "image:registry.example/prepull:v1.2.3", true},
+		{ds, []string{"spec", "template", "spec", "containers"}, "--max-concurrent-pulls=4", true},
+		{ds, []string{"spec", "template", "spec", "volumes"}, "path:/run/k3s/containerd/containerd.sock", true},
+		{ds, []string{"spec", "template", "spec", "volumes"}, "path:/var/lib/rancher/k3s/agent/containerd", true},
+		{ds, []string{"spec", "template", "spec", "containers"}, "mountPath:/var/lib/rancher/k3s/agent/containerd", true},
+		{out["apps/v1/Deployment/ops/prepull-controller"], []string{"spec", "template", "spec", "containers"}, "--startup-taint=prepull.io/images-not-ready", true},
+		{out["rbac.authorization.k8s.io/v1/Role/ops/prepull-agent"], []string{"metadata", "namespace"}, "ops", false},
+		{out["rbac.authorization.k8s.io/v1/ClusterRoleBinding//prepull-agent"], []string{"subjects"}, "namespace:ops", true},
+		{out["monitoring.coreos.com/v1/ServiceMonitor/ops/prepull-controller"], []string{"spec", "endpoints"}, "port:metrics", true},
+	}
+	for _, c := range checks {
+		if c.obj == nil {
+			t.Errorf("an object the check on %v needs is not rendered; rendered: %v", c.path, keys(out))
+			continue
+		}
+		v, found, _ := unstructured.NestedFieldNoCopy(c.obj.Object, c.path...)
+		got := strings.ReplaceAll(fmt.Sprint(v), " ", "")
+		if !found || (c.substr && !strings.Contains(got, strings.ReplaceAll(c.want, " ", ""))) || (!c.substr && got != c.want) {
+			t.Errorf("%s %s: %s, want %s", c.obj.GetKind(), strings.Join(c.path, "."), got, c.want)
+		}
+	}
+	if n := out["apps/v1/Deployment/ops/prepull-controller"]; n != nil {
+		if r, _, _ := unstructured.NestedFieldNoCopy(n.Object, "spec", "replicas"); fmt.Sprint(r) != "3" {
+			t.Errorf("controller replicas %v, want 3", r)
+		}
+	}
+}
+
+// TestChartRefusesAServiceMonitorWithoutItsService checks a contradiction
+// in the values is an error naming them, not a ServiceMonitor that selects
+// nothing.
+func TestChartRefusesAServiceMonitorWithoutItsService(t *testing.T) {
+	cmd := exec.Command(testground.Binary(t, "helm"), "template", "prepull", chart,
+		"--set", "metrics.service=false", "--set", "metrics.serviceMonitor.enabled=true")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "metrics.serviceMonitor.enabled needs metrics.service") {
+		t.Fatalf("helm template: err %v, output:\n%s", err, out)
+	}
+}
+
+// TestChartLint runs helm lint, strict, on the chart.
+func TestChartLint(t *testing.T) {
+	out := run(t, "helm", "lint", "--strict", chart)
+	if !strings.Contains(string(out), "0 chart(s) failed") {
+		t.Fatalf("helm lint:\n%s", out)
+	}
+}
+
+func run(t *testing.T, name string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(testground.Binary(t, name), args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, stderr.String())
+	}
+	return out
+}
+
+// objects decodes a YAML stream into its objects, keyed by
+// apiVersion/kind/namespace/name.
+func objects(t *testing.T, stream []byte) map[string]*unstructured.Unstructured {
+	t.Helper()
+	out := map[string]*unstructured.Unstructured{}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(stream), 4096)
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			return out
+		} else if err != nil {
+			t.Fatalf("decode: %v", err)
+		}
+		if m == nil {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: m}
+		key := u.GetAPIVersion() + "/" + u.GetKind() + "/" + u.GetNamespace() + "/" + u.GetName()
+		if _, dup := out[key]; dup {
+			t.Fatalf("%s rendered twice", key)
+		}
+		out[key] = u
+	}
+}
+
+func keys(m map[string]*unstructured.Unstructured) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
