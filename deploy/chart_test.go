@@ -69,7 +69,7 @@ func same(t *testing.T, kustomized, rendered map[string]*unstructured.Unstructur
 func TestChartValues(t *testing.T) {
 	out := objects(t, run(t, "helm", "template", "prepull", chart,
 		"--set", "namespace.name=ops", "--set", "namespace.create=false",
-		"--set", "image.repository=registry.example/prepull", "--set", "image.tag=v1.2.3",
+		"--set", "image.repository=127.0.0.1:5000/prepull", "--set", "image.tag=v1.2.3",
 		"--set", "agent.runtimeSocket=/run/k3s/containerd/containerd.sock",
 		"--set", "agent.runtimeRoot=/var/lib/rancher/k3s/agent/containerd",
 		"--set", "agent.priorityClass.create=false", "--set", "agent.priorityClass.name=system-node-critical",
@@ -93,7 +93,7 @@ func TestChartValues(t *testing.T) {
 		substr bool
 	}{
 		{ds, []string{"spec", "template", "spec", "priorityClassName"}, "system-node-critical", false},
-		{ds, []string{"spec", "template", "spec", "containers"}, "image:registry.example/prepull:v1.2.3", true},
+		{ds, []string{"spec", "template", "spec", "containers"}, "image:127.0.0.1:5000/prepull:v1.2.3", true},
 		{ds, []string{"spec", "template", "spec", "containers"}, "--max-concurrent-pulls=4", true},
 		{ds, []string{"spec", "template", "spec", "volumes"}, "path:/run/k3s/containerd/containerd.sock", true},
 		{ds, []string{"spec", "template", "spec", "volumes"}, "path:/var/lib/rancher/k3s/agent/containerd", true},

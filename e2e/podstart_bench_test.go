@@ -26,13 +26,16 @@ var shaped = link{ns: "prepull-bench", host: "pp-bench0", peer: "pp-bench1", hos
 const linkRate = "100mbit"
 
 // shapedRegistry serves the cluster registry's storage from inside the
-// shaped namespace and returns its host:port.
-func shapedRegistry(b *testing.B) string {
-	shaped.up(b)
-	tbf := []string{"root", "tbf", "rate", linkRate, "burst", "64kb", "latency", "100ms"}
-	sh(b, append([]string{"tc", "qdisc", "add", "dev", shaped.host}, tbf...)...)
-	sh(b, append([]string{"ip", "netns", "exec", shaped.ns, "tc", "qdisc", "add", "dev", shaped.peer}, tbf...)...)
-	return shaped.registry(b, filepath.Join(c.Dir, "registry", "data"))
+// shaped namespace, at linkRate, and returns its host:port.
+func shapedRegistry(b *testing.B) string { return shapedRegistryAt(b, linkRate) }
+
+// shapedRegistryAt is shapedRegistry at another rate (tc's units, "24mbit").
+func shapedRegistryAt(t testing.TB, rate string) string {
+	shaped.up(t)
+	tbf := []string{"root", "tbf", "rate", rate, "burst", "64kb", "latency", "100ms"}
+	sh(t, append([]string{"tc", "qdisc", "add", "dev", shaped.host}, tbf...)...)
+	sh(t, append([]string{"ip", "netns", "exec", shaped.ns, "tc", "qdisc", "add", "dev", shaped.peer}, tbf...)...)
+	return shaped.registry(t, filepath.Join(c.Dir, "registry", "data"))
 }
 
 // BenchmarkPodStart measures pod start latency, creation to Running, for an

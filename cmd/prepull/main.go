@@ -29,7 +29,16 @@ Commands:
                nodes no registry reaches
   node apply   make the images of PrePullLists present and pinned on this
                node, with no API server (node bootstrap, image baking)
+  status       show lists' rollouts: nodes, images, pulls under way, failures
+  node NODE    show what a node holds, for which lists, and its gate
+  doctor       check a node's runtime configuration for what defeats
+               pre-pulling (on the node, or through the API for NODE)
   version      print the version
+
+The binary also answers as kubectl-prepull: put it on PATH under that name
+and run "kubectl prepull status", "kubectl prepull node NODE" or
+"kubectl prepull doctor NODE"; kubectl's --kubeconfig, --context and -n
+flags apply.
 
 Run "prepull <command> --help" for a command's flags.
 `
@@ -59,7 +68,12 @@ func run(args []string, stdout io.Writer) error {
 	case "bundle":
 		return runBundle(ctx, args[1:], stdout)
 	case "node":
-		return runNode(ctx, args[1:], stdout)
+		if len(args) > 1 && args[1] == "apply" {
+			return runNode(ctx, args[1:], stdout)
+		}
+		return runNodeShow(ctx, args[1:], stdout)
+	case "status":
+		return runStatus(ctx, args[1:], stdout)
 	case "version":
 		_, err := fmt.Fprintln(stdout, version)
 		return err

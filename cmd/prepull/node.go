@@ -59,6 +59,7 @@ func (o *NodeApplyOptions) Validate() error {
 
 const nodeUsage = `Usage:
   prepull node apply -f list.yaml [-f more.yaml] [--archive bundle.tar]
+  prepull node NODE   (see "prepull node --help")
 
 Makes the images of the lists present on this node's runtime, tagged and
 pinned, with no API server, prints a report, and exits non-zero when any
