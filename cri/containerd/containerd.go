@@ -236,7 +236,8 @@ func (s *Store) PullProgress(ctx context.Context, digestRef string) (int64, int6
 	}
 	offsets := make(map[digest.Digest]int64, len(statuses))
 	for _, st := range statuses {
-		offsets[st.Expected] = max(offsets[st.Expected], st.Offset)
+		d := ingestDigest(st)
+		offsets[d] = max(offsets[d], st.Offset)
 	}
 	var done, total int64
 	for _, b := range blobs {
@@ -248,6 +249,21 @@ func (s *Store) PullProgress(ctx context.Context, digestRef string) (int64, int6
 		}
 	}
 	return done, total, nil
+}
+
+// ingestDigest is the blob an ingest writes: its expected digest, which
+// containerd's content API does not always return, or else the digest its
+// ref ends in ("layer-sha256:…", as pulls name their ingests).
+func ingestDigest(st content.Status) digest.Digest {
+	if st.Expected != "" {
+		return st.Expected
+	}
+	if i := strings.LastIndex(st.Ref, string(digest.SHA256)+":"); i >= 0 {
+		if d, err := digest.Parse(st.Ref[i:]); err == nil {
+			return d
+		}
+	}
+	return ""
 }
 
 // platformBlobs are the config and layers of the manifest d names, or of
