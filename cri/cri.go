@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"syscall"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -85,6 +86,16 @@ type Image struct {
 	// Pinned reports whether the kubelet's image garbage collection must keep
 	// the image.
 	Pinned bool
+}
+
+// Statfs reports the used and total bytes of the filesystem at path.
+func Statfs(path string) (used, total uint64, err error) {
+	var s syscall.Statfs_t
+	if err := syscall.Statfs(path, &s); err != nil {
+		return 0, 0, err
+	}
+	total = s.Blocks * uint64(s.Bsize)
+	return total - s.Bavail*uint64(s.Bsize), total, nil
 }
 
 // FilesystemUsage is the usage of one filesystem that holds images.

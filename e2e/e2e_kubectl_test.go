@@ -21,7 +21,8 @@ import (
 // plugin (kubectl-prepull on PATH) while a list's image comes over a slow
 // link: `status --watch` draws the node's pull part way with its bytes, and
 // returns once the list is Ready; `node` then shows the image present and
-// pinned for the list.
+// pinned for the list, and `doctor` what the node's agent found of its
+// runtime's and kubelet's configuration.
 func TestKubectlPrepullShowsARollout(t *testing.T) {
 	tag, digest := push(t, "e2e/progress:1.0", 48<<20)
 	via := shapedRegistryAt(t, "24mbit")
@@ -85,5 +86,17 @@ func TestKubectlPrepullShowsARollout(t *testing.T) {
 	}
 	if !strings.Contains(line, "Present") || !strings.Contains(line, "yes (e2e/progress)") {
 		t.Errorf("kubectl prepull node %s does not show the image Present and pinned for e2e/progress:\n%s", c.NodeName, out)
+	}
+
+	// The node's agent ran the doctor on the cluster's own containerd and
+	// kubelet configuration: nothing there fails.
+	out, err = kubectl("prepull", "doctor", c.NodeName)
+	if err != nil {
+		t.Fatalf("kubectl prepull doctor: %v\n%s", err, out)
+	}
+	for _, want := range []string{"PASS  runtime", "PASS  registry-hosts", "PASS  pins", "PASS  kubelet-credential-verification  imagePullCredentialsVerificationPolicy NeverVerifyPreloadedImages"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl prepull doctor %s does not show %q:\n%s", c.NodeName, want, out)
+		}
 	}
 }

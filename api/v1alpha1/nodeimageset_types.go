@@ -159,6 +159,46 @@ type NodeImageSetStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=128
 	Runtime string `json:"runtime,omitempty"`
+	// checks are the agent's checks of the node's runtime configuration
+	// (prepull doctor), run when it starts and every few minutes.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=32
+	Checks []RuntimeCheck `json:"checks,omitempty"`
+}
+
+// CheckResult is how one check of a node's configuration came out.
+// +kubebuilder:validation:Enum=Pass;Warn;Fail
+type CheckResult string
+
+const (
+	// CheckPass: nothing there defeats pre-pulling.
+	CheckPass CheckResult = "Pass"
+	// CheckWarn: pre-pulling works, less well than it could, or the check
+	// could not see what it needs.
+	CheckWarn CheckResult = "Warn"
+	// CheckFail: the configuration defeats what prepull promises.
+	CheckFail CheckResult = "Fail"
+)
+
+// RuntimeCheck is one check of a node's runtime configuration.
+type RuntimeCheck struct {
+	// name names the check, e.g. registry-hosts.
+	// +required
+	// +kubebuilder:validation:MaxLength=64
+	Name string `json:"name"`
+	// result is Pass, Warn or Fail.
+	// +required
+	Result CheckResult `json:"result"`
+	// message says what the check found.
+	// +required
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message"`
+	// advice says what to do about it; empty on Pass.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Advice string `json:"advice,omitempty"`
 }
 
 // NodeImageSet is the images one node must hold, and what it holds. It is

@@ -18,6 +18,7 @@ import (
 	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/containerd"
+	"prepull.io/prepull/doctor"
 )
 
 func runAgent(ctx context.Context, args []string) error {
@@ -62,6 +63,7 @@ func runAgent(ctx context.Context, args []string) error {
 		DiskBudget:         opts.DiskBudget,
 		KeepStrayPins:      !opts.CollectStrayPins,
 		ArchiveDir:         opts.ArchiveDir,
+		Doctor:             checkNode(rt, opts.CheckOptions, opts.DiskBudget).Run,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the NodeImageSet reconciler: %w", err)
@@ -74,6 +76,13 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	log.Info("Starting agent", "version", version, "runtime", runtimeName, "criEndpoint", opts.CRIEndpoint)
 	return mgr.Start(ctx)
+}
+
+// checkNode is the doctor's view of the node's runtime rt.
+func checkNode(rt *nodeRuntime, opts CheckOptions, diskBudget float64) doctor.Node {
+	pins, _ := rt.store.(cri.PinLister)
+	return doctor.Node{Images: rt.images, Pins: pins, Runtime: rt.name,
+		ContainerdConfig: opts.ContainerdConfig, KubeletConfig: opts.KubeletConfig, DiskBudget: diskBudget}
 }
 
 // nodeRuntime is the node's runtime as the agent and node apply reach it:

@@ -102,6 +102,12 @@ func startRollout(t *testing.T) *rollout {
 		must(t, c.Create(ctx, s))
 		s.Status = prepullv1.NodeImageSetStatus{ObservedGeneration: 1, Runtime: "containerd v2.4.2", Images: images,
 			ImageFilesystem: &prepullv1.ImageFilesystem{UsedBytes: 1 << 30, CapacityBytes: 4 << 30}}
+		if name == "n1" {
+			s.Status.Checks = []prepullv1.RuntimeCheck{
+				{Name: "runtime", Result: prepullv1.CheckPass, Message: "containerd v2.4.2"},
+				{Name: "registry-hosts", Result: prepullv1.CheckFail, Message: "config_path is a list", Advice: "set one directory"},
+			}
+		}
 		must(t, c.Status().Update(ctx, s))
 	}
 	return r
@@ -241,6 +247,55 @@ func TestKubectlNode(t *testing.T) {
 	var stdout bytes.Buffer
 	if err := run([]string{"node", "n9", "--kubeconfig", r.kubeconfig}, &stdout); err == nil || !strings.Contains(err.Error(), "node n9") {
 		t.Errorf("node n9: %v, want an error naming the node", err)
+	}
+}
+
+func TestKubectlDoctor(t *testing.T) {
+	r := startRollout(t)
+	var out bytes.Buffer
+	err := run([]string{"doctor", "n1", "--kubeconfig", r.kubeconfig}, &out)
+	if err == nil || !strings.Contains(err.Error(), "1 of 2 checks failed: registry-hosts") {
+		t.Errorf("doctor n1: %v, want the failed check named", err)
+	}
+	for _, want := range []string{"PASS  runtime", "FAIL  registry-hosts", "config_path is a list", "→ set one directory"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("doctor n1 does not show %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	err = run([]string{"doctor", "n2", "--kubeconfig", r.kubeconfig}, &out)
+	if err == nil || !strings.Contains(err.Error(), "no checks yet") {
+		t.Errorf("doctor of a node whose agent reported no checks: %v", err)
+	}
+}
+
+// TestDoctorOnTheNode runs `prepull doctor` against a real containerd whose
+// configuration fails a check: the table says so and the command fails.
+func TestDoctorOnTheNode(t *testing.T) {
+	ctd := testground.StartContainerdWith(t, func(s string) string {
+		return strings.Replace(s, "    snapshotter = 'overlayfs'\n", "    snapshotter = 'overlayfs'\n    max_concurrent_downloads = 8\n", 1)
+	})
+	kubelet := filepath.Join(t.TempDir(), "kubelet.yaml")
+	if err := os.WriteFile(kubelet, []byte("kind: KubeletConfiguration\nimagePullCredentialsVerificationPolicy: AlwaysVerify\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err := run([]string{"doctor", "--cri-endpoint", ctd.Socket, "--containerd-config", ctd.ConfigPath(), "--kubelet-config", kubelet, "--disk-budget", "0.000001"}, &out)
+	if err == nil || !strings.Contains(err.Error(), "image-filesystem") {
+		t.Errorf("doctor with a full disk budget: %v, want image-filesystem failed", err)
+	}
+	for _, want := range []string{"PASS  runtime", "WARN  concurrent-downloads", "WARN  kubelet-credential-verification", "FAIL  image-filesystem"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("doctor does not show %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	if err := run([]string{"doctor", "--cri-endpoint", ctd.Socket, "--containerd-config", ctd.ConfigPath(), "--kubelet-config", kubelet, "-o", "json"}, &out); err != nil {
+		t.Errorf("doctor -o json with nothing failing: %v", err)
+	}
+	var checks []prepullv1.RuntimeCheck
+	if err := json.Unmarshal(out.Bytes(), &checks); err != nil || len(checks) < 8 {
+		t.Errorf("doctor -o json: %v, %d checks:\n%s", err, len(checks), out.String())
 	}
 }
 

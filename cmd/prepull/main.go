@@ -74,6 +74,8 @@ func run(args []string, stdout io.Writer) error {
 		return runNodeShow(ctx, args[1:], stdout)
 	case "status":
 		return runStatus(ctx, args[1:], stdout)
+	case "doctor":
+		return runDoctor(ctx, args[1:], stdout)
 	case "version":
 		_, err := fmt.Fprintln(stdout, version)
 		return err

@@ -166,6 +166,23 @@ type AgentOptions struct {
 	DiskBudget float64
 	// CollectStrayPins takes off pins whose owner no spec entry names.
 	CollectStrayPins bool
+	CheckOptions
+}
+
+// CheckOptions are the files the doctor reads on a node, besides what the
+// runtime says over CRI.
+type CheckOptions struct {
+	// ContainerdConfig is containerd's configuration file; "" skips its
+	// checks.
+	ContainerdConfig string
+	// KubeletConfig is the kubelet's configuration file; "" skips its
+	// checks.
+	KubeletConfig string
+}
+
+func (o *CheckOptions) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.ContainerdConfig, "containerd-config", o.ContainerdConfig, `containerd's configuration file, for the doctor's checks of its image settings ("" skips them)`)
+	fs.StringVar(&o.KubeletConfig, "kubelet-config", o.KubeletConfig, `the kubelet's configuration file, for the doctor's checks of image GC and credential verification ("" skips them)`)
 }
 
 // NewAgentOptions returns the defaults.
@@ -180,6 +197,7 @@ func NewAgentOptions() *AgentOptions {
 		BackoffBase:        nodeimageset.DefaultBackoffBase,
 		DiskBudget:         0.9,
 		CollectStrayPins:   true,
+		CheckOptions:       CheckOptions{ContainerdConfig: "/etc/containerd/config.toml"},
 	}
 }
 
@@ -193,6 +211,7 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ResyncInterval, "resync-interval", o.ResyncInterval, "how often images, tags and pins are verified again")
 	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, fmt.Sprintf("first wait after a failed pull; it doubles per attempt up to %s, with jitter", nodeimageset.DefaultBackoffMax))
 	fs.Float64Var(&o.DiskBudget, "disk-budget", o.DiskBudget, "fraction of the image filesystem past which no pull starts (0 turns it off)")
+	o.CheckOptions.addFlags(fs)
 	fs.BoolVar(&o.CollectStrayPins, "collect-stray-pins", o.CollectStrayPins, "take off prepull pins whose owning list no longer wants the image on this node (turn off only when several agents share one runtime)")
 }
 

@@ -31,6 +31,7 @@ const (
 	DefaultResyncInterval     = 30 * time.Second
 	DefaultBackoffBase        = 5 * time.Second
 	DefaultBackoffMax         = 5 * time.Minute
+	DefaultDoctorInterval     = 10 * time.Minute
 )
 
 // Reconciler reconciles the node's runtime to its NodeImageSet.
@@ -62,6 +63,11 @@ type Reconciler struct {
 	DiskBudget float64
 	// FsUsage reports a filesystem's used and total bytes; nil means statfs.
 	FsUsage func(path string) (used, total uint64, err error)
+	// Doctor checks the node's runtime configuration (package doctor), for
+	// status; nil reports no checks. It runs at the first reconcile and then
+	// at most once per DoctorInterval.
+	Doctor         func(context.Context) []prepullv1.RuntimeCheck
+	DoctorInterval time.Duration
 	// KeepStrayPins leaves alone pins whose owner no spec entry names. Only
 	// for several agents sharing one runtime, as in tests: an agent owns its
 	// node's runtime.
@@ -86,6 +92,8 @@ type Reconciler struct {
 	lastWrite time.Time
 	fs        *prepullv1.ImageFilesystem
 	fsMount   string
+	examined  time.Time
+	checks    []prepullv1.RuntimeCheck
 	// archiveWants are, by archive SHA-256, the images of the spec that
 	// come from it; archiveLocks serialize the imports of one archive; and
 	// loaded records which references an import of an archive made.
@@ -113,6 +121,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	now := r.Clock.Now()
 	r.measureFilesystem(ctx, now)
+	r.examine(ctx, now)
 	r.mu.Lock()
 	dirty := r.dirty
 	r.dirty = map[string]bool{}
@@ -218,6 +227,9 @@ func (r *Reconciler) setDefaults() {
 	}
 	if r.BackoffMax <= 0 {
 		r.BackoffMax = DefaultBackoffMax
+	}
+	if r.DoctorInterval <= 0 {
+		r.DoctorInterval = DefaultDoctorInterval
 	}
 	r.images = map[string]*imageState{}
 	r.dirty = map[string]bool{}

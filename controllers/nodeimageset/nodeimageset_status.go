@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"syscall"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
 )
 
 // buildStatus is the status the agent reports for set.
@@ -20,6 +20,7 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImag
 		ObservedGeneration: set.Generation,
 		Runtime:            r.Runtime,
 		ImageFilesystem:    r.fs.DeepCopy(),
+		Checks:             slices.Clone(r.checks),
 	}
 	var present, pinned int
 	var pinnedBytes int64
@@ -105,10 +106,18 @@ func (r *Reconciler) fsUsage(path string) (uint64, uint64, error) {
 	if r.FsUsage != nil {
 		return r.FsUsage(path)
 	}
-	var s syscall.Statfs_t
-	if err := syscall.Statfs(path, &s); err != nil {
-		return 0, 0, err
+	return cri.Statfs(path)
+}
+
+// examine runs the doctor's checks, at most once per DoctorInterval, for
+// status.
+func (r *Reconciler) examine(ctx context.Context, now time.Time) {
+	if r.Doctor == nil || (!r.examined.IsZero() && now.Sub(r.examined) < r.DoctorInterval) {
+		return
 	}
-	total := s.Blocks * uint64(s.Bsize)
-	return total - s.Bavail*uint64(s.Bsize), total, nil
+	r.examined = now
+	checks := r.Doctor(ctx)
+	r.mu.Lock()
+	r.checks = checks
+	r.mu.Unlock()
 }

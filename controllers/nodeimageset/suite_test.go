@@ -30,6 +30,7 @@ import (
 	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/containerd"
+	"prepull.io/prepull/doctor"
 	"prepull.io/prepull/e2e/testground"
 )
 
@@ -642,6 +643,34 @@ func TestAgent(t *testing.T) {
 		}
 		if e.runtimeID(t, img.Digest) != img.ID {
 			t.Errorf("the pull through CRI did not happen")
+		}
+	})
+
+	t.Run("the doctor's checks of the node reach status", func(t *testing.T) {
+		checks := doctor.Node{Images: e.images, Pins: e.store, Runtime: "containerd v2.4.2", ContainerdConfig: e.ctd.ConfigPath()}
+		e.agent(t, "doctor", func(r *nodeimageset.Reconciler) { r.Doctor = checks.Run })
+		w := e.handWatched(t, "doctor")
+		deadline := time.After(wait)
+		for {
+			select {
+			case ev := <-w.ResultChan():
+				set, ok := ev.Object.(*prepullv1.NodeImageSet)
+				if !ok || len(set.Status.Checks) == 0 {
+					continue
+				}
+				names := map[string]prepullv1.CheckResult{}
+				for _, c := range set.Status.Checks {
+					names[c.Name] = c.Result
+				}
+				// The test ground's containerd passes what its configuration
+				// decides; no kubelet configuration was given.
+				if names[doctor.CheckRegistryHosts] != prepullv1.CheckPass || names[doctor.CheckCredentials] != prepullv1.CheckWarn {
+					t.Errorf("checks in status: %+v", set.Status.Checks)
+				}
+				return
+			case <-deadline:
+				t.Fatalf("no checks in the NodeImageSet's status after %s", wait)
+			}
 		}
 	})
 

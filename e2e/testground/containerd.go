@@ -31,6 +31,13 @@ type Containerd struct {
 // ends. It needs root.
 func StartContainerd(t testing.TB) *Containerd {
 	t.Helper()
+	return StartContainerdWith(t, nil)
+}
+
+// StartContainerdWith is StartContainerd with the configuration edit makes
+// of the test ground's (ContainerdConfig); nil keeps it.
+func StartContainerdWith(t testing.TB, edit func(config string) string) *Containerd {
+	t.Helper()
 	RequireRoot(t)
 	c := &Containerd{t: t, bin: Binary(t, "containerd")}
 	Binary(t, "containerd-shim-runc-v2")
@@ -43,7 +50,11 @@ func StartContainerd(t testing.TB) *Containerd {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(c.config, []byte(c.configText()), 0o600); err != nil {
+	text := c.configText()
+	if edit != nil {
+		text = edit(text)
+	}
+	if err := os.WriteFile(c.config, []byte(text), 0o600); err != nil {
 		t.Fatalf("containerd config: %v", err)
 	}
 	c.Start()
@@ -167,6 +178,9 @@ func (c *Containerd) TrustHost(host string) {
 		c.t.Fatal(err)
 	}
 }
+
+// ConfigPath is the path of containerd's configuration file.
+func (c *Containerd) ConfigPath() string { return c.config }
 
 // Log returns the end of containerd's log, for failure messages.
 func (c *Containerd) Log() string { return tail(c.logPath, 40) }
