@@ -24,7 +24,8 @@ import (
 // pinned for the list, and `doctor` what the node's agent found of its
 // runtime's and kubelet's configuration.
 func TestKubectlPrepullShowsARollout(t *testing.T) {
-	tag, digest := push(t, "e2e/progress:1.0", 48<<20)
+	tag, digestRef := push(t, "e2e/progress:1.0", 48<<20)
+	digest := digestRef[strings.LastIndex(digestRef, "@")+1:]
 	via := shapedRegistryAt(t, "24mbit")
 	tag = strings.Replace(tag, cluster.RegistryHost, via, 1)
 
