@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -72,18 +71,11 @@ needed). It exits non-zero when a check fails.
 
 func runDoctor(ctx context.Context, args []string, stdout io.Writer) error {
 	opts := NewDoctorOptions()
-	fs := pflag.NewFlagSet("prepull doctor", pflag.ContinueOnError)
-	opts.AddFlags(fs)
-	fs.Usage = func() { fmt.Fprint(os.Stderr, doctorUsage); fs.PrintDefaults() }
-	if err := fs.Parse(args); errors.Is(err, pflag.ErrHelp) {
-		return nil
-	} else if err != nil {
+	name, ok, err := parseOne("doctor", doctorUsage, "node's name", args, opts)
+	if !ok {
 		return err
 	}
-	if fs.NArg() > 1 {
-		return fmt.Errorf("doctor: at most one node's name, got %v", fs.Args())
-	}
-	opts.Node = fs.Arg(0)
+	opts.Node = name
 	if err := opts.Validate(); err != nil {
 		return err
 	}

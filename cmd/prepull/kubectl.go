@@ -134,21 +134,11 @@ and message. --watch redraws until every list shown is Ready.
 
 func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	opts := NewStatusOptions()
-	fs := pflag.NewFlagSet("prepull status", pflag.ContinueOnError)
-	opts.AddFlags(fs)
-	fs.Usage = func() { fmt.Fprint(os.Stderr, statusUsage); fs.PrintDefaults() }
-	if err := fs.Parse(args); errors.Is(err, pflag.ErrHelp) {
-		return nil
-	} else if err != nil {
+	name, ok, err := parseOne("status", statusUsage, "list's name", args, opts)
+	if !ok {
 		return err
 	}
-	switch fs.NArg() {
-	case 0:
-	case 1:
-		opts.List = fs.Arg(0)
-	default:
-		return fmt.Errorf("status: at most one list's name, got %v", fs.Args())
-	}
+	opts.List = name
 	if err := opts.Validate(); err != nil {
 		return err
 	}
@@ -193,6 +183,24 @@ func runStatus(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 }
 
+// parseOne parses the flags of command into opts and returns the one
+// positional argument, "" when there is none; ok is false, with the error or
+// none, when the command must not go on (bad flags, --help).
+func parseOne(command, usage, what string, args []string, opts interface{ AddFlags(*pflag.FlagSet) }) (arg string, ok bool, err error) {
+	fs := pflag.NewFlagSet("prepull "+command, pflag.ContinueOnError)
+	opts.AddFlags(fs)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	if err := fs.Parse(args); errors.Is(err, pflag.ErrHelp) {
+		return "", false, nil
+	} else if err != nil {
+		return "", false, err
+	}
+	if fs.NArg() > 1 {
+		return "", false, fmt.Errorf("%s: at most one %s, got %v", command, what, fs.Args())
+	}
+	return fs.Arg(0), true, nil
+}
+
 func allReady(reports []inspect.ListReport) bool {
 	for _, r := range reports {
 		if !r.Ready {
@@ -234,18 +242,11 @@ error, its image filesystem, and its startup gate.
 
 func runNodeShow(ctx context.Context, args []string, stdout io.Writer) error {
 	opts := &NodeShowOptions{KubectlOptions: newKubectlOptions(), StartupTaint: prepullv1.DefaultStartupTaint}
-	fs := pflag.NewFlagSet("prepull node", pflag.ContinueOnError)
-	opts.AddFlags(fs)
-	fs.Usage = func() { fmt.Fprint(os.Stderr, nodeShowUsage); fs.PrintDefaults() }
-	if err := fs.Parse(args); errors.Is(err, pflag.ErrHelp) {
-		return nil
-	} else if err != nil {
+	name, ok, err := parseOne("node", nodeShowUsage, "node's name", args, opts)
+	if !ok {
 		return err
 	}
-	if fs.NArg() > 1 {
-		return fmt.Errorf("node: one node's name, got %v", fs.Args())
-	}
-	opts.Node = fs.Arg(0)
+	opts.Node = name
 	if err := opts.Validate(); err != nil {
 		return err
 	}
