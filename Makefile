@@ -104,10 +104,13 @@ CLUSTER_DIR ?= /var/lib/prepull-cluster
 # How make demo installs prepull: kustomize (hack/cluster/overlay) or helm
 # (deploy/chart/prepull with hack/cluster/values.yaml).
 INSTALL ?= kustomize
+# How many real nodes make demo brings up (each its own network namespace,
+# containerd and kubelet past the first).
+NODES ?= 1
 
 .PHONY: demo
 demo: deps cluster-binaries build ## Bring up a local cluster, deploy prepull, pre-pull, stop the registry, start pods (root).
-	$(GO) run ./hack/cluster demo -dir $(CLUSTER_DIR) -bin $(BIN) -install $(INSTALL)
+	$(GO) run ./hack/cluster demo -dir $(CLUSTER_DIR) -bin $(BIN) -install $(INSTALL) -nodes $(NODES)
 
 .PHONY: demo-down
 demo-down: ## Stop the local cluster and restore the machine (root).

@@ -45,7 +45,7 @@ func run(m *testing.M) int {
 		}
 		return 0
 	}
-	c = cluster.New("/var/lib/prepull-cluster", testground.BinDir(), "prepull-node")
+	c = cluster.New("/var/lib/prepull-cluster", testground.BinDir(), 1)
 	logf := func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) }
 	if _, err := os.Stat(filepath.Join(c.Dir, "pids")); err == nil {
 		logf("a local cluster is up in %s (make demo?); tearing it down for a fresh one", c.Dir)

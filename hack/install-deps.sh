@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test ground runs: runc, the CNI plugins, the
-# distribution registry and iptables. Installs only what is missing; needs root
+# distribution registry, iptables and socat. Installs only what is missing; needs root
 # when anything is.
 set -euo pipefail
 
@@ -10,9 +10,12 @@ command -v runc >/dev/null || need+=(runc)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ip >/dev/null || need+=(iproute2)
+# The local cluster forwards loopback ports between nodes (network namespaces)
+# and the host.
+command -v socat >/dev/null || need+=(socat)
 
 if [[ ${#need[@]} -eq 0 ]]; then
-	echo "install-deps: runc, CNI plugins, docker-registry, iptables present"
+	echo "install-deps: runc, CNI plugins, docker-registry, iptables, iproute2, socat present"
 	exit 0
 fi
 if [[ $(id -u) -ne 0 ]]; then

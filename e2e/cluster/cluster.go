@@ -1,12 +1,22 @@
-// Package cluster brings up, and tears down completely, a real single-node
-// Kubernetes cluster on this machine from the binaries the project builds:
-// etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, and
-// containerd with runc and the CNI bridge plugin, plus a registry. It needs
-// root. The processes outlive the command that started them (make demo
-// leaves the cluster up); their PIDs are recorded in the cluster's directory,
-// and Down stops exactly those, then undoes what the kubelet and containerd
-// did to the machine: mounts, pod cgroups, the bridge, iptables rules and
+// Package cluster brings up, and tears down completely, a real Kubernetes
+// cluster of one or several nodes on this machine from the binaries the
+// project builds: etcd, kube-apiserver, kube-controller-manager,
+// kube-scheduler, and per node a kubelet and a containerd with runc and the
+// CNI bridge plugin, plus a registry. It needs root. The processes outlive
+// the command that started them (make demo leaves the cluster up); their
+// PIDs are recorded in the cluster's directory, and Down stops exactly
+// those, then undoes what the kubelets and containerds did to the machine:
+// mounts, pod cgroups, bridges, network namespaces, iptables rules and
 // sysctls.
+//
+// Node 1 runs in the host's namespaces, as a single-node cluster always
+// did. Every further node (AddNode) is a network namespace on the nodes'
+// bridge with its own address, and a private mount namespace in which the
+// node's own containerd, kubelet, pod-log and CNI directories are
+// bind-mounted over node 1's paths, so that the prepull DaemonSet's host
+// paths name each node's own runtime. Inside a node, socat forwards
+// 127.0.0.1's apiserver and registry ports to the host, so that every node
+// reaches them at the same loopback addresses node 1 does.
 package cluster
 
 import (
@@ -34,9 +44,16 @@ const (
 	EtcdPort      = 12379
 	RegistryHost  = "127.0.0.1:15000"
 	ServiceIP     = "10.96.0.1"
-	PodSubnet     = "10.244.0.0/24"
-	BridgeName    = "cni-prepull0"
-	PauseImage    = RegistryHost + "/prepull/pause:3.10"
+	// PodSubnet is node 1's; node i has 10.244.(i-1).0/24.
+	PodSubnet  = "10.244.0.0/24"
+	BridgeName = "cni-prepull0"
+	PauseImage = RegistryHost + "/prepull/pause:3.10"
+	// NodesBridge joins the nodes' network namespaces to the host; its
+	// address, 10.98.0.1, is node 1's, and node i has 10.98.0.i.
+	NodesBridge = "prepull-nodes"
+	// MaxNodes bounds a cluster's nodes: every kubelet's token is made
+	// before the apiserver starts.
+	MaxNodes = 8
 )
 
 // Cluster is a local cluster's directory and what is known of it.
@@ -45,8 +62,10 @@ type Cluster struct {
 	Dir string
 	// Bin holds the binaries.
 	Bin string
-	// NodeName is the one node's name.
+	// NodeName is node 1's name.
 	NodeName string
+	// Nodes is how many nodes Start brings up; 0 means 1.
+	Nodes int
 	// Root is the prepull module's root, for building the pause program
 	// and finding the deploy overlay.
 	Root string
@@ -55,9 +74,9 @@ type Cluster struct {
 }
 
 // New describes the cluster in dir with binaries in bin, for the module
-// found from the working directory up.
-func New(dir, bin, node string) *Cluster {
-	return &Cluster{Dir: dir, Bin: bin, NodeName: node, Root: testground.ModuleRoot()}
+// found from the working directory up, with nodes nodes.
+func New(dir, bin string, nodes int) *Cluster {
+	return &Cluster{Dir: dir, Bin: bin, NodeName: nodeName(1), Nodes: max(nodes, 1), Root: testground.ModuleRoot()}
 }
 
 // Install is how Deploy installs prepull on the cluster.
@@ -97,7 +116,7 @@ func (c *Cluster) Up(ctx context.Context, logf func(string, ...any)) error {
 	if _, err := os.Stat(c.path("pids")); err == nil {
 		return fmt.Errorf("a cluster is already up in %s: run make demo-down first", c.Dir)
 	}
-	for _, d := range []string{"logs", "etcd", "containerd/certs.d", "containerd/cni", "cni-ipam", "kubelet/root", "kubelet/pki", "kubelet/plugins", "pod-logs", "registry"} {
+	for _, d := range []string{"logs", "etcd", "containerd/certs.d", "containerd/cni", "cni-ipam", "kubelet/root", "kubelet/pki", "kubelet/plugins", "pod-logs", "registry", "kubeconfigs"} {
 		if err := os.MkdirAll(c.path(d), 0o755); err != nil {
 			return err
 		}
@@ -112,9 +131,20 @@ func (c *Cluster) Up(ctx context.Context, logf func(string, ...any)) error {
 		return err
 	}
 
+	if err := c.upBridge(); err != nil {
+		return err
+	}
+
 	start := time.Now()
 	if err := c.StartRegistry(ctx); err != nil {
 		return err
+	}
+	// The nodes' namespaces reach the apiserver and the registry through
+	// the host's side of their bridge.
+	for name, port := range map[string]int{"forward-apiserver": APIServerPort, "forward-registry": registryPort} {
+		if err := c.startAs(name, "socat", c.lookPath("socat"), fmt.Sprintf("TCP-LISTEN:%d,bind=%s,fork,reuseaddr", port, nodeIP(1)), fmt.Sprintf("TCP:127.0.0.1:%d", port)); err != nil {
+			return err
+		}
 	}
 	if err := c.start("etcd", c.bin("etcd"), "--data-dir", c.path("etcd"),
 		"--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", EtcdPort),
@@ -133,6 +163,10 @@ func (c *Cluster) Up(ctx context.Context, logf func(string, ...any)) error {
 		"--tls-cert-file", filepath.Join(pkiDir, "apiserver.crt"), "--tls-private-key-file", filepath.Join(pkiDir, "apiserver.key"),
 		"--token-auth-file", c.path("tokens.csv"),
 		"--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction",
+		// kubectl logs and exec: the apiserver dials each kubelet at its
+		// node's address, with a client certificate the kubelets trust.
+		"--kubelet-preferred-address-types", "InternalIP",
+		"--kubelet-client-certificate", filepath.Join(pkiDir, "kubelet-client.crt"), "--kubelet-client-key", filepath.Join(pkiDir, "kubelet-client.key"),
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-account-key-file", filepath.Join(pkiDir, "sa.pub"),
@@ -167,13 +201,18 @@ func (c *Cluster) Up(ctx context.Context, logf func(string, ...any)) error {
 	return nil
 }
 
-// startKubelet starts the kubelet with its root, certificates and
+// startKubelet starts node 1's kubelet with its root, certificates and
 // configuration inside Dir.
 func (c *Cluster) startKubelet() error {
-	return c.start("kubelet", c.bin("kubelet"),
-		"--config", c.path("kubelet", "config.yaml"), "--kubeconfig", c.path("kubelet.kubeconfig"),
+	return c.start("kubelet", c.bin("kubelet"), c.kubeletArgs(c.node(1))...)
+}
+
+// kubeletArgs are node n's kubelet's flags, with paths as the node sees
+// them (its own directories bind-mounted over node 1's).
+func (c *Cluster) kubeletArgs(n Node) []string {
+	return []string{"--config", c.path("kubelet", "config.yaml"), "--kubeconfig", c.path("kubeconfigs", n.Name),
 		"--root-dir", c.path("kubelet", "root"), "--cert-dir", c.path("kubelet", "pki"),
-		"--hostname-override", c.NodeName, "--v", "1")
+		"--hostname-override", n.Name, "--node-ip", n.IP, "--v", "1"}
 }
 
 // writeConfigs writes tokens, kubeconfigs and the configurations of the
@@ -183,11 +222,16 @@ func (c *Cluster) writeConfigs() error {
 	ca := c.path("pki", "ca.crt")
 	users := []struct{ file, user, uid, groups string }{
 		{"admin.kubeconfig", "admin", "1", "system:masters"},
-		{"kubelet.kubeconfig", "system:node:" + c.NodeName, "2", "system:nodes"},
 		// A local test cluster: the controller manager acts with its own
 		// credentials for every controller.
 		{"kcm.kubeconfig", "system:kube-controller-manager", "3", "system:masters"},
 		{"scheduler.kubeconfig", "system:kube-scheduler", "4", ""},
+	}
+	// Each kubelet has its own identity: the Node authorizer lets node i
+	// read and write only what is node i's.
+	for i := 1; i <= MaxNodes; i++ {
+		users = append(users, struct{ file, user, uid, groups string }{
+			filepath.Join("kubeconfigs", nodeName(i)), "system:node:" + nodeName(i), strconv.Itoa(100 + i), "system:nodes"})
 	}
 	var tokens strings.Builder
 	for _, u := range users {
@@ -197,45 +241,68 @@ func (c *Cluster) writeConfigs() error {
 			return err
 		}
 	}
-	files := map[string]string{
-		"tokens.csv":             tokens.String(),
-		"registry/config.yml":    testground.RegistryConfig(c.path("registry", "data"), RegistryHost),
+	if err := writeFiles(c.Dir, map[string]string{
+		"tokens.csv":          tokens.String(),
+		"registry/config.yml": testground.RegistryConfig(c.path("registry", "data"), RegistryHost),
+	}); err != nil {
+		return err
+	}
+	return c.writeNodeConfigs(c.node(1))
+}
+
+// writeNodeConfigs writes node n's containerd, CNI and kubelet
+// configurations into its directory, with the paths the node sees.
+func (c *Cluster) writeNodeConfigs(n Node) error {
+	subnet := fmt.Sprintf("10.244.%d.0/24", n.Index-1)
+	kubeletAddr, kubeletPort, healthzPort, cgroupRoot := n.IP, 10250, 10248, "/"+n.Name
+	if n.Index == 1 {
+		// Node 1 shares the host's ports and cgroups with whatever runs there.
+		kubeletPort, healthzPort, cgroupRoot = 10350, 10358, "/"
+	}
+	return writeFiles(n.Dir, map[string]string{
 		"containerd/config.toml": testground.ContainerdConfig(c.path("containerd"), PauseImage),
 		"containerd/cni/10-prepull.conflist": fmt.Sprintf(`{"cniVersion":"1.0.0","name":"prepull","plugins":[{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q,"routes":[{"dst":"0.0.0.0/0"}]}}]}`,
-			BridgeName, PodSubnet, c.path("cni-ipam")),
+			BridgeName, subnet, c.path("cni-ipam")),
 		"containerd/certs.d/" + RegistryHost + "/hosts.toml": fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", RegistryHost),
-		"kubelet/config.yaml":                                kubeletConfig(c.ContainerdSocket(), c.path("pod-logs"), c.path("kubelet", "plugins")),
-	}
+		"kubelet/config.yaml": kubeletConfig(c.ContainerdSocket(), c.path("pod-logs"), c.path("kubelet", "plugins"), c.path("pki", "ca.crt"),
+			kubeletAddr, kubeletPort, healthzPort, cgroupRoot),
+	})
+}
+
+func writeFiles(dir string, files map[string]string) error {
 	for name, data := range files {
-		if err := os.MkdirAll(filepath.Dir(c.path(name)), 0o755); err != nil {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
 		}
-		if err := os.WriteFile(c.path(name), []byte(data), 0o600); err != nil {
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func kubeletConfig(socket, podLogs, plugins string) string {
+func kubeletConfig(socket, podLogs, plugins, clientCA, address string, port, healthzPort int, cgroupRoot string) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
 cgroupDriver: cgroupfs
-containerRuntimeEndpoint: unix://%s
-address: 127.0.0.1
-port: 10350
+cgroupRoot: %[6]s
+containerRuntimeEndpoint: unix://%[1]s
+address: %[4]s
+port: %[5]d
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
-healthzPort: 10358
+healthzPort: %[7]d
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: false}
+  x509: {clientCAFile: %[8]s}
 authorization: {mode: AlwaysAllow}
 oomScoreAdj: 0
 failSwapOn: false
-podLogsDir: %s
-volumePluginDir: %s
+podLogsDir: %[2]s
+volumePluginDir: %[3]s
 resolvConf: /etc/resolv.conf
 enforceNodeAllocatable: []
 serializeImagePulls: false
@@ -244,7 +311,7 @@ evictionHard:
   memory.available: 50Mi
   nodefs.available: 1%%
   imagefs.available: 1%%
-`, socket, podLogs, plugins)
+`, socket, podLogs, plugins, address, port, cgroupRoot, healthzPort, clientCA)
 }
 
 // bin is a project-built binary.
@@ -259,8 +326,14 @@ func (c *Cluster) lookPath(name string) string {
 }
 
 // start starts a detached process logging to logs/name.log and records its
-// PID.
+// PID; the process's program is name.
 func (c *Cluster) start(name, bin string, args ...string) error {
+	return c.startAs(name, name, bin, args...)
+}
+
+// startAs is start for a process recorded as name whose program ends up
+// being exe: bin may be a wrapper (unshare, nsenter) that executes it.
+func (c *Cluster) startAs(name, exe, bin string, args ...string) error {
 	log, err := os.OpenFile(c.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -278,7 +351,7 @@ func (c *Cluster) start(name, bin string, args ...string) error {
 		return err
 	}
 	defer f.Close()
-	_, err = fmt.Fprintf(f, "%s %d\n", name, cmd.Process.Pid)
+	_, err = fmt.Fprintf(f, "%s %d %s\n", name, cmd.Process.Pid, exe)
 	_ = cmd.Process.Release()
 	return err
 }
@@ -293,37 +366,61 @@ func (c *Cluster) withLog(err error, name string) error {
 	return fmt.Errorf("%w; %s log ends:\n%s", err, name, strings.Join(lines, "\n"))
 }
 
+// proc is one recorded process.
+type proc struct {
+	name string
+	pid  int
+	// exe is its program's name, by which stopPID tells it from another
+	// process that came to have its PID.
+	exe string
+}
+
 // pids reads the recorded processes, in start order.
-func (c *Cluster) pids() ([][2]string, error) {
+func (c *Cluster) pids() ([]proc, error) {
 	f, err := os.Open(c.path("pids"))
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	var out [][2]string
+	var out []proc
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if name, pid, ok := strings.Cut(sc.Text(), " "); ok {
-			out = append(out, [2]string{name, pid})
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
 		}
+		p := proc{name: fields[0], exe: fields[0]}
+		p.pid, _ = strconv.Atoi(fields[1])
+		if len(fields) > 2 {
+			p.exe = fields[2]
+		}
+		out = append(out, p)
 	}
 	return out, sc.Err()
+}
+
+// recorded is the last process recorded as name.
+func (c *Cluster) recorded(name string) (proc, error) {
+	ps, err := c.pids()
+	if err != nil {
+		return proc{}, err
+	}
+	for i := len(ps) - 1; i >= 0; i-- {
+		if ps[i].name == name {
+			return ps[i], nil
+		}
+	}
+	return proc{}, fmt.Errorf("no %s recorded in %s", name, c.path("pids"))
 }
 
 // Stop stops one recorded process by its PID (the registry, to show that
 // pods start without it).
 func (c *Cluster) Stop(name string) error {
-	ps, err := c.pids()
+	p, err := c.recorded(name)
 	if err != nil {
 		return err
 	}
-	for i := len(ps) - 1; i >= 0; i-- {
-		if ps[i][0] == name {
-			pid, _ := strconv.Atoi(ps[i][1])
-			return stopPID(name, pid, 20*time.Second)
-		}
-	}
-	return fmt.Errorf("no %s recorded in %s", name, c.path("pids"))
+	return stopPID(p.exe, p.pid, 20*time.Second)
 }
 
 // stopPID sends SIGTERM and waits, then SIGKILL. A process that is already

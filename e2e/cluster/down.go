@@ -61,41 +61,46 @@ func (c *Cluster) Down(logf func(string, ...any)) error {
 	}
 	var errs []error
 	ps, _ := c.pids()
-	byName := map[string]int{}
+	byName := map[string]proc{}
 	for _, p := range ps {
-		pid, _ := strconv.Atoi(p[1])
-		byName[p[0]] = pid
+		byName[p.name] = p
 	}
 	stop := func(name string) {
-		if pid, ok := byName[name]; ok {
-			if err := stopPID(name, pid, 20*time.Second); err != nil {
+		if p, ok := byName[name]; ok {
+			if err := stopPID(p.exe, p.pid, 20*time.Second); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	// The kubelet first, so that it restarts nothing; then every pod through
-	// the runtime, so that no container, mount or network is left; then the
-	// rest.
+	// The added nodes first, whole; then node 1's kubelet, so that it
+	// restarts nothing; then every pod through the runtime, so that no
+	// container, mount or network is left; then the rest.
+	for _, n := range c.RunningNodes()[1:] {
+		if err := c.stopNode(n, logf); err != nil {
+			errs = append(errs, fmt.Errorf("node %s: %w", n.Name, err))
+		}
+	}
 	stop("kubelet")
-	if pid, ok := byName["containerd"]; ok && alive(pid, "containerd") {
-		if err := c.removePods(); err != nil {
+	if p, ok := byName["containerd"]; ok && alive(p.pid, p.exe) {
+		if err := removePods(c.ContainerdSocket()); err != nil {
 			errs = append(errs, fmt.Errorf("remove pods: %w", err))
 		}
 	}
-	for _, name := range []string{"kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd", "containerd", "registry"} {
+	for _, name := range []string{"kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd", "containerd", "forward-apiserver", "forward-registry", "registry"} {
 		stop(name)
 	}
 	c.killShims(logf)
-	errs = append(errs, c.unmountAll(), c.removeCgroups(), c.removeBridge(), c.restoreHostState(), c.removeLogLinks())
+	errs = append(errs, c.unmountAll(), c.removeCgroups(), c.removeBridge(BridgeName), c.removeBridge(NodesBridge), c.restoreHostState(), c.removeLogLinks())
 	if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// removePods stops and removes every pod sandbox through CRI.
-func (c *Cluster) removePods() error {
-	conn, err := grpc.NewClient("unix://"+c.ContainerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+// removePods stops and removes every pod sandbox of the runtime at socket
+// through CRI.
+func removePods(socket string) error {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
@@ -187,12 +192,12 @@ func (c *Cluster) removeCgroups() error {
 	return errors.Join(errs...)
 }
 
-func (c *Cluster) removeBridge() error {
-	if err := exec.Command("ip", "link", "show", BridgeName).Run(); err != nil {
+func (c *Cluster) removeBridge(name string) error {
+	if err := exec.Command("ip", "link", "show", name).Run(); err != nil {
 		return nil
 	}
-	if out, err := exec.Command("ip", "link", "del", BridgeName).CombinedOutput(); err != nil {
-		return fmt.Errorf("delete bridge %s: %v: %s", BridgeName, err, out)
+	if out, err := exec.Command("ip", "link", "del", name).CombinedOutput(); err != nil {
+		return fmt.Errorf("delete bridge %s: %v: %s", name, err, out)
 	}
 	return nil
 }

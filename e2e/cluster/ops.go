@@ -26,8 +26,8 @@ import (
 	"prepull.io/prepull/e2e/testground"
 )
 
-// Start brings the cluster up, pushes its pause image and waits until the
-// node is Ready.
+// Start brings the cluster up, pushes its pause image, waits until node 1
+// is Ready, and then adds nodes up to Nodes, each Ready.
 func (c *Cluster) Start(ctx context.Context, logf func(string, ...any)) error {
 	start := time.Now()
 	if err := c.Up(ctx, logf); err != nil {
@@ -44,6 +44,13 @@ func (c *Cluster) Start(ctx context.Context, logf func(string, ...any)) error {
 		return err
 	}
 	logf("node %s Ready %s after start; kubeconfig: %s", c.NodeName, time.Since(start).Round(time.Millisecond), c.Kubeconfig())
+	for len(c.RunningNodes()) < c.Nodes {
+		n, err := c.AddNode(ctx, cs)
+		if err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		logf("node %s (%s) Ready %s after start", n.Name, n.IP, time.Since(start).Round(time.Millisecond))
+	}
 	return nil
 }
 

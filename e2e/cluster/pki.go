@@ -15,8 +15,9 @@ import (
 	"time"
 )
 
-// pki writes the cluster's CA, the apiserver's serving certificate and the
-// service-account key pair into dir.
+// pki writes the cluster's CA, the apiserver's serving certificate, its
+// client certificate for the kubelets (kubectl logs and exec go through
+// it), and the service-account key pair into dir.
 func pki(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -61,6 +62,22 @@ func pki(dir string) error {
 	if err != nil {
 		return err
 	}
+	cliKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return err
+	}
+	cliTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3),
+		Subject:      pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.AddDate(1, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	cliDER, err := x509.CreateCertificate(rand.Reader, cliTmpl, ca, &cliKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return err
@@ -70,12 +87,14 @@ func pki(dir string) error {
 		return err
 	}
 	files := map[string][]byte{
-		"ca.crt":        pemBlock("CERTIFICATE", caDER),
-		"ca.key":        pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(caKey)),
-		"apiserver.crt": pemBlock("CERTIFICATE", srvDER),
-		"apiserver.key": pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(srvKey)),
-		"sa.key":        pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey)),
-		"sa.pub":        pemBlock("PUBLIC KEY", saPub),
+		"ca.crt":             pemBlock("CERTIFICATE", caDER),
+		"ca.key":             pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(caKey)),
+		"apiserver.crt":      pemBlock("CERTIFICATE", srvDER),
+		"apiserver.key":      pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(srvKey)),
+		"kubelet-client.crt": pemBlock("CERTIFICATE", cliDER),
+		"kubelet-client.key": pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(cliKey)),
+		"sa.key":             pemBlock("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey)),
+		"sa.pub":             pemBlock("PUBLIC KEY", saPub),
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {

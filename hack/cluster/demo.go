@@ -23,7 +23,7 @@ import (
 // Never and IfNotPresent starting all the same.
 func demo(ctx context.Context, c *cluster.Cluster, how cluster.Install) error {
 	if _, err := os.Stat(filepath.Join(c.Dir, "pids")); err != nil {
-		logf("bringing up a single-node cluster in %s", c.Dir)
+		logf("bringing up a cluster of %d node(s) in %s", c.Nodes, c.Dir)
 		if err := c.Start(ctx, logf); err != nil {
 			return err
 		}
@@ -85,27 +85,32 @@ func demo(ctx context.Context, c *cluster.Cluster, how cluster.Install) error {
 	if err := cluster.WaitServiceAccount(ctx, cs, "demo"); err != nil {
 		return err
 	}
-	for _, p := range []struct {
-		name, image string
-		policy      corev1.PullPolicy
-	}{
-		{"web-never", cluster.RegistryHost + "/demo/web:1.0", corev1.PullNever},
-		{"worker-ifnotpresent", cluster.RegistryHost + "/demo/worker:2.1", corev1.PullIfNotPresent},
-	} {
-		_ = cs.CoreV1().Pods("demo").Delete(ctx, p.name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
-		cluster.WaitPodGone(ctx, cs, "demo", p.name)
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: p.name},
-			Spec: corev1.PodSpec{
-				Containers:                    []corev1.Container{{Name: "app", Image: p.image, ImagePullPolicy: p.policy}},
-				TerminationGracePeriodSeconds: new(int64),
-			},
+	// On every node, one pod of each pull policy, bound to the node.
+	for _, n := range c.RunningNodes() {
+		for _, p := range []struct {
+			name, image string
+			policy      corev1.PullPolicy
+		}{
+			{"web-never", cluster.RegistryHost + "/demo/web:1.0", corev1.PullNever},
+			{"worker-ifnotpresent", cluster.RegistryHost + "/demo/worker:2.1", corev1.PullIfNotPresent},
+		} {
+			name := fmt.Sprintf("%s-%d", p.name, n.Index)
+			_ = cs.CoreV1().Pods("demo").Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+			cluster.WaitPodGone(ctx, cs, "demo", name)
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: name},
+				Spec: corev1.PodSpec{
+					NodeName:                      n.Name,
+					Containers:                    []corev1.Container{{Name: "app", Image: p.image, ImagePullPolicy: p.policy}},
+					TerminationGracePeriodSeconds: new(int64),
+				},
+			}
+			d, err := cluster.WaitPodRunning(ctx, cs, pod, 2*time.Minute)
+			if err != nil {
+				return err
+			}
+			logf("pod demo/%s (imagePullPolicy %s) on %s Running %d ms after creation, with no registry", name, p.policy, n.Name, d.Milliseconds())
 		}
-		d, err := cluster.WaitPodRunning(ctx, cs, pod, 2*time.Minute)
-		if err != nil {
-			return err
-		}
-		logf("pod demo/%s (imagePullPolicy %s) Running %d ms after creation, with no registry", p.name, p.policy, d.Milliseconds())
 	}
 	fmt.Printf(`
 The cluster stays up. Look around:

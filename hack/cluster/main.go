@@ -1,7 +1,7 @@
 // Command cluster runs prepull's local cluster (package e2e/cluster) and its
 // demo:
 //
-//	go run ./hack/cluster up      # a single-node cluster from the built binaries
+//	go run ./hack/cluster up      # a cluster from the built binaries (-nodes N for N nodes)
 //	go run ./hack/cluster demo    # up, deploy prepull, pre-pull, stop the registry, start pods
 //	go run ./hack/cluster down    # stop everything and restore the machine
 //
@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -33,7 +34,7 @@ func run() error {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
 	dir := fs.String("dir", "/var/lib/prepull-cluster", "the cluster's directory (the overlay in hack/cluster/overlay names paths in it)")
 	bin := fs.String("bin", "bin", "directory of the built binaries")
-	node := fs.String("node", "prepull-node", "the node's name")
+	nodes := fs.Int("nodes", 1, fmt.Sprintf("how many nodes up and demo bring up (1 to %d)", cluster.MaxNodes))
 	install := fs.String("install", string(cluster.Kustomize), "how demo installs prepull: kustomize (hack/cluster/overlay) or helm (deploy/chart/prepull with hack/cluster/values.yaml)")
 	if len(os.Args) < 2 {
 		return errors.New("usage: cluster up|down|demo [flags]")
@@ -45,7 +46,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	c := cluster.New(*dir, binDir, *node)
+	if *nodes < 1 || *nodes > cluster.MaxNodes {
+		return fmt.Errorf("-nodes %d: must be from 1 to %d", *nodes, cluster.MaxNodes)
+	}
+	c := cluster.New(*dir, binDir, *nodes)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	switch os.Args[1] {
@@ -54,6 +58,9 @@ func run() error {
 	case "down":
 		if err := c.Down(logf); err != nil {
 			return err
+		}
+		if left := c.Leftovers(); len(left) > 0 {
+			return fmt.Errorf("the cluster in %s is down but left: %s", c.Dir, strings.Join(left, "; "))
 		}
 		logf("cluster in %s is down; the machine is as it was", c.Dir)
 		return nil
