@@ -91,8 +91,8 @@ test: testground lint verify-generated build ## Build the test ground and run ev
 	$(MAKE) --no-print-directory test-e2e
 
 .PHONY: test-e2e
-test-e2e: deps cluster-binaries build ## Run the end-to-end tests on a real local cluster (as root; tears down a running demo cluster).
-	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -count=1 -timeout 30m ./e2e/
+test-e2e: deps cluster-binaries build ## Run the end-to-end tests on real local clusters of one node and of three (as root; tears down a running demo cluster).
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -count=1 -timeout 40m -p 1 ./e2e/ ./e2e/multinode/
 
 .PHONY: test-unit
 test-unit: ## Run only the tests that need no test ground.

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -38,53 +37,12 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		fmt.Println("TEST GROUND UNAVAILABLE: the e2e tests run a real cluster and need root (make test-e2e as root)")
-		if os.Getenv("CI") == "true" {
-			return 1
-		}
-		return 0
-	}
-	c = cluster.New("/var/lib/prepull-cluster", testground.BinDir(), 1)
-	logf := func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) }
-	if _, err := os.Stat(filepath.Join(c.Dir, "pids")); err == nil {
-		logf("a local cluster is up in %s (make demo?); tearing it down for a fresh one", c.Dir)
-		if err := c.Down(logf); err != nil {
-			logf("tear down: %v", err)
-			return 1
-		}
-	}
-	defer func() {
-		if err := c.Down(logf); err != nil {
-			logf("tear down: %v", err)
-		}
-	}()
-	if err := c.Start(ctx, logf); err != nil {
-		logf("cluster: %v", err)
-		return 1
-	}
-	var err error
-	if cs, cl, err = c.Clients(); err != nil {
-		logf("clients: %v", err)
-		return 1
-	}
-	if err := c.Deploy(ctx, cs, cluster.Helm); err != nil {
-		logf("deploy: %v", err)
-		return 1
-	}
-	if images, err = cri.NewRemote(c.ContainerdSocket()); err != nil {
-		logf("CRI: %v", err)
-		return 1
-	}
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "e2e"}}, metav1.CreateOptions{}); err != nil {
-		logf("namespace: %v", err)
-		return 1
-	}
-	if err := cluster.WaitServiceAccount(ctx, cs, "e2e"); err != nil {
-		logf("%v", err)
-		return 1
-	}
-	return m.Run()
+	return cluster.RunSuite(m, "e2e", 1, cluster.Helm, "e2e", func(s *cluster.Suite) error {
+		c, cs, cl = s.Cluster, s.Clientset, s.Client
+		var err error
+		images, err = cri.NewRemote(c.ContainerdSocket())
+		return err
+	})
 }
 
 // push pushes a new runnable image of size random bytes to repoTag in the

@@ -259,14 +259,50 @@ func (c *Cluster) writeNodeConfigs(n Node) error {
 		// Node 1 shares the host's ports and cgroups with whatever runs there.
 		kubeletPort, healthzPort, cgroupRoot = 10350, 10358, "/"
 	}
-	return writeFiles(n.Dir, map[string]string{
+	files := map[string]string{
 		"containerd/config.toml": testground.ContainerdConfig(c.path("containerd"), PauseImage),
 		"containerd/cni/10-prepull.conflist": fmt.Sprintf(`{"cniVersion":"1.0.0","name":"prepull","plugins":[{"type":"bridge","bridge":%q,"isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"dataDir":%q,"routes":[{"dst":"0.0.0.0/0"}]}}]}`,
 			BridgeName, subnet, c.path("cni-ipam")),
-		"containerd/certs.d/" + RegistryHost + "/hosts.toml": fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", RegistryHost),
 		"kubelet/config.yaml": kubeletConfig(c.ContainerdSocket(), c.path("pod-logs"), c.path("kubelet", "plugins"), c.path("pki", "ca.crt"),
 			kubeletAddr, kubeletPort, healthzPort, cgroupRoot),
-	})
+	}
+	for _, host := range c.trustedHosts() {
+		files["containerd/certs.d/"+host+"/hosts.toml"] = hostsToml(host)
+	}
+	return writeFiles(n.Dir, files)
+}
+
+// TrustHost lets every node, and every node added later, pull from host
+// ("ip:port") over plain HTTP.
+func (c *Cluster) TrustHost(host string) error {
+	f, err := os.OpenFile(c.path("trusted-hosts"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(f, host)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	for _, n := range c.RunningNodes() {
+		if err := writeFiles(n.Dir, map[string]string{"containerd/certs.d/" + host + "/hosts.toml": hostsToml(host)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// trustedHosts are the registry's host and those TrustHost added.
+func (c *Cluster) trustedHosts() []string {
+	hosts := []string{RegistryHost}
+	if data, err := os.ReadFile(c.path("trusted-hosts")); err == nil {
+		hosts = append(hosts, strings.Fields(string(data))...)
+	}
+	return hosts
+}
+
+func hostsToml(host string) string {
+	return fmt.Sprintf("server = 'http://%[1]s'\n\n[host.'http://%[1]s']\n  capabilities = ['pull', 'resolve']\n", host)
 }
 
 func writeFiles(dir string, files map[string]string) error {

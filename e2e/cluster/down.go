@@ -90,6 +90,7 @@ func (c *Cluster) Down(logf func(string, ...any)) error {
 		stop(name)
 	}
 	c.killShims(logf)
+	killForwarders(logf)
 	errs = append(errs, c.unmountAll(), c.removeCgroups(), c.removeBridge(BridgeName), c.removeBridge(NodesBridge), c.restoreHostState(), c.removeLogLinks())
 	if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, err)

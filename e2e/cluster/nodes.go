@@ -83,6 +83,12 @@ func (c *Cluster) upBridge() error {
 // bridge, its mount namespace, forwarders, containerd and kubelet — and
 // waits until it is Ready.
 func (c *Cluster) AddNode(ctx context.Context, cs *kubernetes.Clientset) (Node, error) {
+	return c.AddNodeWith(ctx, cs, nil)
+}
+
+// AddNodeWith is AddNode with prepare run once the node's network is up
+// and before any of its processes start (to shape its link, say).
+func (c *Cluster) AddNodeWith(ctx context.Context, cs *kubernetes.Clientset, prepare func(Node) error) (Node, error) {
 	i := 2
 	for _, n := range c.RunningNodes() {
 		i = max(i, n.Index+1)
@@ -91,7 +97,7 @@ func (c *Cluster) AddNode(ctx context.Context, cs *kubernetes.Clientset) (Node, 
 		return Node{}, fmt.Errorf("the cluster has tokens for %d nodes", MaxNodes)
 	}
 	n := c.node(i)
-	if err := c.startNode(ctx, n); err != nil {
+	if err := c.startNode(ctx, n, prepare); err != nil {
 		return n, err
 	}
 	if err := WaitNodeReady(ctx, cs, n.Name, 2*time.Minute); err != nil {
@@ -100,7 +106,7 @@ func (c *Cluster) AddNode(ctx context.Context, cs *kubernetes.Clientset) (Node, 
 	return n, nil
 }
 
-func (c *Cluster) startNode(ctx context.Context, n Node) error {
+func (c *Cluster) startNode(ctx context.Context, n Node, prepare func(Node) error) error {
 	for _, d := range []string{"containerd/certs.d", "containerd/cni", "kubelet/root", "kubelet/pki", "kubelet/plugins", "pod-logs", "cni-ipam"} {
 		if err := os.MkdirAll(filepath.Join(n.Dir, d), 0o755); err != nil {
 			return err
@@ -118,6 +124,11 @@ func (c *Cluster) startNode(ctx context.Context, n Node) error {
 		then("ip", "-n", netns, "link", "set", "lo", "up").
 		then("ip", "-n", netns, "route", "add", "default", "via", nodeIP(1)).err; err != nil {
 		return err
+	}
+	if prepare != nil {
+		if err := prepare(n); err != nil {
+			return err
+		}
 	}
 	if err := makeCgroupRoot(n.Name); err != nil {
 		return err
@@ -148,6 +159,17 @@ func (c *Cluster) startNode(ctx context.Context, n Node) error {
 	}
 	args := append([]string{fmt.Sprintf("--mount=/proc/%d/ns/mnt", ctd.pid), enter, c.bin("kubelet")}, c.kubeletArgs(n)...)
 	return c.startAs("kubelet@"+n.Name, "kubelet", c.lookPath("nsenter"), args...)
+}
+
+// ShapeLink caps node n's link to the host at rate (tc's units, "100mbit")
+// both ways, with a token bucket at each end of its veth pair.
+func ShapeLink(n Node, rate string) error {
+	if n.Index < 2 {
+		return errors.New("node 1 is the host: it has no link of its own")
+	}
+	tbf := []string{"root", "tbf", "rate", rate, "burst", "64kb", "latency", "100ms"}
+	return run("tc", append([]string{"qdisc", "add", "dev", "ppn" + strconv.Itoa(n.Index)}, tbf...)...).
+		then("ip", append([]string{"netns", "exec", n.Name, "tc", "qdisc", "add", "dev", "eth0"}, tbf...)...).err
 }
 
 // RemoveNode plays node name's death: its kubelet, pods, containerd and
@@ -267,6 +289,34 @@ func killInNetns(name string, logf func(string, ...any)) {
 	}
 }
 
+// killForwarders stops the host's forwarders' children, which socat forks
+// per connection and which outlive their parent.
+func killForwarders(logf func(string, ...any)) {
+	for _, pid := range forwarders() {
+		if logf != nil {
+			logf("stopping socat (pid %d), a forwarder's child", pid)
+		}
+		_ = stopPID("socat", pid, 5*time.Second)
+	}
+}
+
+// forwarders are the socat processes that forward the nodes' bridge.
+func forwarders() []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && alive(pid, "socat") && strings.Contains(string(cmdline), "bind="+nodeIP(1)) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
 func netnsExists(name string) bool {
 	_, err := os.Stat("/run/netns/" + name)
 	return err == nil
@@ -318,6 +368,9 @@ func (c *Cluster) Leftovers() []string {
 				out = append(out, "mount "+f[4])
 			}
 		}
+	}
+	for _, pid := range forwarders() {
+		out = append(out, fmt.Sprintf("process %d: a forwarder (socat)", pid))
 	}
 	if dirs, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods*"); len(dirs) > 0 {
 		out = append(out, "cgroups "+strings.Join(dirs, " "))

@@ -25,6 +25,13 @@ type Throttle struct {
 // all, after latency per request; it stops when the test ends.
 func StartThrottle(t testing.TB, reg *Registry, bytesPerSecond int, latency time.Duration) *Throttle {
 	t.Helper()
+	return StartThrottleAt(t, "127.0.0.1", reg, bytesPerSecond, latency)
+}
+
+// StartThrottleAt is StartThrottle listening on ip (an address of this
+// machine) instead of loopback, for clients in other network namespaces.
+func StartThrottleAt(t testing.TB, ip string, reg *Registry, bytesPerSecond int, latency time.Duration) *Throttle {
+	t.Helper()
 	target, _ := url.Parse("http://" + reg.Host)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	link := &link{rate: bytesPerSecond}
@@ -36,7 +43,7 @@ func StartThrottle(t testing.TB, reg *Registry, bytesPerSecond int, latency time
 		time.Sleep(latency)
 		rp.ServeHTTP(w, r)
 	})
-	th := &Throttle{Host: fmt.Sprintf("127.0.0.1:%d", FreePort(t))}
+	th := &Throttle{Host: fmt.Sprintf("%s:%d", ip, FreePort(t))}
 	srv := &http.Server{Addr: th.Host, Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()

@@ -1,0 +1,359 @@
+//go:build e2e
+
+// Package multinode proves prepull's fleet promises on a local cluster of
+// three real nodes (package e2e/cluster), each with its own network
+// namespace, containerd and kubelet: the pacing of nodes, one digest per
+// tag across nodes while the tag moves, a node that joins later, and a node
+// that dies. prepull is installed with kustomize here (the e2e package uses
+// the Helm chart).
+package multinode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	godigest "github.com/opencontainers/go-digest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/e2e/cluster"
+	"prepull.io/prepull/e2e/testground"
+)
+
+const ns = "multi"
+
+var (
+	c   *cluster.Cluster
+	cs  *kubernetes.Clientset
+	cl  client.Client
+	ctx = context.Background()
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(cluster.RunSuite(m, "multinode", 3, cluster.Kustomize, ns, func(s *cluster.Suite) error {
+		c, cs, cl = s.Cluster, s.Clientset, s.Client
+		return nil
+	}))
+}
+
+// slowRegistry is the cluster's registry behind a throttle on the host's
+// side of the nodes' bridge (8 MiB/s for every node together), which every
+// node reaches over its own link; it returns its host:port.
+func slowRegistry(t *testing.T) string {
+	t.Helper()
+	th := testground.StartThrottleAt(t, c.Node(1).IP, &testground.Registry{Host: cluster.RegistryHost}, 8<<20, 0)
+	if err := c.TrustHost(th.Host); err != nil {
+		t.Fatal(err)
+	}
+	return th.Host
+}
+
+// push pushes a runnable image of size random bytes to repoTag in the
+// cluster's registry and returns its tag and digest named through via.
+func push(t *testing.T, repoTag string, size int, via string) (tag, digest string) {
+	t.Helper()
+	ref, err := c.PushWorkload(cluster.RegistryHost+"/"+repoTag, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return via + "/" + repoTag, ref[strings.LastIndex(ref, "@")+1:]
+}
+
+func applyList(t *testing.T, name string, maxNodes int, images ...string) *prepullv1.PrePullList {
+	t.Helper()
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	for _, i := range images {
+		l.Spec.Images = append(l.Spec.Images, prepullv1.PrePullImage{Image: i})
+	}
+	if maxNodes > 0 {
+		l.Spec.Rollout.MaxConcurrentNodes = new(intstr.FromInt32(int32(maxNodes)))
+	}
+	if err := cl.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func waitReady(t *testing.T, l *prepullv1.PrePullList, nodes int) *prepullv1.PrePullList {
+	t.Helper()
+	got := &prepullv1.PrePullList{}
+	testground.Eventually(t, 5*time.Minute, fmt.Sprintf("list %s Ready on %d nodes", l.Name, nodes), func() error {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), got); err != nil {
+			return err
+		}
+		if got.Status.ReadyNodes != fmt.Sprintf("%d/%d", nodes, nodes) {
+			return fmt.Errorf("ready %q, conditions %+v", got.Status.ReadyNodes, got.Status.Conditions)
+		}
+		return nil
+	})
+	return got
+}
+
+func deleteList(t *testing.T, l *prepullv1.PrePullList) {
+	t.Helper()
+	if err := cl.Delete(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	testground.Eventually(t, 2*time.Minute, "list "+l.Name+" gone", func() error {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{}); err == nil {
+			return errors.New("still there")
+		}
+		return nil
+	})
+}
+
+// images is node n's CRI image service.
+func images(t *testing.T, n cluster.Node) *cri.Remote {
+	t.Helper()
+	r, err := cri.NewRemote(n.ContainerdSocket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// pullSpan is when node n's containerd pulled the image digest names: from
+// the moment it stored the manifest to the moment it created the image
+// record, as containerd itself recorded them.
+func pullSpan(t *testing.T, n cluster.Node, repo, digest string) (from, to time.Time) {
+	t.Helper()
+	ctd, err := containerd.New(n.ContainerdSocket(), containerd.WithDefaultNamespace("k8s.io"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctd.Close()
+	info, err := ctd.ContentStore().Info(ctx, godigest.Digest(digest))
+	if err != nil {
+		t.Fatalf("%s: manifest %s: %v", n.Name, digest, err)
+	}
+	img, err := ctd.ImageService().Get(ctx, repo+"@"+digest)
+	if err != nil {
+		t.Fatalf("%s: image %s@%s: %v", n.Name, repo, digest, err)
+	}
+	return info.CreatedAt, img.CreatedAt
+}
+
+func TestRolloutPacesNodesOneAtATime(t *testing.T) {
+	via := slowRegistry(t)
+	tag, digest := push(t, "multi/paced:1.0", 16<<20, via)
+	l := applyList(t, "paced", 1, tag)
+	t.Cleanup(func() { deleteList(t, l) })
+	waitReady(t, l, 3)
+
+	type span struct {
+		node     string
+		from, to time.Time
+	}
+	var spans []span
+	var ids []string
+	for _, n := range c.RunningNodes() {
+		from, to := pullSpan(t, n, via+"/multi/paced", digest)
+		spans = append(spans, span{n.Name, from, to})
+		img, err := images(t, n).ImageStatus(ctx, tag)
+		if err != nil {
+			t.Fatalf("%s: the tag: %v", n.Name, err)
+		}
+		if !slices.Contains(img.RepoDigests, via+"/multi/paced@"+digest) {
+			t.Errorf("%s: the tag names %v, not %s", n.Name, img.RepoDigests, digest)
+		}
+		ids = append(ids, img.ID)
+	}
+	slices.SortFunc(spans, func(a, b span) int { return a.from.Compare(b.from) })
+	for i, s := range spans {
+		t.Logf("%s pulled from %s to %s (%s)", s.node, s.from.Format("15:04:05.000"), s.to.Format("15:04:05.000"), s.to.Sub(s.from).Round(time.Millisecond))
+		if i > 0 && s.from.Before(spans[i-1].to) {
+			t.Errorf("%s started pulling at %s, before %s finished at %s: two nodes pulled at once with maxConcurrentNodes 1",
+				s.node, s.from.Format("15:04:05.000"), spans[i-1].node, spans[i-1].to.Format("15:04:05.000"))
+		}
+	}
+	for _, id := range ids[1:] {
+		if id != ids[0] {
+			t.Errorf("the nodes hold the tag as different images: %v", ids)
+			break
+		}
+	}
+}
+
+// presentOn counts the nodes whose agent reports image Present.
+func presentOn(t *testing.T, image string) int {
+	t.Helper()
+	var sets prepullv1.NodeImageSetList
+	if err := cl.List(ctx, &sets); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, s := range sets.Items {
+		for _, st := range s.Status.Images {
+			if st.Image == image && st.Phase == prepullv1.PhasePresent {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func TestATagMovedMidRolloutEndsOnOneDigest(t *testing.T) {
+	via := slowRegistry(t)
+	tag, first := push(t, "multi/moving:1.0", 16<<20, via)
+	l := applyList(t, "moving", 1, tag)
+	t.Cleanup(func() { deleteList(t, l) })
+	ref := via + "/multi/moving@" + first
+	testground.Eventually(t, 3*time.Minute, "the first node Present", func() error {
+		if n := presentOn(t, ref); n < 1 {
+			return fmt.Errorf("present on %d nodes", n)
+		}
+		return nil
+	})
+	if n := presentOn(t, ref); n == 3 {
+		t.Fatal("every node was Present before the tag could move: the rollout was not half done")
+	}
+	// The same tag, other bytes, while the rollout is half done.
+	_, second := push(t, "multi/moving:1.0", 16<<20, via)
+	if second == first {
+		t.Fatal("the second push made the same digest")
+	}
+	got := waitReady(t, l, 3)
+	digest := got.Status.Images[0].Digest
+	t.Logf("pushed %s, then %s half way; the list is Ready at %s", first, second, digest)
+
+	for _, n := range c.RunningNodes() {
+		imgs := images(t, n)
+		img, err := imgs.ImageStatus(ctx, tag)
+		if err != nil {
+			t.Fatalf("%s: the tag: %v", n.Name, err)
+		}
+		if !slices.Contains(img.RepoDigests, via+"/multi/moving@"+digest) {
+			t.Errorf("%s: the tag names %v, not the list's %s", n.Name, img.RepoDigests, digest)
+		}
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("moving-%d", n.Index)},
+			Spec: corev1.PodSpec{
+				NodeName:                      n.Name,
+				Containers:                    []corev1.Container{{Name: "app", Image: tag, ImagePullPolicy: corev1.PullIfNotPresent}},
+				TerminationGracePeriodSeconds: new(int64),
+			},
+		}
+		if _, err := cluster.WaitPodRunning(ctx, cs, pod, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = cs.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+			cluster.WaitPodGone(ctx, cs, ns, pod.Name)
+		})
+		if running := runningImage(t, n, pod.Name); running != img.ID {
+			t.Errorf("%s: the IfNotPresent pod runs image %s, the tag's image is %s (%s)", n.Name, running, img.ID, digest)
+		}
+	}
+}
+
+// runningImage is the image ID of the container of pod as node n's runtime
+// runs it.
+func runningImage(t *testing.T, n cluster.Node, pod string) string {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+n.ContainerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	list, err := rs.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		LabelSelector: map[string]string{"io.kubernetes.pod.name": pod, "io.kubernetes.pod.namespace": ns},
+	}})
+	if err != nil || len(list.Containers) == 0 {
+		t.Fatalf("%s: containers of pod %s: %v (%d)", n.Name, pod, err, len(list.GetContainers()))
+	}
+	st, err := rs.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: list.Containers[0].Id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := st.GetStatus().GetImageId(); id != "" {
+		return id
+	}
+	return st.GetStatus().GetImageRef()
+}
+
+func TestANodeThatJoinsLaterIsWarmed(t *testing.T) {
+	tag, digest := push(t, "multi/warm:1.0", 8<<20, cluster.RegistryHost)
+	l := applyList(t, "warm", 0, tag)
+	t.Cleanup(func() { deleteList(t, l) })
+	before := len(c.RunningNodes())
+	waitReady(t, l, before)
+
+	n, err := c.AddNode(ctx, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s joined", n.Name)
+	// Nobody touches the list.
+	waitReady(t, l, before+1)
+	img, err := images(t, n).ImageStatus(ctx, tag)
+	if err != nil || !img.Pinned || !slices.Contains(img.RepoDigests, cluster.RegistryHost+"/multi/warm@"+digest) {
+		t.Fatalf("%s: the tag %s: %+v, %v; want it at %s, pinned", n.Name, tag, img, err, digest)
+	}
+
+	if err := c.Stop("registry"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := c.StartRegistry(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "warm-never"},
+		Spec: corev1.PodSpec{
+			NodeName:                      n.Name,
+			Containers:                    []corev1.Container{{Name: "app", Image: tag, ImagePullPolicy: corev1.PullNever}},
+			TerminationGracePeriodSeconds: new(int64),
+		},
+	}
+	d, err := cluster.WaitPodRunning(ctx, cs, pod, 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		cluster.WaitPodGone(ctx, cs, ns, pod.Name)
+	})
+	t.Logf("with the registry stopped, a Never pod on %s Running in %s", n.Name, d)
+}
+
+func TestARemovedNodeHoldsNothingUp(t *testing.T) {
+	nodes := c.RunningNodes()
+	if len(nodes) < 3 {
+		t.Fatalf("%d nodes; the test removes one of at least three", len(nodes))
+	}
+	gone := nodes[len(nodes)-1]
+	via := slowRegistry(t)
+	tag, _ := push(t, "multi/orphan:1.0", 16<<20, via)
+	l := applyList(t, "orphan", 1, tag)
+	// The node dies while the rollout is under way.
+	if err := c.RemoveNode(ctx, cs, gone.Name); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s removed", gone.Name)
+	waitReady(t, l, len(nodes)-1)
+	testground.Eventually(t, time.Minute, "the removed node's NodeImageSet gone", func() error {
+		if err := cl.Get(ctx, client.ObjectKey{Name: gone.Name}, &prepullv1.NodeImageSet{}); err == nil {
+			return errors.New("still there")
+		}
+		return nil
+	})
+	deleteList(t, l)
+}
