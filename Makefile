@@ -136,7 +136,7 @@ bench-gate: deps cluster-binaries build ## A node joining with a Deployment wait
 
 .PHONY: bench-podstart
 bench-podstart: deps cluster-binaries build ## Pod start latency on the local cluster: pre-pulled vs cold vs kubelet-pulled, over a shaped link (root).
-	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkPodStart -benchtime 1x -timeout 30m ./e2e/
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench 'BenchmarkPodStart|BenchmarkNodeJoin' -benchtime 1x -timeout 30m ./e2e/
 
 .PHONY: clean
 clean: ## Remove bin/ (the test ground is rebuilt on the next `make test`).
