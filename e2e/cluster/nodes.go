@@ -83,12 +83,21 @@ func (c *Cluster) upBridge() error {
 // bridge, its mount namespace, forwarders, containerd and kubelet — and
 // waits until it is Ready.
 func (c *Cluster) AddNode(ctx context.Context, cs *kubernetes.Clientset) (Node, error) {
-	return c.AddNodeWith(ctx, cs, nil)
+	return c.AddNodeWith(ctx, cs, NodeHooks{})
 }
 
-// AddNodeWith is AddNode with prepare run once the node's network is up
-// and before any of its processes start (to shape its link, say).
-func (c *Cluster) AddNodeWith(ctx context.Context, cs *kubernetes.Clientset, prepare func(Node) error) (Node, error) {
+// NodeHooks run while a node comes up; each may be nil.
+type NodeHooks struct {
+	// Network runs once the node's network is up, before any of its
+	// processes start (to shape its link, say).
+	Network func(Node) error
+	// Runtime runs once its containerd answers, before its kubelet starts
+	// (to put images on it, as a node image built with them would).
+	Runtime func(Node) error
+}
+
+// AddNodeWith is AddNode with hooks.
+func (c *Cluster) AddNodeWith(ctx context.Context, cs *kubernetes.Clientset, hooks NodeHooks) (Node, error) {
 	i := 2
 	for _, n := range c.RunningNodes() {
 		i = max(i, n.Index+1)
@@ -97,7 +106,7 @@ func (c *Cluster) AddNodeWith(ctx context.Context, cs *kubernetes.Clientset, pre
 		return Node{}, fmt.Errorf("the cluster has tokens for %d nodes", MaxNodes)
 	}
 	n := c.node(i)
-	if err := c.startNode(ctx, n, prepare); err != nil {
+	if err := c.startNode(ctx, n, hooks); err != nil {
 		return n, err
 	}
 	if err := WaitNodeReady(ctx, cs, n.Name, 2*time.Minute); err != nil {
@@ -106,7 +115,7 @@ func (c *Cluster) AddNodeWith(ctx context.Context, cs *kubernetes.Clientset, pre
 	return n, nil
 }
 
-func (c *Cluster) startNode(ctx context.Context, n Node, prepare func(Node) error) error {
+func (c *Cluster) startNode(ctx context.Context, n Node, hooks NodeHooks) error {
 	for _, d := range []string{"containerd/certs.d", "containerd/cni", "kubelet/root", "kubelet/pki", "kubelet/plugins", "pod-logs", "cni-ipam"} {
 		if err := os.MkdirAll(filepath.Join(n.Dir, d), 0o755); err != nil {
 			return err
@@ -125,8 +134,8 @@ func (c *Cluster) startNode(ctx context.Context, n Node, prepare func(Node) erro
 		then("ip", "-n", netns, "route", "add", "default", "via", nodeIP(1)).err; err != nil {
 		return err
 	}
-	if prepare != nil {
-		if err := prepare(n); err != nil {
+	if hooks.Network != nil {
+		if err := hooks.Network(n); err != nil {
 			return err
 		}
 	}
@@ -152,6 +161,11 @@ func (c *Cluster) startNode(ctx context.Context, n Node, prepare func(Node) erro
 	}
 	if err := waitFile(ctx, n.ContainerdSocket(), 60*time.Second); err != nil {
 		return c.withLog(err, "containerd@"+n.Name)
+	}
+	if hooks.Runtime != nil {
+		if err := hooks.Runtime(n); err != nil {
+			return err
+		}
 	}
 	ctd, err := c.recorded("containerd@" + n.Name)
 	if err != nil {
