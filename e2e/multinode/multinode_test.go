@@ -13,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -147,6 +149,30 @@ func pullSpan(t *testing.T, n cluster.Node, repo, digest string) (from, to time.
 		t.Fatalf("%s: image %s@%s: %v", n.Name, repo, digest, err)
 	}
 	return info.CreatedAt, img.CreatedAt
+}
+
+// TestLogsAndExecOnEveryNode reads the agent's log and runs a command in
+// it on every node, through the apiserver as kubectl does: the apiserver
+// reaches each node's kubelet at the node's own address.
+func TestLogsAndExecOnEveryNode(t *testing.T) {
+	for _, n := range c.RunningNodes() {
+		pods, err := cs.CoreV1().Pods("prepull-system").List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/name=prepull-agent", FieldSelector: "spec.nodeName=" + n.Name})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("%s: the agent's pod: %v (%+v)", n.Name, err, pods)
+		}
+		pod := pods.Items[0].Name
+		logs, err := cs.CoreV1().Pods("prepull-system").GetLogs(pod, &corev1.PodLogOptions{}).DoRaw(ctx)
+		if err != nil || !strings.Contains(string(logs), `"node":"`+n.Name+`"`) {
+			t.Errorf("%s: logs of %s: %v\n%.300s", n.Name, pod, err, logs)
+		}
+		out, err := exec.CommandContext(ctx, filepath.Join(c.Bin, "kubectl"), "--kubeconfig", c.Kubeconfig(),
+			"-n", "prepull-system", "exec", pod, "--", "/prepull", "version").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) == "" {
+			t.Errorf("%s: kubectl exec %s -- /prepull version: %v: %s", n.Name, pod, err, out)
+		}
+		t.Logf("%s: %d bytes of the agent's log; exec: prepull %s", n.Name, len(logs), strings.TrimSpace(string(out)))
+	}
 }
 
 func TestRolloutPacesNodesOneAtATime(t *testing.T) {
