@@ -162,12 +162,17 @@ func (r *Reconciler) requeueAfter(now time.Time, soon bool) time.Duration {
 
 // report writes set's status if it changed, at most once per
 // StatusInterval: a change within the interval is written when it ends.
+// The one exception is the write that says the node has settled — every
+// image Present, Failed or Released, where it was not — which goes at once:
+// it is what the controller's pacing and the node gate wait for, and it
+// comes once per rollout.
 func (r *Reconciler) report(ctx context.Context, set *prepullv1.NodeImageSet, now time.Time, requeue time.Duration) (ctrl.Result, error) {
 	status := r.buildStatus(set)
 	if equality.Semantic.DeepEqual(set.Status, status) {
 		return ctrl.Result{RequeueAfter: requeue}, nil
 	}
-	if wait := r.StatusInterval - now.Sub(r.lastWrite); wait > 0 {
+	justSettled := settled(status) && !(settled(set.Status) && set.Status.ObservedGeneration == status.ObservedGeneration)
+	if wait := r.StatusInterval - now.Sub(r.lastWrite); wait > 0 && !justSettled {
 		return ctrl.Result{RequeueAfter: min(wait, requeue)}, nil
 	}
 	orig := set.DeepCopy()
@@ -177,6 +182,16 @@ func (r *Reconciler) report(ctx context.Context, set *prepullv1.NodeImageSet, no
 	}
 	r.lastWrite = now
 	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+// settled says no image of st is Pending or Pulling.
+func settled(st prepullv1.NodeImageSetStatus) bool {
+	for _, i := range st.Images {
+		if i.Phase == prepullv1.PhasePending || i.Phase == prepullv1.PhasePulling {
+			return false
+		}
+	}
+	return true
 }
 
 // SetupWithManager registers the reconciler: it watches the node's own

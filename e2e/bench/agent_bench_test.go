@@ -28,6 +28,7 @@ var (
 	agentImages    = flag.Int("agent-images", 8, "images per run in BenchmarkAgentPulls")
 	agentImageSize = flag.Int64("agent-image-mib", 8, "size of each image in MiB in BenchmarkAgentPulls")
 	agentRounds    = flag.Int("agent-rounds", 4, "rounds of raw and agent runs, alternating, in BenchmarkAgentPulls")
+	agentStatus    = flag.Duration("agent-status-interval", nodeimageset.DefaultStatusInterval, "the agents' --status-interval in BenchmarkAgentPulls")
 )
 
 // BenchmarkAgentPulls compares the agent pulling N images — pull, tag,
@@ -83,7 +84,7 @@ func BenchmarkAgentPulls(b *testing.B) {
 		r := &nodeimageset.Reconciler{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), NodeName: node, Namespace: "prepull-system",
 			Images: images, Store: store, MaxConcurrentPulls: parallel,
-			StatusInterval: 50 * time.Millisecond, ResyncInterval: time.Minute,
+			StatusInterval: *agentStatus, ResyncInterval: time.Minute,
 		}
 		if err := r.SetupWithManager(mgr); err != nil {
 			b.Fatal(err)
