@@ -241,6 +241,10 @@ const (
 	ReasonNodeGateTimedOut = "NodeGateTimedOut"
 	// ReasonAsExpected: nothing is degraded.
 	ReasonAsExpected = "AsExpected"
+	// ReasonInvalidSpec: a field admission could not check is invalid (the
+	// message names it); the list changes nothing on any node until it is
+	// fixed.
+	ReasonInvalidSpec = "InvalidSpec"
 )
 
 // ImageResolution is the state of one image of a list.

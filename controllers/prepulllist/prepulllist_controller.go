@@ -127,6 +127,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullList) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx)
+	selector, err := l.Spec.Selector()
+	if err != nil {
+		return ctrl.Result{}, r.invalid(ctx, l, fmt.Errorf("spec.nodeSelector: %w", err))
+	}
 	if err := r.tags.collect(ctx, r.tags.use(client.ObjectKeyFromObject(l), usesOf(l))); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -134,7 +138,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	if secretErr != nil {
 		log.Info("Pull secrets unavailable", "error", secretErr.Error())
 	}
-	nodes, err := r.nodes(ctx, l)
+	nodes, err := r.nodes(ctx, selector)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -171,7 +175,8 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 	if !controllerutil.ContainsFinalizer(l, Finalizer) {
 		return ctrl.Result{}, nil
 	}
-	nodes, err := r.nodes(ctx, l)
+	// A list going selects no node, whatever its selector says.
+	nodes, err := r.nodes(ctx, labels.Nothing())
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -203,13 +208,9 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 }
 
 // nodes returns every node that exists, with its spec in the fleet and
-// whether l selects it. NodeImageSets of deleted nodes are deleted: a
-// deleted node never holds a list back.
-func (r *Reconciler) nodes(ctx context.Context, l *prepullv1.PrePullList) ([]*node, error) {
-	selector, err := l.Spec.Selector()
-	if err != nil {
-		return nil, reconcile.TerminalError(fmt.Errorf("spec.nodeSelector: %w", err))
-	}
+// whether selector selects it. NodeImageSets of deleted nodes are deleted:
+// a deleted node never holds a list back.
+func (r *Reconciler) nodes(ctx context.Context, selector labels.Selector) ([]*node, error) {
 	if err := r.fleet.load(ctx, r.APIReader); err != nil {
 		return nil, err
 	}
@@ -254,6 +255,40 @@ func (r *Reconciler) nodes(ctx context.Context, l *prepullv1.PrePullList) ([]*no
 		f.forget(name)
 	}
 	return out, nil
+}
+
+// invalid reports a spec that admission let through and the controller
+// cannot act on: the list says which field and why (Ready and Progressing
+// False, Degraded True, reason InvalidSpec) and a Warning event says so;
+// nothing changes on any node until the spec is fixed, and the list can
+// still be deleted. The error is not retried: a spec change requeues.
+func (r *Reconciler) invalid(ctx context.Context, l *prepullv1.PrePullList, cause error) error {
+	msg := cause.Error()
+	st := *l.Status.DeepCopy()
+	st.ObservedGeneration = l.Generation
+	if st.ReadyNodes == "" {
+		st.ReadyNodes = "-"
+	}
+	if len(st.Images) == 0 {
+		for _, i := range l.Spec.Images {
+			st.Images = append(st.Images, prepullv1.ImageResolution{Image: i.Image})
+		}
+		st.ImageCount = int32(len(st.Images))
+	}
+	for _, c := range []struct {
+		typ    string
+		status metav1.ConditionStatus
+	}{{prepullv1.ConditionReady, metav1.ConditionFalse}, {prepullv1.ConditionProgressing, metav1.ConditionFalse}, {prepullv1.ConditionDegraded, metav1.ConditionTrue}} {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: c.typ, Status: c.status, ObservedGeneration: l.Generation,
+			Reason: prepullv1.ReasonInvalidSpec, Message: msg})
+	}
+	if prev := meta.FindStatusCondition(l.Status.Conditions, prepullv1.ConditionDegraded); r.Recorder != nil && (prev == nil || prev.Reason != prepullv1.ReasonInvalidSpec || prev.Message != msg) {
+		r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonInvalidSpec, "Validate", "%s", msg)
+	}
+	if err := r.patchStatus(ctx, l, st); err != nil {
+		return err
+	}
+	return reconcile.TerminalError(cause)
 }
 
 // apply runs p over nodes and marks the nodes whose spec it changed for the

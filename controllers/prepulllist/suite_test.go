@@ -2,6 +2,7 @@ package prepulllist_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -1004,6 +1005,58 @@ func TestController(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("a selector admission cannot check is reported, changes nothing, and the list can be deleted", func(t *testing.T) {
+		ns := e.namespace(t, "bogus")
+		e.node(t, "bogus-1", map[string]string{"pool": "bogus"})
+		l := list(ns, "bogus", img.Digest)
+		l.Spec.NodeSelector = selector(map[string]string{"pool": "bogus"})
+		e.mustCreate(t, l)
+		eventually(t, "the node handed the image", func() error {
+			if !slices.Contains(activeOwners(e.entry("bogus-1", img.Digest)), ns+"/bogus") {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+		// An operator the apiserver's schema does not know.
+		got := e.getList(t, l)
+		got.Spec.NodeSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "pool", Operator: "Bogus", Values: []string{"x"}}}}
+		if err := e.c.Update(ctx, got); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the list says why", func() error {
+			got := e.getList(t, l)
+			for _, typ := range []string{prepullv1.ConditionReady, prepullv1.ConditionDegraded} {
+				c := condition(got, typ)
+				if c == nil || c.Reason != prepullv1.ReasonInvalidSpec || !strings.Contains(c.Message, "spec.nodeSelector") || !strings.Contains(c.Message, "Bogus") ||
+					c.ObservedGeneration != got.Generation {
+					return fmt.Errorf("%s: %+v", typ, c)
+				}
+			}
+			return nil
+		})
+		if evs := e.events(t, ns, prepullv1.ReasonInvalidSpec); len(evs) != 1 || !strings.Contains(evs[0].Note, "Bogus") {
+			t.Errorf("InvalidSpec events: %+v, want one naming the operator", evs)
+		}
+		// Nothing is lost meanwhile: the node keeps the list's image.
+		if !slices.Contains(activeOwners(e.entry("bogus-1", img.Digest)), ns+"/bogus") {
+			t.Error("the node lost the image when the selector became invalid")
+		}
+		e.deleteList(t, l, "bogus-1")
+
+		// Created invalid, it has a status from the start.
+		fresh := list(ns, "bogus-fresh", img.Digest)
+		fresh.Spec.NodeSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "pool", Operator: "Bogus"}}}
+		e.mustCreate(t, fresh)
+		eventually(t, "a status for a list created invalid", func() error {
+			got := e.getList(t, fresh)
+			if c := condition(got, prepullv1.ConditionDegraded); c == nil || c.Reason != prepullv1.ReasonInvalidSpec || len(got.Status.Images) != 1 {
+				return fmt.Errorf("status %+v", got.Status)
+			}
+			return nil
+		})
+		e.deleteList(t, fresh)
 	})
 
 	t.Run("latest and untagged images are accepted with advice", func(t *testing.T) {
