@@ -88,7 +88,19 @@ lint: vet ## Fail when any Go file is not gofmt-formatted, then vet.
 .PHONY: test
 test: testground lint verify-generated build ## Build the test ground and run every test on it, end-to-end ones included (as root).
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test $(GO_TEST_FLAGS) ./...
+	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	$(MAKE) --no-print-directory test-e2e
+
+# Native Go fuzz targets, FUZZTIME each: make test runs them briefly, make
+# fuzz longer (FUZZTIME=10m make fuzz).
+FUZZ_TARGETS := ./imageref/:FuzzNormalize ./cmd/prepull/:FuzzReadLists ./bundle/:FuzzVerify ./bundle/:FuzzLoad
+FUZZTIME ?= 1m
+
+.PHONY: fuzz
+fuzz: ## Fuzz reference parsing, list files, bundle verification and archive import, FUZZTIME (1m) each.
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz: $$fn in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
 
 .PHONY: test-e2e
 test-e2e: deps cluster-binaries build ## Run the end-to-end tests on real local clusters of one node and of three (as root; tears down a running demo cluster).
