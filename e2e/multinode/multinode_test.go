@@ -24,10 +24,14 @@ import (
 	godigest "github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -172,6 +176,71 @@ func TestLogsAndExecOnEveryNode(t *testing.T) {
 			t.Errorf("%s: kubectl exec %s -- /prepull version: %v: %s", n.Name, pod, err, out)
 		}
 		t.Logf("%s: %d bytes of the agent's log; exec: prepull %s", n.Name, len(logs), strings.TrimSpace(string(out)))
+	}
+}
+
+// TestAnAgentWritesOnlyItsOwnNode writes NodeImageSet statuses with the
+// agent's own credentials, tokens bound to its pods on two nodes: the
+// admission policy in deploy/ lets node A's token write node A's status
+// and refuses node B's, and refuses a token bound to no pod.
+func TestAnAgentWritesOnlyItsOwnNode(t *testing.T) {
+	nodes := c.RunningNodes()
+	a, b := nodes[0], nodes[1]
+	// A list gives every node its NodeImageSet.
+	tag, _ := push(t, "multi/own:1.0", 1<<20, cluster.RegistryHost)
+	l := applyList(t, "own", 0, tag)
+	t.Cleanup(func() { deleteList(t, l) })
+	waitReady(t, l, len(nodes))
+	writeAs := func(tok, node string) error {
+		cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.BearerToken, cfg.BearerTokenFile = tok, ""
+		agent, err := client.New(cfg, client.Options{Scheme: cl.Scheme()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		set := &prepullv1.NodeImageSet{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: node}, set); err != nil {
+			t.Fatal(err)
+		}
+		// A write that changes nothing still passes admission.
+		patch := []byte(fmt.Sprintf(`{"status":{"runtime":%q}}`, set.Status.Runtime))
+		return agent.Status().Patch(ctx, set, client.RawPatch(types.MergePatchType, patch))
+	}
+	token := func(pod *corev1.Pod) string {
+		req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(600))}}
+		if pod != nil {
+			req.Spec.BoundObjectRef = &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}
+		}
+		got, err := cs.CoreV1().ServiceAccounts("prepull-system").CreateToken(ctx, "prepull-agent", req, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Status.Token
+	}
+	agentPod := func(n cluster.Node) *corev1.Pod {
+		pods, err := cs.CoreV1().Pods("prepull-system").List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/name=prepull-agent", FieldSelector: "spec.nodeName=" + n.Name})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("%s: the agent's pod: %v", n.Name, err)
+		}
+		return &pods.Items[0]
+	}
+	onA := token(agentPod(a))
+	if err := writeAs(onA, a.Name); err != nil {
+		t.Errorf("the agent's token bound to its pod on %s cannot write %s's status: %v", a.Name, a.Name, err)
+	}
+	err := writeAs(onA, b.Name)
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "the agent of node "+a.Name+" may write only the status of NodeImageSet "+a.Name) {
+		t.Errorf("the agent's token from %s writing %s's status: %v, want Forbidden by the admission policy", a.Name, b.Name, err)
+	}
+	if err := writeAs(token(agentPod(b)), b.Name); err != nil {
+		t.Errorf("the agent's token bound to its pod on %s cannot write %s's status: %v", b.Name, b.Name, err)
+	}
+	if err := writeAs(token(nil), a.Name); !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "bound to a pod on a node") {
+		t.Errorf("an agent token bound to no pod writing %s's status: %v, want Forbidden", a.Name, err)
 	}
 }
 
