@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -32,30 +33,7 @@ func TestControllerBinary(t *testing.T) {
 	if err := os.WriteFile(kubeconfig, api.KubeConfig, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	metricsPort, probePort := testground.FreePort(t), testground.FreePort(t)
-	cmd := exec.Command(bin, "controller", "--leader-elect=false", "--namespace="+controllerNS,
-		"--insecure-registries="+reg.Host,
-		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
-		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort))
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	logPath := filepath.Join(t.TempDir(), "controller.log")
-	log, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			data, _ := os.ReadFile(logPath)
-			t.Logf("controller log:\n%s", data)
-		}
-	})
+	metricsPort, probePort, _ := startController(t, bin, kubeconfig, reg, "--leader-elect=false")
 
 	// No list yet: once its caches are synced, the leader has nothing to
 	// reconcile, and is ready.
@@ -97,4 +75,42 @@ func TestControllerBinary(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// startController starts `prepull controller` with its own metrics and
+// probe ports and args; it is killed when the test ends, its log shown if
+// the test failed. kill kills it before.
+func startController(t *testing.T, bin, kubeconfig string, reg *testground.Registry, args ...string) (metricsPort, probePort int, kill func()) {
+	t.Helper()
+	metricsPort, probePort = testground.FreePort(t), testground.FreePort(t)
+	cmd := exec.Command(bin, append([]string{"controller", "--namespace=" + controllerNS,
+		"--insecure-registries=" + reg.Host,
+		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
+		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort)}, args...)...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	logPath := filepath.Join(t.TempDir(), "controller.log")
+	log, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	kill = func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+	}
+	t.Cleanup(func() {
+		kill()
+		if t.Failed() {
+			data, _ := os.ReadFile(logPath)
+			t.Logf("controller (metrics :%d) log:\n%s", metricsPort, data)
+		}
+	})
+	return metricsPort, probePort, kill
 }
