@@ -81,15 +81,9 @@ func waitReady(t *testing.T, l *prepullv1.PrePullList) {
 
 func deleteList(t *testing.T, l *prepullv1.PrePullList) {
 	t.Helper()
-	if err := cl.Delete(ctx, l); err != nil {
+	if err := cluster.DeleteList(ctx, cl, l, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	testground.Eventually(t, 2*time.Minute, "list "+l.Name+" gone", func() error {
-		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{}); err == nil {
-			return errors.New("still there")
-		}
-		return nil
-	})
 }
 
 // onNode is what the node's runtime reports for ref: present and pinned.

@@ -172,25 +172,9 @@ func (c *Cluster) unmountAll() error {
 
 // removeCgroups removes the kubelet's pod cgroups, deepest first.
 func (c *Cluster) removeCgroups() error {
-	var dirs []string
 	roots, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods*")
 	unified, _ := filepath.Glob("/sys/fs/cgroup/kubepods*")
-	for _, root := range append(roots, unified...) {
-		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-	}
-	slices.SortFunc(dirs, func(a, b string) int { return len(b) - len(a) })
-	var errs []error
-	for _, d := range dirs {
-		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return removeTrees(append(roots, unified...))
 }
 
 func (c *Cluster) removeBridge(name string) error {

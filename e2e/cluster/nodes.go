@@ -259,6 +259,12 @@ func makeCgroupRoot(name string) error {
 // deepest first.
 func removeCgroupTree(name string) error {
 	roots, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
+	return removeTrees(roots)
+}
+
+// removeTrees removes the directory trees under roots, deepest first, as
+// cgroups must be: each directory once empty of directories.
+func removeTrees(roots []string) error {
 	var dirs []string
 	for _, root := range roots {
 		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {

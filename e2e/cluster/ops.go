@@ -207,6 +207,20 @@ func WaitListReady(ctx context.Context, cl client.Client, l *prepullv1.PrePullLi
 	return fmt.Errorf("PrePullList %s/%s not Ready after %s: kubectl get ppl -A -o yaml", l.Namespace, l.Name, timeout)
 }
 
+// DeleteList deletes l and waits until it is gone: released by every node's
+// agent and its finalizer removed.
+func DeleteList(ctx context.Context, cl client.Client, l *prepullv1.PrePullList, timeout time.Duration) error {
+	if err := cl.Delete(ctx, l); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{}); apierrors.IsNotFound(err) {
+			return nil
+		}
+	}
+	return fmt.Errorf("PrePullList %s/%s still there %s after its deletion: kubectl get ppl -A -o yaml", l.Namespace, l.Name, timeout)
+}
+
 // WaitServiceAccount waits for the default service account of ns, which pods
 // need.
 func WaitServiceAccount(ctx context.Context, cs *kubernetes.Clientset, ns string) error {

@@ -112,15 +112,9 @@ func waitReady(t *testing.T, l *prepullv1.PrePullList, nodes int) *prepullv1.Pre
 
 func deleteList(t *testing.T, l *prepullv1.PrePullList) {
 	t.Helper()
-	if err := cl.Delete(ctx, l); err != nil {
+	if err := cluster.DeleteList(ctx, cl, l, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	testground.Eventually(t, 2*time.Minute, "list "+l.Name+" gone", func() error {
-		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{}); err == nil {
-			return errors.New("still there")
-		}
-		return nil
-	})
 }
 
 // images is node n's CRI image service.
