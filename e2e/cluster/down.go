@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -128,19 +127,10 @@ func removePods(socket string) error {
 // killShims stops runtime shims whose sockets live in the cluster's
 // directory, should any survive containerd.
 func (c *Cluster) killShims(logf func(string, ...any)) {
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil || !strings.Contains(string(cmdline), c.Dir) {
-			continue
-		}
-		if alive(pid, "containerd-shim-runc-v2") {
-			logf("stopping leftover shim %d", pid)
-			_ = stopPID("containerd-shim-runc-v2", pid, 5*time.Second)
+	for _, p := range processes(c.Dir) {
+		if p.exe == "containerd-shim-runc-v2" {
+			logf("stopping leftover shim %d", p.pid)
+			_ = stopPID(p.exe, p.pid, 5*time.Second)
 		}
 	}
 }

@@ -284,6 +284,34 @@ func removeTrees(roots []string) error {
 	return errors.Join(errs...)
 }
 
+// process is one process of the machine, as /proc shows it.
+type process struct {
+	pid int
+	// exe is its program's name; cmdline its arguments, space-separated.
+	exe, cmdline string
+}
+
+// processes lists the machine's processes whose command line contains
+// substr ("" for every one).
+func processes(substr string) []process {
+	var out []process
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		cmdline := strings.TrimSpace(strings.ReplaceAll(string(raw), "\x00", " "))
+		if err != nil || !strings.Contains(cmdline, substr) {
+			continue
+		}
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		out = append(out, process{pid: pid, exe: filepath.Base(strings.TrimSuffix(exe, " (deleted)")), cmdline: cmdline})
+	}
+	return out
+}
+
 // killInNetns stops every process left in network namespace name (shims
 // that outlived their containerd).
 func killInNetns(name string, logf func(string, ...any)) {
@@ -291,50 +319,32 @@ func killInNetns(name string, logf func(string, ...any)) {
 	if err := syscall.Stat("/run/netns/"+name, &want); err != nil {
 		return
 	}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	for _, p := range processes("") {
 		var st syscall.Stat_t
-		if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st); err != nil || st.Ino != want.Ino || st.Dev != want.Dev {
+		if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", p.pid), &st); err != nil || st.Ino != want.Ino || st.Dev != want.Dev {
 			continue
 		}
-		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 		if logf != nil {
-			logf("stopping %s (pid %d), left in %s", filepath.Base(exe), pid, name)
+			logf("stopping %s (pid %d), left in %s", p.exe, p.pid, name)
 		}
-		_ = stopPID(filepath.Base(strings.TrimSuffix(exe, " (deleted)")), pid, 5*time.Second)
+		_ = stopPID(p.exe, p.pid, 5*time.Second)
 	}
 }
 
 // killForwarders stops the host's forwarders' children, which socat forks
 // per connection and which outlive their parent.
 func killForwarders(logf func(string, ...any)) {
-	for _, pid := range forwarders() {
+	for _, p := range forwarders() {
 		if logf != nil {
-			logf("stopping socat (pid %d), a forwarder's child", pid)
+			logf("stopping socat (pid %d), a forwarder's child", p.pid)
 		}
-		_ = stopPID("socat", pid, 5*time.Second)
+		_ = stopPID(p.exe, p.pid, 5*time.Second)
 	}
 }
 
 // forwarders are the socat processes that forward the nodes' bridge.
-func forwarders() []int {
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err == nil && alive(pid, "socat") && strings.Contains(string(cmdline), "bind="+nodeIP(1)) {
-			out = append(out, pid)
-		}
-	}
-	return out
+func forwarders() []process {
+	return slices.DeleteFunc(processes("bind="+nodeIP(1)), func(p process) bool { return p.exe != "socat" })
 }
 
 func netnsExists(name string) bool {
@@ -389,21 +399,14 @@ func (c *Cluster) Leftovers() []string {
 			}
 		}
 	}
-	for _, pid := range forwarders() {
-		out = append(out, fmt.Sprintf("process %d: a forwarder (socat)", pid))
+	for _, p := range forwarders() {
+		out = append(out, fmt.Sprintf("process %d: a forwarder (socat)", p.pid))
 	}
 	if dirs, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods*"); len(dirs) > 0 {
 		out = append(out, "cgroups "+strings.Join(dirs, " "))
 	}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), c.Dir+"/") {
-			out = append(out, fmt.Sprintf("process %d: %s", pid, strings.ReplaceAll(strings.TrimSpace(string(cmdline)), "\x00", " ")))
-		}
+	for _, p := range processes(c.Dir + "/") {
+		out = append(out, fmt.Sprintf("process %d: %s", p.pid, p.cmdline))
 	}
 	return out
 }
