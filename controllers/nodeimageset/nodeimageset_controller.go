@@ -64,8 +64,8 @@ type Reconciler struct {
 	// FsUsage reports a filesystem's used and total bytes; nil means statfs.
 	FsUsage func(path string) (used, total uint64, err error)
 	// Doctor checks the node's runtime configuration (package doctor), for
-	// status; nil reports no checks. It runs at the first reconcile and then
-	// at most once per DoctorInterval.
+	// status; nil reports no checks. It runs beside the reconciler, when the
+	// agent starts and then every DoctorInterval.
 	Doctor         func(context.Context) []prepullv1.RuntimeCheck
 	DoctorInterval time.Duration
 	// KeepStrayPins leaves alone pins whose owner no spec entry names. Only
@@ -92,7 +92,6 @@ type Reconciler struct {
 	lastWrite time.Time
 	fs        *prepullv1.ImageFilesystem
 	fsMount   string
-	examined  time.Time
 	checks    []prepullv1.RuntimeCheck
 	// archiveWants are, by archive SHA-256, the images of the spec that
 	// come from it; archiveLocks serialize the imports of one archive; and
@@ -121,7 +120,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	now := r.Clock.Now()
 	r.measureFilesystem(ctx, now)
-	r.examine(ctx, now)
 	r.mu.Lock()
 	dirty := r.dirty
 	r.dirty = map[string]bool{}
@@ -204,6 +202,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.baseCtx = ctrl.LoggerInto(ctx, mgr.GetLogger().WithValues("node", r.NodeName))
 		r.mu.Unlock()
 		go r.watchRuntime(ctx)
+		go r.examine(ctx)
 		r.pollProgress(ctx)
 		return nil
 	})); err != nil {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -109,15 +110,27 @@ func (r *Reconciler) fsUsage(path string) (uint64, uint64, error) {
 	return cri.Statfs(path)
 }
 
-// examine runs the doctor's checks, at most once per DoctorInterval, for
-// status.
-func (r *Reconciler) examine(ctx context.Context, now time.Time) {
-	if r.Doctor == nil || (!r.examined.IsZero() && now.Sub(r.examined) < r.DoctorInterval) {
+// examine runs the doctor's checks now and every DoctorInterval until ctx
+// ends, and wakes Reconcile when they changed, for status.
+func (r *Reconciler) examine(ctx context.Context) {
+	if r.Doctor == nil {
 		return
 	}
-	r.examined = now
-	checks := r.Doctor(ctx)
-	r.mu.Lock()
-	r.checks = checks
-	r.mu.Unlock()
+	t := time.NewTicker(r.DoctorInterval)
+	defer t.Stop()
+	for {
+		checks := r.Doctor(ctx)
+		r.mu.Lock()
+		changed := !equality.Semantic.DeepEqual(r.checks, checks)
+		r.checks = checks
+		r.mu.Unlock()
+		if changed {
+			r.notify()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
