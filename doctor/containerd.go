@@ -128,15 +128,12 @@ func readTOML(path string) (map[string]any, error) {
 	return m, nil
 }
 
+// table is m's table key, empty when m has none.
 func table(m map[string]any, key string) map[string]any {
-	t, _ := m[key].(map[string]any)
-	if t == nil {
-		t = map[string]any{}
-		if m != nil {
-			m[key] = t
-		}
+	if t, ok := m[key].(map[string]any); ok {
+		return t
 	}
-	return t
+	return map[string]any{}
 }
 
 func merge(into map[string]any, key string, v any) {

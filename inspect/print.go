@@ -128,7 +128,7 @@ func PrintNode(w io.Writer, r *NodeReport) error {
 		if im.Reason != "" || im.LastError != "" {
 			lastErr = strings.TrimSpace(im.Reason + ": " + oneLine(im.LastError))
 		}
-		rows = append(rows, []string{im.Image, lists, im.Phase, dash(im.Digest), pinned, bytes(im.BytesDone, im.BytesTotal), lastErr})
+		rows = append(rows, []string{im.Image, lists, dash(string(im.Phase)), dash(im.Digest), pinned, bytes(im.BytesDone, im.BytesTotal), lastErr})
 	}
 	table(w, []string{"IMAGE", "LISTS", "PHASE", "DIGEST", "PINNED", "BYTES", "LAST ERROR"}, rows)
 	return nil

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodegate"
 	"prepull.io/prepull/imageref"
 )
 
@@ -180,19 +181,12 @@ type GateReport struct {
 	Message     string `json:"message,omitempty"`
 }
 
-// NodeImageReport is one image of a node.
+// NodeImageReport is one image of a node: the agent's report on it, and
+// the lists that want it.
 type NodeImageReport struct {
-	Image      string   `json:"image"`
-	Lists      []string `json:"lists"`
-	Releasing  []string `json:"releasing,omitempty"`
-	Phase      string   `json:"phase"`
-	Digest     string   `json:"digest,omitempty"`
-	Pinned     bool     `json:"pinned"`
-	PinOwners  []string `json:"pinOwners,omitempty"`
-	BytesDone  int64    `json:"bytesDone,omitempty"`
-	BytesTotal int64    `json:"bytesTotal,omitempty"`
-	Reason     string   `json:"reason,omitempty"`
-	LastError  string   `json:"lastError,omitempty"`
+	prepullv1.NodeImageStatus `json:",inline"`
+	Lists                     []string `json:"lists"`
+	Releasing                 []string `json:"releasing,omitempty"`
 }
 
 // Node returns the report of the node name; taint is the startup taint's
@@ -203,7 +197,7 @@ func Node(ctx context.Context, c client.Reader, name, taint string) (*NodeReport
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
 	r := &NodeReport{Node: name, Gate: GateReport{Taint: taint}}
-	r.Gate.Tainted = slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == taint })
+	r.Gate.Tainted = nodegate.Tainted(n, taint)
 	for _, cond := range n.Status.Conditions {
 		if cond.Type == prepullv1.NodeConditionImagesReady {
 			r.Gate.ImagesReady, r.Gate.Reason, r.Gate.Message = string(cond.Status), cond.Reason, cond.Message
@@ -220,17 +214,14 @@ func Node(ctx context.Context, c client.Reader, name, taint string) (*NodeReport
 		status[st.Image] = st
 	}
 	for _, e := range s.Spec.Images {
-		ir := NodeImageReport{Image: e.Image, Phase: "-"}
+		ir := NodeImageReport{NodeImageStatus: status[e.Image]}
+		ir.Image = e.Image
 		for _, o := range e.Owners {
 			if o.Releasing {
 				ir.Releasing = append(ir.Releasing, o.List)
 			} else {
 				ir.Lists = append(ir.Lists, o.List)
 			}
-		}
-		if st, ok := status[e.Image]; ok {
-			ir.Phase, ir.Digest, ir.Pinned, ir.PinOwners = string(st.Phase), st.Digest, st.Pinned, st.PinOwners
-			ir.BytesDone, ir.BytesTotal, ir.Reason, ir.LastError = st.BytesDone, st.BytesTotal, st.Reason, st.LastError
 		}
 		r.Images = append(r.Images, ir)
 	}
