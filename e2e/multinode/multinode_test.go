@@ -428,15 +428,34 @@ func TestARemovedNodeHoldsNothingUp(t *testing.T) {
 	if len(nodes) < 3 {
 		t.Fatalf("%d nodes; the test removes one of at least three", len(nodes))
 	}
-	gone := nodes[len(nodes)-1]
 	via := slowRegistry(t)
-	tag, _ := push(t, "multi/orphan:1.0", 16<<20, via)
+	tag, digest := push(t, "multi/orphan:1.0", 16<<20, via)
+	ref := via + "/multi/orphan@" + digest
 	l := applyList(t, "orphan", 1, tag)
-	// The node dies while the rollout is under way.
+	// The node dies holding the rollout's one slot: handed the image, not
+	// yet Present (node 1, the host, cannot be removed).
+	var gone cluster.Node
+	testground.Eventually(t, 3*time.Minute, "a node past the first handed the image and pulling it", func() error {
+		for _, n := range nodes[1:] {
+			set := &prepullv1.NodeImageSet{}
+			if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+				continue
+			}
+			handed := slices.ContainsFunc(set.Spec.Images, func(e prepullv1.NodeImage) bool { return e.Image == ref })
+			present := slices.ContainsFunc(set.Status.Images, func(st prepullv1.NodeImageStatus) bool {
+				return st.Image == ref && st.Phase == prepullv1.PhasePresent
+			})
+			if handed && !present {
+				gone = n
+				return nil
+			}
+		}
+		return errors.New("none yet")
+	})
 	if err := c.RemoveNode(ctx, cs, gone.Name); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s removed", gone.Name)
+	t.Logf("%s removed while it held the rollout's slot", gone.Name)
 	waitReady(t, l, len(nodes)-1)
 	testground.Eventually(t, time.Minute, "the removed node's NodeImageSet gone", func() error {
 		if err := cl.Get(ctx, client.ObjectKey{Name: gone.Name}, &prepullv1.NodeImageSet{}); err == nil {
