@@ -831,8 +831,7 @@ func TestAgent(t *testing.T) {
 			cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 			log, _ := os.Create(filepath.Join(t.TempDir(), "agent.log"))
 			cmd.Stdout, cmd.Stderr = log, log
-			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			if err := cmd.Start(); err != nil {
+			if err := testground.StartChild(cmd); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })

@@ -324,7 +324,16 @@ func (f *fleet) setExists(node string) {
 // observe records a NodeImageSet the informer delivered: its reports, and
 // that it exists. It returns the object stripped to its metadata, which is
 // all the cache keeps.
+//
+// The informer may pass an object it already holds through the transform
+// again (a relist replaces the store with what it has, and the streaming
+// list does so at its end); such an object is the stripped one, which
+// carries strippedMark, and is returned as it is: its reports are those
+// recorded when it was first seen.
 func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
+	if _, ok := set.Annotations[strippedAnnotation]; ok {
+		return set
+	}
 	rs := make(reports, 0, len(set.Status.Images))
 	for _, st := range set.Status.Images {
 		rep := report{image: intern(st.Image), phase: internPhase(st.Phase), pinOwners: internOwners(st.PinOwners)}
@@ -344,9 +353,18 @@ func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
 		ObjectMeta: metav1.ObjectMeta{
 			Name: set.Name, UID: set.UID, ResourceVersion: set.ResourceVersion,
 			Generation: set.Generation, DeletionTimestamp: set.DeletionTimestamp,
+			Annotations: strippedMark,
 		},
 	}
 }
+
+// strippedAnnotation marks the objects observe made. It exists only in the
+// controller's cache, never in the API.
+const strippedAnnotation = "prepull.io/fleet-stripped"
+
+// strippedMark is the annotations of every stripped object, shared: the
+// cache's objects are read, never written.
+var strippedMark = map[string]string{strippedAnnotation: ""}
 
 // gone records that a NodeImageSet was deleted.
 func (f *fleet) gone(name string) {

@@ -130,8 +130,7 @@ func BenchmarkControllerRollout(b *testing.B) {
 		"--insecure-registries="+proxy.host)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	cmd.Stdout, cmd.Stderr = ctrlLog, ctrlLog
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := testground.StartChild(cmd); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {

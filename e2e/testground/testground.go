@@ -137,8 +137,8 @@ func startProcess(name, logPath, bin string, args ...string) (*process, error) {
 	cmd.Stdout, cmd.Stderr = log, log
 	// Its own process group, so that a test's Ctrl-C reaches the test first
 	// and the test stops the child itself.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := StartChild(cmd); err != nil {
 		log.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
