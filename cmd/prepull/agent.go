@@ -39,7 +39,7 @@ func runAgent(ctx context.Context, args []string) error {
 	defer rt.Close()
 	images, store, runtimeName := rt.images, rt.store, rt.name
 
-	mgr, err := newManager(opts.ServeOptions, ctrl.Options{
+	mgr, err := newManager(ctx, opts.ServeOptions, ctrl.Options{
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
 			// The agent watches its own node's NodeImageSet and nothing else.
 			&prepullv1.NodeImageSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},

@@ -37,7 +37,7 @@ func runController(ctx context.Context, args []string) error {
 		Gates:        gates,
 		StartupTaint: opts.StartupTaint,
 	}
-	mgr, err := newManager(opts.ServeOptions, ctrl.Options{
+	mgr, err := newManager(ctx, opts.ServeOptions, ctrl.Options{
 		LeaderElection:          opts.LeaderElect,
 		LeaderElectionID:        "prepull-controller.prepull.io",
 		LeaderElectionNamespace: leaseNS,

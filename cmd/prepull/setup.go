@@ -5,11 +5,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"time"
 
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/rest"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -66,7 +71,12 @@ func bindLogFlags(fs *pflag.FlagSet) *zap.Options {
 
 // newManager builds a controller manager with the scheme, the metrics and
 // probe endpoints of so and a liveness check; o sets the rest.
-func newManager(so ServeOptions, o ctrl.Options) (ctrl.Manager, error) {
+//
+// It first waits for the API server: building a manager reads the API's
+// discovery, and a replica started while the API server is away (an
+// outage, a control-plane upgrade) would otherwise exit and be restarted
+// with the kubelet's growing back-off, long after the API server is back.
+func newManager(ctx context.Context, so ServeOptions, o ctrl.Options) (ctrl.Manager, error) {
 	scheme, err := newScheme()
 	if err != nil {
 		return nil, err
@@ -74,6 +84,9 @@ func newManager(so ServeOptions, o ctrl.Options) (ctrl.Manager, error) {
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	if err := waitForAPIServer(ctx, cfg, so.ProbeAddr); err != nil {
+		return nil, err
 	}
 	o.Scheme = scheme
 	o.Metrics = metricsserver.Options{BindAddress: so.MetricsAddr}
@@ -87,6 +100,67 @@ func newManager(so ServeOptions, o ctrl.Options) (ctrl.Manager, error) {
 	}
 	return mgr, nil
 }
+
+// waitForAPIServer returns once the API server at cfg answers /version,
+// asking again every apiRetryInterval, or when ctx ends.
+// Meanwhile the probe address answers: live, and not ready, so that the
+// kubelet's liveness probe does not restart a replica that only waits.
+func waitForAPIServer(ctx context.Context, cfg *rest.Config, probeAddr string) error {
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("API client: %w", err)
+	}
+	if err := dc.RESTClient().Get().AbsPath("/version").Do(ctx).Error(); err == nil {
+		return nil
+	}
+	if probeAddr != "" && probeAddr != "0" {
+		stop, err := serveWaiting(probeAddr)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	err = wait.PollUntilContextCancel(ctx, apiRetryInterval, false, func(ctx context.Context) (bool, error) {
+		err := dc.RESTClient().Get().AbsPath("/version").Do(ctx).Error()
+		if err != nil {
+			ctrl.Log.Info("Waiting for the API server", "host", cfg.Host, "error", err.Error())
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for the API server at %s: %w", cfg.Host, err)
+	}
+	return nil
+}
+
+// serveWaiting serves the probes of a replica waiting for the API server
+// on addr until stop, which frees addr for the manager's own probes.
+func serveWaiting(addr string) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("health probes on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "waiting for the API server", http.StatusServiceUnavailable)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	return func() {
+		_ = srv.Close()
+		<-done
+	}, nil
+}
+
+// apiRetryInterval is the wait between two tries of an API server that
+// does not answer: a waiting replica starts within that time of its return.
+const apiRetryInterval = time.Second
 
 // cacheSynced fails until the manager's caches have read what they watch
 // from the API server.

@@ -28,6 +28,11 @@ func StartAPIServer(t testing.TB, crdDirs ...string) (*rest.Config, *envtest.Env
 		BinaryAssetsDirectory: dir,
 		CRDDirectoryPaths:     crdDirs,
 		ErrorIfCRDPathMissing: len(crdDirs) > 0,
+		// A certificate directory of the test's own, which envtest keeps
+		// across a Stop, so that a test can stop the API server and start
+		// it again (env.ControlPlane.APIServer) with the same serving
+		// certificate and the same users.
+		ControlPlane: envtest.ControlPlane{APIServer: &envtest.APIServer{CertDir: TempDir(t, "prepull-apiserver-")}},
 	}
 	cfg, err := env.Start()
 	if err != nil {
