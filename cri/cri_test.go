@@ -27,6 +27,8 @@ func TestClassify(t *testing.T) {
 		{"registry 401 inside unknown", status.Error(codes.Unknown, `failed to pull: unexpected status from HEAD request to http://r/v2/x/manifests/v1: 401 Unauthorized`), ErrUnauthorized},
 		{"no basic auth credentials", status.Error(codes.Unknown, "pull access denied, repository does not exist or may require authorization: authorization failed: no basic auth credentials"), ErrUnauthorized},
 		{"registry down", status.Error(codes.Unknown, "failed to do request: Head \"http://r/v2/\": dial tcp 127.0.0.1:1: connect: connection refused"), ErrUnavailable},
+		{"registry 500", status.Error(codes.Unknown, `failed to resolve reference "r/x@sha256:1": unexpected status from HEAD request to http://r/v2/x/manifests/sha256:1: 500 Internal Server Error`), ErrUnavailable},
+		{"body cut short", status.Error(codes.Unknown, `failed to copy: httpReadSeeker: failed open: failed to do request: Get "http://r/v2/x/blobs/sha256:1": EOF`), ErrUnavailable},
 		{"disk full", status.Error(codes.Unknown, "failed to extract layer: write /var/lib/x: no space left on device"), ErrNoSpace},
 		{"context deadline", fmt.Errorf("pull: %w", context.DeadlineExceeded), ErrTimeout},
 		{"canceled", context.Canceled, nil},

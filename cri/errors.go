@@ -76,6 +76,12 @@ var messageKinds = []struct {
 	{"network is unreachable", ErrUnavailable},
 	{"i/o timeout", ErrUnavailable},
 	{"connection reset", ErrUnavailable},
+	// A registry that answers with a server error, or a transfer cut short.
+	{"500 internal server error", ErrUnavailable},
+	{"502 bad gateway", ErrUnavailable},
+	{"503 service unavailable", ErrUnavailable},
+	{"504 gateway timeout", ErrUnavailable},
+	{"unexpected eof", ErrUnavailable},
 	{"deadline exceeded", ErrTimeout},
 }
 
@@ -111,6 +117,10 @@ func classify(err error) error {
 		if strings.Contains(msg, mk.fragment) {
 			return mk.kind
 		}
+	}
+	if strings.HasSuffix(msg, ": eof") {
+		// The connection closed before an answer: a transfer cut short.
+		return ErrUnavailable
 	}
 	return nil
 }

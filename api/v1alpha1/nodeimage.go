@@ -79,6 +79,9 @@ type EntrySettings struct {
 	Tags []string
 	// PullSecrets are the mirrors of the active owners' lists' secrets.
 	PullSecrets []string
+	// SecretsVersion changes when the credentials of those secrets do (the
+	// lists' PullSecretsVersion).
+	SecretsVersion string
 	// Timeout bounds one pull: the shortest of the active owners' lists'.
 	Timeout time.Duration
 	// BackoffLimit is the largest of the active owners' lists'.
@@ -94,6 +97,7 @@ type EntrySettings struct {
 // means the API's defaults).
 func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettings {
 	s := EntrySettings{BackoffLimit: -1}
+	var versions []string
 	for _, o := range e.Owners {
 		l := lookup(o.List)
 		if o.Releasing {
@@ -114,6 +118,9 @@ func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettin
 			for _, ref := range l.Spec.ImagePullSecrets {
 				s.PullSecrets = append(s.PullSecrets, MirrorSecretName(l.Namespace, l.Name, ref.Name))
 			}
+			if v := l.Status.PullSecretsVersion; v != "" {
+				versions = append(versions, v)
+			}
 		}
 		if l == nil || l.Spec.Retain != RetainUnpinned {
 			s.Pinners = append(s.Pinners, o.List)
@@ -132,6 +139,8 @@ func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettin
 	slices.Sort(s.Tags)
 	slices.Sort(s.PullSecrets)
 	s.Tags, s.PullSecrets = slices.Compact(s.Tags), slices.Compact(s.PullSecrets)
+	slices.Sort(versions)
+	s.SecretsVersion = strings.Join(versions, ",")
 	return s
 }
 

@@ -353,6 +353,14 @@ type PrePullListStatus struct {
 	// with spec.nodeGate.
 	// +optional
 	NodeGate *NodeGateStatus `json:"nodeGate,omitempty"`
+	// pullSecretsVersion changes whenever the credentials of the list's
+	// pull secrets change (it is made from the versions of their mirrors,
+	// never from their data). Agents try the list's images again at once
+	// when it changes: a rotated or fixed secret takes effect without a
+	// spec change and without waiting out a back-off.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	PullSecretsVersion string `json:"pullSecretsVersion,omitempty"`
 }
 
 // NodeGateStatus counts a gating list's nodes.

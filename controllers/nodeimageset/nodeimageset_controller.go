@@ -216,10 +216,25 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&prepullv1.NodeImageSet{}, builder.WithPredicates(mine)).
-		Watches(&prepullv1.PrePullList{}, ownNode, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&prepullv1.PrePullList{}, ownNode, builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, secretsChanged()))).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
 		Named("nodeimageset").
 		Complete(r)
+}
+
+// secretsChanged passes a list whose pull secrets' credentials changed.
+func secretsChanged() predicate.Funcs {
+	return predicate.Funcs{
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		DeleteFunc:  func(event.DeleteEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(*prepullv1.PrePullList)
+			n, ok2 := e.ObjectNew.(*prepullv1.PrePullList)
+			return ok1 && ok2 && o.Status.PullSecretsVersion != n.Status.PullSecretsVersion
+		},
+	}
 }
 
 // setDefaults fills in the tunables left zero and makes the agent's state.

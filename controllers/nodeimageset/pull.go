@@ -33,6 +33,10 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
 		// start over.
 		st.attempts, st.failedSpec, st.nextTry = 0, "", time.Time{}
 	}
+	key := specKey(e)
+	if st.triedSpec != "" && st.triedSpec != key {
+		st.nextTry = time.Time{}
+	}
 	if now.Before(st.nextTry) {
 		return
 	}
@@ -41,7 +45,7 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
 		st.nextTry = now.Add(r.ResyncInterval)
 		return
 	}
-	st.pulling = true
+	st.pulling, st.triedSpec = true, key
 	if st.phase != prepullv1.PhasePulling {
 		st.to(prepullv1.PhasePending, st.reason, st.lastError, now)
 	}

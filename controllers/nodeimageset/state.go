@@ -73,8 +73,10 @@ type imageState struct {
 	bytesDone         int64
 	bytesTotal        int64
 	// failedSpec is the spec entry that failed for good; a changed entry
-	// is tried again.
-	failedSpec string
+	// is tried again. triedSpec is the entry last tried: a changed one (a
+	// rotated pull secret, a new timeout) is tried again at once, without
+	// waiting out the back-off of the old one.
+	failedSpec, triedSpec string
 	// verified is the spec entry last found fully in place, at verifiedAt.
 	verified   string
 	verifiedAt time.Time
@@ -164,7 +166,7 @@ func specKey(e *entry) string {
 	if e.Archive != nil {
 		archive = e.Archive.Location() + "|" + e.Archive.SHA256
 	}
-	return fmt.Sprintf("%s|%v|%v|%d|%d|%s|%v|%s", e.Image, e.Tags, e.PullSecrets, e.BackoffLimit, resolveAfter.Unix(), archive, e.Pinners, e.Timeout)
+	return fmt.Sprintf("%s|%v|%v|%s|%d|%d|%s|%v|%s", e.Image, e.Tags, e.PullSecrets, e.SecretsVersion, e.BackoffLimit, resolveAfter.Unix(), archive, e.Pinners, e.Timeout)
 }
 
 func truncate(s string, n int) string {

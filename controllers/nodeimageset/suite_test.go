@@ -402,6 +402,49 @@ func TestAgent(t *testing.T) {
 		e.phase(t, "mixed", private.Digest, prepullv1.PhasePresent, nil)
 	})
 
+	t.Run("a fixed pull secret is tried again at once, the spec unchanged", func(t *testing.T) {
+		private := e.private.MustPushRandom(t, "rotated/private:v1", 1024, 1)
+		cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"wrong"}}}`, e.private.Host)
+		mirror := prepullv1.MirrorSecretName("rotated", "private", "creds")
+		secret := &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: mirror},
+			Type:       corev1.SecretTypeDockerConfigJson,
+			Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
+		}
+		if err := e.c.Create(ctx, secret); err != nil {
+			t.Fatal(err)
+		}
+		e.setList(t, "rotated/private", func(s *prepullv1.PrePullListSpec) {
+			s.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "creds"}}
+			s.Rollout.BackoffLimit = ptr(int32(0))
+		})
+		e.agent(t, "rotated", nil)
+		e.setSpec(t, "rotated", entry(private.Digest, owner("rotated/private", private.Tag)))
+		st := e.phase(t, "rotated", private.Digest, prepullv1.PhaseFailed, nil)
+		if st.Reason != nodeimageset.ReasonUnauthorized {
+			t.Fatalf("wrong credentials: %+v, want Unauthorized", st)
+		}
+		// The secret is fixed, and the controller says so in the list's
+		// status; neither the list's spec nor the node's changes.
+		secret.Data[corev1.DockerConfigJsonKey] = []byte(strings.Replace(cfg, "wrong", "s3cret", 1))
+		if err := e.c.Update(ctx, secret); err != nil {
+			t.Fatal(err)
+		}
+		l := &prepullv1.PrePullList{}
+		if err := e.c.Get(ctx, client.ObjectKey{Namespace: "rotated", Name: "private"}, l); err != nil {
+			t.Fatal(err)
+		}
+		gen := l.Generation
+		l.Status.PullSecretsVersion = "after-rotation"
+		if err := e.c.Status().Update(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		e.phase(t, "rotated", private.Digest, prepullv1.PhasePresent, nil)
+		if err := e.c.Get(ctx, client.ObjectKeyFromObject(l), l); err != nil || l.Generation != gen {
+			t.Errorf("the list's spec changed: generation %d, then %d (%v)", gen, l.Generation, err)
+		}
+	})
+
 	t.Run("the registry down, then back", func(t *testing.T) {
 		reg := testground.StartRegistry(t)
 		e.ctd.TrustRegistry(reg)
@@ -421,6 +464,44 @@ func TestAgent(t *testing.T) {
 		e.phase(t, "flaky", img.Digest, prepullv1.PhasePresent, nil)
 		if e.runtimeID(t, img.Tag) != img.ID {
 			t.Errorf("tag not made present after the registry came back")
+		}
+	})
+
+	t.Run("a registry that fails says how, backs off and recovers", func(t *testing.T) {
+		proxy := testground.StartFaultProxy(t, e.public)
+		e.ctd.TrustHost(proxy.Host)
+		for i, tc := range []struct {
+			fault  testground.Fault
+			reason string
+			says   string
+		}{
+			{testground.Fault500, nodeimageset.ReasonUnavailable, "500 Internal Server Error"},
+			{testground.FaultHang, nodeimageset.ReasonTimeout, "deadline exceeded"},
+			{testground.FaultCutBody, nodeimageset.ReasonUnavailable, "EOF"},
+		} {
+			t.Run(tc.fault.String(), func(t *testing.T) {
+				node := fmt.Sprintf("fault-%d", i)
+				list := "faults/" + node
+				img := e.public.MustPushRandom(t, fmt.Sprintf("faults/app%d:v1", i), 256<<10, 1)
+				ref := proxy.Host + strings.TrimPrefix(img.Digest, e.public.Host)
+				proxy.Set(tc.fault)
+				e.setList(t, list, func(s *prepullv1.PrePullListSpec) {
+					s.Rollout.Timeout, s.Rollout.BackoffLimit = &metav1.Duration{Duration: 2 * time.Second}, ptr(int32(100))
+				})
+				e.agent(t, node, nil)
+				e.setSpec(t, node, entry(ref, owner(list)))
+				e.phase(t, node, ref, prepullv1.PhasePulling, func(st *prepullv1.NodeImageStatus) error {
+					if st.Attempts < 2 || st.Reason != tc.reason || !strings.Contains(st.LastError, tc.says) {
+						return fmt.Errorf("attempts %d, reason %s, error %q", st.Attempts, st.Reason, st.LastError)
+					}
+					return nil
+				})
+				proxy.Set(testground.NoFault)
+				e.phase(t, node, ref, prepullv1.PhasePresent, nil)
+				if e.runtimeID(t, ref) != img.ID {
+					t.Errorf("the image is not present after the fault ended")
+				}
+			})
 		}
 	})
 

@@ -93,7 +93,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=prepull.io,resources=tagresolutions,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",namespace=prepull-system,resources=secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=prepull-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
@@ -134,7 +134,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	if err := r.tags.collect(ctx, r.tags.use(client.ObjectKeyFromObject(l), usesOf(l))); err != nil {
 		return ctrl.Result{}, err
 	}
-	_, creds, secretErr := r.mirrorSecrets(ctx, l)
+	secretsVersion, creds, secretErr := r.mirrorSecrets(ctx, l)
 	if secretErr != nil {
 		log.Info("Pull secrets unavailable", "error", secretErr.Error())
 	}
@@ -158,6 +158,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	writeErr := resolveErr
 
 	status := buildStatus(l.Status, l.Generation, images, out, secretErr)
+	status.PullSecretsVersion = secretsVersion
 	r.remember(l, status)
 	r.recordTransitions(l, prev, status)
 	recordNodes(l, status.Nodes)
@@ -736,6 +737,14 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.Add(manager.RunnableFunc(r.releaseReported)); err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &prepullv1.PrePullList{}, pullSecretIndex, indexPullSecrets); err != nil {
+		return err
+	}
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		return r.watchSourceSecrets(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("secrets")), mgr.GetConfig())
+	})); err != nil {
+		return err
+	}
 	statusChanged := handler.TypedFuncs[client.Object, reconcile.Request]{
 		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[client.Object], _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			r.noteReport(e.Object.GetName())
@@ -763,12 +772,22 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 func (r *Reconciler) noteReport(node string) {
 	owners := r.fleet.owners(node)
 	r.reportMu.Lock()
+	r.viewStale = true
+	r.reportMu.Unlock()
+	r.noteLists(owners)
+}
+
+// noteLists records lists to reconcile at the next statusBatch.
+func (r *Reconciler) noteLists(lists []types.NamespacedName) {
+	if len(lists) == 0 {
+		return
+	}
+	r.reportMu.Lock()
 	defer r.reportMu.Unlock()
 	if r.reported == nil {
 		r.reported = map[types.NamespacedName]bool{}
 	}
-	r.viewStale = true
-	for _, l := range owners {
+	for _, l := range lists {
 		r.reported[l] = true
 	}
 }

@@ -2,14 +2,23 @@ package prepulllist
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/metadata/metadatainformer"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -28,11 +37,11 @@ const (
 )
 
 // mirrorSecrets makes the mirrors of l's pull secrets match their sources,
-// removes mirrors l no longer names, and returns the mirrors' names and the
-// credentials. A missing or malformed source is reported in the error, and
-// the rest still mirrored.
-func (r *Reconciler) mirrorSecrets(ctx context.Context, l *prepullv1.PrePullList) ([]string, []pullsecret.Credential, error) {
-	var names []string
+// removes mirrors l no longer names, and returns the mirrors' version (see
+// PrePullListStatus.PullSecretsVersion) and the credentials. A missing or
+// malformed source is reported in the error, and the rest still mirrored.
+func (r *Reconciler) mirrorSecrets(ctx context.Context, l *prepullv1.PrePullList) (string, []pullsecret.Credential, error) {
+	var names, versions []string
 	var creds []pullsecret.Credential
 	var errs []error
 	for i, ref := range l.Spec.ImagePullSecrets {
@@ -53,20 +62,34 @@ func (r *Reconciler) mirrorSecrets(ctx context.Context, l *prepullv1.PrePullList
 		}
 		creds = append(creds, c...)
 		name := prepullv1.MirrorSecretName(l.Namespace, l.Name, ref.Name)
-		if err := r.writeMirror(ctx, l, src, name); err != nil {
+		rv, err := r.writeMirror(ctx, l, src, name)
+		if err != nil {
 			errs = append(errs, fmt.Errorf("spec.imagePullSecrets[%d]: mirror secret %s/%s: %w", i, l.Namespace, ref.Name, err))
 			continue
 		}
 		names = append(names, name)
+		versions = append(versions, name+"="+rv)
 	}
 	if err := r.deleteMirrors(ctx, l, names); err != nil {
 		errs = append(errs, err)
 	}
-	slices.Sort(names)
-	return names, creds, errors.Join(errs...)
+	return mirrorsVersion(versions), creds, errors.Join(errs...)
 }
 
-func (r *Reconciler) writeMirror(ctx context.Context, l *prepullv1.PrePullList, src *corev1.Secret, name string) error {
+// mirrorsVersion is a short digest of the mirrors' names and resource
+// versions, "" for none.
+func mirrorsVersion(versions []string) string {
+	if len(versions) == 0 {
+		return ""
+	}
+	slices.Sort(versions)
+	sum := sha256.Sum256([]byte(strings.Join(versions, ",")))
+	return hex.EncodeToString(sum[:8])
+}
+
+// writeMirror makes the mirror name of src and returns its resource
+// version, which changes only when the mirror does.
+func (r *Reconciler) writeMirror(ctx context.Context, l *prepullv1.PrePullList, src *corev1.Secret, name string) (string, error) {
 	want := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace:   r.Namespace,
@@ -80,23 +103,26 @@ func (r *Reconciler) writeMirror(ctx context.Context, l *prepullv1.PrePullList, 
 	cur := &corev1.Secret{}
 	err := r.Get(ctx, client.ObjectKeyFromObject(want), cur)
 	if apierrors.IsNotFound(err) {
-		return r.Create(ctx, want)
+		err := r.Create(ctx, want)
+		return want.ResourceVersion, err
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
 	if maps.EqualFunc(cur.Data, want.Data, slices.Equal) && cur.Labels[MirrorListLabel] == want.Labels[MirrorListLabel] && cur.Type == want.Type {
-		return nil
+		return cur.ResourceVersion, nil
 	}
 	if cur.Type != want.Type {
 		// A Secret's type is immutable.
 		if err := r.Delete(ctx, cur); err != nil && !apierrors.IsNotFound(err) {
-			return err
+			return "", err
 		}
-		return r.Create(ctx, want)
+		err := r.Create(ctx, want)
+		return want.ResourceVersion, err
 	}
 	cur.Data, cur.Labels, cur.Annotations = want.Data, want.Labels, want.Annotations
-	return r.Update(ctx, cur)
+	err = r.Update(ctx, cur)
+	return cur.ResourceVersion, err
 }
 
 // deleteMirrors deletes l's mirrors whose names are not in keep.
@@ -116,4 +142,77 @@ func (r *Reconciler) deleteMirrors(ctx context.Context, l *prepullv1.PrePullList
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// pullSecretIndex indexes lists by the names of their pull secrets.
+const pullSecretIndex = "spec.imagePullSecrets.name"
+
+func indexPullSecrets(o client.Object) []string {
+	l, ok := o.(*prepullv1.PrePullList)
+	if !ok {
+		return nil
+	}
+	out := make([]string, 0, len(l.Spec.ImagePullSecrets))
+	for _, ref := range l.Spec.ImagePullSecrets {
+		out = append(out, ref.Name)
+	}
+	return out
+}
+
+// watchSourceSecrets watches the metadata of every Secret, and reconciles
+// the lists that name one at once when it is created, changed or deleted:
+// a rotated pull secret is mirrored, and its new version reaches the agents
+// (PullSecretsVersion), within a statusBatch. Only metadata is watched
+// and kept, stripped to name and version: the data of a list's secret is
+// read by name when the list is reconciled, never cached.
+func (r *Reconciler) watchSourceSecrets(ctx context.Context, cfg *rest.Config) error {
+	mc, err := metadata.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("metadata client: %w", err)
+	}
+	inf := metadatainformer.NewFilteredMetadataInformer(mc, corev1.SchemeGroupVersion.WithResource("secrets"),
+		metav1.NamespaceAll, 0, toolscache.Indexers{}, nil).Informer()
+	if err := inf.SetTransform(func(obj any) (any, error) {
+		if m, ok := obj.(*metav1.PartialObjectMetadata); ok {
+			return &metav1.PartialObjectMetadata{TypeMeta: m.TypeMeta, ObjectMeta: metav1.ObjectMeta{
+				Namespace: m.Namespace, Name: m.Name, ResourceVersion: m.ResourceVersion}}, nil
+		}
+		return obj, nil
+	}); err != nil {
+		return err
+	}
+	changed := func(obj any) {
+		if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+			obj = tomb.Obj
+		}
+		m, ok := obj.(*metav1.PartialObjectMetadata)
+		if !ok || m.Namespace == r.Namespace {
+			// The mirrors themselves live in the controller's namespace.
+			return
+		}
+		var lists prepullv1.PrePullListList
+		if err := r.List(ctx, &lists, client.InNamespace(m.Namespace), client.MatchingFields{pullSecretIndex: m.Name}); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "List the PrePullLists naming a changed Secret", "secret", m.Namespace+"/"+m.Name)
+			return
+		}
+		keys := make([]types.NamespacedName, 0, len(lists.Items))
+		for i := range lists.Items {
+			keys = append(keys, client.ObjectKeyFromObject(&lists.Items[i]))
+		}
+		r.noteLists(keys)
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: changed,
+		UpdateFunc: func(oldObj, newObj any) {
+			o, n := oldObj.(*metav1.PartialObjectMetadata), newObj.(*metav1.PartialObjectMetadata)
+			if o == nil || n == nil || o.ResourceVersion != n.ResourceVersion {
+				changed(newObj)
+			}
+		},
+		DeleteFunc: changed,
+	}); err != nil {
+		return err
+	}
+	inf.Run(ctx.Done())
+	return nil
 }

@@ -925,6 +925,40 @@ func TestController(t *testing.T) {
 		if strings.Contains(raw, "s3cret") {
 			t.Errorf("a credential leaked into a custom resource")
 		}
+		version := got.Status.PullSecretsVersion
+		if version == "" {
+			t.Errorf("no pullSecretsVersion in the status of a list with a pull secret")
+		}
+
+		// The source secret rotated: the mirror follows, and the list's
+		// status says so to the agents, the list untouched.
+		rotated := strings.Replace(cfg, "s3cret", "n3w-s3cret", 1)
+		src := &corev1.Secret{}
+		if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "regcred"}, src); err != nil {
+			t.Fatal(err)
+		}
+		src.Data[corev1.DockerConfigJsonKey] = []byte(rotated)
+		if err := e.c.Update(ctx, src); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the rotated secret mirrored and its new version in status", func() error {
+			if err := e.c.Get(ctx, client.ObjectKey{Namespace: controllerNS, Name: mirror}, s); err != nil {
+				return err
+			}
+			if string(s.Data[corev1.DockerConfigJsonKey]) != rotated {
+				return fmt.Errorf("the mirror holds the old credentials")
+			}
+			if v := e.getList(t, l).Status.PullSecretsVersion; v == version || v == "" {
+				return fmt.Errorf("pullSecretsVersion %q, was %q", v, version)
+			}
+			return nil
+		})
+		if g := e.getList(t, l).Generation; g != got.Generation {
+			t.Errorf("the list's generation moved from %d to %d", got.Generation, g)
+		}
+		if v := e.getList(t, l).Status.PullSecretsVersion; strings.Contains(v, "s3cret") {
+			t.Errorf("pullSecretsVersion carries the credential: %q", v)
+		}
 
 		broken := list(ns, "broken", private.Tag)
 		broken.Spec.NodeSelector = selector(pool)
@@ -936,6 +970,18 @@ func TestController(t *testing.T) {
 				return fmt.Errorf("degraded %+v", c)
 			}
 			return nil
+		})
+		// The missing secret created: mirrored at once, the list untouched.
+		e.mustCreate(t, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "absent"},
+			Type:       corev1.SecretTypeDockerConfigJson,
+			Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
+		})
+		eventually(t, "a secret created later is mirrored", func() error {
+			if c := condition(e.getList(t, broken), prepullv1.ConditionDegraded); c == nil || c.Reason == prepullv1.ReasonPullSecretUnavailable {
+				return fmt.Errorf("degraded %+v", c)
+			}
+			return e.c.Get(ctx, client.ObjectKey{Namespace: controllerNS, Name: prepullv1.MirrorSecretName(ns, "broken", "absent")}, &corev1.Secret{})
 		})
 
 		if err := e.c.Delete(ctx, l); err != nil {

@@ -48,19 +48,27 @@ func StartThrottleAt(t testing.TB, ip string, reg *Registry, bytesPerSecond int,
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
 	t.Cleanup(func() { srv.Close() })
+	waitListening(t, "throttling proxy", th.Host, errc)
+	return th
+}
+
+// waitListening waits until the registry proxy at host answers /v2/, or
+// fails the test when its server ended (errc) or did not answer in time.
+func waitListening(t testing.TB, name, host string, errc <-chan error) {
+	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		resp, err := http.Get("http://" + th.Host + "/v2/")
+		resp, err := http.Get("http://" + host + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			return th
+			return
 		}
 		select {
 		case err := <-errc:
-			t.Fatalf("throttling proxy: %v", err)
+			t.Fatalf("%s: %v", name, err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("throttling proxy not up: %v", err)
+			t.Fatalf("%s not up: %v", name, err)
 		}
 	}
 }
