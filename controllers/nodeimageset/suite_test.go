@@ -887,6 +887,103 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("containerd restarted mid-pull: the image ends present, pinned, tagged once", func(t *testing.T) {
+		th := testground.StartThrottle(t, e.public, 2<<20, 0)
+		e.ctd.TrustHost(th.Host)
+		img := e.public.MustPushRandom(t, "ctdrestart/app:v1", 8<<20, 1)
+		digest, tag := th.Ref(e.public, img.Digest), th.Ref(e.public, img.Tag)
+		e.setList(t, "shop/ctdrestart", func(s *prepullv1.PrePullListSpec) { s.Rollout.BackoffLimit = ptr(int32(100)) })
+		e.agent(t, "ctdrestart", nil)
+		e.setSpec(t, "ctdrestart", entry(digest, owner("shop/ctdrestart", tag)))
+		e.phase(t, "ctdrestart", digest, prepullv1.PhasePulling, func(st *prepullv1.NodeImageStatus) error {
+			if st.BytesDone == 0 {
+				return fmt.Errorf("no bytes yet")
+			}
+			return nil
+		})
+		e.ctd.Stop()
+		e.ctd.Start()
+		e.phase(t, "ctdrestart", digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if !st.Pinned {
+				return fmt.Errorf("not pinned")
+			}
+			return nil
+		})
+		if e.runtimeID(t, tag) != img.ID || !e.pinned(t, digest) {
+			t.Errorf("after the restart: tag names %q (want %s), pinned %v", e.runtimeID(t, tag), img.ID, e.pinned(t, digest))
+		}
+		images, err := e.images.ListImages(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var named []string
+		for _, i := range images {
+			for _, ref := range append(i.RepoTags, i.RepoDigests...) {
+				if strings.Contains(ref, "/ctdrestart/") {
+					named = append(named, ref)
+				}
+			}
+		}
+		want := []string{digest, tag}
+		slices.Sort(named)
+		slices.Sort(want)
+		if !slices.Equal(named, want) {
+			t.Errorf("names of the image in the runtime: %v, want exactly %v", named, want)
+		}
+	})
+
+	t.Run("a full disk: NoSpace, nothing half-made, the rest kept, then present once space is freed", func(t *testing.T) {
+		// containerd's root on a real, small filesystem that the pull fills.
+		root := testground.TempDir(t, "pp-full-")
+		if err := syscall.Mount("tmpfs", root, "tmpfs", 0, "size=24m"); err != nil {
+			t.Fatalf("mount a 24 MiB tmpfs: %v", err)
+		}
+		t.Cleanup(func() { _ = syscall.Unmount(root, syscall.MNT_DETACH) })
+		full := testground.StartContainerdWith(t, func(cfg string) string {
+			return strings.Replace(cfg, "root = '", "root = '"+root+"' #", 1)
+		})
+		full.TrustRegistry(e.public)
+		images, store := full.Clients(t)
+		small := e.public.MustPushRandom(t, "full/small:v1", 1<<20, 1)
+		big := e.public.MustPushRandom(t, "full/big:v1", 40<<20, 1)
+		e.setList(t, "shop/full", func(s *prepullv1.PrePullListSpec) { s.Rollout.BackoffLimit = ptr(int32(100)) })
+		e.agent(t, "full", func(r *nodeimageset.Reconciler) { r.Images, r.Store, r.KeepStrayPins = images, store, false })
+		e.setSpec(t, "full", entry(small.Digest, owner("shop/full", small.Tag)))
+		e.phase(t, "full", small.Digest, prepullv1.PhasePresent, nil)
+		e.setSpec(t, "full", entry(small.Digest, owner("shop/full", small.Tag)), entry(big.Digest, owner("shop/full", big.Tag)))
+		e.phase(t, "full", big.Digest, prepullv1.PhasePulling, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != nodeimageset.ReasonNoSpace || !strings.Contains(st.LastError, "no space left on device") {
+				return fmt.Errorf("reason %s, error %q", st.Reason, st.LastError)
+			}
+			return nil
+		})
+		if _, err := images.ImageStatus(ctx, big.Tag); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("the image that did not fit is tagged: %v", err)
+		}
+		if owners, _ := store.Owners(ctx, big.Digest); len(owners) != 0 {
+			t.Errorf("the image that did not fit is pinned for %v", owners)
+		}
+		if st, err := images.ImageStatus(ctx, small.Tag); err != nil || st.ID != small.ID {
+			t.Errorf("the image that was there is gone: %+v, %v", st, err)
+		}
+		if owners, _ := store.Owners(ctx, small.Digest); !slices.Equal(owners, []string{"shop/full"}) {
+			t.Errorf("the image that was there lost its pin: %v", owners)
+		}
+		// Space freed: the same filesystem grown.
+		if err := syscall.Mount("tmpfs", root, "tmpfs", syscall.MS_REMOUNT, "size=256m"); err != nil {
+			t.Fatalf("grow the tmpfs: %v", err)
+		}
+		e.phase(t, "full", big.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if !st.Pinned {
+				return fmt.Errorf("not pinned")
+			}
+			return nil
+		})
+		if st, err := images.ImageStatus(ctx, big.Tag); err != nil || st.ID != big.ID {
+			t.Errorf("after space was freed the tag names %+v, %v", st, err)
+		}
+	})
+
 	t.Run("the agent killed mid-pull resumes after a restart", func(t *testing.T) {
 		bin := os.Getenv("PREPULL_BINARY")
 		if bin == "" {
