@@ -93,11 +93,11 @@ test: testground lint verify-generated build ## Build the test ground and run ev
 
 # Native Go fuzz targets, FUZZTIME each: make test runs them briefly, make
 # fuzz longer (FUZZTIME=10m make fuzz).
-FUZZ_TARGETS := ./imageref/:FuzzNormalize ./cmd/prepull/:FuzzReadLists ./bundle/:FuzzVerify ./bundle/:FuzzLoad
+FUZZ_TARGETS := ./imageref/:FuzzNormalize ./imageref/:FuzzOneGrammar ./cmd/prepull/:FuzzReadLists ./bundle/:FuzzVerify ./bundle/:FuzzLoad
 FUZZTIME ?= 1m
 
 .PHONY: fuzz
-fuzz: ## Fuzz reference parsing, list files, bundle verification and archive import, FUZZTIME (1m) each.
+fuzz: ## Fuzz reference parsing (and its agreement with admission), list files, bundle verification and archive import, FUZZTIME (1m) each.
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "fuzz: $$fn in $$pkg for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done

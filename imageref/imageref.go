@@ -9,6 +9,7 @@ import (
 	"fmt"
 
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 )
 
 // ErrInvalid means a string is not an image reference.
@@ -75,10 +76,19 @@ func Repository(ref string) (string, error) {
 	return named.Name(), nil
 }
 
+// MaxLength is the longest reference prepull takes, as its API does.
+const MaxLength = 255
+
 func parse(ref string) (reference.Named, error) {
+	if n := len([]rune(ref)); n > MaxLength {
+		return nil, fmt.Errorf("image reference %q: %w: %d characters, at most %d", ref, ErrInvalid, n, MaxLength)
+	}
 	named, err := reference.ParseNormalizedNamed(ref)
 	if err != nil {
 		return nil, fmt.Errorf("image reference %q: %w: %w", ref, ErrInvalid, err)
+	}
+	if d, ok := named.(reference.Digested); ok && d.Digest().Algorithm() != digest.SHA256 {
+		return nil, fmt.Errorf("image reference %q: %w: digest algorithm %s, only sha256 is supported", ref, ErrInvalid, d.Digest().Algorithm())
 	}
 	return named, nil
 }

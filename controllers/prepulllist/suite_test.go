@@ -30,6 +30,7 @@ import (
 	"prepull.io/prepull/controllers/nodegate"
 	"prepull.io/prepull/controllers/prepulllist"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/pullsecret"
 )
 
@@ -433,6 +434,21 @@ func TestController(t *testing.T) {
 					}
 				}
 			})
+		}
+		// Admission takes exactly the references the controller parses.
+		for i, ref := range testground.Lines(t, "../../imageref/testdata/references.txt") {
+			l := list(ns, fmt.Sprintf("ref-%d", i), ref)
+			err := e.c.Create(ctx, l, client.DryRunAll)
+			if apierrors.IsInvalid(err) {
+				if !strings.Contains(err.Error(), "spec.images[0].image") {
+					t.Errorf("%q refused without naming the field: %v", ref, err)
+				}
+			} else if err != nil {
+				t.Fatalf("dry-run create of %q: %v", ref, err)
+			}
+			if _, perr := imageref.Parse(ref); (err == nil) != (perr == nil) {
+				t.Errorf("%q: admission says %v, the controller's parser %v", ref, err, perr)
+			}
 		}
 		good := list(ns, "good", "nginx", "nginx:1.27", "registry.example:5000/team/app:v1@sha256:"+strings.Repeat("a", 64), "localhost/app")
 		if err := e.c.Create(ctx, good); err != nil {
