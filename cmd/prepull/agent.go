@@ -12,7 +12,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
@@ -27,7 +26,7 @@ func runAgent(ctx context.Context, args []string) error {
 	if err != nil || zapOpts == nil {
 		return err
 	}
-	log := zap.New(zap.UseFlagOptions(zapOpts)).WithValues("node", opts.NodeName)
+	log := newLogger(zapOpts).WithValues("node", opts.NodeName)
 	ctrl.SetLogger(log)
 
 	// The runtime may start after the agent; readiness says so until it

@@ -8,7 +8,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"prepull.io/prepull/controllers/nodegate"
 	"prepull.io/prepull/controllers/prepulllist"
@@ -20,7 +19,7 @@ func runController(ctx context.Context, args []string) error {
 	if err != nil || zapOpts == nil {
 		return err
 	}
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(zapOpts)))
+	ctrl.SetLogger(newLogger(zapOpts))
 
 	leaseNS := opts.LeaderElectionNamespace
 	if leaseNS == "" {

@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/pflag"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"prepull.io/prepull/nodeapply"
 )
@@ -76,7 +75,7 @@ func runNode(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil || zapOpts == nil {
 		return err
 	}
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(zapOpts)))
+	ctrl.SetLogger(newLogger(zapOpts))
 	lists, err := readLists(opts.Files, os.Stdin)
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -57,6 +58,43 @@ func newScheme() (*runtime.Scheme, error) {
 		return nil, err
 	}
 	return scheme, nil
+}
+
+// newLogger is the binaries' logger: zap as the --zap-* flags say, at most
+// at verbosity maxLogLevel.
+func newLogger(opts *zap.Options) logr.Logger {
+	l := zap.New(zap.UseFlagOptions(opts))
+	return logr.New(cappedSink{l.GetSink()})
+}
+
+// maxLogLevel is the highest verbosity the binaries log at, whatever
+// --zap-log-level asks: from level 8, client-go logs the bodies of API
+// requests and responses, and those of Secrets hold pull credentials.
+const maxLogLevel = 7
+
+// cappedSink drops what is logged above maxLogLevel.
+type cappedSink struct{ logr.LogSink }
+
+func (s cappedSink) Enabled(level int) bool {
+	return level <= maxLogLevel && s.LogSink.Enabled(level)
+}
+
+func (s cappedSink) Info(level int, msg string, kv ...any) {
+	if level <= maxLogLevel {
+		s.LogSink.Info(level, msg, kv...)
+	}
+}
+
+func (s cappedSink) WithValues(kv ...any) logr.LogSink { return cappedSink{s.LogSink.WithValues(kv...)} }
+
+func (s cappedSink) WithName(name string) logr.LogSink { return cappedSink{s.LogSink.WithName(name)} }
+
+// WithCallDepth keeps the callers zap reports right through the wrapper.
+func (s cappedSink) WithCallDepth(depth int) logr.LogSink {
+	if cd, ok := s.LogSink.(logr.CallDepthLogSink); ok {
+		return cappedSink{cd.WithCallDepth(depth)}
+	}
+	return s
 }
 
 // bindLogFlags defines zap's --zap-* logging flags on fs and returns the

@@ -1,6 +1,8 @@
 package prepulllist_test
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -11,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -90,6 +95,7 @@ type controllerProc struct {
 	mayExit bool
 	once    sync.Once
 	cmd     *exec.Cmd
+	logPath string
 }
 
 // kill ends the process by its PID, and fails the test if it had ended by
@@ -120,6 +126,7 @@ func startController(t *testing.T, bin, kubeconfig string, reg *testground.Regis
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", p.probe)}, args...)...)
 	p.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	logPath := filepath.Join(t.TempDir(), "controller.log")
+	p.logPath = logPath
 	log, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -381,4 +388,136 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestNoSecretLeaks runs both binaries at their highest verbosity against a
+// registry that requires basic auth: a list whose secret holds the wrong
+// password (the image fails Unauthorized), then the secret rotated to the
+// right one (the image is pulled, the tag resolved with it). Nothing the
+// binaries logged or served as metrics, and no object in the API server
+// other than the Secrets themselves, holds the password or a base64 form
+// of it.
+func TestNoSecretLeaks(t *testing.T) {
+	g := newBinaryGround(t)
+	const user, password = "alice", "Pa55-w0rd-never-shown"
+	auth := testground.StartRegistry(t, testground.WithBasicAuth(user, password))
+	ctd := testground.StartContainerd(t)
+	ctd.TrustRegistry(auth)
+	pinned := auth.MustPushRandom(t, "shop/private:1.0", 64<<10, 1)
+	tagged := auth.MustPushRandom(t, "shop/tagged:1.0", 64<<10, 1)
+
+	ctrlProc := startController(t, g.bin, g.kubeconfig, auth, "--leader-elect=false", "--zap-log-level=10")
+	agentLog := filepath.Join(t.TempDir(), "agent.log")
+	agentMetrics := testground.FreePort(t)
+	agent := exec.Command(g.bin, "agent", "--node-name=leak-node", "--cri-endpoint="+ctd.Socket,
+		"--namespace="+controllerNS, "--status-interval=200ms", "--zap-log-level=10",
+		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", agentMetrics),
+		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testground.FreePort(t)))
+	agent.Env = append(os.Environ(), "KUBECONFIG="+g.kubeconfig)
+	logFile, err := os.Create(agentLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent.Stdout, agent.Stderr = logFile, logFile
+	if err := testground.StartChild(agent); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = agent.Process.Kill(); _ = agent.Wait() })
+
+	dockerConfig := func(pw string) []byte {
+		return []byte(fmt.Sprintf(`{"auths":{%q:{"username":%q,"password":%q}}}`, auth.Host, user, pw))
+	}
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "regcred"},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: dockerConfig("wrong-" + password)},
+	}
+	g.e.mustCreate(t, secret)
+	g.e.node(t, "leak-node", nil)
+	l := list("shop", "private", pinned.Digest)
+	l.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+	l.Spec.Rollout.BackoffLimit = ptr.To(int32(0))
+	g.e.mustCreate(t, l)
+	eventually(t, "the wrong password fails the pull", func() error {
+		got := g.e.getList(t, l)
+		if len(got.Status.Failures) != 1 || got.Status.Failures[0].Reason != "Unauthorized" {
+			return fmt.Errorf("failures %+v", got.Status.Failures)
+		}
+		return nil
+	})
+
+	secret.Data[corev1.DockerConfigJsonKey] = dockerConfig(password)
+	if err := g.c.Update(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the rotated secret pulls the image", func() error {
+		got := g.e.getList(t, l)
+		if cond := condition(got, prepullv1.ConditionReady); cond == nil || cond.Status != "True" {
+			return fmt.Errorf("Ready %+v", cond)
+		}
+		return nil
+	})
+	withTag := list("shop", "tagged", tagged.Tag)
+	withTag.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+	g.e.mustCreate(t, withTag)
+	testground.Eventually(t, 60*time.Second, "the tag resolved and pulled with the secret", func() error {
+		if cond := condition(g.e.getList(t, withTag), prepullv1.ConditionReady); cond == nil || cond.Status != "True" {
+			return fmt.Errorf("Ready %+v", cond)
+		}
+		return nil
+	})
+
+	forms := map[string]string{
+		"the password":                    password,
+		"its base64":                      base64.StdEncoding.EncodeToString([]byte(password)),
+		"the base64 of user:password":     base64.StdEncoding.EncodeToString([]byte(user + ":" + password)),
+		"the base64 of the docker config": base64.StdEncoding.EncodeToString(dockerConfig(password)),
+	}
+	captured := map[string]string{}
+	for name, path := range map[string]string{"the controller's log": ctrlProc.logPath, "the agent's log": agentLog} {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(data) == 0 {
+			t.Fatalf("%s is empty: the scan would prove nothing", name)
+		}
+		captured[name] = string(data)
+	}
+	_, captured["the controller's metrics"] = testground.HTTPGet(t, ctrlProc.metrics, "/metrics", true)
+	_, captured["the agent's metrics"] = testground.HTTPGet(t, agentMetrics, "/metrics", true)
+	for name, obj := range map[string]client.ObjectList{
+		"PrePullLists": &prepullv1.PrePullListList{}, "NodeImageSets": &prepullv1.NodeImageSetList{},
+		"TagResolutions": &prepullv1.TagResolutionList{}, "Events": &corev1.EventList{}, "events.k8s.io Events": &eventsv1.EventList{},
+		"Nodes": &corev1.NodeList{}, "ConfigMaps": &corev1.ConfigMapList{},
+	} {
+		if err := g.c.List(ctx, obj); err != nil {
+			t.Fatalf("list %s: %v", name, err)
+		}
+		data, err := json.Marshal(obj)
+		if err != nil {
+			t.Fatal(err)
+		}
+		captured[name] = string(data)
+	}
+	for where, text := range captured {
+		for form, secret := range forms {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s holds %s", where, form)
+			}
+		}
+	}
+	// From verbosity 8 client-go logs API bodies, Secrets' too, and as a
+	// hex dump where they are binary, which no substring scan would find:
+	// the binaries log no body at all, whatever --zap-log-level asks.
+	for _, name := range []string{"the controller's log", "the agent's log"} {
+		for _, body := range []string{"Request Body", "Response Body"} {
+			if strings.Contains(captured[name], body) {
+				t.Errorf("%s holds API bodies (%q)", name, body)
+			}
+		}
+	}
+	if !strings.Contains(captured["the agent's log"], "Unauthorized") && !strings.Contains(captured["the agent's log"], "401") {
+		t.Errorf("the agent's log does not show the failed pull: the scan read the wrong log")
+	}
 }

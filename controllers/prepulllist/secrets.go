@@ -199,6 +199,9 @@ func (r *Reconciler) watchSourceSecrets(ctx context.Context, cfg *rest.Config) e
 		for i := range lists.Items {
 			keys = append(keys, client.ObjectKeyFromObject(&lists.Items[i]))
 		}
+		if len(keys) > 0 {
+			ctrl.LoggerFrom(ctx).V(1).Info("A pull secret changed; reconciling the lists naming it", "secret", m.Namespace+"/"+m.Name, "lists", len(keys))
+		}
 		r.noteLists(keys)
 	}
 	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
