@@ -115,8 +115,8 @@ func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettin
 			if b := l.Spec.Rollout.BackoffLimit; b != nil {
 				limit = *b
 			}
-			for _, ref := range l.Spec.ImagePullSecrets {
-				s.PullSecrets = append(s.PullSecrets, MirrorSecretName(l.Namespace, l.Name, ref.Name))
+			for _, name := range l.PullSecretNames() {
+				s.PullSecrets = append(s.PullSecrets, MirrorSecretName(l.Namespace, l.Name, name))
 			}
 			if v := l.Status.PullSecretsVersion; v != "" {
 				versions = append(versions, v)
@@ -142,6 +142,22 @@ func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettin
 	slices.Sort(versions)
 	s.SecretsVersion = strings.Join(versions, ",")
 	return s
+}
+
+// PullSecretNames are the Secrets of l's namespace its images are pulled
+// with: spec.imagePullSecrets, then those of the workloads it discovers
+// images from.
+func (l *PrePullList) PullSecretNames() []string {
+	out := make([]string, 0, len(l.Spec.ImagePullSecrets)+len(l.Status.DiscoveredPullSecrets))
+	for _, ref := range l.Spec.ImagePullSecrets {
+		out = append(out, ref.Name)
+	}
+	for _, name := range l.Status.DiscoveredPullSecrets {
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // OwnerKey is the namespace and name of the list an owner names

@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	"path/filepath"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -143,14 +144,21 @@ func (a *ArchiveSource) Location() string {
 }
 
 // PrePullListSpec is what an operator wants present on which nodes.
+// +kubebuilder:validation:XValidation:rule="(has(self.images) && size(self.images) > 0) || has(self.workloads)",message="spec.images: give at least one image, or spec.workloads"
 type PrePullListSpec struct {
-	// images are the images to make present; each at most once.
-	// +required
+	// images are the images to make present; each at most once. A list
+	// names images, discovers them from workloads, or both.
+	// +optional
 	// +listType=map
 	// +listMapKey=image
-	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=256
-	Images []PrePullImage `json:"images"`
+	Images []PrePullImage `json:"images,omitempty"`
+	// workloads, when set, adds the images of the workloads it selects in
+	// the list's own namespace: every container and init container image
+	// of their pod templates, resolved like the images above, and released
+	// gracePeriod after no selected workload uses it any more.
+	// +optional
+	Workloads *WorkloadSource `json:"workloads,omitempty"`
 	// nodeSelector selects the nodes by label. Omitted or empty ({}), it
 	// selects every node of the cluster.
 	// +optional
@@ -199,6 +207,73 @@ type PrePullListSpec struct {
 	NodeGate *NodeGate `json:"nodeGate,omitempty"`
 }
 
+// WorkloadSource discovers images from the workloads of a list's namespace.
+// A list never discovers across namespaces.
+type WorkloadSource struct {
+	// selector selects the workloads by label; {} selects every workload of
+	// the namespace.
+	// +required
+	Selector *metav1.LabelSelector `json:"selector"`
+	// kinds are the kinds of workloads looked at; omitted, every kind.
+	// ReplicaSets owned by a Deployment, Jobs owned by a CronJob and Pods
+	// owned by a controller are read through their owner, not on their
+	// own.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=7
+	Kinds []WorkloadKind `json:"kinds,omitempty"`
+	// gracePeriod is how long an image that no selected workload uses any
+	// more stays in the list, so that a rolling update's brief overlap
+	// does not release and pull again.
+	// +optional
+	// +kubebuilder:default="10m"
+	GracePeriod *metav1.Duration `json:"gracePeriod,omitempty"`
+}
+
+// WorkloadKind is a kind of workload images are discovered from.
+// +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet;ReplicaSet;Job;CronJob;Pod
+type WorkloadKind string
+
+// The kinds of workloads.
+const (
+	KindDeployment  WorkloadKind = "Deployment"
+	KindStatefulSet WorkloadKind = "StatefulSet"
+	KindDaemonSet   WorkloadKind = "DaemonSet"
+	KindReplicaSet  WorkloadKind = "ReplicaSet"
+	KindJob         WorkloadKind = "Job"
+	KindCronJob     WorkloadKind = "CronJob"
+	KindPod         WorkloadKind = "Pod"
+)
+
+// DefaultGracePeriod is how long a discovered image no workload uses stays.
+const DefaultGracePeriod = 10 * time.Minute
+
+// DiscoveredImage is an image found in the selected workloads.
+type DiscoveredImage struct {
+	// image is the image as the workloads name it.
+	// +required
+	// +kubebuilder:validation:MaxLength=512
+	Image string `json:"image"`
+	// workloads are the workloads that use it, "Kind/name", at most 8.
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	Workloads []string `json:"workloads,omitempty"`
+	// unusedSince is when the last workload stopped using it; the image is
+	// released gracePeriod later. Unset while a workload uses it.
+	// +optional
+	UnusedSince *metav1.Time `json:"unusedSince,omitempty"`
+	// message says why the image is not pulled: its reference cannot be
+	// parsed.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
+	// warning is advice, e.g. that a container's imagePullPolicy Always
+	// makes it contact the registry at every start.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Warning string `json:"warning,omitempty"`
+}
+
 // NodeGate says how a list holds the nodes it selects.
 type NodeGate struct {
 	// timeout is how long after a node registered its gate waits for this
@@ -219,6 +294,10 @@ const (
 	// ConditionDegraded is True when an image cannot be resolved or a node
 	// failed to make an image present; the other images and nodes go on.
 	ConditionDegraded = "Degraded"
+	// ConditionDiscovered, on a list with spec.workloads, is True when the
+	// selector matches workloads, False when it matches none; its message
+	// names the workloads whose images or secrets are wrong.
+	ConditionDiscovered = "Discovered"
 )
 
 // Condition reasons of a PrePullList.
@@ -243,6 +322,13 @@ const (
 	// ReasonNodeGateTimedOut: the gate's timeout let selected nodes through
 	// without every image, and they still lack some.
 	ReasonNodeGateTimedOut = "NodeGateTimedOut"
+	// ReasonWorkloadsFound: spec.workloads selects workloads.
+	ReasonWorkloadsFound = "WorkloadsFound"
+	// ReasonNoWorkloadsMatch: spec.workloads selects no workload.
+	ReasonNoWorkloadsMatch = "NoWorkloadsMatch"
+	// ReasonPullPolicyAlways (an event): a discovered container's effective
+	// imagePullPolicy is Always, so it contacts the registry at every start.
+	ReasonPullPolicyAlways = "PullPolicyAlways"
 	// ReasonAsExpected: nothing is degraded.
 	ReasonAsExpected = "AsExpected"
 	// ReasonInvalidSpec: a field admission could not check is invalid (the
@@ -365,6 +451,18 @@ type PrePullListStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	PullSecretsVersion string `json:"pullSecretsVersion,omitempty"`
+	// discovered are the images spec.workloads found, and those kept for
+	// their grace period.
+	// +optional
+	// +kubebuilder:validation:MaxItems=256
+	Discovered []DiscoveredImage `json:"discovered,omitempty"`
+	// discoveredPullSecrets are the Secrets of the list's namespace that the
+	// selected workloads and their service accounts pull with; they are
+	// mirrored and used like spec.imagePullSecrets.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	DiscoveredPullSecrets []string `json:"discoveredPullSecrets,omitempty"`
 }
 
 // NodeGateStatus counts a gating list's nodes.

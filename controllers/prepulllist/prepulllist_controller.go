@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,6 +97,10 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",namespace=prepull-system,resources=secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets;replicasets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=batch,resources=jobs;cronjobs,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=prepull-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
 
 // Reconcile brings one PrePullList's nodes and status up to date.
@@ -127,14 +132,24 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullList) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx)
+	orig := l
 	selector, err := l.Spec.Selector()
 	if err != nil {
 		return ctrl.Result{}, r.invalid(ctx, l, fmt.Errorf("spec.nodeSelector: %w", err))
 	}
+	// The list as this reconcile sees it: with what its workloads hold now
+	// in status.discovered, which the rest reads its images from.
+	disc, graceEnds, err := r.discovered(ctx, l)
+	if err != nil {
+		return ctrl.Result{}, r.invalid(ctx, l, err)
+	}
+	lv := *l
+	lv.Status.Discovered, lv.Status.DiscoveredPullSecrets = disc.status, disc.secretNames
+	l = &lv
 	if err := r.tags.collect(ctx, r.tags.use(client.ObjectKeyFromObject(l), usesOf(l))); err != nil {
 		return ctrl.Result{}, err
 	}
-	secretsVersion, creds, secretErr := r.mirrorSecrets(ctx, l)
+	secretsVersion, creds, secretErr := r.mirrorSecrets(ctx, l, disc.secrets)
 	if secretErr != nil {
 		log.Info("Pull secrets unavailable", "error", secretErr.Error())
 	}
@@ -142,7 +157,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	prev := r.previousStatus(l)
+	prev := r.previousStatus(orig)
 	selected, probeNode := selection(nodes)
 	targets, images, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
 
@@ -159,10 +174,19 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 
 	status := buildStatus(l.Status, l.Generation, images, out, secretErr)
 	status.PullSecretsVersion = secretsVersion
+	status.Discovered, status.DiscoveredPullSecrets = l.Status.Discovered, l.Status.DiscoveredPullSecrets
+	if l.Spec.Workloads != nil {
+		meta.SetStatusCondition(&status.Conditions, discoveredCondition(l, disc.discovery))
+	} else {
+		meta.RemoveStatusCondition(&status.Conditions, prepullv1.ConditionDiscovered)
+	}
+	if !graceEnds.IsZero() {
+		next = minTime(next, graceEnds)
+	}
 	r.remember(l, status)
 	r.recordTransitions(l, prev, status)
 	recordNodes(l, status.Nodes)
-	if err := r.patchStatus(ctx, l, status); err != nil {
+	if err := r.patchStatus(ctx, orig, status); err != nil {
 		return ctrl.Result{}, errors.Join(writeErr, err)
 	}
 	r.reconciled.Store(true)
@@ -271,8 +295,8 @@ func (r *Reconciler) invalid(ctx context.Context, l *prepullv1.PrePullList, caus
 		st.ReadyNodes = "-"
 	}
 	if len(st.Images) == 0 {
-		for _, i := range l.Spec.Images {
-			st.Images = append(st.Images, prepullv1.ImageResolution{Image: i.Image})
+		for _, i := range imagesOf(l) {
+			st.Images = append(st.Images, prepullv1.ImageResolution{Image: i})
 		}
 		st.ImageCount = int32(len(st.Images))
 	}
@@ -399,9 +423,9 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 	var targets []target
 	var images []prepullv1.ImageResolution
 	var errs []error
-	for _, entry := range l.Spec.Images {
-		res := prepullv1.ImageResolution{Image: entry.Image}
-		w, err := parseWant(entry.Image)
+	for _, image := range imagesOf(l) {
+		res := prepullv1.ImageResolution{Image: image}
+		w, err := parseWant(image)
 		if err != nil {
 			res.Message = err.Error()
 			images = append(images, res)
@@ -633,6 +657,14 @@ func (r *Reconciler) recordTransitions(l *prepullv1.PrePullList, prev, st prepul
 			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, "MutableTag", "Validate", "%s: %s", img.Image, img.Warning)
 		}
 	}
+	for _, d := range st.Discovered {
+		if d.Warning == "" {
+			continue
+		}
+		if i := slices.IndexFunc(prev.Discovered, func(o prepullv1.DiscoveredImage) bool { return o.Image == d.Image }); i < 0 || prev.Discovered[i].Warning != d.Warning {
+			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonPullPolicyAlways, "Discover", "%s: %s", d.Image, d.Warning)
+		}
+	}
 	if st.FailureCount > prev.FailureCount && len(st.Failures) > 0 {
 		f := st.Failures[0]
 		r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonNodesFailed, "Pull",
@@ -702,6 +734,9 @@ func (r *Reconciler) CacheOptions(o cache.Options) cache.Options {
 		}
 		return obj, nil
 	}}
+	for _, k := range workloadKinds {
+		o.ByObject[k.object()] = cache.ByObject{Transform: slimWorkload}
+	}
 	r.cached = true
 	return o
 }
@@ -757,14 +792,16 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			r.noteReport(e.Object.GetName())
 		},
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&prepullv1.PrePullList{}).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allLists),
 			builder.WithPredicates(nodegate.NodeChanged())).
 		Watches(&prepullv1.NodeImageSet{}, statusChanged).
-		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
-		Named("prepulllist").
-		Complete(r)
+		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{}))
+	for _, k := range workloadKinds {
+		b = b.Watches(k.object(), handler.EnqueueRequestsFromMapFunc(r.listsDiscoveringIn), builder.WithPredicates(workloadChanged()))
+	}
+	return b.Named("prepulllist").Complete(r)
 }
 
 // noteReport records that node's agent reported: the lists that own an

@@ -40,31 +40,38 @@ const (
 // removes mirrors l no longer names, and returns the mirrors' version (see
 // PrePullListStatus.PullSecretsVersion) and the credentials. A missing or
 // malformed source is reported in the error, and the rest still mirrored.
-func (r *Reconciler) mirrorSecrets(ctx context.Context, l *prepullv1.PrePullList) (string, []pullsecret.Credential, error) {
+//
+// users names, for a Secret only discovered workloads use, those workloads,
+// which its errors name.
+func (r *Reconciler) mirrorSecrets(ctx context.Context, l *prepullv1.PrePullList, users map[string][]string) (string, []pullsecret.Credential, error) {
 	var names, versions []string
 	var creds []pullsecret.Credential
 	var errs []error
-	for i, ref := range l.Spec.ImagePullSecrets {
+	for i, secret := range l.PullSecretNames() {
+		field := fmt.Sprintf("spec.imagePullSecrets[%d]", i)
+		if i >= len(l.Spec.ImagePullSecrets) {
+			field = fmt.Sprintf("the pull secret of %s", strings.Join(users[secret], ", "))
+		}
 		src := &corev1.Secret{}
-		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: ref.Name}, src)
+		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: secret}, src)
 		if apierrors.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("spec.imagePullSecrets[%d]: secret %s/%s not found", i, l.Namespace, ref.Name))
+			errs = append(errs, fmt.Errorf("%s: secret %s/%s not found", field, l.Namespace, secret))
 			continue
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("spec.imagePullSecrets[%d]: read secret %s/%s: %w", i, l.Namespace, ref.Name, err))
+			errs = append(errs, fmt.Errorf("%s: read secret %s/%s: %w", field, l.Namespace, secret, err))
 			continue
 		}
 		c, err := pullsecret.Parse(src)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("spec.imagePullSecrets[%d]: %w", i, err))
+			errs = append(errs, fmt.Errorf("%s: %w", field, err))
 			continue
 		}
 		creds = append(creds, c...)
-		name := prepullv1.MirrorSecretName(l.Namespace, l.Name, ref.Name)
+		name := prepullv1.MirrorSecretName(l.Namespace, l.Name, secret)
 		rv, err := r.writeMirror(ctx, l, src, name)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("spec.imagePullSecrets[%d]: mirror secret %s/%s: %w", i, l.Namespace, ref.Name, err))
+			errs = append(errs, fmt.Errorf("%s: mirror secret %s/%s: %w", field, l.Namespace, secret, err))
 			continue
 		}
 		names = append(names, name)
@@ -152,11 +159,7 @@ func indexPullSecrets(o client.Object) []string {
 	if !ok {
 		return nil
 	}
-	out := make([]string, 0, len(l.Spec.ImagePullSecrets))
-	for _, ref := range l.Spec.ImagePullSecrets {
-		out = append(out, ref.Name)
-	}
-	return out
+	return l.PullSecretNames()
 }
 
 // watchSourceSecrets watches the metadata of every Secret, and reconciles

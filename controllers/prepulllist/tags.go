@@ -62,8 +62,8 @@ func usesOf(l *prepullv1.PrePullList) map[string]tagUse {
 		refresh = l.Spec.RefreshInterval.Duration
 	}
 	out := map[string]tagUse{}
-	for _, img := range l.Spec.Images {
-		w, err := parseWant(img.Image)
+	for _, img := range imagesOf(l) {
+		w, err := parseWant(img)
 		if err != nil || w.Digest != "" {
 			continue
 		}

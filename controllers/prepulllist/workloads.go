@@ -1,0 +1,443 @@
+package prepulllist
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/imageref"
+)
+
+// Images from workloads. A list with spec.workloads adds the container and
+// init container images of the pod templates its selector picks in its own
+// namespace. The controller's cache holds every workload of the cluster
+// stripped by a transform to what discovery reads (labels, owners, and of
+// the pod template the images, pull policies, pull secrets and service
+// account), so its memory grows with the number of workloads by a few
+// hundred bytes each, not by their whole objects. What was found is kept
+// in the list's status.discovered, with the time an image stopped being
+// used, so that its grace period survives a restart of the controller.
+
+// workloadKinds are the kinds discovery reads, each with its object, how to
+// find its pod template, and whether an object of it is read through its
+// owner instead (a Deployment's ReplicaSets, a CronJob's Jobs, a
+// controller's Pods).
+var workloadKinds = []struct {
+	kind     prepullv1.WorkloadKind
+	object   func() client.Object
+	list     func() client.ObjectList
+	items    func(client.ObjectList) []client.Object
+	template func(client.Object) *corev1.PodTemplateSpec
+	ownedBy  string
+}{
+	{prepullv1.KindDeployment, func() client.Object { return &appsv1.Deployment{} }, func() client.ObjectList { return &appsv1.DeploymentList{} },
+		func(l client.ObjectList) []client.Object { return ptrs(l.(*appsv1.DeploymentList).Items) },
+		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*appsv1.Deployment).Spec.Template }, ""},
+	{prepullv1.KindStatefulSet, func() client.Object { return &appsv1.StatefulSet{} }, func() client.ObjectList { return &appsv1.StatefulSetList{} },
+		func(l client.ObjectList) []client.Object { return ptrs(l.(*appsv1.StatefulSetList).Items) },
+		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*appsv1.StatefulSet).Spec.Template }, ""},
+	{prepullv1.KindDaemonSet, func() client.Object { return &appsv1.DaemonSet{} }, func() client.ObjectList { return &appsv1.DaemonSetList{} },
+		func(l client.ObjectList) []client.Object { return ptrs(l.(*appsv1.DaemonSetList).Items) },
+		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*appsv1.DaemonSet).Spec.Template }, ""},
+	{prepullv1.KindReplicaSet, func() client.Object { return &appsv1.ReplicaSet{} }, func() client.ObjectList { return &appsv1.ReplicaSetList{} },
+		func(l client.ObjectList) []client.Object { return ptrs(l.(*appsv1.ReplicaSetList).Items) },
+		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*appsv1.ReplicaSet).Spec.Template }, "Deployment"},
+	{prepullv1.KindJob, func() client.Object { return &batchv1.Job{} }, func() client.ObjectList { return &batchv1.JobList{} },
+		func(l client.ObjectList) []client.Object { return ptrs(l.(*batchv1.JobList).Items) },
+		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*batchv1.Job).Spec.Template }, "CronJob"},
+	{prepullv1.KindCronJob, func() client.Object { return &batchv1.CronJob{} }, func() client.ObjectList { return &batchv1.CronJobList{} },
+		func(l client.ObjectList) []client.Object { return ptrs(l.(*batchv1.CronJobList).Items) },
+		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*batchv1.CronJob).Spec.JobTemplate.Spec.Template }, ""},
+	{prepullv1.KindPod, func() client.Object { return &corev1.Pod{} }, func() client.ObjectList { return &corev1.PodList{} },
+		func(l client.ObjectList) []client.Object { return ptrs(l.(*corev1.PodList).Items) },
+		func(o client.Object) *corev1.PodTemplateSpec {
+			p := o.(*corev1.Pod)
+			return &corev1.PodTemplateSpec{Spec: p.Spec}
+		}, "*"},
+}
+
+func ptrs[T any, P interface {
+	*T
+	client.Object
+}](items []T) []client.Object {
+	out := make([]client.Object, len(items))
+	for i := range items {
+		out[i] = P(&items[i])
+	}
+	return out
+}
+
+// slimWorkload is the transform of the cache for every workload kind: the
+// object with its metadata's name, namespace, UID, version, labels and
+// owners, and of its pod template what discovery reads.
+func slimWorkload(obj any) (any, error) {
+	o, ok := obj.(client.Object)
+	if !ok {
+		return obj, nil
+	}
+	meta := metav1.ObjectMeta{Name: o.GetName(), Namespace: o.GetNamespace(), UID: o.GetUID(),
+		ResourceVersion: o.GetResourceVersion(), Labels: o.GetLabels(), OwnerReferences: o.GetOwnerReferences(),
+		DeletionTimestamp: o.GetDeletionTimestamp()}
+	switch w := o.(type) {
+	case *appsv1.Deployment:
+		return &appsv1.Deployment{TypeMeta: w.TypeMeta, ObjectMeta: meta, Spec: appsv1.DeploymentSpec{Template: slimTemplate(w.Spec.Template)}}, nil
+	case *appsv1.StatefulSet:
+		return &appsv1.StatefulSet{TypeMeta: w.TypeMeta, ObjectMeta: meta, Spec: appsv1.StatefulSetSpec{Template: slimTemplate(w.Spec.Template)}}, nil
+	case *appsv1.DaemonSet:
+		return &appsv1.DaemonSet{TypeMeta: w.TypeMeta, ObjectMeta: meta, Spec: appsv1.DaemonSetSpec{Template: slimTemplate(w.Spec.Template)}}, nil
+	case *appsv1.ReplicaSet:
+		return &appsv1.ReplicaSet{TypeMeta: w.TypeMeta, ObjectMeta: meta, Spec: appsv1.ReplicaSetSpec{Template: slimTemplate(w.Spec.Template)}}, nil
+	case *batchv1.Job:
+		return &batchv1.Job{TypeMeta: w.TypeMeta, ObjectMeta: meta, Spec: batchv1.JobSpec{Template: slimTemplate(w.Spec.Template)}}, nil
+	case *batchv1.CronJob:
+		return &batchv1.CronJob{TypeMeta: w.TypeMeta, ObjectMeta: meta, Spec: batchv1.CronJobSpec{
+			JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: slimTemplate(w.Spec.JobTemplate.Spec.Template)}}}}, nil
+	case *corev1.Pod:
+		return &corev1.Pod{TypeMeta: w.TypeMeta, ObjectMeta: meta, Spec: slimTemplate(corev1.PodTemplateSpec{Spec: w.Spec}).Spec}, nil
+	}
+	return obj, nil
+}
+
+func slimTemplate(t corev1.PodTemplateSpec) corev1.PodTemplateSpec {
+	slim := func(cs []corev1.Container) []corev1.Container {
+		out := make([]corev1.Container, 0, len(cs))
+		for _, c := range cs {
+			out = append(out, corev1.Container{Name: c.Name, Image: c.Image, ImagePullPolicy: c.ImagePullPolicy})
+		}
+		return out
+	}
+	return corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+		InitContainers:     slim(t.Spec.InitContainers),
+		Containers:         slim(t.Spec.Containers),
+		ImagePullSecrets:   t.Spec.ImagePullSecrets,
+		ServiceAccountName: t.Spec.ServiceAccountName,
+	}}
+}
+
+// workloadChanged passes the events of workloads that matter to discovery:
+// created, deleted, relabelled or with another pod template. A Pod's or a
+// workload's status changes, which are most of their updates, are not.
+func workloadChanged() predicate.Funcs {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		if e.ObjectOld == nil || e.ObjectNew == nil {
+			return true
+		}
+		return !apiequality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) ||
+			!apiequality.Semantic.DeepEqual(templateOf(e.ObjectOld), templateOf(e.ObjectNew))
+	}}
+}
+
+func templateOf(o client.Object) *corev1.PodTemplateSpec {
+	for _, k := range workloadKinds {
+		if fmt.Sprintf("%T", k.object()) == fmt.Sprintf("%T", o) {
+			return k.template(o)
+		}
+	}
+	return nil
+}
+
+// listsDiscoveringIn are the lists with spec.workloads in o's namespace.
+func (r *Reconciler) listsDiscoveringIn(ctx context.Context, o client.Object) []reconcile.Request {
+	var lists prepullv1.PrePullListList
+	if err := r.List(ctx, &lists, client.InNamespace(o.GetNamespace())); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for i := range lists.Items {
+		if lists.Items[i].Spec.Workloads != nil {
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&lists.Items[i])})
+		}
+	}
+	return out
+}
+
+// discovery is what a list's workloads hold now.
+type discovery struct {
+	workloads int
+	// images are the images found, by reference as written.
+	images map[string]*found
+	// secrets are the pull secrets the workloads use, with their users.
+	secrets map[string][]string
+}
+
+type found struct {
+	workloads []string
+	advice    []string
+}
+
+// discover reads the workloads l selects, in l's namespace.
+func (r *Reconciler) discover(ctx context.Context, l *prepullv1.PrePullList) (discovery, error) {
+	d := discovery{images: map[string]*found{}, secrets: map[string][]string{}}
+	src := l.Spec.Workloads
+	sel := labels.Everything()
+	if src.Selector != nil {
+		s, err := metav1.LabelSelectorAsSelector(src.Selector)
+		if err != nil {
+			return d, fmt.Errorf("spec.workloads.selector: %w", err)
+		}
+		sel = s
+	}
+	rewritten, err := r.rewrittenToAlways(ctx, l.Namespace)
+	if err != nil {
+		return d, err
+	}
+	serviceAccounts := map[string][]corev1.LocalObjectReference{}
+	for _, k := range workloadKinds {
+		if len(src.Kinds) > 0 && !slices.Contains(src.Kinds, k.kind) {
+			continue
+		}
+		list := k.list()
+		if err := r.List(ctx, list, client.InNamespace(l.Namespace), client.MatchingLabelsSelector{Selector: sel}); err != nil {
+			return d, fmt.Errorf("list %ss: %w", k.kind, err)
+		}
+		for _, o := range k.items(list) {
+			if ownedThrough(o, k.ownedBy) || !o.GetDeletionTimestamp().IsZero() {
+				continue
+			}
+			d.workloads++
+			name := string(k.kind) + "/" + o.GetName()
+			t := k.template(o)
+			for _, c := range append(slices.Clone(t.Spec.InitContainers), t.Spec.Containers...) {
+				f := d.images[c.Image]
+				if f == nil {
+					f = &found{}
+					d.images[c.Image] = f
+				}
+				if !slices.Contains(f.workloads, name) {
+					f.workloads = append(f.workloads, name)
+				}
+				if a := pullPolicyAdvice(name, c, rewritten[name+"/"+c.Name]); a != "" {
+					f.advice = append(f.advice, a)
+				}
+			}
+			for _, s := range t.Spec.ImagePullSecrets {
+				d.secrets[s.Name] = appendNew(d.secrets[s.Name], name)
+			}
+			sa := cmp.Or(t.Spec.ServiceAccountName, "default")
+			refs, ok := serviceAccounts[sa]
+			if !ok {
+				acct := &corev1.ServiceAccount{}
+				err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: sa}, acct)
+				if err != nil && !apierrors.IsNotFound(err) {
+					return d, fmt.Errorf("read service account %s/%s: %w", l.Namespace, sa, err)
+				}
+				refs = acct.ImagePullSecrets
+				serviceAccounts[sa] = refs
+			}
+			for _, s := range refs {
+				d.secrets[s.Name] = appendNew(d.secrets[s.Name], name+" (service account "+sa+")")
+			}
+		}
+	}
+	return d, nil
+}
+
+func appendNew(s []string, v string) []string {
+	if slices.Contains(s, v) {
+		return s
+	}
+	return append(s, v)
+}
+
+// ownedThrough reports whether o is read through its owner: a controller
+// owner of kind owner ("*": of any kind).
+func ownedThrough(o client.Object, owner string) bool {
+	if owner == "" {
+		return false
+	}
+	ref := metav1.GetControllerOf(o)
+	return ref != nil && (owner == "*" || ref.Kind == owner)
+}
+
+// rewrittenToAlways finds, in ns, the containers of workloads whose pods
+// run with imagePullPolicy Always: "Kind/name/container", the workload
+// being the pod's controller (a ReplicaSet's own controller for a
+// Deployment's pods). An admission plugin such as AlwaysPullImages sets it
+// on the pods, whatever the template says.
+func (r *Reconciler) rewrittenToAlways(ctx context.Context, ns string) (map[string]bool, error) {
+	var pods corev1.PodList
+	if err := r.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	out := map[string]bool{}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		ref := metav1.GetControllerOf(p)
+		if ref == nil {
+			continue
+		}
+		kind, name := ref.Kind, ref.Name
+		if kind == "ReplicaSet" {
+			rs := &appsv1.ReplicaSet{}
+			if err := r.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, rs); err == nil {
+				if up := metav1.GetControllerOf(rs); up != nil && up.Kind == "Deployment" {
+					kind, name = up.Kind, up.Name
+				}
+			}
+		}
+		for _, c := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
+			if c.ImagePullPolicy == corev1.PullAlways {
+				out[kind+"/"+name+"/"+c.Name] = true
+			}
+		}
+	}
+	return out, nil
+}
+
+// pullPolicyAdvice says when a container contacts the registry at every
+// start, pre-pulled or not: its effective imagePullPolicy is Always.
+func pullPolicyAdvice(workload string, c corev1.Container, onPods bool) string {
+	var cause string
+	switch {
+	case c.ImagePullPolicy == corev1.PullAlways && mutableTag(c.Image):
+		cause = "imagePullPolicy Always (the default for the tag latest or no tag)"
+	case c.ImagePullPolicy == corev1.PullAlways:
+		cause = "imagePullPolicy Always in its template"
+	case onPods:
+		cause = "imagePullPolicy Always on its pods, though not in its template (an admission plugin such as AlwaysPullImages sets it)"
+	default:
+		return ""
+	}
+	return fmt.Sprintf("%s container %s: %s: it contacts the registry at every start, pre-pulled or not, and fails on a node without one", workload, c.Name, cause)
+}
+
+func mutableTag(image string) bool {
+	w, err := parseWant(image)
+	return err == nil && w.Digest == "" && (strings.HasSuffix(w.Tag, ":latest") || !strings.Contains(image, ":"))
+}
+
+// mergeDiscovered is the list's new status.discovered: what d found now,
+// and what no workload uses any more, kept until its grace period ends. It
+// returns when the next kept image's grace period ends (zero for none).
+func mergeDiscovered(prev []prepullv1.DiscoveredImage, d discovery, grace time.Duration, now time.Time) ([]prepullv1.DiscoveredImage, time.Time) {
+	var out []prepullv1.DiscoveredImage
+	for image, f := range d.images {
+		di := prepullv1.DiscoveredImage{Image: truncate(image, 512), Workloads: f.workloads}
+		slices.Sort(di.Workloads)
+		if len(di.Workloads) > 8 {
+			di.Workloads = di.Workloads[:8]
+		}
+		if _, err := imageref.Parse(image); err != nil {
+			di.Message = truncate(fmt.Sprintf("%s: %v", strings.Join(di.Workloads, ", "), err), 1024)
+		}
+		slices.Sort(f.advice)
+		di.Warning = truncate(strings.Join(f.advice, "; "), 1024)
+		out = append(out, di)
+	}
+	var next time.Time
+	stamp := metav1.NewTime(now).Rfc3339Copy()
+	for _, p := range prev {
+		if _, used := d.images[p.Image]; used {
+			continue
+		}
+		if p.UnusedSince == nil {
+			p.UnusedSince = &stamp
+		}
+		ends := p.UnusedSince.Add(grace)
+		if !now.Before(ends) {
+			continue
+		}
+		if next.IsZero() || ends.Before(next) {
+			next = ends
+		}
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b prepullv1.DiscoveredImage) int { return strings.Compare(a.Image, b.Image) })
+	if len(out) > 256 {
+		out = out[:256]
+	}
+	return out, next
+}
+
+// imagesOf is every image l makes present: spec.images, then the images
+// its workloads use (or used within their grace period) that spec.images
+// does not name and that parse.
+func imagesOf(l *prepullv1.PrePullList) []string {
+	out := make([]string, 0, len(l.Spec.Images)+len(l.Status.Discovered))
+	for _, i := range l.Spec.Images {
+		out = append(out, i.Image)
+	}
+	for _, d := range l.Status.Discovered {
+		if d.Message == "" && !slices.Contains(out, d.Image) {
+			out = append(out, d.Image)
+		}
+	}
+	return out
+}
+
+// discoveredCondition is the Discovered condition of a list with
+// spec.workloads.
+func discoveredCondition(l *prepullv1.PrePullList, d discovery) metav1.Condition {
+	c := metav1.Condition{Type: prepullv1.ConditionDiscovered, ObservedGeneration: l.Generation}
+	var problems []string
+	for _, di := range l.Status.Discovered {
+		if di.Message != "" {
+			problems = append(problems, di.Message)
+		}
+	}
+	switch {
+	case d.workloads == 0:
+		c.Status, c.Reason = metav1.ConditionFalse, prepullv1.ReasonNoWorkloadsMatch
+		c.Message = fmt.Sprintf("spec.workloads.selector matches no workload in namespace %s", l.Namespace)
+	default:
+		c.Status, c.Reason = metav1.ConditionTrue, prepullv1.ReasonWorkloadsFound
+		c.Message = fmt.Sprintf("%d workloads use %d images", d.workloads, len(d.images))
+		if len(problems) > 0 {
+			c.Message += "; not pulled: " + strings.Join(problems, "; ")
+		}
+	}
+	c.Message = truncate(c.Message, 32768)
+	return c
+}
+
+// listDiscovery is a reconcile's discovery: what the workloads hold, and
+// the list's status.discovered and discovered pull secrets made from it.
+type listDiscovery struct {
+	discovery
+	status      []prepullv1.DiscoveredImage
+	secretNames []string
+}
+
+// discovered runs l's discovery, from the status last computed for l. A
+// list without spec.workloads discovers nothing and keeps nothing. It
+// returns when the next kept image's grace period ends.
+func (r *Reconciler) discovered(ctx context.Context, l *prepullv1.PrePullList) (listDiscovery, time.Time, error) {
+	if l.Spec.Workloads == nil {
+		return listDiscovery{}, time.Time{}, nil
+	}
+	d, err := r.discover(ctx, l)
+	if err != nil {
+		return listDiscovery{}, time.Time{}, err
+	}
+	grace := prepullv1.DefaultGracePeriod
+	if g := l.Spec.Workloads.GracePeriod; g != nil {
+		grace = g.Duration
+	}
+	out := listDiscovery{discovery: d}
+	var ends time.Time
+	out.status, ends = mergeDiscovered(r.previousStatus(l).Discovered, d, grace, r.Clock.Now())
+	for name := range d.secrets {
+		out.secretNames = append(out.secretNames, name)
+	}
+	slices.Sort(out.secretNames)
+	if len(out.secretNames) > 16 {
+		out.secretNames = out.secretNames[:16]
+	}
+	return out, ends, nil
+}

@@ -1,0 +1,229 @@
+package prepulllist_test
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/e2e/testground"
+)
+
+// podSpec is a pod spec of one container image, and an init container
+// when init is not "".
+func podSpec(image, init string) corev1.PodSpec {
+	s := corev1.PodSpec{Containers: []corev1.Container{{Name: "main", Image: image}}}
+	if init != "" {
+		s.InitContainers = []corev1.Container{{Name: "init", Image: init}}
+	}
+	return s
+}
+
+func template(labels map[string]string, spec corev1.PodSpec) corev1.PodTemplateSpec {
+	return corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec}
+}
+
+func deployment(ns, name string, labels map[string]string, spec corev1.PodSpec) *appsv1.Deployment {
+	sel := map[string]string{"workload": name}
+	return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: sel}, Template: template(sel, spec)}}
+}
+
+// discoveredOf is the list's status.discovered entry of image, or nil.
+func discoveredOf(l *prepullv1.PrePullList, image string) *prepullv1.DiscoveredImage {
+	for i := range l.Status.Discovered {
+		if l.Status.Discovered[i].Image == image {
+			return &l.Status.Discovered[i]
+		}
+	}
+	return nil
+}
+
+// TestWorkloads discovers images from real Deployments, StatefulSets,
+// DaemonSets, CronJobs and Pods on a real API server.
+func TestWorkloads(t *testing.T) {
+	e := setup(t)
+	ns := e.namespace(t, "wl")
+	other := e.namespace(t, "wl-other")
+	shop := map[string]string{"group": "shop"}
+	pool := map[string]string{"pool": "wl"}
+	e.node(t, "wl-1", pool)
+	push := func(repo string) testground.Pushed { return e.public.MustPushRandom(t, repo, 1024, 1) }
+	app1, app2, initImg := push("wl/app:v1"), push("wl/app:v2"), push("wl/init:v1")
+	cron, sts, ds, pod := push("wl/cron:v1"), push("wl/sts:v1"), push("wl/ds:v1"), push("wl/pod:v1")
+	skipped, elsewhere := push("wl/skipped:v1"), push("wl/elsewhere:v1")
+	latest := push("wl/latest:latest")
+
+	// Pull secrets: the Deployment's own, and its service account's.
+	cfg := []byte(fmt.Sprintf(`{"auths":{%q:{"username":"u","password":"p"}}}`, e.private.Host))
+	for _, name := range []string{"dep-cred", "sa-cred"} {
+		e.mustCreate(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{corev1.DockerConfigJsonKey: cfg}})
+	}
+	e.mustCreate(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "builder"},
+		ImagePullSecrets: []corev1.LocalObjectReference{{Name: "sa-cred"}}})
+
+	webSpec := podSpec(app1.Tag, initImg.Tag)
+	webSpec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "dep-cred"}}
+	webSpec.ServiceAccountName = "builder"
+	web := deployment(ns, "web", shop, webSpec)
+	e.mustCreate(t, web)
+	stsSel := map[string]string{"workload": "db"}
+	e.mustCreate(t, &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "db", Labels: shop},
+		Spec: appsv1.StatefulSetSpec{Selector: &metav1.LabelSelector{MatchLabels: stsSel}, Template: template(stsSel, podSpec(sts.Tag, ""))}})
+	dsSel := map[string]string{"workload": "agent"}
+	e.mustCreate(t, &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "agent", Labels: shop},
+		Spec: appsv1.DaemonSetSpec{Selector: &metav1.LabelSelector{MatchLabels: dsSel}, Template: template(dsSel, podSpec(ds.Tag, ""))}})
+	cronSpec := podSpec(cron.Tag, "")
+	cronSpec.RestartPolicy = corev1.RestartPolicyOnFailure
+	nightly := &batchv1.CronJob{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "nightly", Labels: shop},
+		Spec: batchv1.CronJobSpec{Schedule: "0 3 * * *", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: template(nil, cronSpec)}}}}
+	e.mustCreate(t, nightly)
+	e.mustCreate(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "debug", Labels: shop}, Spec: podSpec(pod.Tag, "")})
+	// Not selected: no label, or another namespace.
+	e.mustCreate(t, deployment(ns, "unlabelled", nil, podSpec(skipped.Tag, "")))
+	e.mustCreate(t, deployment(other, "web", shop, podSpec(elsewhere.Tag, "")))
+	// Bad input and advice: a reference that does not parse; the tag latest
+	// (its pull policy defaulted to Always); a secret that does not exist.
+	e.mustCreate(t, deployment(ns, "broken", shop, podSpec("UPPER/Case:x", "")))
+	e.mustCreate(t, deployment(ns, "fresh", shop, podSpec(latest.Tag, "")))
+	needsSpec := podSpec(app1.Tag, "")
+	needsSpec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "absent"}}
+	e.mustCreate(t, deployment(ns, "needs-secret", shop, needsSpec))
+
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "discover"},
+		Spec: prepullv1.PrePullListSpec{NodeSelector: selector(pool), Workloads: &prepullv1.WorkloadSource{
+			Selector: &metav1.LabelSelector{MatchLabels: shop}, GracePeriod: &metav1.Duration{Duration: 10 * time.Minute}}}}
+	e.mustCreate(t, l)
+
+	want := map[string][]string{
+		app1.Tag: {"Deployment/needs-secret", "Deployment/web"}, initImg.Tag: {"Deployment/web"},
+		sts.Tag: {"StatefulSet/db"}, ds.Tag: {"DaemonSet/agent"}, cron.Tag: {"CronJob/nightly"}, pod.Tag: {"Pod/debug"},
+		latest.Tag: {"Deployment/fresh"},
+	}
+	digests := map[string]string{app1.Tag: app1.Digest, initImg.Tag: initImg.Digest, sts.Tag: sts.Digest,
+		ds.Tag: ds.Digest, cron.Tag: cron.Digest, pod.Tag: pod.Digest, latest.Tag: latest.Digest}
+	eventually(t, "every selected workload's images discovered and handed", func() error {
+		got := e.getList(t, l)
+		for image, workloads := range want {
+			d := discoveredOf(got, image)
+			if d == nil || !slices.Equal(d.Workloads, workloads) || d.Message != "" || d.UnusedSince != nil {
+				return fmt.Errorf("%s: %+v, want used by %v", image, d, workloads)
+			}
+			if e.entry("wl-1", digests[image]) == nil {
+				return fmt.Errorf("%s not handed to the node", image)
+			}
+		}
+		return nil
+	})
+	got := e.getList(t, l)
+	for _, notWanted := range []string{skipped.Tag, elsewhere.Tag} {
+		if discoveredOf(got, notWanted) != nil || e.entry("wl-1", digestOf(notWanted)) != nil {
+			t.Errorf("%s discovered: from an unselected workload or another namespace", notWanted)
+		}
+	}
+	if d := discoveredOf(got, "UPPER/Case:x"); d == nil || !strings.Contains(d.Message, "Deployment/broken") {
+		t.Errorf("the unparseable reference: %+v, want a message naming Deployment/broken", d)
+	}
+	if d := discoveredOf(got, latest.Tag); d == nil || !strings.Contains(d.Warning, "Deployment/fresh container main: imagePullPolicy Always") {
+		t.Errorf("the tag latest: %+v, want the pull-policy advice naming the workload", d)
+	}
+	if !slices.Equal(got.Status.DiscoveredPullSecrets, []string{"absent", "dep-cred", "sa-cred"}) {
+		t.Errorf("discovered pull secrets %v", got.Status.DiscoveredPullSecrets)
+	}
+	for _, s := range []string{"dep-cred", "sa-cred"} {
+		if err := e.c.Get(ctx, client.ObjectKey{Namespace: controllerNS, Name: prepullv1.MirrorSecretName(ns, "discover", s)}, &corev1.Secret{}); err != nil {
+			t.Errorf("the workload's secret %s is not mirrored: %v", s, err)
+		}
+	}
+	if c := condition(got, prepullv1.ConditionDiscovered); c == nil || c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "Deployment/broken") {
+		t.Errorf("Discovered %+v", c)
+	}
+	if c := condition(got, prepullv1.ConditionDegraded); c == nil || c.Reason != prepullv1.ReasonPullSecretUnavailable || !strings.Contains(c.Message, "Deployment/needs-secret") {
+		t.Errorf("Degraded %+v, want the missing secret named with its workload", c)
+	}
+	eventually(t, "an event for the pull-policy advice", func() error {
+		if len(e.events(t, ns, prepullv1.ReasonPullPolicyAlways)) == 0 {
+			return fmt.Errorf("no %s event", prepullv1.ReasonPullPolicyAlways)
+		}
+		return nil
+	})
+	e.agent(t, "wl-1", nil)
+	eventually(t, "the list Ready", func() error {
+		if c := condition(e.getList(t, l), prepullv1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue {
+			return fmt.Errorf("Ready %+v", c)
+		}
+		return nil
+	})
+
+	// The template changes: the new image at once, the old one kept for
+	// the grace period, then released.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur := &appsv1.Deployment{}
+		if err := e.c.Get(ctx, client.ObjectKeyFromObject(web), cur); err != nil {
+			return err
+		}
+		cur.Spec.Template.Spec.Containers[0].Image = app2.Tag
+		return e.c.Update(ctx, cur)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.c.Delete(ctx, nightly); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new image handed at once, the old ones kept", func() error {
+		got := e.getList(t, l)
+		if d := discoveredOf(got, app2.Tag); d == nil || e.entry("wl-1", app2.Digest) == nil {
+			return fmt.Errorf("the new image: %+v", d)
+		}
+		if d := discoveredOf(got, cron.Tag); d == nil || d.UnusedSince == nil {
+			return fmt.Errorf("the deleted CronJob's image: %+v, want kept with unusedSince", d)
+		}
+		if d := discoveredOf(got, app1.Tag); d == nil || !slices.Equal(d.Workloads, []string{"Deployment/needs-secret"}) {
+			return fmt.Errorf("the old image, still used by another workload: %+v", d)
+		}
+		return nil
+	})
+	if !slices.Contains(activeOwners(e.entry("wl-1", cron.Digest)), ns+"/discover") {
+		t.Errorf("the deleted CronJob's image left the node before its grace period")
+	}
+	e.clock.Step(11 * time.Minute)
+	touch(t, e, l)
+	eventually(t, "released after the grace period", func() error {
+		got := e.getList(t, l)
+		if d := discoveredOf(got, cron.Tag); d != nil {
+			return fmt.Errorf("still discovered: %+v", d)
+		}
+		if slices.Contains(activeOwners(e.entry("wl-1", cron.Digest)), ns+"/discover") {
+			return fmt.Errorf("the node still holds it for the list")
+		}
+		return nil
+	})
+
+	// A selector that matches nothing says so; the list still has a status.
+	none := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "none"},
+		Spec: prepullv1.PrePullListSpec{NodeSelector: selector(pool), Workloads: &prepullv1.WorkloadSource{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"group": "nobody"}}}}}
+	e.mustCreate(t, none)
+	eventually(t, "no workload matches", func() error {
+		got := e.getList(t, none)
+		c := condition(got, prepullv1.ConditionDiscovered)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != prepullv1.ReasonNoWorkloadsMatch {
+			return fmt.Errorf("Discovered %+v", c)
+		}
+		if condition(got, prepullv1.ConditionReady) == nil {
+			return fmt.Errorf("no Ready condition")
+		}
+		return nil
+	})
+}
