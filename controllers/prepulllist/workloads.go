@@ -63,7 +63,9 @@ var workloadKinds = []struct {
 		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*batchv1.Job).Spec.Template }, "CronJob"},
 	{prepullv1.KindCronJob, func() client.Object { return &batchv1.CronJob{} }, func() client.ObjectList { return &batchv1.CronJobList{} },
 		func(l client.ObjectList) []client.Object { return ptrs(l.(*batchv1.CronJobList).Items) },
-		func(o client.Object) *corev1.PodTemplateSpec { return &o.(*batchv1.CronJob).Spec.JobTemplate.Spec.Template }, ""},
+		func(o client.Object) *corev1.PodTemplateSpec {
+			return &o.(*batchv1.CronJob).Spec.JobTemplate.Spec.Template
+		}, ""},
 	{prepullv1.KindPod, func() client.Object { return &corev1.Pod{} }, func() client.ObjectList { return &corev1.PodList{} },
 		func(l client.ObjectList) []client.Object { return ptrs(l.(*corev1.PodList).Items) },
 		func(o client.Object) *corev1.PodTemplateSpec {
