@@ -228,7 +228,30 @@ type WorkloadSource struct {
 	// +optional
 	// +kubebuilder:default="10m"
 	GracePeriod *metav1.Duration `json:"gracePeriod,omitempty"`
+	// placement says which nodes a discovered image goes to: ListNodes,
+	// every node the list's nodeSelector selects; WorkloadNodes, of those,
+	// only the nodes where one of the workloads using it could be
+	// scheduled by its pod template's nodeSelector, required node affinity
+	// and tolerations of the nodes' NoSchedule and NoExecute taints.
+	// Preferred affinity, topology spread, pod affinity and resources are
+	// not considered, nor the taints that say a node is not ready yet
+	// (node.kubernetes.io/*, the cloud provider's uninitialized taint,
+	// prepull's startup taint). An image no workload uses any more stays,
+	// for its grace period, only where it already is.
+	// +optional
+	// +kubebuilder:default=ListNodes
+	Placement Placement `json:"placement,omitempty"`
 }
+
+// Placement says which nodes a discovered image goes to.
+// +kubebuilder:validation:Enum=ListNodes;WorkloadNodes
+type Placement string
+
+// The placements of discovered images.
+const (
+	PlaceOnListNodes     Placement = "ListNodes"
+	PlaceOnWorkloadNodes Placement = "WorkloadNodes"
+)
 
 // WorkloadKind is a kind of workload images are discovered from.
 // +kubebuilder:validation:Enum=Deployment;StatefulSet;DaemonSet;ReplicaSet;Job;CronJob;Pod

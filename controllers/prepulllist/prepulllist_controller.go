@@ -161,6 +161,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	selected, probeNode := selection(nodes)
 	targets, images, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
 
+	placeDiscovered(l, targets, disc.discovery)
 	p := r.planFor(l, targets, selected)
 	p.probeNode = probeNode
 	out := r.apply(p, nodes)
@@ -257,7 +258,7 @@ func (r *Reconciler) nodes(ctx context.Context, selector labels.Selector) ([]*no
 		out = append(out, &node{
 			name: n.Name, selected: selector.Matches(labels.Set(n.Labels)),
 			spec: f.spec(n.Name), status: f.reported(n.Name), live: f.status[n.Name],
-			tainted: r.tainted(n), created: n.CreationTimestamp.Time,
+			tainted: r.tainted(n), created: n.CreationTimestamp.Time, obj: n,
 		})
 	}
 	// A node the fleet knows of, by its spec or its object, that is not

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -21,6 +22,20 @@ type target struct {
 	probe bool
 	// resolveAfter asks the probe node to pull the tag again from then on.
 	resolveAfter *metav1.Time
+	// places, when set, says which nodes the target goes to (a discovered
+	// image under placement WorkloadNodes); nil, every selected node.
+	places func(*node) bool
+}
+
+// placed are the targets of ts that go to n.
+func placed(n *node, ts []target) []target {
+	out := make([]target, 0, len(ts))
+	for _, t := range ts {
+		if t.places == nil || t.places(n) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // ref is the NodeImageSet entry of a resolved target.
@@ -45,6 +60,9 @@ type node struct {
 	// when it registered.
 	tainted bool
 	created time.Time
+	// obj is the node as the cache holds it (labels, taints), for
+	// placement; nil for a node that is gone.
+	obj *corev1.Node
 }
 
 // plan is one list's rollout over every node.
@@ -113,29 +131,30 @@ func (p *plan) run(nodes []*node) outcome {
 	// rollout's budget; the others wait their turn in name order.
 	inFlight := 0
 	for _, n := range nodes {
-		if n.selected && !p.deleting && !(p.gate != nil && n.tainted) && p.handed(n, resolved) && !p.settled(n, resolved) {
+		if mine := placed(n, resolved); n.selected && !p.deleting && !(p.gate != nil && n.tainted) && p.handed(n, mine) && !p.settled(n, mine) {
 			inFlight++
 		}
 	}
 	for _, n := range nodes {
+		mine := placed(n, resolved)
 		switch {
 		case !n.selected || p.deleting:
 			p.releaseAll(n, nil)
-		case p.handed(n, resolved):
-			p.hand(n, resolved)
+		case p.handed(n, mine):
+			p.hand(n, mine)
 		case p.gate != nil && n.tainted:
 			// A node held by the gate runs nothing yet: it takes no turn,
 			// so that a pool scaling up many nodes warms them together.
-			p.hand(n, resolved)
+			p.hand(n, mine)
 		case inFlight < p.maxConcurrent:
-			p.hand(n, resolved)
+			p.hand(n, mine)
 			inFlight++
 		}
 		if n.selected && !p.deleting && n.name == p.probeNode {
 			p.handProbes(n)
 		}
 		p.collectReleased(n)
-		p.observe(n, resolved, &out)
+		p.observe(n, mine, len(placed(n, p.targets)), &out)
 		if p.holds(n) {
 			out.held++
 		}
@@ -270,7 +289,8 @@ func (p *plan) holds(n *node) bool {
 
 // observe counts n's state for the list's status, and for a gating list
 // the images missing on n.
-func (p *plan) observe(n *node, targets []target, out *outcome) {
+// wanted counts the list's targets that go to n, resolved or not.
+func (p *plan) observe(n *node, targets []target, wanted int, out *outcome) {
 	if !n.selected || p.deleting {
 		return
 	}
@@ -281,7 +301,7 @@ func (p *plan) observe(n *node, targets []target, out *outcome) {
 		out.nodes.Waiting++
 		return
 	}
-	ready, failed := len(targets) == len(p.targets), false
+	ready, failed := len(targets) == wanted, false
 	for _, t := range targets {
 		st := n.status.find(t.ref())
 		res := out.perImage[t.image]

@@ -15,6 +15,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	schedulingcorev1 "k8s.io/component-helpers/scheduling/corev1"
+	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -124,11 +127,19 @@ func slimTemplate(t corev1.PodTemplateSpec) corev1.PodTemplateSpec {
 		}
 		return out
 	}
+	var affinity *corev1.Affinity
+	if a := t.Spec.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+		affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution}}
+	}
 	return corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 		InitContainers:     slim(t.Spec.InitContainers),
 		Containers:         slim(t.Spec.Containers),
 		ImagePullSecrets:   t.Spec.ImagePullSecrets,
 		ServiceAccountName: t.Spec.ServiceAccountName,
+		NodeSelector:       t.Spec.NodeSelector,
+		Affinity:           affinity,
+		Tolerations:        t.Spec.Tolerations,
 	}}
 }
 
@@ -181,6 +192,8 @@ type discovery struct {
 type found struct {
 	workloads []string
 	advice    []string
+	// specs are the pod specs of the workloads using it, for placement.
+	specs []*corev1.PodSpec
 }
 
 // discover reads the workloads l selects, in l's namespace.
@@ -223,6 +236,7 @@ func (r *Reconciler) discover(ctx context.Context, l *prepullv1.PrePullList) (di
 				}
 				if !slices.Contains(f.workloads, name) {
 					f.workloads = append(f.workloads, name)
+					f.specs = append(f.specs, &t.Spec)
 				}
 				if a := pullPolicyAdvice(name, c, rewritten[name+"/"+c.Name]); a != "" {
 					f.advice = append(f.advice, a)
@@ -442,4 +456,59 @@ func (r *Reconciler) discovered(ctx context.Context, l *prepullv1.PrePullList) (
 		out.secretNames = out.secretNames[:16]
 	}
 	return out, ends, nil
+}
+
+// placeDiscovered gives the discovered images among targets, under
+// placement WorkloadNodes, the nodes they go to: those where a workload
+// using the image could be scheduled; for an image no workload uses any
+// more, those that hold it for the list already. Images spec.images names
+// go everywhere the list selects.
+func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery) {
+	if l.Spec.Workloads == nil || l.Spec.Workloads.Placement != prepullv1.PlaceOnWorkloadNodes {
+		return
+	}
+	listed := map[string]bool{}
+	for _, i := range l.Spec.Images {
+		listed[i.Image] = true
+	}
+	owner := ownerName(l)
+	for i := range targets {
+		t := &targets[i]
+		if listed[t.image] {
+			continue
+		}
+		if f := d.images[t.image]; f != nil {
+			specs := f.specs
+			t.places = func(n *node) bool { return n.obj != nil && slices.ContainsFunc(specs, func(s *corev1.PodSpec) bool { return schedulable(s, n.obj) }) }
+			continue
+		}
+		ref := t.ref()
+		t.places = func(n *node) bool {
+			o := findOwner(n.spec, ref, owner)
+			return o != nil && !o.Releasing
+		}
+	}
+}
+
+// schedulable reports whether a pod of spec could be scheduled on n as far
+// as its nodeSelector, required node affinity and tolerations say.
+func schedulable(spec *corev1.PodSpec, n *corev1.Node) bool {
+	pod := &corev1.Pod{Spec: *spec}
+	if ok, _ := nodeaffinity.GetRequiredNodeAffinity(pod).Match(n); !ok {
+		return false
+	}
+	_, untolerated := schedulingcorev1.FindMatchingUntoleratedTaint(klog.Background(), n.Spec.Taints, spec.Tolerations, func(t *corev1.Taint) bool {
+		return (t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute) && !transientTaint(t.Key)
+	}, false)
+	return !untolerated
+}
+
+// transientTaint reports whether a taint says that a node is not ready
+// yet rather than what may run on it: the taints of the node's conditions
+// (node.kubernetes.io/not-ready and the like), the cloud provider's
+// uninitialized taint and prepull's startup taint. A joining node carries
+// them, and that is when pre-pulling it helps.
+func transientTaint(key string) bool {
+	return strings.HasPrefix(key, "node.kubernetes.io/") || key == "node.cloudprovider.kubernetes.io/uninitialized" ||
+		key == prepullv1.DefaultStartupTaint
 }

@@ -227,3 +227,70 @@ func TestWorkloads(t *testing.T) {
 		return nil
 	})
 }
+
+// TestWorkloadPlacement: under placement WorkloadNodes a discovered image
+// goes only to the nodes where a workload using it could be scheduled, by
+// nodeSelector, required node affinity and tolerations.
+func TestWorkloadPlacement(t *testing.T) {
+	e := setup(t)
+	ns := e.namespace(t, "place")
+	pool := map[string]string{"pool": "place"}
+	gpuLabels := map[string]string{"pool": "place", "gpu": "true"}
+	e.node(t, "place-gpu", gpuLabels)
+	e.node(t, "place-cpu", pool)
+	tainted := e.node(t, "place-dedicated", gpuLabels)
+	tainted.Spec.Taints = []corev1.Taint{{Key: "dedicated", Value: "ml", Effect: corev1.TaintEffectNoSchedule}}
+	if err := e.c.Update(ctx, tainted); err != nil {
+		t.Fatal(err)
+	}
+	push := func(repo string) testground.Pushed { return e.public.MustPushRandom(t, repo, 1024, 1) }
+	train, serve, plain := push("place/train:v1"), push("place/serve:v1"), push("place/plain:v1")
+
+	trainSpec := podSpec(train.Tag, "")
+	trainSpec.NodeSelector = map[string]string{"gpu": "true"}
+	trainSpec.Tolerations = []corev1.Toleration{{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "ml", Effect: corev1.TaintEffectNoSchedule}}
+	e.mustCreate(t, deployment(ns, "train", nil, trainSpec))
+	serveSpec := podSpec(serve.Tag, "")
+	serveSpec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+		NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "gpu", Operator: corev1.NodeSelectorOpDoesNotExist}}}}}}}
+	e.mustCreate(t, deployment(ns, "serve", nil, serveSpec))
+	e.mustCreate(t, deployment(ns, "plain", nil, podSpec(plain.Tag, "")))
+
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "placed"},
+		Spec: prepullv1.PrePullListSpec{NodeSelector: selector(pool), Workloads: &prepullv1.WorkloadSource{
+			Selector: &metav1.LabelSelector{}, Placement: prepullv1.PlaceOnWorkloadNodes}}}
+	l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
+	e.mustCreate(t, l)
+	want := map[string][]string{
+		train.Digest: {"place-dedicated", "place-gpu"},
+		serve.Digest: {"place-cpu"},
+		plain.Digest: {"place-cpu", "place-gpu"},
+	}
+	nodes := []string{"place-cpu", "place-dedicated", "place-gpu"}
+	eventually(t, "each image on the nodes its workloads can run on, and only there", func() error {
+		for digest, on := range want {
+			for _, n := range nodes {
+				has := slices.Contains(activeOwners(e.entry(n, digest)), ns+"/placed")
+				if has != slices.Contains(on, n) {
+					var seen []string
+					for _, m := range nodes {
+						set, _ := e.nodeSet(m)
+						seen = append(seen, fmt.Sprintf("%s: %+v", m, set.Spec.Images))
+					}
+					return fmt.Errorf("%s on %s: %v, want it on %v; nodes:\n%s", digest, n, has, on, strings.Join(seen, "\n"))
+				}
+			}
+		}
+		return nil
+	})
+	for _, n := range nodes {
+		e.agent(t, n, nil)
+	}
+	eventually(t, "Ready on every selected node", func() error {
+		got := e.getList(t, l)
+		if c := condition(got, prepullv1.ConditionReady); c == nil || c.Status != metav1.ConditionTrue || got.Status.Nodes.Ready != 3 {
+			return fmt.Errorf("Ready %+v, nodes %+v", c, got.Status.Nodes)
+		}
+		return nil
+	})
+}
