@@ -479,7 +479,9 @@ func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery) {
 		}
 		if f := d.images[t.image]; f != nil {
 			specs := f.specs
-			t.places = func(n *node) bool { return n.obj != nil && slices.ContainsFunc(specs, func(s *corev1.PodSpec) bool { return schedulable(s, n.obj) }) }
+			t.places = func(n *node) bool {
+				return n.obj != nil && slices.ContainsFunc(specs, func(s *corev1.PodSpec) bool { return schedulable(s, n.obj) })
+			}
 			continue
 		}
 		ref := t.ref()
