@@ -142,6 +142,10 @@ FLEET_IMAGES ?= 100
 bench-fleet: testground build ## The controller at fleet scale: FLEET_NODES x FLEET_LISTS lists x FLEET_IMAGES tags, then a tag move.
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -run '^$$' -bench BenchmarkControllerRollout -benchtime 1x -timeout 60m ./e2e/bench/ -args -nodes=$(FLEET_NODES) -lists=$(FLEET_LISTS) -images=$(FLEET_IMAGES)
 
+.PHONY: bench-discovery
+bench-discovery: testground build ## Images discovered from 2000 Deployments (20 namespaces, 300 images) vs listed by hand, 1000 simulated nodes.
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -run '^$$' -bench BenchmarkDiscovery -benchtime 1x -timeout 60m ./e2e/bench/
+
 .PHONY: bench-gate
 bench-gate: deps cluster-binaries build ## A node joining with a Deployment waiting: with a gating list vs without, over a shaped link (root).
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkGatedNodeJoin -benchtime 1x -timeout 30m ./e2e/

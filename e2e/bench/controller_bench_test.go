@@ -14,13 +14,10 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -115,28 +112,7 @@ func BenchmarkControllerRollout(b *testing.B) {
 		named += len(l.Spec.Images)
 	}
 
-	kubeconfig := filepath.Join(b.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, env.KubeConfig, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	metricsPort := testground.FreePort(b)
-	ctrlLog, err := os.Create(filepath.Join(b.TempDir(), "controller.log"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	cmd := exec.Command(bin, "controller", "--leader-elect=false", "--namespace=prepull-system",
-		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
-		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testground.FreePort(b)),
-		"--insecure-registries="+proxy.host)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	cmd.Stdout, cmd.Stderr = ctrlLog, ctrlLog
-	if err := testground.StartChild(cmd); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	})
+	cmd, metricsPort := startBenchController(b, bin, env.KubeConfig, proxy.host)
 
 	agentCtx, stopAgents := context.WithCancel(ctx)
 	defer stopAgents()
