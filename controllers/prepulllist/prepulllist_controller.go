@@ -161,7 +161,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	selected, probeNode := selection(nodes)
 	targets, images, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
 
-	placeDiscovered(l, targets, disc.discovery)
+	placeDiscovered(l, targets, disc.discovery, cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint))
 	p := r.planFor(l, targets, selected)
 	p.probeNode = probeNode
 	out := r.apply(p, nodes)

@@ -463,7 +463,10 @@ func (r *Reconciler) discovered(ctx context.Context, l *prepullv1.PrePullList) (
 // using the image could be scheduled; for an image no workload uses any
 // more, those that hold it for the list already. Images spec.images names
 // go everywhere the list selects.
-func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery) {
+//
+// startupTaint is the controller's startup taint, which is not held
+// against a workload.
+func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery, startupTaint string) {
 	if l.Spec.Workloads == nil || l.Spec.Workloads.Placement != prepullv1.PlaceOnWorkloadNodes {
 		return
 	}
@@ -480,7 +483,7 @@ func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery) {
 		if f := d.images[t.image]; f != nil {
 			specs := f.specs
 			t.places = func(n *node) bool {
-				return n.obj != nil && slices.ContainsFunc(specs, func(s *corev1.PodSpec) bool { return schedulable(s, n.obj) })
+				return n.obj != nil && slices.ContainsFunc(specs, func(s *corev1.PodSpec) bool { return schedulable(s, n.obj, startupTaint) })
 			}
 			continue
 		}
@@ -494,13 +497,13 @@ func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery) {
 
 // schedulable reports whether a pod of spec could be scheduled on n as far
 // as its nodeSelector, required node affinity and tolerations say.
-func schedulable(spec *corev1.PodSpec, n *corev1.Node) bool {
+func schedulable(spec *corev1.PodSpec, n *corev1.Node, startupTaint string) bool {
 	pod := &corev1.Pod{Spec: *spec}
 	if ok, _ := nodeaffinity.GetRequiredNodeAffinity(pod).Match(n); !ok {
 		return false
 	}
 	_, untolerated := schedulingcorev1.FindMatchingUntoleratedTaint(klog.Background(), n.Spec.Taints, spec.Tolerations, func(t *corev1.Taint) bool {
-		return (t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute) && !transientTaint(t.Key)
+		return (t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute) && !transientTaint(t.Key, startupTaint)
 	}, false)
 	return !untolerated
 }
@@ -510,7 +513,7 @@ func schedulable(spec *corev1.PodSpec, n *corev1.Node) bool {
 // (node.kubernetes.io/not-ready and the like), the cloud provider's
 // uninitialized taint and prepull's startup taint. A joining node carries
 // them, and that is when pre-pulling it helps.
-func transientTaint(key string) bool {
+func transientTaint(key, startupTaint string) bool {
 	return strings.HasPrefix(key, "node.kubernetes.io/") || key == "node.cloudprovider.kubernetes.io/uninitialized" ||
-		key == prepullv1.DefaultStartupTaint
+		key == startupTaint
 }
