@@ -109,6 +109,39 @@ func (e *env) agent(t *testing.T, node string, tune func(*nodeimageset.Reconcile
 	})
 }
 
+// agentBinary starts `prepull agent` (bin) for node on this env's API
+// server and containerd, with its metrics and probes on the ports given;
+// it is killed when the test ends.
+//
+// A non-empty apiAddr ("host:port") is where the agent reaches the API
+// server instead of its own address (a proxy in front of it).
+func (e *env) agentBinary(t *testing.T, bin, node string, metricsPort, probePort int, apiAddr string) *exec.Cmd {
+	t.Helper()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	config := e.api.KubeConfig
+	if apiAddr != "" {
+		config = []byte(strings.ReplaceAll(string(config), strings.TrimPrefix(e.cfg.Host, "https://"), apiAddr))
+	}
+	if err := os.WriteFile(kubeconfig, config, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "agent", "--node-name="+node, "--cri-endpoint="+e.ctd.Socket,
+		"--namespace="+ns, "--status-interval=200ms", "--collect-stray-pins=false",
+		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
+		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort))
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	log, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := testground.StartChild(cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd
+}
+
 // owner is an active owner entry for list ("namespace/name"). The list's
 // settings are the PrePullList's: setSpec creates one with a backoff limit
 // of 1 unless setList made it first.
@@ -996,25 +1029,8 @@ func TestAgent(t *testing.T) {
 		digest, tag := th.Ref(e.public, img.Digest), th.Ref(e.public, img.Tag)
 		e.setSpec(t, "killed", entry(digest, owner("shop/killed", tag)))
 
-		kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-		if err := os.WriteFile(kubeconfig, e.api.KubeConfig, 0o600); err != nil {
-			t.Fatal(err)
-		}
 		metricsPort, probePort := testground.FreePort(t), testground.FreePort(t)
-		start := func() *exec.Cmd {
-			cmd := exec.Command(bin, "agent", "--node-name=killed", "--cri-endpoint="+e.ctd.Socket,
-				"--namespace="+ns, "--status-interval=200ms", "--collect-stray-pins=false",
-				fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
-				fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort))
-			cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-			log, _ := os.Create(filepath.Join(t.TempDir(), "agent.log"))
-			cmd.Stdout, cmd.Stderr = log, log
-			if err := testground.StartChild(cmd); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-			return cmd
-		}
+		start := func() *exec.Cmd { return e.agentBinary(t, bin, "killed", metricsPort, probePort, "") }
 		first := start()
 		e.phase(t, "killed", digest, prepullv1.PhasePulling, func(st *prepullv1.NodeImageStatus) error {
 			if st.BytesDone == 0 {
@@ -1069,4 +1085,56 @@ func ptr[T any](v T) *T { return &v }
 func digestOf(ref string) string {
 	_, d, _ := strings.Cut(ref, "@")
 	return d
+}
+
+// TestAgentRidesOutAnAPIServerOutage cuts the agent binary off the API
+// server (a proxy in front of it goes down, closing every connection) while
+// it pulls a large image: the pull goes on, the image is present in the
+// runtime during the outage, and once the API server is reachable again the
+// status says Present and pinned, after one pull.
+func TestAgentRidesOutAnAPIServerOutage(t *testing.T) {
+	bin := os.Getenv("PREPULL_BINARY")
+	if bin == "" {
+		testground.Unavailable(t, "PREPULL_BINARY is not set: `make test` builds bin/prepull and sets it")
+	}
+	e := setup(t)
+	th := testground.StartThrottle(t, e.public, 4<<20, 0)
+	e.ctd.TrustHost(th.Host)
+	img := e.public.MustPushRandom(t, "outage/app:v1", 16<<20, 1)
+	digest, tag := th.Ref(e.public, img.Digest), th.Ref(e.public, img.Tag)
+	e.setSpec(t, "outage", entry(digest, owner("shop/outage", tag)))
+	metricsPort := testground.FreePort(t)
+	api := testground.StartTCPProxy(t, strings.TrimPrefix(e.cfg.Host, "https://"))
+	e.agentBinary(t, bin, "outage", metricsPort, testground.FreePort(t), api.Addr)
+	e.phase(t, "outage", digest, prepullv1.PhasePulling, func(st *prepullv1.NodeImageStatus) error {
+		if st.BytesDone == 0 {
+			return fmt.Errorf("no bytes yet")
+		}
+		return nil
+	})
+	api.Down()
+	cut := time.Now()
+	testground.Eventually(t, time.Minute, "the image pulled while the API server is out of reach", func() error {
+		if e.runtimeID(t, digest) != img.ID || e.runtimeID(t, tag) != img.ID {
+			return fmt.Errorf("not in the runtime yet")
+		}
+		return nil
+	})
+	if st := e.status(t, "outage", digest); st == nil || st.Phase == prepullv1.PhasePresent {
+		t.Fatalf("the status says Present though the agent could not write it: the test proves nothing (%+v)", st)
+	}
+	time.Sleep(time.Until(cut.Add(20 * time.Second)))
+	api.Up()
+	back := time.Now()
+	e.phase(t, "outage", digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+		if !st.Pinned || st.Attempts > 1 {
+			return fmt.Errorf("pinned %v, attempts %d", st.Pinned, st.Attempts)
+		}
+		return nil
+	})
+	t.Logf("status Present %s after the API server was reachable again", time.Since(back).Round(100*time.Millisecond))
+	_, metrics := testground.HTTPGet(t, metricsPort, "/metrics", true)
+	if !strings.Contains(metrics, `prepull_agent_pulls_total{result="success"} 1`) {
+		t.Errorf("the pull was repeated:\n%s", metrics)
+	}
 }
