@@ -9,10 +9,12 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -219,9 +221,18 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&prepullv1.PrePullList{}, ownNode, builder.WithPredicates(predicate.Or[client.Object](
 			predicate.GenerationChangedPredicate{}, secretsChanged()))).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
+		// The agent has one object to reconcile; a failed reconcile (the
+		// API server away) is retried within statusRetryMax, not after the
+		// default back-off's minutes, so that status catches up once the
+		// API server is back.
+		WithOptions(controller.Options{RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](50*time.Millisecond, statusRetryMax)}).
 		Named("nodeimageset").
 		Complete(r)
 }
+
+// statusRetryMax is the longest wait before a failed reconcile is tried
+// again.
+const statusRetryMax = 5 * time.Second
 
 // secretsChanged passes a list whose pull secrets' credentials changed.
 func secretsChanged() predicate.Funcs {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -120,11 +121,15 @@ func (e *env) agentBinary(t *testing.T, bin, node string, metricsPort, probePort
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	config := e.api.KubeConfig
 	if apiAddr != "" {
-		config = []byte(strings.ReplaceAll(string(config), strings.TrimPrefix(e.cfg.Host, "https://"), apiAddr))
+		if !strings.Contains(string(config), e.apiAddr(t)) {
+			t.Fatalf("the kubeconfig does not name the API server at %s", e.apiAddr(t))
+		}
+		config = []byte(strings.ReplaceAll(string(config), e.apiAddr(t), apiAddr))
 	}
 	if err := os.WriteFile(kubeconfig, config, 0o600); err != nil {
 		t.Fatal(err)
 	}
+
 	cmd := exec.Command(bin, "agent", "--node-name="+node, "--cri-endpoint="+e.ctd.Socket,
 		"--namespace="+ns, "--status-interval=200ms", "--collect-stray-pins=false",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
@@ -140,6 +145,16 @@ func (e *env) agentBinary(t *testing.T, bin, node string, metricsPort, probePort
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	return cmd
+}
+
+// apiAddr is the API server's "host:port".
+func (e *env) apiAddr(t *testing.T) string {
+	t.Helper()
+	u, err := url.Parse(e.cfg.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Host
 }
 
 // owner is an active owner entry for list ("namespace/name"). The list's
@@ -1098,13 +1113,15 @@ func TestAgentRidesOutAnAPIServerOutage(t *testing.T) {
 		testground.Unavailable(t, "PREPULL_BINARY is not set: `make test` builds bin/prepull and sets it")
 	}
 	e := setup(t)
-	th := testground.StartThrottle(t, e.public, 4<<20, 0)
+	// 32 MiB at 2 MiB/s: the pull lasts long enough that the cut comes
+	// well before its end, however late the status shows the first bytes.
+	th := testground.StartThrottle(t, e.public, 2<<20, 0)
 	e.ctd.TrustHost(th.Host)
-	img := e.public.MustPushRandom(t, "outage/app:v1", 16<<20, 1)
+	img := e.public.MustPushRandom(t, "outage/app:v1", 32<<20, 1)
 	digest, tag := th.Ref(e.public, img.Digest), th.Ref(e.public, img.Tag)
 	e.setSpec(t, "outage", entry(digest, owner("shop/outage", tag)))
 	metricsPort := testground.FreePort(t)
-	api := testground.StartTCPProxy(t, strings.TrimPrefix(e.cfg.Host, "https://"))
+	api := testground.StartTCPProxy(t, e.apiAddr(t))
 	e.agentBinary(t, bin, "outage", metricsPort, testground.FreePort(t), api.Addr)
 	e.phase(t, "outage", digest, prepullv1.PhasePulling, func(st *prepullv1.NodeImageStatus) error {
 		if st.BytesDone == 0 {
@@ -1113,8 +1130,11 @@ func TestAgentRidesOutAnAPIServerOutage(t *testing.T) {
 		return nil
 	})
 	api.Down()
+	if e.runtimeID(t, digest) != "" {
+		t.Fatal("the pull finished before the cut: the test proves nothing")
+	}
 	cut := time.Now()
-	testground.Eventually(t, time.Minute, "the image pulled while the API server is out of reach", func() error {
+	testground.Eventually(t, 2*time.Minute, "the image pulled while the API server is out of reach", func() error {
 		if e.runtimeID(t, digest) != img.ID || e.runtimeID(t, tag) != img.ID {
 			return fmt.Errorf("not in the runtime yet")
 		}
