@@ -118,7 +118,6 @@ func (e *env) agent(t *testing.T, node string, tune func(*nodeimageset.Reconcile
 // server instead of its own address (a proxy in front of it).
 func (e *env) agentBinary(t *testing.T, bin, node string, metricsPort, probePort int, apiAddr string) *exec.Cmd {
 	t.Helper()
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	config := e.api.KubeConfig
 	if apiAddr != "" {
 		if !strings.Contains(string(config), e.apiAddr(t)) {
@@ -126,25 +125,10 @@ func (e *env) agentBinary(t *testing.T, bin, node string, metricsPort, probePort
 		}
 		config = []byte(strings.ReplaceAll(string(config), e.apiAddr(t), apiAddr))
 	}
-	if err := os.WriteFile(kubeconfig, config, 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	cmd := exec.Command(bin, "agent", "--node-name="+node, "--cri-endpoint="+e.ctd.Socket,
-		"--namespace="+ns, "--status-interval=200ms", "--collect-stray-pins=false",
+	return testground.StartBinary(t, bin, config, filepath.Join(t.TempDir(), "agent.log"), "agent", "--node-name="+node,
+		"--cri-endpoint="+e.ctd.Socket, "--namespace="+ns, "--status-interval=200ms", "--collect-stray-pins=false",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort))
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	log, err := os.Create(filepath.Join(t.TempDir(), "agent.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := testground.StartChild(cmd); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return cmd
 }
 
 // apiAddr is the API server's "host:port".

@@ -409,20 +409,10 @@ func TestNoSecretLeaks(t *testing.T) {
 	ctrlProc := startController(t, g.bin, g.kubeconfig, auth, "--leader-elect=false", "--zap-log-level=10")
 	agentLog := filepath.Join(t.TempDir(), "agent.log")
 	agentMetrics := testground.FreePort(t)
-	agent := exec.Command(g.bin, "agent", "--node-name=leak-node", "--cri-endpoint="+ctd.Socket,
+	testground.StartBinary(t, g.bin, g.api.KubeConfig, agentLog, "agent", "--node-name=leak-node", "--cri-endpoint="+ctd.Socket,
 		"--namespace="+controllerNS, "--status-interval=200ms", "--zap-log-level=10",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", agentMetrics),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testground.FreePort(t)))
-	agent.Env = append(os.Environ(), "KUBECONFIG="+g.kubeconfig)
-	logFile, err := os.Create(agentLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agent.Stdout, agent.Stderr = logFile, logFile
-	if err := testground.StartChild(agent); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = agent.Process.Kill(); _ = agent.Wait() })
 
 	dockerConfig := func(pw string) []byte {
 		return []byte(fmt.Sprintf(`{"auths":{%q:{"username":%q,"password":%q}}}`, auth.Host, user, pw))

@@ -2,9 +2,12 @@ package testground
 
 import (
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"syscall"
+	"testing"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,4 +45,31 @@ func StartChild(cmd *exec.Cmd) error {
 		}
 	}()
 	return <-started
+}
+
+// StartBinary starts bin with args, KUBECONFIG pointing at a file that holds
+// kubeconfig, and its output in logPath; it is killed by its PID when the
+// test ends.
+func StartBinary(t testing.TB, bin string, kubeconfig []byte, logPath string, args ...string) *exec.Cmd {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, kubeconfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+path)
+	log, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := StartChild(cmd); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		log.Close()
+	})
+	return cmd
 }
