@@ -27,12 +27,31 @@ type target struct {
 	places func(*node) bool
 }
 
-// placed are the targets of ts that go to n.
-func placed(n *node, ts []target) []target {
-	out := make([]target, 0, len(ts))
-	for _, t := range ts {
-		if t.places == nil || t.places(n) {
-			out = append(out, t)
+// share is what of a list goes to one node: the resolved targets placed
+// there, and how many targets, resolved or not, are placed there.
+type share struct {
+	targets []target
+	wanted  int
+}
+
+// shares are the nodes' shares, each target's placement asked of each node
+// once; without placed targets every node shares all of resolved.
+func (p *plan) shares(nodes []*node, resolved []target) []share {
+	out := make([]share, len(nodes))
+	placing := slices.ContainsFunc(p.targets, func(t target) bool { return t.places != nil })
+	for i, n := range nodes {
+		if !placing {
+			out[i] = share{targets: resolved, wanted: len(p.targets)}
+			continue
+		}
+		for _, t := range p.targets {
+			if t.places != nil && !t.places(n) {
+				continue
+			}
+			out[i].wanted++
+			if t.digest != "" {
+				out[i].targets = append(out[i].targets, t)
+			}
 		}
 	}
 	return out
@@ -126,17 +145,19 @@ func (p *plan) run(nodes []*node) outcome {
 		out.perImage[t.image] = &imageCounts{}
 	}
 	resolved := p.resolvedTargets()
+	shares := p.shares(nodes, resolved)
 
 	// Nodes that hold the current digests but have not settled use up the
 	// rollout's budget; the others wait their turn in name order.
 	inFlight := 0
-	for _, n := range nodes {
-		if mine := placed(n, resolved); n.selected && !p.deleting && !(p.gate != nil && n.tainted) && p.handed(n, mine) && !p.settled(n, mine) {
+	for i, n := range nodes {
+		mine := shares[i].targets
+		if n.selected && !p.deleting && !(p.gate != nil && n.tainted) && p.handed(n, mine) && !p.settled(n, mine) {
 			inFlight++
 		}
 	}
-	for _, n := range nodes {
-		mine := placed(n, resolved)
+	for i, n := range nodes {
+		mine := shares[i].targets
 		switch {
 		case !n.selected || p.deleting:
 			p.releaseAll(n, nil)
@@ -154,7 +175,7 @@ func (p *plan) run(nodes []*node) outcome {
 			p.handProbes(n)
 		}
 		p.collectReleased(n)
-		p.observe(n, mine, len(placed(n, p.targets)), &out)
+		p.observe(n, mine, shares[i].wanted, &out)
 		if p.holds(n) {
 			out.held++
 		}

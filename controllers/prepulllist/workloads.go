@@ -481,9 +481,12 @@ func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery, st
 			continue
 		}
 		if f := d.images[t.image]; f != nil {
-			specs := f.specs
+			rules := make([]scheduling, 0, len(f.specs))
+			for _, spec := range f.specs {
+				rules = append(rules, schedulingOf(spec, startupTaint))
+			}
 			t.places = func(n *node) bool {
-				return n.obj != nil && slices.ContainsFunc(specs, func(s *corev1.PodSpec) bool { return schedulable(s, n.obj, startupTaint) })
+				return n.obj != nil && slices.ContainsFunc(rules, func(s scheduling) bool { return s.allows(n.obj) })
 			}
 			continue
 		}
@@ -495,15 +498,27 @@ func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery, st
 	}
 }
 
-// schedulable reports whether a pod of spec could be scheduled on n as far
-// as its nodeSelector, required node affinity and tolerations say.
-func schedulable(spec *corev1.PodSpec, n *corev1.Node, startupTaint string) bool {
-	pod := &corev1.Pod{Spec: *spec}
-	if ok, _ := nodeaffinity.GetRequiredNodeAffinity(pod).Match(n); !ok {
+// scheduling is what of a pod spec says where it may run: its nodeSelector
+// and required node affinity, read once, and its tolerations.
+type scheduling struct {
+	affinity     nodeaffinity.RequiredNodeAffinity
+	tolerations  []corev1.Toleration
+	startupTaint string
+}
+
+func schedulingOf(spec *corev1.PodSpec, startupTaint string) scheduling {
+	return scheduling{affinity: nodeaffinity.GetRequiredNodeAffinity(&corev1.Pod{Spec: *spec}),
+		tolerations: spec.Tolerations, startupTaint: startupTaint}
+}
+
+// allows reports whether a pod could be scheduled on n as far as its
+// nodeSelector, required node affinity and tolerations say.
+func (s scheduling) allows(n *corev1.Node) bool {
+	if ok, _ := s.affinity.Match(n); !ok {
 		return false
 	}
-	_, untolerated := schedulingcorev1.FindMatchingUntoleratedTaint(klog.Background(), n.Spec.Taints, spec.Tolerations, func(t *corev1.Taint) bool {
-		return (t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute) && !transientTaint(t.Key, startupTaint)
+	_, untolerated := schedulingcorev1.FindMatchingUntoleratedTaint(klog.Background(), n.Spec.Taints, s.tolerations, func(t *corev1.Taint) bool {
+		return (t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute) && !transientTaint(t.Key, s.startupTaint)
 	}, false)
 	return !untolerated
 }
