@@ -100,7 +100,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets;replicasets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=batch,resources=jobs;cronjobs,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch
 // +kubebuilder:rbac:groups=coordination.k8s.io,namespace=prepull-system,resources=leases,verbs=get;list;watch;create;update;patch;delete
 
 // Reconcile brings one PrePullList's nodes and status up to date.
@@ -738,6 +738,7 @@ func (r *Reconciler) CacheOptions(o cache.Options) cache.Options {
 	for _, k := range workloadKinds {
 		o.ByObject[k.object()] = cache.ByObject{Transform: slimWorkload}
 	}
+	o.ByObject[&corev1.ServiceAccount{}] = cache.ByObject{Transform: slimServiceAccount}
 	r.cached = true
 	return o
 }
@@ -800,8 +801,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&prepullv1.NodeImageSet{}, statusChanged).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{}))
 	for _, k := range workloadKinds {
-		b = b.Watches(k.object(), handler.EnqueueRequestsFromMapFunc(r.listsDiscoveringIn), builder.WithPredicates(workloadChanged()))
+		b = b.Watches(k.object(), handler.EnqueueRequestsFromMapFunc(r.listsDiscoveringIn), builder.WithPredicates(discoveryChanged(k.template)))
 	}
+	b = b.Watches(&corev1.ServiceAccount{}, handler.EnqueueRequestsFromMapFunc(r.listsDiscoveringIn), builder.WithPredicates(discoveryChanged(pullSecretsOf)))
 	return b.Named("prepulllist").Complete(r)
 }
 

@@ -151,8 +151,9 @@ func (r *Reconciler) deleteMirrors(ctx context.Context, l *prepullv1.PrePullList
 	return errors.Join(errs...)
 }
 
-// pullSecretIndex indexes lists by the names of their pull secrets.
-const pullSecretIndex = "spec.imagePullSecrets.name"
+// pullSecretIndex indexes lists by the names of the Secrets they pull with
+// (PrePullList.PullSecretNames).
+const pullSecretIndex = "pullSecretNames"
 
 func indexPullSecrets(o client.Object) []string {
 	l, ok := o.(*prepullv1.PrePullList)

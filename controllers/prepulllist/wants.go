@@ -29,11 +29,15 @@ func parseWant(image string) (want, error) {
 		return want{}, err
 	}
 	w := want{image: image, Ref: r}
-	if strings.HasSuffix(r.Tag, ":latest") {
+	if w.latest() {
 		w.advice = latestAdvice
 	}
 	return w, nil
 }
+
+// latest reports whether w names the tag latest, as an image with neither
+// tag nor digest does.
+func (w want) latest() bool { return strings.HasSuffix(w.Tag, ":latest") }
 
 // digestRef is the reference of repo at digest.
 func digestRef(repo, digest string) string { return repo + "@" + digest }

@@ -143,26 +143,38 @@ func slimTemplate(t corev1.PodTemplateSpec) corev1.PodTemplateSpec {
 	}}
 }
 
-// workloadChanged passes the events of workloads that matter to discovery:
-// created, deleted, relabelled or with another pod template. A Pod's or a
-// workload's status changes, which are most of their updates, are not.
-func workloadChanged() predicate.Funcs {
+// discoveryChanged passes the events of objects discovery reads that
+// matter to it: created, deleted, relabelled, or with another part (a pod
+// template, a service account's pull secrets). A Pod's or a workload's
+// status changes, which are most of their updates, are not.
+func discoveryChanged[T any](part func(client.Object) T) predicate.Funcs {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		if e.ObjectOld == nil || e.ObjectNew == nil {
 			return true
 		}
 		return !apiequality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) ||
-			!apiequality.Semantic.DeepEqual(templateOf(e.ObjectOld), templateOf(e.ObjectNew))
+			!apiequality.Semantic.DeepEqual(part(e.ObjectOld), part(e.ObjectNew))
 	}}
 }
 
-func templateOf(o client.Object) *corev1.PodTemplateSpec {
-	for _, k := range workloadKinds {
-		if fmt.Sprintf("%T", k.object()) == fmt.Sprintf("%T", o) {
-			return k.template(o)
-		}
+// slimServiceAccount is the cache's transform of ServiceAccounts: their
+// name and pull secrets, all discovery reads of them.
+func slimServiceAccount(obj any) (any, error) {
+	sa, ok := obj.(*corev1.ServiceAccount)
+	if !ok {
+		return obj, nil
 	}
-	return nil
+	return &corev1.ServiceAccount{TypeMeta: sa.TypeMeta, ObjectMeta: metav1.ObjectMeta{Name: sa.Name, Namespace: sa.Namespace,
+		UID: sa.UID, ResourceVersion: sa.ResourceVersion}, ImagePullSecrets: sa.ImagePullSecrets}, nil
+}
+
+func pullSecretsOf(o client.Object) []corev1.LocalObjectReference {
+	return o.(*corev1.ServiceAccount).ImagePullSecrets
+}
+
+// containersOf are the init containers and containers of spec.
+func containersOf(spec *corev1.PodSpec) []corev1.Container {
+	return append(slices.Clone(spec.InitContainers), spec.Containers...)
 }
 
 // listsDiscoveringIn are the lists with spec.workloads in o's namespace.
@@ -228,7 +240,7 @@ func (r *Reconciler) discover(ctx context.Context, l *prepullv1.PrePullList) (di
 			d.workloads++
 			name := string(k.kind) + "/" + o.GetName()
 			t := k.template(o)
-			for _, c := range append(slices.Clone(t.Spec.InitContainers), t.Spec.Containers...) {
+			for _, c := range containersOf(&t.Spec) {
 				f := d.images[c.Image]
 				if f == nil {
 					f = &found{}
@@ -249,7 +261,7 @@ func (r *Reconciler) discover(ctx context.Context, l *prepullv1.PrePullList) (di
 			refs, ok := serviceAccounts[sa]
 			if !ok {
 				acct := &corev1.ServiceAccount{}
-				err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: sa}, acct)
+				err := r.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: sa}, acct)
 				if err != nil && !apierrors.IsNotFound(err) {
 					return d, fmt.Errorf("read service account %s/%s: %w", l.Namespace, sa, err)
 				}
@@ -292,6 +304,8 @@ func (r *Reconciler) rewrittenToAlways(ctx context.Context, ns string) (map[stri
 		return nil, fmt.Errorf("list pods: %w", err)
 	}
 	out := map[string]bool{}
+	// A ReplicaSet's Deployment, once per ReplicaSet ("" for none).
+	deployments := map[string]string{}
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		ref := metav1.GetControllerOf(p)
@@ -300,14 +314,21 @@ func (r *Reconciler) rewrittenToAlways(ctx context.Context, ns string) (map[stri
 		}
 		kind, name := ref.Kind, ref.Name
 		if kind == "ReplicaSet" {
-			rs := &appsv1.ReplicaSet{}
-			if err := r.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, rs); err == nil {
-				if up := metav1.GetControllerOf(rs); up != nil && up.Kind == "Deployment" {
-					kind, name = up.Kind, up.Name
+			d, ok := deployments[name]
+			if !ok {
+				rs := &appsv1.ReplicaSet{}
+				if err := r.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, rs); err == nil {
+					if up := metav1.GetControllerOf(rs); up != nil && up.Kind == "Deployment" {
+						d = up.Name
+					}
 				}
+				deployments[name] = d
+			}
+			if d != "" {
+				kind, name = "Deployment", d
 			}
 		}
-		for _, c := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
+		for _, c := range containersOf(&p.Spec) {
 			if c.ImagePullPolicy == corev1.PullAlways {
 				out[kind+"/"+name+"/"+c.Name] = true
 			}
@@ -321,7 +342,7 @@ func (r *Reconciler) rewrittenToAlways(ctx context.Context, ns string) (map[stri
 func pullPolicyAdvice(workload string, c corev1.Container, onPods bool) string {
 	var cause string
 	switch {
-	case c.ImagePullPolicy == corev1.PullAlways && mutableTag(c.Image):
+	case c.ImagePullPolicy == corev1.PullAlways && latestTag(c.Image):
 		cause = "imagePullPolicy Always (the default for the tag latest or no tag)"
 	case c.ImagePullPolicy == corev1.PullAlways:
 		cause = "imagePullPolicy Always in its template"
@@ -333,9 +354,11 @@ func pullPolicyAdvice(workload string, c corev1.Container, onPods bool) string {
 	return fmt.Sprintf("%s container %s: %s: it contacts the registry at every start, pre-pulled or not, and fails on a node without one", workload, c.Name, cause)
 }
 
-func mutableTag(image string) bool {
+// latestTag reports whether image has the tag latest, or no tag and no
+// digest, which the runtime reads as latest.
+func latestTag(image string) bool {
 	w, err := parseWant(image)
-	return err == nil && w.Digest == "" && (strings.HasSuffix(w.Tag, ":latest") || !strings.Contains(image, ":"))
+	return err == nil && w.latest()
 }
 
 // mergeDiscovered is the list's new status.discovered: what d found now,

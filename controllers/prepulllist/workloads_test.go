@@ -11,7 +11,9 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -99,6 +101,24 @@ func TestWorkloads(t *testing.T) {
 	needsSpec := podSpec(app1.Tag, "")
 	needsSpec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "absent"}}
 	e.mustCreate(t, deployment(ns, "needs-secret", shop, needsSpec))
+	// A Deployment whose template says IfNotPresent, and whose pod (through
+	// its ReplicaSet) runs with Always, as AlwaysPullImages makes it.
+	rw := push("wl/rewritten:v1")
+	rwSpec := podSpec(rw.Tag, "")
+	rwSpec.Containers[0].ImagePullPolicy = corev1.PullIfNotPresent
+	rewritten := deployment(ns, "rewritten", shop, rwSpec)
+	e.mustCreate(t, rewritten)
+	controllerOf := func(kind, name string, uid types.UID) []metav1.OwnerReference {
+		return []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: kind, Name: name, UID: uid, Controller: ptr.To(true)}}
+	}
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rewritten-1", Labels: shop,
+		OwnerReferences: controllerOf("Deployment", "rewritten", rewritten.UID)},
+		Spec: appsv1.ReplicaSetSpec{Selector: rewritten.Spec.Selector, Template: rewritten.Spec.Template}}
+	e.mustCreate(t, rs)
+	podSpecAlways := podSpec(rw.Tag, "")
+	podSpecAlways.Containers[0].ImagePullPolicy = corev1.PullAlways
+	e.mustCreate(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rewritten-1-a", Labels: shop,
+		OwnerReferences: controllerOf("ReplicaSet", "rewritten-1", rs.UID)}, Spec: podSpecAlways})
 
 	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "discover"},
 		Spec: prepullv1.PrePullListSpec{NodeSelector: selector(pool), Workloads: &prepullv1.WorkloadSource{
@@ -108,10 +128,10 @@ func TestWorkloads(t *testing.T) {
 	want := map[string][]string{
 		app1.Tag: {"Deployment/needs-secret", "Deployment/web"}, initImg.Tag: {"Deployment/web"},
 		sts.Tag: {"StatefulSet/db"}, ds.Tag: {"DaemonSet/agent"}, cron.Tag: {"CronJob/nightly"}, pod.Tag: {"Pod/debug"},
-		latest.Tag: {"Deployment/fresh"},
+		latest.Tag: {"Deployment/fresh"}, rw.Tag: {"Deployment/rewritten"},
 	}
 	digests := map[string]string{app1.Tag: app1.Digest, initImg.Tag: initImg.Digest, sts.Tag: sts.Digest,
-		ds.Tag: ds.Digest, cron.Tag: cron.Digest, pod.Tag: pod.Digest, latest.Tag: latest.Digest}
+		ds.Tag: ds.Digest, cron.Tag: cron.Digest, pod.Tag: pod.Digest, latest.Tag: latest.Digest, rw.Tag: rw.Digest}
 	eventually(t, "every selected workload's images discovered and handed", func() error {
 		got := e.getList(t, l)
 		for image, workloads := range want {
@@ -136,6 +156,9 @@ func TestWorkloads(t *testing.T) {
 	}
 	if d := discoveredOf(got, latest.Tag); d == nil || !strings.Contains(d.Warning, "Deployment/fresh container main: imagePullPolicy Always") {
 		t.Errorf("the tag latest: %+v, want the pull-policy advice naming the workload", d)
+	}
+	if d := discoveredOf(got, rw.Tag); d == nil || !strings.Contains(d.Warning, "Deployment/rewritten container main: imagePullPolicy Always on its pods") {
+		t.Errorf("the pod rewritten to Always: %+v, want the advice naming the workload and the cause", d)
 	}
 	if !slices.Equal(got.Status.DiscoveredPullSecrets, []string{"absent", "dep-cred", "sa-cred"}) {
 		t.Errorf("discovered pull secrets %v", got.Status.DiscoveredPullSecrets)
@@ -165,9 +188,31 @@ func TestWorkloads(t *testing.T) {
 		return nil
 	})
 
+	// The service account gains a pull secret: discovered at once, the
+	// list and its workloads untouched.
+	e.mustCreate(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "sa-cred-2"},
+		Type: corev1.SecretTypeDockerConfigJson, Data: map[string][]byte{corev1.DockerConfigJsonKey: cfg}})
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		sa := &corev1.ServiceAccount{}
+		if err := e.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "builder"}, sa); err != nil {
+			return err
+		}
+		sa.ImagePullSecrets = append(sa.ImagePullSecrets, corev1.LocalObjectReference{Name: "sa-cred-2"})
+		return e.c.Update(ctx, sa)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the service account's new pull secret discovered and mirrored", func() error {
+		if got := e.getList(t, l).Status.DiscoveredPullSecrets; !slices.Contains(got, "sa-cred-2") {
+			return fmt.Errorf("discovered pull secrets %v", got)
+		}
+		return e.c.Get(ctx, client.ObjectKey{Namespace: controllerNS, Name: prepullv1.MirrorSecretName(ns, "discover", "sa-cred-2")}, &corev1.Secret{})
+	})
+
 	// The template changes: the new image at once, the old one kept for
 	// the grace period, then released.
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur := &appsv1.Deployment{}
 		if err := e.c.Get(ctx, client.ObjectKeyFromObject(web), cur); err != nil {
 			return err
