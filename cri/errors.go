@@ -82,6 +82,8 @@ var messageKinds = []struct {
 	{"503 service unavailable", ErrUnavailable},
 	{"504 gateway timeout", ErrUnavailable},
 	{"unexpected eof", ErrUnavailable},
+	// The connection closed before an answer ("…: EOF").
+	{": eof", ErrUnavailable},
 	{"deadline exceeded", ErrTimeout},
 }
 
@@ -117,10 +119,6 @@ func classify(err error) error {
 		if strings.Contains(msg, mk.fragment) {
 			return mk.kind
 		}
-	}
-	if strings.HasSuffix(msg, ": eof") {
-		// The connection closed before an answer: a transfer cut short.
-		return ErrUnavailable
 	}
 	return nil
 }

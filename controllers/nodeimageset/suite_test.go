@@ -515,7 +515,7 @@ func TestAgent(t *testing.T) {
 				node := fmt.Sprintf("fault-%d", i)
 				list := "faults/" + node
 				img := e.public.MustPushRandom(t, fmt.Sprintf("faults/app%d:v1", i), 256<<10, 1)
-				ref := proxy.Host + strings.TrimPrefix(img.Digest, e.public.Host)
+				ref := proxy.Ref(e.public, img.Digest)
 				proxy.Set(tc.fault)
 				e.setList(t, list, func(s *prepullv1.PrePullListSpec) {
 					s.Rollout.Timeout, s.Rollout.BackoffLimit = &metav1.Duration{Duration: 2 * time.Second}, ptr(int32(100))

@@ -44,8 +44,6 @@ type FaultProxy struct {
 	// release ends the requests FaultHang holds.
 	mu      sync.Mutex
 	release chan struct{}
-	// Requests counts the requests the proxy was given.
-	Requests atomic.Int64
 }
 
 // Set makes the proxy do f from now on. Requests held by FaultHang are let
@@ -78,7 +76,6 @@ func StartFaultProxy(t testing.TB, reg *Registry) *FaultProxy {
 	// A cut body ends the reverse proxy's copy with an error, and it then
 	// aborts the connection: the client reads half and an early EOF.
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p.Requests.Add(1)
 		switch Fault(p.fault.Load()) {
 		case Fault500:
 			http.Error(w, "injected fault", http.StatusInternalServerError)
@@ -108,8 +105,8 @@ func StartFaultProxy(t testing.TB, reg *Registry) *FaultProxy {
 	return p
 }
 
-// Repo names repo through the proxy.
-func (p *FaultProxy) Repo(repo string) string { return p.Host + "/" + repo }
+// Ref returns ref, a reference into reg, named through the proxy instead.
+func (p *FaultProxy) Ref(reg *Registry, ref string) string { return rehost(p.Host, reg, ref) }
 
 // cutBody ends with an error after left bytes.
 type cutBody struct {

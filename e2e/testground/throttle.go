@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -74,9 +75,12 @@ func waitListening(t testing.TB, name, host string, errc <-chan error) {
 }
 
 // Ref returns ref, a reference into reg, named through the proxy instead.
-func (th *Throttle) Ref(reg *Registry, ref string) string {
-	if len(ref) > len(reg.Host) && ref[:len(reg.Host)] == reg.Host {
-		return th.Host + ref[len(reg.Host):]
+func (th *Throttle) Ref(reg *Registry, ref string) string { return rehost(th.Host, reg, ref) }
+
+// rehost is ref, a reference into reg, with host in place of reg's.
+func rehost(host string, reg *Registry, ref string) string {
+	if rest, ok := strings.CutPrefix(ref, reg.Host); ok && rest != "" {
+		return host + rest
 	}
 	return ref
 }
