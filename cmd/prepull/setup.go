@@ -150,7 +150,8 @@ func waitForAPIServer(ctx context.Context, cfg *rest.Config, probeAddr string) e
 	if err != nil {
 		return fmt.Errorf("API client: %w", err)
 	}
-	if err := dc.RESTClient().Get().AbsPath("/version").Do(ctx).Error(); err == nil {
+	ping := func(ctx context.Context) error { return dc.RESTClient().Get().AbsPath("/version").Do(ctx).Error() }
+	if ping(ctx) == nil {
 		return nil
 	}
 	if probeAddr != "" && probeAddr != "0" {
@@ -161,8 +162,7 @@ func waitForAPIServer(ctx context.Context, cfg *rest.Config, probeAddr string) e
 		defer stop()
 	}
 	err = wait.PollUntilContextCancel(ctx, apiRetryInterval, false, func(ctx context.Context) (bool, error) {
-		err := dc.RESTClient().Get().AbsPath("/version").Do(ctx).Error()
-		if err != nil {
+		if err := ping(ctx); err != nil {
 			ctrl.Log.Info("Waiting for the API server", "host", cfg.Host, "error", err.Error())
 			return false, nil
 		}

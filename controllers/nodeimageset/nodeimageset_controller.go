@@ -234,18 +234,15 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 // again.
 const statusRetryMax = 5 * time.Second
 
-// secretsChanged passes a list whose pull secrets' credentials changed.
+// secretsChanged passes an update of a list whose pull secrets'
+// credentials changed. It is or-ed with GenerationChangedPredicate, which
+// passes creates and deletes.
 func secretsChanged() predicate.Funcs {
-	return predicate.Funcs{
-		CreateFunc:  func(event.CreateEvent) bool { return false },
-		DeleteFunc:  func(event.DeleteEvent) bool { return false },
-		GenericFunc: func(event.GenericEvent) bool { return false },
-		UpdateFunc: func(e event.UpdateEvent) bool {
-			o, ok1 := e.ObjectOld.(*prepullv1.PrePullList)
-			n, ok2 := e.ObjectNew.(*prepullv1.PrePullList)
-			return ok1 && ok2 && o.Status.PullSecretsVersion != n.Status.PullSecretsVersion
-		},
-	}
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		o, ok1 := e.ObjectOld.(*prepullv1.PrePullList)
+		n, ok2 := e.ObjectNew.(*prepullv1.PrePullList)
+		return ok1 && ok2 && o.Status.PullSecretsVersion != n.Status.PullSecretsVersion
+	}}
 }
 
 // setDefaults fills in the tunables left zero and makes the agent's state.

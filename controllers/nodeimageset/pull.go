@@ -25,7 +25,8 @@ import (
 func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if st.phase == prepullv1.PhaseFailed && st.failedSpec == specKey(e) {
+	key := specKey(e)
+	if st.phase == prepullv1.PhaseFailed && st.failedSpec == key {
 		return
 	}
 	if st.phase == prepullv1.PhaseFailed || st.phase == prepullv1.PhasePresent || st.phase == prepullv1.PhaseReleased {
@@ -33,7 +34,6 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
 		// start over.
 		st.attempts, st.failedSpec, st.nextTry = 0, "", time.Time{}
 	}
-	key := specKey(e)
 	if st.triedSpec != "" && st.triedSpec != key {
 		st.nextTry = time.Time{}
 	}
