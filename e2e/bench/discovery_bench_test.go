@@ -164,27 +164,11 @@ func BenchmarkDiscovery(b *testing.B) {
 // kubeconfig, resolving over plain HTTP at registry, and returns it and its
 // metrics port; it is stopped when the benchmark ends.
 func startBenchController(b *testing.B, bin string, kubeconfig []byte, registry string) (*exec.Cmd, int) {
-	path := filepath.Join(b.TempDir(), "kubeconfig")
-	if err := os.WriteFile(path, kubeconfig, 0o600); err != nil {
-		b.Fatal(err)
-	}
-	log, err := os.Create(filepath.Join(b.TempDir(), "controller.log"))
-	if err != nil {
-		b.Fatal(err)
-	}
 	metricsPort := testground.FreePort(b)
-	cmd := exec.Command(bin, "controller", "--leader-elect=false", "--namespace=prepull-system",
+	cmd := testground.StartBinary(b, bin, kubeconfig, filepath.Join(b.TempDir(), "controller.log"),
+		"controller", "--leader-elect=false", "--namespace=prepull-system",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testground.FreePort(b)),
 		"--insecure-registries="+registry)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+path)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := testground.StartChild(cmd); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	})
 	return cmd, metricsPort
 }
