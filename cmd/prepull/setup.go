@@ -141,17 +141,27 @@ func newManager(ctx context.Context, so ServeOptions, o ctrl.Options) (ctrl.Mana
 	return mgr, nil
 }
 
-// waitForAPIServer returns once the API server at cfg answers /version,
-// asking again every apiRetryInterval, or when ctx ends.
+// waitForAPIServer returns once the API server at cfg serves prepull's API
+// group, asking again every apiRetryInterval, or when ctx ends. Answering
+// is not enough: an API server that has just started serves its own groups
+// before it serves the CRDs', and a manager built then fails to map
+// prepull's kinds.
 // Meanwhile the probe address answers: live, and not ready, so that the
 // kubelet's liveness probe does not restart a replica that only waits.
 func waitForAPIServer(ctx context.Context, cfg *rest.Config, probeAddr string) error {
-	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	// Discovery calls take no context: a timeout bounds a call to an API
+	// server that accepts and does not answer.
+	dcfg := rest.CopyConfig(cfg)
+	dcfg.Timeout = 5 * time.Second
+	dc, err := discovery.NewDiscoveryClientForConfig(dcfg)
 	if err != nil {
 		return fmt.Errorf("API client: %w", err)
 	}
-	ping := func(ctx context.Context) error { return dc.RESTClient().Get().AbsPath("/version").Do(ctx).Error() }
-	if ping(ctx) == nil {
+	ping := func() error {
+		_, err := dc.ServerResourcesForGroupVersion(prepullv1.GroupVersion.String())
+		return err
+	}
+	if ping() == nil {
 		return nil
 	}
 	if probeAddr != "" && probeAddr != "0" {
@@ -161,8 +171,8 @@ func waitForAPIServer(ctx context.Context, cfg *rest.Config, probeAddr string) e
 		}
 		defer stop()
 	}
-	err = wait.PollUntilContextCancel(ctx, apiRetryInterval, false, func(ctx context.Context) (bool, error) {
-		if err := ping(ctx); err != nil {
+	err = wait.PollUntilContextCancel(ctx, apiRetryInterval, false, func(context.Context) (bool, error) {
+		if err := ping(); err != nil {
 			ctrl.Log.Info("Waiting for the API server", "host", cfg.Host, "error", err.Error())
 			return false, nil
 		}
