@@ -241,6 +241,13 @@ type ImageWatcher interface {
 	WatchImages(ctx context.Context) (<-chan string, error)
 }
 
+// PullSizer is a Store that can tell, before a pull, how many bytes it will
+// write: the image's blobs for the node's platform that the runtime does not
+// hold yet, read from the registry as a pull would, with auth.
+type PullSizer interface {
+	PullSize(ctx context.Context, digestRef string, auth *Auth) (int64, error)
+}
+
 // PinLister is a Store that can list every reference carrying pin owners, so
 // that an agent can take off pins whose owners it no longer knows of (the
 // list went while the agent was away).

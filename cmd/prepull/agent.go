@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
@@ -31,6 +32,7 @@ func runAgent(ctx context.Context, args []string) error {
 
 	// The runtime may start after the agent; readiness says so until it
 	// answers. Until then, assume containerd, the default endpoint's runtime.
+	opts.RegistryHosts = registryHosts(opts.ContainerdConfig)
 	rt, err := dialRuntime(ctx, opts.RuntimeOptions, "containerd")
 	if err != nil {
 		return err
@@ -135,11 +137,29 @@ func openStore(name string, opts RuntimeOptions) (cri.Store, func(), error) {
 	if addr == "" {
 		addr = opts.CRIEndpoint
 	}
-	s, err := containerd.New(addr, containerd.WithTimeout(opts.CallTimeout))
+	s, err := containerd.New(addr, containerd.WithTimeout(opts.CallTimeout), containerd.WithRegistryHosts(opts.RegistryHosts))
 	if err != nil {
 		return nil, nil, err
 	}
 	return s, func() { s.Close() }, nil
+}
+
+// registryHosts is the directory of hosts.toml files that containerd's CRI
+// plugin reads, as the containerd configuration file at path sets it: the
+// first of registry.config_path's directories, or containerd's default.
+// "" when the file cannot be read.
+func registryHosts(path string) string {
+	if path == "" {
+		return ""
+	}
+	cfg, err := doctor.ReadContainerdConfig(path)
+	if err != nil {
+		ctrl.Log.Info("containerd's configuration cannot be read: the disk budget reaches registries at their own names to learn an image's size", "path", path, "error", err.Error())
+		return ""
+	}
+	dirs := cmp.Or(cfg.ConfigPath, doctor.DefaultConfigPath)
+	first, _, _ := strings.Cut(dirs, ":")
+	return first
 }
 
 // runtimeReady fails while the runtime does not answer CRI calls.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -94,5 +95,33 @@ func TestAgentReadinessFollowsTheRuntime(t *testing.T) {
 	}
 	if err := runtimeReady(down)(req); err == nil || !strings.Contains(err.Error(), "runtime not ready") {
 		t.Errorf("without a runtime: %v, want not ready", err)
+	}
+}
+
+// The agent reaches registries for an image's size through the hosts.toml
+// directory containerd's CRI plugin reads.
+func TestRegistryHosts(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name, path, want string
+	}{
+		{name: "config_path set", path: write("set.toml", "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/srv/certs.d:/etc/docker/certs.d'\n"), want: "/srv/certs.d"},
+		{name: "config_path unset: containerd's default", path: write("unset.toml", "version = 3\n"), want: "/etc/containerd/certs.d"},
+		{name: "no configuration file", path: filepath.Join(dir, "absent.toml"), want: ""},
+		{name: "none given", path: "", want: ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := registryHosts(tt.path); got != tt.want {
+				t.Errorf("registryHosts(%q) = %q, want %q", tt.path, got, tt.want)
+			}
+		})
 	}
 }

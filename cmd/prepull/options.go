@@ -114,6 +114,10 @@ type RuntimeOptions struct {
 	// ArchiveDir is the directory the archive paths of lists are relative
 	// to.
 	ArchiveDir string
+	// RegistryHosts is the directory of containerd's hosts.toml files, for
+	// what the agent reads from registries itself (an image's size); the
+	// agent takes it from containerd's configuration, not from a flag.
+	RegistryHosts string
 }
 
 func newRuntimeOptions() RuntimeOptions {

@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/cri"
 )
 
@@ -101,6 +104,39 @@ func (r *Reconciler) overBudget() string {
 			r.fsMount, 100*frac, 100*r.DiskBudget)
 	}
 	return ""
+}
+
+// pullOverBudget says why e's pull may not start, or "": what the pull
+// writes would take the image filesystem past DiskBudget. That is the
+// image's blobs the runtime does not hold yet, counted twice — once in the
+// content store, once unpacked, which a compressed layer at least matches —
+// so a lower bound. The runtime reads their sizes from the registry as a
+// pull would (containerd only); where it cannot, or for an archive, only
+// the usage counts.
+func (r *Reconciler) pullOverBudget(ctx context.Context, e *entry, auth *cri.Auth) string {
+	sizer, ok := r.Store.(cri.PullSizer)
+	r.mu.Lock()
+	mount := r.fsMount
+	r.mu.Unlock()
+	if !ok || r.DiskBudget <= 0 || mount == "" || e.Archive != nil || !strings.Contains(e.Image, "@") {
+		return ""
+	}
+	blobs, err := sizer.PullSize(ctx, e.Image, auth)
+	if err != nil {
+		// The pull itself says what is wrong.
+		ctrl.LoggerFrom(ctx).V(1).Info("Size of the pull unknown: only the image filesystem's usage counts for the disk budget", "image", e.Image, "error", err.Error())
+		return ""
+	}
+	used, total, err := r.fsUsage(mount)
+	if err != nil || total == 0 {
+		return ""
+	}
+	now, after := float64(used)/float64(total), float64(used+2*uint64(blobs))/float64(total)
+	if after < r.DiskBudget {
+		return ""
+	}
+	return fmt.Sprintf("the pull writes at least %s (%s of blobs, as much again unpacked), which would take the image filesystem %s from %.1f%% to %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
+		bundle.Bytes(2*blobs), bundle.Bytes(blobs), mount, 100*now, 100*after, 100*r.DiskBudget)
 }
 
 func (r *Reconciler) fsUsage(path string) (uint64, uint64, error) {

@@ -65,6 +65,16 @@ func (r *Reconciler) pull(e *entry, st *imageState) {
 	}
 	defer func() { <-r.sem }()
 
+	auth, err := r.auth(ctx, e)
+	if msg := r.pullOverBudget(ctx, e, auth); err == nil && msg != "" {
+		r.mu.Lock()
+		now := r.Clock.Now()
+		st.to(prepullv1.PhasePending, ReasonDiskBudget, msg, now)
+		st.nextTry, st.pulling = now.Add(r.ResyncInterval), false
+		r.mu.Unlock()
+		r.notify()
+		return
+	}
 	r.mu.Lock()
 	st.attempts++
 	st.to(prepullv1.PhasePulling, st.reason, st.lastError, r.Clock.Now())
@@ -73,7 +83,9 @@ func (r *Reconciler) pull(e *entry, st *imageState) {
 	r.notify()
 
 	start := r.Clock.Now()
-	err := r.fetch(ctx, e)
+	if err == nil {
+		err = r.fetch(ctx, e, auth)
+	}
 	r.record(ctx, e, st, attempt, err, r.Clock.Since(start))
 	if err == nil {
 		// Tag, pin and verify while still holding the pull's slot, so that
@@ -90,19 +102,15 @@ func (r *Reconciler) pull(e *entry, st *imageState) {
 	r.notify()
 }
 
-// fetch pulls e through CRI, or imports it from its archive, within e's
-// timeout.
-func (r *Reconciler) fetch(ctx context.Context, e *entry) error {
-	auth, err := r.auth(ctx, e)
-	if err != nil {
-		return err
-	}
+// fetch pulls e through CRI with auth, or imports it from its archive,
+// within e's timeout.
+func (r *Reconciler) fetch(ctx context.Context, e *entry, auth *cri.Auth) error {
 	ctx, cancel := context.WithTimeout(ctx, e.Timeout)
 	defer cancel()
 	if e.Archive != nil {
 		return r.importArchive(ctx, e)
 	}
-	_, err = r.Images.PullImage(ctx, e.Image, auth)
+	_, err := r.Images.PullImage(ctx, e.Image, auth)
 	return err
 }
 

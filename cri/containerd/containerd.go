@@ -40,6 +40,7 @@ type Store struct {
 	client      *containerd.Client
 	snapshotter string
 	timeout     time.Duration
+	hostsDir    string
 }
 
 var _ cri.Store = (*Store)(nil)
@@ -267,34 +268,39 @@ func ingestDigest(st content.Status) digest.Digest {
 }
 
 // platformBlobs are the config and layers of the manifest d names, or of
-// the manifest for the node's platform when d names an index; none while
-// that manifest is not in the content store.
+// the manifest for the node's platform when d names an index, read from the
+// content store: an error while that manifest is not there.
 func (s *Store) platformBlobs(ctx context.Context, cs content.Store, d digest.Digest) ([]ocispec.Descriptor, error) {
-	for range 4 {
-		raw, err := content.ReadBlob(ctx, cs, ocispec.Descriptor{Digest: d})
+	return walkPlatform(ocispec.Descriptor{Digest: d}, func(desc ocispec.Descriptor) (*manifest, error) {
+		raw, err := content.ReadBlob(ctx, cs, desc)
 		if err != nil {
 			return nil, err
 		}
-		var m struct {
-			Manifests []ocispec.Descriptor `json:"manifests"`
-			Config    ocispec.Descriptor   `json:"config"`
-			Layers    []ocispec.Descriptor `json:"layers"`
-		}
-		if err := json.Unmarshal(raw, &m); err != nil {
+		m := &manifest{}
+		return m, json.Unmarshal(raw, m)
+	})
+}
+
+// walkPlatform goes from the manifest or index desc names to the config and
+// layers of the manifest for the node's platform, reading each with read.
+func walkPlatform(desc ocispec.Descriptor, read func(ocispec.Descriptor) (*manifest, error)) ([]ocispec.Descriptor, error) {
+	for range 4 {
+		m, err := read(desc)
+		if err != nil {
 			return nil, err
 		}
 		if len(m.Manifests) == 0 {
 			return append([]ocispec.Descriptor{m.Config}, m.Layers...), nil
 		}
-		next := slices.IndexFunc(m.Manifests, func(md ocispec.Descriptor) bool {
+		i := slices.IndexFunc(m.Manifests, func(md ocispec.Descriptor) bool {
 			return md.Platform != nil && platforms.Default().Match(*md.Platform)
 		})
-		if next < 0 {
-			return nil, nil
+		if i < 0 {
+			return nil, fmt.Errorf("%s has no manifest for %s", desc.Digest, platforms.DefaultString())
 		}
-		d = m.Manifests[next].Digest
+		desc = m.Manifests[i]
 	}
-	return nil, nil
+	return nil, fmt.Errorf("%s: indexes nested too deep", desc.Digest)
 }
 
 // wrap maps a containerd error to the cri sentinels.

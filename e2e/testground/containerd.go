@@ -194,7 +194,7 @@ func (c *Containerd) Clients(t testing.TB) (*cri.Remote, *containerd.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { images.Close() })
-	store, err := containerd.New(c.Socket)
+	store, err := containerd.New(c.Socket, containerd.WithRegistryHosts(filepath.Join(c.Dir, "certs.d")))
 	if err != nil {
 		t.Fatal(err)
 	}
