@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -23,7 +24,15 @@ import (
 type Runtime struct {
 	Images cri.ImageService
 	Store  cri.Store
+	// PullTag, when set, makes a tag through CRI where the Store cannot
+	// (a runtime that is not containerd): it pulls the tag from its
+	// registry, and Make then checks that the tag names the wanted image.
+	PullTag func(ctx context.Context, tag string) error
 }
+
+// ErrTagElsewhere means a tag made by pulling it names another image at the
+// registry than the one wanted: the registry moved it.
+var ErrTagElsewhere = errors.New("the tag names another image at the registry")
 
 // Want is what one present image should be.
 type Want struct {
@@ -121,7 +130,7 @@ func (rt Runtime) tag(ctx context.Context, img *cri.Image, w Want) ([]string, []
 			errs = append(errs, err)
 			continue
 		}
-		if err := rt.Store.Tag(ctx, tag, w.Image, w.Pinners...); err != nil {
+		if err := rt.makeTag(ctx, img, tag, w); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -130,13 +139,37 @@ func (rt Runtime) tag(ctx context.Context, img *cri.Image, w Want) ([]string, []
 	return retagged, errs
 }
 
+// makeTag points tag at img through the Store, or else by pulling the tag
+// through CRI, which must then name img.
+func (rt Runtime) makeTag(ctx context.Context, img *cri.Image, tag string, w Want) error {
+	err := rt.Store.Tag(ctx, tag, w.Image, w.Pinners...)
+	if !errors.Is(err, cri.ErrUnsupported) || rt.PullTag == nil {
+		return err
+	}
+	if perr := rt.PullTag(ctx, tag); perr != nil {
+		return fmt.Errorf("tag %s: %w; pulling the tag through CRI failed: %w", tag, err, perr)
+	}
+	ts, serr := cri.StatusSoon(ctx, rt.Images, tag)
+	switch {
+	case serr != nil:
+		return fmt.Errorf("tag %s, pulled through CRI: %w", tag, serr)
+	case ts.ID != img.ID:
+		return fmt.Errorf("tag %s, pulled through CRI because %w: %w: it names image %s, not %s", tag, err, ErrTagElsewhere, ts.ID, img.ID)
+	}
+	return nil
+}
+
 // pins puts each of pinners' pins on ref and, unless keepOthers, takes off
 // every other owner's. It returns the owners left on ref and whether it
 // changed any.
 func (rt Runtime) pins(ctx context.Context, ref string, pinners []string, keepOthers bool) ([]string, bool, error) {
 	have, err := rt.Store.Owners(ctx, ref)
+	if errors.Is(err, cri.ErrUnsupported) && len(pinners) == 0 {
+		// No pin wanted, and the runtime has none of prepull's.
+		return nil, false, nil
+	}
 	if err != nil {
-		return nil, false, err
+		return nil, false, fmt.Errorf("pin %s for %s: %w", ref, strings.Join(pinners, ", "), err)
 	}
 	changed := false
 	var errs []error

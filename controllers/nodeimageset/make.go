@@ -44,7 +44,7 @@ func (r *Reconciler) ensure(ctx context.Context, e *entry, status *prepullv1.Nod
 // that the runtime shows a moment later.
 func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *cri.Image, now time.Time) bool {
 	want := present.Want{Image: e.Image, Tags: e.Tags, Pinners: e.Pinners}
-	got, err := present.Runtime{Images: r.Images, Store: r.Store}.Make(ctx, img, want)
+	got, err := r.runtime(e).Make(ctx, img, want)
 	tagsTotal.Add(float64(len(got.Retagged)))
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -58,22 +58,45 @@ func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *
 	switch {
 	case err == nil:
 		st.to(prepullv1.PhasePresent, "", "", now)
-	case errors.Is(err, cri.ErrUnsupported):
-		// Present, and the runtime cannot pin or tag: status says so.
-		st.to(prepullv1.PhasePresent, reasonOf(err), err.Error(), now)
+	case errors.Is(err, cri.ErrUnsupported), errors.Is(err, present.ErrTagElsewhere):
+		// There, but not as the lists ask: a runtime without containerd's
+		// API cannot pin (retain: Pinned), and a tag it pulled names other
+		// bytes. That does not count as Present; a changed entry is tried
+		// again.
+		st.failedSpec = specKey(e)
+		st.to(prepullv1.PhaseFailed, reasonOf(err), "the image is on the node, but not as its lists ask: "+err.Error(), now)
 	default:
 		st.to(prepullv1.PhasePulling, ReasonVerifyFailed, err.Error(), now)
 	}
 	return got.Changed
 }
 
+// runtime is the node's runtime as present sees it for e: a tag the Store
+// cannot point is pulled through CRI with e's credentials, unless e comes
+// from an archive, whose registry may be out of reach.
+func (r *Reconciler) runtime(e *entry) present.Runtime {
+	rt := present.Runtime{Images: r.Images, Store: r.Store}
+	if e.Archive == nil {
+		rt.PullTag = func(ctx context.Context, tag string) error {
+			auth, err := r.auth(ctx, e)
+			if err == nil {
+				ctx, cancel := context.WithTimeout(ctx, e.Timeout)
+				defer cancel()
+				_, err = r.Images.PullImage(ctx, tag, auth)
+			}
+			return err
+		}
+	}
+	return rt
+}
+
 // inPlace reports whether e needs no look until the next resync: a pull of
-// it is under way, or it was found fully in place recently, its spec is the
+// it is under way, the runtime cannot make it what it asks, or it was found fully in place recently, its spec is the
 // same, and no runtime event touched any of its references since.
 func (r *Reconciler) inPlace(e *entry, st *imageState, now time.Time, dirty map[string]bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if st.pulling {
+	if st.pulling || st.cannotMake(specKey(e)) {
 		return true
 	}
 	if st.phase != prepullv1.PhasePresent || st.verified != specKey(e) || st.verifiedAt.IsZero() || now.Sub(st.verifiedAt) >= r.ResyncInterval {

@@ -12,6 +12,7 @@ import (
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/present"
 )
 
 // Reasons the agent reports.
@@ -28,6 +29,9 @@ const (
 	// ReasonTagConflict: the entry claims a tag that another entry of the
 	// same NodeImageSet also claims, and the other entry was chosen.
 	ReasonTagConflict = "TagConflict"
+	// ReasonTagMismatch: a tag the runtime could make only by pulling it
+	// names other bytes at the registry than the entry's digest.
+	ReasonTagMismatch = "TagMismatch"
 	// Reasons of images that come from an archive.
 	ReasonArchiveNotFound = "ArchiveNotFound"
 	ReasonArchiveChecksum = "ArchiveChecksumMismatch"
@@ -52,6 +56,8 @@ func reasonOf(err error) string {
 		return ReasonTimeout
 	case errors.Is(err, cri.ErrNoSpace):
 		return ReasonNoSpace
+	case errors.Is(err, present.ErrTagElsewhere):
+		return ReasonTagMismatch
 	case errors.Is(err, cri.ErrUnsupported):
 		return ReasonUnsupported
 	}
@@ -100,6 +106,14 @@ func (st *imageState) to(p prepullv1.ImagePhase, reason, msg string, now time.Ti
 		st.phase, st.since = p, metav1.NewTime(now).Rfc3339Copy()
 	}
 	st.reason, st.lastError = reason, truncate(msg, 1024)
+}
+
+// cannotMake reports whether the image is present as the entry whose spec
+// key is key, and the runtime cannot make it what that entry asks: only a
+// changed entry is worth another try.
+func (st *imageState) cannotMake(key string) bool {
+	return st.phase == prepullv1.PhaseFailed && st.failedSpec == key &&
+		(st.reason == ReasonUnsupported || st.reason == ReasonTagMismatch)
 }
 
 // explain gives st's reason and message, its phase unchanged.

@@ -738,24 +738,63 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
-	t.Run("a runtime without containerd's API still pulls and says what it cannot do", func(t *testing.T) {
-		img := e.public.MustPushRandom(t, "crionly/app:v1", 1024, 1)
+	t.Run("a runtime without containerd's API: tags made by pulling them, and what it cannot do is not Present", func(t *testing.T) {
+		pinned := e.public.MustPushRandom(t, "crionly/pinned:v1", 1024, 1)
+		unpinned := e.public.MustPushRandom(t, "crionly/unpinned:v1", 1024, 1)
+		before := e.public.MustPushRandom(t, "crionly/moved:v1", 1024, 1)
+		after := e.public.MustPushRandom(t, "crionly/moved:v1", 1024, 1)
+		e.setList(t, "shop/crinone", func(s *prepullv1.PrePullListSpec) { s.Retain = prepullv1.RetainUnpinned })
 		e.agent(t, "crionly", func(r *nodeimageset.Reconciler) {
 			r.Store = cri.Unsupported{Runtime: "cri-o 1.36"}
 			r.Runtime = "cri-o 1.36"
 		})
-		e.setSpec(t, "crionly", entry(img.Digest, owner("shop/crionly", img.Tag)))
-		st := e.phase(t, "crionly", img.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+		e.setSpec(t, "crionly",
+			entry(pinned.Digest, owner("shop/crionly", pinned.Tag)),
+			entry(unpinned.Digest, owner("shop/crinone", unpinned.Tag)),
+			entry(before.Digest, owner("shop/crinone", before.Tag)))
+
+		// retain: Pinned cannot be kept: Failed, saying so, though the
+		// image and its tag are there.
+		st := e.phase(t, "crionly", pinned.Digest, prepullv1.PhaseFailed, func(st *prepullv1.NodeImageStatus) error {
 			if st.Reason != nodeimageset.ReasonUnsupported {
 				return fmt.Errorf("reason %q", st.Reason)
 			}
 			return nil
 		})
-		if !strings.Contains(st.LastError, "unsupported by the runtime") || !strings.Contains(st.LastError, "cri-o 1.36") {
-			t.Errorf("message %q: want it to say what the runtime cannot do", st.LastError)
+		for _, want := range []string{"on the node, but not as its lists ask", "pin", "shop/crionly", "cri-o 1.36"} {
+			if !strings.Contains(st.LastError, want) {
+				t.Errorf("message %q: want %q", st.LastError, want)
+			}
 		}
-		if e.runtimeID(t, img.Digest) != img.ID {
-			t.Errorf("the pull through CRI did not happen")
+		if st.Pinned {
+			t.Errorf("reported pinned on a runtime that cannot pin")
+		}
+		if e.runtimeID(t, pinned.Digest) != pinned.ID || e.runtimeID(t, pinned.Tag) != pinned.ID {
+			t.Errorf("the digest or the tag was not made through CRI")
+		}
+
+		// retain: Unpinned: the tag made by pulling it, checked to name
+		// the digest: Present.
+		e.phase(t, "crionly", unpinned.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != "" || st.LastError != "" {
+				return fmt.Errorf("reason %q, error %q", st.Reason, st.LastError)
+			}
+			return nil
+		})
+		if e.runtimeID(t, unpinned.Tag) != unpinned.ID {
+			t.Errorf("tag %s names %q, want %s", unpinned.Tag, e.runtimeID(t, unpinned.Tag), unpinned.ID)
+		}
+
+		// The registry moved the tag: pulled, it names other bytes, and
+		// the entry says so instead of counting as Present.
+		st = e.phase(t, "crionly", before.Digest, prepullv1.PhaseFailed, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != nodeimageset.ReasonTagMismatch {
+				return fmt.Errorf("reason %q", st.Reason)
+			}
+			return nil
+		})
+		if !strings.Contains(st.LastError, after.ID) || !strings.Contains(st.LastError, before.ID) {
+			t.Errorf("message %q: want both images named", st.LastError)
 		}
 	})
 
@@ -1014,6 +1053,56 @@ func TestAgent(t *testing.T) {
 		if st, err := images.ImageStatus(ctx, big.Tag); err != nil || st.ID != big.ID {
 			t.Errorf("after space was freed the tag names %+v, %v", st, err)
 		}
+	})
+
+	t.Run("the disk budget counts the image about to be pulled, on a real filesystem", func(t *testing.T) {
+		// containerd's root on a real 32 MiB filesystem; the budget is
+		// 80%. A 14 MiB image writes at least 28 MiB (its blob, then
+		// unpacked): it would fit the usage, not the budget.
+		root := testground.TempDir(t, "pp-budget-")
+		if err := syscall.Mount("tmpfs", root, "tmpfs", 0, "size=32m"); err != nil {
+			t.Fatalf("mount a 32 MiB tmpfs: %v", err)
+		}
+		t.Cleanup(func() { _ = syscall.Unmount(root, syscall.MNT_DETACH) })
+		small := testground.StartContainerdWith(t, func(cfg string) string {
+			return strings.Replace(cfg, "root = '", "root = '"+root+"' #", 1)
+		})
+		small.TrustRegistry(e.public)
+		images, store := small.Clients(t)
+		little := e.public.MustPushRandom(t, "sized/little:v1", 1<<20, 1)
+		big := e.public.MustPushRandom(t, "sized/big:v1", 14<<20, 1)
+		e.agent(t, "sized", func(r *nodeimageset.Reconciler) {
+			r.Images, r.Store, r.KeepStrayPins, r.DiskBudget = images, store, false, 0.8
+		})
+		e.setSpec(t, "sized", entry(little.Digest, owner("shop/sized", little.Tag)), entry(big.Digest, owner("shop/sized", big.Tag)))
+		e.phase(t, "sized", little.Digest, prepullv1.PhasePresent, nil)
+		st := e.phase(t, "sized", big.Digest, prepullv1.PhasePending, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != nodeimageset.ReasonDiskBudget {
+				return fmt.Errorf("reason %s, error %q", st.Reason, st.LastError)
+			}
+			return nil
+		})
+		for _, want := range []string{"at least 28 MiB", "14 MiB of blobs", "past the agent's disk budget of 80.0%"} {
+			if !strings.Contains(st.LastError, want) {
+				t.Errorf("message %q: want %q", st.LastError, want)
+			}
+		}
+		if st.Attempts != 0 {
+			t.Errorf("%d pulls tried past the budget", st.Attempts)
+		}
+		if done, _, _ := store.PullProgress(ctx, big.Digest); done != 0 {
+			t.Errorf("%d bytes of the image past the budget were fetched", done)
+		}
+		// Room made: the same filesystem grown, and the image comes.
+		if err := syscall.Mount("tmpfs", root, "tmpfs", syscall.MS_REMOUNT, "size=256m"); err != nil {
+			t.Fatalf("grow the tmpfs: %v", err)
+		}
+		e.phase(t, "sized", big.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if !st.Pinned {
+				return fmt.Errorf("not pinned")
+			}
+			return nil
+		})
 	})
 
 	t.Run("the agent killed mid-pull resumes after a restart", func(t *testing.T) {
