@@ -199,7 +199,7 @@ func NewAgentOptions() *AgentOptions {
 		StatusInterval:     nodeimageset.DefaultStatusInterval,
 		ResyncInterval:     nodeimageset.DefaultResyncInterval,
 		BackoffBase:        nodeimageset.DefaultBackoffBase,
-		DiskBudget:         0.9,
+		DiskBudget:         nodeimageset.DefaultDiskBudget,
 		CollectStrayPins:   true,
 		CheckOptions:       CheckOptions{ContainerdConfig: "/etc/containerd/config.toml"},
 	}

@@ -34,6 +34,7 @@ const (
 	DefaultBackoffBase        = 5 * time.Second
 	DefaultBackoffMax         = 5 * time.Minute
 	DefaultDoctorInterval     = 10 * time.Minute
+	DefaultDiskBudget         = 0.9
 )
 
 // Reconciler reconciles the node's runtime to its NodeImageSet.

@@ -29,6 +29,7 @@ var (
 	agentImageSize = flag.Int64("agent-image-mib", 8, "size of each image in MiB in BenchmarkAgentPulls")
 	agentRounds    = flag.Int("agent-rounds", 4, "rounds of raw and agent runs, alternating, in BenchmarkAgentPulls")
 	agentStatus    = flag.Duration("agent-status-interval", nodeimageset.DefaultStatusInterval, "the agents' --status-interval in BenchmarkAgentPulls")
+	agentBudget    = flag.Float64("agent-disk-budget", nodeimageset.DefaultDiskBudget, "the agents' --disk-budget in BenchmarkAgentPulls (0 turns it off)")
 )
 
 // BenchmarkAgentPulls compares the agent pulling N images — pull, tag,
@@ -84,7 +85,7 @@ func BenchmarkAgentPulls(b *testing.B) {
 		r := &nodeimageset.Reconciler{
 			Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), NodeName: node, Namespace: "prepull-system",
 			Images: images, Store: store, MaxConcurrentPulls: parallel,
-			StatusInterval: *agentStatus, ResyncInterval: time.Minute,
+			StatusInterval: *agentStatus, ResyncInterval: time.Minute, DiskBudget: *agentBudget,
 		}
 		if err := r.SetupWithManager(mgr); err != nil {
 			b.Fatal(err)
