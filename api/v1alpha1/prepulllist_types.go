@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"fmt"
 	"path/filepath"
 	"time"
 
@@ -145,6 +146,7 @@ func (a *ArchiveSource) Location() string {
 
 // PrePullListSpec is what an operator wants present on which nodes.
 // +kubebuilder:validation:XValidation:rule="(has(self.images) && size(self.images) > 0) || has(self.workloads)",message="spec.images: give at least one image, or spec.workloads"
+// +kubebuilder:validation:XValidation:rule="!has(self.verify) || ((!has(self.resolution) || self.resolution == 'Registry') && !(has(self.source) && has(self.source.archive)))",message="spec.verify: signatures are checked by the controller, at the registry: it needs resolution: Registry and no source.archive"
 type PrePullListSpec struct {
 	// images are the images to make present; each at most once. A list
 	// names images, discovers them from workloads, or both.
@@ -205,6 +207,77 @@ type PrePullListSpec struct {
 	// list holds no node.
 	// +optional
 	NodeGate *NodeGate `json:"nodeGate,omitempty"`
+	// verify, when set, checks each image's signatures (cosign's format:
+	// the image's sha256-<hex>.sig tag, or its referrers) against the keys
+	// given, once per digest for the cluster, before any node gets it.
+	// +optional
+	Verify *VerifyPolicy `json:"verify,omitempty"`
+}
+
+// VerifyPolicy says which keys an image's signature must be made with, and
+// what an image without one does.
+type VerifyPolicy struct {
+	// keys are PEM public keys (ECDSA, Ed25519 or RSA) in the list's
+	// namespace; a signature by any one of them verifies.
+	// +required
+	// +listType=atomic
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=8
+	Keys []PublicKeySource `json:"keys"`
+	// mode: Enforce hands a node only digests whose signature verified,
+	// and keeps a tag on its last verified digest when it moves to one
+	// that does not; Audit hands every digest, and status and events say
+	// which did not verify.
+	// +optional
+	// +kubebuilder:default=Enforce
+	Mode VerifyMode `json:"mode,omitempty"`
+}
+
+// VerifyMode says what an image whose signature does not verify does.
+// +kubebuilder:validation:Enum=Enforce;Audit
+type VerifyMode string
+
+// The verification modes.
+const (
+	VerifyEnforce VerifyMode = "Enforce"
+	VerifyAudit   VerifyMode = "Audit"
+)
+
+// PublicKeySource is one public key: a key of a Secret or of a ConfigMap
+// in the list's namespace.
+// +kubebuilder:validation:XValidation:rule="has(self.secret) != has(self.configMap)",message="give exactly one of secret and configMap"
+type PublicKeySource struct {
+	// secret names a Secret and its key holding the PEM.
+	// +optional
+	Secret *KeyReference `json:"secret,omitempty"`
+	// configMap names a ConfigMap and its key holding the PEM.
+	// +optional
+	ConfigMap *KeyReference `json:"configMap,omitempty"`
+}
+
+// KeyReference is a key of a Secret or ConfigMap.
+type KeyReference struct {
+	// name is the object's name.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// key is the key of its data.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Key string `json:"key"`
+}
+
+// String names the key for messages: "secret ns/name[key]".
+func (k PublicKeySource) String(namespace string) string {
+	switch {
+	case k.Secret != nil:
+		return fmt.Sprintf("secret %s/%s[%s]", namespace, k.Secret.Name, k.Secret.Key)
+	case k.ConfigMap != nil:
+		return fmt.Sprintf("configmap %s/%s[%s]", namespace, k.ConfigMap.Name, k.ConfigMap.Key)
+	}
+	return "no key"
 }
 
 // WorkloadSource discovers images from the workloads of a list's namespace.
@@ -321,6 +394,10 @@ const (
 	// selector matches workloads, False when it matches none; its message
 	// names the workloads whose images or secrets are wrong.
 	ConditionDiscovered = "Discovered"
+	// ConditionVerified, on a list with spec.verify, is True when every
+	// image's digest verified; False names the first that did not, with
+	// its reason.
+	ConditionVerified = "Verified"
 )
 
 // Condition reasons of a PrePullList.
@@ -352,6 +429,20 @@ const (
 	// ReasonPullPolicyAlways (an event): a discovered container's effective
 	// imagePullPolicy is Always, so it contacts the registry at every start.
 	ReasonPullPolicyAlways = "PullPolicyAlways"
+	// ReasonVerificationPending: some image has no digest to check yet.
+	ReasonVerificationPending = "VerificationPending"
+	// ReasonSignaturesVerified: every image's digest verified.
+	ReasonSignaturesVerified = "SignaturesVerified"
+	// ReasonSignatureMissing: no signature of an image's digest was found.
+	ReasonSignatureMissing = "SignatureMissing"
+	// ReasonSignatureInvalid: signatures were found, none verifies for the
+	// digest with the list's keys.
+	ReasonSignatureInvalid = "SignatureInvalid"
+	// ReasonSignatureUnavailable: the signatures could not be read.
+	ReasonSignatureUnavailable = "SignatureUnavailable"
+	// ReasonKeyUnavailable: a key of spec.verify is missing or not a PEM
+	// public key.
+	ReasonKeyUnavailable = "KeyUnavailable"
 	// ReasonAsExpected: nothing is degraded.
 	ReasonAsExpected = "AsExpected"
 	// ReasonInvalidSpec: a field admission could not check is invalid (the
@@ -390,6 +481,37 @@ type ImageResolution struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=1024
 	Warning string `json:"warning,omitempty"`
+	// signature is what checking the digest's signatures found, for a list
+	// with spec.verify.
+	// +optional
+	Signature *SignatureStatus `json:"signature,omitempty"`
+}
+
+// SignatureStatus is what checking one digest's signatures found.
+type SignatureStatus struct {
+	// verified is whether a signature of digest verified with one of the
+	// list's keys.
+	// +required
+	Verified bool `json:"verified"`
+	// digest is the digest checked ("sha256:…"); under Enforce, when it did
+	// not verify, the image's digest stays the last one that did.
+	// +optional
+	// +kubebuilder:validation:MaxLength=80
+	Digest string `json:"digest,omitempty"`
+	// key is the fingerprint of the key that verified, "sha256:" and the
+	// hex SHA-256 of its DER form.
+	// +optional
+	// +kubebuilder:validation:MaxLength=80
+	Key string `json:"key,omitempty"`
+	// reason says why it did not verify: SignatureMissing,
+	// SignatureInvalid, SignatureUnavailable or KeyUnavailable.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Reason string `json:"reason,omitempty"`
+	// message says what was found and which keys were tried.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
 }
 
 // NodeCounts counts the selected nodes by state.

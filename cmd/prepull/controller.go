@@ -11,6 +11,7 @@ import (
 
 	"prepull.io/prepull/controllers/nodegate"
 	"prepull.io/prepull/controllers/prepulllist"
+	"prepull.io/prepull/verify"
 )
 
 func runController(ctx context.Context, args []string) error {
@@ -33,6 +34,7 @@ func runController(ctx context.Context, args []string) error {
 	r := &prepulllist.Reconciler{
 		Namespace:    opts.Namespace,
 		Resolver:     &prepulllist.RegistryResolver{Insecure: insecure, Timeout: opts.ResolveTimeout},
+		Signatures:   &verify.Registry{Insecure: insecure, Timeout: opts.ResolveTimeout},
 		Gates:        gates,
 		StartupTaint: opts.StartupTaint,
 	}

@@ -15,6 +15,11 @@ var (
 		Help: "Tag resolutions at the registry, by result (resolved, failed).",
 	}, []string{"result"})
 
+	verifications = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prepull_signature_verifications_total",
+		Help: "Checks of a digest's signatures at its registry, by result (verified, SignatureMissing, SignatureInvalid, SignatureUnavailable); a digest is checked once for the cluster.",
+	}, []string{"result"})
+
 	listNodes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "prepull_list_nodes",
 		Help: "Selected nodes of each PrePullList, by state (ready, pulling, waiting, failed).",
@@ -27,7 +32,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(resolutions, listNodes, rollouts)
+	metrics.Registry.MustRegister(resolutions, verifications, listNodes, rollouts)
 }
 
 func recordNodes(l *prepullv1.PrePullList, n prepullv1.NodeCounts) {

@@ -57,8 +57,10 @@ type Reconciler struct {
 	// pull secrets.
 	Namespace string
 	Resolver  Resolver
-	Recorder  events.EventRecorder
-	Clock     clock.PassiveClock
+	// Signatures reads images' signatures, for lists with spec.verify.
+	Signatures SignatureReader
+	Recorder   events.EventRecorder
+	Clock      clock.PassiveClock
 	// Gates, when set, is where gating lists publish what is missing on
 	// their nodes, for the node gate; StartupTaint is the taint it removes.
 	Gates        *nodegate.Book
@@ -66,11 +68,12 @@ type Reconciler struct {
 
 	// fleet is every node's spec as the controller wants it; tags are the
 	// cluster's tag resolutions. wake enqueues lists whose tag moved.
-	fleet  *fleet
-	once   sync.Once
-	tags   *tagStore
-	wake   chan event.GenericEvent
-	cached bool
+	fleet      *fleet
+	once       sync.Once
+	tags       *tagStore
+	signatures signatureBook
+	wake       chan event.GenericEvent
+	cached     bool
 	// reported are the lists whose nodes' agents reported since the last
 	// statusBatch.
 	reportMu  sync.Mutex
@@ -160,6 +163,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	prev := r.previousStatus(orig)
 	selected, probeNode := selection(nodes)
 	targets, images, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
+	r.checkSignatures(ctx, l, prev.Images, targets, images, creds)
 
 	placeDiscovered(l, targets, disc.discovery, cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint))
 	p := r.planFor(l, targets, selected)
@@ -180,6 +184,11 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 		meta.SetStatusCondition(&status.Conditions, discoveredCondition(l, disc.discovery))
 	} else {
 		meta.RemoveStatusCondition(&status.Conditions, prepullv1.ConditionDiscovered)
+	}
+	if l.Spec.Verify != nil {
+		meta.SetStatusCondition(&status.Conditions, verifiedCondition(l.Generation, images))
+	} else {
+		meta.RemoveStatusCondition(&status.Conditions, prepullv1.ConditionVerified)
 	}
 	if !graceEnds.IsZero() {
 		next = minTime(next, graceEnds)
@@ -653,6 +662,13 @@ func (r *Reconciler) recordTransitions(l *prepullv1.PrePullList, prev, st prepul
 		}
 		if img.Message != "" && old.Message != img.Message {
 			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonResolutionFailed, "Resolve", "%s: %s", img.Image, img.Message)
+		}
+		if s := img.Signature; s != nil && (old.Signature == nil || old.Signature.Digest != s.Digest || old.Signature.Verified != s.Verified || old.Signature.Reason != s.Reason) {
+			if s.Verified {
+				r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, prepullv1.ReasonSignaturesVerified, "Verify", "%s (%s): %s", img.Image, s.Digest, s.Message)
+			} else {
+				r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, s.Reason, "Verify", "%s (%s): %s", img.Image, s.Digest, s.Message)
+			}
 		}
 		if img.Warning != "" && old.Warning == "" {
 			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, "MutableTag", "Validate", "%s: %s", img.Image, img.Warning)

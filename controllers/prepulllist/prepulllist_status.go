@@ -19,6 +19,9 @@ func readyCondition(gen int64, nodes prepullv1.NodeCounts, images []prepullv1.Im
 	c := metav1.Condition{Type: prepullv1.ConditionReady, ObservedGeneration: gen}
 	unresolved := countUnresolved(images)
 	switch {
+	case slices.ContainsFunc(images, func(i prepullv1.ImageResolution) bool { return i.Digest == "" && withheld(i) }):
+		c.Status, c.Reason = metav1.ConditionFalse, prepullv1.ReasonNodesNotReady
+		c.Message = fmt.Sprintf("%d of %d images have no digest to roll out: no verified one (spec.verify), or not resolved yet", unresolved, len(images))
 	case unresolved > 0:
 		c.Status, c.Reason = metav1.ConditionFalse, prepullv1.ReasonNodesNotReady
 		c.Message = fmt.Sprintf("%d of %d images are not resolved to a digest yet", unresolved, len(images))
@@ -54,16 +57,24 @@ func progressingCondition(gen int64, nodes prepullv1.NodeCounts, images []prepul
 // failed an image; its message names them.
 func degradedCondition(gen int64, nodes prepullv1.NodeCounts, images []prepullv1.ImageResolution, failures []prepullv1.NodeFailure, secretErr error) metav1.Condition {
 	c := metav1.Condition{Type: prepullv1.ConditionDegraded, ObservedGeneration: gen}
-	var unresolved []string
+	var unresolved, unverified []string
+	var unverifiedReason string
 	for _, i := range images {
 		if i.Message != "" {
 			unresolved = append(unresolved, i.Image+": "+i.Message)
+		}
+		if withheld(i) {
+			unverified = append(unverified, fmt.Sprintf("%s (%s): %s", i.Image, i.Signature.Digest, i.Signature.Message))
+			unverifiedReason = cmp.Or(unverifiedReason, i.Signature.Reason)
 		}
 	}
 	switch {
 	case secretErr != nil:
 		c.Status, c.Reason = metav1.ConditionTrue, prepullv1.ReasonPullSecretUnavailable
 		c.Message = truncate(secretErr.Error(), 32768)
+	case len(unverified) > 0:
+		c.Status, c.Reason = metav1.ConditionTrue, unverifiedReason
+		c.Message = truncate("not rolled out, the signature did not verify: "+strings.Join(unverified, "; "), 32768)
 	case len(unresolved) > 0:
 		c.Status, c.Reason = metav1.ConditionTrue, prepullv1.ReasonResolutionFailed
 		c.Message = truncate(strings.Join(unresolved, "; "), 32768)

@@ -49,10 +49,7 @@ func (r *RegistryResolver) Resolve(ctx context.Context, tagRef string, creds []p
 	if err != nil {
 		return "", fmt.Errorf("parse %s: %w", tagRef, err)
 	}
-	auth := authn.Anonymous
-	if c, ok := pullsecret.Find(creds, ref.Context().RegistryStr()); ok {
-		auth = authn.FromConfig(authn.AuthConfig{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken})
-	}
+	auth := authFor(creds, tagRef)
 	tr := r.Transport
 	if tr == nil {
 		tr = http.DefaultTransport
@@ -76,4 +73,16 @@ func registryMessage(err error) string {
 		}
 	}
 	return err.Error()
+}
+
+// authFor is the credentials of creds for the registry of ref, or none.
+func authFor(creds []pullsecret.Credential, ref string) authn.Authenticator {
+	parsed, err := name.ParseReference(ref)
+	if err != nil {
+		return authn.Anonymous
+	}
+	if c, ok := pullsecret.Find(creds, parsed.Context().RegistryStr()); ok {
+		return authn.FromConfig(authn.AuthConfig{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken})
+	}
+	return authn.Anonymous
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -32,6 +33,7 @@ import (
 	"prepull.io/prepull/e2e/testground"
 	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/pullsecret"
+	"prepull.io/prepull/verify"
 )
 
 const controllerNS = "prepull-system"
@@ -47,6 +49,27 @@ type env struct {
 	public         *testground.Registry
 	private        *testground.Registry
 	resolver       *countingResolver
+	signatures     *countingSignatures
+}
+
+// countingSignatures counts the controller's reads of signatures, by image.
+type countingSignatures struct {
+	inner prepulllist.SignatureReader
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (s *countingSignatures) Signatures(ctx context.Context, ref string, auth authn.Authenticator) ([]verify.Signature, error) {
+	s.mu.Lock()
+	s.calls[ref]++
+	s.mu.Unlock()
+	return s.inner.Signatures(ctx, ref, auth)
+}
+
+func (s *countingSignatures) count(ref string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[ref]
 }
 
 // countingResolver counts the registry requests the controller makes.
@@ -84,6 +107,9 @@ func setup(t *testing.T) *env {
 		resolver: &countingResolver{calls: map[string]int{}, inner: &prepulllist.RegistryResolver{
 			Insecure: map[string]bool{public.Host: true, private.Host: true},
 		}},
+		signatures: &countingSignatures{calls: map[string]int{}, inner: &verify.Registry{
+			Insecure: map[string]bool{public.Host: true, private.Host: true},
+		}},
 	}
 	e.top = t
 	e.stopController = e.startController(t)
@@ -97,7 +123,7 @@ func setup(t *testing.T) *env {
 func (e *env) startController(t *testing.T) func() {
 	t.Helper()
 	gates := nodegate.NewBook()
-	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Clock: e.clock, Gates: gates}
+	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Signatures: e.signatures, Clock: e.clock, Gates: gates}
 	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
 		Scheme:  testground.Scheme(),
 		Metrics: metricsserver.Options{BindAddress: "0"},

@@ -1,0 +1,213 @@
+package prepulllist
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"golang.org/x/sync/singleflight"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/pullsecret"
+	"prepull.io/prepull/verify"
+)
+
+// SignatureReader reads an image's signatures from its registry.
+type SignatureReader interface {
+	Signatures(ctx context.Context, digestRef string, auth authn.Authenticator) ([]verify.Signature, error)
+}
+
+var _ SignatureReader = (*verify.Registry)(nil)
+
+// signatureBook holds what checking each digest's signatures against each
+// set of keys found, so that a digest is checked once for the cluster,
+// whichever lists name it and however many nodes they select. A digest that
+// verified stays verified; one that did not is checked again after
+// resolutionRetry, in case it was signed since.
+type signatureBook struct {
+	mu      sync.Mutex
+	checked map[string]checkedDigest
+	flight  singleflight.Group
+}
+
+type checkedDigest struct {
+	res verify.Result
+	at  time.Time
+}
+
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
+
+// verifyKeys reads the public keys l's spec.verify names, from its
+// namespace, uncached: keys are few, and read only by lists that verify.
+func (r *Reconciler) verifyKeys(ctx context.Context, l *prepullv1.PrePullList) (verify.Keys, error) {
+	var keys verify.Keys
+	var errs []error
+	for _, src := range l.Spec.Verify.Keys {
+		name := src.String(l.Namespace)
+		var pem []byte
+		var found bool
+		switch {
+		case src.Secret != nil:
+			s := &corev1.Secret{}
+			if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: src.Secret.Name}, s); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				continue
+			}
+			pem, found = s.Data[src.Secret.Key]
+		case src.ConfigMap != nil:
+			cm := &corev1.ConfigMap{}
+			if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: src.ConfigMap.Name}, cm); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				continue
+			}
+			var s string
+			s, found = cm.Data[src.ConfigMap.Key]
+			pem = []byte(s)
+		}
+		if !found {
+			errs = append(errs, fmt.Errorf("%s: no such key", name))
+			continue
+		}
+		k, err := verify.ParseKey(pem, name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		keys = append(keys, k)
+	}
+	return keys, errors.Join(errs...)
+}
+
+// checkSignatures checks, under l's spec.verify, the signature of every
+// target resolved to a digest, and records what it found in the image's
+// status. Under Enforce, a target whose digest did not verify is given the
+// last digest that did (from the list's previous status) or none, so no node
+// is handed a digest that did not verify.
+func (r *Reconciler) checkSignatures(ctx context.Context, l *prepullv1.PrePullList, prev []prepullv1.ImageResolution, targets []target, images []prepullv1.ImageResolution, creds []pullsecret.Credential) {
+	if l.Spec.Verify == nil {
+		return
+	}
+	keys, keyErr := r.verifyKeys(ctx, l)
+	enforce := l.Spec.Verify.Mode != prepullv1.VerifyAudit
+	for i := range targets {
+		t := &targets[i]
+		res := imageNamed(images, t.image)
+		if t.digest == "" || res == nil {
+			continue
+		}
+		var got verify.Result
+		if keyErr != nil {
+			got = verify.Result{Reason: prepullv1.ReasonKeyUnavailable, Message: keyErr.Error()}
+		} else {
+			got = r.signatures.check(ctx, r, digestRef(t.Repo, t.digest), t.digest, keys, creds)
+		}
+		res.Signature = &prepullv1.SignatureStatus{Verified: got.Verified, Digest: t.digest, Key: got.Key, Reason: got.Reason, Message: truncate(got.Message, 1024)}
+		if got.Verified || !enforce {
+			continue
+		}
+		t.digest = lastVerified(resolutionOf(prev, t.image))
+		res.Digest = t.digest
+	}
+}
+
+// check is what checking digestRef's signatures against keys found: known
+// already, or asked of the registry once however many reconciles ask at
+// once.
+func (b *signatureBook) check(ctx context.Context, r *Reconciler, digestRef, digest string, keys verify.Keys, creds []pullsecret.Credential) verify.Result {
+	key := digestRef + " " + keys.ID()
+	now := r.Clock.Now()
+	b.mu.Lock()
+	c, ok := b.checked[key]
+	b.mu.Unlock()
+	if ok && (c.res.Verified || now.Before(c.at.Add(resolutionRetry))) {
+		return c.res
+	}
+	v, _, _ := b.flight.Do(key, func() (any, error) {
+		var res verify.Result
+		if r.Signatures == nil {
+			return verify.Result{Reason: verify.ReasonUnavailable, Message: "this controller reads no signatures"}, nil
+		}
+		sigs, err := r.Signatures.Signatures(ctx, digestRef, authFor(creds, digestRef))
+		if err != nil {
+			res = verify.Result{Reason: verify.ReasonUnavailable, Message: "the signatures could not be read: " + registryMessage(err)}
+		} else {
+			res = verify.Check(sigs, digest, keys)
+		}
+		verifications.WithLabelValues(verdict(res)).Inc()
+		b.mu.Lock()
+		if b.checked == nil {
+			b.checked = map[string]checkedDigest{}
+		}
+		b.checked[key] = checkedDigest{res: res, at: now}
+		b.mu.Unlock()
+		return res, nil
+	})
+	return v.(verify.Result)
+}
+
+func verdict(res verify.Result) string {
+	if res.Verified {
+		return "verified"
+	}
+	return res.Reason
+}
+
+// imageNamed is the status entry of image in images, or nil.
+func imageNamed(images []prepullv1.ImageResolution, image string) *prepullv1.ImageResolution {
+	for i := range images {
+		if images[i].Image == image {
+			return &images[i]
+		}
+	}
+	return nil
+}
+
+// verifiedCondition, for a list with spec.verify, says whether every
+// image's digest verified: False names the first that did not; Unknown
+// while some image has no digest to check yet.
+func verifiedCondition(gen int64, images []prepullv1.ImageResolution) metav1.Condition {
+	c := metav1.Condition{Type: prepullv1.ConditionVerified, ObservedGeneration: gen}
+	checked := 0
+	for _, img := range images {
+		s := img.Signature
+		switch {
+		case s == nil:
+		case s.Verified:
+			checked++
+		default:
+			c.Status, c.Reason = metav1.ConditionFalse, s.Reason
+			c.Message = truncate(fmt.Sprintf("%s (%s): %s", img.Image, s.Digest, s.Message), 32768)
+			return c
+		}
+	}
+	if checked < len(images) {
+		c.Status, c.Reason = metav1.ConditionUnknown, prepullv1.ReasonVerificationPending
+		c.Message = fmt.Sprintf("%d of %d images have no digest to check yet", len(images)-checked, len(images))
+		return c
+	}
+	c.Status, c.Reason = metav1.ConditionTrue, prepullv1.ReasonSignaturesVerified
+	c.Message = fmt.Sprintf("the digests of all %d images verified", len(images))
+	return c
+}
+
+// lastVerified is the digest the image's previous status holds that
+// verified: its digest, when that verified or was the one kept back then.
+func lastVerified(old prepullv1.ImageResolution) string {
+	if s := old.Signature; s != nil && ((s.Verified && s.Digest == old.Digest) || withheld(old)) {
+		return old.Digest
+	}
+	return ""
+}
+
+// withheld reports whether the image's digest did not verify and, under
+// Enforce, was kept from the nodes: its status then shows another digest
+// (the last verified one) or none.
+func withheld(img prepullv1.ImageResolution) bool {
+	return img.Signature != nil && !img.Signature.Verified && img.Digest != img.Signature.Digest
+}
