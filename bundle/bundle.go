@@ -10,6 +10,7 @@ package bundle
 
 import (
 	"archive/tar"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/verify"
 )
 
 // Names of a bundle's members.
@@ -66,6 +68,9 @@ type Image struct {
 	Platforms []string `json:"platforms,omitempty"`
 	// Size is the bytes of its blobs.
 	Size int64 `json:"size"`
+	// Signatures are the digests of the signature manifests (cosign's
+	// format) the bundle holds for it, copied from its registry.
+	Signatures []string `json:"signatures,omitempty"`
 	// blobs are its blobs, root last, and repo where they are fetched from.
 	blobs []v1.Descriptor
 	repo  name.Repository
@@ -253,6 +258,15 @@ func Verify(p string) (*Contents, error) {
 		if err := a.checkTree(d, types.MediaType(img.MediaType), img.Platforms); err != nil {
 			return nil, fmt.Errorf("%s: %s: %w", p, img.Ref, err)
 		}
+		for _, sig := range img.Signatures {
+			sd, err := digest.Parse(sig)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %s: signature: %w", p, img.Ref, err)
+			}
+			if err := a.checkTree(sd, types.OCIManifestSchema1, nil); err != nil {
+				return nil, fmt.Errorf("%s: %s: signature: %w", p, img.Ref, err)
+			}
+		}
 	}
 	return c, nil
 }
@@ -304,4 +318,35 @@ func check(r io.Reader, d digest.Digest, size int64) error {
 		return errors.New("content does not match its digest")
 	}
 	return nil
+}
+
+// signatures reads the signatures the archive holds for img.
+func (a *archive) signatures(img Image) ([]verify.Signature, error) {
+	var out []verify.Signature
+	for _, sig := range img.Signatures {
+		d, err := digest.Parse(sig)
+		if err != nil {
+			return nil, err
+		}
+		var m v1.Manifest
+		if err := a.readJSON(blobDir+d.Encoded(), &m); err != nil {
+			return nil, fmt.Errorf("signature %s: %w", sig, err)
+		}
+		for _, l := range m.Layers {
+			raw, err := base64.StdEncoding.DecodeString(l.Annotations[verify.SignatureAnnotation])
+			if l.MediaType != verify.PayloadMediaType || err != nil || len(raw) == 0 {
+				continue
+			}
+			r, ok := a.blob(digest.Digest(l.Digest.String()), l.Size)
+			if !ok {
+				return nil, fmt.Errorf("signature %s: payload %s is missing", sig, l.Digest)
+			}
+			p, err := io.ReadAll(io.LimitReader(r, 1<<20))
+			if err != nil {
+				return nil, fmt.Errorf("signature %s: payload %s: %w", sig, l.Digest, err)
+			}
+			out = append(out, verify.Signature{Payload: p, Signature: raw, From: "bundle signature " + sig})
+		}
+	}
+	return out, nil
 }

@@ -80,7 +80,7 @@ func FuzzLoad(f *testing.F) {
 			t.Fatal(err)
 		}
 		rt := fake.New(fake.NewRegistry())
-		got, err := Load(context.Background(), rt, p, wanted)
+		got, err := Load(context.Background(), rt, p, wanted, nil)
 		if err != nil {
 			return
 		}

@@ -3,6 +3,7 @@ package bundle
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 
@@ -10,6 +11,7 @@ import (
 
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
+	"prepull.io/prepull/verify"
 )
 
 // Loaded is what Load did for one wanted reference.
@@ -27,10 +29,25 @@ type Loaded struct {
 // repository, as a pull makes them. Nothing else in the archive is named. It
 // returns what became of each wanted reference; an error means the archive
 // itself could not be read, and then nothing was named.
-func Load(ctx context.Context, store cri.Store, path string, wanted []string) (map[string]Loaded, error) {
+//
+// With keys, the whole bundle is verified first, and an image is imported
+// only when a signature the bundle holds for it verifies with one of keys;
+// one that does not gets a *verify.Error and is not imported.
+func Load(ctx context.Context, store cri.Store, path string, wanted []string, keys verify.Keys) (map[string]Loaded, error) {
 	byDigest := map[string][]string{} // digest -> wanted digest references
 	byTag := map[string]string{}      // tag reference -> wanted reference
 	out := map[string]Loaded{}
+	if len(keys) > 0 {
+		refused, err := checkSignatures(path, wanted, keys)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(out, refused)
+		wanted = slices.DeleteFunc(slices.Clone(wanted), func(w string) bool { _, no := refused[w]; return no })
+		if len(wanted) == 0 {
+			return out, nil
+		}
+	}
 	seen := map[string]bool{}
 	for _, w := range wanted {
 		if seen[w] {
@@ -88,4 +105,41 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 		}
 	}
 	return out, nil
+}
+
+// checkSignatures verifies the bundle at path and returns the wanted
+// references whose image it holds with no signature that verifies with
+// keys, each with why.
+func checkSignatures(path string, wanted []string, keys verify.Keys) (map[string]Loaded, error) {
+	c, err := Verify(path)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
+	}
+	a, err := openArchive(path)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
+	}
+	defer a.Close()
+	refused := map[string]Loaded{}
+	for _, w := range wanted {
+		r, err := imageref.Parse(w)
+		if err != nil {
+			continue
+		}
+		i := slices.IndexFunc(c.Images, func(img Image) bool {
+			return (r.Digest != "" && img.Digest == r.Digest) || (r.Digest == "" && img.Ref == r.Tag)
+		})
+		if i < 0 {
+			continue // Load says it is not there.
+		}
+		img := c.Images[i]
+		sigs, err := a.signatures(img)
+		if err != nil {
+			return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
+		}
+		if err := verify.Check(sigs, img.Digest, keys).Err(); err != nil {
+			refused[w] = Loaded{Digest: img.Digest, Err: err}
+		}
+	}
+	return refused, nil
 }

@@ -9,6 +9,7 @@ package nodeapply
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/present"
+	"prepull.io/prepull/verify"
 )
 
 // Options configure Apply.
@@ -34,6 +36,11 @@ type Options struct {
 	HTTPClient *http.Client
 	// PullTimeout bounds one pull or one archive import.
 	PullTimeout time.Duration
+	// VerifyKeys, when set, are the keys an image's signature must verify
+	// with before it is imported: the signatures a bundle holds are checked
+	// with no registry in reach, and an image that does not verify is not
+	// imported. An image that would be pulled from its registry fails.
+	VerifyKeys verify.Keys
 }
 
 // How an image came to be present.
@@ -90,6 +97,9 @@ func Apply(ctx context.Context, lists []prepullv1.PrePullList, opts Options) []R
 		owner := l.Namespace + "/" + l.Name
 		for _, img := range l.Spec.Images {
 			e, err := parse(owner, img.Image, l, opts)
+			if err == nil && l.Spec.Verify != nil && len(opts.VerifyKeys) == 0 {
+				err = fmt.Errorf("list %s has spec.verify: give the keys its images are signed with (--verify-key)", owner)
+			}
 			res := &Result{List: owner, Image: img.Image, Err: err}
 			out = append(out, res)
 			if err == nil {
@@ -152,7 +162,7 @@ func importFrom(ctx context.Context, src bundle.Source, es []*entry, results map
 	for _, e := range es {
 		wanted = append(wanted, e.ref())
 	}
-	loaded, err := bundle.Import(ctx, opts.Store, src, opts.HTTPClient, "", wanted)
+	loaded, err := bundle.Import(ctx, opts.Store, src, opts.HTTPClient, "", wanted, opts.VerifyKeys)
 	if err != nil {
 		for _, e := range es {
 			results[e].Err = err
@@ -183,6 +193,8 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 		if res.How == "" {
 			res.How = HowPresent
 		}
+	case errors.Is(err, cri.ErrNotFound) && e.archive == nil && len(opts.VerifyKeys) > 0:
+		return fmt.Errorf("%s would be pulled from its registry: signatures are checked in a bundle (--archive, or the list's source.archive)", e.ref())
 	case errors.Is(err, cri.ErrNotFound) && e.archive == nil:
 		pctx, cancel := context.WithTimeout(ctx, opts.PullTimeout)
 		_, err = opts.Images.PullImage(pctx, e.ref(), nil)

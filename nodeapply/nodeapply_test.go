@@ -1,8 +1,12 @@
 package nodeapply_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -18,6 +22,7 @@ import (
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/e2e/testground"
 	"prepull.io/prepull/nodeapply"
+	"prepull.io/prepull/verify"
 )
 
 func list(name string, retain prepullv1.RetainPolicy, images ...string) prepullv1.PrePullList {
@@ -193,6 +198,131 @@ func TestApplyOnContainerd(t *testing.T) {
 			t.Errorf("%s: %+v, want ErrNotFound", missing, r)
 		}
 	})
+}
+
+// Signatures copied into a bundle by bundle.Write, checked by node apply
+// from the bundle alone, the registry stopped.
+func TestApplyVerifiesFromTheBundle(t *testing.T) {
+	ctx := context.Background()
+	ctd := testground.StartContainerd(t)
+	reg := testground.StartRegistry(t)
+	ctd.TrustRegistry(reg)
+	images, store := ctd.Clients(t)
+	ours, stranger := testground.NewSigningKey(t, false), testground.NewSigningKey(t, true)
+	key, err := verify.ParseKey(ours.PEM, "ours.pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed := reg.MustPushRandom(t, "air/signed:v1", 64<<10, 1)
+	reg.MustSign(t, signed.Digest, ours, false)
+	referred := reg.MustPushRandom(t, "air/referred:v1", 64<<10, 1)
+	reg.MustSign(t, referred.Digest, ours, true)
+	unsigned := reg.MustPushRandom(t, "air/unsigned:v1", 64<<10, 1)
+	strange := reg.MustPushRandom(t, "air/strange:v1", 64<<10, 1)
+	reg.MustSign(t, strange.Digest, stranger, false)
+	altered := reg.MustPushRandom(t, "air/altered:v1", 64<<10, 1)
+	reg.MustSign(t, altered.Digest, ours, false)
+
+	archive := filepath.Join(t.TempDir(), "bundle.tar")
+	contents, err := bundle.Write(ctx, archive, []string{signed.Tag, referred.Tag, unsigned.Tag, strange.Tag}, bundle.Options{})
+	if err != nil {
+		t.Fatalf("bundle: %v", err)
+	}
+	for _, img := range contents.Images {
+		if want := map[string]int{signed.Tag: 1, referred.Tag: 1, unsigned.Tag: 0, strange.Tag: 1}[img.Ref]; len(img.Signatures) != want {
+			t.Errorf("%s: %d signatures in the bundle, want %d", img.Ref, len(img.Signatures), want)
+		}
+	}
+	alteredArchive := filepath.Join(t.TempDir(), "altered.tar")
+	alteredContents, err := bundle.Write(ctx, alteredArchive, []string{altered.Tag}, bundle.Options{})
+	if err != nil || len(alteredContents.Images) != 1 || len(alteredContents.Images[0].Signatures) != 1 {
+		t.Fatalf("bundle: %+v, %v: want one image with its signature", alteredContents, err)
+	}
+	flipInMember(t, alteredArchive, "blobs/sha256/"+strings.TrimPrefix(alteredContents.Images[0].Signatures[0], "sha256:"))
+	reg.Stop()
+	defer reg.Start()
+
+	verified := list("verified", "", signed.Tag, referred.Tag, unsigned.Tag, strange.Tag)
+	verified.Spec.Verify = &prepullv1.VerifyPolicy{Keys: []prepullv1.PublicKeySource{{Secret: &prepullv1.KeyReference{Name: "keys", Key: "ours.pub"}}}}
+	opts := nodeapply.Options{Images: images, Store: store, PullTimeout: time.Minute, Archive: archive}
+
+	t.Run("a list that verifies needs the keys", func(t *testing.T) {
+		for _, r := range nodeapply.Apply(ctx, []prepullv1.PrePullList{verified}, opts) {
+			if r.Err == nil || !strings.Contains(r.Err.Error(), "--verify-key") {
+				t.Errorf("%s: %v, want an error asking for --verify-key", r.Image, r.Err)
+			}
+		}
+	})
+
+	t.Run("only what verifies is imported", func(t *testing.T) {
+		o := opts
+		o.VerifyKeys = verify.Keys{key}
+		got := map[string]nodeapply.Result{}
+		for _, r := range nodeapply.Apply(ctx, []prepullv1.PrePullList{verified}, o) {
+			got[r.Image] = r
+		}
+		for _, img := range []testground.Pushed{signed, referred} {
+			if r := got[img.Tag]; r.Err != nil || r.How != nodeapply.HowImported || !r.Pinned {
+				t.Errorf("%s: %+v, want imported and pinned", img.Tag, r)
+			}
+		}
+		for img, reason := range map[testground.Pushed]string{unsigned: verify.ReasonMissing, strange: verify.ReasonInvalid} {
+			var verr *verify.Error
+			if r := got[img.Tag]; !errors.As(r.Err, &verr) || verr.Reason != reason || !strings.Contains(r.Err.Error(), key.Fingerprint) {
+				t.Errorf("%s: %+v, want %s naming the key", img.Tag, r, reason)
+			}
+			for _, ref := range []string{img.Tag, img.Digest} {
+				if _, err := images.ImageStatus(ctx, ref); !errors.Is(err, cri.ErrNotFound) {
+					t.Errorf("%s, which did not verify, is in the runtime: %v", ref, err)
+				}
+			}
+		}
+	})
+
+	t.Run("a bundle whose signature was altered imports nothing", func(t *testing.T) {
+		o := opts
+		o.Archive, o.VerifyKeys = alteredArchive, verify.Keys{key}
+		for _, r := range nodeapply.Apply(ctx, []prepullv1.PrePullList{list("altered", "", altered.Tag)}, o) {
+			if r.Err == nil || !strings.Contains(r.Err.Error(), "does not match its digest") {
+				t.Errorf("%s: %+v, want the bundle refused", r.Image, r)
+			}
+		}
+		for _, ref := range []string{altered.Tag, altered.Digest} {
+			if _, err := images.ImageStatus(ctx, ref); !errors.Is(err, cri.ErrNotFound) {
+				t.Errorf("%s is in the runtime: %v", ref, err)
+			}
+		}
+	})
+}
+
+// flipInMember flips one byte of the member name of the tar at path.
+func flipInMember(t *testing.T, path, name string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(bytes.NewReader(data))
+	for {
+		h, err := tr.Next()
+		if err != nil {
+			t.Fatalf("%s: no member %s (%v)", path, name, err)
+		}
+		if h.Name != name {
+			continue
+		}
+		// What the reader read so far ends where the member's data starts.
+		rest, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := bytes.Index(data, rest)
+		data[start+len(rest)/2] ^= 0x01
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
 }
 
 func cut(ref string) (string, string) {

@@ -87,12 +87,12 @@ func (r *Registry) Signatures(ctx context.Context, digestRef string, auth authn.
 			return nil, err
 		}
 		sigs = append(sigs, found...)
-	case !notFound(err):
+	case !NotFound(err):
 		return nil, fmt.Errorf("read %s: %w", tag, err)
 	}
 	idx, err := remote.Referrers(ref, append(ropts, remote.WithFilter("artifactType", ArtifactType))...)
 	if err != nil {
-		if notFound(err) {
+		if NotFound(err) {
 			return sigs, nil
 		}
 		return nil, fmt.Errorf("read the referrers of %s: %w", ref, err)
@@ -157,7 +157,8 @@ func fromImage(img v1.Image, from string) ([]Signature, error) {
 	return out, nil
 }
 
-func notFound(err error) bool {
+// NotFound reports whether err is a registry's 404.
+func NotFound(err error) bool {
 	var te *transport.Error
 	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound
 }

@@ -111,6 +111,19 @@ type Result struct {
 	Message string
 }
 
+// Err is nil when r verified, else an *Error that says why.
+func (r Result) Err() error {
+	if r.Verified {
+		return nil
+	}
+	return &Error{Result: r}
+}
+
+// Error is a digest that did not verify.
+type Error struct{ Result }
+
+func (e *Error) Error() string { return e.Reason + ": " + e.Message }
+
 // Check decides whether sigs hold a signature, by one of keys, whose payload
 // names digest ("sha256:…"). A signature that verifies but names another
 // digest is refused: it was copied from another image.

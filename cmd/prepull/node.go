@@ -13,6 +13,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"prepull.io/prepull/nodeapply"
+	"prepull.io/prepull/verify"
 )
 
 // NodeApplyOptions are the flags of "prepull node apply".
@@ -24,6 +25,9 @@ type NodeApplyOptions struct {
 	Archive string
 	// ArchiveSHA256, when set, is checked against Archive.
 	ArchiveSHA256 string
+	// VerifyKeys are files of PEM public keys an image's signature in the
+	// bundle must verify with before it is imported.
+	VerifyKeys []string
 }
 
 // NewNodeApplyOptions returns the defaults.
@@ -36,6 +40,7 @@ func (o *NodeApplyOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVarP(&o.Files, "filename", "f", o.Files, `file of PrePullLists ("-" for stdin); repeat for more`)
 	fs.StringVar(&o.Archive, "archive", o.Archive, "bundle to import every image from, instead of the lists' sources")
 	fs.StringVar(&o.ArchiveSHA256, "archive-sha256", o.ArchiveSHA256, "SHA-256 the --archive must have (64 hex digits), checked before anything is imported")
+	fs.StringArrayVar(&o.VerifyKeys, "verify-key", o.VerifyKeys, "file of a PEM public key (ECDSA, Ed25519, RSA): an image is imported only if a signature the bundle holds for it verifies with one of these keys; repeat for more")
 	o.RuntimeOptions.addFlags(fs)
 }
 
@@ -57,7 +62,7 @@ func (o *NodeApplyOptions) Validate() error {
 }
 
 const nodeUsage = `Usage:
-  prepull node apply -f list.yaml [-f more.yaml] [--archive bundle.tar]
+  prepull node apply -f list.yaml [-f more.yaml] [--archive bundle.tar] [--verify-key key.pub]
   prepull node NODE   (see "prepull node --help")
 
 Makes the images of the lists present on this node's runtime, tagged and
@@ -80,6 +85,18 @@ func runNode(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var keys verify.Keys
+	for _, f := range opts.VerifyKeys {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("--verify-key: %w", err)
+		}
+		k, err := verify.ParseKey(pem, f)
+		if err != nil {
+			return fmt.Errorf("--verify-key: %w", err)
+		}
+		keys = append(keys, k)
+	}
 	rt, err := dialRuntime(ctx, opts.RuntimeOptions, "")
 	if err != nil {
 		return err
@@ -89,7 +106,7 @@ func runNode(ctx context.Context, args []string, stdout io.Writer) error {
 	results := nodeapply.Apply(ctx, lists, nodeapply.Options{
 		Images: rt.images, Store: rt.store,
 		Archive: opts.Archive, ArchiveSHA256: opts.ArchiveSHA256, ArchiveDir: opts.ArchiveDir,
-		PullTimeout: opts.PullTimeout,
+		PullTimeout: opts.PullTimeout, VerifyKeys: keys,
 	})
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LIST\tIMAGE\tDIGEST\tHOW\tPINNED\tRESULT")
