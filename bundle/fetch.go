@@ -11,7 +11,6 @@ import (
 	"os"
 
 	"prepull.io/prepull/cri"
-	"prepull.io/prepull/verify"
 )
 
 // Source is where an archive is, and the SHA-256 it must have.
@@ -41,15 +40,15 @@ var (
 // Import fetches the archive src names (a download goes to tmpDir, empty
 // meaning the system's temporary directory, and is removed after), checks
 // its SHA-256, and loads into store the images wanted names, as Load does,
-// with keys to check their signatures against. client nil means
+// checking their signatures as v says. client nil means
 // http.DefaultClient.
-func Import(ctx context.Context, store cri.Store, src Source, client *http.Client, tmpDir string, wanted []string, keys verify.Keys) (map[string]Loaded, error) {
+func Import(ctx context.Context, store cri.Store, src Source, client *http.Client, tmpDir string, wanted []string, v *Verification) (map[string]Loaded, error) {
 	path, release, err := Fetch(ctx, src, client, tmpDir)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	return Load(ctx, store, path, wanted, keys)
+	return Load(ctx, store, path, wanted, v)
 }
 
 // Fetch makes the archive src names available as a local file whose SHA-256

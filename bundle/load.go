@@ -3,7 +3,6 @@ package bundle
 import (
 	"context"
 	"fmt"
-	"maps"
 	"os"
 	"slices"
 
@@ -20,6 +19,18 @@ type Loaded struct {
 	Digest string
 	// Err says why the reference could not be made.
 	Err error
+	// Signature is what checking its signatures in the bundle found, when
+	// Load was asked to.
+	Signature *verify.Result
+}
+
+// Verification is how Load checks the signatures a bundle holds.
+type Verification struct {
+	// Keys are the keys a signature must verify with.
+	Keys verify.Keys
+	// Audit imports an image whose signature does not verify (its Loaded
+	// says so); otherwise such an image is not imported.
+	Audit bool
 }
 
 // Load imports into store, from the archive at path, the images that
@@ -30,23 +41,38 @@ type Loaded struct {
 // returns what became of each wanted reference; an error means the archive
 // itself could not be read, and then nothing was named.
 //
-// With keys, the whole bundle is verified first, and an image is imported
-// only when a signature the bundle holds for it verifies with one of keys;
-// one that does not gets a *verify.Error and is not imported.
-func Load(ctx context.Context, store cri.Store, path string, wanted []string, keys verify.Keys) (map[string]Loaded, error) {
+// With v, the whole bundle is verified first, and each wanted image's
+// signatures in it are checked against v's keys: one that does not verify
+// gets a *verify.Error and is not imported, unless v says Audit.
+func Load(ctx context.Context, store cri.Store, path string, wanted []string, v *Verification) (map[string]Loaded, error) {
 	byDigest := map[string][]string{} // digest -> wanted digest references
 	byTag := map[string]string{}      // tag reference -> wanted reference
 	out := map[string]Loaded{}
-	if len(keys) > 0 {
-		refused, err := checkSignatures(path, wanted, keys)
-		if err != nil {
+	var checked map[string]Loaded
+	if v != nil {
+		var err error
+		if checked, err = checkSignatures(path, wanted, v.Keys); err != nil {
 			return nil, err
 		}
-		maps.Copy(out, refused)
-		wanted = slices.DeleteFunc(slices.Clone(wanted), func(w string) bool { _, no := refused[w]; return no })
+		if !v.Audit {
+			for w, l := range checked {
+				if !l.Signature.Verified {
+					out[w] = Loaded{Digest: l.Digest, Err: l.Signature.Err(), Signature: l.Signature}
+				}
+			}
+			wanted = slices.DeleteFunc(slices.Clone(wanted), func(w string) bool { _, refused := out[w]; return refused })
+		}
 		if len(wanted) == 0 {
 			return out, nil
 		}
+		defer func() {
+			for w, l := range out {
+				if c, ok := checked[w]; ok && l.Signature == nil {
+					l.Signature = c.Signature
+					out[w] = l
+				}
+			}
+		}()
 	}
 	seen := map[string]bool{}
 	for _, w := range wanted {
@@ -107,9 +133,8 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string, ke
 	return out, nil
 }
 
-// checkSignatures verifies the bundle at path and returns the wanted
-// references whose image it holds with no signature that verifies with
-// keys, each with why.
+// checkSignatures verifies the bundle at path and checks, for each wanted
+// reference whose image it holds, the image's signatures against keys.
 func checkSignatures(path string, wanted []string, keys verify.Keys) (map[string]Loaded, error) {
 	c, err := Verify(path)
 	if err != nil {
@@ -120,7 +145,7 @@ func checkSignatures(path string, wanted []string, keys verify.Keys) (map[string
 		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
 	}
 	defer a.Close()
-	refused := map[string]Loaded{}
+	checked := map[string]Loaded{}
 	for _, w := range wanted {
 		r, err := imageref.Parse(w)
 		if err != nil {
@@ -137,9 +162,8 @@ func checkSignatures(path string, wanted []string, keys verify.Keys) (map[string
 		if err != nil {
 			return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
 		}
-		if err := verify.Check(sigs, img.Digest, keys).Err(); err != nil {
-			refused[w] = Loaded{Digest: img.Digest, Err: err}
-		}
+		res := verify.Check(sigs, img.Digest, keys)
+		checked[w] = Loaded{Digest: img.Digest, Signature: &res}
 	}
-	return refused, nil
+	return checked, nil
 }

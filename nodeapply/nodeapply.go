@@ -162,7 +162,11 @@ func importFrom(ctx context.Context, src bundle.Source, es []*entry, results map
 	for _, e := range es {
 		wanted = append(wanted, e.ref())
 	}
-	loaded, err := bundle.Import(ctx, opts.Store, src, opts.HTTPClient, "", wanted, opts.VerifyKeys)
+	var v *bundle.Verification
+	if len(opts.VerifyKeys) > 0 {
+		v = &bundle.Verification{Keys: opts.VerifyKeys}
+	}
+	loaded, err := bundle.Import(ctx, opts.Store, src, opts.HTTPClient, "", wanted, v)
 	if err != nil {
 		for _, e := range es {
 			results[e].Err = err

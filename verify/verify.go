@@ -40,7 +40,9 @@ type Key struct {
 	// form: what status shows of the key.
 	Fingerprint string
 	// Source says where the key came from, e.g. "secret shop/keys[cosign.pub]".
-	Source   string
+	Source string
+	// PEM is the key as it was read.
+	PEM      string
 	verifier signature.Verifier
 }
 
@@ -63,7 +65,7 @@ func ParseKey(pemBytes []byte, source string) (Key, error) {
 		return Key{}, fmt.Errorf("%s: %w", source, err)
 	}
 	sum := sha256.Sum256(der)
-	return Key{Fingerprint: "sha256:" + hex.EncodeToString(sum[:]), Source: source, verifier: v}, nil
+	return Key{Fingerprint: "sha256:" + hex.EncodeToString(sum[:]), Source: source, PEM: string(bytes.TrimSpace(pemBytes)) + "\n", verifier: v}, nil
 }
 
 // Keys is a set of keys, any one of which may verify.

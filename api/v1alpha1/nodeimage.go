@@ -90,6 +90,12 @@ type EntrySettings struct {
 	Pinners []string
 	// Remove is true when a releasing owner's list says onDelete: Remove.
 	Remove bool
+	// VerifyKeys are the public keys (PEM) of the active owners' lists with
+	// spec.verify: a signature by one of them must verify. VerifyAudit is
+	// true when every such list says mode: Audit: the image is made present
+	// whatever the signatures say, and status says what they said.
+	VerifyKeys  []string
+	VerifyAudit bool
 }
 
 // Settings derives e's settings from its owners, reading each owner's list
@@ -98,6 +104,7 @@ type EntrySettings struct {
 func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettings {
 	s := EntrySettings{BackoffLimit: -1}
 	var versions []string
+	enforced := false
 	for _, o := range e.Owners {
 		l := lookup(o.List)
 		if o.Releasing {
@@ -125,6 +132,16 @@ func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettin
 		if l == nil || l.Spec.Retain != RetainUnpinned {
 			s.Pinners = append(s.Pinners, o.List)
 		}
+		if l != nil && l.Spec.Verify != nil {
+			enforced = enforced || l.Spec.Verify.Mode != VerifyAudit
+			for _, k := range l.Status.VerifyKeys {
+				s.VerifyKeys = append(s.VerifyKeys, k.PEM)
+			}
+			if len(l.Status.VerifyKeys) == 0 {
+				// Keys the controller has not read yet verify nothing.
+				s.VerifyKeys = append(s.VerifyKeys, "")
+			}
+		}
 		if s.Timeout == 0 || timeout < s.Timeout {
 			s.Timeout = timeout
 		}
@@ -141,6 +158,9 @@ func (e *NodeImage) Settings(lookup func(owner string) *PrePullList) EntrySettin
 	s.Tags, s.PullSecrets = slices.Compact(s.Tags), slices.Compact(s.PullSecrets)
 	slices.Sort(versions)
 	s.SecretsVersion = strings.Join(versions, ",")
+	slices.Sort(s.VerifyKeys)
+	s.VerifyKeys = slices.Compact(s.VerifyKeys)
+	s.VerifyAudit = len(s.VerifyKeys) > 0 && !enforced
 	return s
 }
 

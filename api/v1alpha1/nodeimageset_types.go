@@ -130,6 +130,10 @@ type NodeImageStatus struct {
 	// lastTransitionTime is when the phase last changed.
 	// +optional
 	LastTransitionTime *metav1.Time `json:"lastTransitionTime,omitempty"`
+	// signature is what checking the image's signatures in its bundle
+	// found, for an owner whose list has spec.verify.
+	// +optional
+	Signature *SignatureStatus `json:"signature,omitempty"`
 }
 
 // ImageFilesystem is the usage of the node's image filesystem.

@@ -146,7 +146,7 @@ func (a *ArchiveSource) Location() string {
 
 // PrePullListSpec is what an operator wants present on which nodes.
 // +kubebuilder:validation:XValidation:rule="(has(self.images) && size(self.images) > 0) || has(self.workloads)",message="spec.images: give at least one image, or spec.workloads"
-// +kubebuilder:validation:XValidation:rule="!has(self.verify) || ((!has(self.resolution) || self.resolution == 'Registry') && !(has(self.source) && has(self.source.archive)))",message="spec.verify: signatures are checked by the controller, at the registry: it needs resolution: Registry and no source.archive"
+// +kubebuilder:validation:XValidation:rule="!has(self.verify) || !has(self.resolution) || self.resolution == 'Registry'",message="spec.verify: signatures are checked at the registry by the controller, or in the bundle by the agents: resolution: Node is not supported"
 type PrePullListSpec struct {
 	// images are the images to make present; each at most once. A list
 	// names images, discovers them from workloads, or both.
@@ -209,7 +209,9 @@ type PrePullListSpec struct {
 	NodeGate *NodeGate `json:"nodeGate,omitempty"`
 	// verify, when set, checks each image's signatures (cosign's format:
 	// the image's sha256-<hex>.sig tag, or its referrers) against the keys
-	// given, once per digest for the cluster, before any node gets it.
+	// given: at the registry, once per digest for the cluster, before any
+	// node gets it; for source.archive, on each node, from the signatures
+	// the bundle holds, before the image is imported.
 	// +optional
 	Verify *VerifyPolicy `json:"verify,omitempty"`
 }
@@ -431,6 +433,9 @@ const (
 	ReasonPullPolicyAlways = "PullPolicyAlways"
 	// ReasonVerificationPending: some image has no digest to check yet.
 	ReasonVerificationPending = "VerificationPending"
+	// ReasonVerifiedOnNodes: the images come from an archive, whose
+	// signatures each node checks in the bundle.
+	ReasonVerifiedOnNodes = "VerifiedOnNodes"
 	// ReasonSignaturesVerified: every image's digest verified.
 	ReasonSignaturesVerified = "SignaturesVerified"
 	// ReasonSignatureMissing: no signature of an image's digest was found.
@@ -608,6 +613,30 @@ type PrePullListStatus struct {
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=16
 	DiscoveredPullSecrets []string `json:"discoveredPullSecrets,omitempty"`
+	// verifyKeys are the public keys of spec.verify as the controller read
+	// them, for the agents: images that come from an archive are verified
+	// on the node, from the signatures the bundle holds, and the agents
+	// read no Secret or ConfigMap of the list's namespace.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	VerifyKeys []VerifyKeyStatus `json:"verifyKeys,omitempty"`
+}
+
+// VerifyKeyStatus is one public key of spec.verify.
+type VerifyKeyStatus struct {
+	// source names where the key was read, "secret ns/name[key]".
+	// +required
+	// +kubebuilder:validation:MaxLength=600
+	Source string `json:"source"`
+	// fingerprint is "sha256:" and the hex SHA-256 of the key's DER form.
+	// +required
+	// +kubebuilder:validation:MaxLength=80
+	Fingerprint string `json:"fingerprint"`
+	// pem is the public key.
+	// +required
+	// +kubebuilder:validation:MaxLength=16384
+	PEM string `json:"pem"`
 }
 
 // NodeGateStatus counts a gating list's nodes.

@@ -2,21 +2,23 @@ package nodeimageset
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/verify"
 )
 
-// noteArchives records, by archive, the spec images that come from it, so
-// that one import of an archive names every image the node wants of it.
-func (r *Reconciler) noteArchives(set *prepullv1.NodeImageSet) {
-	wants := map[string][]string{}
-	for i := range set.Spec.Images {
-		e := &set.Spec.Images[i]
+// noteArchives records, by archive, the spec images that come from it, and
+// how each is verified, so that one import of an archive names every image
+// the node wants of it that is verified alike.
+func (r *Reconciler) noteArchives(entries []*entry) {
+	wants := map[string][]archiveWant{}
+	for _, e := range entries {
 		if e.Archive != nil && len(e.ActiveOwners()) > 0 {
-			wants[e.Archive.SHA256] = append(wants[e.Archive.SHA256], e.Image)
+			wants[e.Archive.SHA256] = append(wants[e.Archive.SHA256], archiveWant{image: e.Image, verification: verificationKey(e)})
 		}
 	}
 	r.mu.Lock()
@@ -53,9 +55,18 @@ func (r *Reconciler) importArchive(ctx context.Context, e *entry) error {
 	lock.Lock()
 	defer lock.Unlock()
 
+	v, err := r.verification(e)
+	if err != nil {
+		return err
+	}
 	r.mu.Lock()
 	done := r.loaded[sha][e.Image]
-	wanted := slices.Clone(r.archiveWants[sha])
+	var wanted []string
+	for _, w := range r.archiveWants[sha] {
+		if w.verification == verificationKey(e) {
+			wanted = append(wanted, w.image)
+		}
+	}
 	r.mu.Unlock()
 	if done {
 		if _, err := r.Images.ImageStatus(ctx, e.Image); err == nil {
@@ -67,11 +78,16 @@ func (r *Reconciler) importArchive(ctx context.Context, e *entry) error {
 	}
 
 	src := bundle.Source{Path: e.Archive.PathIn(r.ArchiveDir), URL: e.Archive.URL, SHA256: sha}
-	loaded, err := bundle.Import(ctx, r.Store, src, r.HTTPClient, r.DownloadDir, wanted, nil)
+	loaded, err := bundle.Import(ctx, r.Store, src, r.HTTPClient, r.DownloadDir, wanted, v)
 	if err != nil {
 		return err
 	}
 	r.mu.Lock()
+	for ref, l := range loaded {
+		if st := r.images[ref]; st != nil && l.Signature != nil {
+			st.signature = signatureStatus(l.Digest, l.Signature)
+		}
+	}
 	if r.loaded == nil {
 		r.loaded = map[string]map[string]bool{}
 	}
@@ -87,4 +103,43 @@ func (r *Reconciler) importArchive(ctx context.Context, e *entry) error {
 	// Entries named on the way are found present at their next look.
 	r.notify()
 	return loaded[e.Image].Err
+}
+
+// archiveWant is one image wanted of an archive, and how it is verified.
+type archiveWant struct {
+	image        string
+	verification string
+}
+
+// verificationKey says how e's signatures are checked: by which keys, and
+// whether only audited; "" for not at all.
+func verificationKey(e *entry) string {
+	if len(e.VerifyKeys) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%v|%v", e.VerifyKeys, e.VerifyAudit)
+}
+
+// verification is how an import checks e's signatures, nil for not at all.
+func (r *Reconciler) verification(e *entry) (*bundle.Verification, error) {
+	if len(e.VerifyKeys) == 0 {
+		return nil, nil
+	}
+	v := &bundle.Verification{Audit: e.VerifyAudit}
+	for _, pem := range e.VerifyKeys {
+		if pem == "" {
+			return nil, &verify.Error{Result: verify.Result{Reason: prepullv1.ReasonKeyUnavailable, Message: "a list's spec.verify keys are not read by the controller yet (see the list's Verified condition)"}}
+		}
+		k, err := verify.ParseKey([]byte(pem), "a key of the lists' spec.verify")
+		if err != nil {
+			return nil, &verify.Error{Result: verify.Result{Reason: prepullv1.ReasonKeyUnavailable, Message: err.Error()}}
+		}
+		v.Keys = append(v.Keys, k)
+	}
+	return v, nil
+}
+
+// signatureStatus is res, for digest, as status says it.
+func signatureStatus(digest string, res *verify.Result) *prepullv1.SignatureStatus {
+	return &prepullv1.SignatureStatus{Verified: res.Verified, Digest: digest, Key: res.Key, Reason: res.Reason, Message: truncate(res.Message, 1024)}
 }

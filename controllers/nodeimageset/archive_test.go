@@ -13,6 +13,7 @@ import (
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/verify"
 )
 
 // TestAgentImportsFromArchives proves the archive source on a real
@@ -184,5 +185,111 @@ func TestAgentImportsFromArchives(t *testing.T) {
 		if e.runtimeID(t, absent.Tag) != "" || e.pinned(t, absent.Digest) {
 			t.Errorf("%s left present or pinned", absent.Tag)
 		}
+	})
+}
+
+// An archive list with spec.verify on a real containerd: the agent checks
+// the signatures the bundle holds, with the registry stopped, before it
+// imports anything; the keys come from the list's status, where the
+// controller publishes them.
+func TestAgentVerifiesArchivesOnTheNode(t *testing.T) {
+	e := setup(t)
+	reg := testground.StartRegistry(t)
+	e.ctd.TrustRegistry(reg)
+	ours := testground.NewSigningKey(t, false)
+	key, err := verify.ParseKey(ours.PEM, "secret air/keys[cosign.pub]")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed := reg.MustPushRandom(t, "vair/signed:v1", 64<<10, 1)
+	reg.MustSign(t, signed.Digest, ours, false)
+	late := reg.MustPushRandom(t, "vair/late:v1", 64<<10, 1)
+	reg.MustSign(t, late.Digest, ours, false)
+	unsigned := reg.MustPushRandom(t, "vair/unsigned:v1", 64<<10, 1)
+	audited := reg.MustPushRandom(t, "vair/audited:v1", 64<<10, 1)
+	dir := t.TempDir()
+	archive := filepath.Join(dir, "bundle.tar")
+	if _, err := bundle.Write(ctx, archive, []string{signed.Tag, late.Tag, unsigned.Tag, audited.Tag}, bundle.Options{}); err != nil {
+		t.Fatalf("bundle: %v", err)
+	}
+	sum, err := bundle.SumFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Stop()
+
+	src := &prepullv1.ArchiveSource{Path: "bundle.tar", SHA256: sum}
+	fromArchive := func(img testground.Pushed, list string) prepullv1.NodeImage {
+		en := entry(img.Digest, owner(list, img.Tag))
+		en.Archive = src
+		return en
+	}
+	// A list that verifies; publish, as the controller does, its keys.
+	verifying := func(owner string, mode prepullv1.VerifyMode, publish bool) {
+		e.setList(t, owner, func(s *prepullv1.PrePullListSpec) {
+			s.Source = &prepullv1.ImageSource{Archive: src}
+			s.Verify = &prepullv1.VerifyPolicy{Mode: mode, Keys: []prepullv1.PublicKeySource{{Secret: &prepullv1.KeyReference{Name: "keys", Key: "cosign.pub"}}}}
+		})
+		if publish {
+			e.publishKeys(t, owner, key)
+		}
+	}
+	tune := func(r *nodeimageset.Reconciler) { r.ArchiveDir = dir }
+
+	t.Run("Enforce: what verifies is imported, what does not is Failed and not imported", func(t *testing.T) {
+		verifying("vair/enforced", prepullv1.VerifyEnforce, true)
+		e.agent(t, "vair-enforce", tune)
+		e.setSpec(t, "vair-enforce", fromArchive(signed, "vair/enforced"), fromArchive(unsigned, "vair/enforced"))
+		e.phase(t, "vair-enforce", signed.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if s := st.Signature; s == nil || !s.Verified || s.Key != key.Fingerprint || s.Digest != digestOf(signed.Digest) {
+				return fmt.Errorf("signature %+v", st.Signature)
+			}
+			return nil
+		})
+		st := e.phase(t, "vair-enforce", unsigned.Digest, prepullv1.PhaseFailed, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != prepullv1.ReasonSignatureMissing {
+				return fmt.Errorf("reason %q", st.Reason)
+			}
+			return nil
+		})
+		if !strings.Contains(st.LastError, key.Fingerprint) || st.Attempts != 1 {
+			t.Errorf("unsigned: %q after %d attempts: want the key named, after one attempt", st.LastError, st.Attempts)
+		}
+		for _, ref := range []string{unsigned.Tag, unsigned.Digest} {
+			if id := e.runtimeID(t, ref); id != "" {
+				t.Errorf("%s, which did not verify, is in the runtime (%s)", ref, id)
+			}
+		}
+	})
+
+	t.Run("Audit: imported, and status says the signature is missing", func(t *testing.T) {
+		verifying("vair/audited", prepullv1.VerifyAudit, true)
+		e.agent(t, "vair-audit", tune)
+		e.setSpec(t, "vair-audit", fromArchive(audited, "vair/audited"))
+		e.phase(t, "vair-audit", audited.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if s := st.Signature; s == nil || s.Verified || s.Reason != prepullv1.ReasonSignatureMissing {
+				return fmt.Errorf("signature %+v", st.Signature)
+			}
+			return nil
+		})
+	})
+
+	t.Run("keys not published yet: Failed; published: imported", func(t *testing.T) {
+		verifying("vair/late", prepullv1.VerifyEnforce, false)
+		e.agent(t, "vair-late", tune)
+		e.setSpec(t, "vair-late", fromArchive(late, "vair/late"))
+		e.phase(t, "vair-late", late.Digest, prepullv1.PhaseFailed, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != prepullv1.ReasonKeyUnavailable {
+				return fmt.Errorf("reason %q", st.Reason)
+			}
+			return nil
+		})
+		e.publishKeys(t, "vair/late", key)
+		e.phase(t, "vair-late", late.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if s := st.Signature; s == nil || !s.Verified {
+				return fmt.Errorf("signature %+v", st.Signature)
+			}
+			return nil
+		})
 	})
 }

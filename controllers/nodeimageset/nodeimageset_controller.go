@@ -99,7 +99,7 @@ type Reconciler struct {
 	// archiveWants are, by archive SHA-256, the images of the spec that
 	// come from it; archiveLocks serialize the imports of one archive; and
 	// loaded records which references an import of an archive made.
-	archiveWants map[string][]string
+	archiveWants map[string][]archiveWant
 	archiveLocks map[string]*sync.Mutex
 	loaded       map[string]map[string]bool
 }
@@ -127,9 +127,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	dirty := r.dirty
 	r.dirty = map[string]bool{}
 	r.mu.Unlock()
-	r.noteArchives(set)
 	soon := false
 	entries := r.entries(ctx, set)
+	r.noteArchives(entries)
 	losers := tagConflicts(entries)
 	for _, e := range entries {
 		st := r.state(e.Image)
@@ -236,13 +236,15 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 const statusRetryMax = 5 * time.Second
 
 // secretsChanged passes an update of a list whose pull secrets'
-// credentials changed. It is or-ed with GenerationChangedPredicate, which
-// passes creates and deletes.
+// credentials, or whose verification keys, changed: status the controller
+// writes that the agent reads. It is or-ed with GenerationChangedPredicate,
+// which passes creates and deletes.
 func secretsChanged() predicate.Funcs {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		o, ok1 := e.ObjectOld.(*prepullv1.PrePullList)
 		n, ok2 := e.ObjectNew.(*prepullv1.PrePullList)
-		return ok1 && ok2 && o.Status.PullSecretsVersion != n.Status.PullSecretsVersion
+		return ok1 && ok2 && (o.Status.PullSecretsVersion != n.Status.PullSecretsVersion ||
+			!equality.Semantic.DeepEqual(o.Status.VerifyKeys, n.Status.VerifyKeys))
 	}}
 }
 

@@ -53,6 +53,7 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImag
 			Reason:             s.reason,
 			LastError:          s.lastError,
 			LastTransitionTime: &since,
+			Signature:          s.signature.DeepCopy(),
 		})
 		if s.phase == prepullv1.PhasePresent {
 			present++

@@ -2,6 +2,7 @@ package nodeimageset
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/pullsecret"
+	"prepull.io/prepull/verify"
 )
 
 // maybePull starts a pull unless one failed for good, its retry is not due,
@@ -135,7 +137,9 @@ func (r *Reconciler) record(ctx context.Context, e *entry, st *imageState, attem
 		}
 	case ctx.Err() != nil:
 		// The agent is stopping: the attempt says nothing of the image.
-	case attempt > e.BackoffLimit:
+	case attempt > e.BackoffLimit || errors.As(err, new(*verify.Error)):
+		// A signature that does not verify will not on a second try: only
+		// a changed entry (another archive, other keys) is tried again.
 		pullsTotal.WithLabelValues(reasonOf(err)).Inc()
 		st.to(prepullv1.PhaseFailed, reasonOf(err), err.Error(), now)
 		st.failedSpec = specKey(e)

@@ -13,6 +13,7 @@ import (
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/present"
+	"prepull.io/prepull/verify"
 )
 
 // Reasons the agent reports.
@@ -39,6 +40,7 @@ const (
 )
 
 func reasonOf(err error) string {
+	var unverified *verify.Error
 	switch {
 	case errors.Is(err, bundle.ErrChecksum):
 		return ReasonArchiveChecksum
@@ -56,6 +58,8 @@ func reasonOf(err error) string {
 		return ReasonTimeout
 	case errors.Is(err, cri.ErrNoSpace):
 		return ReasonNoSpace
+	case errors.As(err, &unverified):
+		return unverified.Reason
 	case errors.Is(err, present.ErrTagElsewhere):
 		return ReasonTagMismatch
 	case errors.Is(err, cri.ErrUnsupported):
@@ -90,6 +94,8 @@ type imageState struct {
 	// importedFrom the SHA-256 of the archive it came from, if it did.
 	pulledAt     time.Time
 	importedFrom string
+	// signature is what the last import found of the image's signatures.
+	signature *prepullv1.SignatureStatus
 }
 
 // to puts st in phase p, saying why with reason and msg ("" and "" when
@@ -180,7 +186,7 @@ func specKey(e *entry) string {
 	if e.Archive != nil {
 		archive = e.Archive.Location() + "|" + e.Archive.SHA256
 	}
-	return fmt.Sprintf("%s|%v|%v|%s|%d|%d|%s|%v|%s", e.Image, e.Tags, e.PullSecrets, e.SecretsVersion, e.BackoffLimit, resolveAfter.Unix(), archive, e.Pinners, e.Timeout)
+	return fmt.Sprintf("%s|%v|%v|%s|%d|%d|%s|%v|%s|%s", e.Image, e.Tags, e.PullSecrets, e.SecretsVersion, e.BackoffLimit, resolveAfter.Unix(), archive, e.Pinners, e.Timeout, verificationKey(e))
 }
 
 func truncate(s string, n int) string {

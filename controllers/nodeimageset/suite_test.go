@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,6 +34,7 @@ import (
 	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/doctor"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/verify"
 )
 
 const ns = "prepull-system"
@@ -184,6 +186,27 @@ func (e *env) setList(t *testing.T, owner string, edit func(*prepullv1.PrePullLi
 	}
 	if err != nil {
 		t.Fatalf("write list %s: %v", owner, err)
+	}
+}
+
+// publishKeys writes keys into the list owner's status, as the controller
+// publishes spec.verify's keys for the agents.
+func (e *env) publishKeys(t *testing.T, owner string, keys ...verify.Key) {
+	t.Helper()
+	key, _ := prepullv1.OwnerKey(owner)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		l := &prepullv1.PrePullList{}
+		if err := e.c.Get(ctx, key, l); err != nil {
+			return err
+		}
+		l.Status.VerifyKeys = nil
+		for _, k := range keys {
+			l.Status.VerifyKeys = append(l.Status.VerifyKeys, prepullv1.VerifyKeyStatus{Source: k.Source, Fingerprint: k.Fingerprint, PEM: k.PEM})
+		}
+		return e.c.Status().Update(ctx, l)
+	})
+	if err != nil {
+		t.Fatalf("publish the keys of %s: %v", owner, err)
 	}
 }
 

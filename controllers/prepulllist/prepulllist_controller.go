@@ -163,7 +163,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	prev := r.previousStatus(orig)
 	selected, probeNode := selection(nodes)
 	targets, images, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
-	r.checkSignatures(ctx, l, prev.Images, targets, images, creds)
+	verifyKeys := r.checkSignatures(ctx, l, prev.Images, targets, images, creds)
 
 	placeDiscovered(l, targets, disc.discovery, cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint))
 	p := r.planFor(l, targets, selected)
@@ -178,7 +178,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	writeErr := resolveErr
 
 	status := buildStatus(l.Status, l.Generation, images, out, secretErr)
-	status.PullSecretsVersion = secretsVersion
+	status.PullSecretsVersion, status.VerifyKeys = secretsVersion, verifyKeys
 	status.Discovered, status.DiscoveredPullSecrets = l.Status.Discovered, l.Status.DiscoveredPullSecrets
 	if l.Spec.Workloads != nil {
 		meta.SetStatusCondition(&status.Conditions, discoveredCondition(l, disc.discovery))
@@ -186,7 +186,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 		meta.RemoveStatusCondition(&status.Conditions, prepullv1.ConditionDiscovered)
 	}
 	if l.Spec.Verify != nil {
-		meta.SetStatusCondition(&status.Conditions, verifiedCondition(l.Generation, images))
+		meta.SetStatusCondition(&status.Conditions, verifiedCondition(l.Generation, images, archiveOf(l) != nil))
 	} else {
 		meta.RemoveStatusCondition(&status.Conditions, prepullv1.ConditionVerified)
 	}

@@ -89,16 +89,23 @@ func (r *Reconciler) verifyKeys(ctx context.Context, l *prepullv1.PrePullList) (
 // status. Under Enforce, a target whose digest did not verify is given the
 // last digest that did (from the list's previous status) or none, so no node
 // is handed a digest that did not verify.
-func (r *Reconciler) checkSignatures(ctx context.Context, l *prepullv1.PrePullList, prev []prepullv1.ImageResolution, targets []target, images []prepullv1.ImageResolution, creds []pullsecret.Credential) {
+//
+// It returns the keys as read, for the agents, which verify on the node the
+// images that come from an archive (whose targets are resolved there).
+func (r *Reconciler) checkSignatures(ctx context.Context, l *prepullv1.PrePullList, prev []prepullv1.ImageResolution, targets []target, images []prepullv1.ImageResolution, creds []pullsecret.Credential) []prepullv1.VerifyKeyStatus {
 	if l.Spec.Verify == nil {
-		return
+		return nil
 	}
 	keys, keyErr := r.verifyKeys(ctx, l)
+	var published []prepullv1.VerifyKeyStatus
+	for _, k := range keys {
+		published = append(published, prepullv1.VerifyKeyStatus{Source: k.Source, Fingerprint: k.Fingerprint, PEM: k.PEM})
+	}
 	enforce := l.Spec.Verify.Mode != prepullv1.VerifyAudit
 	for i := range targets {
 		t := &targets[i]
 		res := imageNamed(images, t.image)
-		if t.digest == "" || res == nil {
+		if t.digest == "" || res == nil || t.probe {
 			continue
 		}
 		var got verify.Result
@@ -114,6 +121,7 @@ func (r *Reconciler) checkSignatures(ctx context.Context, l *prepullv1.PrePullLi
 		t.digest = lastVerified(resolutionOf(prev, t.image))
 		res.Digest = t.digest
 	}
+	return published
 }
 
 // check is what checking digestRef's signatures against keys found: known
@@ -170,8 +178,9 @@ func imageNamed(images []prepullv1.ImageResolution, image string) *prepullv1.Ima
 
 // verifiedCondition, for a list with spec.verify, says whether every
 // image's digest verified: False names the first that did not; Unknown
-// while some image has no digest to check yet.
-func verifiedCondition(gen int64, images []prepullv1.ImageResolution) metav1.Condition {
+// while some image has no digest to check yet, and for a list whose images
+// come from an archive, which the nodes verify.
+func verifiedCondition(gen int64, images []prepullv1.ImageResolution, archive bool) metav1.Condition {
 	c := metav1.Condition{Type: prepullv1.ConditionVerified, ObservedGeneration: gen}
 	checked := 0
 	for _, img := range images {
@@ -185,6 +194,11 @@ func verifiedCondition(gen int64, images []prepullv1.ImageResolution) metav1.Con
 			c.Message = truncate(fmt.Sprintf("%s (%s): %s", img.Image, s.Digest, s.Message), 32768)
 			return c
 		}
+	}
+	if archive {
+		c.Status, c.Reason = metav1.ConditionUnknown, prepullv1.ReasonVerifiedOnNodes
+		c.Message = "images from an archive are verified on each node, from the signatures in the bundle, before they are imported: a node where one does not verify reports it Failed (Enforce), or says so in its status (Audit)"
+		return c
 	}
 	if checked < len(images) {
 		c.Status, c.Reason = metav1.ConditionUnknown, prepullv1.ReasonVerificationPending
