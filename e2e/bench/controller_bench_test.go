@@ -39,12 +39,15 @@ var (
 	imageCount = flag.Int("images", 1, "distinct tags in BenchmarkControllerRollout; with several lists each tag is named by two")
 	moveShare  = flag.Float64("move", 0.1, "share of the tags pushed again with other bytes for the second phase; 0 skips it")
 	refreshAt  = flag.Duration("refresh", time.Minute, "the lists' refreshInterval: the second phase starts at the first refresh after the move")
+	verifyOn   = flag.Bool("verify", false, "sign every image and give every list spec.verify (Enforce) in BenchmarkControllerRollout")
 )
 
-// countingProxy forwards to a registry and counts the requests it sees.
+// countingProxy forwards to a registry and counts the requests it sees,
+// and apart those for signatures (signature tags and referrers).
 type countingProxy struct {
-	host     string
-	requests atomic.Int64
+	host       string
+	requests   atomic.Int64
+	signatures atomic.Int64
 }
 
 func startCountingProxy(b *testing.B, target string) *countingProxy {
@@ -53,6 +56,9 @@ func startCountingProxy(b *testing.B, target string) *countingProxy {
 	p := &countingProxy{}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.requests.Add(1)
+		if strings.HasSuffix(r.URL.Path, ".sig") || strings.Contains(r.URL.Path, "/referrers/") {
+			p.signatures.Add(1)
+		}
 		rp.ServeHTTP(w, r)
 	}), ReadHeaderTimeout: 5 * time.Second}
 	p.host = fmt.Sprintf("127.0.0.1:%d", testground.FreePort(b))
@@ -101,12 +107,28 @@ func BenchmarkControllerRollout(b *testing.B) {
 
 	// The images are named through the counting proxy, so every registry
 	// request the controller makes is seen.
+	// With -verify, each image is signed as it is pushed.
+	key := testground.NewSigningKey(b, false)
+	push := func(i int) testground.Pushed {
+		pushed := reg.MustPushRandom(b, fmt.Sprintf("bench/app-%03d:v1", i), 1024, 1)
+		if *verifyOn {
+			reg.MustSign(b, pushed.Digest, key, false)
+		}
+		return pushed
+	}
 	tags := make([]string, nImages)
 	parallel(nImages, 8, func(i int) {
-		pushed := reg.MustPushRandom(b, fmt.Sprintf("bench/app-%03d:v1", i), 1024, 1)
-		tags[i] = strings.Replace(pushed.Tag, reg.Host, proxy.host, 1)
+		tags[i] = strings.Replace(push(i).Tag, reg.Host, proxy.host, 1)
 	})
 	lists := benchLists(nLists, tags)
+	if *verifyOn {
+		if err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: "signing"}, Data: map[string][]byte{"cosign.pub": key.PEM}}); err != nil {
+			b.Fatal(err)
+		}
+		for _, l := range lists {
+			l.Spec.Verify = &prepullv1.VerifyPolicy{Keys: []prepullv1.PublicKeySource{{Secret: &prepullv1.KeyReference{Name: "signing", Key: "cosign.pub"}}}}
+		}
+	}
 	named := 0
 	for _, l := range lists {
 		named += len(l.Spec.Images)
@@ -129,12 +151,12 @@ func BenchmarkControllerRollout(b *testing.B) {
 	waitReady(b, c, lists, n, nil)
 	first := time.Since(start)
 	m1 := scrape(b, metricsPort)
-	req1 := proxy.requests.Load()
+	req1, sig1 := proxy.requests.Load(), proxy.signatures.Load()
 
 	// Phase two: a share of the tags moves; the next refresh sees it.
 	moved := map[string]string{}
 	for i := 0; i < int(math.Ceil(*moveShare*float64(nImages))); i++ {
-		pushed := reg.MustPushRandom(b, fmt.Sprintf("bench/app-%03d:v1", i), 1024, 1)
+		pushed := push(i)
 		moved[tags[i]] = pushed.Digest[strings.Index(pushed.Digest, "@")+1:]
 	}
 	var second time.Duration
@@ -173,14 +195,26 @@ func BenchmarkControllerRollout(b *testing.B) {
 	b.ReportMetric(w1/float64(n), "api-writes/node")
 	b.ReportMetric(res1, "resolutions")
 	b.ReportMetric(float64(rss)/1024, "controller-peak-MiB")
-	fmt.Printf("\ncontroller rollout: %d nodes, %d lists, %d distinct tags (%d list entries), maxConcurrentNodes 25%%, refreshInterval %s\n",
-		n, nLists, nImages, named, *refreshAt)
+	verified := "signatures not checked"
+	if *verifyOn {
+		verified = "every image signed, every list with spec.verify (Enforce)"
+	}
+	fmt.Printf("\ncontroller rollout: %d nodes, %d lists, %d distinct tags (%d list entries), maxConcurrentNodes 25%%, refreshInterval %s, %s\n",
+		n, nLists, nImages, named, *refreshAt, verified)
 	fmt.Printf("  first rollout, time to Ready:  %.1f s\n", first.Seconds())
 	fmt.Printf("    tag resolutions:             %.0f for %d distinct tags (lists resolving on their own: %d; per node: %d)\n", res1, nImages, named, named*n)
-	fmt.Printf("    registry HTTP requests:      %d\n", req1)
+	fmt.Printf("    registry HTTP requests:      %d (%d of them for signatures)\n", req1, sig1)
+	if *verifyOn {
+		v1 := m1[`prepull_signature_verifications_total{result="verified"}`]
+		fmt.Printf("    signature checks:            %.0f verified (%d distinct digests; per node and list: %d)\n", v1, nImages, named*n)
+	}
 	fmt.Printf("    controller API writes:       %.0f (%.2f per node)\n", w1, w1/float64(n))
 	fmt.Printf("  %d tags moved, from the refresh that saw it to Ready: %.1f s\n", len(moved), second.Seconds())
 	fmt.Printf("    tag resolutions:             %.0f (the refresh resolves each distinct tag once)\n", res2)
+	if *verifyOn {
+		v := m2[`prepull_signature_verifications_total{result="verified"}`] - m1[`prepull_signature_verifications_total{result="verified"}`]
+		fmt.Printf("    signature checks:            %.0f verified (the moved digests); registry requests for signatures: %d\n", v, proxy.signatures.Load()-sig1)
+	}
 	fmt.Printf("    controller API writes:       %.0f (%.2f per node)\n", w2, w2/float64(n))
 	fmt.Printf("  one node's NodeImageSet:       %d bytes (spec %d bytes, %d entries)\n", len(setBytes), len(specBytes), len(one.Spec.Images))
 	fmt.Printf("  simulated agent writes:        %d\n", agentWrites.Load())
