@@ -425,11 +425,7 @@ func orNone(list []string) string {
 }
 
 func (w *writer) parse(ref string) (name.Reference, error) {
-	var opts []name.Option
-	if r, err := name.ParseReference(ref); err == nil && w.opts.Insecure[r.Context().RegistryStr()] {
-		opts = append(opts, name.Insecure)
-	}
-	return name.ParseReference(ref, opts...)
+	return imageref.Remote(ref, w.opts.Insecure)
 }
 
 func (w *writer) keep(d v1.Hash, raw []byte) {

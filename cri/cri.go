@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"prepull.io/prepull/verify"
 )
 
 // Sentinel errors. Implementations wrap them together with the runtime's own
@@ -246,6 +248,15 @@ type ImageWatcher interface {
 // hold yet, read from the registry as a pull would, with auth.
 type PullSizer interface {
 	PullSize(ctx context.Context, digestRef string, auth *Auth) (int64, error)
+}
+
+// RegistryReader is a Store that reads from registries as the runtime's own
+// pulls reach them (mirrors, schemes, certificates): a tag's digest without
+// pulling it, and an image's signatures, so that a node verifies an image
+// before any of it is pulled.
+type RegistryReader interface {
+	Resolve(ctx context.Context, tagRef string, auth *Auth) (string, error)
+	Signatures(ctx context.Context, digestRef string, auth *Auth) ([]verify.Signature, error)
 }
 
 // PinLister is a Store that can list every reference carrying pin owners, so

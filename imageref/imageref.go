@@ -9,6 +9,7 @@ import (
 	"fmt"
 
 	"github.com/distribution/reference"
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -91,4 +92,14 @@ func parse(ref string) (reference.Named, error) {
 		return nil, fmt.Errorf("image reference %q: %w: digest algorithm %s, only sha256 is supported", ref, ErrInvalid, d.Digest().Algorithm())
 	}
 	return named, nil
+}
+
+// Remote parses ref as go-containerregistry names it for requests: reached
+// over plain HTTP when its registry host is one of insecure.
+func Remote(ref string, insecure map[string]bool) (name.Reference, error) {
+	var opts []name.Option
+	if r, err := name.ParseReference(ref); err == nil && insecure[r.Context().RegistryStr()] {
+		opts = append(opts, name.Insecure)
+	}
+	return name.ParseReference(ref, opts...)
 }

@@ -1,6 +1,7 @@
 package verify
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -16,6 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"prepull.io/prepull/imageref"
 )
 
 // cosign's format.
@@ -56,19 +59,15 @@ type Registry struct {
 // its signature tag and among its referrers of cosign's artifact type,
 // reading with auth. An image with neither has none, which is no error.
 func (r *Registry) Signatures(ctx context.Context, digestRef string, auth authn.Authenticator) ([]Signature, error) {
-	timeout := r.Timeout
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(r.Timeout, 30*time.Second))
 	defer cancel()
-	var opts []name.Option
-	if parsed, err := name.NewDigest(digestRef); err == nil && r.Insecure[parsed.Context().RegistryStr()] {
-		opts = append(opts, name.Insecure)
-	}
-	ref, err := name.NewDigest(digestRef, opts...)
+	parsed, err := imageref.Remote(digestRef, r.Insecure)
 	if err != nil {
 		return nil, fmt.Errorf("parse %s: %w", digestRef, err)
+	}
+	ref, ok := parsed.(name.Digest)
+	if !ok {
+		return nil, fmt.Errorf("parse %s: not a digest reference", digestRef)
 	}
 	tr := r.Transport
 	if tr == nil {

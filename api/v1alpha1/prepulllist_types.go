@@ -146,7 +146,6 @@ func (a *ArchiveSource) Location() string {
 
 // PrePullListSpec is what an operator wants present on which nodes.
 // +kubebuilder:validation:XValidation:rule="(has(self.images) && size(self.images) > 0) || has(self.workloads)",message="spec.images: give at least one image, or spec.workloads"
-// +kubebuilder:validation:XValidation:rule="!has(self.verify) || !has(self.resolution) || self.resolution == 'Registry'",message="spec.verify: signatures are checked at the registry by the controller, or in the bundle by the agents: resolution: Node is not supported"
 type PrePullListSpec struct {
 	// images are the images to make present; each at most once. A list
 	// names images, discovers them from workloads, or both.
@@ -211,7 +210,8 @@ type PrePullListSpec struct {
 	// the image's sha256-<hex>.sig tag, or its referrers) against the keys
 	// given: at the registry, once per digest for the cluster, before any
 	// node gets it; for source.archive, on each node, from the signatures
-	// the bundle holds, before the image is imported.
+	// the bundle holds, before the image is imported; for resolution: Node,
+	// by the node that resolves the tag, before it pulls the digest.
 	// +optional
 	Verify *VerifyPolicy `json:"verify,omitempty"`
 }

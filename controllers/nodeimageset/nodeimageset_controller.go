@@ -90,6 +90,7 @@ type Reconciler struct {
 	dirty     map[string]bool
 	measured  time.Time
 	sem       chan struct{}
+	sizing    chan struct{}
 	wake      chan event.GenericEvent
 	baseCtx   context.Context
 	lastWrite time.Time
@@ -274,6 +275,7 @@ func (r *Reconciler) setDefaults() {
 	r.images = map[string]*imageState{}
 	r.dirty = map[string]bool{}
 	r.sem = make(chan struct{}, r.MaxConcurrentPulls)
+	r.sizing = make(chan struct{}, r.MaxConcurrentPulls)
 	r.wake = make(chan event.GenericEvent, 1)
 	r.baseCtx = context.Background()
 }

@@ -89,55 +89,53 @@ func (r *Reconciler) measureFilesystem(ctx context.Context, now time.Time) {
 	r.mu.Unlock()
 }
 
-// overBudget says why no pull may start, or "" when one may: the image
-// filesystem, found by the last measureFilesystem, is used past DiskBudget.
-// The caller holds r.mu.
-func (r *Reconciler) overBudget() string {
-	if r.DiskBudget <= 0 || r.fsMount == "" {
-		return ""
-	}
-	used, total, err := r.fsUsage(r.fsMount)
-	if err != nil || total == 0 {
-		return ""
-	}
-	if frac := float64(used) / float64(total); frac >= r.DiskBudget {
-		return fmt.Sprintf("the image filesystem %s is %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
-			r.fsMount, 100*frac, 100*r.DiskBudget)
-	}
-	return ""
-}
-
-// pullOverBudget says why e's pull may not start, or "": what the pull
-// writes would take the image filesystem past DiskBudget. That is the
-// image's blobs the runtime does not hold yet, counted twice — once in the
-// content store, once unpacked, which a compressed layer at least matches —
-// so a lower bound. The runtime reads their sizes from the registry as a
-// pull would (containerd only); where it cannot, or for an archive, only
-// the usage counts.
-func (r *Reconciler) pullOverBudget(ctx context.Context, e *entry, auth *cri.Auth) string {
+// pullSize is what e's pull writes to the image filesystem at least, or
+// -1 when it is not known or no budget applies: the image's blobs the
+// runtime does not hold yet, counted twice — once in the content store,
+// once unpacked, which a compressed layer at least matches. The runtime
+// reads their sizes from the registry as a pull would (containerd only);
+// an archive's are not read. At most MaxConcurrentPulls reads run at once.
+func (r *Reconciler) pullSize(ctx context.Context, e *entry, auth *cri.Auth) int64 {
 	sizer, ok := r.Store.(cri.PullSizer)
-	r.mu.Lock()
-	mount := r.fsMount
-	r.mu.Unlock()
-	if !ok || r.DiskBudget <= 0 || mount == "" || e.Archive != nil || !strings.Contains(e.Image, "@") {
-		return ""
+	if !ok || r.DiskBudget <= 0 || e.Archive != nil || !strings.Contains(e.Image, "@") {
+		return -1
 	}
+	select {
+	case r.sizing <- struct{}{}:
+	case <-ctx.Done():
+		return -1
+	}
+	defer func() { <-r.sizing }()
 	blobs, err := sizer.PullSize(ctx, e.Image, auth)
 	if err != nil {
 		// The pull itself says what is wrong.
 		ctrl.LoggerFrom(ctx).V(1).Info("Size of the pull unknown: only the image filesystem's usage counts for the disk budget", "image", e.Image, "error", err.Error())
+		return -1
+	}
+	return 2 * blobs
+}
+
+// pullOverBudget says why a pull that writes need bytes (-1: unknown) may
+// not start, or "": the image filesystem at mount (found by the last
+// measureFilesystem), as used now, plus need, would be past DiskBudget.
+func (r *Reconciler) pullOverBudget(mount string, need int64) string {
+	if r.DiskBudget <= 0 || mount == "" {
 		return ""
 	}
 	used, total, err := r.fsUsage(mount)
 	if err != nil || total == 0 {
 		return ""
 	}
-	now, after := float64(used)/float64(total), float64(used+2*uint64(blobs))/float64(total)
-	if after < r.DiskBudget {
-		return ""
+	now, after := float64(used)/float64(total), float64(used+uint64(max(need, 0)))/float64(total)
+	switch {
+	case now >= r.DiskBudget:
+		return fmt.Sprintf("the image filesystem %s is %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
+			mount, 100*now, 100*r.DiskBudget)
+	case after >= r.DiskBudget:
+		return fmt.Sprintf("the pull writes at least %s (%s of blobs, as much again unpacked), which would take the image filesystem %s from %.1f%% to %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
+			bundle.Bytes(need), bundle.Bytes(need/2), mount, 100*now, 100*after, 100*r.DiskBudget)
 	}
-	return fmt.Sprintf("the pull writes at least %s (%s of blobs, as much again unpacked), which would take the image filesystem %s from %.1f%% to %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
-		bundle.Bytes(2*blobs), bundle.Bytes(blobs), mount, 100*now, 100*after, 100*r.DiskBudget)
+	return ""
 }
 
 func (r *Reconciler) fsUsage(path string) (uint64, uint64, error) {

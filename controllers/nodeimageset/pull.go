@@ -42,7 +42,7 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
 	if now.Before(st.nextTry) {
 		return
 	}
-	if msg := r.overBudget(); msg != "" {
+	if msg := r.pullOverBudget(r.fsMount, -1); msg != "" {
 		st.to(prepullv1.PhasePending, ReasonDiskBudget, msg, now)
 		st.nextTry = now.Add(r.ResyncInterval)
 		return
@@ -55,11 +55,19 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
 }
 
 // pull runs one pull attempt in the background, in one of the
-// MaxConcurrentPulls slots, and wakes Reconcile when it ends.
+// MaxConcurrentPulls slots, and wakes Reconcile when it ends. What the pull
+// will write is read before the slot is taken, while other pulls run, so
+// that the disk budget's look at the registry adds nothing to a queue of
+// pulls but to its first.
 func (r *Reconciler) pull(e *entry, st *imageState) {
 	r.mu.Lock()
 	ctx := r.baseCtx
 	r.mu.Unlock()
+	auth, err := r.auth(ctx, e)
+	need := int64(-1)
+	if err == nil {
+		need = r.pullSize(ctx, e, auth)
+	}
 	select {
 	case r.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -67,8 +75,10 @@ func (r *Reconciler) pull(e *entry, st *imageState) {
 	}
 	defer func() { <-r.sem }()
 
-	auth, err := r.auth(ctx, e)
-	if msg := r.pullOverBudget(ctx, e, auth); err == nil && msg != "" {
+	r.mu.Lock()
+	mount := r.fsMount
+	r.mu.Unlock()
+	if msg := r.pullOverBudget(mount, need); msg != "" {
 		r.mu.Lock()
 		now := r.Clock.Now()
 		st.to(prepullv1.PhasePending, ReasonDiskBudget, msg, now)
@@ -112,8 +122,58 @@ func (r *Reconciler) fetch(ctx context.Context, e *entry, auth *cri.Auth) error 
 	if e.Archive != nil {
 		return r.importArchive(ctx, e)
 	}
+	if len(e.VerifyKeys) > 0 && !strings.Contains(e.Image, "@") {
+		return r.pullVerified(ctx, e, auth)
+	}
 	_, err := r.Images.PullImage(ctx, e.Image, auth)
 	return err
+}
+
+// pullVerified pulls e, a tag the node resolves for lists with spec.verify,
+// once its digest's signature verified: it reads the tag's digest and that
+// digest's signatures from the registry as the runtime reaches it, checks
+// them with e's keys, and only then pulls the digest and points the tag at
+// it; a digest that does not verify is not pulled (under Audit it is, and
+// status says what the signatures said). Digests the controller hands were
+// verified by the controller, or by the node that resolved their tag.
+func (r *Reconciler) pullVerified(ctx context.Context, e *entry, auth *cri.Auth) error {
+	v, err := r.verification(e)
+	if err != nil {
+		return err
+	}
+	reader, ok := r.Store.(cri.RegistryReader)
+	if !ok {
+		return &verify.Error{Result: verify.Result{Reason: verify.ReasonUnavailable, Message: fmt.Sprintf("runtime %s: signatures are read on the node through containerd's API", r.Runtime)}}
+	}
+	ref, err := imageref.Parse(e.Image)
+	if err != nil {
+		return err
+	}
+	digest, err := reader.Resolve(ctx, ref.Tag, auth)
+	if err != nil {
+		return err
+	}
+	digestRef := ref.Repo + "@" + digest
+	sigs, err := reader.Signatures(ctx, digestRef, auth)
+	res := verify.Check(sigs, digest, v.Keys)
+	if err != nil {
+		res = verify.Result{Reason: verify.ReasonUnavailable, Message: "the signatures could not be read: " + err.Error()}
+	}
+	st := r.state(e.Image)
+	r.mu.Lock()
+	st.signature = signatureStatus(digest, &res)
+	r.mu.Unlock()
+	switch {
+	case err != nil:
+		// Not known either way: tried again after the back-off.
+		return err
+	case !res.Verified && !v.Audit:
+		return res.Err()
+	}
+	if _, err := r.Images.PullImage(ctx, digestRef, auth); err != nil {
+		return err
+	}
+	return r.Store.Tag(ctx, e.Image, digestRef, e.Pinners...)
 }
 
 // record notes the end of pull attempt number attempt: its metrics, and

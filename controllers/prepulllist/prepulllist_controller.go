@@ -186,7 +186,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 		meta.RemoveStatusCondition(&status.Conditions, prepullv1.ConditionDiscovered)
 	}
 	if l.Spec.Verify != nil {
-		meta.SetStatusCondition(&status.Conditions, verifiedCondition(l.Generation, images, archiveOf(l) != nil))
+		meta.SetStatusCondition(&status.Conditions, verifiedCondition(l.Generation, images, archiveOf(l) != nil || l.Spec.Resolution == prepullv1.ResolveOnNode))
 	} else {
 		meta.RemoveStatusCondition(&status.Conditions, prepullv1.ConditionVerified)
 	}

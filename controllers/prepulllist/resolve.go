@@ -1,6 +1,7 @@
 package prepulllist
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/pullsecret"
 )
 
@@ -35,17 +37,9 @@ var _ Resolver = (*RegistryResolver)(nil)
 
 // Resolve returns the digest ("sha256:…") tagRef names at the registry.
 func (r *RegistryResolver) Resolve(ctx context.Context, tagRef string, creds []pullsecret.Credential) (string, error) {
-	timeout := r.Timeout
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(r.Timeout, 30*time.Second))
 	defer cancel()
-	var opts []name.Option
-	if parsed, err := name.ParseReference(tagRef); err == nil && r.Insecure[parsed.Context().RegistryStr()] {
-		opts = append(opts, name.Insecure)
-	}
-	ref, err := name.ParseReference(tagRef, opts...)
+	ref, err := imageref.Remote(tagRef, r.Insecure)
 	if err != nil {
 		return "", fmt.Errorf("parse %s: %w", tagRef, err)
 	}

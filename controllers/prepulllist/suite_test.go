@@ -52,44 +52,47 @@ type env struct {
 	signatures     *countingSignatures
 }
 
-// countingSignatures counts the controller's reads of signatures, by image.
-type countingSignatures struct {
-	inner prepulllist.SignatureReader
+// counter counts calls by reference.
+type counter struct {
 	mu    sync.Mutex
 	calls map[string]int
 }
 
-func (s *countingSignatures) Signatures(ctx context.Context, ref string, auth authn.Authenticator) ([]verify.Signature, error) {
-	s.mu.Lock()
-	s.calls[ref]++
-	s.mu.Unlock()
-	return s.inner.Signatures(ctx, ref, auth)
+func (c *counter) add(ref string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.calls == nil {
+		c.calls = map[string]int{}
+	}
+	c.calls[ref]++
 }
 
-func (s *countingSignatures) count(ref string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls[ref]
+func (c *counter) count(ref string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls[ref]
+}
+
+// countingSignatures counts the controller's reads of signatures, by image.
+type countingSignatures struct {
+	counter
+	inner prepulllist.SignatureReader
+}
+
+func (s *countingSignatures) Signatures(ctx context.Context, ref string, auth authn.Authenticator) ([]verify.Signature, error) {
+	s.add(ref)
+	return s.inner.Signatures(ctx, ref, auth)
 }
 
 // countingResolver counts the registry requests the controller makes.
 type countingResolver struct {
+	counter
 	inner prepulllist.Resolver
-	mu    sync.Mutex
-	calls map[string]int
 }
 
 func (r *countingResolver) Resolve(ctx context.Context, ref string, creds []pullsecret.Credential) (string, error) {
-	r.mu.Lock()
-	r.calls[ref]++
-	r.mu.Unlock()
+	r.add(ref)
 	return r.inner.Resolve(ctx, ref, creds)
-}
-
-func (r *countingResolver) count(ref string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.calls[ref]
 }
 
 func setup(t *testing.T) *env {
@@ -104,10 +107,10 @@ func setup(t *testing.T) *env {
 		clock:   clocktesting.NewFakeClock(time.Now()),
 		public:  public,
 		private: private,
-		resolver: &countingResolver{calls: map[string]int{}, inner: &prepulllist.RegistryResolver{
+		resolver: &countingResolver{inner: &prepulllist.RegistryResolver{
 			Insecure: map[string]bool{public.Host: true, private.Host: true},
 		}},
-		signatures: &countingSignatures{calls: map[string]int{}, inner: &verify.Registry{
+		signatures: &countingSignatures{inner: &verify.Registry{
 			Insecure: map[string]bool{public.Host: true, private.Host: true},
 		}},
 	}

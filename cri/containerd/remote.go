@@ -73,9 +73,9 @@ func (s *Store) PullSize(ctx context.Context, digestRef string, auth *cri.Auth) 
 	return missing, nil
 }
 
-// remoteBlobs reads from the registry the config and layers of the image ref
-// names, for the node's platform.
-func (s *Store) remoteBlobs(ctx context.Context, ref string, auth *cri.Auth) ([]ocispec.Descriptor, error) {
+// resolver reaches registries as containerd's CRI plugin does: through its
+// hosts.toml directory, with auth.
+func (s *Store) resolver(ctx context.Context, auth *cri.Auth) remotes.Resolver {
 	hosts := config.ConfigureHosts(ctx, config.HostOptions{
 		Credentials: credentials(auth),
 		HostDir: func(host string) (string, error) {
@@ -85,7 +85,13 @@ func (s *Store) remoteBlobs(ctx context.Context, ref string, auth *cri.Auth) ([]
 			return config.HostDirFromRoot(s.hostsDir)(host)
 		},
 	})
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: hosts})
+	return docker.NewResolver(docker.ResolverOptions{Hosts: hosts})
+}
+
+// remoteBlobs reads from the registry the config and layers of the image ref
+// names, for the node's platform.
+func (s *Store) remoteBlobs(ctx context.Context, ref string, auth *cri.Auth) ([]ocispec.Descriptor, error) {
+	resolver := s.resolver(ctx, auth)
 	name, desc, err := resolver.Resolve(ctx, ref)
 	if err != nil {
 		return nil, err
