@@ -267,16 +267,28 @@ type PinLister interface {
 	PinnedRefs(ctx context.Context) (map[string][]string, error)
 }
 
+// soonEvery is how often Soon asks again: CRI's ImageStatus is a local
+// call of well under a millisecond, and containerd's CRI plugin shows a
+// change made through containerd's own API a few milliseconds after it.
+const soonEvery = 2 * time.Millisecond
+
+// Soon reports whether cond holds now or within a few seconds, asking every
+// soonEvery: for what the runtime shows a moment after it is made.
+func Soon(ctx context.Context, cond func(context.Context) bool) bool {
+	return wait.PollUntilContextTimeout(ctx, soonEvery, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+		return cond(ctx), nil
+	}) == nil
+}
+
 // StatusSoon is the status of ref, allowing the runtime a few seconds to
 // show an image just made: containerd's CRI plugin learns of images made
-// through its own API (imports, tags) from events, a moment later. It asks
-// again every 10 ms, so that it waits about as long as the runtime lags.
+// through its own API (imports, tags) from events, a moment later.
 func StatusSoon(ctx context.Context, images ImageService, ref string) (*Image, error) {
 	var img *Image
 	var err error
-	_ = wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+	Soon(ctx, func(ctx context.Context) bool {
 		img, err = images.ImageStatus(ctx, ref)
-		return err == nil || !errors.Is(err, ErrNotFound), nil
+		return err == nil || !errors.Is(err, ErrNotFound)
 	})
 	if err != nil && ctx.Err() != nil {
 		return nil, ctx.Err()

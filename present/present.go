@@ -12,9 +12,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"time"
-
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"prepull.io/prepull/cri"
 )
@@ -109,11 +106,10 @@ func (rt Runtime) Make(ctx context.Context, img *cri.Image, w Want) (State, erro
 // pinnedSoon reports whether CRI shows the image ref names pinned, allowing
 // it a few seconds.
 func pinnedSoon(ctx context.Context, images cri.ImageService, ref string) bool {
-	err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(ctx context.Context) (bool, error) {
+	return cri.Soon(ctx, func(ctx context.Context) bool {
 		img, err := images.ImageStatus(ctx, ref)
-		return err == nil && img.Pinned, nil
+		return err == nil && img.Pinned
 	})
-	return err == nil
 }
 
 // tag points every tag of w that does not name img at it, and returns the
