@@ -25,15 +25,11 @@ func TestSignaturesOnARegistry(t *testing.T) {
 	theirs := testground.NewSigningKey(t, false)
 	keys := verify.Keys{mustKey(t, ours.PEM, "secret shop/keys[ecdsa.pub]"), mustKey(t, oursEd.PEM, "configmap shop/keys[ed25519.pub]")}
 
-	signed := reg.MustPushRandom(t, "app/signed:v1", 1024, 1)
-	reg.MustSign(t, signed.Digest, ours, false)
-	edSigned := reg.MustPushRandom(t, "app/ed:v1", 1024, 1)
-	reg.MustSign(t, edSigned.Digest, oursEd, false)
-	referred := reg.MustPushRandom(t, "app/referred:v1", 1024, 1)
-	reg.MustSign(t, referred.Digest, ours, true)
+	signed := reg.MustPushSigned(t, "app/signed:v1", 1024, ours, false)
+	edSigned := reg.MustPushSigned(t, "app/ed:v1", 1024, oursEd, false)
+	referred := reg.MustPushSigned(t, "app/referred:v1", 1024, ours, true)
 	unsigned := reg.MustPushRandom(t, "app/unsigned:v1", 1024, 1)
-	other := reg.MustPushRandom(t, "app/other:v1", 1024, 1)
-	reg.MustSign(t, other.Digest, theirs, false)
+	other := reg.MustPushSigned(t, "app/other:v1", 1024, theirs, false)
 	// A signature of signed, by our key, put at copied's signature tag.
 	copied := reg.MustPushRandom(t, "app/signed:v2", 1024, 1)
 	p, err := json.Marshal(payload.Cosign{Image: mustDigest(t, signed.Digest)})
@@ -78,10 +74,7 @@ func TestSignaturesOnARegistry(t *testing.T) {
 
 func TestParseKey(t *testing.T) {
 	k := testground.NewSigningKey(t, false)
-	a, err := verify.ParseKey(k.PEM, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := k.Key(t, "a")
 	b, err := verify.ParseKey(append([]byte("\n"), k.PEM...), "b")
 	if err != nil || b.Fingerprint != a.Fingerprint || !strings.HasPrefix(a.Fingerprint, "sha256:") || len(a.Fingerprint) != 71 {
 		t.Errorf("fingerprints %q and %q (%v): want one sha256 fingerprint", a.Fingerprint, b.Fingerprint, err)

@@ -13,7 +13,6 @@ import (
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/e2e/testground"
-	"prepull.io/prepull/verify"
 )
 
 // TestAgentImportsFromArchives proves the archive source on a real
@@ -197,14 +196,9 @@ func TestAgentVerifiesArchivesOnTheNode(t *testing.T) {
 	reg := testground.StartRegistry(t)
 	e.ctd.TrustRegistry(reg)
 	ours := testground.NewSigningKey(t, false)
-	key, err := verify.ParseKey(ours.PEM, "secret air/keys[cosign.pub]")
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed := reg.MustPushRandom(t, "vair/signed:v1", 64<<10, 1)
-	reg.MustSign(t, signed.Digest, ours, false)
-	late := reg.MustPushRandom(t, "vair/late:v1", 64<<10, 1)
-	reg.MustSign(t, late.Digest, ours, false)
+	key := ours.Key(t, "secret air/keys[cosign.pub]")
+	signed := reg.MustPushSigned(t, "vair/signed:v1", 64<<10, ours, false)
+	late := reg.MustPushSigned(t, "vair/late:v1", 64<<10, ours, false)
 	unsigned := reg.MustPushRandom(t, "vair/unsigned:v1", 64<<10, 1)
 	audited := reg.MustPushRandom(t, "vair/audited:v1", 64<<10, 1)
 	dir := t.TempDir()

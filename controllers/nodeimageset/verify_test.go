@@ -7,7 +7,6 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/e2e/testground"
-	"prepull.io/prepull/verify"
 )
 
 // A tag resolved on the node for a list with spec.verify, on a real
@@ -17,14 +16,9 @@ import (
 func TestAgentVerifiesTheTagsItResolves(t *testing.T) {
 	e := setup(t)
 	ours := testground.NewSigningKey(t, true)
-	key, err := verify.ParseKey(ours.PEM, "configmap vnode/keys[ed.pub]")
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed := e.public.MustPushRandom(t, "vnode/signed:v1", 1024, 1)
-	e.public.MustSign(t, signed.Digest, ours, false)
-	referred := e.public.MustPushRandom(t, "vnode/referred:v1", 1024, 1)
-	e.public.MustSign(t, referred.Digest, ours, true)
+	key := ours.Key(t, "configmap vnode/keys[ed.pub]")
+	signed := e.public.MustPushSigned(t, "vnode/signed:v1", 1024, ours, false)
+	referred := e.public.MustPushSigned(t, "vnode/referred:v1", 1024, ours, true)
 	unsigned := e.public.MustPushRandom(t, "vnode/unsigned:v1", 1024, 1)
 	audited := e.public.MustPushRandom(t, "vnode/audited:v1", 1024, 1)
 	list := func(owner string, mode prepullv1.VerifyMode) {

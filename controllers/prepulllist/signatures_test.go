@@ -14,7 +14,6 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/e2e/testground"
-	"prepull.io/prepull/verify"
 )
 
 // Signatures made in the test with keys of its own, pushed to a real
@@ -31,13 +30,7 @@ func TestSignatures(t *testing.T) {
 	ours, oursEd, stranger := testground.NewSigningKey(t, false), testground.NewSigningKey(t, true), testground.NewSigningKey(t, false)
 	e.mustCreate(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "keys"}, Data: map[string][]byte{"cosign.pub": ours.PEM}})
 	e.mustCreate(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "more-keys"}, Data: map[string]string{"ed.pub": string(oursEd.PEM)}})
-	fingerprint := func(k testground.SigningKey) string {
-		parsed, err := verify.ParseKey(k.PEM, "test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return parsed.Fingerprint
-	}
+	fingerprint := func(k testground.SigningKey) string { return k.Key(t, "test").Fingerprint }
 	policy := func(mode prepullv1.VerifyMode) *prepullv1.VerifyPolicy {
 		return &prepullv1.VerifyPolicy{Mode: mode, Keys: []prepullv1.PublicKeySource{
 			{Secret: &prepullv1.KeyReference{Name: "keys", Key: "cosign.pub"}},
@@ -74,13 +67,10 @@ func TestSignatures(t *testing.T) {
 		return n
 	}
 
-	signed := e.public.MustPushRandom(t, "sig/app:v1", 1024, 1)
-	e.public.MustSign(t, signed.Digest, ours, false)
-	referred := e.public.MustPushRandom(t, "sig/referred:v1", 1024, 1)
-	e.public.MustSign(t, referred.Digest, oursEd, true)
+	signed := e.public.MustPushSigned(t, "sig/app:v1", 1024, ours, false)
+	referred := e.public.MustPushSigned(t, "sig/referred:v1", 1024, oursEd, true)
 	unsigned := e.public.MustPushRandom(t, "sig/unsigned:v1", 1024, 1)
-	strange := e.public.MustPushRandom(t, "sig/strange:v1", 1024, 1)
-	e.public.MustSign(t, strange.Digest, stranger, false)
+	strange := e.public.MustPushSigned(t, "sig/strange:v1", 1024, stranger, false)
 	// A signature of signed, by our key, put where copied's would be.
 	copied := e.public.MustPushRandom(t, "sig/copied:v1", 1024, 1)
 	signedDigest, err := name.NewDigest(signed.Digest, name.Insecure)
@@ -191,8 +181,7 @@ func TestSignatures(t *testing.T) {
 	})
 
 	t.Run("a tag moved to an unsigned digest does not roll out; the verified one stays", func(t *testing.T) {
-		v1 := e.public.MustPushRandom(t, "sig/moving:v1", 1024, 1)
-		e.public.MustSign(t, v1.Digest, ours, false)
+		v1 := e.public.MustPushSigned(t, "sig/moving:v1", 1024, ours, false)
 		l := newList("moving", prepullv1.VerifyEnforce, v1.Tag)
 		eventually(t, "Ready at the signed digest", func() error {
 			agents()

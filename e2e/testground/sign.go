@@ -56,6 +56,25 @@ func NewSigningKey(t testing.TB, ed bool) SigningKey {
 	return SigningKey{Signer: s, PEM: pem}
 }
 
+// MustPushSigned pushes a new random image of size bytes in one layer to
+// repoTag and its signature made with key (see MustSign).
+func (r *Registry) MustPushSigned(t testing.TB, repoTag string, size int64, key SigningKey, referrer bool) Pushed {
+	t.Helper()
+	p := r.MustPushRandom(t, repoTag, size, 1)
+	r.MustSign(t, p.Digest, key, referrer)
+	return p
+}
+
+// Key is k's public key as a list names it, read from source.
+func (k SigningKey) Key(t testing.TB, source string) verify.Key {
+	t.Helper()
+	key, err := verify.ParseKey(k.PEM, source)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
 // MustSign pushes a signature of the image digestRef names, made with key,
 // as cosign stores one: a payload naming the digest, signed, in a manifest
 // at the image's signature tag. With referrer, the manifest is pushed as one
