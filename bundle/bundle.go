@@ -10,7 +10,6 @@ package bundle
 
 import (
 	"archive/tar"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -225,6 +224,11 @@ func Verify(p string) (*Contents, error) {
 		return nil, err
 	}
 	defer a.Close()
+	return a.verify(p)
+}
+
+// verify is Verify of the opened archive a, found at p.
+func (a *archive) verify(p string) (*Contents, error) {
 	c := &Contents{}
 	if err := a.readJSON(ContentsFile, c); err != nil {
 		return nil, fmt.Errorf("%s is not a prepull bundle: %w", p, err)
@@ -328,25 +332,25 @@ func (a *archive) signatures(img Image) ([]verify.Signature, error) {
 		if err != nil {
 			return nil, err
 		}
-		var m v1.Manifest
-		if err := a.readJSON(blobDir+d.Encoded(), &m); err != nil {
-			return nil, fmt.Errorf("signature %s: %w", sig, err)
+		m, ok := a.open(blobDir + d.Encoded())
+		if !ok {
+			return nil, fmt.Errorf("signature %s is missing", sig)
 		}
-		for _, l := range m.Layers {
-			raw, err := base64.StdEncoding.DecodeString(l.Annotations[verify.SignatureAnnotation])
-			if l.MediaType != verify.PayloadMediaType || err != nil || len(raw) == 0 {
-				continue
-			}
-			r, ok := a.blob(digest.Digest(l.Digest.String()), l.Size)
+		raw, err := io.ReadAll(m)
+		if err != nil {
+			return nil, err
+		}
+		got, err := verify.Payloads(raw, "bundle signature "+sig, func(d digest.Digest, size int64) (io.ReadCloser, error) {
+			r, ok := a.blob(d, size)
 			if !ok {
-				return nil, fmt.Errorf("signature %s: payload %s is missing", sig, l.Digest)
+				return nil, errors.New("missing from the bundle")
 			}
-			p, err := io.ReadAll(io.LimitReader(r, 1<<20))
-			if err != nil {
-				return nil, fmt.Errorf("signature %s: payload %s: %w", sig, l.Digest, err)
-			}
-			out = append(out, verify.Signature{Payload: p, Signature: raw, From: "bundle signature " + sig})
+			return io.NopCloser(r), nil
+		})
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, got...)
 	}
 	return out, nil
 }

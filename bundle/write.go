@@ -284,40 +284,13 @@ func (w *writer) plan(ctx context.Context, prev *archive, ref string) (*Image, e
 // of cosign's artifact type; and those manifests' digests. An image with no
 // signature has none; a registry that cannot say is an error.
 func (w *writer) planSignatures(ctx context.Context, repo name.Repository, d v1.Hash) ([]v1.Descriptor, []string, error) {
-	opts := append(w.remote, remote.WithContext(ctx))
-	var found []*remote.Descriptor
-	switch sig, err := remote.Get(repo.Tag(verify.SignatureTag(d.String())), opts...); {
-	case err == nil:
-		found = append(found, sig)
-	case !verify.NotFound(err):
+	found, err := verify.Manifests(repo.Digest(d.String()), append(w.remote, remote.WithContext(ctx))...)
+	if err != nil {
 		return nil, nil, fmt.Errorf("signatures: %w", err)
-	}
-	idx, err := remote.Referrers(repo.Digest(d.String()), append(opts, remote.WithFilter("artifactType", verify.ArtifactType))...)
-	if err != nil && !verify.NotFound(err) {
-		return nil, nil, fmt.Errorf("signatures among the referrers: %w", err)
-	}
-	if err == nil {
-		im, err := idx.IndexManifest()
-		if err != nil {
-			return nil, nil, fmt.Errorf("signatures among the referrers: %w", err)
-		}
-		for _, m := range im.Manifests {
-			if m.ArtifactType != verify.ArtifactType {
-				continue
-			}
-			desc, err := remote.Get(repo.Digest(m.Digest.String()), opts...)
-			if err != nil {
-				return nil, nil, fmt.Errorf("signature %s: %w", m.Digest, err)
-			}
-			found = append(found, desc)
-		}
 	}
 	var blobs []v1.Descriptor
 	var digests []string
 	for _, desc := range found {
-		if slices.Contains(digests, desc.Digest.String()) {
-			continue
-		}
 		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
 		if err != nil {
 			return nil, nil, fmt.Errorf("signature %s: %w", desc.Digest, err)

@@ -3,47 +3,21 @@ package verify
 import (
 	"cmp"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
+	"slices"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
 
 	"prepull.io/prepull/imageref"
 )
-
-// cosign's format.
-const (
-	// SignatureAnnotation holds, on each layer of a signature manifest, the
-	// base64 signature over that layer's payload.
-	SignatureAnnotation = "dev.cosignproject.cosign/signature"
-	// PayloadMediaType is the media type of a signed payload layer.
-	PayloadMediaType types.MediaType = "application/vnd.dev.cosign.simplesigning.v1+json"
-	// ArtifactType is the artifact type of a signature manifest found
-	// through the referrers API.
-	ArtifactType = "application/vnd.dev.cosign.artifact.sig.v1+json"
-)
-
-// Bounds on what a registry may make the controller read.
-const (
-	maxPayload    = 1 << 20
-	maxSignatures = 64
-)
-
-// SignatureTag is the tag cosign stores digest's signatures under:
-// "sha256-<hex>.sig".
-func SignatureTag(digest string) string {
-	return strings.Replace(digest, ":", "-", 1) + ".sig"
-}
 
 // Registry reads images' signatures from their registries.
 type Registry struct {
@@ -74,26 +48,46 @@ func (r *Registry) Signatures(ctx context.Context, digestRef string, auth authn.
 		tr = http.DefaultTransport
 	}
 	ropts := []remote.Option{remote.WithContext(ctx), remote.WithAuth(auth), remote.WithTransport(tr)}
-	repo := ref.Context()
-
+	found, err := Manifests(ref, ropts...)
+	if err != nil {
+		return nil, err
+	}
 	var sigs []Signature
-	tag := repo.Tag(SignatureTag(ref.DigestStr()))
-	img, err := remote.Image(tag, ropts...)
-	switch {
-	case err == nil:
-		found, err := fromImage(img, tag.String())
+	for _, m := range found {
+		got, err := Payloads(m.Manifest, "signature "+m.Digest.String(), func(d digest.Digest, _ int64) (io.ReadCloser, error) {
+			l, err := remote.Layer(ref.Context().Digest(d.String()), ropts...)
+			if err != nil {
+				return nil, err
+			}
+			return l.Compressed()
+		})
 		if err != nil {
 			return nil, err
 		}
-		sigs = append(sigs, found...)
+		sigs = append(sigs, got...)
+	}
+	return sigs, nil
+}
+
+// Manifests finds the signature manifests of the image ref names at its
+// registry: the one at its signature tag, and its referrers of cosign's
+// artifact type, each once. An image with neither has none, which is no
+// error; a registry that cannot say is.
+func Manifests(ref name.Digest, opts ...remote.Option) ([]*remote.Descriptor, error) {
+	repo := ref.Context()
+	var found []*remote.Descriptor
+	tag := repo.Tag(SignatureTag(ref.DigestStr()))
+	switch d, err := remote.Get(tag, opts...); {
+	case err == nil:
+		found = append(found, d)
 	case !NotFound(err):
 		return nil, fmt.Errorf("read %s: %w", tag, err)
 	}
-	idx, err := remote.Referrers(ref, append(ropts, remote.WithFilter("artifactType", ArtifactType))...)
+	idx, err := remote.Referrers(ref, append(opts, remote.WithFilter("artifactType", ArtifactType))...)
+	if NotFound(err) {
+		return found, nil
+	}
 	if err != nil {
-		if NotFound(err) {
-			return sigs, nil
-		}
 		return nil, fmt.Errorf("read the referrers of %s: %w", ref, err)
 	}
 	im, err := idx.IndexManifest()
@@ -101,59 +95,16 @@ func (r *Registry) Signatures(ctx context.Context, digestRef string, auth authn.
 		return nil, fmt.Errorf("read the referrers of %s: %w", ref, err)
 	}
 	for _, m := range im.Manifests {
-		if m.ArtifactType != ArtifactType || len(sigs) >= maxSignatures {
+		if m.ArtifactType != ArtifactType || len(found) >= maxSignatures || slices.ContainsFunc(found, func(d *remote.Descriptor) bool { return d.Digest == m.Digest }) {
 			continue
 		}
-		at := repo.Digest(m.Digest.String())
-		img, err := remote.Image(at, ropts...)
+		d, err := remote.Get(repo.Digest(m.Digest.String()), opts...)
 		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", at, err)
+			return nil, fmt.Errorf("read the signature %s: %w", m.Digest, err)
 		}
-		found, err := fromImage(img, "referrer "+m.Digest.String())
-		if err != nil {
-			return nil, err
-		}
-		sigs = append(sigs, found...)
+		found = append(found, d)
 	}
-	return sigs, nil
-}
-
-// fromImage reads the signatures a signature manifest holds: each payload
-// layer and the signature its annotation carries.
-func fromImage(img v1.Image, from string) ([]Signature, error) {
-	m, err := img.Manifest()
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", from, err)
-	}
-	var out []Signature
-	for _, l := range m.Layers {
-		if l.MediaType != PayloadMediaType || len(out) >= maxSignatures {
-			continue
-		}
-		sig, err := base64.StdEncoding.DecodeString(l.Annotations[SignatureAnnotation])
-		if err != nil || len(sig) == 0 {
-			continue
-		}
-		if l.Size > maxPayload {
-			return nil, fmt.Errorf("%s: payload %s of %d bytes, more than %d", from, l.Digest, l.Size, maxPayload)
-		}
-		layer, err := img.LayerByDigest(l.Digest)
-		if err != nil {
-			return nil, fmt.Errorf("%s: payload %s: %w", from, l.Digest, err)
-		}
-		rc, err := layer.Compressed()
-		if err != nil {
-			return nil, fmt.Errorf("%s: payload %s: %w", from, l.Digest, err)
-		}
-		// The layer checks what it reads against its digest.
-		p, err := io.ReadAll(io.LimitReader(rc, maxPayload))
-		rc.Close()
-		if err != nil {
-			return nil, fmt.Errorf("%s: payload %s: %w", from, l.Digest, err)
-		}
-		out = append(out, Signature{Payload: p, Signature: sig, From: from})
-	}
-	return out, nil
+	return found, nil
 }
 
 // NotFound reports whether err is a registry's 404.

@@ -113,8 +113,22 @@ type manifest struct {
 // readManifest fetches the manifest or index desc names, checked against
 // its digest.
 func readManifest(ctx context.Context, f remotes.Fetcher, desc ocispec.Descriptor) (*manifest, error) {
+	raw, err := fetchSmall(ctx, f, desc)
+	if err != nil {
+		return nil, err
+	}
+	m := &manifest{}
+	if err := json.Unmarshal(raw, m); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", desc.Digest, err)
+	}
+	return m, nil
+}
+
+// fetchSmall fetches the manifest or blob desc names, of at most
+// maxManifest bytes, checked against its digest.
+func fetchSmall(ctx context.Context, f remotes.Fetcher, desc ocispec.Descriptor) ([]byte, error) {
 	if desc.Size > maxManifest {
-		return nil, fmt.Errorf("manifest %s: %d bytes, more than %d", desc.Digest, desc.Size, maxManifest)
+		return nil, fmt.Errorf("%s: %d bytes, more than %d", desc.Digest, desc.Size, maxManifest)
 	}
 	rc, err := f.Fetch(ctx, desc)
 	if err != nil {
@@ -126,13 +140,9 @@ func readManifest(ctx context.Context, f remotes.Fetcher, desc ocispec.Descripto
 		return nil, err
 	}
 	if got := digest.FromBytes(raw); got != desc.Digest {
-		return nil, fmt.Errorf("manifest %s: the registry sent %s", desc.Digest, got)
+		return nil, fmt.Errorf("%s: the registry sent %s", desc.Digest, got)
 	}
-	m := &manifest{}
-	if err := json.Unmarshal(raw, m); err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", desc.Digest, err)
-	}
-	return m, nil
+	return raw, nil
 }
 
 // credentials gives the resolver auth's basic credentials or identity

@@ -2,7 +2,6 @@ package containerd
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"io"
 
@@ -76,35 +75,13 @@ func (s *Store) Signatures(ctx context.Context, digestRef string, auth *cri.Auth
 	return out, nil
 }
 
-// readSignatures reads the payloads of the signature manifest m and the
-// signatures their annotations carry.
+// readSignatures reads the signatures the signature manifest m holds.
 func readSignatures(ctx context.Context, f remotes.Fetcher, m ocispec.Descriptor) ([]verify.Signature, error) {
-	man, err := readManifest(ctx, f, m)
+	raw, err := fetchSmall(ctx, f, m)
 	if err != nil {
 		return nil, err
 	}
-	var out []verify.Signature
-	for _, l := range man.Layers {
-		sig, err := base64.StdEncoding.DecodeString(l.Annotations[verify.SignatureAnnotation])
-		if string(l.MediaType) != string(verify.PayloadMediaType) || err != nil || len(sig) == 0 {
-			continue
-		}
-		if l.Size > maxManifest {
-			return nil, fmt.Errorf("signature %s: payload of %d bytes", m.Digest, l.Size)
-		}
-		rc, err := f.Fetch(ctx, l)
-		if err != nil {
-			return nil, err
-		}
-		p, err := io.ReadAll(io.LimitReader(rc, maxManifest))
-		rc.Close()
-		if err != nil {
-			return nil, err
-		}
-		if digest.FromBytes(p) != l.Digest {
-			return nil, fmt.Errorf("signature %s: payload %s does not match its digest", m.Digest, l.Digest)
-		}
-		out = append(out, verify.Signature{Payload: p, Signature: sig, From: "signature " + m.Digest.String()})
-	}
-	return out, nil
+	return verify.Payloads(raw, "signature "+m.Digest.String(), func(d digest.Digest, size int64) (io.ReadCloser, error) {
+		return f.Fetch(ctx, ocispec.Descriptor{MediaType: string(verify.PayloadMediaType), Digest: d, Size: size})
+	})
 }
