@@ -45,35 +45,39 @@ type Verification struct {
 // signatures in it are checked against v's keys: one that does not verify
 // gets a *verify.Error and is not imported, unless v says Audit.
 func Load(ctx context.Context, store cri.Store, path string, wanted []string, v *Verification) (map[string]Loaded, error) {
+	if v == nil {
+		return load(ctx, store, path, wanted)
+	}
+	checked, err := checkSignatures(path, wanted, v.Keys)
+	if err != nil {
+		return nil, err
+	}
+	importable := slices.DeleteFunc(slices.Clone(wanted), func(w string) bool {
+		c, ok := checked[w]
+		return ok && !c.Signature.Verified && !v.Audit
+	})
+	out := map[string]Loaded{}
+	if len(importable) > 0 {
+		if out, err = load(ctx, store, path, importable); err != nil {
+			return nil, err
+		}
+	}
+	for w, c := range checked {
+		l, imported := out[w]
+		if !imported {
+			l = Loaded{Digest: c.Digest, Err: c.Signature.Err()}
+		}
+		l.Signature = c.Signature
+		out[w] = l
+	}
+	return out, nil
+}
+
+// load is Load without checking signatures.
+func load(ctx context.Context, store cri.Store, path string, wanted []string) (map[string]Loaded, error) {
 	byDigest := map[string][]string{} // digest -> wanted digest references
 	byTag := map[string]string{}      // tag reference -> wanted reference
 	out := map[string]Loaded{}
-	var checked map[string]Loaded
-	if v != nil {
-		var err error
-		if checked, err = checkSignatures(path, wanted, v.Keys); err != nil {
-			return nil, err
-		}
-		if !v.Audit {
-			for w, l := range checked {
-				if !l.Signature.Verified {
-					out[w] = Loaded{Digest: l.Digest, Err: l.Signature.Err(), Signature: l.Signature}
-				}
-			}
-			wanted = slices.DeleteFunc(slices.Clone(wanted), func(w string) bool { _, refused := out[w]; return refused })
-		}
-		if len(wanted) == 0 {
-			return out, nil
-		}
-		defer func() {
-			for w, l := range out {
-				if c, ok := checked[w]; ok && l.Signature == nil {
-					l.Signature = c.Signature
-					out[w] = l
-				}
-			}
-		}()
-	}
 	seen := map[string]bool{}
 	for _, w := range wanted {
 		if seen[w] {
@@ -136,15 +140,15 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string, v 
 // checkSignatures verifies the bundle at path and checks, for each wanted
 // reference whose image it holds, the image's signatures against keys.
 func checkSignatures(path string, wanted []string, keys verify.Keys) (map[string]Loaded, error) {
-	c, err := Verify(path)
-	if err != nil {
-		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
-	}
 	a, err := openArchive(path)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
 	}
 	defer a.Close()
+	c, err := a.verify(path)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
+	}
 	checked := map[string]Loaded{}
 	for _, w := range wanted {
 		r, err := imageref.Parse(w)
