@@ -154,7 +154,7 @@ func registryHosts(path string) string {
 	}
 	cfg, err := doctor.ReadContainerdConfig(path)
 	if err != nil {
-		ctrl.Log.Info("containerd's configuration cannot be read: the disk budget reaches registries at their own names to learn an image's size", "path", path, "error", err.Error())
+		ctrl.Log.Info("containerd's configuration cannot be read: what the agent reads from registries itself (an image's size, a resolved tag's signatures) it reads from each registry at its own name", "path", path, "error", err.Error())
 		return ""
 	}
 	dirs := cmp.Or(cfg.ConfigPath, doctor.DefaultConfigPath)

@@ -115,7 +115,8 @@ type RuntimeOptions struct {
 	// to.
 	ArchiveDir string
 	// RegistryHosts is the directory of containerd's hosts.toml files, for
-	// what the agent reads from registries itself (an image's size); the
+	// what the agent reads from registries itself (an image's size, a
+	// resolved tag's signatures); the
 	// agent takes it from containerd's configuration, not from a flag.
 	RegistryHosts string
 }

@@ -91,8 +91,9 @@ func (r *Reconciler) runtime(e *entry) present.Runtime {
 }
 
 // inPlace reports whether e needs no look until the next resync: a pull of
-// it is under way, the runtime cannot make it what it asks, or it was found fully in place recently, its spec is the
-// same, and no runtime event touched any of its references since.
+// it is under way, the runtime cannot make it what it asks, or it was found
+// fully in place recently, its spec is the same, and no runtime event
+// touched any of its references since.
 func (r *Reconciler) inPlace(e *entry, st *imageState, now time.Time, dirty map[string]bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()

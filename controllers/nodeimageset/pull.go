@@ -155,9 +155,9 @@ func (r *Reconciler) pullVerified(ctx context.Context, e *entry, auth *cri.Auth)
 	}
 	digestRef := ref.Repo + "@" + digest
 	sigs, err := reader.Signatures(ctx, digestRef, auth)
-	res := verify.Check(sigs, digest, v.Keys)
-	if err != nil {
-		res = verify.Result{Reason: verify.ReasonUnavailable, Message: "the signatures could not be read: " + err.Error()}
+	res := verify.Result{Reason: verify.ReasonUnavailable, Message: fmt.Sprintf("the signatures could not be read: %v", err)}
+	if err == nil {
+		res = verify.Check(sigs, digest, v.Keys)
 	}
 	st := r.state(e.Image)
 	r.mu.Lock()

@@ -180,7 +180,7 @@ func imageNamed(images []prepullv1.ImageResolution, image string) *prepullv1.Ima
 // image's digest verified: False names the first that did not; Unknown
 // while some image has no digest to check yet, and for a list whose images
 // come from an archive or whose tags a node resolves: the nodes verify them.
-func verifiedCondition(gen int64, images []prepullv1.ImageResolution, archive bool) metav1.Condition {
+func verifiedCondition(gen int64, images []prepullv1.ImageResolution, onNodes bool) metav1.Condition {
 	c := metav1.Condition{Type: prepullv1.ConditionVerified, ObservedGeneration: gen}
 	checked := 0
 	for _, img := range images {
@@ -195,7 +195,7 @@ func verifiedCondition(gen int64, images []prepullv1.ImageResolution, archive bo
 			return c
 		}
 	}
-	if archive {
+	if onNodes {
 		c.Status, c.Reason = metav1.ConditionUnknown, prepullv1.ReasonVerifiedOnNodes
 		c.Message = "images from an archive, and tags resolved on a node, are verified on the node (from the signatures in the bundle, or at the registry by the node that resolves the tag) before they are imported or pulled: a node where one does not verify reports it Failed (Enforce), or says so in its status (Audit)"
 		return c
