@@ -40,22 +40,10 @@ func TestAgentImportsFromArchives(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(archive), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := bundle.Write(ctx, archive, []string{app.Tag, db.Digest, probe.Tag, multi.Tag, spare.Tag}, bundle.Options{}); err != nil {
-		t.Fatalf("bundle: %v", err)
-	}
-	sum, err := bundle.SumFile(archive)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sum := writeBundle(t, archive, bundle.Options{}, app.Tag, db.Digest, probe.Tag, multi.Tag, spare.Tag)
 	squeezed := reg.MustPushRandom(t, "air/squeezed:v1", 64<<10, 2)
 	zstdArchive := filepath.Join(dir, "site", "bundle.zst")
-	if _, err := bundle.Write(ctx, zstdArchive, []string{squeezed.Tag}, bundle.Options{Compress: "zstd"}); err != nil {
-		t.Fatalf("zstd bundle: %v", err)
-	}
-	zstdSum, err := bundle.SumFile(zstdArchive)
-	if err != nil {
-		t.Fatal(err)
-	}
+	zstdSum := writeBundle(t, zstdArchive, bundle.Options{Compress: "zstd"}, squeezed.Tag)
 	reg.Stop()
 
 	onDisk := &prepullv1.ArchiveSource{Path: "site/bundle.tar", SHA256: sum}
@@ -203,13 +191,7 @@ func TestAgentVerifiesArchivesOnTheNode(t *testing.T) {
 	audited := reg.MustPushRandom(t, "vair/audited:v1", 64<<10, 1)
 	dir := t.TempDir()
 	archive := filepath.Join(dir, "bundle.tar")
-	if _, err := bundle.Write(ctx, archive, []string{signed.Tag, late.Tag, unsigned.Tag, audited.Tag}, bundle.Options{}); err != nil {
-		t.Fatalf("bundle: %v", err)
-	}
-	sum, err := bundle.SumFile(archive)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sum := writeBundle(t, archive, bundle.Options{}, signed.Tag, late.Tag, unsigned.Tag, audited.Tag)
 	reg.Stop()
 
 	src := &prepullv1.ArchiveSource{Path: "bundle.tar", SHA256: sum}
@@ -286,4 +268,17 @@ func TestAgentVerifiesArchivesOnTheNode(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// writeBundle writes a bundle of images to path and returns its SHA-256.
+func writeBundle(t *testing.T, path string, opts bundle.Options, images ...string) string {
+	t.Helper()
+	if _, err := bundle.Write(ctx, path, images, opts); err != nil {
+		t.Fatalf("bundle %s: %v", path, err)
+	}
+	sum, err := bundle.SumFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum
 }
