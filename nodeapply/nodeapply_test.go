@@ -20,6 +20,7 @@ import (
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/e2e/testground"
 	"prepull.io/prepull/nodeapply"
 	"prepull.io/prepull/verify"
@@ -36,10 +37,7 @@ func list(name string, retain prepullv1.RetainPolicy, images ...string) prepullv
 
 func TestApplyOnContainerd(t *testing.T) {
 	ctx := context.Background()
-	ctd := testground.StartContainerd(t)
-	reg := testground.StartRegistry(t)
-	ctd.TrustRegistry(reg)
-	images, store := ctd.Clients(t)
+	reg, images, store := onContainerd(t)
 	opts := nodeapply.Options{Images: images, Store: store, PullTimeout: time.Minute, ArchiveDir: t.TempDir()}
 
 	byResult := func(results []nodeapply.Result) map[string]nodeapply.Result {
@@ -204,10 +202,7 @@ func TestApplyOnContainerd(t *testing.T) {
 // from the bundle alone, the registry stopped.
 func TestApplyVerifiesFromTheBundle(t *testing.T) {
 	ctx := context.Background()
-	ctd := testground.StartContainerd(t)
-	reg := testground.StartRegistry(t)
-	ctd.TrustRegistry(reg)
-	images, store := ctd.Clients(t)
+	reg, images, store := onContainerd(t)
 	ours, stranger := testground.NewSigningKey(t, false), testground.NewSigningKey(t, true)
 	key := ours.Key(t, "ours.pub")
 	signed := reg.MustPushSigned(t, "air/signed:v1", 64<<10, ours, false)
@@ -316,6 +311,15 @@ func flipInMember(t *testing.T, path, name string) {
 		}
 		return
 	}
+}
+
+// onContainerd starts a containerd and a registry it trusts, for the test.
+func onContainerd(t *testing.T) (*testground.Registry, *cri.Remote, *containerd.Store) {
+	ctd := testground.StartContainerd(t)
+	reg := testground.StartRegistry(t)
+	ctd.TrustRegistry(reg)
+	images, store := ctd.Clients(t)
+	return reg, images, store
 }
 
 func cut(ref string) (string, string) {
