@@ -14,6 +14,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/imageplan"
 )
 
 // TestTwoListsNamingOneTagRunOneDigest: a list names a tag and is Ready;
@@ -45,6 +46,9 @@ func TestTwoListsNamingOneTagRunOneDigest(t *testing.T) {
 	}
 	set := &prepullv1.NodeImageSet{}
 	if err := cl.Get(ctx, client.ObjectKey{Name: c.NodeName}, set); err != nil {
+		t.Fatal(err)
+	}
+	if err := imageplan.Expand(ctx, cl, set); err != nil {
 		t.Fatal(err)
 	}
 	claims := 0

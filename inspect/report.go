@@ -18,6 +18,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodegate"
+	"prepull.io/prepull/imageplan"
 	"prepull.io/prepull/imageref"
 )
 
@@ -206,6 +207,9 @@ func Node(ctx context.Context, c client.Reader, name, taint string) (*NodeReport
 	s := &prepullv1.NodeImageSet{}
 	if err := c.Get(ctx, client.ObjectKey{Name: name}, s); client.IgnoreNotFound(err) != nil {
 		return nil, fmt.Errorf("NodeImageSet %s: %w", name, err)
+	}
+	if err := imageplan.Expand(ctx, c, s); err != nil {
+		return nil, err
 	}
 	r.Runtime, r.ImageFilesystem = s.Status.Runtime, s.Status.ImageFilesystem
 	r.Reported = s.Status.ObservedGeneration > 0 || len(s.Status.Images) > 0

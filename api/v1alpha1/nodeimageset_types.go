@@ -54,7 +54,16 @@ type NodeImage struct {
 
 // NodeImageSetSpec is what the node must hold, composed by the controller.
 type NodeImageSetSpec struct {
-	// images are the images the node must hold.
+	// plan names the ImagePlan that holds the images the node must hold,
+	// shared with every node handed the same images. The controller hands
+	// nodes their images this way.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^plan-[0-9a-f]{32}$`
+	Plan string `json:"plan,omitempty"`
+	// images are images the node must hold beside its plan's; an entry
+	// takes the place of the plan's entry of the same image. The
+	// controller writes none; they are for a NodeImageSet written by hand.
 	// +optional
 	// +listType=map
 	// +listMapKey=image
@@ -211,6 +220,7 @@ type RuntimeCheck struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,shortName=nis,categories=prepull
+// +kubebuilder:printcolumn:name="Plan",type=string,JSONPath=`.spec.plan`
 // +kubebuilder:printcolumn:name="Runtime",type=string,JSONPath=`.status.runtime`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type NodeImageSet struct {

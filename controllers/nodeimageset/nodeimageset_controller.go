@@ -24,6 +24,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageplan"
 )
 
 // Defaults of the Reconciler's tunables, which are the agent's flags'.
@@ -103,10 +104,13 @@ type Reconciler struct {
 	archiveWants map[string][]archiveWant
 	archiveLocks map[string]*sync.Mutex
 	loaded       map[string]map[string]bool
+	// plans reads the ImagePlan the NodeImageSet names.
+	plans *imageplan.Reader
 }
 
 // +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets,verbs=get;list;watch
 // +kubebuilder:rbac:groups=prepull.io,resources=prepulllists,verbs=get;list;watch
+// +kubebuilder:rbac:groups=prepull.io,resources=imageplans,verbs=get
 // +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",namespace=prepull-system,resources=secrets,verbs=get
 
@@ -120,6 +124,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		if apierrors.IsNotFound(err) {
 			return ctrl.Result{}, nil
 		}
+		return ctrl.Result{}, err
+	}
+	if err := r.plans.Expand(ctx, set); err != nil {
 		return ctrl.Result{}, err
 	}
 	now := r.Clock.Now()
@@ -278,4 +285,11 @@ func (r *Reconciler) setDefaults() {
 	r.sizing = make(chan struct{}, r.MaxConcurrentPulls)
 	r.wake = make(chan event.GenericEvent, 1)
 	r.baseCtx = context.Background()
+	// Plans never change: they are read by name, once, not watched; the
+	// one in use and the one before it are kept.
+	reader := r.APIReader
+	if reader == nil {
+		reader = r.Client
+	}
+	r.plans = imageplan.NewReader(reader, 2)
 }

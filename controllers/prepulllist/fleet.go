@@ -42,6 +42,8 @@ const (
 	flushQuiet   = 20 * time.Millisecond
 	flushMax     = 2 * time.Second
 	flushWorkers = 16
+	// planGrace is how long an ImagePlan no node names is kept.
+	planGrace = time.Minute
 )
 
 // report is what the controller needs of one image's status on one node.
@@ -80,8 +82,13 @@ type fleet struct {
 	status map[string]reports
 	// view is status as of the last statusBatch: the lists reconciled
 	// together decide from one view, so they hand the same nodes at once.
-	view    map[string]reports
-	exists  map[string]bool
+	view   map[string]reports
+	exists map[string]bool
+	// planOf is the plan each node's NodeImageSet names, as last written;
+	// plans are the ImagePlans that exist, with when a node last named
+	// each (or when it was made).
+	planOf  map[string]string
+	plans   map[string]time.Time
 	loaded  bool
 	dirty   map[string]bool
 	writing int
@@ -96,36 +103,65 @@ func newFleet(c clock.PassiveClock) *fleet {
 	return &fleet{
 		specs: map[string]*prepullv1.NodeImageSetSpec{}, status: map[string]reports{},
 		exists: map[string]bool{}, dirty: map[string]bool{}, clock: c,
+		planOf: map[string]string{}, plans: map[string]time.Time{},
 	}
 }
 
-// load reads every NodeImageSet's spec from the API once, after a start or
-// a change of leader: the cache holds no specs. It pages through them.
+// load reads every NodeImageSet's spec, and the plans they name, from the
+// API once, after a start or a change of leader: the cache holds no specs.
+// It pages through them.
 func (f *fleet) load(ctx context.Context, r client.Reader) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.loaded {
 		return nil
 	}
-	cont := ""
-	for {
-		var page prepullv1.NodeImageSetList
-		if err := r.List(ctx, &page, client.Limit(500), client.Continue(cont)); err != nil {
-			return fmt.Errorf("read node image sets: %w", err)
+	plans := map[string]*prepullv1.ImagePlan{}
+	now := f.clock.Now()
+	if err := pages(ctx, r, func() *prepullv1.ImagePlanList { return &prepullv1.ImagePlanList{} }, func(l *prepullv1.ImagePlanList) {
+		for i := range l.Items {
+			plans[l.Items[i].Name] = &l.Items[i]
+			f.plans[l.Items[i].Name] = now
 		}
-		for i := range page.Items {
-			s := &page.Items[i]
-			spec := s.Spec
-			internSpec(&spec)
-			f.specs[s.Name] = &spec
+	}); err != nil {
+		return fmt.Errorf("read image plans: %w", err)
+	}
+	err := pages(ctx, r, func() *prepullv1.NodeImageSetList { return &prepullv1.NodeImageSetList{} }, func(l *prepullv1.NodeImageSetList) {
+		for i := range l.Items {
+			s := &l.Items[i]
+			// A copy of its own: reconciles change a node's spec in place.
+			spec := (&prepullv1.NodeImageSetSpec{Images: s.Spec.Planned(plans[s.Spec.Plan])}).DeepCopy()
+			if s.Spec.Plan != "" && plans[s.Spec.Plan] == nil {
+				// The plan is gone: the node's spec is written again.
+				f.markDirty(s.Name)
+			}
+			internSpec(spec)
+			f.specs[s.Name] = spec
 			f.exists[s.Name] = true
+			f.planOf[s.Name] = s.Spec.Plan
 		}
-		if cont = page.Continue; cont == "" {
-			break
-		}
+	})
+	if err != nil {
+		return fmt.Errorf("read node image sets: %w", err)
 	}
 	f.loaded = true
 	return nil
+}
+
+// pages lists every object of a kind, 500 at a time, into a new list
+// each time, and hands each page to each.
+func pages[L client.ObjectList](ctx context.Context, r client.Reader, newList func() L, each func(L)) error {
+	cont := ""
+	for {
+		list := newList()
+		if err := r.List(ctx, list, client.Limit(500), client.Continue(cont)); err != nil {
+			return err
+		}
+		each(list)
+		if cont = list.GetContinue(); cont == "" {
+			return nil
+		}
+	}
 }
 
 // snapshot makes what agents reported so far the view reconciles read.
@@ -183,6 +219,7 @@ func (f *fleet) forget(node string) {
 	delete(f.view, node)
 	delete(f.exists, node)
 	delete(f.dirty, node)
+	delete(f.planOf, node)
 }
 
 // owners are the lists that own an entry on node.
@@ -239,23 +276,63 @@ func (f *fleet) flush(ctx context.Context, c client.Client, nodeUID func(string)
 	return nil
 }
 
-// flushOnce writes the dirty nodes' specs, when take says it is time.
+// flushOnce writes the dirty nodes' specs, when take says it is time:
+// first the plans they name that do not exist yet, then each node's
+// NodeImageSet, which names its plan.
 func (f *fleet) flushOnce(ctx context.Context, c client.Client, nodeUID func(string) (types.UID, bool)) {
 	batch := f.take()
 	if len(batch) == 0 {
 		return
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(flushWorkers)
+	named := make(map[string]string, len(batch))
+	newPlans := map[string][]prepullv1.NodeImage{}
+	f.mu.Lock()
+	for node, spec := range batch {
+		if len(spec.Images) == 0 {
+			named[node] = ""
+			continue
+		}
+		name := prepullv1.ImagePlanName(spec.Images)
+		named[node] = name
+		if _, ok := f.plans[name]; !ok {
+			newPlans[name] = spec.Images
+		}
+	}
+	f.mu.Unlock()
 	var mu sync.Mutex
 	var failed []string
-	for name, spec := range batch {
+	fail := func(node string, err error) {
+		ctrl.LoggerFrom(ctx).Info("Write of a node image set failed; retrying", "node", node, "error", err.Error())
+		mu.Lock()
+		failed = append(failed, node)
+		mu.Unlock()
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(flushWorkers)
+	planErrs := map[string]error{}
+	for name, images := range newPlans {
 		g.Go(func() error {
-			if err := f.write(gctx, c, name, spec, nodeUID); err != nil {
-				ctrl.LoggerFrom(ctx).Info("Write of a node image set failed; retrying", "node", name, "error", err.Error())
+			if err := f.makePlan(gctx, c, name, images); err != nil {
 				mu.Lock()
-				failed = append(failed, name)
+				planErrs[name] = err
 				mu.Unlock()
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	for node, name := range named {
+		if err, ok := planErrs[name]; ok {
+			fail(node, err)
+			delete(batch, node)
+		}
+	}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(flushWorkers)
+	for node, spec := range batch {
+		g.Go(func() error {
+			if err := f.write(gctx, c, node, named[node], spec, nodeUID); err != nil {
+				fail(node, err)
 			}
 			return nil
 		})
@@ -271,9 +348,25 @@ func (f *fleet) flushOnce(ctx context.Context, c client.Client, nodeUID func(str
 	f.mu.Unlock()
 }
 
-// write makes node's NodeImageSet spec be spec: a merge patch that replaces
-// the whole spec (the controller is its only writer), or a create.
-func (f *fleet) write(ctx context.Context, c client.Client, node string, spec *prepullv1.NodeImageSetSpec, nodeUID func(string) (types.UID, bool)) error {
+// makePlan creates the plan name of images, unless it exists.
+func (f *fleet) makePlan(ctx context.Context, c client.Client, name string, images []prepullv1.NodeImage) error {
+	plan := &prepullv1.ImagePlan{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       prepullv1.ImagePlanSpec{Count: int32(len(images)), Images: images},
+	}
+	if err := c.Create(ctx, plan); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create image plan %s: %w", name, err)
+	}
+	f.mu.Lock()
+	f.plans[name] = f.clock.Now()
+	f.mu.Unlock()
+	return nil
+}
+
+// write makes node's NodeImageSet name plan (the plan of spec; "" for no
+// images): a merge patch of the whole spec (the controller is its only
+// writer), or a create.
+func (f *fleet) write(ctx context.Context, c client.Client, node, plan string, spec *prepullv1.NodeImageSetSpec, nodeUID func(string) (types.UID, bool)) error {
 	f.mu.Lock()
 	exists := f.exists[node]
 	f.mu.Unlock()
@@ -290,17 +383,25 @@ func (f *fleet) write(ctx context.Context, c client.Client, node string, spec *p
 				Name:            node,
 				OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node, UID: uid}},
 			},
-			Spec: *spec,
+			Spec: prepullv1.NodeImageSetSpec{Plan: plan},
 		}
 		err := c.Create(ctx, set)
-		if err == nil || apierrors.IsAlreadyExists(err) {
-			f.setExists(node)
+		if err == nil {
+			f.written(node, plan)
+			return nil
 		}
 		if !apierrors.IsAlreadyExists(err) {
 			return err
 		}
+		f.setExists(node)
 	}
-	body, err := json.Marshal(map[string]any{"spec": spec})
+	// images: null drops entries written by hand or by an older
+	// controller; plan: null (when there is none) drops the plan.
+	var planField any
+	if plan != "" {
+		planField = plan
+	}
+	body, err := json.Marshal(map[string]any{"spec": map[string]any{"plan": planField, "images": nil}})
 	if err != nil {
 		return err
 	}
@@ -312,7 +413,59 @@ func (f *fleet) write(ctx context.Context, c client.Client, node string, spec *p
 		f.mu.Unlock()
 		return errors.New("node image set is gone; creating it again")
 	}
+	if err == nil {
+		f.written(node, plan)
+	}
 	return err
+}
+
+// written records that node's NodeImageSet names plan.
+func (f *fleet) written(node, plan string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.exists[node] = true
+	f.planOf[node] = plan
+}
+
+// sweep deletes the plans no NodeImageSet has named for planGrace, every
+// planGrace until ctx ends. An agent reads its plan once its NodeImageSet
+// names it, so a plan outlives the last node moved off it by that long.
+func (f *fleet) sweep(ctx context.Context, c client.Client) {
+	wait.UntilWithContext(ctx, func(ctx context.Context) {
+		for _, name := range f.unused() {
+			err := c.Delete(ctx, &prepullv1.ImagePlan{ObjectMeta: metav1.ObjectMeta{Name: name}})
+			if client.IgnoreNotFound(err) != nil {
+				ctrl.LoggerFrom(ctx).Info("Delete of an unused image plan failed", "plan", name, "error", err.Error())
+				continue
+			}
+			f.mu.Lock()
+			delete(f.plans, name)
+			f.mu.Unlock()
+		}
+	}, planGrace)
+}
+
+// unused are the plans no node has named for planGrace. A write under way
+// may name any plan: none is unused then.
+func (f *fleet) unused() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := f.clock.Now()
+	for _, name := range f.planOf {
+		if name != "" {
+			f.plans[name] = now
+		}
+	}
+	if !f.loaded || f.writing > 0 || len(f.dirty) > 0 {
+		return nil
+	}
+	var out []string
+	for name, seen := range f.plans {
+		if now.Sub(seen) >= planGrace {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func (f *fleet) setExists(node string) {

@@ -96,6 +96,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=prepull.io,resources=prepulllists/finalizers,verbs=update
 // +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=prepull.io,resources=tagresolutions,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=prepull.io,resources=imageplans,verbs=get;list;create;delete
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",namespace=prepull-system,resources=secrets,verbs=get;list;watch;create;update;patch;delete
@@ -784,6 +785,12 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.wake = make(chan event.GenericEvent, 1024)
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		return r.fleet.flush(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("fleet")), r.Client, r.nodeUID)
+	})); err != nil {
+		return err
+	}
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		r.fleet.sweep(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("fleet")), r.Client)
+		return nil
 	})); err != nil {
 		return err
 	}

@@ -31,6 +31,7 @@ import (
 	"prepull.io/prepull/controllers/nodegate"
 	"prepull.io/prepull/controllers/prepulllist"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/imageplan"
 	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/pullsecret"
 	"prepull.io/prepull/verify"
@@ -229,10 +230,13 @@ func (e *env) getList(t *testing.T, l *prepullv1.PrePullList) *prepullv1.PrePull
 	return got
 }
 
+// nodeSet is node name's NodeImageSet, its plan's images in spec.images.
 func (e *env) nodeSet(name string) (*prepullv1.NodeImageSet, error) {
 	set := &prepullv1.NodeImageSet{}
-	err := e.c.Get(ctx, client.ObjectKey{Name: name}, set)
-	return set, err
+	if err := e.c.Get(ctx, client.ObjectKey{Name: name}, set); err != nil {
+		return set, err
+	}
+	return set, imageplan.Expand(ctx, e.c, set)
 }
 
 // entry returns the entry image of node's NodeImageSet, or nil.

@@ -31,6 +31,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/imageplan"
 )
 
 var (
@@ -188,6 +189,16 @@ func BenchmarkControllerRollout(b *testing.B) {
 	one.ManagedFields = nil
 	setBytes, _ := json.Marshal(one)
 	specBytes, _ := json.Marshal(one.Spec)
+	plan := &prepullv1.ImagePlan{}
+	if err := c.Get(ctx, client.ObjectKey{Name: one.Spec.Plan}, plan); err != nil {
+		b.Fatal(err)
+	}
+	plan.ManagedFields = nil
+	planBytes, _ := json.Marshal(plan)
+	plansMade := &prepullv1.ImagePlanList{}
+	if err := c.List(ctx, plansMade); err != nil {
+		b.Fatal(err)
+	}
 	dbSize := etcdDBSize(b, env)
 
 	b.ReportMetric(first.Seconds(), "s-to-ready")
@@ -216,7 +227,8 @@ func BenchmarkControllerRollout(b *testing.B) {
 		fmt.Printf("    signature checks:            %.0f verified (the moved digests); registry requests for signatures: %d\n", v, proxy.signatures.Load()-sig1)
 	}
 	fmt.Printf("    controller API writes:       %.0f (%.2f per node)\n", w2, w2/float64(n))
-	fmt.Printf("  one node's NodeImageSet:       %d bytes (spec %d bytes, %d entries)\n", len(setBytes), len(specBytes), len(one.Spec.Images))
+	fmt.Printf("  one node's NodeImageSet:       %d bytes (spec %d bytes, naming a plan of %d entries)\n", len(setBytes), len(specBytes), len(plan.Spec.Images))
+	fmt.Printf("  its ImagePlan:                 %d bytes, shared; %d plans in the API at the end\n", len(planBytes), len(plansMade.Items))
 	fmt.Printf("  simulated agent writes:        %d\n", agentWrites.Load())
 	fmt.Printf("  controller peak RSS:           %.0f MiB\n", float64(rss)/1024)
 	fmt.Printf("  etcd database size:           %.0f MiB\n", dbSize/(1<<20))
@@ -331,6 +343,8 @@ func simulateAgents(ctx context.Context, b *testing.B, cfg *rest.Config, writes 
 		b.Error(err)
 		return
 	}
+	// Agents read a plan once, by name, as the agent does.
+	plans := imageplan.NewReader(wc, 256)
 	var mu sync.Mutex
 	latest := map[string]*prepullv1.NodeImageSet{}
 	answered := map[string]int64{}
@@ -345,7 +359,11 @@ func simulateAgents(ctx context.Context, b *testing.B, cfg *rest.Config, writes 
 				if s == nil {
 					continue
 				}
-				if err := reportPresent(ctx, wc, s); err != nil && ctx.Err() == nil {
+				err := plans.Expand(ctx, s)
+				if err == nil {
+					err = reportPresent(ctx, wc, s)
+				}
+				if err != nil && ctx.Err() == nil {
 					fmt.Fprintln(os.Stderr, "simulated agent:", err)
 					continue
 				}

@@ -39,6 +39,7 @@ import (
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/e2e/cluster"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/imageplan"
 )
 
 const ns = "multi"
@@ -439,6 +440,9 @@ func TestARemovedNodeHoldsNothingUp(t *testing.T) {
 		for _, n := range nodes[1:] {
 			set := &prepullv1.NodeImageSet{}
 			if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+				continue
+			}
+			if err := imageplan.Expand(ctx, cl, set); err != nil {
 				continue
 			}
 			handed := slices.ContainsFunc(set.Spec.Images, func(e prepullv1.NodeImage) bool { return e.Image == ref })

@@ -1,0 +1,75 @@
+// Package imageplan reads the ImagePlans that NodeImageSets name: the
+// images a NodeImageSet asks for are its plan's and its own spec.images
+// (see prepullv1.NodeImageSetSpec.Planned). Plans never change, so what was
+// read once is kept by name.
+package imageplan
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+)
+
+// Reader reads plans through a client and keeps the last ones it read.
+type Reader struct {
+	r    client.Reader
+	keep int
+
+	mu     sync.Mutex
+	byName map[string]*prepullv1.ImagePlan
+	order  []string
+}
+
+// NewReader reads plans with r and keeps the keep most recently read.
+func NewReader(r client.Reader, keep int) *Reader {
+	return &Reader{r: r, keep: max(keep, 1), byName: map[string]*prepullv1.ImagePlan{}}
+}
+
+// Get is the plan name, read once. The caller does not change it.
+func (p *Reader) Get(ctx context.Context, name string) (*prepullv1.ImagePlan, error) {
+	p.mu.Lock()
+	if plan, ok := p.byName[name]; ok {
+		p.mu.Unlock()
+		return plan, nil
+	}
+	p.mu.Unlock()
+	plan := &prepullv1.ImagePlan{}
+	if err := p.r.Get(ctx, client.ObjectKey{Name: name}, plan); err != nil {
+		return nil, fmt.Errorf("read image plan %s: %w", name, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.byName[name]; !ok {
+		p.byName[name] = plan
+		p.order = append(p.order, name)
+		for len(p.order) > p.keep {
+			delete(p.byName, p.order[0])
+			p.order = p.order[1:]
+		}
+	}
+	return plan, nil
+}
+
+// Expand sets set.Spec.Images to every image set asks for, its plan's
+// included.
+func (p *Reader) Expand(ctx context.Context, set *prepullv1.NodeImageSet) error {
+	if set.Spec.Plan == "" {
+		return nil
+	}
+	plan, err := p.Get(ctx, set.Spec.Plan)
+	if err != nil {
+		return fmt.Errorf("NodeImageSet %s: %w", set.Name, err)
+	}
+	set.Spec.Images = set.Spec.Planned(plan.DeepCopy())
+	return nil
+}
+
+// Expand sets set.Spec.Images to every image set asks for, reading its
+// plan with r: for one-off readers (kubectl prepull, tests).
+func Expand(ctx context.Context, r client.Reader, set *prepullv1.NodeImageSet) error {
+	return NewReader(r, 1).Expand(ctx, set)
+}
