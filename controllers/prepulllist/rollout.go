@@ -147,15 +147,7 @@ func (p *plan) run(nodes []*node) outcome {
 	resolved := p.resolvedTargets()
 	shares := p.shares(nodes, resolved)
 
-	// Nodes that hold the current digests but have not settled use up the
-	// rollout's budget; the others wait their turn in name order.
-	inFlight := 0
-	for i, n := range nodes {
-		mine := shares[i].targets
-		if n.selected && !p.deleting && !(p.gate != nil && n.tainted) && p.handed(n, mine) && !p.settled(n, mine) {
-			inFlight++
-		}
-	}
+	admit := p.turns(nodes, shares)
 	for i, n := range nodes {
 		mine := shares[i].targets
 		switch {
@@ -167,9 +159,8 @@ func (p *plan) run(nodes []*node) outcome {
 			// A node held by the gate runs nothing yet: it takes no turn,
 			// so that a pool scaling up many nodes warms them together.
 			p.hand(n, mine)
-		case inFlight < p.maxConcurrent:
+		case admit[i]:
 			p.hand(n, mine)
-			inFlight++
 		}
 		if n.selected && !p.deleting && n.name == p.probeNode {
 			p.handProbes(n)
@@ -181,6 +172,73 @@ func (p *plan) run(nodes []*node) outcome {
 		}
 	}
 	return out
+}
+
+// turns are the nodes (by index) that get the list's current digests now.
+// Nodes that hold them but have not settled use up the rollout's budget;
+// the others wait their turn. Those that other lists are rolling out to
+// right now go first, then the rest in name order, so that lists selecting
+// the same nodes hand them their images together: one spec write and one
+// round of pulls per node, not one per list.
+func (p *plan) turns(nodes []*node, shares []share) map[int]bool {
+	if p.deleting {
+		return nil
+	}
+	inFlight := 0
+	var waiting []int
+	for i, n := range nodes {
+		if !n.selected || (p.gate != nil && n.tainted) {
+			continue
+		}
+		switch mine := shares[i].targets; {
+		case !p.handed(n, mine):
+			waiting = append(waiting, i)
+		case !p.settled(n, mine):
+			inFlight++
+		}
+	}
+	free := min(p.maxConcurrent-inFlight, len(waiting))
+	if free <= 0 {
+		return nil
+	}
+	if free < len(waiting) {
+		busy := make(map[int]bool, len(waiting))
+		for _, i := range waiting {
+			busy[i] = p.othersPulling(nodes[i])
+		}
+		slices.SortStableFunc(waiting, func(a, b int) int {
+			switch {
+			case busy[a] == busy[b]:
+				return 0
+			case busy[a]:
+				return -1
+			}
+			return 1
+		})
+	}
+	admit := make(map[int]bool, free)
+	for _, i := range waiting[:free] {
+		admit[i] = true
+	}
+	return admit
+}
+
+// othersPulling reports whether another list's entry on n, not released,
+// is not Present or Failed yet: n is in another list's rollout.
+func (p *plan) othersPulling(n *node) bool {
+	for i := range n.spec.Images {
+		e := &n.spec.Images[i]
+		for _, o := range e.Owners {
+			if o.List == p.owner.List || o.Releasing {
+				continue
+			}
+			if st := n.status.find(e.Image); st == nil || (st.phase != prepullv1.PhasePresent && st.phase != prepullv1.PhaseFailed) {
+				return true
+			}
+			break
+		}
+	}
+	return false
 }
 
 func (p *plan) resolvedTargets() []target {
