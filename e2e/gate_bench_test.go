@@ -15,6 +15,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/e2e/cluster"
+	"prepull.io/prepull/imageplan"
 )
 
 // join is what one node joining afresh showed, measured from the moment its
@@ -112,6 +113,9 @@ func joinOnce(b *testing.B, name, image, digest string, gate bool) join {
 func presentInStatus(digest string) bool {
 	set := &prepullv1.NodeImageSet{}
 	if err := cl.Get(ctx, client.ObjectKey{Name: c.NodeName}, set); err != nil {
+		return false
+	}
+	if err := imageplan.Expand(ctx, cl, set); err != nil {
 		return false
 	}
 	return slices.ContainsFunc(set.Status.Images, func(st prepullv1.NodeImageStatus) bool {

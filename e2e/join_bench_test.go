@@ -15,6 +15,7 @@ import (
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/e2e/cluster"
+	"prepull.io/prepull/imageplan"
 )
 
 // linkBits is linkRate in bits per second.
@@ -97,8 +98,13 @@ func joinNode(b *testing.B, tag string, l *prepullv1.PrePullList, runtime func(c
 	var listBytes int64
 	for {
 		set := &prepullv1.NodeImageSet{}
-		if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err == nil && len(set.Status.Images) == len(l.Spec.Images) {
-			present, total := 0, int64(0)
+		err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set)
+		if err == nil {
+			err = imageplan.Expand(ctx, cl, set)
+		}
+		if err == nil && len(set.Status.Images) == len(l.Spec.Images) {
+			// What the plan's images took is counted, not listed.
+			present, total := 0, set.Status.PlanBytes
 			for _, st := range set.Status.Images {
 				if st.Phase == prepullv1.PhasePresent {
 					present++

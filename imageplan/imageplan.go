@@ -7,7 +7,11 @@ package imageplan
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -54,9 +58,9 @@ func (p *Reader) Get(ctx context.Context, name string) (*prepullv1.ImagePlan, er
 	return plan, nil
 }
 
-// Expand sets set.Spec.Images to every image set asks for, its plan's
-// included.
-func (p *Reader) Expand(ctx context.Context, set *prepullv1.NodeImageSet) error {
+// Spec sets set.Spec.Images to every image set asks for, its plan's
+// included. This is what the agent reads.
+func (p *Reader) Spec(ctx context.Context, set *prepullv1.NodeImageSet) error {
 	if set.Spec.Plan == "" {
 		return nil
 	}
@@ -68,8 +72,41 @@ func (p *Reader) Expand(ctx context.Context, set *prepullv1.NodeImageSet) error 
 	return nil
 }
 
-// Expand sets set.Spec.Images to every image set asks for, reading its
-// plan with r: for one-off readers (kubectl prepull, tests).
+// Expand does what Spec does, and sets set.Status.Images to a report of
+// every image the status covers: those of its plan that the agent left out,
+// as present as asked, included. This is what readers of a node's state
+// read.
+func (p *Reader) Expand(ctx context.Context, set *prepullv1.NodeImageSet) error {
+	if err := p.Spec(ctx, set); err != nil {
+		return err
+	}
+	if set.Status.Plan == "" {
+		return nil
+	}
+	plan, err := p.Get(ctx, set.Status.Plan)
+	if apierrors.IsNotFound(err) {
+		// The plan is gone, which happens only once no node names it: the
+		// agent reports against its new plan soon.
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("status of NodeImageSet %s: %w", set.Name, err)
+	}
+	listed := make(map[string]bool, len(set.Status.Images))
+	for _, st := range set.Status.Images {
+		listed[st.Image] = true
+	}
+	for i := range plan.Spec.Images {
+		if e := &plan.Spec.Images[i]; !listed[e.Image] {
+			set.Status.Images = append(set.Status.Images, e.PresentAsAsked())
+		}
+	}
+	slices.SortFunc(set.Status.Images, func(a, b prepullv1.NodeImageStatus) int { return strings.Compare(a.Image, b.Image) })
+	return nil
+}
+
+// Expand does what Reader.Expand does, reading plans with r: for one-off
+// readers (kubectl prepull, tests).
 func Expand(ctx context.Context, r client.Reader, set *prepullv1.NodeImageSet) error {
-	return NewReader(r, 1).Expand(ctx, set)
+	return NewReader(r, 2).Expand(ctx, set)
 }

@@ -71,10 +71,10 @@ func ImagePlanName(images []NodeImage) string {
 }
 
 // Planned is the images a NodeImageSet asks for: those of its plan (which
-// the caller read, nil when spec.plan is empty) and those of spec.images,
+// the caller read; none when spec.plan is empty) and those of spec.images,
 // which take the place of a plan entry of the same image. Sorted by image.
 func (s *NodeImageSetSpec) Planned(plan *ImagePlan) []NodeImage {
-	if plan == nil || len(plan.Spec.Images) == 0 {
+	if s.Plan == "" || plan == nil || len(plan.Spec.Images) == 0 {
 		return s.Images
 	}
 	if len(s.Images) == 0 {
@@ -92,6 +92,32 @@ func (s *NodeImageSetSpec) Planned(plan *ImagePlan) []NodeImage {
 	}
 	out = append(out, s.Images...)
 	sortImages(out)
+	return out
+}
+
+// PresentAsAsked is the report an agent leaves out of a NodeImageSet's
+// status for e, an image of the status's plan: Present at its digest,
+// pinned by its owners that are not releasing.
+func (e *NodeImage) PresentAsAsked() NodeImageStatus {
+	owners := e.ActiveOwners()
+	slices.Sort(owners)
+	_, digest, _ := strings.Cut(e.Image, "@")
+	return NodeImageStatus{Image: e.Image, Phase: PhasePresent, Digest: digest, Pinned: len(owners) > 0, PinOwners: owners}
+}
+
+// IsPresentAsAsked says whether st, the report of e, says nothing that
+// PresentAsAsked does not: it may be left out of a status whose plan holds
+// e. Progress, attempts and times are not told apart.
+func (e *NodeImage) IsPresentAsAsked(st *NodeImageStatus) bool {
+	want := e.PresentAsAsked()
+	return st.Phase == PhasePresent && want.Digest != "" && st.Digest == want.Digest && st.Pinned == want.Pinned && want.Pinned &&
+		slices.Equal(sortedCopy(st.PinOwners), want.PinOwners) && st.Reason == "" && st.LastError == "" &&
+		st.ImportedFrom == "" && st.Signature == nil
+}
+
+func sortedCopy(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
 	return out
 }
 

@@ -159,12 +159,28 @@ type NodeImageSetStatus struct {
 	// observedGeneration is the spec generation the agent last acted on.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
-	// images is the agent's report per spec image.
+	// images is the agent's report per spec image, but for the images of
+	// plan that are present as asked (see plan).
 	// +optional
 	// +listType=map
 	// +listMapKey=image
 	// +kubebuilder:validation:MaxItems=4096
 	Images []NodeImageStatus `json:"images,omitempty"`
+	// plan is the ImagePlan the spec named when the agent acted on it. An
+	// image of that plan which images does not list is present as asked:
+	// Present at its digest, pinned by exactly the plan entry's owners
+	// that are not releasing, with no failure, signature report or archive
+	// to tell. Only what differs is listed, so that a node holding what it
+	// was handed reports it in a few bytes, however many images it holds.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	Plan string `json:"plan,omitempty"`
+	// planPresent counts the images of plan reported present that way, and
+	// planBytes is what they took to pull or import.
+	// +optional
+	PlanPresent int32 `json:"planPresent,omitempty"`
+	// +optional
+	PlanBytes int64 `json:"planBytes,omitempty"`
 	// imageFilesystem is the usage of the node's image filesystem.
 	// +optional
 	ImageFilesystem *ImageFilesystem `json:"imageFilesystem,omitempty"`

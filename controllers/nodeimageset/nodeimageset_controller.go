@@ -126,7 +126,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, err
 	}
-	if err := r.plans.Expand(ctx, set); err != nil {
+	inline := make(map[string]bool, len(set.Spec.Images))
+	for _, e := range set.Spec.Images {
+		inline[e.Image] = true
+	}
+	if err := r.plans.Spec(ctx, set); err != nil {
 		return ctrl.Result{}, err
 	}
 	now := r.Clock.Now()
@@ -152,7 +156,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	r.forgetOthers(set)
 	r.collectStrayPins(ctx, set, now)
-	return r.report(ctx, set, now, r.requeueAfter(now, soon))
+	return r.report(ctx, set, inline, now, r.requeueAfter(now, soon))
 }
 
 // requeueAfter is when Reconcile should look again: at the next resync;
@@ -175,8 +179,8 @@ func (r *Reconciler) requeueAfter(now time.Time, soon bool) time.Duration {
 // image Present, Failed or Released, where it was not — which goes at once:
 // it is what the controller's pacing and the node gate wait for, and it
 // comes once per rollout.
-func (r *Reconciler) report(ctx context.Context, set *prepullv1.NodeImageSet, now time.Time, requeue time.Duration) (ctrl.Result, error) {
-	status := r.buildStatus(set)
+func (r *Reconciler) report(ctx context.Context, set *prepullv1.NodeImageSet, inline map[string]bool, now time.Time, requeue time.Duration) (ctrl.Result, error) {
+	status := r.buildStatus(set, inline)
 	if equality.Semantic.DeepEqual(set.Status, status) {
 		return ctrl.Result{RequeueAfter: requeue}, nil
 	}

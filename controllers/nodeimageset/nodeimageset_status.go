@@ -16,8 +16,10 @@ import (
 	"prepull.io/prepull/cri"
 )
 
-// buildStatus is the status the agent reports for set.
-func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImageSetStatus {
+// buildStatus is the status the agent reports for set, whose spec.images
+// holds its plan's images and those named inline. An image of the plan
+// that is present as asked is counted, not listed.
+func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]bool) prepullv1.NodeImageSetStatus {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := prepullv1.NodeImageSetStatus{
@@ -39,7 +41,7 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImag
 		if !s.pulledAt.IsZero() {
 			pulledAt = &metav1.Time{Time: s.pulledAt}
 		}
-		st.Images = append(st.Images, prepullv1.NodeImageStatus{
+		rep := prepullv1.NodeImageStatus{
 			PulledAt:           pulledAt,
 			ImportedFrom:       s.importedFrom,
 			Image:              e.Image,
@@ -54,7 +56,13 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImag
 			LastError:          s.lastError,
 			LastTransitionTime: &since,
 			Signature:          s.signature.DeepCopy(),
-		})
+		}
+		if set.Spec.Plan != "" && !inline[e.Image] && e.IsPresentAsAsked(&rep) {
+			st.PlanPresent++
+			st.PlanBytes += rep.BytesTotal
+		} else {
+			st.Images = append(st.Images, rep)
+		}
 		if s.phase == prepullv1.PhasePresent {
 			present++
 			if s.pinned {
@@ -62,6 +70,9 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet) prepullv1.NodeImag
 				pinnedBytes += s.bytesTotal
 			}
 		}
+	}
+	if set.Spec.Plan != "" {
+		st.Plan = set.Spec.Plan
 	}
 	imagesGauge.WithLabelValues("present").Set(float64(present))
 	imagesGauge.WithLabelValues("pinned").Set(float64(pinned))

@@ -42,9 +42,12 @@ const (
 	flushQuiet   = 20 * time.Millisecond
 	flushMax     = 2 * time.Second
 	flushWorkers = 16
-	// planGrace is how long an ImagePlan no node names is kept.
-	planGrace = time.Minute
 )
+
+// DefaultPlanGrace is how long an ImagePlan that no NodeImageSet names is
+// kept: an agent reads its plan once its NodeImageSet names it, and a plan
+// nodes moved off may be named again soon (a rollout's next step).
+const DefaultPlanGrace = time.Minute
 
 // report is what the controller needs of one image's status on one node.
 type report struct {
@@ -62,16 +65,44 @@ type reportExtra struct {
 	reason, message string
 }
 
-// reports are one node's reports, sorted by image.
-type reports []report
+// reports are one node's reports: those its status lists, and for the
+// images of the plan its status names that it does not list, present as
+// asked (NodeImageSetStatus.Plan).
+type reports struct {
+	listed []report
+	// plan is the status's plan; planned its images as present as asked,
+	// shared by every node, nil until the fleet knows the plan.
+	plan    string
+	planned []report
+}
 
 // find is the report of ref, or nil.
 func (rs reports) find(ref string) *report {
+	if r := search(rs.listed, ref); r != nil {
+		return r
+	}
+	return search(rs.planned, ref)
+}
+
+// search finds ref in rs, sorted by image.
+func search(rs []report, ref string) *report {
 	i := sort.Search(len(rs), func(i int) bool { return rs[i].image >= ref })
 	if i < len(rs) && rs[i].image == ref {
 		return &rs[i]
 	}
 	return nil
+}
+
+// presentAsAsked are the reports an agent leaves out for the images of
+// plan, sorted by image as the plan is.
+func presentAsAsked(plan []prepullv1.NodeImage) []report {
+	out := make([]report, 0, len(plan))
+	for i := range plan {
+		st := plan[i].PresentAsAsked()
+		out = append(out, report{image: intern(st.Image), phase: internPhase(st.Phase), pinOwners: internOwners(st.PinOwners)})
+	}
+	slices.SortFunc(out, func(a, b report) int { return strings.Compare(a.image, b.image) })
+	return out
 }
 
 // fleet holds every node's spec as the controller wants it, and what the
@@ -87,8 +118,11 @@ type fleet struct {
 	// planOf is the plan each node's NodeImageSet names, as last written;
 	// plans are the ImagePlans that exist, with when a node last named
 	// each (or when it was made).
-	planOf  map[string]string
-	plans   map[string]time.Time
+	planOf map[string]string
+	plans  map[string]time.Time
+	// planned are, by plan, its images as present as asked, for the
+	// statuses that name the plan.
+	planned map[string][]report
 	loaded  bool
 	dirty   map[string]bool
 	writing int
@@ -103,7 +137,7 @@ func newFleet(c clock.PassiveClock) *fleet {
 	return &fleet{
 		specs: map[string]*prepullv1.NodeImageSetSpec{}, status: map[string]reports{},
 		exists: map[string]bool{}, dirty: map[string]bool{}, clock: c,
-		planOf: map[string]string{}, plans: map[string]time.Time{},
+		planOf: map[string]string{}, plans: map[string]time.Time{}, planned: map[string][]report{},
 	}
 }
 
@@ -120,8 +154,10 @@ func (f *fleet) load(ctx context.Context, r client.Reader) error {
 	now := f.clock.Now()
 	if err := pages(ctx, r, func() *prepullv1.ImagePlanList { return &prepullv1.ImagePlanList{} }, func(l *prepullv1.ImagePlanList) {
 		for i := range l.Items {
-			plans[l.Items[i].Name] = &l.Items[i]
-			f.plans[l.Items[i].Name] = now
+			p := &l.Items[i]
+			plans[p.Name] = p
+			f.plans[p.Name] = now
+			f.planned[p.Name] = presentAsAsked(p.Spec.Images)
 		}
 	}); err != nil {
 		return fmt.Errorf("read image plans: %w", err)
@@ -143,6 +179,13 @@ func (f *fleet) load(ctx context.Context, r client.Reader) error {
 	})
 	if err != nil {
 		return fmt.Errorf("read node image sets: %w", err)
+	}
+	// Statuses observed before the plans were known.
+	for node, rs := range f.status {
+		if rs.plan != "" && rs.planned == nil {
+			rs.planned = f.planned[rs.plan]
+			f.status[node] = rs
+		}
 	}
 	f.loaded = true
 	return nil
@@ -357,8 +400,10 @@ func (f *fleet) makePlan(ctx context.Context, c client.Client, name string, imag
 	if err := c.Create(ctx, plan); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create image plan %s: %w", name, err)
 	}
+	planned := presentAsAsked(images)
 	f.mu.Lock()
 	f.plans[name] = f.clock.Now()
+	f.planned[name] = planned
 	f.mu.Unlock()
 	return nil
 }
@@ -427,12 +472,11 @@ func (f *fleet) written(node, plan string) {
 	f.planOf[node] = plan
 }
 
-// sweep deletes the plans no NodeImageSet has named for planGrace, every
-// planGrace until ctx ends. An agent reads its plan once its NodeImageSet
-// names it, so a plan outlives the last node moved off it by that long.
-func (f *fleet) sweep(ctx context.Context, c client.Client) {
+// sweep deletes the plans no NodeImageSet has named for grace, every grace
+// until ctx ends.
+func (f *fleet) sweep(ctx context.Context, c client.Client, grace time.Duration) {
 	wait.UntilWithContext(ctx, func(ctx context.Context) {
-		for _, name := range f.unused() {
+		for _, name := range f.unused(grace) {
 			err := c.Delete(ctx, &prepullv1.ImagePlan{ObjectMeta: metav1.ObjectMeta{Name: name}})
 			if client.IgnoreNotFound(err) != nil {
 				ctrl.LoggerFrom(ctx).Info("Delete of an unused image plan failed", "plan", name, "error", err.Error())
@@ -440,14 +484,15 @@ func (f *fleet) sweep(ctx context.Context, c client.Client) {
 			}
 			f.mu.Lock()
 			delete(f.plans, name)
+			delete(f.planned, name)
 			f.mu.Unlock()
 		}
-	}, planGrace)
+	}, grace)
 }
 
-// unused are the plans no node has named for planGrace. A write under way
-// may name any plan: none is unused then.
-func (f *fleet) unused() []string {
+// unused are the plans no node has named for grace. A write under way may
+// name any plan: none is unused then.
+func (f *fleet) unused(grace time.Duration) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.clock.Now()
@@ -461,7 +506,7 @@ func (f *fleet) unused() []string {
 	}
 	var out []string
 	for name, seen := range f.plans {
-		if now.Sub(seen) >= planGrace {
+		if now.Sub(seen) >= grace {
 			out = append(out, name)
 		}
 	}
@@ -487,17 +532,20 @@ func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
 	if _, ok := set.Annotations[strippedAnnotation]; ok {
 		return set
 	}
-	rs := make(reports, 0, len(set.Status.Images))
+	rs := reports{listed: make([]report, 0, len(set.Status.Images)), plan: set.Status.Plan}
 	for _, st := range set.Status.Images {
 		rep := report{image: intern(st.Image), phase: internPhase(st.Phase), pinOwners: internOwners(st.PinOwners)}
 		tagEntry := !strings.Contains(st.Image, "@")
 		if tagEntry || st.Phase == prepullv1.PhaseFailed {
 			rep.extra = &reportExtra{digest: st.Digest, pulledAt: st.PulledAt, reason: st.Reason, message: st.LastError}
 		}
-		rs = append(rs, rep)
+		rs.listed = append(rs.listed, rep)
 	}
-	slices.SortFunc(rs, func(a, b report) int { return strings.Compare(a.image, b.image) })
+	slices.SortFunc(rs.listed, func(a, b report) int { return strings.Compare(a.image, b.image) })
 	f.mu.Lock()
+	if rs.plan != "" {
+		rs.planned = f.planned[rs.plan]
+	}
 	f.status[set.Name] = rs
 	f.exists[set.Name] = true
 	f.mu.Unlock()

@@ -1,10 +1,14 @@
 package prepulllist
 
 import (
+	"regexp"
+	"slices"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 )
@@ -30,7 +34,7 @@ func TestObserveIsIdempotent(t *testing.T) {
 		t.Errorf("a stripped object came back changed: %+v", again)
 	}
 	rs := f.status["n1"]
-	if len(rs) != 2 {
+	if len(rs.listed) != 2 {
 		t.Fatalf("reports after a second pass: %+v", rs)
 	}
 	if r := rs.find("r/app@sha256:aa"); r == nil || r.phase != prepullv1.PhasePresent {
@@ -42,7 +46,83 @@ func TestObserveIsIdempotent(t *testing.T) {
 	// A new version of the object is observed anew.
 	set.Status.Images = set.Status.Images[:1]
 	f.observe(set.DeepCopy())
-	if len(f.status["n1"]) != 1 {
+	if len(f.status["n1"].listed) != 1 {
 		t.Errorf("reports of a new version: %+v", f.status["n1"])
+	}
+}
+
+// A plan goes once no node has named it for the grace; one a node names,
+// or one a write under way may name, stays.
+func TestUnusedPlans(t *testing.T) {
+	now := time.Now()
+	c := clocktesting.NewFakeClock(now)
+	f := newFleet(c)
+	f.loaded = true
+	f.plans = map[string]time.Time{"plan-a": now, "plan-b": now, "plan-c": now}
+	f.planOf = map[string]string{"n1": "plan-a", "n2": ""}
+	if got := f.unused(time.Minute); len(got) != 0 {
+		t.Fatalf("unused at once: %v", got)
+	}
+	c.Step(time.Minute)
+	got := f.unused(time.Minute)
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"plan-b", "plan-c"}) {
+		t.Errorf("unused after the grace: %v, want plan-b and plan-c", got)
+	}
+	f.writing = 1
+	if got := f.unused(time.Minute); len(got) != 0 {
+		t.Errorf("unused while a write is under way: %v", got)
+	}
+}
+
+// Equal sets of images share a plan's name; any difference gives another.
+func TestImagePlanName(t *testing.T) {
+	a := []prepullv1.NodeImage{{Image: "r/app@sha256:aa", Owners: []prepullv1.ImageOwner{{List: "ns/l", Tags: []string{"r/app:1"}}}}}
+	b := []prepullv1.NodeImage{{Image: "r/app@sha256:aa", Owners: []prepullv1.ImageOwner{{List: "ns/l", Tags: []string{"r/app:1"}}}}}
+	if prepullv1.ImagePlanName(a) != prepullv1.ImagePlanName(b) {
+		t.Error("equal images, two plan names")
+	}
+	b[0].Owners[0].Releasing = true
+	if prepullv1.ImagePlanName(a) == prepullv1.ImagePlanName(b) {
+		t.Error("a releasing owner did not change the plan's name")
+	}
+	if n := prepullv1.ImagePlanName(a); !regexp.MustCompile(`^plan-[0-9a-f]{32}$`).MatchString(n) {
+		t.Errorf("plan name %q does not match the API's pattern", n)
+	}
+}
+
+// A status that names its plan lists only what differs; the images it
+// leaves out are read as present as asked, pinned by their active owners.
+func TestReportsOfAPlan(t *testing.T) {
+	f := newFleet(clock.RealClock{})
+	images := []prepullv1.NodeImage{
+		{Image: "r/a@sha256:aa", Owners: []prepullv1.ImageOwner{{List: "ns/one"}, {List: "ns/two", Releasing: true}}},
+		{Image: "r/b@sha256:bb", Owners: []prepullv1.ImageOwner{{List: "ns/one"}}},
+	}
+	name := prepullv1.ImagePlanName(images)
+	// Observed before the fleet knows the plan (the informer starts before
+	// the fleet is loaded): nothing is read as present yet.
+	set := &prepullv1.NodeImageSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "n1", ResourceVersion: "1"},
+		Status: prepullv1.NodeImageSetStatus{Plan: name, PlanPresent: 1, Images: []prepullv1.NodeImageStatus{
+			{Image: "r/b@sha256:bb", Phase: prepullv1.PhaseFailed, Reason: "NotFound"},
+		}},
+	}
+	f.observe(set.DeepCopy())
+	if r := f.status["n1"].find("r/a@sha256:aa"); r != nil {
+		t.Errorf("an image of an unknown plan reads %+v, want no report", r)
+	}
+	f.planned[name] = presentAsAsked(images)
+	set.ResourceVersion = "2"
+	f.observe(set)
+	rs := f.status["n1"]
+	if r := rs.find("r/a@sha256:aa"); r == nil || r.phase != prepullv1.PhasePresent || !slices.Equal(r.pinOwners, []string{"ns/one"}) {
+		t.Errorf("the image left out reads %+v, want Present pinned by ns/one", r)
+	}
+	if r := rs.find("r/b@sha256:bb"); r == nil || r.phase != prepullv1.PhaseFailed {
+		t.Errorf("the listed image reads %+v, want its Failed report", r)
+	}
+	if r := rs.find("r/c@sha256:cc"); r != nil {
+		t.Errorf("an image of no plan reads %+v", r)
 	}
 }

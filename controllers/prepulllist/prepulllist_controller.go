@@ -61,6 +61,9 @@ type Reconciler struct {
 	Signatures SignatureReader
 	Recorder   events.EventRecorder
 	Clock      clock.PassiveClock
+	// PlanGrace is how long an ImagePlan that no NodeImageSet names is
+	// kept; zero means DefaultPlanGrace.
+	PlanGrace time.Duration
 	// Gates, when set, is where gating lists publish what is missing on
 	// their nodes, for the node gate; StartupTaint is the taint it removes.
 	Gates        *nodegate.Book
@@ -789,7 +792,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		r.fleet.sweep(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("fleet")), r.Client)
+		grace := r.PlanGrace
+		if grace <= 0 {
+			grace = DefaultPlanGrace
+		}
+		r.fleet.sweep(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("fleet")), r.Client, grace)
 		return nil
 	})); err != nil {
 		return err

@@ -127,7 +127,7 @@ func setup(t *testing.T) *env {
 func (e *env) startController(t *testing.T) func() {
 	t.Helper()
 	gates := nodegate.NewBook()
-	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Signatures: e.signatures, Clock: e.clock, Gates: gates}
+	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Signatures: e.signatures, Clock: e.clock, Gates: gates, PlanGrace: 2 * time.Second}
 	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
 		Scheme:  testground.Scheme(),
 		Metrics: metricsserver.Options{BindAddress: "0"},
@@ -620,6 +620,63 @@ func TestController(t *testing.T) {
 		if !slices.Equal(tagsOf(en), []string{img.Tag}) {
 			t.Errorf("the remaining list's tag was lost: %+v", en)
 		}
+	})
+
+	t.Run("nodes handed the same images share one ImagePlan, which goes when no node names it", func(t *testing.T) {
+		ns := e.namespace(t, "plans")
+		pool := map[string]string{"pool": "plans"}
+		e.node(t, "plan-1", pool)
+		e.node(t, "plan-2", pool)
+		l := list(ns, "shared", img.Digest)
+		l.Spec.NodeSelector = selector(pool)
+		e.mustCreate(t, l)
+		var name string
+		eventually(t, "both nodes name one plan holding the list's image", func() error {
+			var names []string
+			for _, n := range []string{"plan-1", "plan-2"} {
+				set := &prepullv1.NodeImageSet{}
+				if err := e.c.Get(ctx, client.ObjectKey{Name: n}, set); err != nil {
+					return err
+				}
+				if len(set.Spec.Images) != 0 {
+					return fmt.Errorf("%s has images of its own: %+v", n, set.Spec.Images)
+				}
+				names = append(names, set.Spec.Plan)
+			}
+			if names[0] == "" || names[0] != names[1] {
+				return fmt.Errorf("plans %v", names)
+			}
+			name = names[0]
+			return nil
+		})
+		plan := &prepullv1.ImagePlan{}
+		if err := e.c.Get(ctx, client.ObjectKey{Name: name}, plan); err != nil {
+			t.Fatal(err)
+		}
+		if len(plan.Spec.Images) != 1 || plan.Spec.Images[0].Image != img.Digest || plan.Spec.Count != 1 ||
+			!slices.Equal(activeOwners(&plan.Spec.Images[0]), []string{ns + "/shared"}) {
+			t.Fatalf("plan %s: %+v", name, plan.Spec)
+		}
+		if err := e.c.Delete(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the list released, no node names a plan, and the plan is deleted", func() error {
+			e.agent(t, "plan-1", nil)
+			e.agent(t, "plan-2", nil)
+			for _, n := range []string{"plan-1", "plan-2"} {
+				set := &prepullv1.NodeImageSet{}
+				if err := e.c.Get(ctx, client.ObjectKey{Name: n}, set); err != nil {
+					return err
+				}
+				if set.Spec.Plan == name {
+					return fmt.Errorf("%s still names %s", n, name)
+				}
+			}
+			if err := e.c.Get(ctx, client.ObjectKey{Name: name}, &prepullv1.ImagePlan{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("plan %s: %v", name, err)
+			}
+			return nil
+		})
 	})
 
 	t.Run("a deleted list waits for the agents, not for deleted nodes", func(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,6 +152,7 @@ func BenchmarkControllerRollout(b *testing.B) {
 	}
 	waitReady(b, c, lists, n, nil)
 	first := time.Since(start)
+	gens1 := generations(b, c)
 	m1 := scrape(b, metricsPort)
 	req1, sig1 := proxy.requests.Load(), proxy.signatures.Load()
 
@@ -220,6 +222,7 @@ func BenchmarkControllerRollout(b *testing.B) {
 		fmt.Printf("    signature checks:            %.0f verified (%d distinct digests; per node and list: %d)\n", v1, nImages, named*n)
 	}
 	fmt.Printf("    controller API writes:       %.0f (%.2f per node)\n", w1, w1/float64(n))
+	fmt.Printf("    spec writes per node:        %s\n", gens1)
 	fmt.Printf("  %d tags moved, from the refresh that saw it to Ready: %.1f s\n", len(moved), second.Seconds())
 	fmt.Printf("    tag resolutions:             %.0f (the refresh resolves each distinct tag once)\n", res2)
 	if *verifyOn {
@@ -227,6 +230,7 @@ func BenchmarkControllerRollout(b *testing.B) {
 		fmt.Printf("    signature checks:            %.0f verified (the moved digests); registry requests for signatures: %d\n", v, proxy.signatures.Load()-sig1)
 	}
 	fmt.Printf("    controller API writes:       %.0f (%.2f per node)\n", w2, w2/float64(n))
+	fmt.Printf("    spec writes per node, both:  %s\n", generations(b, c))
 	fmt.Printf("  one node's NodeImageSet:       %d bytes (spec %d bytes, naming a plan of %d entries)\n", len(setBytes), len(specBytes), len(plan.Spec.Images))
 	fmt.Printf("  its ImagePlan:                 %d bytes, shared; %d plans in the API at the end\n", len(planBytes), len(plansMade.Items))
 	fmt.Printf("  simulated agent writes:        %d\n", agentWrites.Load())
@@ -362,7 +366,7 @@ func simulateAgents(ctx context.Context, b *testing.B, cfg *rest.Config, writes 
 				if s == nil {
 					continue
 				}
-				err := plans.Expand(ctx, s)
+				err := plans.Spec(ctx, s)
 				if err == nil {
 					err = reportPresent(ctx, wc, s)
 				}
@@ -400,7 +404,7 @@ func simulateAgents(ctx context.Context, b *testing.B, cfg *rest.Config, writes 
 }
 
 func reportPresent(ctx context.Context, c client.Client, s *prepullv1.NodeImageSet) error {
-	images := make([]prepullv1.NodeImageStatus, 0, len(s.Spec.Images))
+	status := prepullv1.NodeImageSetStatus{ObservedGeneration: s.Generation, Plan: s.Spec.Plan}
 	for _, img := range s.Spec.Images {
 		_, d, _ := strings.Cut(img.Image, "@")
 		active := img.ActiveOwners()
@@ -408,9 +412,24 @@ func reportPresent(ctx context.Context, c client.Client, s *prepullv1.NodeImageS
 		if len(active) == 0 {
 			st = prepullv1.NodeImageStatus{Image: img.Image, Phase: prepullv1.PhaseReleased, Digest: d}
 		}
-		images = append(images, st)
+		// As the agent does: what is present as asked is counted.
+		if s.Spec.Plan != "" && img.IsPresentAsAsked(&st) {
+			status.PlanPresent++
+			continue
+		}
+		status.Images = append(status.Images, st)
 	}
-	body, err := json.Marshal(map[string]any{"status": prepullv1.NodeImageSetStatus{ObservedGeneration: s.Generation, Images: images}})
+	fields := map[string]any{}
+	raw, err := json.Marshal(status)
+	if err == nil {
+		err = json.Unmarshal(raw, &fields)
+	}
+	if err != nil {
+		return err
+	}
+	// A merge patch replaces the list whole; null drops it.
+	fields["images"] = status.Images
+	body, err := json.Marshal(map[string]any{"status": fields})
 	if err != nil {
 		return err
 	}
@@ -484,7 +503,8 @@ func peakRSS(b *testing.B, pid int) int64 {
 	return 0
 }
 
-// cpuSeconds is the CPU time used so far by the processes named comm.
+// cpuSeconds is the CPU time used so far by the processes named comm that
+// this benchmark started.
 func cpuSeconds(comm string) float64 {
 	dirs, _ := os.ReadDir("/proc")
 	total := 0.0
@@ -500,14 +520,36 @@ func cpuSeconds(comm string) float64 {
 		if err != nil {
 			continue
 		}
-		// The fields after the command's closing parenthesis: utime and
-		// stime are the 12th and 13th, in clock ticks (100 a second).
+		// The fields after the command's closing parenthesis: the parent's
+		// PID is the 2nd; utime and stime are the 12th and 13th, in clock
+		// ticks (100 a second). Only this benchmark's own processes count.
 		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if len(f) > 12 {
+		if len(f) > 12 && f[1] == strconv.Itoa(os.Getpid()) {
 			u, _ := strconv.ParseFloat(f[11], 64)
 			s, _ := strconv.ParseFloat(f[12], 64)
 			total += (u + s) / 100
 		}
 	}
 	return total
+}
+
+// generations says how many times the controller wrote the nodes' specs:
+// a NodeImageSet's generation counts its spec's changes, its create
+// included.
+func generations(b *testing.B, c client.Client) string {
+	var sets prepullv1.NodeImageSetList
+	if err := c.List(context.Background(), &sets); err != nil {
+		b.Fatal(err)
+	}
+	if len(sets.Items) == 0 {
+		return "no node image sets"
+	}
+	gens := make([]int64, 0, len(sets.Items))
+	total := int64(0)
+	for _, s := range sets.Items {
+		gens = append(gens, s.Generation)
+		total += s.Generation
+	}
+	slices.Sort(gens)
+	return fmt.Sprintf("mean %.2f, median %d, 90th percentile %d, max %d", float64(total)/float64(len(gens)), gens[len(gens)/2], gens[len(gens)*9/10], gens[len(gens)-1])
 }

@@ -289,6 +289,9 @@ func presentOn(t *testing.T, image string) int {
 	}
 	n := 0
 	for _, s := range sets.Items {
+		if err := imageplan.Expand(ctx, cl, &s); err != nil {
+			t.Fatal(err)
+		}
 		for _, st := range s.Status.Images {
 			if st.Image == image && st.Phase == prepullv1.PhasePresent {
 				n++
