@@ -2,10 +2,12 @@ package v1alpha1
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -59,15 +61,42 @@ type ImagePlanList struct {
 
 // ImagePlanName is the name of the plan that holds images, sorted by image:
 // a hash of their content, so that equal sets of images share one plan and
-// a plan's name says what it holds.
+// a plan's name says what it holds. Every field of every image counts.
 func ImagePlanName(images []NodeImage) string {
-	data, err := json.Marshal(images)
-	if err != nil {
-		// NodeImage holds strings, bools and times only.
-		panic(err)
+	h := sha256.New()
+	var buf []byte
+	str := func(s string) {
+		buf = binary.AppendUvarint(buf[:0], uint64(len(s)))
+		buf = append(buf, s...)
+		h.Write(buf)
 	}
-	sum := sha256.Sum256(data)
-	return "plan-" + hex.EncodeToString(sum[:16])
+	for i := range images {
+		e := &images[i]
+		str(e.Image)
+		if e.ResolveAfter != nil {
+			str(e.ResolveAfter.UTC().Format(time.RFC3339))
+		} else {
+			str("")
+		}
+		if a := e.Archive; a != nil {
+			str("archive")
+			str(a.Path)
+			str(a.URL)
+			str(a.SHA256)
+		} else {
+			str("")
+		}
+		str(strconv.Itoa(len(e.Owners)))
+		for _, o := range e.Owners {
+			str(o.List)
+			str(strconv.FormatBool(o.Releasing))
+			str(strconv.Itoa(len(o.Tags)))
+			for _, t := range o.Tags {
+				str(t)
+			}
+		}
+	}
+	return "plan-" + hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // Planned is the images a NodeImageSet asks for: those of its plan (which

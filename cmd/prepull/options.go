@@ -23,6 +23,9 @@ type ServeOptions struct {
 	MetricsAddr string
 	// ProbeAddr is where /healthz and /readyz are served.
 	ProbeAddr string
+	// PprofAddr is where Go's profiles are served; "0" (the default) turns
+	// them off.
+	PprofAddr string
 	// Namespace is the controller's namespace, which holds the pull secrets
 	// it mirrors for the agents.
 	Namespace string
@@ -33,12 +36,13 @@ func newServeOptions(metrics, probes string) ServeOptions {
 	if ns == "" {
 		ns = "prepull-system"
 	}
-	return ServeOptions{MetricsAddr: metrics, ProbeAddr: probes, Namespace: ns}
+	return ServeOptions{MetricsAddr: metrics, ProbeAddr: probes, PprofAddr: "0", Namespace: ns}
 }
 
 func (o *ServeOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, `address of the Prometheus metrics endpoint; "0" turns it off`)
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "address of /healthz and /readyz")
+	fs.StringVar(&o.PprofAddr, "pprof-bind-address", o.PprofAddr, `address of Go's profiles (/debug/pprof/); "0" turns them off`)
 	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "the controller's namespace, which holds the pull secrets mirrored for the agents (default: $POD_NAMESPACE, else prepull-system)")
 }
 
@@ -48,6 +52,9 @@ func (o *ServeOptions) validate() []error {
 		errs = append(errs, validAddr("metrics-bind-address", o.MetricsAddr))
 	}
 	errs = append(errs, validAddr("health-probe-bind-address", o.ProbeAddr))
+	if o.PprofAddr != "0" {
+		errs = append(errs, validAddr("pprof-bind-address", o.PprofAddr))
+	}
 	if o.Namespace == "" {
 		errs = append(errs, errors.New("--namespace: required"))
 	}

@@ -131,6 +131,7 @@ func newManager(ctx context.Context, so ServeOptions, o ctrl.Options) (ctrl.Mana
 	o.Scheme = scheme
 	o.Metrics = metricsserver.Options{BindAddress: so.MetricsAddr}
 	o.HealthProbeBindAddress = so.ProbeAddr
+	o.PprofBindAddress = so.PprofAddr
 	mgr, err := ctrl.NewManager(cfg, o)
 	if err != nil {
 		return nil, fmt.Errorf("manager: %w", err)

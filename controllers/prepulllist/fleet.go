@@ -167,6 +167,9 @@ func (f *fleet) load(ctx context.Context, r client.Reader) error {
 			s := &l.Items[i]
 			// A copy of its own: reconciles change a node's spec in place.
 			spec := (&prepullv1.NodeImageSetSpec{Images: s.Spec.Planned(plans[s.Spec.Plan])}).DeepCopy()
+			// Kept sorted by image (setOwner); one written by an older
+			// controller may not be.
+			slices.SortFunc(spec.Images, func(a, b prepullv1.NodeImage) int { return strings.Compare(a.Image, b.Image) })
 			if s.Spec.Plan != "" && plans[s.Spec.Plan] == nil {
 				// The plan is gone: the node's spec is written again.
 				f.markDirty(s.Name)
@@ -285,25 +288,37 @@ func (f *fleet) owners(node string) []types.NamespacedName {
 	return out
 }
 
-// take returns the dirty nodes' specs to write, when the reconciles have
-// been quiet long enough or the first mark is old enough.
-func (f *fleet) take() map[string]*prepullv1.NodeImageSetSpec {
+// take returns the plans the dirty nodes' specs name ("" for no images),
+// and the images of those plans that do not exist yet, when the reconciles
+// have been quiet long enough or the first mark is old enough.
+func (f *fleet) take() (named map[string]string, newPlans map[string][]prepullv1.NodeImage) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.clock.Now()
 	quiet := f.active == 0 && now.Sub(f.last) >= flushQuiet
 	if len(f.dirty) == 0 || (!quiet && now.Sub(f.first) < flushMax) {
-		return nil
+		return nil, nil
 	}
-	out := make(map[string]*prepullv1.NodeImageSetSpec, len(f.dirty))
+	named = make(map[string]string, len(f.dirty))
+	newPlans = map[string][]prepullv1.NodeImage{}
 	for n := range f.dirty {
-		if s, ok := f.specs[n]; ok {
-			out[n] = s.DeepCopy()
+		s, ok := f.specs[n]
+		if !ok {
+			continue
+		}
+		if len(s.Images) == 0 {
+			named[n] = ""
+			continue
+		}
+		name := prepullv1.ImagePlanName(s.Images)
+		named[n] = name
+		if _, known := f.plans[name]; !known && newPlans[name] == nil {
+			newPlans[name] = s.DeepCopy().Images
 		}
 	}
 	f.dirty = map[string]bool{}
 	f.writing++
-	return out
+	return named, newPlans
 }
 
 // pending reports whether a spec change is not written yet.
@@ -323,25 +338,10 @@ func (f *fleet) flush(ctx context.Context, c client.Client, nodeUID func(string)
 // first the plans they name that do not exist yet, then each node's
 // NodeImageSet, which names its plan.
 func (f *fleet) flushOnce(ctx context.Context, c client.Client, nodeUID func(string) (types.UID, bool)) {
-	batch := f.take()
-	if len(batch) == 0 {
+	named, newPlans := f.take()
+	if named == nil {
 		return
 	}
-	named := make(map[string]string, len(batch))
-	newPlans := map[string][]prepullv1.NodeImage{}
-	f.mu.Lock()
-	for node, spec := range batch {
-		if len(spec.Images) == 0 {
-			named[node] = ""
-			continue
-		}
-		name := prepullv1.ImagePlanName(spec.Images)
-		named[node] = name
-		if _, ok := f.plans[name]; !ok {
-			newPlans[name] = spec.Images
-		}
-	}
-	f.mu.Unlock()
 	var mu sync.Mutex
 	var failed []string
 	fail := func(node string, err error) {
@@ -364,17 +364,15 @@ func (f *fleet) flushOnce(ctx context.Context, c client.Client, nodeUID func(str
 		})
 	}
 	_ = g.Wait()
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(flushWorkers)
 	for node, name := range named {
 		if err, ok := planErrs[name]; ok {
 			fail(node, err)
-			delete(batch, node)
+			continue
 		}
-	}
-	g, gctx = errgroup.WithContext(ctx)
-	g.SetLimit(flushWorkers)
-	for node, spec := range batch {
 		g.Go(func() error {
-			if err := f.write(gctx, c, node, named[node], spec, nodeUID); err != nil {
+			if err := f.write(gctx, c, node, name, nodeUID); err != nil {
 				fail(node, err)
 			}
 			return nil
@@ -408,15 +406,15 @@ func (f *fleet) makePlan(ctx context.Context, c client.Client, name string, imag
 	return nil
 }
 
-// write makes node's NodeImageSet name plan (the plan of spec; "" for no
-// images): a merge patch of the whole spec (the controller is its only
-// writer), or a create.
-func (f *fleet) write(ctx context.Context, c client.Client, node, plan string, spec *prepullv1.NodeImageSetSpec, nodeUID func(string) (types.UID, bool)) error {
+// write makes node's NodeImageSet name plan ("" for no images): a merge
+// patch of the whole spec (the controller is its only writer), or a
+// create.
+func (f *fleet) write(ctx context.Context, c client.Client, node, plan string, nodeUID func(string) (types.UID, bool)) error {
 	f.mu.Lock()
 	exists := f.exists[node]
 	f.mu.Unlock()
 	if !exists {
-		if len(spec.Images) == 0 {
+		if plan == "" {
 			return nil
 		}
 		uid, ok := nodeUID(node)

@@ -410,11 +410,14 @@ func (r *Reconciler) nodeUID(name string) (types.UID, bool) {
 // planFor returns l's rollout plan.
 func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, selected int) *plan {
 	p := &plan{
-		owner:         prepullv1.ImageOwner{List: ownerName(l)},
+		owner:         prepullv1.ImageOwner{List: intern(ownerName(l))},
 		archive:       archiveOf(l),
 		maxConcurrent: maxConcurrentNodes(l.Spec.Rollout.MaxConcurrentNodes, selected),
 		gate:          l.Spec.NodeGate,
 		now:           r.Clock.Now(),
+	}
+	for i := range targets {
+		targets[i].share()
 	}
 	p.targets = targets
 	for _, t := range targets {

@@ -3,10 +3,10 @@ package prepulllist
 import (
 	"cmp"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -25,6 +25,21 @@ type target struct {
 	// places, when set, says which nodes the target goes to (a discovered
 	// image under placement WorkloadNodes); nil, every selected node.
 	places func(*node) bool
+	// digestRef and tags are ref() and the owner's tags, made once by share
+	// and shared by every node's entry: a list's run asks for them on
+	// every node.
+	digestRef string
+	tags      []string
+}
+
+// share makes the strings every node's entry of t holds, once.
+func (t *target) share() {
+	if t.digest != "" {
+		t.digestRef = intern(digestRef(t.Repo, t.digest))
+	}
+	if t.Tag != "" {
+		t.tags = []string{intern(t.Tag)}
+	}
 }
 
 // share is what of a list goes to one node: the resolved targets placed
@@ -58,7 +73,12 @@ func (p *plan) shares(nodes []*node, resolved []target) []share {
 }
 
 // ref is the NodeImageSet entry of a resolved target.
-func (t target) ref() string { return digestRef(t.Repo, t.digest) }
+func (t target) ref() string {
+	if t.digestRef != "" {
+		return t.digestRef
+	}
+	return digestRef(t.Repo, t.digest)
+}
 
 // node is one node as the planner sees it.
 type node struct {
@@ -279,13 +299,16 @@ func (p *plan) settled(n *node, targets []target) bool {
 func (p *plan) hand(n *node, targets []target) {
 	keep := map[string]bool{}
 	for _, t := range targets {
-		o := p.owner
+		o, ref := p.owner, t.ref()
 		if t.Tag != "" {
-			o.Tags = []string{t.Tag}
-			n.changed = unclaim(n.spec, t.Tag, t.ref()) || n.changed
+			o.Tags = t.tags
+			if o.Tags == nil {
+				o.Tags = []string{t.Tag}
+			}
+			n.changed = unclaim(n.spec, t.Repo, t.Tag, ref) || n.changed
 		}
-		n.changed = setOwner(n.spec, t.ref(), o, p.archive, nil) || n.changed
-		keep[t.ref()] = true
+		n.changed = setOwner(n.spec, ref, o, p.archive, nil) || n.changed
+		keep[ref] = true
 	}
 	if n.name == p.probeNode {
 		for _, t := range p.probes {
@@ -443,13 +466,15 @@ func (p *plan) observeGate(n *node, resolved []target, handed bool, out *outcome
 }
 
 // setOwner records o on the entry ref of spec, creating the entry with
-// archive and resolveAfter, and reports whether it changed anything.
+// archive and resolveAfter, and reports whether it changed anything. A
+// spec's entries are kept sorted by image: equal sets of images are then
+// equal plans, and entries are found by binary search.
 func setOwner(spec *prepullv1.NodeImageSetSpec, ref string, o prepullv1.ImageOwner, archive *prepullv1.ArchiveSource, resolveAfter *metav1.Time) bool {
 	changed := false
-	i := slices.IndexFunc(spec.Images, func(e prepullv1.NodeImage) bool { return e.Image == ref })
-	if i < 0 {
-		spec.Images = append(spec.Images, prepullv1.NodeImage{Image: ref})
-		i, changed = len(spec.Images)-1, true
+	i, found := slices.BinarySearchFunc(spec.Images, ref, func(e prepullv1.NodeImage, ref string) int { return strings.Compare(e.Image, ref) })
+	if !found {
+		spec.Images = slices.Insert(spec.Images, i, prepullv1.NodeImage{Image: ref})
+		changed = true
 	}
 	e := &spec.Images[i]
 	j := slices.IndexFunc(e.Owners, func(x prepullv1.ImageOwner) bool { return x.List == o.List })
@@ -458,7 +483,7 @@ func setOwner(spec *prepullv1.NodeImageSetSpec, ref string, o prepullv1.ImageOwn
 		e.Owners = append(e.Owners, o)
 		e.SortOwners()
 		changed = true
-	case !equality.Semantic.DeepEqual(e.Owners[j], o):
+	case !sameOwner(e.Owners[j], o):
 		e.Owners[j] = o
 		changed = true
 	}
@@ -471,11 +496,18 @@ func setOwner(spec *prepullv1.NodeImageSetSpec, ref string, o prepullv1.ImageOwn
 	return changed
 }
 
-// unclaim takes tag off every owner of every entry of spec but ref, and
-// reports whether it changed anything: ref now holds the tag.
-func unclaim(spec *prepullv1.NodeImageSetSpec, tag, ref string) bool {
+func sameOwner(a, b prepullv1.ImageOwner) bool {
+	return a.List == b.List && a.Releasing == b.Releasing && slices.Equal(a.Tags, b.Tags)
+}
+
+// unclaim takes tag, a tag of repo, off every owner of every entry of spec
+// but ref, and reports whether it changed anything: ref now holds the tag.
+// Only entries of repo (its digests, or the tag itself) can claim it; they
+// sit together in the sorted entries.
+func unclaim(spec *prepullv1.NodeImageSetSpec, repo, tag, ref string) bool {
 	changed := false
-	for i := range spec.Images {
+	from, _ := slices.BinarySearchFunc(spec.Images, repo, func(e prepullv1.NodeImage, repo string) int { return strings.Compare(e.Image, repo) })
+	for i := from; i < len(spec.Images) && strings.HasPrefix(spec.Images[i].Image, repo); i++ {
 		e := &spec.Images[i]
 		if e.Image == ref {
 			continue
@@ -492,12 +524,11 @@ func unclaim(spec *prepullv1.NodeImageSetSpec, tag, ref string) bool {
 }
 
 func findOwner(spec *prepullv1.NodeImageSetSpec, ref, list string) *prepullv1.ImageOwner {
-	for i := range spec.Images {
-		if spec.Images[i].Image == ref {
-			return findOwnerIn(&spec.Images[i], list)
-		}
+	i, found := slices.BinarySearchFunc(spec.Images, ref, func(e prepullv1.NodeImage, ref string) int { return strings.Compare(e.Image, ref) })
+	if !found {
+		return nil
 	}
-	return nil
+	return findOwnerIn(&spec.Images[i], list)
 }
 
 func findOwnerIn(e *prepullv1.NodeImage, list string) *prepullv1.ImageOwner {

@@ -41,6 +41,7 @@ var (
 	imageCount = flag.Int("images", 1, "distinct tags in BenchmarkControllerRollout; with several lists each tag is named by two")
 	moveShare  = flag.Float64("move", 0.1, "share of the tags pushed again with other bytes for the second phase; 0 skips it")
 	refreshAt  = flag.Duration("refresh", time.Minute, "the lists' refreshInterval: the second phase starts at the first refresh after the move")
+	pprofAddr  = flag.String("controller-pprof", "0", "where the benchmarked controller serves Go's profiles, e.g. 127.0.0.1:6060; 0 turns them off")
 	verifyOn   = flag.Bool("verify", false, "sign every image and give every list spec.verify (Enforce) in BenchmarkControllerRollout")
 )
 

@@ -169,6 +169,6 @@ func startBenchController(b *testing.B, bin string, kubeconfig []byte, registry 
 		"controller", "--leader-elect=false", "--namespace=prepull-system",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testground.FreePort(b)),
-		"--insecure-registries="+registry)
+		"--insecure-registries="+registry, "--pprof-bind-address="+*pprofAddr)
 	return cmd, metricsPort
 }
