@@ -167,26 +167,32 @@ func (p *plan) run(nodes []*node) outcome {
 	resolved := p.resolvedTargets()
 	shares := p.shares(nodes, resolved)
 
-	admit := p.turns(nodes, shares)
+	handed := make([]bool, len(nodes))
+	for i, n := range nodes {
+		handed[i] = n.selected && !p.deleting && p.handed(n, shares[i].targets)
+	}
+	admit := p.turns(nodes, shares, handed)
 	for i, n := range nodes {
 		mine := shares[i].targets
 		switch {
 		case !n.selected || p.deleting:
 			p.releaseAll(n, nil)
-		case p.handed(n, mine):
+		case handed[i]:
 			p.hand(n, mine)
 		case p.gate != nil && n.tainted:
 			// A node held by the gate runs nothing yet: it takes no turn,
 			// so that a pool scaling up many nodes warms them together.
 			p.hand(n, mine)
+			handed[i] = true
 		case admit[i]:
 			p.hand(n, mine)
+			handed[i] = true
 		}
 		if n.selected && !p.deleting && n.name == p.probeNode {
 			p.handProbes(n)
 		}
 		p.collectReleased(n)
-		p.observe(n, mine, shares[i].wanted, &out)
+		p.observe(n, mine, handed[i], shares[i].wanted, &out)
 		if p.holds(n) {
 			out.held++
 		}
@@ -200,7 +206,8 @@ func (p *plan) run(nodes []*node) outcome {
 // right now go first, then the rest in name order, so that lists selecting
 // the same nodes hand them their images together: one spec write and one
 // round of pulls per node, not one per list.
-func (p *plan) turns(nodes []*node, shares []share) map[int]bool {
+// handed says which nodes hold the list's current digests already.
+func (p *plan) turns(nodes []*node, shares []share, handed []bool) map[int]bool {
 	if p.deleting {
 		return nil
 	}
@@ -210,10 +217,10 @@ func (p *plan) turns(nodes []*node, shares []share) map[int]bool {
 		if !n.selected || (p.gate != nil && n.tainted) {
 			continue
 		}
-		switch mine := shares[i].targets; {
-		case !p.handed(n, mine):
+		switch {
+		case !handed[i]:
 			waiting = append(waiting, i)
-		case !p.settled(n, mine):
+		case !p.settled(n, shares[i].targets):
 			inFlight++
 		}
 	}
@@ -329,15 +336,9 @@ func (p *plan) handProbes(n *node) {
 func (p *plan) releaseAll(n *node, keep map[string]bool) {
 	for i := range n.spec.Images {
 		e := &n.spec.Images[i]
-		if keep[e.Image] {
-			continue
-		}
-		for j := range e.Owners {
-			o := &e.Owners[j]
-			if o.List == p.owner.List && !o.Releasing {
-				o.Releasing = true
-				n.changed = true
-			}
+		if o := findOwnerIn(e, p.owner.List); o != nil && !o.Releasing && !keep[e.Image] {
+			o.Releasing = true
+			n.changed = true
 		}
 	}
 }
@@ -345,6 +346,12 @@ func (p *plan) releaseAll(n *node, keep map[string]bool) {
 // collectReleased drops the list from entries where the agent confirmed the
 // release: its pin is gone, and an entry no one else wants is Released.
 func (p *plan) collectReleased(n *node) {
+	if !slices.ContainsFunc(n.spec.Images, func(e prepullv1.NodeImage) bool {
+		o := findOwnerIn(&e, p.owner.List)
+		return o != nil && o.Releasing
+	}) {
+		return
+	}
 	images := n.spec.Images[:0]
 	for _, e := range n.spec.Images {
 		o := findOwnerIn(&e, p.owner.List)
@@ -392,12 +399,12 @@ func (p *plan) holds(n *node) bool {
 // observe counts n's state for the list's status, and for a gating list
 // the images missing on n.
 // wanted counts the list's targets that go to n, resolved or not.
-func (p *plan) observe(n *node, targets []target, wanted int, out *outcome) {
+// handed says whether n holds the list's current digests.
+func (p *plan) observe(n *node, targets []target, handed bool, wanted int, out *outcome) {
 	if !n.selected || p.deleting {
 		return
 	}
 	out.nodes.Selected++
-	handed := p.handed(n, targets)
 	p.observeGate(n, targets, handed, out)
 	if !handed {
 		out.nodes.Waiting++

@@ -629,6 +629,7 @@ func TestController(t *testing.T) {
 		e.node(t, "plan-2", pool)
 		l := list(ns, "shared", img.Digest)
 		l.Spec.NodeSelector = selector(pool)
+		l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
 		e.mustCreate(t, l)
 		var name string
 		eventually(t, "both nodes name one plan holding the list's image", func() error {
