@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -631,10 +632,14 @@ func TestController(t *testing.T) {
 		l.Spec.NodeSelector = selector(pool)
 		l.Spec.Rollout.MaxConcurrentNodes = intOrString("100%")
 		e.mustCreate(t, l)
+		// Lists of other subtests may select these nodes too (an empty
+		// selector selects every node): the agents report until both
+		// nodes are handed the same images, which must then be one plan.
 		var name string
-		eventually(t, "both nodes name one plan holding the list's image", func() error {
-			var names []string
+		eventually(t, "both nodes handed the same images, as one plan holding the list's image", func() error {
+			var raw, expanded []*prepullv1.NodeImageSet
 			for _, n := range []string{"plan-1", "plan-2"} {
+				e.agent(t, n, nil)
 				set := &prepullv1.NodeImageSet{}
 				if err := e.c.Get(ctx, client.ObjectKey{Name: n}, set); err != nil {
 					return err
@@ -642,20 +647,30 @@ func TestController(t *testing.T) {
 				if len(set.Spec.Images) != 0 {
 					return fmt.Errorf("%s has images of its own: %+v", n, set.Spec.Images)
 				}
-				names = append(names, set.Spec.Plan)
+				x, err := e.nodeSet(n)
+				if err != nil {
+					return err
+				}
+				if !slices.Contains(activeOwners(e.entry(n, img.Digest)), ns+"/shared") {
+					return fmt.Errorf("%s is not handed %s yet", n, img.Digest)
+				}
+				raw, expanded = append(raw, set), append(expanded, x)
 			}
-			if names[0] == "" || names[0] != names[1] {
-				return fmt.Errorf("plans %v", names)
+			if !equality.Semantic.DeepEqual(expanded[0].Spec.Images, expanded[1].Spec.Images) {
+				return fmt.Errorf("the nodes are handed different images: %d and %d entries", len(expanded[0].Spec.Images), len(expanded[1].Spec.Images))
 			}
-			name = names[0]
+			if raw[0].Spec.Plan == "" || raw[0].Spec.Plan != raw[1].Spec.Plan {
+				t.Fatalf("the same images, and the plans %q and %q", raw[0].Spec.Plan, raw[1].Spec.Plan)
+			}
+			name = raw[0].Spec.Plan
 			return nil
 		})
 		plan := &prepullv1.ImagePlan{}
 		if err := e.c.Get(ctx, client.ObjectKey{Name: name}, plan); err != nil {
 			t.Fatal(err)
 		}
-		if len(plan.Spec.Images) != 1 || plan.Spec.Images[0].Image != img.Digest || plan.Spec.Count != 1 ||
-			!slices.Equal(activeOwners(&plan.Spec.Images[0]), []string{ns + "/shared"}) {
+		i := slices.IndexFunc(plan.Spec.Images, func(en prepullv1.NodeImage) bool { return en.Image == img.Digest })
+		if i < 0 || int(plan.Spec.Count) != len(plan.Spec.Images) || !slices.Contains(activeOwners(&plan.Spec.Images[i]), ns+"/shared") {
 			t.Fatalf("plan %s: %+v", name, plan.Spec)
 		}
 		if err := e.c.Delete(ctx, l); err != nil {
