@@ -82,6 +82,13 @@ func Lists(ctx context.Context, c client.Reader, namespace, name string, now tim
 	if err := c.List(ctx, sets); err != nil {
 		return nil, fmt.Errorf("list NodeImageSets: %w", err)
 	}
+	// Nodes share plans: each is read once.
+	plans := imageplan.NewReader(c, 64)
+	for i := range sets.Items {
+		if err := plans.Spec(ctx, &sets.Items[i]); err != nil {
+			return nil, err
+		}
+	}
 	out := make([]ListReport, 0, len(lists))
 	for i := range lists {
 		out = append(out, listReport(&lists[i], sets.Items, now))

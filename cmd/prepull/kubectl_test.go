@@ -83,25 +83,33 @@ func startRollout(t *testing.T) *rollout {
 	must(t, c.Status().Update(ctx, n1))
 	must(t, c.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}}))
 
+	// As the controller hands them: both nodes name one plan. n2's agent
+	// counts the app image, present as asked, and lists the tool image,
+	// present but not pinned.
 	owner := []prepullv1.ImageOwner{{List: "shop/web"}}
-	spec := prepullv1.NodeImageSetSpec{Images: []prepullv1.NodeImage{
+	images := []prepullv1.NodeImage{
 		{Image: "127.0.0.1:5000/app@" + appDigest, Owners: owner},
 		{Image: "127.0.0.1:5000/tool@" + toolDigest, Owners: owner},
-	}}
+	}
+	plan := &prepullv1.ImagePlan{ObjectMeta: metav1.ObjectMeta{Name: prepullv1.ImagePlanName(images)},
+		Spec: prepullv1.ImagePlanSpec{Count: 2, Images: images}}
+	must(t, c.Create(ctx, plan))
 	for name, images := range map[string][]prepullv1.NodeImageStatus{
 		"n1": {
 			{Image: "127.0.0.1:5000/app@" + appDigest, Phase: prepullv1.PhasePulling, BytesDone: 50 << 20, BytesTotal: 100 << 20, LastTransitionTime: &now},
 			{Image: "127.0.0.1:5000/tool@" + toolDigest, Phase: prepullv1.PhaseFailed, Reason: "Unauthorized", LastError: "401 from the registry", Attempts: 3},
 		},
 		"n2": {
-			{Image: "127.0.0.1:5000/app@" + appDigest, Phase: prepullv1.PhasePresent, Digest: appDigest, Pinned: true, PinOwners: []string{"shop/web"}},
 			{Image: "127.0.0.1:5000/tool@" + toolDigest, Phase: prepullv1.PhasePresent, Digest: toolDigest},
 		},
 	} {
-		s := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: *spec.DeepCopy()}
+		s := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: prepullv1.NodeImageSetSpec{Plan: plan.Name}}
 		must(t, c.Create(ctx, s))
-		s.Status = prepullv1.NodeImageSetStatus{ObservedGeneration: 1, Runtime: "containerd v2.4.2", Images: images,
+		s.Status = prepullv1.NodeImageSetStatus{ObservedGeneration: 1, Runtime: "containerd v2.4.2", Images: images, Plan: plan.Name,
 			ImageFilesystem: &prepullv1.ImageFilesystem{UsedBytes: 1 << 30, CapacityBytes: 4 << 30}}
+		if name == "n2" {
+			s.Status.PlanPresent = 1
+		}
 		if name == "n1" {
 			s.Status.Checks = []prepullv1.RuntimeCheck{
 				{Name: "runtime", Result: prepullv1.CheckPass, Message: "containerd v2.4.2"},
