@@ -478,7 +478,7 @@ func TestNoSecretLeaks(t *testing.T) {
 	_, captured["the agent's metrics"] = testground.HTTPGet(t, agentMetrics, "/metrics", true)
 	for name, obj := range map[string]client.ObjectList{
 		"PrePullLists": &prepullv1.PrePullListList{}, "NodeImageSets": &prepullv1.NodeImageSetList{},
-		"TagResolutions": &prepullv1.TagResolutionList{}, "Events": &corev1.EventList{}, "events.k8s.io Events": &eventsv1.EventList{},
+		"TagResolutions": &prepullv1.TagResolutionList{}, "ImagePlans": &prepullv1.ImagePlanList{}, "Events": &corev1.EventList{}, "events.k8s.io Events": &eventsv1.EventList{},
 		"Nodes": &corev1.NodeList{}, "ConfigMaps": &corev1.ConfigMapList{},
 	} {
 		if err := g.c.List(ctx, obj); err != nil {
