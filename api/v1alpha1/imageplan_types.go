@@ -120,7 +120,7 @@ func (s *NodeImageSetSpec) Planned(plan *ImagePlan) []NodeImage {
 		}
 	}
 	out = append(out, s.Images...)
-	sortImages(out)
+	SortImages(out)
 	return out
 }
 
@@ -139,7 +139,7 @@ func (e *NodeImage) PresentAsAsked() NodeImageStatus {
 // e. Progress, attempts and times are not told apart.
 func (e *NodeImage) IsPresentAsAsked(st *NodeImageStatus) bool {
 	want := e.PresentAsAsked()
-	return st.Phase == PhasePresent && want.Digest != "" && st.Digest == want.Digest && st.Pinned == want.Pinned && want.Pinned &&
+	return st.Phase == PhasePresent && want.Digest != "" && st.Digest == want.Digest && want.Pinned && st.Pinned &&
 		slices.Equal(sortedCopy(st.PinOwners), want.PinOwners) && st.Reason == "" && st.LastError == "" &&
 		st.ImportedFrom == "" && st.Signature == nil
 }
@@ -150,7 +150,9 @@ func sortedCopy(s []string) []string {
 	return out
 }
 
-func sortImages(images []NodeImage) {
+// SortImages sorts images by image, the order of a plan and of the
+// controller's copy of a node's entries.
+func SortImages(images []NodeImage) {
 	slices.SortFunc(images, func(a, b NodeImage) int { return strings.Compare(a.Image, b.Image) })
 }
 

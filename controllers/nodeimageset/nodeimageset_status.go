@@ -71,9 +71,7 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 			}
 		}
 	}
-	if set.Spec.Plan != "" {
-		st.Plan = set.Spec.Plan
-	}
+	st.Plan = set.Spec.Plan
 	imagesGauge.WithLabelValues("present").Set(float64(present))
 	imagesGauge.WithLabelValues("pinned").Set(float64(pinned))
 	pinnedBytesGauge.Set(float64(pinnedBytes))

@@ -169,7 +169,7 @@ func (f *fleet) load(ctx context.Context, r client.Reader) error {
 			spec := (&prepullv1.NodeImageSetSpec{Images: s.Spec.Planned(plans[s.Spec.Plan])}).DeepCopy()
 			// Kept sorted by image (setOwner); one written by an older
 			// controller may not be.
-			slices.SortFunc(spec.Images, func(a, b prepullv1.NodeImage) int { return strings.Compare(a.Image, b.Image) })
+			prepullv1.SortImages(spec.Images)
 			if s.Spec.Plan != "" && plans[s.Spec.Plan] == nil {
 				// The plan is gone: the node's spec is written again.
 				f.markDirty(s.Name)

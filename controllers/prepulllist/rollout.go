@@ -229,7 +229,7 @@ func (p *plan) turns(nodes []*node, shares []share, handed []bool) map[int]bool 
 		return nil
 	}
 	if free < len(waiting) {
-		busy := make(map[int]bool, len(waiting))
+		busy := make([]bool, len(nodes))
 		for _, i := range waiting {
 			busy[i] = p.othersPulling(nodes[i])
 		}
@@ -478,7 +478,7 @@ func (p *plan) observeGate(n *node, resolved []target, handed bool, out *outcome
 // equal plans, and entries are found by binary search.
 func setOwner(spec *prepullv1.NodeImageSetSpec, ref string, o prepullv1.ImageOwner, archive *prepullv1.ArchiveSource, resolveAfter *metav1.Time) bool {
 	changed := false
-	i, found := slices.BinarySearchFunc(spec.Images, ref, func(e prepullv1.NodeImage, ref string) int { return strings.Compare(e.Image, ref) })
+	i, found := entryIndex(spec, ref)
 	if !found {
 		spec.Images = slices.Insert(spec.Images, i, prepullv1.NodeImage{Image: ref})
 		changed = true
@@ -513,7 +513,7 @@ func sameOwner(a, b prepullv1.ImageOwner) bool {
 // sit together in the sorted entries.
 func unclaim(spec *prepullv1.NodeImageSetSpec, repo, tag, ref string) bool {
 	changed := false
-	from, _ := slices.BinarySearchFunc(spec.Images, repo, func(e prepullv1.NodeImage, repo string) int { return strings.Compare(e.Image, repo) })
+	from, _ := entryIndex(spec, repo)
 	for i := from; i < len(spec.Images) && strings.HasPrefix(spec.Images[i].Image, repo); i++ {
 		e := &spec.Images[i]
 		if e.Image == ref {
@@ -531,11 +531,17 @@ func unclaim(spec *prepullv1.NodeImageSetSpec, repo, tag, ref string) bool {
 }
 
 func findOwner(spec *prepullv1.NodeImageSetSpec, ref, list string) *prepullv1.ImageOwner {
-	i, found := slices.BinarySearchFunc(spec.Images, ref, func(e prepullv1.NodeImage, ref string) int { return strings.Compare(e.Image, ref) })
+	i, found := entryIndex(spec, ref)
 	if !found {
 		return nil
 	}
 	return findOwnerIn(&spec.Images[i], list)
+}
+
+// entryIndex is where ref's entry is, or would be, in spec's entries,
+// which are sorted by image, and whether it is there.
+func entryIndex(spec *prepullv1.NodeImageSetSpec, ref string) (int, bool) {
+	return slices.BinarySearchFunc(spec.Images, ref, func(e prepullv1.NodeImage, ref string) int { return strings.Compare(e.Image, ref) })
 }
 
 func findOwnerIn(e *prepullv1.NodeImage, list string) *prepullv1.ImageOwner {
