@@ -33,6 +33,14 @@ import (
 // decisions of every list reconciled back to back reach a node in one
 // write, however many lists there are.
 //
+// A change the agent has nothing to do for — dropping an entry whose
+// release it has confirmed — marks the node tidy instead: it goes with the
+// node's next write, or once the fleet wrote nothing else for tidyQuiet
+// (at the latest tidyMax after the first mark), so that a rollout's
+// waves are not slowed by a second write, and a second status write, of
+// every node they reach. A deleted list's drops are not tidy: its
+// finalizer waits for them.
+//
 // What agents report is kept compactly too: the informer's transform turns
 // each NodeImageSet's status into reports (phase, pin owners, and for the
 // few entries that need them the digest, pull time and failure) and strips
@@ -42,6 +50,8 @@ const (
 	flushQuiet   = 20 * time.Millisecond
 	flushMax     = 2 * time.Second
 	flushWorkers = 16
+	tidyQuiet    = 5 * time.Second
+	tidyMax      = time.Minute
 )
 
 // DefaultPlanGrace is how long an ImagePlan that no NodeImageSet names is
@@ -108,8 +118,15 @@ func presentAsAsked(plan []prepullv1.NodeImage) []report {
 // fleet holds every node's spec as the controller wants it, and what the
 // node's agent last reported.
 type fleet struct {
-	mu     sync.Mutex
+	mu sync.Mutex
+	// specs are the nodes' specs. Nodes whose specs are equal share one
+	// once it is written (canon holds it, by plan name), since most nodes
+	// of a fleet are handed the same images; own marks the specs that are
+	// a node's own, changed in place. A node's shared spec is copied
+	// before it changes (node.edit).
 	specs  map[string]*prepullv1.NodeImageSetSpec
+	own    map[string]bool
+	canon  map[string]*prepullv1.NodeImageSetSpec
 	status map[string]reports
 	// view is status as of the last statusBatch: the lists reconciled
 	// together decide from one view, so they hand the same nodes at once.
@@ -127,6 +144,12 @@ type fleet struct {
 	dirty   map[string]bool
 	writing int
 	first   time.Time
+	// tidy are the nodes whose only change is the drop of released
+	// entries, marked first at tidySince; wrote is when dirty nodes were
+	// last taken for a write.
+	tidy      map[string]bool
+	tidySince time.Time
+	wrote     time.Time
 	// last is when a reconcile last ended; active counts those under way.
 	last   time.Time
 	active int
@@ -136,7 +159,8 @@ type fleet struct {
 func newFleet(c clock.PassiveClock) *fleet {
 	return &fleet{
 		specs: map[string]*prepullv1.NodeImageSetSpec{}, status: map[string]reports{},
-		exists: map[string]bool{}, dirty: map[string]bool{}, clock: c,
+		own: map[string]bool{}, canon: map[string]*prepullv1.NodeImageSetSpec{},
+		exists: map[string]bool{}, dirty: map[string]bool{}, tidy: map[string]bool{}, clock: c,
 		planOf: map[string]string{}, plans: map[string]time.Time{}, planned: map[string][]report{},
 	}
 }
@@ -175,7 +199,7 @@ func (f *fleet) load(ctx context.Context, r client.Reader) error {
 				f.markDirty(s.Name)
 			}
 			internSpec(spec)
-			f.specs[s.Name] = spec
+			f.specs[s.Name], _ = f.share(spec)
 			f.exists[s.Name] = true
 			f.planOf[s.Name] = s.Spec.Plan
 		}
@@ -225,14 +249,36 @@ func (f *fleet) reported(node string) reports {
 	return f.view[node]
 }
 
-// spec is node's spec, created empty.
-func (f *fleet) spec(node string) *prepullv1.NodeImageSetSpec {
+// spec is node's spec, created empty, and whether other nodes share it.
+// The caller holds f.mu.
+func (f *fleet) spec(node string) (spec *prepullv1.NodeImageSetSpec, shared bool) {
 	s, ok := f.specs[node]
 	if !ok {
 		s = &prepullv1.NodeImageSetSpec{}
-		f.specs[node] = s
+		f.specs[node], f.own[node] = s, true
 	}
-	return s
+	return s, !f.own[node]
+}
+
+// setSpec records node's spec, its own, as a reconcile left it. The caller
+// holds f.mu.
+func (f *fleet) setSpec(node string, spec *prepullv1.NodeImageSetSpec) {
+	f.specs[node], f.own[node] = spec, true
+}
+
+// share returns the spec equal to spec that nodes share, which is spec
+// when there is none yet, and its plan's name; an empty spec is not shared
+// and names no plan. The caller holds f.mu.
+func (f *fleet) share(spec *prepullv1.NodeImageSetSpec) (*prepullv1.NodeImageSetSpec, string) {
+	if len(spec.Images) == 0 {
+		return spec, ""
+	}
+	name := prepullv1.ImagePlanName(spec.Images)
+	if c, ok := f.canon[name]; ok {
+		return c, name
+	}
+	f.canon[name] = spec
+	return spec, name
 }
 
 // markDirty records that node's spec changed. The caller holds f.mu.
@@ -242,6 +288,18 @@ func (f *fleet) markDirty(node string) {
 		f.first = now
 	}
 	f.dirty[node] = true
+}
+
+// markTidy records that node's spec dropped released entries and nothing
+// else. The caller holds f.mu.
+func (f *fleet) markTidy(node string) {
+	if f.dirty[node] {
+		return
+	}
+	if len(f.tidy) == 0 {
+		f.tidySince = f.clock.Now()
+	}
+	f.tidy[node] = true
 }
 
 // begin and end bracket a reconcile: the fleet is written once none runs.
@@ -261,10 +319,12 @@ func (f *fleet) end() {
 // forget drops a node that is gone. The caller holds f.mu.
 func (f *fleet) forget(node string) {
 	delete(f.specs, node)
+	delete(f.own, node)
 	delete(f.status, node)
 	delete(f.view, node)
 	delete(f.exists, node)
 	delete(f.dirty, node)
+	delete(f.tidy, node)
 	delete(f.planOf, node)
 }
 
@@ -290,38 +350,57 @@ func (f *fleet) owners(node string) []types.NamespacedName {
 
 // take returns the plans the dirty nodes' specs name ("" for no images),
 // and the images of those plans that do not exist yet, when the reconciles
-// have been quiet long enough or the first mark is old enough.
+// have been quiet long enough or the first mark is old enough; the tidy
+// nodes' too when nothing else was written for tidyQuiet, or the first
+// tidy mark is tidyMax old.
 func (f *fleet) take() (named map[string]string, newPlans map[string][]prepullv1.NodeImage) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.clock.Now()
 	quiet := f.active == 0 && now.Sub(f.last) >= flushQuiet
-	if len(f.dirty) == 0 || (!quiet && now.Sub(f.first) < flushMax) {
+	urgent := len(f.dirty) > 0 && (quiet || now.Sub(f.first) >= flushMax)
+	tidy := len(f.tidy) > 0 && ((len(f.dirty) == 0 && f.writing == 0 && now.Sub(f.wrote) >= tidyQuiet) || now.Sub(f.tidySince) >= tidyMax)
+	if !urgent && !tidy {
 		return nil, nil
 	}
-	named = make(map[string]string, len(f.dirty))
+	take := f.dirty
+	if urgent {
+		f.wrote = now
+		f.dirty = map[string]bool{}
+	} else {
+		take = map[string]bool{}
+	}
+	if tidy {
+		maps.Copy(take, f.tidy)
+		f.tidy = map[string]bool{}
+	}
+	named = make(map[string]string, len(take))
 	newPlans = map[string][]prepullv1.NodeImage{}
-	for n := range f.dirty {
+	for n := range take {
+		// The write carries the whole spec: tidy changes go with it.
+		delete(f.tidy, n)
 		s, ok := f.specs[n]
 		if !ok {
 			continue
 		}
-		if len(s.Images) == 0 {
-			named[n] = ""
+		s, name := f.share(s)
+		named[n] = name
+		if name == "" {
 			continue
 		}
-		name := prepullv1.ImagePlanName(s.Images)
-		named[n] = name
+		// Written, the spec is shared with every node of the same plan.
+		f.specs[n] = s
+		delete(f.own, n)
 		if _, known := f.plans[name]; !known && newPlans[name] == nil {
 			newPlans[name] = s.DeepCopy().Images
 		}
 	}
-	f.dirty = map[string]bool{}
 	f.writing++
 	return named, newPlans
 }
 
-// pending reports whether a spec change is not written yet.
+// pending reports whether a spec change the agents must see is not
+// written yet; tidy changes do not count.
 func (f *fleet) pending() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -483,6 +562,7 @@ func (f *fleet) sweep(ctx context.Context, c client.Client, grace time.Duration)
 			f.mu.Lock()
 			delete(f.plans, name)
 			delete(f.planned, name)
+			delete(f.canon, name)
 			f.mu.Unlock()
 		}
 	}, grace)
@@ -499,7 +579,7 @@ func (f *fleet) unused(grace time.Duration) []string {
 			f.plans[name] = now
 		}
 	}
-	if !f.loaded || f.writing > 0 || len(f.dirty) > 0 {
+	if !f.loaded || f.writing > 0 || len(f.dirty) > 0 || len(f.tidy) > 0 {
 		return nil
 	}
 	var out []string

@@ -1,6 +1,8 @@
 package prepulllist
 
 import (
+	"maps"
+	"reflect"
 	"regexp"
 	"slices"
 	"testing"
@@ -11,6 +13,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/imageref"
 )
 
 // The informer passes objects it already holds through its transform again
@@ -124,5 +127,128 @@ func TestReportsOfAPlan(t *testing.T) {
 	}
 	if r := rs.find("r/c@sha256:cc"); r != nil {
 		t.Errorf("an image of no plan reads %+v", r)
+	}
+}
+
+// Nodes whose written specs are equal share one; a list that changes one
+// node's spec changes a copy of it, and the others keep theirs.
+func TestSharedSpecsAreCopiedOnChange(t *testing.T) {
+	c := clocktesting.NewFakeClock(time.Now())
+	f := newFleet(c)
+	r := &Reconciler{fleet: f}
+	nodes := func() []*node {
+		return []*node{{name: "a", selected: true}, {name: "b", selected: false}, {name: "c", selected: true}}
+	}
+	app := target{want: want{image: "r/app:1", Ref: imageref.Ref{Repo: "r/app", Tag: "r/app:1"}}, digest: "sha256:aa"}
+	app.share()
+	first := &plan{owner: prepullv1.ImageOwner{List: "ns/first"}, targets: []target{app}, maxConcurrent: 10}
+	for _, n := range []string{"a", "b", "c"} {
+		// Every node selected by the first list.
+		r.apply(first, []*node{{name: n, selected: true}})
+	}
+	c.Step(flushMax)
+	named, _ := f.take()
+	if len(named) != 3 || named["a"] != named["b"] || named["a"] == "" {
+		t.Fatalf("plans named: %v", named)
+	}
+	if f.specs["a"] != f.specs["b"] || f.specs["b"] != f.specs["c"] {
+		t.Fatal("equal written specs are not shared")
+	}
+	f.writing--
+	shared := f.specs["a"]
+	before := shared.DeepCopy()
+
+	// A second list selects a and c only.
+	web := target{want: want{image: "r/web:2", Ref: imageref.Ref{Repo: "r/web", Tag: "r/web:2"}}, digest: "sha256:bb"}
+	web.share()
+	second := &plan{owner: prepullv1.ImageOwner{List: "ns/second"}, targets: []target{web}, maxConcurrent: 10}
+	r.apply(second, nodes())
+	if f.specs["b"] != shared {
+		t.Error("b, which the second list does not select, lost its shared spec")
+	}
+	if f.specs["a"] == shared || f.specs["c"] == shared || f.specs["a"] == f.specs["c"] {
+		t.Error("a changed node still holds a shared spec")
+	}
+	if !reflect.DeepEqual(shared, before) {
+		t.Errorf("the shared spec changed: %+v, was %+v", shared, before)
+	}
+	if len(f.specs["a"].Images) != 2 || f.specs["a"].Images[1].Image != web.ref() {
+		t.Errorf("a's spec: %+v", f.specs["a"])
+	}
+
+	// The first list goes from a, which holds a copy of its own (its agent
+	// never reported the image, so the entry goes at once): b's spec, shared,
+	// is untouched.
+	first.deleting = true
+	r.apply(first, []*node{{name: "a", selected: true}})
+	if got := f.specs["a"].Images; len(got) != 1 || got[0].Image != web.ref() {
+		t.Errorf("a's spec after the first list went: %+v", got)
+	}
+	if !reflect.DeepEqual(f.specs["b"], before) {
+		t.Errorf("b's spec changed: %+v", f.specs["b"])
+	}
+}
+
+// A node whose only change is the drop of entries its agent released is
+// written with its next change, or once the fleet wrote nothing else for
+// tidyQuiet, and at the latest tidyMax after the first such mark.
+func TestTidyWrites(t *testing.T) {
+	c := clocktesting.NewFakeClock(time.Now())
+	f := newFleet(c)
+	for _, n := range []string{"a", "b", "c"} {
+		f.specs[n] = &prepullv1.NodeImageSetSpec{}
+	}
+	taken := func() []string {
+		named, _ := f.take()
+		if named != nil {
+			f.writing--
+		}
+		return slices.Sorted(maps.Keys(named))
+	}
+	write := func(node string) []string {
+		f.markDirty(node)
+		c.Step(flushMax)
+		return taken()
+	}
+	if got := write("b"); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("first write: %v", got)
+	}
+	f.markTidy("a")
+	c.Step(flushMax)
+	if got := taken(); got != nil {
+		t.Errorf("a tidy node was written %s after another write: %v", flushMax, got)
+	}
+	// Its next change carries it.
+	if got := write("a"); !slices.Equal(got, []string{"a"}) || len(f.tidy) != 0 {
+		t.Errorf("a tidy node with a change: %v, tidy %v", got, f.tidy)
+	}
+	// Alone, it goes once nothing else was written for tidyQuiet.
+	f.markTidy("a")
+	if got := write("b"); !slices.Equal(got, []string{"b"}) {
+		t.Errorf("a write of another node took the tidy one: %v", got)
+	}
+	c.Step(tidyQuiet - time.Millisecond)
+	if got := taken(); got != nil {
+		t.Errorf("%s after another write: %v", tidyQuiet-time.Millisecond, got)
+	}
+	c.Step(time.Millisecond)
+	if got := taken(); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("after %s with no other write: %v", tidyQuiet, got)
+	}
+	// A fleet that never stops writing writes tidy nodes after tidyMax.
+	f.markTidy("a")
+	for i := 0; time.Duration(i+1)*flushMax < tidyMax; i++ {
+		got := write("b")
+		if slices.Contains(got, "a") {
+			t.Fatalf("tidy node written %s after its mark", time.Duration(i+1)*flushMax)
+		}
+	}
+	if got := write("c"); !slices.Equal(got, []string{"a", "c"}) {
+		t.Errorf("after %s: %v", tidyMax, got)
+	}
+	// A tidy node does not hold back a deleted list's finalizer.
+	f.markTidy("a")
+	if f.pending() {
+		t.Error("a tidy node counts as a pending change")
 	}
 }

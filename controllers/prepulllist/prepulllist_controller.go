@@ -270,7 +270,7 @@ func (r *Reconciler) nodes(ctx context.Context, selector labels.Selector) ([]*no
 		seen[n.Name] = true
 		out = append(out, &node{
 			name: n.Name, selected: selector.Matches(labels.Set(n.Labels)),
-			spec: f.spec(n.Name), status: f.reported(n.Name), live: f.status[n.Name],
+			status: f.reported(n.Name), live: f.status[n.Name],
 			tainted: r.tainted(n), created: n.CreationTimestamp.Time, obj: n,
 		})
 	}
@@ -333,13 +333,26 @@ func (r *Reconciler) invalid(ctx context.Context, l *prepullv1.PrePullList, caus
 // apply runs p over nodes and marks the nodes whose spec it changed for the
 // fleet's next write.
 func (r *Reconciler) apply(p *plan, nodes []*node) outcome {
-	r.fleet.mu.Lock()
-	defer r.fleet.mu.Unlock()
+	f := r.fleet
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	// The specs as they are now: a write since the nodes were listed may
+	// have made a spec shared.
+	for _, n := range nodes {
+		n.spec, n.shared = f.spec(n.name)
+	}
 	out := p.run(nodes)
 	for _, n := range nodes {
-		if n.changed {
-			internSpec(n.spec)
-			r.fleet.markDirty(n.name)
+		if !n.changed {
+			continue
+		}
+		internSpec(n.spec)
+		f.setSpec(n.name, n.spec)
+		if n.urgent || p.deleting {
+			// A deleted list's finalizer waits for its entries to go.
+			f.markDirty(n.name)
+		} else {
+			f.markTidy(n.name)
 		}
 	}
 	return out

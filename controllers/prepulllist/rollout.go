@@ -84,17 +84,20 @@ func (t target) ref() string {
 type node struct {
 	name     string
 	selected bool
-	// spec is the node's NodeImageSet spec in the fleet, to be changed in
-	// place; status is what its agent reported. Both are empty for a node
-	// without one yet.
+	// spec is the node's NodeImageSet spec in the fleet; status is what
+	// its agent reported. Both are empty for a node without one yet. A
+	// spec is shared with the nodes whose specs are equal to it (the fleet
+	// keeps one per plan): it is changed only through edit.
 	spec   *prepullv1.NodeImageSetSpec
+	shared bool
 	status reports
 	// live is what the agent reported last, newer than status (the view of
 	// the last statusBatch that pacing decides from): a release is
 	// confirmed only by it.
 	live reports
-	// changed is set when the plan changed spec.
-	changed bool
+	// changed is set when the plan changed spec; urgent when the change
+	// is one the agent must act on, not only the drop of what it released.
+	changed, urgent bool
 	// tainted is whether the node carries the startup taint; created is
 	// when it registered.
 	tainted bool
@@ -102,6 +105,24 @@ type node struct {
 	// obj is the node as the cache holds it (labels, taints), for
 	// placement; nil for a node that is gone.
 	obj *corev1.Node
+}
+
+// edit is n's spec, to be changed in a way its agent must act on: its
+// own copy first if it is shared. Every change of a node's spec goes
+// through edit or tidy.
+func (n *node) edit() *prepullv1.NodeImageSetSpec {
+	n.urgent = true
+	return n.tidy()
+}
+
+// tidy is n's spec, to drop what its agent has released: a change the
+// agent has nothing to do for, which the fleet may write later.
+func (n *node) tidy() *prepullv1.NodeImageSetSpec {
+	if n.shared {
+		n.spec, n.shared = n.spec.DeepCopy(), false
+	}
+	n.changed = true
+	return n.spec
 }
 
 // plan is one list's rollout over every node.
@@ -312,9 +333,9 @@ func (p *plan) hand(n *node, targets []target) {
 			if o.Tags == nil {
 				o.Tags = []string{t.Tag}
 			}
-			n.changed = unclaim(n.spec, t.Repo, t.Tag, ref) || n.changed
+			unclaim(n, t.Repo, t.Tag, ref)
 		}
-		n.changed = setOwner(n.spec, ref, o, p.archive, nil) || n.changed
+		setOwner(n, ref, o, p.archive, nil)
 		keep[ref] = true
 	}
 	if n.name == p.probeNode {
@@ -328,7 +349,7 @@ func (p *plan) hand(n *node, targets []target) {
 // handProbes hands the probe node the tags it resolves.
 func (p *plan) handProbes(n *node) {
 	for _, t := range p.probes {
-		n.changed = setOwner(n.spec, t.Tag, p.owner, p.archive, t.resolveAfter) || n.changed
+		setOwner(n, t.Tag, p.owner, p.archive, t.resolveAfter)
 	}
 }
 
@@ -337,8 +358,7 @@ func (p *plan) releaseAll(n *node, keep map[string]bool) {
 	for i := range n.spec.Images {
 		e := &n.spec.Images[i]
 		if o := findOwnerIn(e, p.owner.List); o != nil && !o.Releasing && !keep[e.Image] {
-			o.Releasing = true
-			n.changed = true
+			findOwnerIn(&n.edit().Images[i], p.owner.List).Releasing = true
 		}
 	}
 }
@@ -346,25 +366,25 @@ func (p *plan) releaseAll(n *node, keep map[string]bool) {
 // collectReleased drops the list from entries where the agent confirmed the
 // release: its pin is gone, and an entry no one else wants is Released.
 func (p *plan) collectReleased(n *node) {
-	if !slices.ContainsFunc(n.spec.Images, func(e prepullv1.NodeImage) bool {
-		o := findOwnerIn(&e, p.owner.List)
-		return o != nil && o.Releasing
-	}) {
+	done := func(e *prepullv1.NodeImage) bool {
+		o := findOwnerIn(e, p.owner.List)
+		return o != nil && o.Releasing && released(e, n.live.find(e.Image), p.owner.List)
+	}
+	if !slices.ContainsFunc(n.spec.Images, func(e prepullv1.NodeImage) bool { return done(&e) }) {
 		return
 	}
-	images := n.spec.Images[:0]
-	for _, e := range n.spec.Images {
-		o := findOwnerIn(&e, p.owner.List)
-		if o != nil && o.Releasing && released(&e, n.live.find(e.Image), p.owner.List) {
+	spec := n.tidy()
+	images := spec.Images[:0]
+	for _, e := range spec.Images {
+		if done(&e) {
 			e.Owners = slices.DeleteFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.List == p.owner.List })
-			n.changed = true
 			if len(e.Owners) == 0 {
 				continue
 			}
 		}
 		images = append(images, e)
 	}
-	n.spec.Images = images
+	spec.Images = images
 }
 
 // released reports whether the agent has applied the release of list on e.
@@ -472,62 +492,56 @@ func (p *plan) observeGate(n *node, resolved []target, handed bool, out *outcome
 	}
 }
 
-// setOwner records o on the entry ref of spec, creating the entry with
-// archive and resolveAfter, and reports whether it changed anything. A
-// spec's entries are kept sorted by image: equal sets of images are then
-// equal plans, and entries are found by binary search.
-func setOwner(spec *prepullv1.NodeImageSetSpec, ref string, o prepullv1.ImageOwner, archive *prepullv1.ArchiveSource, resolveAfter *metav1.Time) bool {
-	changed := false
-	i, found := entryIndex(spec, ref)
+// setOwner records o on n's entry ref, creating the entry with archive and
+// resolveAfter. A spec's entries are kept sorted by image: equal sets of
+// images are then equal plans, and entries are found by binary search.
+func setOwner(n *node, ref string, o prepullv1.ImageOwner, archive *prepullv1.ArchiveSource, resolveAfter *metav1.Time) {
+	i, found := entryIndex(n.spec, ref)
 	if !found {
+		spec := n.edit()
 		spec.Images = slices.Insert(spec.Images, i, prepullv1.NodeImage{Image: ref})
-		changed = true
 	}
-	e := &spec.Images[i]
+	e := &n.spec.Images[i]
 	j := slices.IndexFunc(e.Owners, func(x prepullv1.ImageOwner) bool { return x.List == o.List })
 	switch {
 	case j < 0:
+		e = &n.edit().Images[i]
 		e.Owners = append(e.Owners, o)
 		e.SortOwners()
-		changed = true
 	case !sameOwner(e.Owners[j], o):
+		e = &n.edit().Images[i]
 		e.Owners[j] = o
-		changed = true
 	}
 	if archive != nil && e.Archive == nil {
-		e.Archive, changed = archive.DeepCopy(), true
+		e = &n.edit().Images[i]
+		e.Archive = archive.DeepCopy()
 	}
 	if resolveAfter != nil && !resolveAfter.Equal(e.ResolveAfter) {
-		e.ResolveAfter, changed = resolveAfter.DeepCopy(), true
+		e = &n.edit().Images[i]
+		e.ResolveAfter = resolveAfter.DeepCopy()
 	}
-	return changed
 }
 
 func sameOwner(a, b prepullv1.ImageOwner) bool {
 	return a.List == b.List && a.Releasing == b.Releasing && slices.Equal(a.Tags, b.Tags)
 }
 
-// unclaim takes tag, a tag of repo, off every owner of every entry of spec
-// but ref, and reports whether it changed anything: ref now holds the tag.
-// Only entries of repo (its digests, or the tag itself) can claim it; they
-// sit together in the sorted entries.
-func unclaim(spec *prepullv1.NodeImageSetSpec, repo, tag, ref string) bool {
-	changed := false
-	from, _ := entryIndex(spec, repo)
-	for i := from; i < len(spec.Images) && strings.HasPrefix(spec.Images[i].Image, repo); i++ {
-		e := &spec.Images[i]
-		if e.Image == ref {
+// unclaim takes tag, a tag of repo, off every owner of every entry of n's
+// spec but ref: ref now holds the tag. Only entries of repo (its digests,
+// or the tag itself) can claim it; they sit together in the sorted entries.
+func unclaim(n *node, repo, tag, ref string) {
+	from, _ := entryIndex(n.spec, repo)
+	for i := from; i < len(n.spec.Images) && strings.HasPrefix(n.spec.Images[i].Image, repo); i++ {
+		if n.spec.Images[i].Image == ref {
 			continue
 		}
-		for j := range e.Owners {
-			o := &e.Owners[j]
+		for j, o := range n.spec.Images[i].Owners {
 			if !o.Releasing && slices.Contains(o.Tags, tag) {
-				o.Tags = slices.DeleteFunc(slices.Clone(o.Tags), func(t string) bool { return t == tag })
-				changed = true
+				mine := &n.edit().Images[i].Owners[j]
+				mine.Tags = slices.DeleteFunc(slices.Clone(mine.Tags), func(t string) bool { return t == tag })
 			}
 		}
 	}
-	return changed
 }
 
 func findOwner(spec *prepullv1.NodeImageSetSpec, ref, list string) *prepullv1.ImageOwner {
