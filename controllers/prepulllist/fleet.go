@@ -51,7 +51,7 @@ const (
 	flushMax     = 2 * time.Second
 	flushWorkers = 16
 	tidyQuiet    = 5 * time.Second
-	tidyMax      = time.Minute
+	tidyMax      = 2 * time.Minute
 )
 
 // DefaultPlanGrace is how long an ImagePlan that no NodeImageSet names is

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -453,6 +454,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 	var targets []target
 	var images []prepullv1.ImageResolution
 	var errs []error
+	tags := r.resolveTags(ctx, l, creds, nodes, probeNode)
 	for _, image := range imagesOf(l) {
 		res := prepullv1.ImageResolution{Image: image}
 		w, err := parseWant(image)
@@ -466,18 +468,18 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 		if w.Digest != "" {
 			t.digest = w.Digest
 		} else {
-			rec, pol, due, err := r.resolveTag(ctx, l, w.Tag, creds, nodes, probeNode)
-			if err != nil {
-				errs = append(errs, err)
+			tr := tags[w.Tag]
+			if tr.err != nil {
+				errs = append(errs, tr.err)
 			}
-			next = minTime(next, due)
-			if rec != nil {
+			next = minTime(next, tr.due)
+			if rec := tr.rec; rec != nil {
 				t.digest, res.ResolvedAt, res.Message = rec.Status.Digest, rec.Status.ResolvedAt, truncate(rec.Status.Message, 1024)
 			}
-			if pol.source != prepullv1.SourceRegistry {
+			if tr.pol.source != prepullv1.SourceRegistry {
 				t.probe = true
-				if pol.source == prepullv1.SourceNode && res.ResolvedAt != nil && t.digest != "" {
-					due := metav1.NewTime(nextRefresh(res.ResolvedAt.Time, pol.refresh))
+				if tr.pol.source == prepullv1.SourceNode && res.ResolvedAt != nil && t.digest != "" {
+					due := metav1.NewTime(nextRefresh(res.ResolvedAt.Time, tr.pol.refresh))
 					t.resolveAfter = &due
 				}
 				if t.digest == "" {
@@ -490,6 +492,40 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 		images = append(images, res)
 	}
 	return targets, images, next, errors.Join(errs...)
+}
+
+// tagResult is what resolveTag returned for one tag.
+type tagResult struct {
+	rec *prepullv1.TagResolution
+	pol tagUse
+	due time.Time
+	err error
+}
+
+// resolveWorkers is how many of a list's tags are resolved at once: a
+// refresh of many tags is not a sequence of registry round trips and
+// record writes.
+const resolveWorkers = 8
+
+// resolveTags brings every tag l names up to date (resolveTag), each once,
+// several at a time.
+func (r *Reconciler) resolveTags(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node, probeNode string) map[string]*tagResult {
+	out := map[string]*tagResult{}
+	for _, image := range imagesOf(l) {
+		if w, err := parseWant(image); err == nil && w.Digest == "" {
+			out[w.Tag] = &tagResult{}
+		}
+	}
+	var g errgroup.Group
+	g.SetLimit(resolveWorkers)
+	for tag, res := range out {
+		g.Go(func() error {
+			res.rec, res.pol, res.due, res.err = r.resolveTag(ctx, l, tag, creds, nodes, probeNode)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return out
 }
 
 // resolveTag brings tag's TagResolution up to date as far as l can: at the

@@ -117,12 +117,24 @@ func (n *node) edit() *prepullv1.NodeImageSetSpec {
 
 // tidy is n's spec, to drop what its agent has released: a change the
 // agent has nothing to do for, which the fleet may write later.
+//
+// A shared spec is copied entry by entry, without the entries' owners:
+// those stay shared with the specs the entries came from, so that a node
+// that changed holds a copy of its entries only. A change of an entry's
+// owners goes through editEntry, which copies them first.
 func (n *node) tidy() *prepullv1.NodeImageSetSpec {
 	if n.shared {
-		n.spec, n.shared = n.spec.DeepCopy(), false
+		n.spec, n.shared = &prepullv1.NodeImageSetSpec{Plan: n.spec.Plan, Images: slices.Clone(n.spec.Images)}, false
 	}
 	n.changed = true
 	return n.spec
+}
+
+// editEntry is n's entry i, with owners of its own to change.
+func (n *node) editEntry(i int) *prepullv1.NodeImage {
+	e := &n.edit().Images[i]
+	e.Owners = slices.Clone(e.Owners)
+	return e
 }
 
 // plan is one list's rollout over every node.
@@ -358,7 +370,7 @@ func (p *plan) releaseAll(n *node, keep map[string]bool) {
 	for i := range n.spec.Images {
 		e := &n.spec.Images[i]
 		if o := findOwnerIn(e, p.owner.List); o != nil && !o.Releasing && !keep[e.Image] {
-			findOwnerIn(&n.edit().Images[i], p.owner.List).Releasing = true
+			findOwnerIn(n.editEntry(i), p.owner.List).Releasing = true
 		}
 	}
 }
@@ -377,7 +389,7 @@ func (p *plan) collectReleased(n *node) {
 	images := spec.Images[:0]
 	for _, e := range spec.Images {
 		if done(&e) {
-			e.Owners = slices.DeleteFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.List == p.owner.List })
+			e.Owners = slices.DeleteFunc(slices.Clone(e.Owners), func(o prepullv1.ImageOwner) bool { return o.List == p.owner.List })
 			if len(e.Owners) == 0 {
 				continue
 			}
@@ -505,11 +517,11 @@ func setOwner(n *node, ref string, o prepullv1.ImageOwner, archive *prepullv1.Ar
 	j := slices.IndexFunc(e.Owners, func(x prepullv1.ImageOwner) bool { return x.List == o.List })
 	switch {
 	case j < 0:
-		e = &n.edit().Images[i]
+		e = n.editEntry(i)
 		e.Owners = append(e.Owners, o)
 		e.SortOwners()
 	case !sameOwner(e.Owners[j], o):
-		e = &n.edit().Images[i]
+		e = n.editEntry(i)
 		e.Owners[j] = o
 	}
 	if archive != nil && e.Archive == nil {
@@ -537,7 +549,7 @@ func unclaim(n *node, repo, tag, ref string) {
 		}
 		for j, o := range n.spec.Images[i].Owners {
 			if !o.Releasing && slices.Contains(o.Tags, tag) {
-				mine := &n.edit().Images[i].Owners[j]
+				mine := &n.editEntry(i).Owners[j]
 				mine.Tags = slices.DeleteFunc(slices.Clone(mine.Tags), func(t string) bool { return t == tag })
 			}
 		}
