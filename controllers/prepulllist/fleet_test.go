@@ -1,6 +1,7 @@
 package prepulllist
 
 import (
+	"fmt"
 	"maps"
 	"reflect"
 	"regexp"
@@ -250,5 +251,84 @@ func TestTidyWrites(t *testing.T) {
 	f.markTidy("a")
 	if f.pending() {
 		t.Error("a tidy node counts as a pending change")
+	}
+}
+
+// Many tidy nodes are written tidyBatch a flush, so that urgent writes
+// never wait behind them.
+func TestTidyWritesInBatches(t *testing.T) {
+	c := clocktesting.NewFakeClock(time.Now())
+	f := newFleet(c)
+	n := 2*tidyBatch + 1
+	for i := range n {
+		node := fmt.Sprintf("n%04d", i)
+		f.specs[node] = &prepullv1.NodeImageSetSpec{}
+		f.markTidy(node)
+	}
+	c.Step(tidyQuiet)
+	var sizes []int
+	seen := map[string]bool{}
+	for range 4 {
+		named, _ := f.take()
+		if named == nil {
+			break
+		}
+		f.writing--
+		sizes = append(sizes, len(named))
+		for node := range named {
+			if seen[node] {
+				t.Errorf("%s written twice", node)
+			}
+			seen[node] = true
+		}
+	}
+	if !slices.Equal(sizes, []int{tidyBatch, tidyBatch, 1}) {
+		t.Errorf("tidy writes of %d nodes: %v, want %d, %d, 1", n, sizes, tidyBatch, tidyBatch)
+	}
+	// An urgent write takes a batch of tidy nodes along.
+	for i := range tidyBatch + 1 {
+		f.markTidy(fmt.Sprintf("n%04d", i))
+	}
+	f.markDirty("n9999")
+	f.specs["n9999"] = &prepullv1.NodeImageSetSpec{}
+	c.Step(tidyMax)
+	named, _ := f.take()
+	if _, ok := named["n9999"]; !ok || len(named) != tidyBatch+1 || len(f.tidy) != 1 {
+		t.Errorf("urgent write with tidy nodes due: %d nodes, %d tidy left", len(named), len(f.tidy))
+	}
+}
+
+// Tidy writes wait while an agent has yet to act on its spec: it has not
+// reported on its plan, or it is pulling; a node whose agent never
+// reported does not hold them back, and tidyMax bounds the wait.
+func TestTidyWaitsForBusyAgents(t *testing.T) {
+	c := clocktesting.NewFakeClock(time.Now())
+	f := newFleet(c)
+	for _, n := range []string{"a", "b", "silent"} {
+		f.specs[n] = &prepullv1.NodeImageSetSpec{}
+		f.planOf[n] = "plan-new"
+	}
+	f.status["b"] = reports{plan: "plan-new"}
+	f.status["a"] = reports{plan: "plan-old"}
+	f.markTidy("b")
+	c.Step(tidyQuiet)
+	if named, _ := f.take(); named != nil {
+		t.Fatalf("taken while a's agent has not reported on its plan: %v", named)
+	}
+	f.status["a"] = reports{plan: "plan-new", listed: []report{{image: "r/app@sha256:aa", phase: prepullv1.PhasePulling}}}
+	if named, _ := f.take(); named != nil {
+		t.Fatalf("taken while a's agent pulls: %v", named)
+	}
+	f.status["a"] = reports{plan: "plan-new", listed: []report{{image: "r/app@sha256:aa", phase: prepullv1.PhaseFailed}}}
+	if named, _ := f.take(); len(named) != 1 {
+		t.Fatalf("agents settled: %v", named)
+	}
+	f.writing--
+	// A busy agent holds tidy writes back for tidyMax at most.
+	f.status["a"] = reports{plan: "plan-old"}
+	f.markTidy("b")
+	c.Step(tidyMax)
+	if named, _ := f.take(); len(named) != 1 {
+		t.Errorf("after %s: %v", tidyMax, named)
 	}
 }
