@@ -37,10 +37,10 @@ import (
 // release it has confirmed — marks the node tidy instead: it goes with the
 // node's next write, or once the fleet wrote nothing else for tidyQuiet
 // and no agent is still acting on its spec (at the latest tidyMax after
-// the first mark), tidyBatch nodes a flush,
-// so that a rollout's waves are not slowed by a second write, and a second
-// status write, of every node they reach. A deleted list's drops are not tidy: its
-// finalizer waits for them.
+// the first mark), tidyBatch nodes a flush, so that a rollout's waves are
+// not slowed by a second write, and a second status write, of every node
+// they reach. A deleted list's drops are not tidy: its finalizer waits for
+// them.
 //
 // What agents report is kept compactly too: the informer's transform turns
 // each NodeImageSet's status into reports (phase, pin owners, and for the
