@@ -36,11 +36,10 @@ import (
 // A change the agent has nothing to do for — dropping an entry whose
 // release it has confirmed — marks the node tidy instead: it goes with the
 // node's next write, or once the fleet wrote nothing else for tidyQuiet
-// and no agent is still acting on its spec (at the latest tidyMax after
-// the first mark), tidyBatch nodes a flush, so that a rollout's waves are
-// not slowed by a second write, and a second status write, of every node
-// they reach. A deleted list's drops are not tidy: its finalizer waits for
-// them.
+// (at the latest tidyMax after the first mark), tidyBatch nodes a flush,
+// so that a rollout's waves are not slowed by a second write, and a second
+// status write, of every node they reach. A deleted list's drops are not
+// tidy: its finalizer waits for them.
 //
 // What agents report is kept compactly too: the informer's transform turns
 // each NodeImageSet's status into reports (phase, pin owners, and for the
@@ -361,7 +360,7 @@ func (f *fleet) take() (named map[string]string, newPlans map[string][]prepullv1
 	now := f.clock.Now()
 	quiet := f.active == 0 && now.Sub(f.last) >= flushQuiet
 	urgent := len(f.dirty) > 0 && (quiet || now.Sub(f.first) >= flushMax)
-	tidy := len(f.tidy) > 0 && ((len(f.dirty) == 0 && f.writing == 0 && now.Sub(f.wrote) >= tidyQuiet && !f.agentsBusy()) || now.Sub(f.tidySince) >= tidyMax)
+	tidy := len(f.tidy) > 0 && ((len(f.dirty) == 0 && f.writing == 0 && now.Sub(f.wrote) >= tidyQuiet) || now.Sub(f.tidySince) >= tidyMax)
 	if !urgent && !tidy {
 		return nil, nil
 	}
@@ -407,27 +406,6 @@ func (f *fleet) take() (named map[string]string, newPlans map[string][]prepullv1
 	}
 	f.writing++
 	return named, newPlans
-}
-
-// agentsBusy reports whether an agent has yet to act on its node's spec:
-// it has not reported on the plan last written, or it is pulling. A node
-// whose agent never reported does not count. The caller holds f.mu.
-func (f *fleet) agentsBusy() bool {
-	for node, plan := range f.planOf {
-		rs, ok := f.status[node]
-		if !ok {
-			continue
-		}
-		if rs.plan != plan {
-			return true
-		}
-		for _, r := range rs.listed {
-			if r.phase == prepullv1.PhasePending || r.phase == prepullv1.PhasePulling {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // pending reports whether a spec change the agents must see is not

@@ -297,38 +297,3 @@ func TestTidyWritesInBatches(t *testing.T) {
 		t.Errorf("urgent write with tidy nodes due: %d nodes, %d tidy left", len(named), len(f.tidy))
 	}
 }
-
-// Tidy writes wait while an agent has yet to act on its spec: it has not
-// reported on its plan, or it is pulling; a node whose agent never
-// reported does not hold them back, and tidyMax bounds the wait.
-func TestTidyWaitsForBusyAgents(t *testing.T) {
-	c := clocktesting.NewFakeClock(time.Now())
-	f := newFleet(c)
-	for _, n := range []string{"a", "b", "silent"} {
-		f.specs[n] = &prepullv1.NodeImageSetSpec{}
-		f.planOf[n] = "plan-new"
-	}
-	f.status["b"] = reports{plan: "plan-new"}
-	f.status["a"] = reports{plan: "plan-old"}
-	f.markTidy("b")
-	c.Step(tidyQuiet)
-	if named, _ := f.take(); named != nil {
-		t.Fatalf("taken while a's agent has not reported on its plan: %v", named)
-	}
-	f.status["a"] = reports{plan: "plan-new", listed: []report{{image: "r/app@sha256:aa", phase: prepullv1.PhasePulling}}}
-	if named, _ := f.take(); named != nil {
-		t.Fatalf("taken while a's agent pulls: %v", named)
-	}
-	f.status["a"] = reports{plan: "plan-new", listed: []report{{image: "r/app@sha256:aa", phase: prepullv1.PhaseFailed}}}
-	if named, _ := f.take(); len(named) != 1 {
-		t.Fatalf("agents settled: %v", named)
-	}
-	f.writing--
-	// A busy agent holds tidy writes back for tidyMax at most.
-	f.status["a"] = reports{plan: "plan-old"}
-	f.markTidy("b")
-	c.Step(tidyMax)
-	if named, _ := f.take(); len(named) != 1 {
-		t.Errorf("after %s: %v", tidyMax, named)
-	}
-}
