@@ -187,20 +187,30 @@ func (f *fleet) load(ctx context.Context, r client.Reader) error {
 	}); err != nil {
 		return fmt.Errorf("read image plans: %w", err)
 	}
+	// Nodes that name one plan and have no entries of their own share its
+	// entries: read once, not once a node.
+	byPlan := map[string]*prepullv1.NodeImageSetSpec{}
 	err := pages(ctx, r, func() *prepullv1.NodeImageSetList { return &prepullv1.NodeImageSetList{} }, func(l *prepullv1.NodeImageSetList) {
 		for i := range l.Items {
 			s := &l.Items[i]
-			// A copy of its own: reconciles change a node's spec in place.
-			spec := (&prepullv1.NodeImageSetSpec{Images: s.Spec.Planned(plans[s.Spec.Plan])}).DeepCopy()
-			// Kept sorted by image (setOwner); one written by an older
-			// controller may not be.
-			prepullv1.SortImages(spec.Images)
 			if s.Spec.Plan != "" && plans[s.Spec.Plan] == nil {
 				// The plan is gone: the node's spec is written again.
 				f.markDirty(s.Name)
 			}
-			internSpec(spec)
-			f.specs[s.Name], _ = f.share(spec)
+			spec, ok := byPlan[s.Spec.Plan]
+			if !ok || len(s.Spec.Images) > 0 {
+				// Kept sorted by image (setOwner); one written by an older
+				// controller may not be. Reconciles copy a shared spec
+				// before they change it.
+				spec = &prepullv1.NodeImageSetSpec{Images: s.Spec.Planned(plans[s.Spec.Plan])}
+				prepullv1.SortImages(spec.Images)
+				internSpec(spec)
+				spec, _ = f.share(spec)
+				if len(s.Spec.Images) == 0 {
+					byPlan[s.Spec.Plan] = spec
+				}
+			}
+			f.specs[s.Name] = spec
 			f.exists[s.Name] = true
 			f.planOf[s.Name] = s.Spec.Plan
 		}
@@ -380,7 +390,6 @@ func (f *fleet) take() (named map[string]string, newPlans map[string][]prepullv1
 				break
 			}
 			take[n] = true
-			delete(f.tidy, n)
 		}
 	}
 	named = make(map[string]string, len(take))

@@ -347,7 +347,6 @@ func (r *Reconciler) apply(p *plan, nodes []*node) outcome {
 		if !n.changed {
 			continue
 		}
-		internSpec(n.spec)
 		f.setSpec(n.name, n.spec)
 		if n.urgent || p.deleting {
 			// A deleted list's finalizer waits for its entries to go.
@@ -454,12 +453,21 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 	var targets []target
 	var images []prepullv1.ImageResolution
 	var errs []error
-	tags := r.resolveTags(ctx, l, creds, nodes, probeNode)
-	for _, image := range imagesOf(l) {
+	names := imagesOf(l)
+	wants, bad := make([]want, len(names)), make([]error, len(names))
+	tags := map[string]*tagResult{}
+	for i, image := range names {
+		wants[i], bad[i] = parseWant(image)
+		if bad[i] == nil && wants[i].Digest == "" {
+			tags[wants[i].Tag] = &tagResult{}
+		}
+	}
+	r.resolveTags(ctx, l, tags, creds, nodes, probeNode)
+	for i, image := range names {
 		res := prepullv1.ImageResolution{Image: image}
-		w, err := parseWant(image)
-		if err != nil {
-			res.Message = err.Error()
+		w := wants[i]
+		if bad[i] != nil {
+			res.Message = bad[i].Error()
 			images = append(images, res)
 			continue
 		}
@@ -507,25 +515,18 @@ type tagResult struct {
 // record writes.
 const resolveWorkers = 8
 
-// resolveTags brings every tag l names up to date (resolveTag), each once,
-// several at a time.
-func (r *Reconciler) resolveTags(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node, probeNode string) map[string]*tagResult {
-	out := map[string]*tagResult{}
-	for _, image := range imagesOf(l) {
-		if w, err := parseWant(image); err == nil && w.Digest == "" {
-			out[w.Tag] = &tagResult{}
-		}
-	}
+// resolveTags brings each of tags, which l names, up to date (resolveTag),
+// several at a time, and records each one's result in tags.
+func (r *Reconciler) resolveTags(ctx context.Context, l *prepullv1.PrePullList, tags map[string]*tagResult, creds []pullsecret.Credential, nodes []*node, probeNode string) {
 	var g errgroup.Group
 	g.SetLimit(resolveWorkers)
-	for tag, res := range out {
+	for tag, res := range tags {
 		g.Go(func() error {
 			res.rec, res.pol, res.due, res.err = r.resolveTag(ctx, l, tag, creds, nodes, probeNode)
 			return nil
 		})
 	}
 	_ = g.Wait()
-	return out
 }
 
 // resolveTag brings tag's TagResolution up to date as far as l can: at the

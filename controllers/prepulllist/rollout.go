@@ -32,13 +32,15 @@ type target struct {
 	tags      []string
 }
 
-// share makes the strings every node's entry of t holds, once.
+// share makes the strings every node's entry of t holds, once, and
+// interned: the entries' strings need no interning after a run.
 func (t *target) share() {
 	if t.digest != "" {
 		t.digestRef = intern(digestRef(t.Repo, t.digest))
 	}
 	if t.Tag != "" {
-		t.tags = []string{intern(t.Tag)}
+		t.Tag = intern(t.Tag)
+		t.tags = []string{t.Tag}
 	}
 }
 
@@ -378,25 +380,23 @@ func (p *plan) releaseAll(n *node, keep map[string]bool) {
 // collectReleased drops the list from entries where the agent confirmed the
 // release: its pin is gone, and an entry no one else wants is Released.
 func (p *plan) collectReleased(n *node) {
-	done := func(e *prepullv1.NodeImage) bool {
-		o := findOwnerIn(e, p.owner.List)
-		return o != nil && o.Releasing && released(e, n.live.find(e.Image), p.owner.List)
+	var done []int
+	for i := range n.spec.Images {
+		e := &n.spec.Images[i]
+		if o := findOwnerIn(e, p.owner.List); o != nil && o.Releasing && released(e, n.live.find(e.Image), p.owner.List) {
+			done = append(done, i)
+		}
 	}
-	if !slices.ContainsFunc(n.spec.Images, func(e prepullv1.NodeImage) bool { return done(&e) }) {
+	if len(done) == 0 {
 		return
 	}
 	spec := n.tidy()
-	images := spec.Images[:0]
-	for _, e := range spec.Images {
-		if done(&e) {
-			e.Owners = slices.DeleteFunc(slices.Clone(e.Owners), func(o prepullv1.ImageOwner) bool { return o.List == p.owner.List })
-			if len(e.Owners) == 0 {
-				continue
-			}
+	for _, i := range slices.Backward(done) {
+		e := &spec.Images[i]
+		if e.Owners = slices.DeleteFunc(slices.Clone(e.Owners), func(o prepullv1.ImageOwner) bool { return o.List == p.owner.List }); len(e.Owners) == 0 {
+			spec.Images = slices.Delete(spec.Images, i, i+1)
 		}
-		images = append(images, e)
 	}
-	spec.Images = images
 }
 
 // released reports whether the agent has applied the release of list on e.
