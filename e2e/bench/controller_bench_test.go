@@ -283,16 +283,16 @@ func waitReady(b *testing.B, c client.Client, lists []*prepullv1.PrePullList, n 
 	deadline := time.Now().Add(15 * time.Minute)
 	var said time.Time
 	for {
-		if testing.Verbose() && time.Since(said) >= 2*time.Second {
-			said = time.Now()
-			progress(c, lists)
-		}
+		// With -v, every 2 s, each list's ready nodes.
+		verbose := testing.Verbose() && time.Since(said) >= 2*time.Second
+		var ready []string
 		done := true
 		for _, l := range lists {
 			got := &prepullv1.PrePullList{}
 			if err := c.Get(context.Background(), client.ObjectKeyFromObject(l), got); err != nil {
 				b.Fatal(err)
 			}
+			ready = append(ready, got.Status.ReadyNodes)
 			ok := got.Status.ReadyNodes == want && len(got.Status.Images) == len(l.Spec.Images)
 			for _, i := range got.Status.Images {
 				if i.Message != "" {
@@ -307,26 +307,20 @@ func waitReady(b *testing.B, c client.Client, lists []*prepullv1.PrePullList, n 
 				if time.Now().After(deadline) {
 					b.Fatalf("list %s not Ready after 15m: %s", l.Name, got.Status.ReadyNodes)
 				}
-				break
+				if !verbose {
+					break
+				}
 			}
+		}
+		if verbose {
+			said = time.Now()
+			fmt.Fprintf(os.Stderr, "%s ready: %s\n", said.Format("15:04:05.0"), strings.Join(ready, " "))
 		}
 		if done {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// progress prints each list's ready nodes.
-func progress(c client.Client, lists []*prepullv1.PrePullList) {
-	var ready []string
-	for _, l := range lists {
-		got := &prepullv1.PrePullList{}
-		if err := c.Get(context.Background(), client.ObjectKeyFromObject(l), got); err == nil {
-			ready = append(ready, got.Status.ReadyNodes)
-		}
-	}
-	fmt.Fprintf(os.Stderr, "%s ready: %s\n", time.Now().Format("15:04:05.0"), strings.Join(ready, " "))
 }
 
 // waitMoved waits until the controller resolved the first moved tag to its
@@ -349,6 +343,8 @@ func waitMoved(b *testing.B, c client.Client, moved map[string]string) time.Time
 // waitTidy waits until no node's spec holds an entry a list is releasing.
 func waitTidy(b *testing.B, c client.Client) {
 	ctx := context.Background()
+	// Plans never change: each is read once.
+	reader := imageplan.NewReader(c, 1024)
 	deadline := time.Now().Add(5 * time.Minute)
 	for time.Now().Before(deadline) {
 		sets := &prepullv1.NodeImageSetList{}
@@ -357,32 +353,25 @@ func waitTidy(b *testing.B, c client.Client) {
 		}
 		plans := map[string]bool{}
 		for _, s := range sets.Items {
-			plans[s.Spec.Plan] = true
-		}
-		releasing := false
-		for name := range plans {
-			p := &prepullv1.ImagePlan{}
-			if name == "" {
-				continue
+			if s.Spec.Plan != "" {
+				plans[s.Spec.Plan] = true
 			}
-			if err := c.Get(ctx, client.ObjectKey{Name: name}, p); err != nil {
+		}
+		releasing := 0
+		for name := range plans {
+			p, err := reader.Get(ctx, name)
+			if err != nil {
 				b.Fatal(err)
 			}
-			for _, e := range p.Spec.Images {
-				releasing = releasing || len(e.ActiveOwners()) < len(e.Owners)
+			if slices.ContainsFunc(p.Spec.Images, func(e prepullv1.NodeImage) bool { return len(e.ActiveOwners()) < len(e.Owners) }) {
+				releasing++
 			}
 		}
-		if !releasing {
+		if releasing == 0 {
 			return
 		}
 		if testing.Verbose() {
-			n := 0
-			for _, s := range sets.Items {
-				if s.Spec.Plan != "" {
-					n++
-				}
-			}
-			fmt.Fprintf(os.Stderr, "%s tidy: %d node image sets, %d plans, some releasing\n", time.Now().Format("15:04:05.0"), n, len(plans))
+			fmt.Fprintf(os.Stderr, "%s tidy: %d of %d plans named hold a releasing owner\n", time.Now().Format("15:04:05.0"), releasing, len(plans))
 		}
 		time.Sleep(time.Second)
 	}
