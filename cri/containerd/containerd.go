@@ -41,6 +41,7 @@ type Store struct {
 	snapshotter string
 	timeout     time.Duration
 	hostsDir    string
+	hosts       hostsCache
 }
 
 var _ cri.Store = (*Store)(nil)

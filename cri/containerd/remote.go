@@ -10,8 +10,6 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/remotes"
-	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -71,21 +69,6 @@ func (s *Store) PullSize(ctx context.Context, digestRef string, auth *cri.Auth) 
 		}
 	}
 	return missing, nil
-}
-
-// resolver reaches registries as containerd's CRI plugin does: through its
-// hosts.toml directory, with auth.
-func (s *Store) resolver(ctx context.Context, auth *cri.Auth) remotes.Resolver {
-	hosts := config.ConfigureHosts(ctx, config.HostOptions{
-		Credentials: credentials(auth),
-		HostDir: func(host string) (string, error) {
-			if s.hostsDir == "" {
-				return "", nil
-			}
-			return config.HostDirFromRoot(s.hostsDir)(host)
-		},
-	})
-	return docker.NewResolver(docker.ResolverOptions{Hosts: hosts})
 }
 
 // remoteBlobs reads from the registry the config and layers of the image ref
