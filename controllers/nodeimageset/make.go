@@ -51,8 +51,15 @@ func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *
 	st.digest, st.pinned, st.pinOwners = got.Digest, got.Pinned, got.Owners
 	st.bytesDone, st.bytesTotal = int64(got.Size), int64(got.Size)
 	st.verified, st.verifiedAt = specKey(e), now
-	if got.Changed {
-		// Our own tags and pins show through CRI a moment later: look again.
+	switch {
+	case err == nil && (got.Pinned || len(e.Pinners) == 0):
+		// Make saw through CRI every tag and pin it made: the runtime's
+		// events of them need no second look.
+		for _, ref := range append([]string{e.Image}, e.Tags...) {
+			delete(r.dirty, ref)
+		}
+	case got.Changed:
+		// CRI did not show our own tags and pins yet: look again.
 		st.verifiedAt = time.Time{}
 	}
 	switch {
