@@ -5,7 +5,10 @@ import (
 
 	"flag"
 	"fmt"
+	"runtime"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +32,7 @@ var (
 	agentImageSize = flag.Int64("agent-image-mib", 8, "size of each image in MiB in BenchmarkAgentPulls")
 	agentRounds    = flag.Int("agent-rounds", 4, "rounds of raw and agent runs, alternating, in BenchmarkAgentPulls")
 	agentStatus    = flag.Duration("agent-status-interval", nodeimageset.DefaultStatusInterval, "the agents' --status-interval in BenchmarkAgentPulls")
+	agentLinks     = flag.String("agent-links", "loopback,shaped", "the links BenchmarkAgentPulls measures, of loopback and shaped")
 	agentBudget    = flag.Float64("agent-disk-budget", nodeimageset.DefaultDiskBudget, "the agents' --disk-budget in BenchmarkAgentPulls (0 turns it off)")
 )
 
@@ -168,6 +172,9 @@ func BenchmarkAgentPulls(b *testing.B) {
 	}
 	b.ResetTimer()
 	for _, prof := range profiles {
+		if !slices.Contains(strings.Split(*agentLinks, ","), prof.name) {
+			continue
+		}
 		// Raw and agent runs alternate, round after round, so that what
 		// the shared machine does meanwhile falls on both alike. The first
 		// round warms up and is not counted.
@@ -183,8 +190,31 @@ func BenchmarkAgentPulls(b *testing.B) {
 				}
 			}
 			b.StartTimer()
-			r := raw(sets["raw"])
-			a := agent(fmt.Sprintf("%s-seq%d", prof.name, i), sets["agent"], 1)
+			// Each run starts from a quiet machine — the previous run's
+			// writes on disk, the pushes' garbage collected — and the two
+			// take turns going first, so that neither pays for the other.
+			var r, a time.Duration
+			runRaw := func() { quiesce(); r = raw(sets["raw"]) }
+			runAgent := func() { quiesce(); a = agent(fmt.Sprintf("%s-seq%d", prof.name, i), sets["agent"], 1) }
+			if i%2 == 0 {
+				runRaw()
+				runAgent()
+			} else {
+				runAgent()
+				runRaw()
+			}
+			// The round's images go, so that every round finds the
+			// runtime holding as much as the first: containerd's work per
+			// pull grows with what its store holds.
+			b.StopTimer()
+			for _, set := range sets {
+				for _, p := range set {
+					if err := images.RemoveImage(ctx, p.Digest); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.StartTimer()
 			if i == 0 {
 				// A warm-up round, not counted: it pays for what every
 				// later round finds warm (connections, the page cache, the
@@ -200,6 +230,7 @@ func BenchmarkAgentPulls(b *testing.B) {
 			par = append(par, prof.ref(p))
 		}
 		b.StartTimer()
+		quiesce()
 		agentPar := agent(prof.name+"-par", par, 4)
 
 		rawMean, agentMean := rawTotal/time.Duration(rounds), agentTotal/time.Duration(rounds)
@@ -214,6 +245,13 @@ func BenchmarkAgentPulls(b *testing.B) {
 		fmt.Printf("  sequential overhead (agent/raw): %.3f\n", overhead)
 		fmt.Printf("  parallel speed-up (1 vs 4):      %.2fx\n", speedup)
 	}
+}
+
+// quiesce writes back what earlier runs left in the page cache and collects
+// the garbage of the pushes, so that a run does not pay for the one before.
+func quiesce() {
+	syscall.Sync()
+	runtime.GC()
 }
 
 func round(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
