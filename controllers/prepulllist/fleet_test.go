@@ -297,3 +297,116 @@ func TestTidyWritesInBatches(t *testing.T) {
 		t.Errorf("urgent write with tidy nodes due: %d nodes, %d tidy left", len(named), len(f.tidy))
 	}
 }
+
+// A run over nodes that share their specs works out what a shared spec
+// alone decides once, for all the nodes that hold it: it must leave every
+// node, and report, exactly what a run over private copies of the same
+// specs does.
+func TestRunOverSharedSpecs(t *testing.T) {
+	const list, other = "ns/a", "ns/b"
+	tag := func(repo string) string { return repo + ":v1" }
+	ref := func(repo, d string) string { return repo + "@sha256:" + d }
+	owner := func(l string, releasing bool, tags ...string) prepullv1.ImageOwner {
+		return prepullv1.ImageOwner{List: l, Releasing: releasing, Tags: tags}
+	}
+	// The list wants r/app:v1 (moved to digest 2) and r/web:v1 (digest 9).
+	var targets []target
+	for _, tg := range []struct{ repo, digest string }{{"r/app", "2"}, {"r/web", "9"}} {
+		w, err := parseWant(tag(tg.repo))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tt := target{want: w, digest: "sha256:" + tg.digest}
+		tt.share()
+		targets = append(targets, tt)
+	}
+	specs := []*prepullv1.NodeImageSetSpec{
+		// Handed already: nothing to change.
+		{Images: []prepullv1.NodeImage{
+			{Image: ref("r/app", "2"), Owners: []prepullv1.ImageOwner{owner(list, false, tag("r/app"))}},
+			{Image: ref("r/web", "9"), Owners: []prepullv1.ImageOwner{owner(list, false, tag("r/web")), owner(other, false, tag("r/web"))}},
+		}},
+		// The old digest: the tag moves, the old entry is released.
+		{Images: []prepullv1.NodeImage{
+			{Image: ref("r/app", "1"), Owners: []prepullv1.ImageOwner{owner(list, false, tag("r/app")), owner(other, false, tag("r/app"))}},
+			{Image: ref("r/web", "9"), Owners: []prepullv1.ImageOwner{owner(list, false, tag("r/web"))}},
+		}},
+		// Handed, with the old digest releasing: dropped where the agent
+		// confirmed it, kept where it did not.
+		{Images: []prepullv1.NodeImage{
+			{Image: ref("r/app", "1"), Owners: []prepullv1.ImageOwner{owner(list, true)}},
+			{Image: ref("r/app", "2"), Owners: []prepullv1.ImageOwner{owner(list, false, tag("r/app"))}},
+			{Image: ref("r/web", "9"), Owners: []prepullv1.ImageOwner{owner(list, false, tag("r/web"))}},
+		}},
+		// Another list's only.
+		{Images: []prepullv1.NodeImage{{Image: ref("r/db", "5"), Owners: []prepullv1.ImageOwner{owner(other, false, tag("r/db"))}}}},
+		// Nothing yet.
+		{},
+	}
+	build := func(shared bool) []*node {
+		var nodes []*node
+		for i := range 60 {
+			s := specs[i%len(specs)]
+			n := &node{name: fmt.Sprintf("n%02d", i), selected: i%7 != 3, spec: s, shared: shared}
+			if !shared {
+				n.spec = s.DeepCopy()
+			}
+			// Agents at every stage: nothing reported, pulling, present,
+			// the old digest's pin gone or not.
+			var rs []report
+			switch i % 4 {
+			case 1:
+				rs = []report{{image: ref("r/app", "2"), phase: prepullv1.PhasePulling}}
+			case 2:
+				rs = []report{{image: ref("r/app", "1"), phase: prepullv1.PhasePresent, pinOwners: []string{list}},
+					{image: ref("r/app", "2"), phase: prepullv1.PhasePresent, pinOwners: []string{list}},
+					{image: ref("r/web", "9"), phase: prepullv1.PhasePresent, pinOwners: []string{list}}}
+			case 3:
+				rs = []report{{image: ref("r/app", "1"), phase: prepullv1.PhaseReleased},
+					{image: ref("r/app", "2"), phase: prepullv1.PhasePresent, pinOwners: []string{list}},
+					{image: ref("r/web", "9"), phase: prepullv1.PhaseFailed}}
+			}
+			n.status, n.live = reports{listed: rs}, reports{listed: rs}
+			nodes = append(nodes, n)
+		}
+		return nodes
+	}
+	before := make([]*prepullv1.NodeImageSetSpec, len(specs))
+	for i, s := range specs {
+		before[i] = s.DeepCopy()
+	}
+	for _, c := range []struct {
+		deleting      bool
+		maxConcurrent int
+	}{{false, 9}, {false, 60}, {true, 9}} {
+		deleting := c.deleting
+		p := func() *plan {
+			return &plan{owner: prepullv1.ImageOwner{List: list}, targets: targets, maxConcurrent: c.maxConcurrent, deleting: deleting}
+		}
+		sharedNodes, privateNodes := build(true), build(false)
+		got, want := p().run(sharedNodes), p().run(privateNodes)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("deleting %v: outcome over shared specs %+v, over private copies %+v", deleting, got, want)
+		}
+		changed := 0
+		for i := range sharedNodes {
+			s, q := sharedNodes[i], privateNodes[i]
+			if !reflect.DeepEqual(s.spec, q.spec) || s.changed != q.changed || s.urgent != q.urgent {
+				t.Errorf("deleting %v: node %s over a shared spec: %+v (changed %v, urgent %v); over a private copy: %+v (changed %v, urgent %v)",
+					deleting, s.name, s.spec, s.changed, s.urgent, q.spec, q.changed, q.urgent)
+			}
+			if q.changed {
+				changed++
+			}
+		}
+		t.Logf("case %+v: %d changed", c, changed)
+		if changed == 0 || changed == len(privateNodes) {
+			t.Errorf("deleting %v: %d of %d nodes changed: the case tests nothing", deleting, changed, len(privateNodes))
+		}
+	}
+	for i := range specs {
+		if !reflect.DeepEqual(specs[i], before[i]) {
+			t.Errorf("shared spec %d changed in place: %+v", i, specs[i])
+		}
+	}
+}

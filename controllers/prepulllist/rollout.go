@@ -201,9 +201,14 @@ func (p *plan) run(nodes []*node) outcome {
 	}
 	resolved := p.resolvedTargets()
 	shares := p.shares(nodes, resolved)
+	memo := p.memo(resolved)
 
 	handed := make([]bool, len(nodes))
 	for i, n := range nodes {
+		if f := memo.of(n); f != nil {
+			handed[i] = n.selected && !p.deleting && f.handed
+			continue
+		}
 		handed[i] = n.selected && !p.deleting && p.handed(n, shares[i].targets)
 	}
 	admit := p.turns(nodes, shares, handed)
@@ -213,26 +218,87 @@ func (p *plan) run(nodes []*node) outcome {
 		case !n.selected || p.deleting:
 			p.releaseAll(n, nil)
 		case handed[i]:
-			p.hand(n, mine)
+			memo.hand(n, mine)
 		case p.gate != nil && n.tainted:
 			// A node held by the gate runs nothing yet: it takes no turn,
 			// so that a pool scaling up many nodes warms them together.
-			p.hand(n, mine)
+			memo.hand(n, mine)
 			handed[i] = true
 		case admit[i]:
-			p.hand(n, mine)
+			memo.hand(n, mine)
 			handed[i] = true
 		}
 		if n.selected && !p.deleting && n.name == p.probeNode {
 			p.handProbes(n)
 		}
-		p.collectReleased(n)
+		f := memo.of(n)
+		if f == nil || f.releasing {
+			p.collectReleased(n)
+		}
 		p.observe(n, mine, handed[i], shares[i].wanted, &out)
-		if p.holds(n) {
+		if f = memo.of(n); (f != nil && f.holds) || (f == nil && p.holds(n)) {
 			out.held++
 		}
 	}
 	return out
+}
+
+// specFacts are what a plan's run finds of one shared spec, the same for
+// every node that holds it: whether the list's targets are handed there,
+// whether handing them changes nothing, whether the list has an entry
+// releasing there, and whether it owns any.
+type specFacts struct {
+	handed, handIdle, releasing, holds bool
+}
+
+// specMemo works out specFacts once per shared spec in a run, so that a run
+// over thousands of nodes that share a few dozen specs looks at each of
+// those once. It serves only where a node's spec alone decides: the node
+// holds a shared spec, every node gets the same targets (no placement),
+// and the node is not the probe node, whose spec also gets the probes.
+type specMemo struct {
+	p       *plan
+	targets []target
+	on      bool
+	facts   map[*prepullv1.NodeImageSetSpec]*specFacts
+}
+
+func (p *plan) memo(resolved []target) *specMemo {
+	placing := slices.ContainsFunc(p.targets, func(t target) bool { return t.places != nil })
+	return &specMemo{p: p, targets: resolved, on: !placing && !p.deleting,
+		facts: map[*prepullv1.NodeImageSetSpec]*specFacts{}}
+}
+
+// of is the facts of n's spec, or nil where they do not serve.
+func (m *specMemo) of(n *node) *specFacts {
+	if !m.on || !n.shared || n.name == m.p.probeNode {
+		return nil
+	}
+	f, ok := m.facts[n.spec]
+	if !ok {
+		f = &specFacts{handed: m.p.handed(n, m.targets)}
+		for i := range n.spec.Images {
+			if o := findOwnerIn(&n.spec.Images[i], m.p.owner.List); o != nil {
+				f.holds, f.releasing = true, f.releasing || o.Releasing
+			}
+		}
+		m.facts[n.spec] = f
+	}
+	return f
+}
+
+// hand hands n the list's targets, unless another node holding n's shared
+// spec found that handing them changes nothing.
+func (m *specMemo) hand(n *node, targets []target) {
+	f := m.of(n)
+	if f != nil && f.handIdle {
+		return
+	}
+	before := n.spec
+	m.p.hand(n, targets)
+	if f != nil && n.shared && n.spec == before {
+		f.handIdle = true
+	}
 }
 
 // turns are the nodes (by index) that get the list's current digests now.
