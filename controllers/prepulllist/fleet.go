@@ -120,6 +120,9 @@ func presentAsAsked(plan []prepullv1.NodeImage) []report {
 // node's agent last reported.
 type fleet struct {
 	mu sync.Mutex
+	// planMu keeps the sweep's deletes of unused plans and the flushes
+	// that name plans apart; it is taken before mu, never while mu is held.
+	planMu sync.Mutex
 	// specs are the nodes' specs. Nodes whose specs are equal share one
 	// once it is written (canon holds it, by plan name), since most nodes
 	// of a fleet are handed the same images; own marks the specs that are
@@ -435,6 +438,8 @@ func (f *fleet) flush(ctx context.Context, c client.Client, nodeUID func(string)
 // first the plans they name that do not exist yet, then each node's
 // NodeImageSet, which names its plan.
 func (f *fleet) flushOnce(ctx context.Context, c client.Client, nodeUID func(string) (types.UID, bool)) {
+	f.planMu.Lock()
+	defer f.planMu.Unlock()
 	named, newPlans := f.take()
 	if named == nil {
 		return
@@ -570,20 +575,28 @@ func (f *fleet) written(node, plan string) {
 // sweep deletes the plans no NodeImageSet has named for grace, every grace
 // until ctx ends.
 func (f *fleet) sweep(ctx context.Context, c client.Client, grace time.Duration) {
-	wait.UntilWithContext(ctx, func(ctx context.Context) {
-		for _, name := range f.unused(grace) {
-			err := c.Delete(ctx, &prepullv1.ImagePlan{ObjectMeta: metav1.ObjectMeta{Name: name}})
-			if client.IgnoreNotFound(err) != nil {
-				ctrl.LoggerFrom(ctx).Info("Delete of an unused image plan failed", "plan", name, "error", err.Error())
-				continue
-			}
-			f.mu.Lock()
-			delete(f.plans, name)
-			delete(f.planned, name)
-			delete(f.canon, name)
-			f.mu.Unlock()
+	wait.UntilWithContext(ctx, func(ctx context.Context) { f.sweepOnce(ctx, c, grace) }, grace)
+}
+
+// sweepOnce deletes the plans no NodeImageSet has named for grace, and
+// forgets them. No flush runs meanwhile: one that named a plan between the
+// sweep finding it unused and deleting it would leave a node naming a plan
+// that is gone; after the sweep, a flush that names it makes it again.
+func (f *fleet) sweepOnce(ctx context.Context, c client.Client, grace time.Duration) {
+	f.planMu.Lock()
+	defer f.planMu.Unlock()
+	for _, name := range f.unused(grace) {
+		err := c.Delete(ctx, &prepullv1.ImagePlan{ObjectMeta: metav1.ObjectMeta{Name: name}})
+		if client.IgnoreNotFound(err) != nil {
+			ctrl.LoggerFrom(ctx).Info("Delete of an unused image plan failed", "plan", name, "error", err.Error())
+			continue
 		}
-	}, grace)
+		f.mu.Lock()
+		delete(f.plans, name)
+		delete(f.planned, name)
+		delete(f.canon, name)
+		f.mu.Unlock()
+	}
 }
 
 // unused are the plans no node has named for grace. A write under way may

@@ -1,0 +1,82 @@
+package prepulllist
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+)
+
+// A flush that names a plan while the sweep is deleting it, as unused,
+// must not leave the node naming a plan that is gone: the flush waits for
+// the sweep, and then makes the plan again.
+func TestSweepAndFlushNameNoDeletedPlan(t *testing.T) {
+	scheme := runtime.NewScheme()
+	if err := prepullv1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	images := []prepullv1.NodeImage{{Image: "r/app@sha256:aa", Owners: []prepullv1.ImageOwner{{List: "ns/l", Tags: []string{"r/app:1"}}}}}
+	name := prepullv1.ImagePlanName(images)
+	deleting, proceed := make(chan struct{}), make(chan struct{})
+	c := fake.NewClientBuilder().WithScheme(scheme).
+		WithObjects(&prepullv1.ImagePlan{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: prepullv1.ImagePlanSpec{Count: 1, Images: images}}).
+		WithInterceptorFuncs(interceptor.Funcs{Delete: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+			if _, ok := obj.(*prepullv1.ImagePlan); ok {
+				close(deleting)
+				<-proceed
+			}
+			return cl.Delete(ctx, obj, opts...)
+		}}).Build()
+
+	now := time.Now()
+	clock := clocktesting.NewFakeClock(now)
+	f := newFleet(clock)
+	f.loaded = true
+	f.plans[name] = now.Add(-time.Hour)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	wg.Go(func() { f.sweepOnce(ctx, c, time.Minute) })
+	<-deleting
+
+	// While the plan is being deleted, a list hands node n1 exactly its
+	// images, and the flush is due.
+	f.mu.Lock()
+	f.setSpec("n1", &prepullv1.NodeImageSetSpec{Images: images})
+	f.markDirty("n1")
+	f.mu.Unlock()
+	clock.Step(flushMax)
+	flushed := make(chan struct{})
+	wg.Go(func() {
+		defer close(flushed)
+		f.flushOnce(ctx, c, func(string) (types.UID, bool) { return "uid-n1", true })
+	})
+	select {
+	case <-flushed:
+		// Without waiting for the sweep, the flush wrote n1 naming the plan
+		// the sweep is about to delete.
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(proceed)
+	wg.Wait()
+
+	set := &prepullv1.NodeImageSet{}
+	if err := c.Get(ctx, client.ObjectKey{Name: "n1"}, set); err != nil {
+		t.Fatalf("n1 not written: %v", err)
+	}
+	if set.Spec.Plan != name {
+		t.Fatalf("n1 names plan %q, want %q", set.Spec.Plan, name)
+	}
+	if err := c.Get(ctx, client.ObjectKey{Name: name}, &prepullv1.ImagePlan{}); err != nil {
+		t.Errorf("n1 names plan %s, which is gone: %v", name, err)
+	}
+}
