@@ -201,15 +201,11 @@ func (p *plan) run(nodes []*node) outcome {
 	}
 	resolved := p.resolvedTargets()
 	shares := p.shares(nodes, resolved)
-	memo := p.memo(resolved)
+	memo := p.memo()
 
 	handed := make([]bool, len(nodes))
 	for i, n := range nodes {
-		if f := memo.of(n); f != nil {
-			handed[i] = n.selected && !p.deleting && f.handed
-			continue
-		}
-		handed[i] = n.selected && !p.deleting && p.handed(n, shares[i].targets)
+		handed[i] = n.selected && !p.deleting && memo.handed(n, shares[i].targets)
 	}
 	admit := p.turns(nodes, shares, handed)
 	for i, n := range nodes {
@@ -231,12 +227,9 @@ func (p *plan) run(nodes []*node) outcome {
 		if n.selected && !p.deleting && n.name == p.probeNode {
 			p.handProbes(n)
 		}
-		f := memo.of(n)
-		if f == nil || f.releasing {
-			p.collectReleased(n)
-		}
+		memo.collectReleased(n)
 		p.observe(n, mine, handed[i], shares[i].wanted, &out)
-		if f = memo.of(n); (f != nil && f.holds) || (f == nil && p.holds(n)) {
+		if memo.holds(n) {
 			out.held++
 		}
 	}
@@ -248,7 +241,8 @@ func (p *plan) run(nodes []*node) outcome {
 // whether handing them changes nothing, whether the list has an entry
 // releasing there, and whether it owns any.
 type specFacts struct {
-	handed, handIdle, releasing, holds bool
+	handed                     *bool // nil until asked
+	handIdle, releasing, holds bool
 }
 
 // specMemo works out specFacts once per shared spec in a run, so that a run
@@ -256,17 +250,16 @@ type specFacts struct {
 // those once. It serves only where a node's spec alone decides: the node
 // holds a shared spec, every node gets the same targets (no placement),
 // and the node is not the probe node, whose spec also gets the probes.
+// Each of its methods is the plan's own where the facts do not serve.
 type specMemo struct {
-	p       *plan
-	targets []target
-	on      bool
-	facts   map[*prepullv1.NodeImageSetSpec]*specFacts
+	p     *plan
+	on    bool
+	facts map[*prepullv1.NodeImageSetSpec]*specFacts
 }
 
-func (p *plan) memo(resolved []target) *specMemo {
+func (p *plan) memo() *specMemo {
 	placing := slices.ContainsFunc(p.targets, func(t target) bool { return t.places != nil })
-	return &specMemo{p: p, targets: resolved, on: !placing && !p.deleting,
-		facts: map[*prepullv1.NodeImageSetSpec]*specFacts{}}
+	return &specMemo{p: p, on: !placing && !p.deleting, facts: map[*prepullv1.NodeImageSetSpec]*specFacts{}}
 }
 
 // of is the facts of n's spec, or nil where they do not serve.
@@ -276,7 +269,7 @@ func (m *specMemo) of(n *node) *specFacts {
 	}
 	f, ok := m.facts[n.spec]
 	if !ok {
-		f = &specFacts{handed: m.p.handed(n, m.targets)}
+		f = &specFacts{}
 		for i := range n.spec.Images {
 			if o := findOwnerIn(&n.spec.Images[i], m.p.owner.List); o != nil {
 				f.holds, f.releasing = true, f.releasing || o.Releasing
@@ -285,6 +278,19 @@ func (m *specMemo) of(n *node) *specFacts {
 		m.facts[n.spec] = f
 	}
 	return f
+}
+
+// handed, for targets every node gets alike (there is no placement).
+func (m *specMemo) handed(n *node, targets []target) bool {
+	f := m.of(n)
+	if f == nil {
+		return m.p.handed(n, targets)
+	}
+	if f.handed == nil {
+		h := m.p.handed(n, targets)
+		f.handed = &h
+	}
+	return *f.handed
 }
 
 // hand hands n the list's targets, unless another node holding n's shared
@@ -299,6 +305,19 @@ func (m *specMemo) hand(n *node, targets []target) {
 	if f != nil && n.shared && n.spec == before {
 		f.handIdle = true
 	}
+}
+
+func (m *specMemo) collectReleased(n *node) {
+	if f := m.of(n); f == nil || f.releasing {
+		m.p.collectReleased(n)
+	}
+}
+
+func (m *specMemo) holds(n *node) bool {
+	if f := m.of(n); f != nil {
+		return f.holds
+	}
+	return m.p.holds(n)
 }
 
 // turns are the nodes (by index) that get the list's current digests now.
