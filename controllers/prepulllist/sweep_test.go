@@ -7,43 +7,45 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/e2e/testground"
 )
 
 // A flush that names a plan while the sweep is deleting it, as unused,
 // must not leave the node naming a plan that is gone: the flush waits for
 // the sweep, and then makes the plan again.
 func TestSweepAndFlushNameNoDeletedPlan(t *testing.T) {
-	scheme := runtime.NewScheme()
-	if err := prepullv1.AddToScheme(scheme); err != nil {
+	cfg, _ := testground.StartAPIServer(t, "../../deploy/crd")
+	api, err := client.NewWithWatch(cfg, client.Options{Scheme: testground.Scheme()})
+	if err != nil {
 		t.Fatal(err)
 	}
+	ctx := context.Background()
 	images := []prepullv1.NodeImage{{Image: "r/app@sha256:aa", Owners: []prepullv1.ImageOwner{{List: "ns/l", Tags: []string{"r/app:1"}}}}}
 	name := prepullv1.ImagePlanName(images)
+	if err := api.Create(ctx, &prepullv1.ImagePlan{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: prepullv1.ImagePlanSpec{Count: 1, Images: images}}); err != nil {
+		t.Fatal(err)
+	}
+	// The sweep's delete of the plan waits until the test lets it go.
 	deleting, proceed := make(chan struct{}), make(chan struct{})
-	c := fake.NewClientBuilder().WithScheme(scheme).
-		WithObjects(&prepullv1.ImagePlan{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: prepullv1.ImagePlanSpec{Count: 1, Images: images}}).
-		WithInterceptorFuncs(interceptor.Funcs{Delete: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
-			if _, ok := obj.(*prepullv1.ImagePlan); ok {
-				close(deleting)
-				<-proceed
-			}
-			return cl.Delete(ctx, obj, opts...)
-		}}).Build()
+	c := interceptor.NewClient(api, interceptor.Funcs{Delete: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.DeleteOption) error {
+		if _, ok := obj.(*prepullv1.ImagePlan); ok {
+			close(deleting)
+			<-proceed
+		}
+		return cl.Delete(ctx, obj, opts...)
+	}})
 
 	now := time.Now()
 	clock := clocktesting.NewFakeClock(now)
 	f := newFleet(clock)
 	f.loaded = true
 	f.plans[name] = now.Add(-time.Hour)
-	ctx := context.Background()
 	var wg sync.WaitGroup
 	wg.Go(func() { f.sweepOnce(ctx, c, time.Minute) })
 	<-deleting
