@@ -17,6 +17,9 @@ type entry struct {
 	prepullv1.EntrySettings
 }
 
+// refs are the references e makes: its image and the tags it points there.
+func (e *entry) refs() []string { return append([]string{e.Image}, e.Tags...) }
+
 func (e *entry) clone() *entry {
 	return &entry{NodeImage: e.NodeImage.DeepCopy(), EntrySettings: e.EntrySettings}
 }

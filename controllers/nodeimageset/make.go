@@ -55,7 +55,7 @@ func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *
 	case err == nil && (got.Pinned || len(e.Pinners) == 0):
 		// Make saw through CRI every tag and pin it made: the runtime's
 		// events of them need no second look.
-		for _, ref := range append([]string{e.Image}, e.Tags...) {
+		for _, ref := range e.refs() {
 			delete(r.dirty, ref)
 		}
 	case got.Changed:
@@ -110,7 +110,7 @@ func (r *Reconciler) inPlace(e *entry, st *imageState, now time.Time, dirty map[
 	if st.phase != prepullv1.PhasePresent || st.verified != specKey(e) || st.verifiedAt.IsZero() || now.Sub(st.verifiedAt) >= r.ResyncInterval {
 		return false
 	}
-	return !slices.ContainsFunc(append([]string{e.Image}, e.Tags...), func(ref string) bool { return dirty[ref] })
+	return !slices.ContainsFunc(e.refs(), func(ref string) bool { return dirty[ref] })
 }
 
 // resolveDue reports whether a tag resolved on this node (an entry named by
