@@ -74,18 +74,27 @@ func (c *Cluster) Clients() (*kubernetes.Clientset, client.Client, error) {
 func WaitNodeReady(ctx context.Context, cs *kubernetes.Clientset, name string, timeout time.Duration) error {
 	since := time.Now().Add(-time.Second)
 	deadline := time.Now().Add(timeout)
+	last := "the node was never read"
 	for time.Now().Before(deadline) {
 		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			last = err.Error()
+		}
 		if err == nil {
+			last = "no Ready condition"
 			for _, cond := range n.Status.Conditions {
-				if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue && cond.LastHeartbeatTime.After(since) {
+				if cond.Type != corev1.NodeReady {
+					continue
+				}
+				if cond.Status == corev1.ConditionTrue && cond.LastHeartbeatTime.After(since) {
 					return nil
 				}
+				last = fmt.Sprintf("Ready=%s (%s: %s), last heartbeat %s", cond.Status, cond.Reason, cond.Message, cond.LastHeartbeatTime.Format(time.RFC3339))
 			}
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	return fmt.Errorf("node %s not Ready after %s", name, timeout)
+	return fmt.Errorf("node %s not Ready after %s: %s", name, timeout, last)
 }
 
 // Kubectl runs the built kubectl against the cluster.
