@@ -157,6 +157,12 @@ type Store interface {
 	Unpin(ctx context.Context, ref, owner string) error
 	// Owners lists the owners recorded on the image that ref names.
 	Owners(ctx context.Context, ref string) ([]string, error)
+	// SetPins makes owners exactly the owners pinned on the image that ref
+	// names — with keepOthers, owners and whoever else is there — in one
+	// read and at most one write, as Pin and Unpin would one owner at a
+	// time. It returns the owners on ref afterwards, sorted, and whether it
+	// changed any.
+	SetPins(ctx context.Context, ref string, owners []string, keepOthers bool) ([]string, bool, error)
 	// Tag makes tag name exactly the image that digestRef names, which must
 	// already be present; a tag that named another image is moved, its
 	// labels kept. The tag is pinned for each of owners in the same write,
@@ -218,6 +224,11 @@ func (u Unsupported) Unpin(context.Context, string, string) error { return u.err
 // Owners fails with ErrUnsupported.
 func (u Unsupported) Owners(context.Context, string) ([]string, error) {
 	return nil, u.err("list pin owners")
+}
+
+// SetPins fails with ErrUnsupported.
+func (u Unsupported) SetPins(context.Context, string, []string, bool) ([]string, bool, error) {
+	return nil, false, u.err("pin")
 }
 
 // Tag fails with ErrUnsupported.

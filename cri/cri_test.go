@@ -110,6 +110,65 @@ func TestPinLabels(t *testing.T) {
 	}
 }
 
+// SetPinsChanges must leave what pinning and unpinning one owner at a time
+// leaves, and ask for no change where there is none.
+func TestSetPinsChangesIsPinAndUnpinInOne(t *testing.T) {
+	pinned := func(owners ...string) map[string]string {
+		var l map[string]string
+		for _, o := range owners {
+			l = ApplyChanges(l, PinChanges(l, o))
+		}
+		return l
+	}
+	tests := []struct {
+		name       string
+		labels     map[string]string
+		owners     []string
+		keepOthers bool
+		wantOwners []string
+		wantPinned bool
+	}{
+		{name: "nothing to pin", wantPinned: false},
+		{name: "first owners", owners: []string{"a", "b"}, wantOwners: []string{"a", "b"}, wantPinned: true},
+		{name: "owners replaced", labels: pinned("a", "x"), owners: []string{"a", "b"}, wantOwners: []string{"a", "b"}, wantPinned: true},
+		{name: "others kept", labels: pinned("x"), owners: []string{"a"}, keepOthers: true, wantOwners: []string{"a", "x"}, wantPinned: true},
+		{name: "all taken off", labels: pinned("a", "x"), wantPinned: false},
+		{
+			name:       "a pin set by someone else stays",
+			labels:     ApplyChanges(map[string]string{PinnedLabel: PinnedLabelValue}, map[string]string{OwnerLabelPrefix + "a": "true"}),
+			wantPinned: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// One owner at a time, as Pin and Unpin do.
+			want := maps.Clone(tt.labels)
+			for _, o := range tt.owners {
+				want = ApplyChanges(want, PinChanges(want, o))
+			}
+			for _, o := range PinOwners(tt.labels) {
+				if !tt.keepOthers && !slices.Contains(tt.owners, o) {
+					want = ApplyChanges(want, UnpinChanges(want, o))
+				}
+			}
+			changes := SetPinsChanges(tt.labels, tt.owners, tt.keepOthers)
+			got := ApplyChanges(maps.Clone(tt.labels), changes)
+			if !maps.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
+				t.Errorf("labels = %v, want %v (one owner at a time)", got, want)
+			}
+			if owners := PinOwners(got); !slices.Equal(owners, tt.wantOwners) {
+				t.Errorf("owners = %v, want %v", owners, tt.wantOwners)
+			}
+			if p := got[PinnedLabel] == PinnedLabelValue; p != tt.wantPinned {
+				t.Errorf("pinned = %t, want %t", p, tt.wantPinned)
+			}
+			if again := SetPinsChanges(got, tt.owners, tt.keepOthers); again != nil {
+				t.Errorf("a second SetPinsChanges asks for changes %v, want none", again)
+			}
+		})
+	}
+}
+
 func TestUnsupportedNamesTheRuntime(t *testing.T) {
 	err := Unsupported{Runtime: "cri-o 1.30"}.Pin(context.Background(), "x", "o")
 	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "cri-o 1.30") {

@@ -1,6 +1,7 @@
 package cri
 
 import (
+	"maps"
 	"slices"
 	"strings"
 )
@@ -47,6 +48,33 @@ func UnpinChanges(labels map[string]string, owner string) map[string]string {
 	if remaining == 0 && labels[PinnedByLabel] != "" {
 		changes[PinnedLabel] = ""
 		changes[PinnedByLabel] = ""
+	}
+	if len(changes) == 0 {
+		return nil
+	}
+	return changes
+}
+
+// SetPinsChanges returns the label changes that leave exactly owners pinned
+// on an image whose record has labels — with keepOthers, owners and the
+// owners already there — as PinChanges and UnpinChanges would, one owner at
+// a time. It returns nil when nothing needs to change.
+func SetPinsChanges(labels map[string]string, owners []string, keepOthers bool) map[string]string {
+	now := maps.Clone(labels)
+	changes := map[string]string{}
+	apply := func(c map[string]string) {
+		maps.Copy(changes, c)
+		now = ApplyChanges(now, c)
+	}
+	for _, o := range owners {
+		apply(PinChanges(now, o))
+	}
+	if !keepOthers {
+		for _, o := range PinOwners(labels) {
+			if !slices.Contains(owners, o) {
+				apply(UnpinChanges(now, o))
+			}
+		}
 	}
 	if len(changes) == 0 {
 		return nil

@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"prepull.io/prepull/cri"
@@ -69,38 +68,64 @@ type State struct {
 // pin is attempted even when one fails; the error joins the failures.
 func (rt Runtime) Make(ctx context.Context, img *cri.Image, w Want) (State, error) {
 	st := State{Digest: cri.ManifestDigest(w.Image, img), Size: img.Size, Pinned: img.Pinned}
-	retagged, errs := rt.tag(ctx, img, w)
-	st.Retagged, st.Changed = retagged, len(retagged) > 0
-	for i, ref := range append([]string{w.Image}, w.Tags...) {
-		owners, changed, err := rt.pins(ctx, ref, w.Pinners, w.KeepOtherPins)
-		st.Changed = st.Changed || changed
-		if err != nil {
-			errs = append(errs, err)
-		}
-		if i == 0 {
-			st.Owners = owners
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	// The image's record and its tags' are apart: the image's pins are
+	// set while the tags are made.
+	var pinErr error
+	var pinChanged bool
+	pinned := make(chan struct{})
+	go func() {
+		defer close(pinned)
+		st.Owners, pinChanged, pinErr = rt.pins(ctx, w.Image, w.Pinners, w.KeepOtherPins)
+	}()
+	retagged, tagsChanged, errs := rt.tags(ctx, img, w)
+	<-pinned
+	st.Retagged, st.Changed = retagged, pinChanged || tagsChanged
+	if err := errors.Join(append(errs, pinErr)...); err != nil {
 		return st, err
 	}
-	if len(w.Pinners) > 0 && !st.Pinned {
-		// CRI, which the kubelet reads, shows a new pin a moment after it
-		// is set: Pinned says what CRI says.
-		st.Pinned = pinnedSoon(ctx, rt.Images, w.Image)
-	}
-	// What was retagged must answer through CRI with the image the
-	// reference answers with; the other tags were just seen to.
-	for _, tag := range retagged {
-		ts, err := cri.StatusSoon(ctx, rt.Images, tag)
+	return st, rt.verify(ctx, img, w, &st)
+}
+
+// verify waits until CRI, which the kubelet reads, shows what Make did: each
+// tag it moved naming img, and img pinned where owners pinned it. CRI shows
+// a new tag or pin a moment after it is made (the CRI plugin learns of it
+// from the runtime's events), so a few seconds are allowed; Pinned says
+// what CRI says. A tag shows its image's pin, so one look serves both.
+func (rt Runtime) verify(ctx context.Context, img *cri.Image, w Want, st *State) error {
+	wantPin := len(w.Pinners) > 0 && !st.Pinned
+	for _, tag := range st.Retagged {
+		ts, err := shows(ctx, rt.Images, tag, img.ID, wantPin)
 		if err != nil {
-			return st, fmt.Errorf("verify tag %s: %w", tag, err)
+			return fmt.Errorf("verify tag %s: %w", tag, err)
 		}
 		if ts.ID != img.ID {
-			return st, fmt.Errorf("verify tag %s: names image %s, want %s", tag, ts.ID, img.ID)
+			return fmt.Errorf("verify tag %s: names image %s, want %s", tag, ts.ID, img.ID)
 		}
+		st.Pinned = st.Pinned || ts.Pinned
+		wantPin = false
 	}
-	return st, nil
+	if wantPin {
+		st.Pinned = pinnedSoon(ctx, rt.Images, w.Image)
+	}
+	return nil
+}
+
+// shows asks CRI for ref until it names image id, and shows it pinned when
+// pinned is asked, allowing a few seconds; it returns what CRI last said.
+func shows(ctx context.Context, images cri.ImageService, ref, id string, pinned bool) (*cri.Image, error) {
+	var img *cri.Image
+	var err error
+	cri.Soon(ctx, func(ctx context.Context) bool {
+		img, err = images.ImageStatus(ctx, ref)
+		if err != nil {
+			return !errors.Is(err, cri.ErrNotFound)
+		}
+		return img.ID == id && (img.Pinned || !pinned)
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return img, err
 }
 
 // pinnedSoon reports whether CRI shows the image ref names pinned, allowing
@@ -112,27 +137,33 @@ func pinnedSoon(ctx context.Context, images cri.ImageService, ref string) bool {
 	})
 }
 
-// tag points every tag of w that does not name img at it, and returns the
-// tags it moved.
-func (rt Runtime) tag(ctx context.Context, img *cri.Image, w Want) ([]string, []error) {
+// tags points every tag of w that does not name img at it, and puts the
+// owners' pins on each tag. It returns the tags it moved, and whether it
+// changed any tag or pin.
+func (rt Runtime) tags(ctx context.Context, img *cri.Image, w Want) ([]string, bool, []error) {
 	var retagged []string
 	var errs []error
+	changed := false
 	for _, tag := range w.Tags {
 		ts, err := rt.Images.ImageStatus(ctx, tag)
-		if err == nil && ts.ID == img.ID {
-			continue
-		}
-		if err != nil && !errors.Is(err, cri.ErrNotFound) {
+		switch {
+		case err == nil && ts.ID == img.ID:
+		case err != nil && !errors.Is(err, cri.ErrNotFound):
 			errs = append(errs, err)
-			continue
+		default:
+			if err := rt.makeTag(ctx, img, tag, w); err != nil {
+				errs = append(errs, err)
+				break
+			}
+			retagged, changed = append(retagged, tag), true
 		}
-		if err := rt.makeTag(ctx, img, tag, w); err != nil {
+		_, pinChanged, err := rt.pins(ctx, tag, w.Pinners, w.KeepOtherPins)
+		if err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		retagged = append(retagged, tag)
+		changed = changed || pinChanged
 	}
-	return retagged, errs
+	return retagged, changed, errs
 }
 
 // makeTag points tag at img through the Store, or else by pulling the tag
@@ -159,43 +190,15 @@ func (rt Runtime) makeTag(ctx context.Context, img *cri.Image, tag string, w Wan
 // every other owner's. It returns the owners left on ref and whether it
 // changed any.
 func (rt Runtime) pins(ctx context.Context, ref string, pinners []string, keepOthers bool) ([]string, bool, error) {
-	have, err := rt.Store.Owners(ctx, ref)
-	if errors.Is(err, cri.ErrUnsupported) && len(pinners) == 0 {
+	owners, changed, err := rt.Store.SetPins(ctx, ref, pinners, keepOthers)
+	switch {
+	case errors.Is(err, cri.ErrUnsupported) && len(pinners) == 0:
 		// No pin wanted, and the runtime has none of prepull's.
 		return nil, false, nil
-	}
-	if err != nil {
+	case err != nil:
 		return nil, false, fmt.Errorf("pin %s for %s: %w", ref, strings.Join(pinners, ", "), err)
 	}
-	changed := false
-	var errs []error
-	var now []string
-	for _, o := range pinners {
-		if !slices.Contains(have, o) {
-			if err := rt.Store.Pin(ctx, ref, o); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			changed = true
-		}
-		now = append(now, o)
-	}
-	for _, o := range have {
-		switch {
-		case slices.Contains(pinners, o):
-		case keepOthers:
-			now = append(now, o)
-		default:
-			if err := rt.Store.Unpin(ctx, ref, o); err != nil {
-				errs = append(errs, err)
-				now = append(now, o)
-				continue
-			}
-			changed = true
-		}
-	}
-	slices.Sort(now)
-	return slices.Compact(now), changed, errors.Join(errs...)
+	return owners, changed, nil
 }
 
 // Release takes every pin off refs (an image and its tags) and, when

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -113,6 +114,23 @@ func (s *Store) Owners(ctx context.Context, ref string) ([]string, error) {
 	return cri.PinOwners(img.Labels), nil
 }
 
+// SetPins makes owners exactly the owners pinned on the record ref names
+// (with keepOthers, owners and those already there), in one read and at
+// most one write.
+func (s *Store) SetPins(ctx context.Context, ref string, owners []string, keepOthers bool) ([]string, bool, error) {
+	var left []string
+	changed := false
+	err := s.changeLabels(ctx, "pin", ref, func(labels map[string]string) map[string]string {
+		changes := cri.SetPinsChanges(labels, owners, keepOthers)
+		left, changed = cri.PinOwners(cri.ApplyChanges(maps.Clone(labels), changes)), changes != nil
+		return changes
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	return left, changed, nil
+}
+
 // changeLabels applies the label changes that change computes from the
 // current labels of the record ref names, touching no other label.
 func (s *Store) changeLabels(ctx context.Context, op, ref string, change func(map[string]string) map[string]string) error {
@@ -167,15 +185,17 @@ func (s *Store) Tag(ctx context.Context, tag, digestRef string, owners ...string
 // kept. It returns what undoes the move, or nil when there was none.
 func (s *Store) point(ctx context.Context, name string, target ocispec.Descriptor, owners ...string) (func(context.Context), error) {
 	is := s.client.ImageService()
-	cur, err := is.Get(ctx, name)
+	// Most names are new: made in one call, read only when they exist.
+	labels, _ := withPins(map[string]string{criManagedLabel: "managed"}, owners)
+	_, err := is.Create(ctx, images.Image{Name: name, Target: target, Labels: labels})
 	switch {
-	case errdefs.IsNotFound(err):
-		labels, _ := withPins(map[string]string{criManagedLabel: "managed"}, owners)
-		if _, err := is.Create(ctx, images.Image{Name: name, Target: target, Labels: labels}); err != nil {
-			return nil, err
-		}
+	case err == nil:
 		return func(c context.Context) { _ = is.Delete(c, name) }, nil
-	case err != nil:
+	case !errdefs.IsAlreadyExists(err):
+		return nil, err
+	}
+	cur, err := is.Get(ctx, name)
+	if err != nil {
 		return nil, err
 	}
 	var paths []string

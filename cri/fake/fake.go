@@ -352,6 +352,20 @@ func (f *Runtime) Owners(_ context.Context, ref string) ([]string, error) {
 	return cri.PinOwners(r.labels), nil
 }
 
+// SetPins makes owners exactly the owners of the pin on the reference ref
+// (with keepOthers, owners and those already there).
+func (f *Runtime) SetPins(_ context.Context, ref string, owners []string, keepOthers bool) ([]string, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, err := f.recordOf("pin", ref)
+	if err != nil {
+		return nil, false, err
+	}
+	changes := cri.SetPinsChanges(r.labels, owners, keepOthers)
+	r.labels = cri.ApplyChanges(r.labels, changes)
+	return cri.PinOwners(r.labels), changes != nil, nil
+}
+
 // Tag points tag at the image that digestRef names, pinned for owners.
 func (f *Runtime) Tag(_ context.Context, tag, digestRef string, owners ...string) error {
 	f.mu.Lock()
