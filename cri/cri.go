@@ -255,10 +255,22 @@ type ImageWatcher interface {
 }
 
 // PullSizer is a Store that can tell, before a pull, how many bytes it will
-// write: the image's blobs for the node's platform that the runtime does not
-// hold yet, read from the registry as a pull would, with auth.
+// write: the image's blobs for the node's platform, and of those the ones
+// the runtime does not hold yet.
 type PullSizer interface {
-	PullSize(ctx context.Context, digestRef string, auth *Auth) (int64, error)
+	// PullBlobs lists the config and layers a pull of digestRef fetches for
+	// the node's platform: from the runtime's manifests when it holds them,
+	// else from the registry as a pull reaches it, with auth.
+	PullBlobs(ctx context.Context, digestRef string, auth *Auth) ([]Blob, error)
+	// Missing is how many bytes of blobs the runtime lacks: a blob it holds
+	// counts nothing, one downloading counts what it has left.
+	Missing(ctx context.Context, blobs []Blob) (int64, error)
+}
+
+// Blob is one blob of an image, as its manifest lists it.
+type Blob struct {
+	Digest string
+	Size   int64
 }
 
 // RegistryReader is a Store that reads from registries as the runtime's own

@@ -98,30 +98,52 @@ func (r *Reconciler) measureFilesystem(ctx context.Context, now time.Time) {
 	r.mu.Unlock()
 }
 
-// pullSize is what e's pull writes to the image filesystem at least, or
-// -1 when it is not known or no budget applies: the image's blobs the
-// runtime does not hold yet, counted twice — once in the content store,
-// once unpacked, which a compressed layer at least matches. The runtime
-// reads their sizes from the registry as a pull would (containerd only);
-// an archive's are not read. At most MaxConcurrentPulls reads run at once.
-func (r *Reconciler) pullSize(ctx context.Context, e *entry, auth *cri.Auth) int64 {
+// pullBlobs are the blobs e's pull fetches, or nil when they are not known
+// or no budget applies. The runtime reads them from the registry as a pull
+// would (containerd only); an archive's are not read. At most
+// MaxConcurrentPulls reads run at once.
+func (r *Reconciler) pullBlobs(ctx context.Context, e *entry, auth *cri.Auth) []cri.Blob {
 	sizer, ok := r.Store.(cri.PullSizer)
 	if !ok || r.DiskBudget <= 0 || e.Archive != nil || !strings.Contains(e.Image, "@") {
-		return -1
+		return nil
 	}
 	select {
 	case r.sizing <- struct{}{}:
 	case <-ctx.Done():
-		return -1
+		return nil
 	}
 	defer func() { <-r.sizing }()
-	blobs, err := sizer.PullSize(ctx, e.Image, auth)
+	blobs, err := sizer.PullBlobs(ctx, e.Image, auth)
 	if err != nil {
 		// The pull itself says what is wrong.
 		ctrl.LoggerFrom(ctx).V(1).Info("Size of the pull unknown: only the image filesystem's usage counts for the disk budget", "image", e.Image, "error", err.Error())
-		return -1
+		return nil
 	}
-	return 2 * blobs
+	return blobs
+}
+
+// blobsOverBudget says why the pull of blobs (nil: not known) may not
+// start, or "". The pull writes at least the blobs the runtime lacks,
+// counted twice — once in the content store, once unpacked, which a
+// compressed layer at least matches. All of blobs are counted first; the
+// runtime is asked which it lacks only when all would not fit.
+func (r *Reconciler) blobsOverBudget(ctx context.Context, mount string, blobs []cri.Blob) string {
+	if blobs == nil {
+		return r.pullOverBudget(mount, -1)
+	}
+	var all int64
+	for _, b := range blobs {
+		all += b.Size
+	}
+	msg := r.pullOverBudget(mount, 2*all)
+	if msg == "" {
+		return ""
+	}
+	missing, err := r.Store.(cri.PullSizer).Missing(ctx, blobs)
+	if err != nil {
+		return r.pullOverBudget(mount, -1)
+	}
+	return r.pullOverBudget(mount, 2*missing)
 }
 
 // pullOverBudget says why a pull that writes need bytes (-1: unknown) may

@@ -64,9 +64,9 @@ func (r *Reconciler) pull(e *entry, st *imageState) {
 	ctx := r.baseCtx
 	r.mu.Unlock()
 	auth, err := r.auth(ctx, e)
-	need := int64(-1)
+	var blobs []cri.Blob
 	if err == nil {
-		need = r.pullSize(ctx, e, auth)
+		blobs = r.pullBlobs(ctx, e, auth)
 	}
 	select {
 	case r.sem <- struct{}{}:
@@ -78,7 +78,7 @@ func (r *Reconciler) pull(e *entry, st *imageState) {
 	r.mu.Lock()
 	mount := r.fsMount
 	r.mu.Unlock()
-	if msg := r.pullOverBudget(mount, need); msg != "" {
+	if msg := r.blobsOverBudget(ctx, mount, blobs); msg != "" {
 		r.mu.Lock()
 		now := r.Clock.Now()
 		st.to(prepullv1.PhasePending, ReasonDiskBudget, msg, now)

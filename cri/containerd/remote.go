@@ -18,9 +18,9 @@ import (
 )
 
 // WithRegistryHosts sets the directory of hosts.toml files that containerd's
-// CRI plugin reads (its registry.config_path), so that PullSize reaches a
+// CRI plugin reads (its registry.config_path), so that PullBlobs reaches a
 // registry as the CRI plugin's pulls do: through the same mirrors, over the
-// same schemes, with the same certificates. Without it, PullSize reaches each
+// same schemes, with the same certificates. Without it, PullBlobs reaches each
 // registry at its own name over HTTPS.
 func WithRegistryHosts(dir string) Option {
 	return func(s *Store) { s.hostsDir = dir }
@@ -31,31 +31,41 @@ var _ cri.PullSizer = (*Store)(nil)
 // maxManifest bounds a manifest or index read from a registry.
 const maxManifest = 4 << 20
 
-// PullSize reports how many bytes a pull of digestRef will write to the
-// content store: the sizes of the config and layers, for the node's
-// platform, that the store does not hold yet (a download under way counts
-// for what it still has to fetch). The manifests come from the content
-// store when it has them, else from the registry, with auth.
-func (s *Store) PullSize(ctx context.Context, digestRef string, auth *cri.Auth) (int64, error) {
+// PullBlobs lists the config and layers, for the node's platform, of the
+// image digestRef names: from the content store when it holds the
+// manifests, else from the registry, with auth.
+func (s *Store) PullBlobs(ctx context.Context, digestRef string, auth *cri.Auth) ([]cri.Blob, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	r, err := imageref.Parse(digestRef)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	if r.Digest == "" {
-		return 0, fmt.Errorf("pull size of %s: %w: not a digest reference", digestRef, cri.ErrInvalid)
+		return nil, fmt.Errorf("pull size of %s: %w: not a digest reference", digestRef, cri.ErrInvalid)
 	}
-	cs := s.client.ContentStore()
-	blobs, err := s.platformBlobs(ctx, cs, digest.Digest(r.Digest))
-	if err != nil || len(blobs) == 0 {
-		if blobs, err = s.remoteBlobs(ctx, digestRef, auth); err != nil {
-			return 0, wrap("pull size", digestRef, err)
+	descs, err := s.platformBlobs(ctx, s.client.ContentStore(), digest.Digest(r.Digest))
+	if err != nil || len(descs) == 0 {
+		if descs, err = s.remoteBlobs(ctx, digestRef, auth); err != nil {
+			return nil, wrap("pull size", digestRef, err)
 		}
 	}
+	blobs := make([]cri.Blob, 0, len(descs))
+	for _, d := range descs {
+		blobs = append(blobs, cri.Blob{Digest: d.Digest.String(), Size: d.Size})
+	}
+	return blobs, nil
+}
+
+// Missing is how many bytes of blobs the content store lacks; a download
+// under way counts for what it still has to fetch.
+func (s *Store) Missing(ctx context.Context, blobs []cri.Blob) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	cs := s.client.ContentStore()
 	statuses, err := cs.ListStatuses(ctx)
 	if err != nil {
-		return 0, wrap("pull size", digestRef, err)
+		return 0, wrap("pull size", "", err)
 	}
 	offsets := map[digest.Digest]int64{}
 	for _, st := range statuses {
@@ -64,8 +74,9 @@ func (s *Store) PullSize(ctx context.Context, digestRef string, auth *cri.Auth) 
 	}
 	var missing int64
 	for _, b := range blobs {
-		if _, err := cs.Info(ctx, b.Digest); err != nil {
-			missing += b.Size - min(offsets[b.Digest], b.Size)
+		d := digest.Digest(b.Digest)
+		if _, err := cs.Info(ctx, d); err != nil {
+			missing += b.Size - min(offsets[d], b.Size)
 		}
 	}
 	return missing, nil
@@ -86,7 +97,7 @@ func (s *Store) remoteBlobs(ctx context.Context, ref string, auth *cri.Auth) ([]
 	return walkPlatform(desc, func(d ocispec.Descriptor) (*manifest, error) { return readManifest(ctx, fetcher, d) })
 }
 
-// manifest is what PullSize reads of a manifest or an index.
+// manifest is what PullBlobs reads of a manifest or an index.
 type manifest struct {
 	Manifests []ocispec.Descriptor `json:"manifests"`
 	Config    ocispec.Descriptor   `json:"config"`
