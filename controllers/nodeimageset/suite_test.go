@@ -1128,6 +1128,48 @@ func TestAgent(t *testing.T) {
 		})
 	})
 
+	t.Run("the disk budget counts only the blobs containerd lacks: a layer it holds is not counted again", func(t *testing.T) {
+		// containerd's root on a real 64 MiB filesystem; the budget is 80%
+		// (51 MiB). The base image (one 14 MiB layer) takes about 28 MiB,
+		// stored and unpacked. An image on the same layer plus 1 MiB of its
+		// own would take the filesystem past the budget if all its blobs
+		// counted (30 MiB more); it writes about 2.
+		root := testground.TempDir(t, "pp-layered-")
+		if err := syscall.Mount("tmpfs", root, "tmpfs", 0, "size=64m"); err != nil {
+			t.Fatalf("mount a 64 MiB tmpfs: %v", err)
+		}
+		t.Cleanup(func() { _ = syscall.Unmount(root, syscall.MNT_DETACH) })
+		small := testground.StartContainerdWith(t, func(cfg string) string {
+			return strings.Replace(cfg, "root = '", "root = '"+root+"' #", 1)
+		})
+		small.TrustRegistry(e.public)
+		images, store := small.Clients(t)
+		platform := testground.Linux(goruntime.GOARCH)
+		shared := []testground.File{{Path: "shared.bin", Mode: 0o644, Data: testground.RandomBytes(14 << 20)}}
+		own := []testground.File{{Path: "app.bin", Mode: 0o644, Data: testground.RandomBytes(1 << 20)}}
+		push := func(repoTag string, layers ...[]testground.File) testground.Pushed {
+			img, err := testground.Image(platform, nil, layers...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := e.public.PushImage(repoTag, img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		base, app := push("layered/base:v1", shared), push("layered/app:v1", shared, own)
+		e.agent(t, "layered", func(r *nodeimageset.Reconciler) {
+			r.Images, r.Store, r.KeepStrayPins, r.DiskBudget = images, store, false, 0.8
+		})
+		e.setSpec(t, "layered", entry(base.Digest, owner("shop/layered", base.Tag)))
+		e.phase(t, "layered", base.Digest, prepullv1.PhasePresent, nil)
+		e.setSpec(t, "layered", entry(base.Digest, owner("shop/layered", base.Tag)), entry(app.Digest, owner("shop/layered", app.Tag)))
+		// Held back, it would stay Pending with reason DiskBudgetExceeded,
+		// which the failure prints.
+		e.phase(t, "layered", app.Digest, prepullv1.PhasePresent, nil)
+	})
+
 	t.Run("the agent killed mid-pull resumes after a restart", func(t *testing.T) {
 		bin := os.Getenv("PREPULL_BINARY")
 		if bin == "" {
