@@ -122,34 +122,14 @@ func (r *Reconciler) pullBlobs(ctx context.Context, e *entry, auth *cri.Auth) []
 	return blobs
 }
 
-// blobsOverBudget says why the pull of blobs (nil: not known) may not
-// start, or "". The pull writes at least the blobs the runtime lacks,
+// pullOverBudget says why the pull of blobs (nil: not known) may not start,
+// or "": the image filesystem at mount (found by the last
+// measureFilesystem), as used now, is past DiskBudget, or would be with
+// what the pull writes. That is at least the blobs the runtime lacks,
 // counted twice — once in the content store, once unpacked, which a
 // compressed layer at least matches. All of blobs are counted first; the
 // runtime is asked which it lacks only when all would not fit.
-func (r *Reconciler) blobsOverBudget(ctx context.Context, mount string, blobs []cri.Blob) string {
-	if blobs == nil {
-		return r.pullOverBudget(mount, -1)
-	}
-	var all int64
-	for _, b := range blobs {
-		all += b.Size
-	}
-	msg := r.pullOverBudget(mount, 2*all)
-	if msg == "" {
-		return ""
-	}
-	missing, err := r.Store.(cri.PullSizer).Missing(ctx, blobs)
-	if err != nil {
-		return r.pullOverBudget(mount, -1)
-	}
-	return r.pullOverBudget(mount, 2*missing)
-}
-
-// pullOverBudget says why a pull that writes need bytes (-1: unknown) may
-// not start, or "": the image filesystem at mount (found by the last
-// measureFilesystem), as used now, plus need, would be past DiskBudget.
-func (r *Reconciler) pullOverBudget(mount string, need int64) string {
+func (r *Reconciler) pullOverBudget(ctx context.Context, mount string, blobs []cri.Blob) string {
 	if r.DiskBudget <= 0 || mount == "" {
 		return ""
 	}
@@ -157,16 +137,34 @@ func (r *Reconciler) pullOverBudget(mount string, need int64) string {
 	if err != nil || total == 0 {
 		return ""
 	}
-	now, after := float64(used)/float64(total), float64(used+uint64(max(need, 0)))/float64(total)
-	switch {
-	case now >= r.DiskBudget:
-		return fmt.Sprintf("the image filesystem %s is %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
-			mount, 100*now, 100*r.DiskBudget)
-	case after >= r.DiskBudget:
-		return fmt.Sprintf("the pull writes at least %s (%s of blobs, as much again unpacked), which would take the image filesystem %s from %.1f%% to %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
-			bundle.Bytes(need), bundle.Bytes(need/2), mount, 100*now, 100*after, 100*r.DiskBudget)
+	over := func(need int64) string {
+		now, after := float64(used)/float64(total), float64(used+uint64(need))/float64(total)
+		switch {
+		case now >= r.DiskBudget:
+			return fmt.Sprintf("the image filesystem %s is %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
+				mount, 100*now, 100*r.DiskBudget)
+		case after >= r.DiskBudget:
+			return fmt.Sprintf("the pull writes at least %s (%s of blobs, as much again unpacked), which would take the image filesystem %s from %.1f%% to %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
+				bundle.Bytes(need), bundle.Bytes(need/2), mount, 100*now, 100*after, 100*r.DiskBudget)
+		}
+		return ""
 	}
-	return ""
+	if msg := over(0); msg != "" || blobs == nil {
+		return msg
+	}
+	var all int64
+	for _, b := range blobs {
+		all += b.Size
+	}
+	if over(2*all) == "" {
+		return ""
+	}
+	missing, err := r.Store.(cri.PullSizer).Missing(ctx, blobs)
+	if err != nil {
+		// Not known: only the usage counts, and it fits.
+		return ""
+	}
+	return over(2 * missing)
 }
 
 func (r *Reconciler) fsUsage(path string) (uint64, uint64, error) {

@@ -42,7 +42,7 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
 	if now.Before(st.nextTry) {
 		return
 	}
-	if msg := r.pullOverBudget(r.fsMount, -1); msg != "" {
+	if msg := r.pullOverBudget(r.baseCtx, r.fsMount, nil); msg != "" {
 		st.to(prepullv1.PhasePending, ReasonDiskBudget, msg, now)
 		st.nextTry = now.Add(r.ResyncInterval)
 		return
@@ -78,7 +78,7 @@ func (r *Reconciler) pull(e *entry, st *imageState) {
 	r.mu.Lock()
 	mount := r.fsMount
 	r.mu.Unlock()
-	if msg := r.blobsOverBudget(ctx, mount, blobs); msg != "" {
+	if msg := r.pullOverBudget(ctx, mount, blobs); msg != "" {
 		r.mu.Lock()
 		now := r.Clock.Now()
 		st.to(prepullv1.PhasePending, ReasonDiskBudget, msg, now)
