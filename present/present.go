@@ -105,7 +105,8 @@ func (rt Runtime) verify(ctx context.Context, img *cri.Image, w Want, st *State)
 		wantPin = false
 	}
 	if wantPin {
-		st.Pinned = pinnedSoon(ctx, rt.Images, w.Image)
+		is, err := shows(ctx, rt.Images, w.Image, img.ID, true)
+		st.Pinned = err == nil && is.Pinned
 	}
 	return nil
 }
@@ -126,15 +127,6 @@ func shows(ctx context.Context, images cri.ImageService, ref, id string, pinned 
 		return nil, ctx.Err()
 	}
 	return img, err
-}
-
-// pinnedSoon reports whether CRI shows the image ref names pinned, allowing
-// it a few seconds.
-func pinnedSoon(ctx context.Context, images cri.ImageService, ref string) bool {
-	return cri.Soon(ctx, func(ctx context.Context) bool {
-		img, err := images.ImageStatus(ctx, ref)
-		return err == nil && img.Pinned
-	})
 }
 
 // tags points every tag of w that does not name img at it, and puts the
