@@ -90,13 +90,7 @@ func TestPinLabels(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			labels := maps.Clone(tt.labels)
-			for _, o := range tt.pin {
-				labels = ApplyChanges(labels, PinChanges(labels, o))
-			}
-			for _, o := range tt.unpin {
-				labels = ApplyChanges(labels, UnpinChanges(labels, o))
-			}
+			labels := oneByOne(tt.labels, tt.pin, tt.unpin)
 			if got := labels[PinnedLabel] == PinnedLabelValue; got != tt.wantPinned {
 				t.Errorf("pinned = %t, want %t (labels %v)", got, tt.wantPinned, labels)
 			}
@@ -113,13 +107,7 @@ func TestPinLabels(t *testing.T) {
 // SetPinsChanges must leave what pinning and unpinning one owner at a time
 // leaves, and ask for no change where there is none.
 func TestSetPinsChangesIsPinAndUnpinInOne(t *testing.T) {
-	pinned := func(owners ...string) map[string]string {
-		var l map[string]string
-		for _, o := range owners {
-			l = ApplyChanges(l, PinChanges(l, o))
-		}
-		return l
-	}
+	pinned := func(owners ...string) map[string]string { return oneByOne(nil, owners, nil) }
 	tests := []struct {
 		name       string
 		labels     map[string]string
@@ -142,15 +130,13 @@ func TestSetPinsChangesIsPinAndUnpinInOne(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// One owner at a time, as Pin and Unpin do.
-			want := maps.Clone(tt.labels)
-			for _, o := range tt.owners {
-				want = ApplyChanges(want, PinChanges(want, o))
-			}
+			var others []string
 			for _, o := range PinOwners(tt.labels) {
 				if !tt.keepOthers && !slices.Contains(tt.owners, o) {
-					want = ApplyChanges(want, UnpinChanges(want, o))
+					others = append(others, o)
 				}
 			}
+			want := oneByOne(tt.labels, tt.owners, others)
 			changes := SetPinsChanges(tt.labels, tt.owners, tt.keepOthers)
 			got := ApplyChanges(maps.Clone(tt.labels), changes)
 			if !maps.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
@@ -167,6 +153,19 @@ func TestSetPinsChangesIsPinAndUnpinInOne(t *testing.T) {
 			}
 		})
 	}
+}
+
+// oneByOne is labels after pinning for each of pin, then unpinning each
+// of unpin, one owner at a time.
+func oneByOne(labels map[string]string, pin, unpin []string) map[string]string {
+	labels = maps.Clone(labels)
+	for _, o := range pin {
+		labels = ApplyChanges(labels, PinChanges(labels, o))
+	}
+	for _, o := range unpin {
+		labels = ApplyChanges(labels, UnpinChanges(labels, o))
+	}
+	return labels
 }
 
 func TestUnsupportedNamesTheRuntime(t *testing.T) {
