@@ -1,6 +1,9 @@
 package nodeimageset_test
 
 import (
+	"fmt"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -9,6 +12,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/cri/containerd"
+	"prepull.io/prepull/e2e/testground"
 )
 
 // configNoNameCheck lets several agents, one per simulated node, run their
@@ -61,4 +67,23 @@ func statusUntilPresent(t *testing.T, w watch.Interface, n int, each func(prepul
 			t.Fatalf("not all Present after %s", wait)
 		}
 	}
+}
+
+// containerdOnTmpfs starts a containerd whose root is a real filesystem
+// of size bytes (a tmpfs), trusting the public registry, and returns that
+// filesystem's path, for a test that grows it, and the containerd's
+// clients.
+func (e *env) containerdOnTmpfs(t *testing.T, size int64) (string, *cri.Remote, *containerd.Store) {
+	t.Helper()
+	root := testground.TempDir(t, "pp-tmpfs-")
+	if err := syscall.Mount("tmpfs", root, "tmpfs", 0, fmt.Sprintf("size=%d", size)); err != nil {
+		t.Fatalf("mount a %d MiB tmpfs: %v", size>>20, err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(root, syscall.MNT_DETACH) })
+	ctd := testground.StartContainerdWith(t, func(cfg string) string {
+		return strings.Replace(cfg, "root = '", "root = '"+root+"' #", 1)
+	})
+	ctd.TrustRegistry(e.public)
+	images, store := ctd.Clients(t)
+	return root, images, store
 }

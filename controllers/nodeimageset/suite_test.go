@@ -1028,16 +1028,7 @@ func TestAgent(t *testing.T) {
 
 	t.Run("a full disk: NoSpace, nothing half-made, the rest kept, then present once space is freed", func(t *testing.T) {
 		// containerd's root on a real, small filesystem that the pull fills.
-		root := testground.TempDir(t, "pp-full-")
-		if err := syscall.Mount("tmpfs", root, "tmpfs", 0, "size=24m"); err != nil {
-			t.Fatalf("mount a 24 MiB tmpfs: %v", err)
-		}
-		t.Cleanup(func() { _ = syscall.Unmount(root, syscall.MNT_DETACH) })
-		full := testground.StartContainerdWith(t, func(cfg string) string {
-			return strings.Replace(cfg, "root = '", "root = '"+root+"' #", 1)
-		})
-		full.TrustRegistry(e.public)
-		images, store := full.Clients(t)
+		root, images, store := e.containerdOnTmpfs(t, 24<<20)
 		small := e.public.MustPushRandom(t, "full/small:v1", 1<<20, 1)
 		big := e.public.MustPushRandom(t, "full/big:v1", 40<<20, 1)
 		e.setList(t, "shop/full", func(s *prepullv1.PrePullListSpec) { s.Rollout.BackoffLimit = ptr(int32(100)) })
@@ -1082,16 +1073,7 @@ func TestAgent(t *testing.T) {
 		// containerd's root on a real 32 MiB filesystem; the budget is
 		// 80%. A 14 MiB image writes at least 28 MiB (its blob, then
 		// unpacked): it would fit the usage, not the budget.
-		root := testground.TempDir(t, "pp-budget-")
-		if err := syscall.Mount("tmpfs", root, "tmpfs", 0, "size=32m"); err != nil {
-			t.Fatalf("mount a 32 MiB tmpfs: %v", err)
-		}
-		t.Cleanup(func() { _ = syscall.Unmount(root, syscall.MNT_DETACH) })
-		small := testground.StartContainerdWith(t, func(cfg string) string {
-			return strings.Replace(cfg, "root = '", "root = '"+root+"' #", 1)
-		})
-		small.TrustRegistry(e.public)
-		images, store := small.Clients(t)
+		root, images, store := e.containerdOnTmpfs(t, 32<<20)
 		little := e.public.MustPushRandom(t, "sized/little:v1", 1<<20, 1)
 		big := e.public.MustPushRandom(t, "sized/big:v1", 14<<20, 1)
 		e.agent(t, "sized", func(r *nodeimageset.Reconciler) {
@@ -1134,16 +1116,7 @@ func TestAgent(t *testing.T) {
 		// stored and unpacked. An image on the same layer plus 1 MiB of its
 		// own would take the filesystem past the budget if all its blobs
 		// counted (30 MiB more); it writes about 2.
-		root := testground.TempDir(t, "pp-layered-")
-		if err := syscall.Mount("tmpfs", root, "tmpfs", 0, "size=64m"); err != nil {
-			t.Fatalf("mount a 64 MiB tmpfs: %v", err)
-		}
-		t.Cleanup(func() { _ = syscall.Unmount(root, syscall.MNT_DETACH) })
-		small := testground.StartContainerdWith(t, func(cfg string) string {
-			return strings.Replace(cfg, "root = '", "root = '"+root+"' #", 1)
-		})
-		small.TrustRegistry(e.public)
-		images, store := small.Clients(t)
+		_, images, store := e.containerdOnTmpfs(t, 64<<20)
 		platform := testground.Linux(goruntime.GOARCH)
 		shared := []testground.File{{Path: "shared.bin", Mode: 0o644, Data: testground.RandomBytes(14 << 20)}}
 		own := []testground.File{{Path: "app.bin", Mode: 0o644, Data: testground.RandomBytes(1 << 20)}}
