@@ -194,6 +194,31 @@ func Run(t *testing.T, env *Env) {
 		}
 	})
 
+	t.Run("set pins: exactly the owners asked, or them and the others, in one call", func(t *testing.T) {
+		img := env.Push(t, "setpins:v1")
+		mustPull(t, env.Images, img.Digest)
+		set := func(owners []string, keepOthers bool, want []string, wantChanged bool) {
+			t.Helper()
+			got, changed, err := env.Store.SetPins(ctx, img.Digest, owners, keepOthers)
+			if err != nil || !slices.Equal(got, want) || changed != wantChanged {
+				t.Errorf("SetPins(%v, keepOthers %t) = %v, changed %t, %v; want %v, changed %t", owners, keepOthers, got, changed, err, want, wantChanged)
+			}
+			if stored, err := env.Store.Owners(ctx, img.Digest); err != nil || !slices.Equal(stored, want) {
+				t.Errorf("owners after SetPins(%v, keepOthers %t) = %v, %v; want %v", owners, keepOthers, stored, err, want)
+			}
+		}
+		set([]string{"ns/b", "ns/a"}, false, []string{"ns/a", "ns/b"}, true)
+		eventuallyPinned(t, env.Images, img.Digest, true)
+		set([]string{"ns/a", "ns/b"}, false, []string{"ns/a", "ns/b"}, false)
+		set([]string{"ns/c"}, true, []string{"ns/a", "ns/b", "ns/c"}, true)
+		set([]string{"ns/c"}, false, []string{"ns/c"}, true)
+		set(nil, false, nil, true)
+		eventuallyPinned(t, env.Images, img.Digest, false)
+		if _, _, err := env.Store.SetPins(ctx, env.Registry+"/absent/image:v1", []string{"ns/a"}, false); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("set pins on an absent image: error %v, want ErrNotFound", err)
+		}
+	})
+
 	t.Run("a pin set by someone else stays", func(t *testing.T) {
 		img := env.Push(t, "pinned-elsewhere:v1")
 		mustPull(t, env.Images, img.Digest)
