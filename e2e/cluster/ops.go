@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -73,28 +74,29 @@ func (c *Cluster) Clients() (*kubernetes.Clientset, client.Client, error) {
 // wait itself: after a restart, a stale Ready status lies.
 func WaitNodeReady(ctx context.Context, cs *kubernetes.Clientset, name string, timeout time.Duration) error {
 	since := time.Now().Add(-time.Second)
-	deadline := time.Now().Add(timeout)
 	last := "the node was never read"
-	for time.Now().Before(deadline) {
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			last = err.Error()
+			return false, nil
 		}
-		if err == nil {
-			last = "no Ready condition"
-			for _, cond := range n.Status.Conditions {
-				if cond.Type != corev1.NodeReady {
-					continue
-				}
-				if cond.Status == corev1.ConditionTrue && cond.LastHeartbeatTime.After(since) {
-					return nil
-				}
-				last = fmt.Sprintf("Ready=%s (%s: %s), last heartbeat %s", cond.Status, cond.Reason, cond.Message, cond.LastHeartbeatTime.Format(time.RFC3339))
+		last = "no Ready condition"
+		for _, cond := range n.Status.Conditions {
+			if cond.Type != corev1.NodeReady {
+				continue
 			}
+			if cond.Status == corev1.ConditionTrue && cond.LastHeartbeatTime.After(since) {
+				return true, nil
+			}
+			last = fmt.Sprintf("Ready=%s (%s: %s), last heartbeat %s", cond.Status, cond.Reason, cond.Message, cond.LastHeartbeatTime.Format(time.RFC3339))
 		}
-		time.Sleep(500 * time.Millisecond)
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("node %s not Ready after %s: %s", name, timeout, last)
 	}
-	return fmt.Errorf("node %s not Ready after %s: %s", name, timeout, last)
+	return nil
 }
 
 // Kubectl runs the built kubectl against the cluster.
