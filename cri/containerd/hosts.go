@@ -51,13 +51,18 @@ type hostsCache struct {
 // resolver reaches registries as containerd's CRI plugin does: through its
 // hosts.toml directory, with auth.
 func (s *Store) resolver(ctx context.Context, auth *cri.Auth) remotes.Resolver {
-	var a cri.Auth
-	if auth != nil {
-		a = *auth
-	}
+	a := authOf(auth)
 	return docker.NewResolver(docker.ResolverOptions{Hosts: func(host string) ([]docker.RegistryHost, error) {
 		return s.hosts.get(ctx, hostsKey{host: host, auth: a}, s.hostsDir)
 	}})
+}
+
+// authOf is auth as a hosts key holds it: none when nil.
+func authOf(auth *cri.Auth) cri.Auth {
+	if auth == nil {
+		return cri.Auth{}
+	}
+	return *auth
 }
 
 // get returns k's hosts, configured again when hosts.toml changed (or

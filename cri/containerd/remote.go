@@ -7,9 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
+	"path"
 	"strings"
 
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/pkg/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -46,7 +52,7 @@ func (s *Store) PullBlobs(ctx context.Context, digestRef string, auth *cri.Auth)
 	}
 	descs, err := s.platformBlobs(ctx, s.client.ContentStore(), digest.Digest(r.Digest))
 	if err != nil || len(descs) == 0 {
-		if descs, err = s.remoteBlobs(ctx, digestRef, auth); err != nil {
+		if descs, err = s.remoteBlobs(ctx, r, auth); err != nil {
 			return nil, wrap("pull size", digestRef, err)
 		}
 	}
@@ -82,9 +88,25 @@ func (s *Store) Missing(ctx context.Context, blobs []cri.Blob) (int64, error) {
 	return missing, nil
 }
 
-// remoteBlobs reads from the registry the config and layers of the image ref
-// names, for the node's platform.
-func (s *Store) remoteBlobs(ctx context.Context, ref string, auth *cri.Auth) ([]ocispec.Descriptor, error) {
+// remoteBlobs reads from the registry the config and layers of the image r
+// names, for the node's platform. Each manifest or index is read by its
+// digest in one GET that accepts every manifest type; when that fails,
+// through containerd's resolver, as a pull reads it: a HEAD, then a GET.
+func (s *Store) remoteBlobs(ctx context.Context, r imageref.Ref, auth *cri.Auth) ([]ocispec.Descriptor, error) {
+	ref := r.Repo + "@" + r.Digest
+	spec, err := reference.Parse(ref)
+	if err != nil {
+		return nil, err
+	}
+	hosts, err := s.hosts.get(ctx, hostsKey{host: spec.Hostname(), auth: authOf(auth)}, s.hostsDir)
+	if err == nil {
+		descs, gerr := walkPlatform(ocispec.Descriptor{Digest: digest.Digest(r.Digest)}, func(d ocispec.Descriptor) (*manifest, error) {
+			return getManifest(ctx, hosts, spec, d.Digest)
+		})
+		if gerr == nil || ctx.Err() != nil {
+			return descs, gerr
+		}
+	}
 	resolver := s.resolver(ctx, auth)
 	name, desc, err := resolver.Resolve(ctx, ref)
 	if err != nil {
@@ -95,6 +117,96 @@ func (s *Store) remoteBlobs(ctx context.Context, ref string, auth *cri.Auth) ([]
 		return nil, err
 	}
 	return walkPlatform(desc, func(d ocispec.Descriptor) (*manifest, error) { return readManifest(ctx, fetcher, d) })
+}
+
+// manifestTypes are the media types a manifest or index read by digest may
+// have: a registry answers with the one it holds only when it is accepted.
+var manifestTypes = strings.Join([]string{
+	ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageIndex,
+	images.MediaTypeDockerSchema2Manifest, images.MediaTypeDockerSchema2ManifestList,
+}, ", ")
+
+// getManifest reads the manifest or index d from the first of hosts that
+// can serve pulls and has it, with the hosts' clients and credentials; a
+// mirror is told which registry it stands for, as containerd tells it.
+func getManifest(ctx context.Context, hosts []docker.RegistryHost, spec reference.Spec, d digest.Digest) (*manifest, error) {
+	ctx, err := docker.ContextWithRepositoryScope(ctx, spec, false)
+	if err != nil {
+		return nil, err
+	}
+	repo := strings.TrimPrefix(spec.Locator, spec.Hostname()+"/")
+	var errs []error
+	for _, h := range hosts {
+		if h.Capabilities&docker.HostCapabilityPull == 0 {
+			continue
+		}
+		u := url.URL{Scheme: h.Scheme, Host: h.Host, Path: path.Join("/", h.Path, repo, "manifests", d.String())}
+		if spec.Hostname() != h.Host && (spec.Hostname() != "docker.io" || h.Host != "registry-1.docker.io") {
+			u.RawQuery = url.Values{"ns": {spec.Hostname()}}.Encode()
+		}
+		raw, err := getSmall(ctx, h, u.String(), d)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", h.Host, err))
+			continue
+		}
+		m := &manifest{}
+		if err := json.Unmarshal(raw, m); err != nil {
+			return nil, fmt.Errorf("manifest %s: %w", d, err)
+		}
+		return m, nil
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("no registry host serves pulls of %s", spec.Locator)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// getSmall GETs u from host h, answering one authentication challenge,
+// and returns at most maxManifest bytes, checked against d.
+func getSmall(ctx context.Context, h docker.RegistryHost, u string, d digest.Digest) ([]byte, error) {
+	client := h.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	for challenged := false; ; challenged = true {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return nil, err
+		}
+		if h.Header != nil {
+			req.Header = h.Header.Clone()
+		}
+		req.Header.Set("Accept", manifestTypes)
+		if h.Authorizer != nil {
+			if err := h.Authorizer.Authorize(ctx, req); err != nil {
+				return nil, err
+			}
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode == http.StatusUnauthorized && h.Authorizer != nil && !challenged {
+			err := h.Authorizer.AddResponses(ctx, []*http.Response{resp})
+			resp.Body.Close()
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("GET %s: %s", d, resp.Status)
+		}
+		raw, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
+		if err != nil {
+			return nil, err
+		}
+		if got := digest.FromBytes(raw); got != d {
+			return nil, fmt.Errorf("%s: the registry sent %s", d, got)
+		}
+		return raw, nil
+	}
 }
 
 // manifest is what PullBlobs reads of a manifest or an index.
