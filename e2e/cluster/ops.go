@@ -190,32 +190,27 @@ func (c *Cluster) Deploy(ctx context.Context, cs *kubernetes.Clientset, how Inst
 	default:
 		return fmt.Errorf("install %q: must be %s or %s", how, Kustomize, Helm)
 	}
-	deadline := time.Now().Add(3 * time.Minute)
-	for time.Now().Before(deadline) {
+	if err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		ds, err1 := cs.AppsV1().DaemonSets("prepull-system").Get(ctx, "prepull-agent", metav1.GetOptions{})
 		dep, err2 := cs.AppsV1().Deployments("prepull-system").Get(ctx, "prepull-controller", metav1.GetOptions{})
-		if err1 == nil && err2 == nil && ds.Status.DesiredNumberScheduled > 0 && ds.Status.NumberReady == ds.Status.DesiredNumberScheduled && dep.Status.ReadyReplicas >= 1 {
-			return nil
-		}
-		time.Sleep(time.Second)
+		return err1 == nil && err2 == nil && ds.Status.DesiredNumberScheduled > 0 && ds.Status.NumberReady == ds.Status.DesiredNumberScheduled && dep.Status.ReadyReplicas >= 1, nil
+	}); err != nil {
+		return errors.New("prepull's agent and controller not ready after 3m: kubectl -n prepull-system get pods,events")
 	}
-	return errors.New("prepull's agent and controller not ready after 3m: kubectl -n prepull-system get pods,events")
+	return nil
 }
 
 // WaitListReady waits until the list is Ready with at least one node
 // selected.
 func WaitListReady(ctx context.Context, cl client.Client, l *prepullv1.PrePullList, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		got := &prepullv1.PrePullList{}
-		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), got); err == nil {
-			if meta.IsStatusConditionTrue(got.Status.Conditions, prepullv1.ConditionReady) && got.Status.Nodes.Selected > 0 {
-				return nil
-			}
-		}
-		time.Sleep(500 * time.Millisecond)
+		err := cl.Get(ctx, client.ObjectKeyFromObject(l), got)
+		return err == nil && meta.IsStatusConditionTrue(got.Status.Conditions, prepullv1.ConditionReady) && got.Status.Nodes.Selected > 0, nil
+	}); err != nil {
+		return fmt.Errorf("PrePullList %s/%s not Ready after %s: kubectl get ppl -A -o yaml", l.Namespace, l.Name, timeout)
 	}
-	return fmt.Errorf("PrePullList %s/%s not Ready after %s: kubectl get ppl -A -o yaml", l.Namespace, l.Name, timeout)
+	return nil
 }
 
 // DeleteList deletes l and waits until it is gone: released by every node's
@@ -224,34 +219,32 @@ func DeleteList(ctx context.Context, cl client.Client, l *prepullv1.PrePullList,
 	if err := cl.Delete(ctx, l); err != nil {
 		return err
 	}
-	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{}); apierrors.IsNotFound(err) {
-			return nil
-		}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		return apierrors.IsNotFound(cl.Get(ctx, client.ObjectKeyFromObject(l), &prepullv1.PrePullList{})), nil
+	}); err != nil {
+		return fmt.Errorf("PrePullList %s/%s still there %s after its deletion: kubectl get ppl -A -o yaml", l.Namespace, l.Name, timeout)
 	}
-	return fmt.Errorf("PrePullList %s/%s still there %s after its deletion: kubectl get ppl -A -o yaml", l.Namespace, l.Name, timeout)
+	return nil
 }
 
 // WaitServiceAccount waits for the default service account of ns, which pods
 // need.
 func WaitServiceAccount(ctx context.Context, cs *kubernetes.Clientset, ns string) error {
-	for range 120 {
-		if _, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
-			return nil
-		}
-		time.Sleep(500 * time.Millisecond)
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	}); err != nil {
+		return fmt.Errorf("no default service account in %s after a minute", ns)
 	}
-	return fmt.Errorf("no default service account in %s", ns)
+	return nil
 }
 
 // WaitPodGone waits, for at most 30 s, until the pod is gone.
 func WaitPodGone(ctx context.Context, cs *kubernetes.Clientset, ns, name string) {
-	for range 60 {
-		if _, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); err != nil {
-			return
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+	_ = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		return err != nil, nil
+	})
 }
 
 // StartRegistry starts the cluster's registry, at Up or again after Stop,
@@ -300,13 +293,11 @@ func (c *Cluster) Reregister(ctx context.Context, cs *kubernetes.Clientset, tain
 	if err := cs.CoreV1().Nodes().Delete(ctx, c.NodeName, metav1.DeleteOptions{}); err != nil {
 		return fmt.Errorf("delete node %s: %w", c.NodeName, err)
 	}
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		if _, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{}); apierrors.IsNotFound(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("node %s not gone after a minute", c.NodeName)
-		}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	}); err != nil {
+		return fmt.Errorf("node %s not gone after a minute", c.NodeName)
 	}
 	if err := away(); err != nil {
 		return err
@@ -325,14 +316,13 @@ func (c *Cluster) Reregister(ctx context.Context, cs *kubernetes.Clientset, tain
 	if err := c.startKubelet(); err != nil {
 		return err
 	}
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		if _, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{}); err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return c.withLog(fmt.Errorf("node %s did not register again within 2 minutes", c.NodeName), "kubelet")
-		}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{})
+		return err == nil, nil
+	}); err != nil {
+		return c.withLog(fmt.Errorf("node %s did not register again within 2 minutes", c.NodeName), "kubelet")
 	}
+	return nil
 }
 
 // platform is this machine's, the node's.
