@@ -7,7 +7,6 @@ package containerd
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -297,8 +296,7 @@ func (s *Store) platformBlobs(ctx context.Context, cs content.Store, d digest.Di
 		if err != nil {
 			return nil, err
 		}
-		m := &manifest{}
-		return m, json.Unmarshal(raw, m)
+		return parseManifest(raw, desc.Digest)
 	})
 }
 

@@ -149,11 +149,7 @@ func getManifest(ctx context.Context, hosts []docker.RegistryHost, spec referenc
 			errs = append(errs, fmt.Errorf("%s: %w", h.Host, err))
 			continue
 		}
-		m := &manifest{}
-		if err := json.Unmarshal(raw, m); err != nil {
-			return nil, fmt.Errorf("manifest %s: %w", d, err)
-		}
-		return m, nil
+		return parseManifest(raw, d)
 	}
 	if len(errs) == 0 {
 		return nil, fmt.Errorf("no registry host serves pulls of %s", spec.Locator)
@@ -198,14 +194,7 @@ func getSmall(ctx context.Context, h docker.RegistryHost, u string, d digest.Dig
 		if resp.StatusCode != http.StatusOK {
 			return nil, fmt.Errorf("GET %s: %s", d, resp.Status)
 		}
-		raw, err := io.ReadAll(io.LimitReader(resp.Body, maxManifest+1))
-		if err != nil {
-			return nil, err
-		}
-		if got := digest.FromBytes(raw); got != d {
-			return nil, fmt.Errorf("%s: the registry sent %s", d, got)
-		}
-		return raw, nil
+		return readSmall(resp.Body, d)
 	}
 }
 
@@ -223,9 +212,14 @@ func readManifest(ctx context.Context, f remotes.Fetcher, desc ocispec.Descripto
 	if err != nil {
 		return nil, err
 	}
+	return parseManifest(raw, desc.Digest)
+}
+
+// parseManifest reads what PullBlobs needs of raw, the manifest or index d.
+func parseManifest(raw []byte, d digest.Digest) (*manifest, error) {
 	m := &manifest{}
 	if err := json.Unmarshal(raw, m); err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", desc.Digest, err)
+		return nil, fmt.Errorf("manifest %s: %w", d, err)
 	}
 	return m, nil
 }
@@ -241,12 +235,17 @@ func fetchSmall(ctx context.Context, f remotes.Fetcher, desc ocispec.Descriptor)
 		return nil, err
 	}
 	defer rc.Close()
-	raw, err := io.ReadAll(io.LimitReader(rc, maxManifest+1))
+	return readSmall(rc, desc.Digest)
+}
+
+// readSmall reads at most maxManifest bytes of r, which must be d's.
+func readSmall(r io.Reader, d digest.Digest) ([]byte, error) {
+	raw, err := io.ReadAll(io.LimitReader(r, maxManifest+1))
 	if err != nil {
 		return nil, err
 	}
-	if got := digest.FromBytes(raw); got != desc.Digest {
-		return nil, fmt.Errorf("%s: the registry sent %s", desc.Digest, got)
+	if got := digest.FromBytes(raw); got != d {
+		return nil, fmt.Errorf("%s: the registry sent %s", d, got)
 	}
 	return raw, nil
 }
