@@ -90,8 +90,10 @@ func (s *Store) Missing(ctx context.Context, blobs []cri.Blob) (int64, error) {
 
 // remoteBlobs reads from the registry the config and layers of the image r
 // names, for the node's platform. Each manifest or index is read by its
-// digest in one GET that accepts every manifest type; when that fails,
-// through containerd's resolver, as a pull reads it: a HEAD, then a GET.
+// digest in one GET that accepts every manifest type. Only a registry that
+// answers such a GET without the manifest is asked again through
+// containerd's resolver, as a pull asks: a HEAD, then a GET. A registry out
+// of reach, or refusing the credentials, is not asked twice.
 func (s *Store) remoteBlobs(ctx context.Context, r imageref.Ref, auth *cri.Auth) ([]ocispec.Descriptor, error) {
 	ref := r.Repo + "@" + r.Digest
 	spec, err := reference.Parse(ref)
@@ -99,13 +101,14 @@ func (s *Store) remoteBlobs(ctx context.Context, r imageref.Ref, auth *cri.Auth)
 		return nil, err
 	}
 	hosts, err := s.hosts.get(ctx, hostsKey{host: spec.Hostname(), auth: authOf(auth)}, s.hostsDir)
-	if err == nil {
-		descs, gerr := walkPlatform(ocispec.Descriptor{Digest: digest.Digest(r.Digest)}, func(d ocispec.Descriptor) (*manifest, error) {
-			return getManifest(ctx, hosts, spec, d.Digest)
-		})
-		if gerr == nil || ctx.Err() != nil {
-			return descs, gerr
-		}
+	if err != nil {
+		return nil, err
+	}
+	descs, err := walkPlatform(ocispec.Descriptor{Digest: digest.Digest(r.Digest)}, func(d ocispec.Descriptor) (*manifest, error) {
+		return getManifest(ctx, hosts, spec, d.Digest)
+	})
+	if !errors.As(err, new(notServedError)) {
+		return descs, err
 	}
 	resolver := s.resolver(ctx, auth)
 	name, desc, err := resolver.Resolve(ctx, ref)
@@ -157,6 +160,16 @@ func getManifest(ctx context.Context, hosts []docker.RegistryHost, spec referenc
 	return nil, errors.Join(errs...)
 }
 
+// notServedError is a registry's answer to a GET of a manifest by digest
+// that does not hand it over, though the registry may hold it: some
+// registries want the manifest's own type alone in Accept.
+type notServedError struct {
+	digest digest.Digest
+	status string
+}
+
+func (e notServedError) Error() string { return fmt.Sprintf("GET %s: %s", e.digest, e.status) }
+
 // getSmall GETs u from host h, answering one authentication challenge,
 // and returns at most maxManifest bytes, checked against d.
 func getSmall(ctx context.Context, h docker.RegistryHost, u string, d digest.Digest) ([]byte, error) {
@@ -191,7 +204,11 @@ func getSmall(ctx context.Context, h docker.RegistryHost, u string, d digest.Dig
 			continue
 		}
 		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
+		switch resp.StatusCode {
+		case http.StatusOK:
+		case http.StatusBadRequest, http.StatusNotFound, http.StatusNotAcceptable:
+			return nil, notServedError{digest: d, status: resp.Status}
+		default:
 			return nil, fmt.Errorf("GET %s: %s", d, resp.Status)
 		}
 		return readSmall(resp.Body, d)

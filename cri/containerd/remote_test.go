@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,10 +20,13 @@ import (
 )
 
 // counter is a mirror in front of a registry that records each request it
-// passes on: method, path and the registry it was asked to stand for.
+// passes on: method, path and the registry it was asked to stand for. A
+// picky one answers 404 to a GET of a manifest that accepts several types,
+// as a registry that wants the manifest's own type alone would.
 type counter struct {
-	mu   sync.Mutex
-	reqs []string
+	picky bool
+	mu    sync.Mutex
+	reqs  []string
 }
 
 func (c *counter) serve(t *testing.T, reg *testground.Registry) string {
@@ -32,6 +36,10 @@ func (c *counter) serve(t *testing.T, reg *testground.Registry) string {
 		c.mu.Lock()
 		c.reqs = append(c.reqs, fmt.Sprintf("%s %s ns=%s", r.Method, r.URL.Path, r.URL.Query().Get("ns")))
 		c.mu.Unlock()
+		if c.picky && r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") && strings.Count(r.Header.Get("Accept"), ",") > 1 {
+			http.NotFound(w, r)
+			return
+		}
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
@@ -70,9 +78,7 @@ func TestPullBlobsReadsEachManifestOnce(t *testing.T) {
 
 	check := func(t *testing.T, p testground.Pushed, blobs []cri.Blob, manifests int) {
 		t.Helper()
-		if len(blobs) != 2 || blobs[0].Digest != p.ID || blobs[1].Size != p.Size {
-			t.Errorf("blobs %+v: want the config %s and one layer of %d bytes", blobs, p.ID, p.Size)
-		}
+		wantBlobs(t, p, blobs)
 		reqs := mirror.take()
 		if len(reqs) != manifests {
 			t.Errorf("requests %q: want %d, one GET per manifest", reqs, manifests)
@@ -120,15 +126,52 @@ func TestPullBlobsReadsEachManifestOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(blobs) != 2 || blobs[0].Digest != p.ID || blobs[1].Size != p.Size {
-			t.Errorf("blobs %+v: want the config %s and one layer of %d bytes", blobs, p.ID, p.Size)
-		}
-		want := "GET /v2/size/private/manifests/" + strings.SplitN(p.Digest, "@", 2)[1] + " ns="
+		wantBlobs(t, p, blobs)
+		want := "GET " + manifestPath(p) + " ns="
 		if reqs := front.take(); len(reqs) != 2 || reqs[0] != want || reqs[1] != want {
 			t.Errorf("requests %q: want %q twice, the challenge and the read", reqs, want)
 		}
+		// Refused credentials are not tried again another way: GETs only,
+		// the challenge and the refusal from each host hosts.toml lists.
 		if _, err := store.PullBlobs(ctx, ref, &cri.Auth{Username: "puller", Password: "wrong"}); err == nil {
 			t.Errorf("read with a wrong password: no error")
 		}
+		if reqs := front.take(); len(reqs) == 0 || slices.ContainsFunc(reqs, func(r string) bool { return r != want }) {
+			t.Errorf("requests with a wrong password %q: want only %q", reqs, want)
+		}
 	})
+
+	t.Run("a registry that wants a manifest's own type alone: asked again as a pull asks", func(t *testing.T) {
+		picky := &counter{picky: true}
+		host := picky.serve(t, reg)
+		ctd.TrustHost(host)
+		p := reg.MustPushRandom(t, "size/picky:v1", 4096, 1)
+		blobs, err := store.PullBlobs(ctx, strings.Replace(p.Digest, reg.Host, host, 1), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantBlobs(t, p, blobs)
+		// A refused GET from each host hosts.toml lists, then the
+		// resolver's HEAD and GET.
+		path := manifestPath(p) + " ns="
+		reqs := picky.take()
+		head := slices.Index(reqs, "HEAD "+path)
+		if head < 1 || slices.ContainsFunc(reqs[:head], func(r string) bool { return r != "GET "+path }) || !slices.Equal(reqs[head:], []string{"HEAD " + path, "GET " + path}) {
+			t.Errorf("requests %q: want refused GETs, then the resolver's HEAD and GET", reqs)
+		}
+	})
+}
+
+// wantBlobs checks that blobs are p's config and its one layer.
+func wantBlobs(t *testing.T, p testground.Pushed, blobs []cri.Blob) {
+	t.Helper()
+	if len(blobs) != 2 || blobs[0].Digest != p.ID || blobs[1].Size != p.Size {
+		t.Errorf("blobs %+v: want the config %s and one layer of %d bytes", blobs, p.ID, p.Size)
+	}
+}
+
+// manifestPath is the registry path of p's manifest by digest.
+func manifestPath(p testground.Pushed) string {
+	repo, dgst, _ := strings.Cut(p.Digest, "@")
+	return "/v2/" + repo[strings.Index(repo, "/")+1:] + "/manifests/" + dgst
 }
