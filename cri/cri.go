@@ -166,8 +166,10 @@ type Store interface {
 	// Tag makes tag name exactly the image that digestRef names, which must
 	// already be present; a tag that named another image is moved, its
 	// labels kept. The tag is pinned for each of owners in the same write,
-	// so that it is never seen unpinned and costs one write, not two.
-	Tag(ctx context.Context, tag, digestRef string, owners ...string) error
+	// so that it is never seen unpinned and costs one write, not two. It
+	// reports whether the tag's record is new: then owners are exactly its
+	// pins.
+	Tag(ctx context.Context, tag, digestRef string, owners ...string) (bool, error)
 	// PullProgress reports how many bytes of the image that digestRef (a
 	// digest reference) names are in the runtime, and of how many: the
 	// blobs of its manifest for the node's platform, each counted whole
@@ -232,7 +234,9 @@ func (u Unsupported) SetPins(context.Context, string, []string, bool) ([]string,
 }
 
 // Tag fails with ErrUnsupported.
-func (u Unsupported) Tag(context.Context, string, string, ...string) error { return u.err("tag") }
+func (u Unsupported) Tag(context.Context, string, string, ...string) (bool, error) {
+	return false, u.err("tag")
+}
 
 // PullProgress fails with ErrUnsupported.
 func (u Unsupported) PullProgress(context.Context, string) (int64, int64, error) {

@@ -143,11 +143,16 @@ func (rt Runtime) tags(ctx context.Context, img *cri.Image, w Want) ([]string, b
 		case err != nil && !errors.Is(err, cri.ErrNotFound):
 			errs = append(errs, err)
 		default:
-			if err := rt.makeTag(ctx, img, tag, w); err != nil {
+			created, err := rt.makeTag(ctx, img, tag, w)
+			if err != nil {
 				errs = append(errs, err)
 				break
 			}
 			retagged, changed = append(retagged, tag), true
+			if created {
+				// A new record: the Store made it with exactly the pins.
+				continue
+			}
 		}
 		_, pinChanged, err := rt.pins(ctx, tag, w.Pinners, w.KeepOtherPins)
 		if err != nil {
@@ -159,23 +164,24 @@ func (rt Runtime) tags(ctx context.Context, img *cri.Image, w Want) ([]string, b
 }
 
 // makeTag points tag at img through the Store, or else by pulling the tag
-// through CRI, which must then name img.
-func (rt Runtime) makeTag(ctx context.Context, img *cri.Image, tag string, w Want) error {
-	err := rt.Store.Tag(ctx, tag, w.Image, w.Pinners...)
+// through CRI, which must then name img. It reports whether the Store made
+// the tag's record anew, pinned for exactly w's pinners.
+func (rt Runtime) makeTag(ctx context.Context, img *cri.Image, tag string, w Want) (bool, error) {
+	created, err := rt.Store.Tag(ctx, tag, w.Image, w.Pinners...)
 	if !errors.Is(err, cri.ErrUnsupported) || rt.PullTag == nil {
-		return err
+		return created, err
 	}
 	if perr := rt.PullTag(ctx, tag); perr != nil {
-		return fmt.Errorf("tag %s: %w; pulling the tag through CRI failed: %w", tag, err, perr)
+		return false, fmt.Errorf("tag %s: %w; pulling the tag through CRI failed: %w", tag, err, perr)
 	}
 	ts, serr := cri.StatusSoon(ctx, rt.Images, tag)
 	switch {
 	case serr != nil:
-		return fmt.Errorf("tag %s, pulled through CRI: %w", tag, serr)
+		return false, fmt.Errorf("tag %s, pulled through CRI: %w", tag, serr)
 	case ts.ID != img.ID:
-		return fmt.Errorf("tag %s, pulled through CRI because %w: %w: it names image %s, not %s", tag, err, ErrTagElsewhere, ts.ID, img.ID)
+		return false, fmt.Errorf("tag %s, pulled through CRI because %w: %w: it names image %s, not %s", tag, err, ErrTagElsewhere, ts.ID, img.ID)
 	}
-	return nil
+	return false, nil
 }
 
 // pins puts each of pinners' pins on ref and, unless keepOthers, takes off

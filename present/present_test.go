@@ -76,3 +76,45 @@ func TestMakeAndRelease(t *testing.T) {
 		})
 	}
 }
+
+// A tag that named another image is moved, and its pins become what Want
+// asks: exactly the pinners', or theirs and the others'.
+func TestMakeMovesATagAndSetsItsPins(t *testing.T) {
+	ctx := context.Background()
+	for _, keepOthers := range []bool{false, true} {
+		reg := fake.NewRegistry()
+		rt := fake.New(reg)
+		var refs []string
+		for range 2 {
+			digest, _, err := reg.Push("reg.test/app:v1", 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := "reg.test/app@" + digest
+			if _, err := rt.PullImage(ctx, ref, nil); err != nil {
+				t.Fatal(err)
+			}
+			refs = append(refs, ref)
+		}
+		const tag = "reg.test/app:v1"
+		if _, err := rt.Tag(ctx, tag, refs[0], "shop/old"); err != nil {
+			t.Fatal(err)
+		}
+		img, err := rt.ImageStatus(ctx, refs[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := present.Runtime{Images: rt, Store: rt}
+		st, err := m.Make(ctx, img, present.Want{Image: refs[1], Tags: []string{tag}, Pinners: []string{"shop/a"}, KeepOtherPins: keepOthers})
+		if err != nil || !slices.Equal(st.Retagged, []string{tag}) {
+			t.Fatalf("Make = %+v, %v; want the tag moved", st, err)
+		}
+		want := []string{"shop/a"}
+		if keepOthers {
+			want = []string{"shop/a", "shop/old"}
+		}
+		if got, _ := rt.Owners(ctx, tag); !slices.Equal(got, want) {
+			t.Errorf("keep others %t: owners on the moved tag = %v, want %v", keepOthers, got, want)
+		}
+	}
+}

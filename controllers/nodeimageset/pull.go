@@ -173,7 +173,8 @@ func (r *Reconciler) pullVerified(ctx context.Context, e *entry, auth *cri.Auth)
 	if _, err := r.Images.PullImage(ctx, digestRef, auth); err != nil {
 		return err
 	}
-	return r.Store.Tag(ctx, e.Image, digestRef, e.Pinners...)
+	_, err = r.Store.Tag(ctx, e.Image, digestRef, e.Pinners...)
+	return err
 }
 
 // record notes the end of pull attempt number attempt: its metrics, and

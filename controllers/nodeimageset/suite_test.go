@@ -666,7 +666,7 @@ func TestAgent(t *testing.T) {
 		if _, err := e.images.PullImage(ctx, foreign.Digest, nil); err != nil {
 			t.Fatal(err)
 		}
-		if err := e.store.Tag(ctx, img.Tag, foreign.Digest); err != nil {
+		if _, err := e.store.Tag(ctx, img.Tag, foreign.Digest); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, "the tag corrected", func() error {

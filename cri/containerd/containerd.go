@@ -158,44 +158,45 @@ func (s *Store) changeLabels(ctx context.Context, op, ref string, change func(ma
 }
 
 // Tag makes tag name the image that digestRef names, pinned for owners, in
-// one write of the tag's record.
-func (s *Store) Tag(ctx context.Context, tag, digestRef string, owners ...string) error {
+// one write of the tag's record, and reports whether the record is new.
+func (s *Store) Tag(ctx context.Context, tag, digestRef string, owners ...string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	tagName, err := imageref.Normalize(tag)
 	if err != nil {
-		return err
+		return false, err
 	}
 	srcName, err := imageref.Normalize(digestRef)
 	if err != nil {
-		return err
+		return false, err
 	}
 	src, err := s.client.ImageService().Get(ctx, srcName)
 	if err != nil {
-		return wrap("tag "+tag+" as", digestRef, err)
+		return false, wrap("tag "+tag+" as", digestRef, err)
 	}
-	_, err = s.point(ctx, tagName, src.Target, owners...)
-	return wrap("tag "+tag+" as", digestRef, err)
+	_, created, err := s.point(ctx, tagName, src.Target, owners...)
+	return created, wrap("tag "+tag+" as", digestRef, err)
 }
 
 // point makes the record name name the image target, pinned for owners: a
 // new record carries the CRI plugin's label, so that the kubelet sees it; a
 // record that names another image is moved, its labels (pins included)
-// kept. It returns what undoes the move, or nil when there was none.
-func (s *Store) point(ctx context.Context, name string, target ocispec.Descriptor, owners ...string) (func(context.Context), error) {
+// kept. It returns what undoes the move, or nil when there was none, and
+// whether the record is new.
+func (s *Store) point(ctx context.Context, name string, target ocispec.Descriptor, owners ...string) (func(context.Context), bool, error) {
 	is := s.client.ImageService()
 	// Most names are new: made in one call, read only when they exist.
 	labels, _ := withPins(map[string]string{criManagedLabel: "managed"}, owners)
 	_, err := is.Create(ctx, images.Image{Name: name, Target: target, Labels: labels})
 	switch {
 	case err == nil:
-		return func(c context.Context) { _ = is.Delete(c, name) }, nil
+		return func(c context.Context) { _ = is.Delete(c, name) }, true, nil
 	case !errdefs.IsAlreadyExists(err):
-		return nil, err
+		return nil, false, err
 	}
 	cur, err := is.Get(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	var paths []string
 	old := cur.Target
@@ -208,15 +209,15 @@ func (s *Store) point(ctx context.Context, name string, target ocispec.Descripto
 		paths = append(paths, "labels."+k)
 	}
 	if len(paths) == 0 {
-		return nil, nil
+		return nil, false, nil
 	}
 	if _, err := is.Update(ctx, cur, paths...); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	return func(c context.Context) {
 		cur.Target = old
 		_, _ = is.Update(c, cur, "target")
-	}, nil
+	}, false, nil
 }
 
 // withPins returns labels with the pins of owners, and the keys it changed.

@@ -115,7 +115,7 @@ func (s *Store) makePresent(ctx context.Context, desc ocispec.Descriptor, names 
 			rollback()
 			return err
 		}
-		u, err := s.point(ctx, name, desc)
+		u, _, err := s.point(ctx, name, desc)
 		if err != nil {
 			rollback()
 			return wrap("import", ref, err)

@@ -81,8 +81,8 @@ func Run(t *testing.T, env *Env) {
 	t.Run("tag points at the digest, and moves", func(t *testing.T) {
 		first := env.Push(t, "tagged:v1")
 		mustPull(t, env.Images, first.Digest)
-		if err := env.Store.Tag(ctx, first.Tag, first.Digest); err != nil {
-			t.Fatalf("tag %s as %s: %v", first.Tag, first.Digest, err)
+		if created, err := env.Store.Tag(ctx, first.Tag, first.Digest); err != nil || !created {
+			t.Fatalf("tag %s as %s: new record %t, %v; want a new record", first.Tag, first.Digest, created, err)
 		}
 		st := eventuallyID(t, env.Images, first.Tag, first.ID)
 		if !slices.Contains(st.RepoTags, first.Tag) {
@@ -94,8 +94,8 @@ func Run(t *testing.T, env *Env) {
 			t.Fatal("the test pushed the same image twice")
 		}
 		mustPull(t, env.Images, second.Digest)
-		if err := env.Store.Tag(ctx, second.Tag, second.Digest); err != nil {
-			t.Fatalf("move %s to %s: %v", second.Tag, second.Digest, err)
+		if created, err := env.Store.Tag(ctx, second.Tag, second.Digest); err != nil || created {
+			t.Fatalf("move %s to %s: new record %t, %v; want the record moved", second.Tag, second.Digest, created, err)
 		}
 		eventuallyID(t, env.Images, second.Tag, second.ID)
 		old := eventually(t, func() (*cri.Image, error) { return env.Images.ImageStatus(ctx, first.Digest) })
@@ -107,7 +107,7 @@ func Run(t *testing.T, env *Env) {
 	t.Run("a tag made for owners carries their pins", func(t *testing.T) {
 		img := env.Push(t, "tagged-pinned:v1")
 		mustPull(t, env.Images, img.Digest)
-		if err := env.Store.Tag(ctx, img.Tag, img.Digest, "ns/a", "ns/b"); err != nil {
+		if _, err := env.Store.Tag(ctx, img.Tag, img.Digest, "ns/a", "ns/b"); err != nil {
 			t.Fatalf("tag %s as %s for owners: %v", img.Tag, img.Digest, err)
 		}
 		if owners, err := env.Store.Owners(ctx, img.Tag); err != nil || !slices.Equal(owners, []string{"ns/a", "ns/b"}) {
@@ -147,7 +147,7 @@ func Run(t *testing.T, env *Env) {
 
 	t.Run("tag of an absent digest is not found", func(t *testing.T) {
 		img := env.Push(t, "never-pulled:v1")
-		if err := env.Store.Tag(ctx, img.Tag, img.Digest); !errors.Is(err, cri.ErrNotFound) {
+		if _, err := env.Store.Tag(ctx, img.Tag, img.Digest); !errors.Is(err, cri.ErrNotFound) {
 			t.Errorf("tag %s as absent %s: error %v, want ErrNotFound", img.Tag, img.Digest, err)
 		}
 	})

@@ -366,17 +366,18 @@ func (f *Runtime) SetPins(_ context.Context, ref string, owners []string, keepOt
 	return cri.PinOwners(r.labels), changes != nil, nil
 }
 
-// Tag points tag at the image that digestRef names, pinned for owners.
-func (f *Runtime) Tag(_ context.Context, tag, digestRef string, owners ...string) error {
+// Tag points tag at the image that digestRef names, pinned for owners, and
+// reports whether the tag's record is new.
+func (f *Runtime) Tag(_ context.Context, tag, digestRef string, owners ...string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	src, err := f.recordOf("tag "+tag+" as", digestRef)
 	if err != nil {
-		return err
+		return false, err
 	}
 	named, err := parse(tag)
 	if err != nil {
-		return &cri.Error{Op: "tag", Ref: tag, Kind: cri.ErrInvalid, Err: err}
+		return false, &cri.Error{Op: "tag", Ref: tag, Kind: cri.ErrInvalid, Err: err}
 	}
 	r, ok := f.records[named.String()]
 	if !ok {
@@ -387,7 +388,7 @@ func (f *Runtime) Tag(_ context.Context, tag, digestRef string, owners ...string
 	for _, o := range owners {
 		r.labels = cri.ApplyChanges(r.labels, cri.PinChanges(r.labels, o))
 	}
-	return nil
+	return !ok, nil
 }
 
 // Label sets the label key of the record ref names to value, as a tool
