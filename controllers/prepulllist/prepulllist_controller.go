@@ -6,26 +6,21 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -37,15 +32,11 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodegate"
-	"prepull.io/prepull/pullsecret"
 )
 
 // Finalizer holds a deleted PrePullList until every node's agent has taken
 // its pins off and applied onDelete, or the node is gone.
 const Finalizer = "prepull.io/release"
-
-// resolutionRetry is how soon a failed resolution is tried again.
-const resolutionRetry = 30 * time.Second
 
 // Reconciler reconciles PrePullLists into NodeImageSet specs and back into
 // PrePullList status.
@@ -297,40 +288,6 @@ func (r *Reconciler) nodes(ctx context.Context, selector labels.Selector) ([]*no
 	return out, nil
 }
 
-// invalid reports a spec that admission let through and the controller
-// cannot act on: the list says which field and why (Ready and Progressing
-// False, Degraded True, reason InvalidSpec) and a Warning event says so;
-// nothing changes on any node until the spec is fixed, and the list can
-// still be deleted. The error is not retried: a spec change requeues.
-func (r *Reconciler) invalid(ctx context.Context, l *prepullv1.PrePullList, cause error) error {
-	msg := cause.Error()
-	st := *l.Status.DeepCopy()
-	st.ObservedGeneration = l.Generation
-	if st.ReadyNodes == "" {
-		st.ReadyNodes = "-"
-	}
-	if len(st.Images) == 0 {
-		for _, i := range imagesOf(l) {
-			st.Images = append(st.Images, prepullv1.ImageResolution{Image: i})
-		}
-		st.ImageCount = int32(len(st.Images))
-	}
-	for _, c := range []struct {
-		typ    string
-		status metav1.ConditionStatus
-	}{{prepullv1.ConditionReady, metav1.ConditionFalse}, {prepullv1.ConditionProgressing, metav1.ConditionFalse}, {prepullv1.ConditionDegraded, metav1.ConditionTrue}} {
-		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: c.typ, Status: c.status, ObservedGeneration: l.Generation,
-			Reason: prepullv1.ReasonInvalidSpec, Message: msg})
-	}
-	if prev := meta.FindStatusCondition(l.Status.Conditions, prepullv1.ConditionDegraded); r.Recorder != nil && (prev == nil || prev.Reason != prepullv1.ReasonInvalidSpec || prev.Message != msg) {
-		r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonInvalidSpec, "Validate", "%s", msg)
-	}
-	if err := r.patchStatus(ctx, l, st); err != nil {
-		return err
-	}
-	return reconcile.TerminalError(cause)
-}
-
 // apply runs p over nodes and marks the nodes whose spec it changed for the
 // fleet's next write.
 func (r *Reconciler) apply(p *plan, nodes []*node) outcome {
@@ -382,34 +339,6 @@ func (r *Reconciler) Reconciled(elected <-chan struct{}) healthz.Checker {
 	}
 }
 
-// publishGate tells the node gate what a gating list finds missing on its
-// nodes; a list without a gate gates nothing.
-func (r *Reconciler) publishGate(l *prepullv1.PrePullList, out outcome) {
-	if r.Gates == nil {
-		return
-	}
-	if l.Spec.NodeGate == nil || !l.DeletionTimestamp.IsZero() {
-		r.Gates.Drop(client.ObjectKeyFromObject(l))
-		return
-	}
-	missing := out.missing
-	if missing == nil {
-		missing = map[string][]string{}
-	}
-	r.Gates.Publish(client.ObjectKeyFromObject(l), l.Generation, missing)
-}
-
-func (r *Reconciler) dropGate(key types.NamespacedName) {
-	if r.Gates != nil {
-		r.Gates.Drop(key)
-	}
-}
-
-// tainted reports whether n carries the startup taint.
-func (r *Reconciler) tainted(n *corev1.Node) bool {
-	return nodegate.Tainted(n, cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint))
-}
-
 // nodeUID is the UID of a node in the cache, which a new NodeImageSet's
 // owner reference names.
 func (r *Reconciler) nodeUID(name string) (types.UID, bool) {
@@ -441,203 +370,12 @@ func (r *Reconciler) planFor(l *prepullv1.PrePullList, targets []target, selecte
 	return p
 }
 
-// resolve returns l's targets with their digests, the images' status, when
-// a tag is next due for resolution, and a failure to record a resolution.
-// Each tag's digest is its TagResolution's, shared by every list naming it:
-// resolved at the registry once per refresh for the cluster, or reported by
-// a node. A failed resolution keeps the digest known before, so nodes keep
-// what they have.
-func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, time.Time, error) {
-	now := r.Clock.Now()
-	next := now.Add(prepullv1.DefaultRefresh)
-	var targets []target
-	var images []prepullv1.ImageResolution
-	var errs []error
-	names := imagesOf(l)
-	wants, bad := make([]want, len(names)), make([]error, len(names))
-	tags := map[string]*tagResult{}
-	for i, image := range names {
-		wants[i], bad[i] = parseWant(image)
-		if bad[i] == nil && wants[i].Digest == "" {
-			tags[wants[i].Tag] = &tagResult{}
-		}
-	}
-	r.resolveTags(ctx, l, tags, creds, nodes, probeNode)
-	for i, image := range names {
-		res := prepullv1.ImageResolution{Image: image}
-		w := wants[i]
-		if bad[i] != nil {
-			res.Message = bad[i].Error()
-			images = append(images, res)
-			continue
-		}
-		res.Warning = w.advice
-		t := target{want: w}
-		if w.Digest != "" {
-			t.digest = w.Digest
-		} else {
-			tr := tags[w.Tag]
-			if tr.err != nil {
-				errs = append(errs, tr.err)
-			}
-			next = minTime(next, tr.due)
-			if rec := tr.rec; rec != nil {
-				t.digest, res.ResolvedAt, res.Message = rec.Status.Digest, rec.Status.ResolvedAt, truncate(rec.Status.Message, 1024)
-			}
-			if tr.pol.source != prepullv1.SourceRegistry {
-				t.probe = true
-				if tr.pol.source == prepullv1.SourceNode && res.ResolvedAt != nil && t.digest != "" {
-					due := metav1.NewTime(nextRefresh(res.ResolvedAt.Time, tr.pol.refresh))
-					t.resolveAfter = &due
-				}
-				if t.digest == "" {
-					res.Message = probeWait(l, probeNode, w.Tag)
-				}
-			}
-		}
-		res.Digest = t.digest
-		targets = append(targets, t)
-		images = append(images, res)
-	}
-	return targets, images, next, errors.Join(errs...)
-}
-
-// tagResult is what resolveTag returned for one tag.
-type tagResult struct {
-	rec *prepullv1.TagResolution
-	pol tagUse
-	due time.Time
-	err error
-}
-
-// resolveWorkers is how many of a list's tags are resolved at once: a
-// refresh of many tags is not a sequence of registry round trips and
-// record writes.
-const resolveWorkers = 8
-
-// resolveTags brings each of tags, which l names, up to date (resolveTag),
-// several at a time, and records each one's result in tags.
-func (r *Reconciler) resolveTags(ctx context.Context, l *prepullv1.PrePullList, tags map[string]*tagResult, creds []pullsecret.Credential, nodes []*node, probeNode string) {
-	var g errgroup.Group
-	g.SetLimit(resolveWorkers)
-	for tag, res := range tags {
-		g.Go(func() error {
-			res.rec, res.pol, res.due, res.err = r.resolveTag(ctx, l, tag, creds, nodes, probeNode)
-			return nil
-		})
-	}
-	_ = g.Wait()
-}
-
-// resolveTag brings tag's TagResolution up to date as far as l can: at the
-// registry when it is due and the registry wins, or from what l's probe node
-// reported. It returns the record, how the tag is resolved for every list,
-// when it is next due, and a failure to write the record. Lists whose digest
-// it changed are woken.
-func (r *Reconciler) resolveTag(ctx context.Context, l *prepullv1.PrePullList, tag string, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, tagUse, time.Time, error) {
-	now := r.Clock.Now()
-	pol := r.tags.policy(tag)
-	rec, err := r.tags.get(ctx, tag)
-	if err != nil {
-		return nil, pol, now.Add(resolutionRetry), err
-	}
-	rec, next, err := r.refreshTag(ctx, tag, rec, pol, creds, nodes, probeNode)
-	return rec, pol, next, err
-}
-
-// refreshTag resolves tag again when it is due under pol: at the registry,
-// or from what the probe node reported.
-func (r *Reconciler) refreshTag(ctx context.Context, tag string, rec *prepullv1.TagResolution, pol tagUse, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, time.Time, error) {
-	now := r.Clock.Now()
-	var st prepullv1.TagResolutionStatus
-	if rec != nil {
-		st = *rec.Status.DeepCopy()
-	}
-	if pol.source != prepullv1.SourceRegistry {
-		d, at := probedDigest(nodes, probeNode, tag)
-		if d == "" || (st.Source == pol.source && st.ResolvedAt != nil && !st.ResolvedAt.Before(at)) {
-			if st.ResolvedAt != nil && pol.source == prepullv1.SourceNode {
-				return rec, nextRefresh(st.ResolvedAt.Time, pol.refresh), nil
-			}
-			return rec, now.Add(prepullv1.DefaultRefresh), nil
-		}
-		st = prepullv1.TagResolutionStatus{Digest: d, Source: pol.source, ResolvedAt: at}
-		return r.record(ctx, tag, rec, st, now.Add(pol.refresh))
-	}
-	due := rec == nil || st.Source != prepullv1.SourceRegistry || st.ResolvedAt == nil || !now.Before(nextRefresh(st.ResolvedAt.Time, pol.refresh))
-	if due && st.Message != "" && st.AttemptedAt != nil && now.Before(st.AttemptedAt.Add(resolutionRetry)) {
-		// It failed a moment ago, for this list or another: wait.
-		return rec, st.AttemptedAt.Add(resolutionRetry), nil
-	}
-	if !due {
-		return rec, nextRefresh(st.ResolvedAt.Time, pol.refresh), nil
-	}
-	d, err := r.Resolver.Resolve(ctx, tag, creds)
-	st.AttemptedAt = &metav1.Time{Time: now}
-	if err != nil {
-		resolutions.WithLabelValues("failed").Inc()
-		ctrl.LoggerFrom(ctx).Info("Tag resolution failed", "image", tag, "error", err.Error())
-		st.Message = truncate(err.Error(), 1024)
-		return r.record(ctx, tag, rec, st, now.Add(resolutionRetry))
-	}
-	resolutions.WithLabelValues("resolved").Inc()
-	st = prepullv1.TagResolutionStatus{Digest: d, Source: prepullv1.SourceRegistry, ResolvedAt: st.AttemptedAt, AttemptedAt: st.AttemptedAt}
-	return r.record(ctx, tag, rec, st, now.Add(pol.refresh))
-}
-
-// record writes tag's new status and wakes every list naming the tag when
-// its digest changed.
-func (r *Reconciler) record(ctx context.Context, tag string, rec *prepullv1.TagResolution, st prepullv1.TagResolutionStatus, next time.Time) (*prepullv1.TagResolution, time.Time, error) {
-	moved := rec == nil || rec.Status.Digest != st.Digest || rec.Status.Message != st.Message
-	out, err := r.tags.put(ctx, tag, rec, st)
-	if err != nil {
-		return out, minTime(next, r.Clock.Now().Add(resolutionRetry)), err
-	}
-	if moved {
-		lists := r.tags.listsNaming(tag)
-		go func() {
-			for _, l := range lists {
-				r.wake <- event.GenericEvent{Object: &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name}}}
-			}
-		}()
-	}
-	return out, next, nil
-}
-
-// probeWait says what a tag resolved on a node is waiting for.
-func probeWait(l *prepullv1.PrePullList, probeNode, tag string) string {
-	if probeNode == "" {
-		return "no node is selected to resolve the tag on"
-	}
-	verb := "pull it and report its digest"
-	if a := archiveOf(l); a != nil {
-		verb = "import it from " + a.Location() + " and report its digest"
-	}
-	return fmt.Sprintf("waiting for node %s to %s: %s", probeNode, verb, tag)
-}
-
 // archiveOf is l's archive source, or nil.
 func archiveOf(l *prepullv1.PrePullList) *prepullv1.ArchiveSource {
 	if l.Spec.Source == nil {
 		return nil
 	}
 	return l.Spec.Source.Archive
-}
-
-func (r *Reconciler) forget(uid types.UID) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.computed, uid)
-}
-
-// resolutionOf is image's entry in images, or an empty one.
-func resolutionOf(images []prepullv1.ImageResolution, image string) prepullv1.ImageResolution {
-	for _, i := range images {
-		if i.Image == image {
-			return i
-		}
-	}
-	return prepullv1.ImageResolution{}
 }
 
 // selection counts the selected nodes and names the one that resolves tags
@@ -656,178 +394,11 @@ func selection(nodes []*node) (selected int, probeNode string) {
 	return selected, probeNode
 }
 
-// probedDigest is the digest the probe node reported for a tag entry, and
-// when it pulled it.
-func probedDigest(nodes []*node, probeNode, tag string) (string, *metav1.Time) {
-	for _, n := range nodes {
-		if n.name != probeNode {
-			continue
-		}
-		if st := n.status.find(tag); st != nil && st.phase == prepullv1.PhasePresent && st.extra != nil && st.extra.pulledAt != nil {
-			return st.extra.digest, st.extra.pulledAt
-		}
-	}
-	return "", nil
-}
-
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {
 		return b
 	}
 	return a
-}
-
-// previousStatus is the status this reconciler last computed for l, or l's
-// status when it has computed none since it started.
-func (r *Reconciler) previousStatus(l *prepullv1.PrePullList) prepullv1.PrePullListStatus {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if st, ok := r.computed[l.UID]; ok {
-		return st
-	}
-	return l.Status
-}
-
-// remember records the status just computed for l.
-func (r *Reconciler) remember(l *prepullv1.PrePullList, st prepullv1.PrePullListStatus) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.computed == nil {
-		r.computed = map[types.UID]prepullv1.PrePullListStatus{}
-	}
-	r.computed[l.UID] = *st.DeepCopy()
-}
-
-// recordTransitions emits Events for what changed: the list became Ready, a
-// tag moved, an image failed to resolve, nodes failed, advice about tags.
-func (r *Reconciler) recordTransitions(l *prepullv1.PrePullList, prev, st prepullv1.PrePullListStatus) {
-	ready := meta.IsStatusConditionTrue(st.Conditions, prepullv1.ConditionReady) && !meta.IsStatusConditionTrue(prev.Conditions, prepullv1.ConditionReady)
-	if ready {
-		rollouts.WithLabelValues(l.Namespace, l.Name).Inc()
-	}
-	if r.Recorder == nil {
-		return
-	}
-	if ready {
-		c := meta.FindStatusCondition(st.Conditions, prepullv1.ConditionReady)
-		r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, "Ready", "Rollout", "%s", c.Message)
-	}
-	for _, img := range st.Images {
-		old := resolutionOf(prev.Images, img.Image)
-		if old.Digest != "" && img.Digest != "" && old.Digest != img.Digest {
-			r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, "TagMoved", "Resolve", "%s moved from %s to %s; rolling out", img.Image, old.Digest, img.Digest)
-		}
-		if img.Message != "" && old.Message != img.Message {
-			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonResolutionFailed, "Resolve", "%s: %s", img.Image, img.Message)
-		}
-		if s := img.Signature; s != nil && (old.Signature == nil || old.Signature.Digest != s.Digest || old.Signature.Verified != s.Verified || old.Signature.Reason != s.Reason) {
-			if s.Verified {
-				r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, prepullv1.ReasonSignaturesVerified, "Verify", "%s (%s): %s", img.Image, s.Digest, s.Message)
-			} else {
-				r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, s.Reason, "Verify", "%s (%s): %s", img.Image, s.Digest, s.Message)
-			}
-		}
-		if img.Warning != "" && old.Warning == "" {
-			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, "MutableTag", "Validate", "%s: %s", img.Image, img.Warning)
-		}
-	}
-	for _, d := range st.Discovered {
-		if d.Warning == "" {
-			continue
-		}
-		if i := slices.IndexFunc(prev.Discovered, func(o prepullv1.DiscoveredImage) bool { return o.Image == d.Image }); i < 0 || prev.Discovered[i].Warning != d.Warning {
-			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonPullPolicyAlways, "Discover", "%s: %s", d.Image, d.Warning)
-		}
-	}
-	if st.FailureCount > prev.FailureCount && len(st.Failures) > 0 {
-		f := st.Failures[0]
-		r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonNodesFailed, "Pull",
-			"%d image pulls failed on nodes; first: node %s, image %s: %s", st.FailureCount, f.Node, f.Image, f.Message)
-	}
-}
-
-// patchStatus writes status when it changed.
-func (r *Reconciler) patchStatus(ctx context.Context, l *prepullv1.PrePullList, st prepullv1.PrePullListStatus) error {
-	if equality.Semantic.DeepEqual(l.Status, st) {
-		return nil
-	}
-	l.Status = st
-	err := r.Status().Update(ctx, l)
-	if apierrors.IsConflict(err) {
-		// The cache l came from lags behind the controller's own last
-		// write of it: read it again and write once more.
-		cur := &prepullv1.PrePullList{}
-		if err = r.APIReader.Get(ctx, client.ObjectKeyFromObject(l), cur); err == nil {
-			cur.Status = st
-			err = r.Status().Update(ctx, cur)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("update status: %w", err)
-	}
-	return nil
-}
-
-// statusBatch is how long NodeImageSet status changes are gathered before
-// the lists they concern are reconciled, all of them together: a list's
-// status is aggregated at most about once per statusBatch however many
-// agents write, and lists reconciled back to back reach each node in one
-// write of the fleet.
-const statusBatch = 200 * time.Millisecond
-
-// CacheOptions returns o with what the reconciler needs of the manager's
-// cache: NodeImageSets cached as metadata only, their status kept as the
-// fleet's compact reports; Nodes with their labels, taints and the node
-// gate's condition only; no managed fields.
-// The manager that SetupWithManager is given must use them.
-func (r *Reconciler) CacheOptions(o cache.Options) cache.Options {
-	if o.ByObject == nil {
-		o.ByObject = map[client.Object]cache.ByObject{}
-	}
-	o.DefaultTransform = cache.TransformStripManagedFields()
-	o.ByObject[&prepullv1.NodeImageSet{}] = cache.ByObject{Transform: func(obj any) (any, error) {
-		if set, ok := obj.(*prepullv1.NodeImageSet); ok {
-			return r.fleetOf().observe(set), nil
-		}
-		return obj, nil
-	}}
-	o.ByObject[&corev1.Node{}] = cache.ByObject{Transform: func(obj any) (any, error) {
-		if n, ok := obj.(*corev1.Node); ok {
-			// Of the status, only the node gate's own condition.
-			var conds []corev1.NodeCondition
-			for _, c := range n.Status.Conditions {
-				if c.Type == prepullv1.NodeConditionImagesReady {
-					conds = append(conds, c)
-				}
-			}
-			return &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{
-				Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Labels: n.Labels,
-				CreationTimestamp: n.CreationTimestamp, DeletionTimestamp: n.DeletionTimestamp,
-			}, Spec: corev1.NodeSpec{Taints: n.Spec.Taints, Unschedulable: n.Spec.Unschedulable},
-				Status: corev1.NodeStatus{Conditions: conds}}, nil
-		}
-		return obj, nil
-	}}
-	for _, k := range workloadKinds {
-		o.ByObject[k.object()] = cache.ByObject{Transform: slimWorkload}
-	}
-	o.ByObject[&corev1.ServiceAccount{}] = cache.ByObject{Transform: slimServiceAccount}
-	r.cached = true
-	return o
-}
-
-// fleetOf is the fleet, made on first use: the cache's transform may run
-// before SetupWithManager.
-func (r *Reconciler) fleetOf() *fleet {
-	r.once.Do(func() {
-		if r.Clock == nil {
-			r.Clock = clock.RealClock{}
-		}
-		// The fleet's write pacing is real time, whatever clock the
-		// rollout reads.
-		r.fleet = newFleet(clock.RealClock{})
-	})
-	return r.fleet
 }
 
 // SetupWithManager registers the reconciler, its watches and the fleet's
@@ -888,65 +459,4 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	b = b.Watches(&corev1.ServiceAccount{}, handler.EnqueueRequestsFromMapFunc(r.listsDiscoveringIn), builder.WithPredicates(discoveryChanged(pullSecretsOf)))
 	return b.Named("prepulllist").Complete(r)
-}
-
-// noteReport records that node's agent reported: the lists that own an
-// entry there are reconciled at the next statusBatch.
-func (r *Reconciler) noteReport(node string) {
-	owners := r.fleet.owners(node)
-	r.reportMu.Lock()
-	r.viewStale = true
-	r.reportMu.Unlock()
-	r.noteLists(owners)
-}
-
-// noteLists records lists to reconcile at the next statusBatch.
-func (r *Reconciler) noteLists(lists []types.NamespacedName) {
-	if len(lists) == 0 {
-		return
-	}
-	r.reportMu.Lock()
-	defer r.reportMu.Unlock()
-	if r.reported == nil {
-		r.reported = map[types.NamespacedName]bool{}
-	}
-	for _, l := range lists {
-		r.reported[l] = true
-	}
-}
-
-// releaseReported queues, every statusBatch, every list whose nodes
-// reported since the last time, together.
-func (r *Reconciler) releaseReported(ctx context.Context) error {
-	wait.UntilWithContext(ctx, func(ctx context.Context) {
-		r.reportMu.Lock()
-		lists, stale := r.reported, r.viewStale
-		r.reported, r.viewStale = nil, false
-		r.reportMu.Unlock()
-		if stale {
-			r.fleet.snapshot()
-		}
-		for l := range lists {
-			select {
-			case r.wake <- event.GenericEvent{Object: &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name}}}:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}, statusBatch)
-	return nil
-}
-
-// allLists enqueues every list: a node came, went or changed its labels.
-func (r *Reconciler) allLists(ctx context.Context, _ client.Object) []reconcile.Request {
-	var lists prepullv1.PrePullListList
-	if err := r.List(ctx, &lists); err != nil {
-		ctrl.LoggerFrom(ctx).Error(err, "List PrePullLists for a node change")
-		return nil
-	}
-	out := make([]reconcile.Request, 0, len(lists.Items))
-	for _, l := range lists.Items {
-		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&l)})
-	}
-	return out
 }

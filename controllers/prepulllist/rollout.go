@@ -3,10 +3,8 @@ package prepulllist
 import (
 	"cmp"
 	"slices"
-	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -44,99 +42,12 @@ func (t *target) share() {
 	}
 }
 
-// share is what of a list goes to one node: the resolved targets placed
-// there, and how many targets, resolved or not, are placed there.
-type share struct {
-	targets []target
-	wanted  int
-}
-
-// shares are the nodes' shares, each target's placement asked of each node
-// once; without placed targets every node shares all of resolved.
-func (p *plan) shares(nodes []*node, resolved []target) []share {
-	out := make([]share, len(nodes))
-	placing := slices.ContainsFunc(p.targets, func(t target) bool { return t.places != nil })
-	for i, n := range nodes {
-		if !placing {
-			out[i] = share{targets: resolved, wanted: len(p.targets)}
-			continue
-		}
-		for _, t := range p.targets {
-			if t.places != nil && !t.places(n) {
-				continue
-			}
-			out[i].wanted++
-			if t.digest != "" {
-				out[i].targets = append(out[i].targets, t)
-			}
-		}
-	}
-	return out
-}
-
 // ref is the NodeImageSet entry of a resolved target.
 func (t target) ref() string {
 	if t.digestRef != "" {
 		return t.digestRef
 	}
 	return digestRef(t.Repo, t.digest)
-}
-
-// node is one node as the planner sees it.
-type node struct {
-	name     string
-	selected bool
-	// spec is the node's NodeImageSet spec in the fleet; status is what
-	// its agent reported. Both are empty for a node without one yet. A
-	// spec is shared with the nodes whose specs are equal to it (the fleet
-	// keeps one per plan): it is changed only through edit.
-	spec   *prepullv1.NodeImageSetSpec
-	shared bool
-	status reports
-	// live is what the agent reported last, newer than status (the view of
-	// the last statusBatch that pacing decides from): a release is
-	// confirmed only by it.
-	live reports
-	// changed is set when the plan changed spec; urgent when the change
-	// is one the agent must act on, not only the drop of what it released.
-	changed, urgent bool
-	// tainted is whether the node carries the startup taint; created is
-	// when it registered.
-	tainted bool
-	created time.Time
-	// obj is the node as the cache holds it (labels, taints), for
-	// placement; nil for a node that is gone.
-	obj *corev1.Node
-}
-
-// edit is n's spec, to be changed in a way its agent must act on: its
-// own copy first if it is shared. Every change of a node's spec goes
-// through edit or tidy.
-func (n *node) edit() *prepullv1.NodeImageSetSpec {
-	n.urgent = true
-	return n.tidy()
-}
-
-// tidy is n's spec, to drop what its agent has released: a change the
-// agent has nothing to do for, which the fleet may write later.
-//
-// A shared spec is copied entry by entry, without the entries' owners:
-// those stay shared with the specs the entries came from, so that a node
-// that changed holds a copy of its entries only. A change of an entry's
-// owners goes through editEntry, which copies them first.
-func (n *node) tidy() *prepullv1.NodeImageSetSpec {
-	if n.shared {
-		n.spec, n.shared = &prepullv1.NodeImageSetSpec{Plan: n.spec.Plan, Images: slices.Clone(n.spec.Images)}, false
-	}
-	n.changed = true
-	return n.spec
-}
-
-// editEntry is n's entry i, with owners of its own to change.
-func (n *node) editEntry(i int) *prepullv1.NodeImage {
-	e := &n.edit().Images[i]
-	e.Owners = slices.Clone(e.Owners)
-	return e
 }
 
 // plan is one list's rollout over every node.
@@ -234,90 +145,6 @@ func (p *plan) run(nodes []*node) outcome {
 		}
 	}
 	return out
-}
-
-// specFacts are what a plan's run finds of one shared spec, the same for
-// every node that holds it: whether the list's targets are handed there,
-// whether handing them changes nothing, whether the list has an entry
-// releasing there, and whether it owns any.
-type specFacts struct {
-	handed                     *bool // nil until asked
-	handIdle, releasing, holds bool
-}
-
-// specMemo works out specFacts once per shared spec in a run, so that a run
-// over thousands of nodes that share a few dozen specs looks at each of
-// those once. It serves only where a node's spec alone decides: the node
-// holds a shared spec, every node gets the same targets (no placement),
-// and the node is not the probe node, whose spec also gets the probes.
-// Each of its methods is the plan's own where the facts do not serve.
-type specMemo struct {
-	p     *plan
-	on    bool
-	facts map[*prepullv1.NodeImageSetSpec]*specFacts
-}
-
-func (p *plan) memo() *specMemo {
-	placing := slices.ContainsFunc(p.targets, func(t target) bool { return t.places != nil })
-	return &specMemo{p: p, on: !placing && !p.deleting, facts: map[*prepullv1.NodeImageSetSpec]*specFacts{}}
-}
-
-// of is the facts of n's spec, or nil where they do not serve.
-func (m *specMemo) of(n *node) *specFacts {
-	if !m.on || !n.shared || n.name == m.p.probeNode {
-		return nil
-	}
-	f, ok := m.facts[n.spec]
-	if !ok {
-		f = &specFacts{}
-		for i := range n.spec.Images {
-			if o := findOwnerIn(&n.spec.Images[i], m.p.owner.List); o != nil {
-				f.holds, f.releasing = true, f.releasing || o.Releasing
-			}
-		}
-		m.facts[n.spec] = f
-	}
-	return f
-}
-
-// handed, for targets every node gets alike (there is no placement).
-func (m *specMemo) handed(n *node, targets []target) bool {
-	f := m.of(n)
-	if f == nil {
-		return m.p.handed(n, targets)
-	}
-	if f.handed == nil {
-		h := m.p.handed(n, targets)
-		f.handed = &h
-	}
-	return *f.handed
-}
-
-// hand hands n the list's targets, unless another node holding n's shared
-// spec found that handing them changes nothing.
-func (m *specMemo) hand(n *node, targets []target) {
-	f := m.of(n)
-	if f != nil && f.handIdle {
-		return
-	}
-	before := n.spec
-	m.p.hand(n, targets)
-	if f != nil && n.shared && n.spec == before {
-		f.handIdle = true
-	}
-}
-
-func (m *specMemo) collectReleased(n *node) {
-	if f := m.of(n); f == nil || f.releasing {
-		m.p.collectReleased(n)
-	}
-}
-
-func (m *specMemo) holds(n *node) bool {
-	if f := m.of(n); f != nil {
-		return f.holds
-	}
-	return m.p.holds(n)
 }
 
 // turns are the nodes (by index) that get the list's current digests now.
@@ -589,92 +416,9 @@ func (p *plan) observeGate(n *node, resolved []target, handed bool, out *outcome
 	}
 }
 
-// setOwner records o on n's entry ref, creating the entry with archive and
-// resolveAfter. A spec's entries are kept sorted by image: equal sets of
-// images are then equal plans, and entries are found by binary search.
-func setOwner(n *node, ref string, o prepullv1.ImageOwner, archive *prepullv1.ArchiveSource, resolveAfter *metav1.Time) {
-	i, found := entryIndex(n.spec, ref)
-	if !found {
-		spec := n.edit()
-		spec.Images = slices.Insert(spec.Images, i, prepullv1.NodeImage{Image: ref})
-	}
-	e := &n.spec.Images[i]
-	j := slices.IndexFunc(e.Owners, func(x prepullv1.ImageOwner) bool { return x.List == o.List })
-	switch {
-	case j < 0:
-		e = n.editEntry(i)
-		e.Owners = append(e.Owners, o)
-		e.SortOwners()
-	case !sameOwner(e.Owners[j], o):
-		e = n.editEntry(i)
-		e.Owners[j] = o
-	}
-	if archive != nil && e.Archive == nil {
-		e = &n.edit().Images[i]
-		e.Archive = archive.DeepCopy()
-	}
-	if resolveAfter != nil && !resolveAfter.Equal(e.ResolveAfter) {
-		e = &n.edit().Images[i]
-		e.ResolveAfter = resolveAfter.DeepCopy()
-	}
-}
-
-func sameOwner(a, b prepullv1.ImageOwner) bool {
-	return a.List == b.List && a.Releasing == b.Releasing && slices.Equal(a.Tags, b.Tags)
-}
-
-// unclaim takes tag, a tag of repo, off every owner of every entry of n's
-// spec but ref: ref now holds the tag. Only entries of repo (its digests,
-// or the tag itself) can claim it; they sit together in the sorted entries.
-func unclaim(n *node, repo, tag, ref string) {
-	from, _ := entryIndex(n.spec, repo)
-	for i := from; i < len(n.spec.Images) && strings.HasPrefix(n.spec.Images[i].Image, repo); i++ {
-		if n.spec.Images[i].Image == ref {
-			continue
-		}
-		for j, o := range n.spec.Images[i].Owners {
-			if !o.Releasing && slices.Contains(o.Tags, tag) {
-				mine := &n.editEntry(i).Owners[j]
-				mine.Tags = slices.DeleteFunc(slices.Clone(mine.Tags), func(t string) bool { return t == tag })
-			}
-		}
-	}
-}
-
-func findOwner(spec *prepullv1.NodeImageSetSpec, ref, list string) *prepullv1.ImageOwner {
-	i, found := entryIndex(spec, ref)
-	if !found {
-		return nil
-	}
-	return findOwnerIn(&spec.Images[i], list)
-}
-
-// entryIndex is where ref's entry is, or would be, in spec's entries,
-// which are sorted by image, and whether it is there.
-func entryIndex(spec *prepullv1.NodeImageSetSpec, ref string) (int, bool) {
-	return slices.BinarySearchFunc(spec.Images, ref, func(e prepullv1.NodeImage, ref string) int { return strings.Compare(e.Image, ref) })
-}
-
-func findOwnerIn(e *prepullv1.NodeImage, list string) *prepullv1.ImageOwner {
-	for i := range e.Owners {
-		if e.Owners[i].List == list {
-			return &e.Owners[i]
-		}
-	}
-	return nil
-}
-
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
 	return s[:n-3] + "..."
-}
-
-// nextRefresh is when a tag resolved at resolvedAt is due again.
-func nextRefresh(resolvedAt time.Time, interval time.Duration) time.Time {
-	if interval <= 0 {
-		interval = prepullv1.DefaultRefresh
-	}
-	return resolvedAt.Add(interval)
 }

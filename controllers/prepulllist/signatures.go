@@ -10,7 +10,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -174,54 +173,4 @@ func imageNamed(images []prepullv1.ImageResolution, image string) *prepullv1.Ima
 		}
 	}
 	return nil
-}
-
-// verifiedCondition, for a list with spec.verify, says whether every
-// image's digest verified: False names the first that did not; Unknown
-// while some image has no digest to check yet, and for a list whose images
-// come from an archive or whose tags a node resolves: the nodes verify them.
-func verifiedCondition(gen int64, images []prepullv1.ImageResolution, onNodes bool) metav1.Condition {
-	c := metav1.Condition{Type: prepullv1.ConditionVerified, ObservedGeneration: gen}
-	checked := 0
-	for _, img := range images {
-		s := img.Signature
-		switch {
-		case s == nil:
-		case s.Verified:
-			checked++
-		default:
-			c.Status, c.Reason = metav1.ConditionFalse, s.Reason
-			c.Message = truncate(fmt.Sprintf("%s (%s): %s", img.Image, s.Digest, s.Message), 32768)
-			return c
-		}
-	}
-	if onNodes {
-		c.Status, c.Reason = metav1.ConditionUnknown, prepullv1.ReasonVerifiedOnNodes
-		c.Message = "images from an archive, and tags resolved on a node, are verified on the node (from the signatures in the bundle, or at the registry by the node that resolves the tag) before they are imported or pulled: a node where one does not verify reports it Failed (Enforce), or says so in its status (Audit)"
-		return c
-	}
-	if checked < len(images) {
-		c.Status, c.Reason = metav1.ConditionUnknown, prepullv1.ReasonVerificationPending
-		c.Message = fmt.Sprintf("%d of %d images have no digest to check yet", len(images)-checked, len(images))
-		return c
-	}
-	c.Status, c.Reason = metav1.ConditionTrue, prepullv1.ReasonSignaturesVerified
-	c.Message = fmt.Sprintf("the digests of all %d images verified", len(images))
-	return c
-}
-
-// lastVerified is the digest the image's previous status holds that
-// verified: its digest, when that verified or was the one kept back then.
-func lastVerified(old prepullv1.ImageResolution) string {
-	if s := old.Signature; s != nil && ((s.Verified && s.Digest == old.Digest) || withheld(old)) {
-		return old.Digest
-	}
-	return ""
-}
-
-// withheld reports whether the image's digest did not verify and, under
-// Enforce, was kept from the nodes: its status then shows another digest
-// (the last verified one) or none.
-func withheld(img prepullv1.ImageResolution) bool {
-	return img.Signature != nil && !img.Signature.Verified && img.Digest != img.Signature.Digest
 }

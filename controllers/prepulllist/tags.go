@@ -2,16 +2,21 @@ package prepulllist
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/pullsecret"
 )
 
 // A tag is resolved once for the whole cluster: one TagResolution per
@@ -234,4 +239,204 @@ func (s *tagStore) collect(ctx context.Context, tags []string) error {
 		}
 	}
 	return nil
+}
+
+// resolutionRetry is how soon a failed resolution is tried again.
+const resolutionRetry = 30 * time.Second
+
+// resolve returns l's targets with their digests, the images' status, when
+// a tag is next due for resolution, and a failure to record a resolution.
+// Each tag's digest is its TagResolution's, shared by every list naming it:
+// resolved at the registry once per refresh for the cluster, or reported by
+// a node. A failed resolution keeps the digest known before, so nodes keep
+// what they have.
+func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, time.Time, error) {
+	now := r.Clock.Now()
+	next := now.Add(prepullv1.DefaultRefresh)
+	var targets []target
+	var images []prepullv1.ImageResolution
+	var errs []error
+	names := imagesOf(l)
+	wants, bad := make([]want, len(names)), make([]error, len(names))
+	tags := map[string]*tagResult{}
+	for i, image := range names {
+		wants[i], bad[i] = parseWant(image)
+		if bad[i] == nil && wants[i].Digest == "" {
+			tags[wants[i].Tag] = &tagResult{}
+		}
+	}
+	r.resolveTags(ctx, l, tags, creds, nodes, probeNode)
+	for i, image := range names {
+		res := prepullv1.ImageResolution{Image: image}
+		w := wants[i]
+		if bad[i] != nil {
+			res.Message = bad[i].Error()
+			images = append(images, res)
+			continue
+		}
+		res.Warning = w.advice
+		t := target{want: w}
+		if w.Digest != "" {
+			t.digest = w.Digest
+		} else {
+			tr := tags[w.Tag]
+			if tr.err != nil {
+				errs = append(errs, tr.err)
+			}
+			next = minTime(next, tr.due)
+			if rec := tr.rec; rec != nil {
+				t.digest, res.ResolvedAt, res.Message = rec.Status.Digest, rec.Status.ResolvedAt, truncate(rec.Status.Message, 1024)
+			}
+			if tr.pol.source != prepullv1.SourceRegistry {
+				t.probe = true
+				if tr.pol.source == prepullv1.SourceNode && res.ResolvedAt != nil && t.digest != "" {
+					due := metav1.NewTime(nextRefresh(res.ResolvedAt.Time, tr.pol.refresh))
+					t.resolveAfter = &due
+				}
+				if t.digest == "" {
+					res.Message = probeWait(l, probeNode, w.Tag)
+				}
+			}
+		}
+		res.Digest = t.digest
+		targets = append(targets, t)
+		images = append(images, res)
+	}
+	return targets, images, next, errors.Join(errs...)
+}
+
+// tagResult is what resolveTag returned for one tag.
+type tagResult struct {
+	rec *prepullv1.TagResolution
+	pol tagUse
+	due time.Time
+	err error
+}
+
+// resolveWorkers is how many of a list's tags are resolved at once: a
+// refresh of many tags is not a sequence of registry round trips and
+// record writes.
+const resolveWorkers = 8
+
+// resolveTags brings each of tags, which l names, up to date (resolveTag),
+// several at a time, and records each one's result in tags.
+func (r *Reconciler) resolveTags(ctx context.Context, l *prepullv1.PrePullList, tags map[string]*tagResult, creds []pullsecret.Credential, nodes []*node, probeNode string) {
+	var g errgroup.Group
+	g.SetLimit(resolveWorkers)
+	for tag, res := range tags {
+		g.Go(func() error {
+			res.rec, res.pol, res.due, res.err = r.resolveTag(ctx, l, tag, creds, nodes, probeNode)
+			return nil
+		})
+	}
+	_ = g.Wait()
+}
+
+// resolveTag brings tag's TagResolution up to date as far as l can: at the
+// registry when it is due and the registry wins, or from what l's probe node
+// reported. It returns the record, how the tag is resolved for every list,
+// when it is next due, and a failure to write the record. Lists whose digest
+// it changed are woken.
+func (r *Reconciler) resolveTag(ctx context.Context, l *prepullv1.PrePullList, tag string, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, tagUse, time.Time, error) {
+	now := r.Clock.Now()
+	pol := r.tags.policy(tag)
+	rec, err := r.tags.get(ctx, tag)
+	if err != nil {
+		return nil, pol, now.Add(resolutionRetry), err
+	}
+	rec, next, err := r.refreshTag(ctx, tag, rec, pol, creds, nodes, probeNode)
+	return rec, pol, next, err
+}
+
+// refreshTag resolves tag again when it is due under pol: at the registry,
+// or from what the probe node reported.
+func (r *Reconciler) refreshTag(ctx context.Context, tag string, rec *prepullv1.TagResolution, pol tagUse, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, time.Time, error) {
+	now := r.Clock.Now()
+	var st prepullv1.TagResolutionStatus
+	if rec != nil {
+		st = *rec.Status.DeepCopy()
+	}
+	if pol.source != prepullv1.SourceRegistry {
+		d, at := probedDigest(nodes, probeNode, tag)
+		if d == "" || (st.Source == pol.source && st.ResolvedAt != nil && !st.ResolvedAt.Before(at)) {
+			if st.ResolvedAt != nil && pol.source == prepullv1.SourceNode {
+				return rec, nextRefresh(st.ResolvedAt.Time, pol.refresh), nil
+			}
+			return rec, now.Add(prepullv1.DefaultRefresh), nil
+		}
+		st = prepullv1.TagResolutionStatus{Digest: d, Source: pol.source, ResolvedAt: at}
+		return r.record(ctx, tag, rec, st, now.Add(pol.refresh))
+	}
+	due := rec == nil || st.Source != prepullv1.SourceRegistry || st.ResolvedAt == nil || !now.Before(nextRefresh(st.ResolvedAt.Time, pol.refresh))
+	if due && st.Message != "" && st.AttemptedAt != nil && now.Before(st.AttemptedAt.Add(resolutionRetry)) {
+		// It failed a moment ago, for this list or another: wait.
+		return rec, st.AttemptedAt.Add(resolutionRetry), nil
+	}
+	if !due {
+		return rec, nextRefresh(st.ResolvedAt.Time, pol.refresh), nil
+	}
+	d, err := r.Resolver.Resolve(ctx, tag, creds)
+	st.AttemptedAt = &metav1.Time{Time: now}
+	if err != nil {
+		resolutions.WithLabelValues("failed").Inc()
+		ctrl.LoggerFrom(ctx).Info("Tag resolution failed", "image", tag, "error", err.Error())
+		st.Message = truncate(err.Error(), 1024)
+		return r.record(ctx, tag, rec, st, now.Add(resolutionRetry))
+	}
+	resolutions.WithLabelValues("resolved").Inc()
+	st = prepullv1.TagResolutionStatus{Digest: d, Source: prepullv1.SourceRegistry, ResolvedAt: st.AttemptedAt, AttemptedAt: st.AttemptedAt}
+	return r.record(ctx, tag, rec, st, now.Add(pol.refresh))
+}
+
+// record writes tag's new status and wakes every list naming the tag when
+// its digest changed.
+func (r *Reconciler) record(ctx context.Context, tag string, rec *prepullv1.TagResolution, st prepullv1.TagResolutionStatus, next time.Time) (*prepullv1.TagResolution, time.Time, error) {
+	moved := rec == nil || rec.Status.Digest != st.Digest || rec.Status.Message != st.Message
+	out, err := r.tags.put(ctx, tag, rec, st)
+	if err != nil {
+		return out, minTime(next, r.Clock.Now().Add(resolutionRetry)), err
+	}
+	if moved {
+		lists := r.tags.listsNaming(tag)
+		go func() {
+			for _, l := range lists {
+				r.wake <- event.GenericEvent{Object: &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name}}}
+			}
+		}()
+	}
+	return out, next, nil
+}
+
+// probeWait says what a tag resolved on a node is waiting for.
+func probeWait(l *prepullv1.PrePullList, probeNode, tag string) string {
+	if probeNode == "" {
+		return "no node is selected to resolve the tag on"
+	}
+	verb := "pull it and report its digest"
+	if a := archiveOf(l); a != nil {
+		verb = "import it from " + a.Location() + " and report its digest"
+	}
+	return fmt.Sprintf("waiting for node %s to %s: %s", probeNode, verb, tag)
+}
+
+// probedDigest is the digest the probe node reported for a tag entry, and
+// when it pulled it.
+func probedDigest(nodes []*node, probeNode, tag string) (string, *metav1.Time) {
+	for _, n := range nodes {
+		if n.name != probeNode {
+			continue
+		}
+		if st := n.status.find(tag); st != nil && st.phase == prepullv1.PhasePresent && st.extra != nil && st.extra.pulledAt != nil {
+			return st.extra.digest, st.extra.pulledAt
+		}
+	}
+	return "", nil
+}
+
+// nextRefresh is when a tag resolved at resolvedAt is due again.
+func nextRefresh(resolvedAt time.Time, interval time.Duration) time.Time {
+	if interval <= 0 {
+		interval = prepullv1.DefaultRefresh
+	}
+	return resolvedAt.Add(interval)
 }

@@ -11,17 +11,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	schedulingcorev1 "k8s.io/component-helpers/scheduling/corev1"
-	"k8s.io/component-helpers/scheduling/corev1/nodeaffinity"
-	"k8s.io/klog/v2"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/imageref"
@@ -143,20 +136,6 @@ func slimTemplate(t corev1.PodTemplateSpec) corev1.PodTemplateSpec {
 	}}
 }
 
-// discoveryChanged passes the events of objects discovery reads that
-// matter to it: created, deleted, relabelled, or with another part (a pod
-// template, a service account's pull secrets). A Pod's or a workload's
-// status changes, which are most of their updates, are not.
-func discoveryChanged[T any](part func(client.Object) T) predicate.Funcs {
-	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
-		if e.ObjectOld == nil || e.ObjectNew == nil {
-			return true
-		}
-		return !apiequality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) ||
-			!apiequality.Semantic.DeepEqual(part(e.ObjectOld), part(e.ObjectNew))
-	}}
-}
-
 // slimServiceAccount is the cache's transform of ServiceAccounts: their
 // name and pull secrets, all discovery reads of them.
 func slimServiceAccount(obj any) (any, error) {
@@ -175,21 +154,6 @@ func pullSecretsOf(o client.Object) []corev1.LocalObjectReference {
 // containersOf are the init containers and containers of spec.
 func containersOf(spec *corev1.PodSpec) []corev1.Container {
 	return append(slices.Clone(spec.InitContainers), spec.Containers...)
-}
-
-// listsDiscoveringIn are the lists with spec.workloads in o's namespace.
-func (r *Reconciler) listsDiscoveringIn(ctx context.Context, o client.Object) []reconcile.Request {
-	var lists prepullv1.PrePullListList
-	if err := r.List(ctx, &lists, client.InNamespace(o.GetNamespace())); err != nil {
-		return nil
-	}
-	var out []reconcile.Request
-	for i := range lists.Items {
-		if lists.Items[i].Spec.Workloads != nil {
-			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&lists.Items[i])})
-		}
-	}
-	return out
 }
 
 // discovery is what a list's workloads hold now.
@@ -420,31 +384,6 @@ func imagesOf(l *prepullv1.PrePullList) []string {
 	return out
 }
 
-// discoveredCondition is the Discovered condition of a list with
-// spec.workloads.
-func discoveredCondition(l *prepullv1.PrePullList, d discovery) metav1.Condition {
-	c := metav1.Condition{Type: prepullv1.ConditionDiscovered, ObservedGeneration: l.Generation}
-	var problems []string
-	for _, di := range l.Status.Discovered {
-		if di.Message != "" {
-			problems = append(problems, di.Message)
-		}
-	}
-	switch {
-	case d.workloads == 0:
-		c.Status, c.Reason = metav1.ConditionFalse, prepullv1.ReasonNoWorkloadsMatch
-		c.Message = fmt.Sprintf("spec.workloads.selector matches no workload in namespace %s", l.Namespace)
-	default:
-		c.Status, c.Reason = metav1.ConditionTrue, prepullv1.ReasonWorkloadsFound
-		c.Message = fmt.Sprintf("%d workloads use %d images", d.workloads, len(d.images))
-		if len(problems) > 0 {
-			c.Message += "; not pulled: " + strings.Join(problems, "; ")
-		}
-	}
-	c.Message = truncate(c.Message, 32768)
-	return c
-}
-
 // listDiscovery is a reconcile's discovery: what the workloads hold, and
 // the list's status.discovered and discovered pull secrets made from it.
 type listDiscovery struct {
@@ -479,79 +418,4 @@ func (r *Reconciler) discovered(ctx context.Context, l *prepullv1.PrePullList) (
 		out.secretNames = out.secretNames[:16]
 	}
 	return out, ends, nil
-}
-
-// placeDiscovered gives the discovered images among targets, under
-// placement WorkloadNodes, the nodes they go to: those where a workload
-// using the image could be scheduled; for an image no workload uses any
-// more, those that hold it for the list already. Images spec.images names
-// go everywhere the list selects.
-//
-// startupTaint is the controller's startup taint, which is not held
-// against a workload.
-func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery, startupTaint string) {
-	if l.Spec.Workloads == nil || l.Spec.Workloads.Placement != prepullv1.PlaceOnWorkloadNodes {
-		return
-	}
-	listed := map[string]bool{}
-	for _, i := range l.Spec.Images {
-		listed[i.Image] = true
-	}
-	owner := ownerName(l)
-	for i := range targets {
-		t := &targets[i]
-		if listed[t.image] {
-			continue
-		}
-		if f := d.images[t.image]; f != nil {
-			rules := make([]scheduling, 0, len(f.specs))
-			for _, spec := range f.specs {
-				rules = append(rules, schedulingOf(spec, startupTaint))
-			}
-			t.places = func(n *node) bool {
-				return n.obj != nil && slices.ContainsFunc(rules, func(s scheduling) bool { return s.allows(n.obj) })
-			}
-			continue
-		}
-		ref := t.ref()
-		t.places = func(n *node) bool {
-			o := findOwner(n.spec, ref, owner)
-			return o != nil && !o.Releasing
-		}
-	}
-}
-
-// scheduling is what of a pod spec says where it may run: its nodeSelector
-// and required node affinity, read once, and its tolerations.
-type scheduling struct {
-	affinity     nodeaffinity.RequiredNodeAffinity
-	tolerations  []corev1.Toleration
-	startupTaint string
-}
-
-func schedulingOf(spec *corev1.PodSpec, startupTaint string) scheduling {
-	return scheduling{affinity: nodeaffinity.GetRequiredNodeAffinity(&corev1.Pod{Spec: *spec}),
-		tolerations: spec.Tolerations, startupTaint: startupTaint}
-}
-
-// allows reports whether a pod could be scheduled on n as far as its
-// nodeSelector, required node affinity and tolerations say.
-func (s scheduling) allows(n *corev1.Node) bool {
-	if ok, _ := s.affinity.Match(n); !ok {
-		return false
-	}
-	_, untolerated := schedulingcorev1.FindMatchingUntoleratedTaint(klog.Background(), n.Spec.Taints, s.tolerations, func(t *corev1.Taint) bool {
-		return (t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute) && !transientTaint(t.Key, s.startupTaint)
-	}, false)
-	return !untolerated
-}
-
-// transientTaint reports whether a taint says that a node is not ready
-// yet rather than what may run on it: the taints of the node's conditions
-// (node.kubernetes.io/not-ready and the like), the cloud provider's
-// uninitialized taint and prepull's startup taint. A joining node carries
-// them, and that is when pre-pulling it helps.
-func transientTaint(key, startupTaint string) bool {
-	return strings.HasPrefix(key, "node.kubernetes.io/") || key == "node.cloudprovider.kubernetes.io/uninitialized" ||
-		key == startupTaint
 }

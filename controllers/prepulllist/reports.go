@@ -1,0 +1,165 @@
+package prepulllist
+
+import (
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"unique"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+)
+
+// report is what the controller needs of one image's status on one node.
+type report struct {
+	image     string
+	phase     prepullv1.ImagePhase
+	pinOwners []string
+	// extra is set only for tag entries (their digest and pull time) and
+	// failed images (their reason and message).
+	extra *reportExtra
+}
+
+type reportExtra struct {
+	digest          string
+	pulledAt        *metav1.Time
+	reason, message string
+}
+
+// reports are one node's reports: those its status lists, and for the
+// images of the plan its status names that it does not list, present as
+// asked (NodeImageSetStatus.Plan).
+type reports struct {
+	listed []report
+	// plan is the status's plan; planned its images as present as asked,
+	// shared by every node, nil until the fleet knows the plan.
+	plan    string
+	planned []report
+}
+
+// find is the report of ref, or nil.
+func (rs reports) find(ref string) *report {
+	if r := search(rs.listed, ref); r != nil {
+		return r
+	}
+	return search(rs.planned, ref)
+}
+
+// search finds ref in rs, sorted by image.
+func search(rs []report, ref string) *report {
+	i := sort.Search(len(rs), func(i int) bool { return rs[i].image >= ref })
+	if i < len(rs) && rs[i].image == ref {
+		return &rs[i]
+	}
+	return nil
+}
+
+// presentAsAsked are the reports an agent leaves out for the images of
+// plan, sorted by image as the plan is.
+func presentAsAsked(plan []prepullv1.NodeImage) []report {
+	out := make([]report, 0, len(plan))
+	for i := range plan {
+		st := plan[i].PresentAsAsked()
+		out = append(out, report{image: intern(st.Image), phase: internPhase(st.Phase), pinOwners: internOwners(st.PinOwners)})
+	}
+	slices.SortFunc(out, func(a, b report) int { return strings.Compare(a.image, b.image) })
+	return out
+}
+
+// snapshot makes what agents reported so far the view reconciles read.
+func (f *fleet) snapshot() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.view = maps.Clone(f.status)
+}
+
+// reported is node's reports in the current view. The caller holds f.mu.
+func (f *fleet) reported(node string) reports {
+	if f.view == nil {
+		return f.status[node]
+	}
+	return f.view[node]
+}
+
+// observe records a NodeImageSet the informer delivered: its reports, and
+// that it exists. It returns the object stripped to its metadata, which is
+// all the cache keeps.
+//
+// The informer may pass an object it already holds through the transform
+// again (a relist replaces the store with what it has, and the streaming
+// list does so at its end); such an object is the stripped one, which
+// carries strippedMark, and is returned as it is: its reports are those
+// recorded when it was first seen.
+func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
+	if _, ok := set.Annotations[strippedAnnotation]; ok {
+		return set
+	}
+	rs := reports{listed: make([]report, 0, len(set.Status.Images)), plan: set.Status.Plan}
+	for _, st := range set.Status.Images {
+		rep := report{image: intern(st.Image), phase: internPhase(st.Phase), pinOwners: internOwners(st.PinOwners)}
+		tagEntry := !strings.Contains(st.Image, "@")
+		if tagEntry || st.Phase == prepullv1.PhaseFailed {
+			rep.extra = &reportExtra{digest: st.Digest, pulledAt: st.PulledAt, reason: st.Reason, message: st.LastError}
+		}
+		rs.listed = append(rs.listed, rep)
+	}
+	slices.SortFunc(rs.listed, func(a, b report) int { return strings.Compare(a.image, b.image) })
+	f.mu.Lock()
+	if rs.plan != "" {
+		rs.planned = f.planned[rs.plan]
+	}
+	f.status[set.Name] = rs
+	f.exists[set.Name] = true
+	f.mu.Unlock()
+	return &prepullv1.NodeImageSet{
+		TypeMeta: set.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: set.Name, UID: set.UID, ResourceVersion: set.ResourceVersion,
+			Generation: set.Generation, DeletionTimestamp: set.DeletionTimestamp,
+			Annotations: strippedMark,
+		},
+	}
+}
+
+// strippedAnnotation marks the objects observe made. It exists only in the
+// controller's cache, never in the API.
+const strippedAnnotation = "prepull.io/fleet-stripped"
+
+// strippedMark is the annotations of every stripped object, shared: the
+// cache's objects are read, never written.
+var strippedMark = map[string]string{strippedAnnotation: ""}
+
+// gone records that a NodeImageSet was deleted.
+func (f *fleet) gone(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.exists, name)
+	delete(f.status, name)
+}
+
+func intern(s string) string { return unique.Make(s).Value() }
+
+func internPhase(p prepullv1.ImagePhase) prepullv1.ImagePhase {
+	switch p {
+	case prepullv1.PhasePending, prepullv1.PhasePulling, prepullv1.PhasePresent, prepullv1.PhaseFailed, prepullv1.PhaseReleased:
+		return prepullv1.ImagePhase(intern(string(p)))
+	}
+	return p
+}
+
+var ownerSets sync.Map
+
+func internOwners(owners []string) []string {
+	if len(owners) == 0 {
+		return nil
+	}
+	key := strings.Join(owners, ",")
+	if v, ok := ownerSets.Load(key); ok {
+		return v.([]string)
+	}
+	v, _ := ownerSets.LoadOrStore(key, slices.Clone(owners))
+	return v.([]string)
+}
