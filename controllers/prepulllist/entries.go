@@ -13,12 +13,12 @@ import (
 // resolveAfter. A spec's entries are kept sorted by image: equal sets of
 // images are then equal plans, and entries are found by binary search.
 func setOwner(n *node, ref string, o prepullv1.ImageOwner, archive *prepullv1.ArchiveSource, resolveAfter *metav1.Time) {
-	i, found := entryIndex(n.spec, ref)
+	i, found := entryIndex(n.images(), ref)
 	if !found {
 		spec := n.edit()
 		spec.Images = slices.Insert(spec.Images, i, prepullv1.NodeImage{Image: ref})
 	}
-	e := &n.spec.Images[i]
+	e := &n.images()[i]
 	j := slices.IndexFunc(e.Owners, func(x prepullv1.ImageOwner) bool { return x.List == o.List })
 	switch {
 	case j < 0:
@@ -47,12 +47,12 @@ func sameOwner(a, b prepullv1.ImageOwner) bool {
 // spec but ref: ref now holds the tag. Only entries of repo (its digests,
 // or the tag itself) can claim it; they sit together in the sorted entries.
 func unclaim(n *node, repo, tag, ref string) {
-	from, _ := entryIndex(n.spec, repo)
-	for i := from; i < len(n.spec.Images) && strings.HasPrefix(n.spec.Images[i].Image, repo); i++ {
-		if n.spec.Images[i].Image == ref {
+	from, _ := entryIndex(n.images(), repo)
+	for i := from; i < len(n.images()) && strings.HasPrefix(n.images()[i].Image, repo); i++ {
+		if n.images()[i].Image == ref {
 			continue
 		}
-		for j, o := range n.spec.Images[i].Owners {
+		for j, o := range n.images()[i].Owners {
 			if !o.Releasing && slices.Contains(o.Tags, tag) {
 				mine := &n.editEntry(i).Owners[j]
 				mine.Tags = slices.DeleteFunc(slices.Clone(mine.Tags), func(t string) bool { return t == tag })
@@ -61,18 +61,18 @@ func unclaim(n *node, repo, tag, ref string) {
 	}
 }
 
-func findOwner(spec *prepullv1.NodeImageSetSpec, ref, list string) *prepullv1.ImageOwner {
-	i, found := entryIndex(spec, ref)
+func findOwner(images []prepullv1.NodeImage, ref, list string) *prepullv1.ImageOwner {
+	i, found := entryIndex(images, ref)
 	if !found {
 		return nil
 	}
-	return findOwnerIn(&spec.Images[i], list)
+	return findOwnerIn(&images[i], list)
 }
 
-// entryIndex is where ref's entry is, or would be, in spec's entries,
+// entryIndex is where ref's entry is, or would be, in a spec's entries,
 // which are sorted by image, and whether it is there.
-func entryIndex(spec *prepullv1.NodeImageSetSpec, ref string) (int, bool) {
-	return slices.BinarySearchFunc(spec.Images, ref, func(e prepullv1.NodeImage, ref string) int { return strings.Compare(e.Image, ref) })
+func entryIndex(images []prepullv1.NodeImage, ref string) (int, bool) {
+	return slices.BinarySearchFunc(images, ref, func(e prepullv1.NodeImage, ref string) int { return strings.Compare(e.Image, ref) })
 }
 
 func findOwnerIn(e *prepullv1.NodeImage, list string) *prepullv1.ImageOwner {

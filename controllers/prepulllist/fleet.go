@@ -14,44 +14,32 @@ import (
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 )
 
-// fleet holds every node's spec as the controller wants it, and what the
-// node's agent last reported.
+// fleet is the controller's copy of every node's spec, which it alone
+// writes, and of what every node's agent reported: a record per node and
+// a record per plan. Its roles are in three files: the specs and how
+// nodes share them (specs.go), the agents' reports (reports.go), and the
+// writer that brings the API up to date (writer.go).
 type fleet struct {
+	// mu guards everything below; it is never held over an API call, so
+	// that the informer's handlers (observe, gone, owners) never wait on
+	// the API server.
 	mu sync.Mutex
 	// planMu keeps the sweep's deletes of unused plans and the flushes
 	// that name plans apart; it is taken before mu, never while mu is held.
 	planMu sync.Mutex
-	// specs are the nodes' specs. Nodes whose specs are equal share one
-	// once it is written (canon holds it, by plan name), since most nodes
-	// of a fleet are handed the same images; own marks the specs that are
-	// a node's own, changed in place. A node's shared spec is copied
-	// before it changes (node.edit).
-	specs  map[string]*prepullv1.NodeImageSetSpec
-	own    map[string]bool
-	canon  map[string]*prepullv1.NodeImageSetSpec
-	status map[string]reports
-	// view is status as of the last statusBatch: the lists reconciled
-	// together decide from one view, so they hand the same nodes at once.
-	view   map[string]reports
-	exists map[string]bool
-	// planOf is the plan each node's NodeImageSet names, as last written;
-	// plans are the ImagePlans that exist, with when a node last named
-	// each (or when it was made).
-	planOf map[string]string
-	plans  map[string]time.Time
-	// planned are, by plan, its images as present as asked, for the
-	// statuses that name the plan.
-	planned map[string][]report
-	loaded  bool
-	dirty   map[string]bool
-	writing int
-	first   time.Time
-	// tidy are the nodes whose only change is the drop of released
-	// entries, marked first at tidySince; wrote is when dirty nodes were
-	// last taken for a write.
-	tidy      map[string]bool
-	tidySince time.Time
-	wrote     time.Time
+	nodes  map[string]*nodeRec
+	plans  map[string]*planRec
+	loaded bool
+	// batchedOnce is set once a statusBatch has taken a view of the
+	// reports: until then rollouts read the latest reports.
+	batchedOnce bool
+	// The writer's pacing: how many nodes are dirty and tidy, when the
+	// first of each was marked, how many writes are under way, when dirty
+	// nodes were last taken for a write.
+	dirty, tidy      int
+	first, tidySince time.Time
+	writing          int
+	wrote            time.Time
 	// last is when a reconcile last ended; active counts those under way.
 	last   time.Time
 	active int
@@ -59,75 +47,90 @@ type fleet struct {
 }
 
 func newFleet(c clock.PassiveClock) *fleet {
-	return &fleet{
-		specs: map[string]*prepullv1.NodeImageSetSpec{}, status: map[string]reports{},
-		own: map[string]bool{}, canon: map[string]*prepullv1.NodeImageSetSpec{},
-		exists: map[string]bool{}, dirty: map[string]bool{}, tidy: map[string]bool{}, clock: c,
-		planOf: map[string]string{}, plans: map[string]time.Time{}, planned: map[string][]report{},
-	}
+	return &fleet{nodes: map[string]*nodeRec{}, plans: map[string]*planRec{}, clock: c}
 }
 
 // load reads every NodeImageSet's spec, and the plans they name, from the
 // API once, after a start or a change of leader: the cache holds no specs.
-// It pages through them.
+// It pages through them, and takes mu only to record each page. Only
+// reconciles call it, one at a time.
 func (f *fleet) load(ctx context.Context, r client.Reader) error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.loaded {
+	loaded := f.loaded
+	f.mu.Unlock()
+	if loaded {
 		return nil
 	}
 	plans := map[string]*prepullv1.ImagePlan{}
-	now := f.clock.Now()
 	if err := pages(ctx, r, func() *prepullv1.ImagePlanList { return &prepullv1.ImagePlanList{} }, func(l *prepullv1.ImagePlanList) {
 		for i := range l.Items {
-			p := &l.Items[i]
-			plans[p.Name] = p
-			f.plans[p.Name] = now
-			f.planned[p.Name] = presentAsAsked(p.Spec.Images)
+			plans[l.Items[i].Name] = &l.Items[i]
 		}
 	}); err != nil {
 		return fmt.Errorf("read image plans: %w", err)
 	}
-	// Nodes that name one plan and have no entries of their own share its
-	// entries: read once, not once a node.
-	byPlan := map[string]*prepullv1.NodeImageSetSpec{}
+	// A plan whose images hash to its name is shared by the nodes naming
+	// it; another (an older controller's) only waits for the sweep.
+	sharable := map[string]bool{}
+	f.mu.Lock()
+	for name, p := range plans {
+		spec := &prepullv1.NodeImageSetSpec{Images: p.Spec.Images}
+		prepullv1.SortImages(spec.Images)
+		internSpec(spec)
+		f.plans[name] = &planRec{name: name, images: spec.Images, planned: presentAsAsked(spec.Images), seen: f.clock.Now()}
+		sharable[name] = prepullv1.ImagePlanName(spec.Images) == name
+	}
+	f.mu.Unlock()
 	err := pages(ctx, r, func() *prepullv1.NodeImageSetList { return &prepullv1.NodeImageSetList{} }, func(l *prepullv1.NodeImageSetList) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
 		for i := range l.Items {
 			s := &l.Items[i]
-			if s.Spec.Plan != "" && plans[s.Spec.Plan] == nil {
-				// The plan is gone: the node's spec is written again.
-				f.markDirty(s.Name)
-			}
-			spec, ok := byPlan[s.Spec.Plan]
-			if !ok || len(s.Spec.Images) > 0 {
-				// Kept sorted by image (setOwner); one written by an older
-				// controller may not be. Reconciles copy a shared spec
-				// before they change it.
-				spec = &prepullv1.NodeImageSetSpec{Images: s.Spec.Planned(plans[s.Spec.Plan])}
-				prepullv1.SortImages(spec.Images)
-				internSpec(spec)
-				spec, _ = f.share(spec)
-				if len(s.Spec.Images) == 0 {
-					byPlan[s.Spec.Plan] = spec
-				}
-			}
-			f.specs[s.Name] = spec
-			f.exists[s.Name] = true
-			f.planOf[s.Name] = s.Spec.Plan
+			f.loadNode(s, plans[s.Spec.Plan], sharable[s.Spec.Plan])
 		}
 	})
 	if err != nil {
 		return fmt.Errorf("read node image sets: %w", err)
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	// Statuses observed before the plans were known.
-	for node, rs := range f.status {
-		if rs.plan != "" && rs.planned == nil {
-			rs.planned = f.planned[rs.plan]
-			f.status[node] = rs
+	for _, rec := range f.nodes {
+		if rs := &rec.report; rs.plan != "" && rs.planned == nil {
+			if p := f.plans[rs.plan]; p != nil {
+				rs.planned = p.planned
+			}
 		}
 	}
 	f.loaded = true
 	return nil
+}
+
+// loadNode records a NodeImageSet read by load, with the plan it names
+// (nil when that is gone) and whether nodes may share that plan's record.
+// The caller holds f.mu.
+func (f *fleet) loadNode(s *prepullv1.NodeImageSet, plan *prepullv1.ImagePlan, sharable bool) {
+	rec := f.record(s.Name)
+	rec.exists, rec.written = true, s.Spec.Plan
+	if s.Spec.Plan != "" && plan == nil {
+		// The plan is gone: the node's spec is written again.
+		f.markDirty(rec)
+	}
+	if sharable && len(s.Spec.Images) == 0 {
+		// Read once, not once a node.
+		rec.plan = f.plans[s.Spec.Plan]
+		return
+	}
+	// Kept sorted by image (setOwner); one written by an older controller
+	// may not be.
+	spec := &prepullv1.NodeImageSetSpec{Images: s.Spec.Planned(plan)}
+	prepullv1.SortImages(spec.Images)
+	internSpec(spec)
+	if p := f.share(spec.Images); p != nil {
+		rec.plan = p
+	} else {
+		rec.own = spec
+	}
 }
 
 // pages lists every object of a kind, 500 at a time, into a new list
@@ -162,26 +165,22 @@ func (f *fleet) end() {
 
 // forget drops a node that is gone. The caller holds f.mu.
 func (f *fleet) forget(node string) {
-	delete(f.specs, node)
-	delete(f.own, node)
-	delete(f.status, node)
-	delete(f.view, node)
-	delete(f.exists, node)
-	delete(f.dirty, node)
-	delete(f.tidy, node)
-	delete(f.planOf, node)
+	if rec, ok := f.nodes[node]; ok {
+		f.unmark(rec)
+		delete(f.nodes, node)
+	}
 }
 
 // owners are the lists that own an entry on node.
 func (f *fleet) owners(node string) []types.NamespacedName {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []types.NamespacedName
-	s := f.specs[node]
-	if s == nil {
+	rec := f.nodes[node]
+	if rec == nil {
 		return nil
 	}
-	for _, e := range s.Images {
+	var out []types.NamespacedName
+	for _, e := range rec.images() {
 		for _, o := range e.Owners {
 			n, ok := prepullv1.OwnerKey(o.List)
 			if ok && !slices.Contains(out, n) {
@@ -191,5 +190,3 @@ func (f *fleet) owners(node string) []types.NamespacedName {
 	}
 	return out
 }
-
-// "a,b" -> []string, shared by every report that has them

@@ -37,7 +37,7 @@ func TestObserveIsIdempotent(t *testing.T) {
 	if again != stripped {
 		t.Errorf("a stripped object came back changed: %+v", again)
 	}
-	rs := f.status["n1"]
+	rs := f.nodes["n1"].report
 	if len(rs.listed) != 2 {
 		t.Fatalf("reports after a second pass: %+v", rs)
 	}
@@ -50,8 +50,8 @@ func TestObserveIsIdempotent(t *testing.T) {
 	// A new version of the object is observed anew.
 	set.Status.Images = set.Status.Images[:1]
 	f.observe(set.DeepCopy())
-	if len(f.status["n1"].listed) != 1 {
-		t.Errorf("reports of a new version: %+v", f.status["n1"])
+	if len(f.nodes["n1"].report.listed) != 1 {
+		t.Errorf("reports of a new version: %+v", f.nodes["n1"].report)
 	}
 }
 
@@ -62,8 +62,10 @@ func TestUnusedPlans(t *testing.T) {
 	c := clocktesting.NewFakeClock(now)
 	f := newFleet(c)
 	f.loaded = true
-	f.plans = map[string]time.Time{"plan-a": now, "plan-b": now, "plan-c": now}
-	f.planOf = map[string]string{"n1": "plan-a", "n2": ""}
+	for _, name := range []string{"plan-a", "plan-b", "plan-c"} {
+		f.plans[name] = &planRec{name: name, seen: now}
+	}
+	f.nodes = map[string]*nodeRec{"n1": {written: "plan-a"}, "n2": {}}
 	if got := f.unused(time.Minute); len(got) != 0 {
 		t.Fatalf("unused at once: %v", got)
 	}
@@ -113,14 +115,14 @@ func TestReportsOfAPlan(t *testing.T) {
 		}},
 	}
 	f.observe(set.DeepCopy())
-	if r := f.status["n1"].find("r/a@sha256:aa"); r != nil {
+	if r := f.nodes["n1"].report.find("r/a@sha256:aa"); r != nil {
 		t.Errorf("an image of an unknown plan reads %+v, want no report", r)
 	}
-	f.planned[name] = presentAsAsked(images)
+	f.plans[name] = &planRec{name: name, images: images, planned: presentAsAsked(images)}
 	set.ResourceVersion = "2"
 	f.observe(set)
-	rs := f.status["n1"]
-	if r := rs.find("r/a@sha256:aa"); r == nil || r.phase != prepullv1.PhasePresent || !slices.Equal(r.pinOwners, []string{"ns/one"}) {
+	rs := f.nodes["n1"].report
+	if r := rs.find("r/a@sha256:aa"); r == nil || r.phase != prepullv1.PhasePresent || r.pins != "ns/one" {
 		t.Errorf("the image left out reads %+v, want Present pinned by ns/one", r)
 	}
 	if r := rs.find("r/b@sha256:bb"); r == nil || r.phase != prepullv1.PhaseFailed {
@@ -152,29 +154,32 @@ func TestSharedSpecsAreCopiedOnChange(t *testing.T) {
 	if len(named) != 3 || named["a"] != named["b"] || named["a"] == "" {
 		t.Fatalf("plans named: %v", named)
 	}
-	if f.specs["a"] != f.specs["b"] || f.specs["b"] != f.specs["c"] {
+	if f.nodes["a"].plan == nil || f.nodes["a"].plan != f.nodes["b"].plan || f.nodes["b"].plan != f.nodes["c"].plan {
 		t.Fatal("equal written specs are not shared")
 	}
 	f.writing--
-	shared := f.specs["a"]
-	before := shared.DeepCopy()
+	shared := f.nodes["a"].plan
+	before := slices.Clone(shared.images)
 
 	// A second list selects a and c only.
 	web := target{want: want{image: "r/web:2", Ref: imageref.Ref{Repo: "r/web", Tag: "r/web:2"}}, digest: "sha256:bb"}
 	web.share()
 	second := &plan{owner: prepullv1.ImageOwner{List: "ns/second"}, targets: []target{web}, maxConcurrent: 10}
 	r.apply(second, nodes())
-	if f.specs["b"] != shared {
+	if f.nodes["b"].plan != shared {
 		t.Error("b, which the second list does not select, lost its shared spec")
 	}
-	if f.specs["a"] == shared || f.specs["c"] == shared || f.specs["a"] == f.specs["c"] {
+	if f.nodes["a"].plan != nil || f.nodes["c"].plan != nil || f.nodes["a"].own == f.nodes["c"].own {
 		t.Error("a changed node still holds a shared spec")
 	}
-	if !reflect.DeepEqual(shared, before) {
-		t.Errorf("the shared spec changed: %+v, was %+v", shared, before)
+	if !reflect.DeepEqual(shared.images, before) {
+		t.Errorf("the shared spec changed: %+v, was %+v", shared.images, before)
 	}
-	if len(f.specs["a"].Images) != 2 || f.specs["a"].Images[1].Image != web.ref() {
-		t.Errorf("a's spec: %+v", f.specs["a"])
+	if err := f.checkPlans(); err != nil {
+		t.Error(err)
+	}
+	if a := f.nodes["a"].images(); len(a) != 2 || a[1].Image != web.ref() {
+		t.Errorf("a's spec: %+v", a)
 	}
 
 	// The first list goes from a, which holds a copy of its own (its agent
@@ -182,11 +187,11 @@ func TestSharedSpecsAreCopiedOnChange(t *testing.T) {
 	// is untouched.
 	first.deleting = true
 	r.apply(first, []*node{{name: "a", selected: true}})
-	if got := f.specs["a"].Images; len(got) != 1 || got[0].Image != web.ref() {
+	if got := f.nodes["a"].images(); len(got) != 1 || got[0].Image != web.ref() {
 		t.Errorf("a's spec after the first list went: %+v", got)
 	}
-	if !reflect.DeepEqual(f.specs["b"], before) {
-		t.Errorf("b's spec changed: %+v", f.specs["b"])
+	if !reflect.DeepEqual(f.nodes["b"].images(), before) {
+		t.Errorf("b's spec changed: %+v", f.nodes["b"].images())
 	}
 }
 
@@ -197,7 +202,7 @@ func TestTidyWrites(t *testing.T) {
 	c := clocktesting.NewFakeClock(time.Now())
 	f := newFleet(c)
 	for _, n := range []string{"a", "b", "c"} {
-		f.specs[n] = &prepullv1.NodeImageSetSpec{}
+		f.record(n).own = &prepullv1.NodeImageSetSpec{}
 	}
 	taken := func() []string {
 		named, _ := f.take()
@@ -207,24 +212,24 @@ func TestTidyWrites(t *testing.T) {
 		return slices.Sorted(maps.Keys(named))
 	}
 	write := func(node string) []string {
-		f.markDirty(node)
+		f.markDirty(f.nodes[node])
 		c.Step(flushMax)
 		return taken()
 	}
 	if got := write("b"); !slices.Equal(got, []string{"b"}) {
 		t.Fatalf("first write: %v", got)
 	}
-	f.markTidy("a")
+	f.markTidy(f.nodes["a"])
 	c.Step(flushMax)
 	if got := taken(); got != nil {
 		t.Errorf("a tidy node was written %s after another write: %v", flushMax, got)
 	}
 	// Its next change carries it.
-	if got := write("a"); !slices.Equal(got, []string{"a"}) || len(f.tidy) != 0 {
+	if got := write("a"); !slices.Equal(got, []string{"a"}) || f.tidy != 0 {
 		t.Errorf("a tidy node with a change: %v, tidy %v", got, f.tidy)
 	}
 	// Alone, it goes once nothing else was written for tidyQuiet.
-	f.markTidy("a")
+	f.markTidy(f.nodes["a"])
 	if got := write("b"); !slices.Equal(got, []string{"b"}) {
 		t.Errorf("a write of another node took the tidy one: %v", got)
 	}
@@ -237,7 +242,7 @@ func TestTidyWrites(t *testing.T) {
 		t.Errorf("after %s with no other write: %v", tidyQuiet, got)
 	}
 	// A fleet that never stops writing writes tidy nodes after tidyMax.
-	f.markTidy("a")
+	f.markTidy(f.nodes["a"])
 	for i := 0; time.Duration(i+1)*flushMax < tidyMax; i++ {
 		got := write("b")
 		if slices.Contains(got, "a") {
@@ -248,7 +253,7 @@ func TestTidyWrites(t *testing.T) {
 		t.Errorf("after %s: %v", tidyMax, got)
 	}
 	// A tidy node does not hold back a deleted list's finalizer.
-	f.markTidy("a")
+	f.markTidy(f.nodes["a"])
 	if f.pending() {
 		t.Error("a tidy node counts as a pending change")
 	}
@@ -262,8 +267,8 @@ func TestTidyWritesInBatches(t *testing.T) {
 	n := 2*tidyBatch + 1
 	for i := range n {
 		node := fmt.Sprintf("n%04d", i)
-		f.specs[node] = &prepullv1.NodeImageSetSpec{}
-		f.markTidy(node)
+		f.record(node).own = &prepullv1.NodeImageSetSpec{}
+		f.markTidy(f.nodes[node])
 	}
 	c.Step(tidyQuiet)
 	var sizes []int
@@ -287,14 +292,14 @@ func TestTidyWritesInBatches(t *testing.T) {
 	}
 	// An urgent write takes a batch of tidy nodes along.
 	for i := range tidyBatch + 1 {
-		f.markTidy(fmt.Sprintf("n%04d", i))
+		f.markTidy(f.nodes[fmt.Sprintf("n%04d", i)])
 	}
-	f.markDirty("n9999")
-	f.specs["n9999"] = &prepullv1.NodeImageSetSpec{}
+	f.record("n9999").own = &prepullv1.NodeImageSetSpec{}
+	f.markDirty(f.nodes["n9999"])
 	c.Step(tidyMax)
 	named, _ := f.take()
-	if _, ok := named["n9999"]; !ok || len(named) != tidyBatch+1 || len(f.tidy) != 1 {
-		t.Errorf("urgent write with tidy nodes due: %d nodes, %d tidy left", len(named), len(f.tidy))
+	if _, ok := named["n9999"]; !ok || len(named) != tidyBatch+1 || f.tidy != 1 {
+		t.Errorf("urgent write with tidy nodes due: %d nodes, %d tidy left", len(named), f.tidy)
 	}
 }
 
@@ -343,13 +348,16 @@ func TestRunOverSharedSpecs(t *testing.T) {
 		// Nothing yet.
 		{},
 	}
+	plans := make([]*planRec, len(specs))
+	for i, s := range specs {
+		plans[i] = &planRec{images: s.Images}
+	}
 	build := func(shared bool) []*node {
 		var nodes []*node
 		for i := range 60 {
-			s := specs[i%len(specs)]
-			n := &node{name: fmt.Sprintf("n%02d", i), selected: i%7 != 3, spec: s, shared: shared}
+			n := &node{name: fmt.Sprintf("n%02d", i), selected: i%7 != 3, plan: plans[i%len(specs)]}
 			if !shared {
-				n.spec = s.DeepCopy()
+				n.own, n.plan = specs[i%len(specs)].DeepCopy(), nil
 			}
 			// Agents at every stage: nothing reported, pulling, present,
 			// the old digest's pin gone or not.
@@ -358,15 +366,15 @@ func TestRunOverSharedSpecs(t *testing.T) {
 			case 1:
 				rs = []report{{image: ref("r/app", "2"), phase: prepullv1.PhasePulling}}
 			case 2:
-				rs = []report{{image: ref("r/app", "1"), phase: prepullv1.PhasePresent, pinOwners: []string{list}},
-					{image: ref("r/app", "2"), phase: prepullv1.PhasePresent, pinOwners: []string{list}},
-					{image: ref("r/web", "9"), phase: prepullv1.PhasePresent, pinOwners: []string{list}}}
+				rs = []report{{image: ref("r/app", "1"), phase: prepullv1.PhasePresent, pins: list},
+					{image: ref("r/app", "2"), phase: prepullv1.PhasePresent, pins: list},
+					{image: ref("r/web", "9"), phase: prepullv1.PhasePresent, pins: list}}
 			case 3:
 				rs = []report{{image: ref("r/app", "1"), phase: prepullv1.PhaseReleased},
-					{image: ref("r/app", "2"), phase: prepullv1.PhasePresent, pinOwners: []string{list}},
+					{image: ref("r/app", "2"), phase: prepullv1.PhasePresent, pins: list},
 					{image: ref("r/web", "9"), phase: prepullv1.PhaseFailed}}
 			}
-			n.status, n.live = reports{listed: rs}, reports{listed: rs}
+			n.batched, n.latest = reports{listed: rs}, reports{listed: rs}
 			nodes = append(nodes, n)
 		}
 		return nodes
@@ -391,9 +399,9 @@ func TestRunOverSharedSpecs(t *testing.T) {
 		changed := 0
 		for i := range sharedNodes {
 			s, q := sharedNodes[i], privateNodes[i]
-			if !reflect.DeepEqual(s.spec, q.spec) || s.changed != q.changed || s.urgent != q.urgent {
+			if !reflect.DeepEqual(s.images(), q.images()) || s.changed != q.changed || s.urgent != q.urgent {
 				t.Errorf("deleting %v: node %s over a shared spec: %+v (changed %v, urgent %v); over a private copy: %+v (changed %v, urgent %v)",
-					deleting, s.name, s.spec, s.changed, s.urgent, q.spec, q.changed, q.urgent)
+					deleting, s.name, s.images(), s.changed, s.urgent, q.images(), q.changed, q.urgent)
 			}
 			if q.changed {
 				changed++

@@ -46,7 +46,7 @@ func placeDiscovered(l *prepullv1.PrePullList, targets []target, d discovery, st
 		}
 		ref := t.ref()
 		t.places = func(n *node) bool {
-			o := findOwner(n.spec, ref, owner)
+			o := findOwner(n.images(), ref, owner)
 			return o != nil && !o.Releasing
 		}
 	}

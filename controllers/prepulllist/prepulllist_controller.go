@@ -251,7 +251,6 @@ func (r *Reconciler) nodes(ctx context.Context, selector labels.Selector) ([]*no
 	}
 	f := r.fleet
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	out := make([]*node, 0, len(nodeList.Items))
 	seen := make(map[string]bool, len(nodeList.Items))
 	for i := range nodeList.Items {
@@ -260,30 +259,30 @@ func (r *Reconciler) nodes(ctx context.Context, selector labels.Selector) ([]*no
 			continue
 		}
 		seen[n.Name] = true
-		out = append(out, &node{
-			name: n.Name, selected: selector.Matches(labels.Set(n.Labels)),
-			status: f.reported(n.Name), live: f.status[n.Name],
-			tainted: r.tainted(n), created: n.CreationTimestamp.Time, obj: n,
-		})
+		nd := &node{name: n.Name, selected: selector.Matches(labels.Set(n.Labels)),
+			tainted: r.tainted(n), created: n.CreationTimestamp.Time, obj: n}
+		if rec := f.nodes[n.Name]; rec != nil {
+			nd.batched, nd.latest = f.reported(rec), rec.report
+		}
+		out = append(out, nd)
 	}
 	// A node the fleet knows of, by its spec or its object, that is not
 	// among the nodes any more.
-	gone := map[string]bool{}
-	for name := range f.specs {
-		gone[name] = !seen[name]
-	}
-	for name := range f.exists {
-		gone[name] = !seen[name]
-	}
-	for name, isGone := range gone {
-		if !isGone {
-			continue
+	var gone []string
+	for name := range f.nodes {
+		if !seen[name] {
+			gone = append(gone, name)
 		}
+	}
+	f.mu.Unlock()
+	for _, name := range gone {
 		set := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: name}}
 		if err := r.Delete(ctx, set); err != nil && !apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("delete node image set of deleted node %s: %w", name, err)
 		}
+		f.mu.Lock()
 		f.forget(name)
+		f.mu.Unlock()
 	}
 	return out, nil
 }
@@ -297,19 +296,21 @@ func (r *Reconciler) apply(p *plan, nodes []*node) outcome {
 	// The specs as they are now: a write since the nodes were listed may
 	// have made a spec shared.
 	for _, n := range nodes {
-		n.spec, n.shared = f.spec(n.name)
+		rec := f.record(n.name)
+		n.own, n.plan = rec.own, rec.plan
 	}
 	out := p.run(nodes)
 	for _, n := range nodes {
 		if !n.changed {
 			continue
 		}
-		f.setSpec(n.name, n.spec)
+		rec := f.nodes[n.name]
+		rec.own, rec.plan = n.own, nil
 		if n.urgent || p.deleting {
 			// A deleted list's finalizer waits for its entries to go.
-			f.markDirty(n.name)
+			f.markDirty(rec)
 		} else {
-			f.markTidy(n.name)
+			f.markTidy(rec)
 		}
 	}
 	return out

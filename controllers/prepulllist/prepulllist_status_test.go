@@ -142,7 +142,7 @@ func TestParseWant(t *testing.T) {
 
 func TestHandMovesATagToOneEntry(t *testing.T) {
 	const tag, d1, d2 = "registry.example/app:v1", "registry.example/app@sha256:1", "registry.example/app@sha256:2"
-	n := &node{name: "n", selected: true, spec: &prepullv1.NodeImageSetSpec{Images: []prepullv1.NodeImage{{
+	n := &node{name: "n", selected: true, own: &prepullv1.NodeImageSetSpec{Images: []prepullv1.NodeImage{{
 		Image: d1, Owners: []prepullv1.ImageOwner{{List: "ns/a", Tags: []string{tag}}, {List: "ns/b", Tags: []string{tag}}},
 	}}}}
 	w, err := parseWant(tag)
@@ -153,7 +153,7 @@ func TestHandMovesATagToOneEntry(t *testing.T) {
 	p := &plan{owner: prepullv1.ImageOwner{List: "ns/a"}, targets: []target{{want: w, digest: "sha256:2"}}, maxConcurrent: 1}
 	p.run([]*node{n})
 	claims := map[string][]string{}
-	for _, e := range n.spec.Images {
+	for _, e := range n.images() {
 		for _, o := range e.Owners {
 			if !o.Releasing && slices.Contains(o.Tags, tag) {
 				claims[tag] = append(claims[tag], e.Image)
@@ -167,12 +167,12 @@ func TestHandMovesATagToOneEntry(t *testing.T) {
 		t.Error("the node is not marked changed")
 	}
 	var bKeeps bool
-	for _, e := range n.spec.Images {
+	for _, e := range n.images() {
 		for _, o := range e.Owners {
 			bKeeps = bKeeps || (e.Image == d1 && o.List == "ns/b" && !o.Releasing)
 		}
 	}
 	if !bKeeps {
-		t.Errorf("list b lost its entry before its turn: %+v", n.spec.Images)
+		t.Errorf("list b lost its entry before its turn: %+v", n.images())
 	}
 }

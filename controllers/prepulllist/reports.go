@@ -1,11 +1,9 @@
 package prepulllist
 
 import (
-	"maps"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"unique"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -15,9 +13,11 @@ import (
 
 // report is what the controller needs of one image's status on one node.
 type report struct {
-	image     string
-	phase     prepullv1.ImagePhase
-	pinOwners []string
+	image string
+	phase prepullv1.ImagePhase
+	// pins are the owners whose pin the image carries, joined by commas
+	// and interned: most nodes report the same few sets.
+	pins string
 	// extra is set only for tag entries (their digest and pull time) and
 	// failed images (their reason and message).
 	extra *reportExtra
@@ -48,6 +48,24 @@ func (rs reports) find(ref string) *report {
 	return search(rs.planned, ref)
 }
 
+// pinnedBy reports whether list's pin is on the image.
+func (r *report) pinnedBy(list string) bool {
+	for o := range strings.SplitSeq(r.pins, ",") {
+		if o == list {
+			return true
+		}
+	}
+	return false
+}
+
+// pinsOf is owners as a report holds them.
+func pinsOf(owners []string) string {
+	if len(owners) == 0 {
+		return ""
+	}
+	return intern(strings.Join(owners, ","))
+}
+
 // search finds ref in rs, sorted by image.
 func search(rs []report, ref string) *report {
 	i := sort.Search(len(rs), func(i int) bool { return rs[i].image >= ref })
@@ -63,7 +81,7 @@ func presentAsAsked(plan []prepullv1.NodeImage) []report {
 	out := make([]report, 0, len(plan))
 	for i := range plan {
 		st := plan[i].PresentAsAsked()
-		out = append(out, report{image: intern(st.Image), phase: internPhase(st.Phase), pinOwners: internOwners(st.PinOwners)})
+		out = append(out, report{image: intern(st.Image), phase: internPhase(st.Phase), pins: pinsOf(st.PinOwners)})
 	}
 	slices.SortFunc(out, func(a, b report) int { return strings.Compare(a.image, b.image) })
 	return out
@@ -73,15 +91,19 @@ func presentAsAsked(plan []prepullv1.NodeImage) []report {
 func (f *fleet) snapshot() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.view = maps.Clone(f.status)
+	for _, rec := range f.nodes {
+		rec.batched = rec.report
+	}
+	f.batchedOnce = true
 }
 
-// reported is node's reports in the current view. The caller holds f.mu.
-func (f *fleet) reported(node string) reports {
-	if f.view == nil {
-		return f.status[node]
+// reported is node's reports as of the last statusBatch (the latest ones
+// until there was one). The caller holds f.mu.
+func (f *fleet) reported(rec *nodeRec) reports {
+	if !f.batchedOnce {
+		return rec.report
 	}
-	return f.view[node]
+	return rec.batched
 }
 
 // observe records a NodeImageSet the informer delivered: its reports, and
@@ -99,7 +121,7 @@ func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
 	}
 	rs := reports{listed: make([]report, 0, len(set.Status.Images)), plan: set.Status.Plan}
 	for _, st := range set.Status.Images {
-		rep := report{image: intern(st.Image), phase: internPhase(st.Phase), pinOwners: internOwners(st.PinOwners)}
+		rep := report{image: intern(st.Image), phase: internPhase(st.Phase), pins: pinsOf(st.PinOwners)}
 		tagEntry := !strings.Contains(st.Image, "@")
 		if tagEntry || st.Phase == prepullv1.PhaseFailed {
 			rep.extra = &reportExtra{digest: st.Digest, pulledAt: st.PulledAt, reason: st.Reason, message: st.LastError}
@@ -108,11 +130,11 @@ func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
 	}
 	slices.SortFunc(rs.listed, func(a, b report) int { return strings.Compare(a.image, b.image) })
 	f.mu.Lock()
-	if rs.plan != "" {
-		rs.planned = f.planned[rs.plan]
+	if p := f.plans[rs.plan]; p != nil {
+		rs.planned = p.planned
 	}
-	f.status[set.Name] = rs
-	f.exists[set.Name] = true
+	rec := f.record(set.Name)
+	rec.report, rec.exists = rs, true
 	f.mu.Unlock()
 	return &prepullv1.NodeImageSet{
 		TypeMeta: set.TypeMeta,
@@ -136,8 +158,9 @@ var strippedMark = map[string]string{strippedAnnotation: ""}
 func (f *fleet) gone(name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.exists, name)
-	delete(f.status, name)
+	if rec := f.nodes[name]; rec != nil {
+		rec.exists, rec.report = false, reports{}
+	}
 }
 
 func intern(s string) string { return unique.Make(s).Value() }
@@ -148,18 +171,4 @@ func internPhase(p prepullv1.ImagePhase) prepullv1.ImagePhase {
 		return prepullv1.ImagePhase(intern(string(p)))
 	}
 	return p
-}
-
-var ownerSets sync.Map
-
-func internOwners(owners []string) []string {
-	if len(owners) == 0 {
-		return nil
-	}
-	key := strings.Join(owners, ",")
-	if v, ok := ownerSets.Load(key); ok {
-		return v.([]string)
-	}
-	v, _ := ownerSets.LoadOrStore(key, slices.Clone(owners))
-	return v.([]string)
 }

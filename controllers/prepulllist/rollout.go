@@ -200,13 +200,13 @@ func (p *plan) turns(nodes []*node, shares []share, handed []bool) map[int]bool 
 // othersPulling reports whether another list's entry on n, not released,
 // is not Present or Failed yet: n is in another list's rollout.
 func (p *plan) othersPulling(n *node) bool {
-	for i := range n.spec.Images {
-		e := &n.spec.Images[i]
+	for i := range n.images() {
+		e := &n.images()[i]
 		for _, o := range e.Owners {
 			if o.List == p.owner.List || o.Releasing {
 				continue
 			}
-			if st := n.status.find(e.Image); st == nil || (st.phase != prepullv1.PhasePresent && st.phase != prepullv1.PhaseFailed) {
+			if st := n.batched.find(e.Image); st == nil || (st.phase != prepullv1.PhasePresent && st.phase != prepullv1.PhaseFailed) {
 				return true
 			}
 			break
@@ -228,7 +228,7 @@ func (p *plan) resolvedTargets() []target {
 // handed reports whether every resolved target is owned by the list on n.
 func (p *plan) handed(n *node, targets []target) bool {
 	for _, t := range targets {
-		o := findOwner(n.spec, t.ref(), p.owner.List)
+		o := findOwner(n.images(), t.ref(), p.owner.List)
 		if o == nil || o.Releasing {
 			return false
 		}
@@ -239,7 +239,7 @@ func (p *plan) handed(n *node, targets []target) bool {
 // settled reports whether every resolved target is Present or Failed on n.
 func (p *plan) settled(n *node, targets []target) bool {
 	for _, t := range targets {
-		st := n.status.find(t.ref())
+		st := n.batched.find(t.ref())
 		if st == nil || (st.phase != prepullv1.PhasePresent && st.phase != prepullv1.PhaseFailed) {
 			return false
 		}
@@ -281,8 +281,8 @@ func (p *plan) handProbes(n *node) {
 
 // releaseAll marks the list releasing on every entry of n not in keep.
 func (p *plan) releaseAll(n *node, keep map[string]bool) {
-	for i := range n.spec.Images {
-		e := &n.spec.Images[i]
+	for i := range n.images() {
+		e := &n.images()[i]
 		if o := findOwnerIn(e, p.owner.List); o != nil && !o.Releasing && !keep[e.Image] {
 			findOwnerIn(n.editEntry(i), p.owner.List).Releasing = true
 		}
@@ -293,9 +293,9 @@ func (p *plan) releaseAll(n *node, keep map[string]bool) {
 // release: its pin is gone, and an entry no one else wants is Released.
 func (p *plan) collectReleased(n *node) {
 	var done []int
-	for i := range n.spec.Images {
-		e := &n.spec.Images[i]
-		if o := findOwnerIn(e, p.owner.List); o != nil && o.Releasing && released(e, n.live.find(e.Image), p.owner.List) {
+	for i := range n.images() {
+		e := &n.images()[i]
+		if o := findOwnerIn(e, p.owner.List); o != nil && o.Releasing && released(e, n.latest.find(e.Image), p.owner.List) {
 			done = append(done, i)
 		}
 	}
@@ -318,7 +318,7 @@ func released(e *prepullv1.NodeImage, st *report, list string) bool {
 		// agent also takes off pins whose owner is not in its spec.
 		return true
 	}
-	if slices.Contains(st.pinOwners, list) {
+	if st.pinnedBy(list) {
 		return false
 	}
 	for _, o := range e.Owners {
@@ -332,8 +332,8 @@ func released(e *prepullv1.NodeImage, st *report, list string) bool {
 
 // holds reports whether the list owns any entry on n.
 func (p *plan) holds(n *node) bool {
-	for i := range n.spec.Images {
-		if findOwnerIn(&n.spec.Images[i], p.owner.List) != nil {
+	for i := range n.images() {
+		if findOwnerIn(&n.images()[i], p.owner.List) != nil {
 			return true
 		}
 	}
@@ -356,7 +356,7 @@ func (p *plan) observe(n *node, targets []target, handed bool, wanted int, out *
 	}
 	ready, failed := len(targets) == wanted, false
 	for _, t := range targets {
-		st := n.status.find(t.ref())
+		st := n.batched.find(t.ref())
 		res := out.perImage[t.image]
 		switch {
 		case st == nil:
@@ -397,7 +397,7 @@ func (p *plan) observeGate(n *node, resolved []target, handed bool, out *outcome
 	}
 	present := make(map[string]bool, len(resolved))
 	for _, t := range resolved {
-		if st := n.status.find(t.ref()); handed && st != nil && st.phase == prepullv1.PhasePresent {
+		if st := n.batched.find(t.ref()); handed && st != nil && st.phase == prepullv1.PhasePresent {
 			present[t.image] = true
 		}
 	}

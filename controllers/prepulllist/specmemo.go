@@ -2,8 +2,6 @@ package prepulllist
 
 import (
 	"slices"
-
-	prepullv1 "prepull.io/prepull/api/v1alpha1"
 )
 
 // specFacts are what a plan's run finds of one shared spec, the same for
@@ -24,28 +22,28 @@ type specFacts struct {
 type specMemo struct {
 	p     *plan
 	on    bool
-	facts map[*prepullv1.NodeImageSetSpec]*specFacts
+	facts map[*planRec]*specFacts
 }
 
 func (p *plan) memo() *specMemo {
 	placing := slices.ContainsFunc(p.targets, func(t target) bool { return t.places != nil })
-	return &specMemo{p: p, on: !placing && !p.deleting, facts: map[*prepullv1.NodeImageSetSpec]*specFacts{}}
+	return &specMemo{p: p, on: !placing && !p.deleting, facts: map[*planRec]*specFacts{}}
 }
 
 // of is the facts of n's spec, or nil where they do not serve.
 func (m *specMemo) of(n *node) *specFacts {
-	if !m.on || !n.shared || n.name == m.p.probeNode {
+	if !m.on || n.plan == nil || n.name == m.p.probeNode {
 		return nil
 	}
-	f, ok := m.facts[n.spec]
+	f, ok := m.facts[n.plan]
 	if !ok {
 		f = &specFacts{}
-		for i := range n.spec.Images {
-			if o := findOwnerIn(&n.spec.Images[i], m.p.owner.List); o != nil {
+		for i := range n.images() {
+			if o := findOwnerIn(&n.images()[i], m.p.owner.List); o != nil {
 				f.holds, f.releasing = true, f.releasing || o.Releasing
 			}
 		}
-		m.facts[n.spec] = f
+		m.facts[n.plan] = f
 	}
 	return f
 }
@@ -70,9 +68,9 @@ func (m *specMemo) hand(n *node, targets []target) {
 	if f != nil && f.handIdle {
 		return
 	}
-	before := n.spec
+	before := n.plan
 	m.p.hand(n, targets)
-	if f != nil && n.shared && n.spec == before {
+	if f != nil && n.plan != nil && n.plan == before {
 		f.handIdle = true
 	}
 }

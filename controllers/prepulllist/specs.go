@@ -1,6 +1,7 @@
 package prepulllist
 
 import (
+	"fmt"
 	"slices"
 	"time"
 
@@ -9,36 +10,102 @@ import (
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 )
 
-// spec is node's spec, created empty, and whether other nodes share it.
-// The caller holds f.mu.
-func (f *fleet) spec(node string) (spec *prepullv1.NodeImageSetSpec, shared bool) {
-	s, ok := f.specs[node]
+// The fleet's records: one per node (nodeRec) and one per distinct set of
+// entries that nodes share (planRec). Forgetting a node or a plan is one
+// delete of its record.
+
+// planRec is one distinct set of entries, shared by every node handed
+// exactly those entries, and the ImagePlan named by their hash that those
+// nodes' NodeImageSets name.
+type planRec struct {
+	name string
+	// images are read by every node holding the plan and written by none:
+	// a node whose entries change gets a copy of its own (node.tidy), and
+	// nothing outside this file reaches the plan's slice but through
+	// node.images, which the rollout only reads. Every plan's images hash
+	// to its name (fleet.checkPlans).
+	images []prepullv1.NodeImage
+	// planned are images as present as asked, for the agents' statuses
+	// that name the plan; nil until the ImagePlan exists. They could be
+	// made anew from images for each status, but every status event of
+	// every node would then build a hundred reports: made once per plan.
+	planned []report
+	// seen is when a node's NodeImageSet last named the plan, or when the
+	// record was made: the sweep deletes plans no node named for a grace.
+	seen time.Time
+}
+
+// made reports whether the ImagePlan exists in the API.
+func (p *planRec) made() bool { return p.planned != nil }
+
+// nodeRec is what the controller keeps of one node.
+type nodeRec struct {
+	// own is the node's entries when lists changed them since its last
+	// write; otherwise the node holds plan's, shared (or none at all).
+	own  *prepullv1.NodeImageSetSpec
+	plan *planRec
+	// report is what the node's agent last reported; batched is report as
+	// of the last statusBatch, which rollouts pace by (fleet.reported).
+	report, batched reports
+	// written is the plan the node's NodeImageSet names, as last written.
+	written string
+	// exists is whether the node's NodeImageSet exists. The informer says
+	// so too, but after the controller's own create it says so late: kept,
+	// so that the next write of a node just created patches it.
+	exists bool
+	// dirty: its entries changed in a way its agent must see, and are not
+	// written yet; tidy: the only change is the drop of released entries.
+	dirty, tidy bool
+}
+
+// images are the node's entries, sorted by image.
+func (r *nodeRec) images() []prepullv1.NodeImage {
+	if r.own != nil {
+		return r.own.Images
+	}
+	if r.plan != nil {
+		return r.plan.images
+	}
+	return nil
+}
+
+// record is node's record, made empty. The caller holds f.mu.
+func (f *fleet) record(node string) *nodeRec {
+	r, ok := f.nodes[node]
 	if !ok {
-		s = &prepullv1.NodeImageSetSpec{}
-		f.specs[node], f.own[node] = s, true
+		r = &nodeRec{}
+		f.nodes[node] = r
 	}
-	return s, !f.own[node]
+	return r
 }
 
-// setSpec records node's spec, its own, as a reconcile left it. The caller
-// holds f.mu.
-func (f *fleet) setSpec(node string, spec *prepullv1.NodeImageSetSpec) {
-	f.specs[node], f.own[node] = spec, true
+// share makes images a plan's: the plan with equal images when there is
+// one already, or a new plan of these. An empty set is no plan (nil).
+// The caller holds f.mu.
+func (f *fleet) share(images []prepullv1.NodeImage) *planRec {
+	if len(images) == 0 {
+		return nil
+	}
+	name := prepullv1.ImagePlanName(images)
+	if p, ok := f.plans[name]; ok {
+		return p
+	}
+	p := &planRec{name: name, images: images, seen: f.clock.Now()}
+	f.plans[name] = p
+	return p
 }
 
-// share returns the spec equal to spec that nodes share, which is spec
-// when there is none yet, and its plan's name; an empty spec is not shared
-// and names no plan. The caller holds f.mu.
-func (f *fleet) share(spec *prepullv1.NodeImageSetSpec) (*prepullv1.NodeImageSetSpec, string) {
-	if len(spec.Images) == 0 {
-		return spec, ""
+// checkPlans reports a plan whose images no longer hash to its name: one
+// written in place, which would have changed every node sharing it.
+func (f *fleet) checkPlans() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for name, p := range f.plans {
+		if got := prepullv1.ImagePlanName(p.images); got != name || p.name != name {
+			return fmt.Errorf("plan %s holds images that hash to %s", name, got)
+		}
 	}
-	name := prepullv1.ImagePlanName(spec.Images)
-	if c, ok := f.canon[name]; ok {
-		return c, name
-	}
-	f.canon[name] = spec
-	return spec, name
+	return nil
 }
 
 // internSpec shares the strings of spec that repeat on every node.
@@ -56,21 +123,21 @@ func internSpec(spec *prepullv1.NodeImageSetSpec) {
 	}
 }
 
-// node is one node as the planner sees it.
+// node is one node as a list's rollout sees it.
 type node struct {
 	name     string
 	selected bool
-	// spec is the node's NodeImageSet spec in the fleet; status is what
-	// its agent reported. Both are empty for a node without one yet. A
-	// spec is shared with the nodes whose specs are equal to it (the fleet
-	// keeps one per plan): it is changed only through edit.
-	spec   *prepullv1.NodeImageSetSpec
-	shared bool
-	status reports
-	// live is what the agent reported last, newer than status (the view of
-	// the last statusBatch that pacing decides from): a release is
-	// confirmed only by it.
-	live reports
+	// own is the node's entries when they are its own, changed in place;
+	// otherwise plan holds them, shared with other nodes and read only.
+	// Every change goes through edit or tidy, which make them the node's
+	// own first.
+	own  *prepullv1.NodeImageSetSpec
+	plan *planRec
+	// batched is what the node's agent reported as of the last
+	// statusBatch: pacing and the list's counts read it, so that the lists
+	// reconciled together decide from one view. latest is what the agent
+	// reported last: a release is confirmed only by it.
+	batched, latest reports
 	// changed is set when the plan changed spec; urgent when the change
 	// is one the agent must act on, not only the drop of what it released.
 	changed, urgent bool
@@ -81,6 +148,17 @@ type node struct {
 	// obj is the node as the cache holds it (labels, taints), for
 	// placement; nil for a node that is gone.
 	obj *corev1.Node
+}
+
+// images are n's entries, sorted by image, to read.
+func (n *node) images() []prepullv1.NodeImage {
+	if n.own != nil {
+		return n.own.Images
+	}
+	if n.plan != nil {
+		return n.plan.images
+	}
+	return nil
 }
 
 // edit is n's spec, to be changed in a way its agent must act on: its
@@ -95,15 +173,15 @@ func (n *node) edit() *prepullv1.NodeImageSetSpec {
 // agent has nothing to do for, which the fleet may write later.
 //
 // A shared spec is copied entry by entry, without the entries' owners:
-// those stay shared with the specs the entries came from, so that a node
+// those stay shared with the plan the entries came from, so that a node
 // that changed holds a copy of its entries only. A change of an entry's
 // owners goes through editEntry, which copies them first.
 func (n *node) tidy() *prepullv1.NodeImageSetSpec {
-	if n.shared {
-		n.spec, n.shared = &prepullv1.NodeImageSetSpec{Plan: n.spec.Plan, Images: slices.Clone(n.spec.Images)}, false
+	if n.own == nil {
+		n.own, n.plan = &prepullv1.NodeImageSetSpec{Images: slices.Clone(n.images())}, nil
 	}
 	n.changed = true
-	return n.spec
+	return n.own
 }
 
 // editEntry is n's entry i, with owners of its own to change.

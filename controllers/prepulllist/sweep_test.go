@@ -45,7 +45,7 @@ func TestSweepAndFlushNameNoDeletedPlan(t *testing.T) {
 	clock := clocktesting.NewFakeClock(now)
 	f := newFleet(clock)
 	f.loaded = true
-	f.plans[name] = now.Add(-time.Hour)
+	f.plans[name] = &planRec{name: name, images: images, planned: presentAsAsked(images), seen: now.Add(-time.Hour)}
 	var wg sync.WaitGroup
 	wg.Go(func() { f.sweepOnce(ctx, c, time.Minute) })
 	<-deleting
@@ -53,8 +53,8 @@ func TestSweepAndFlushNameNoDeletedPlan(t *testing.T) {
 	// While the plan is being deleted, a list hands node n1 exactly its
 	// images, and the flush is due.
 	f.mu.Lock()
-	f.setSpec("n1", &prepullv1.NodeImageSetSpec{Images: images})
-	f.markDirty("n1")
+	f.record("n1").own = &prepullv1.NodeImageSetSpec{Images: images}
+	f.markDirty(f.nodes["n1"])
 	f.mu.Unlock()
 	clock.Step(flushMax)
 	flushed := make(chan struct{})

@@ -426,7 +426,7 @@ func probedDigest(nodes []*node, probeNode, tag string) (string, *metav1.Time) {
 		if n.name != probeNode {
 			continue
 		}
-		if st := n.status.find(tag); st != nil && st.phase == prepullv1.PhasePresent && st.extra != nil && st.extra.pulledAt != nil {
+		if st := n.batched.find(tag); st != nil && st.phase == prepullv1.PhasePresent && st.extra != nil && st.extra.pulledAt != nil {
 			return st.extra.digest, st.extra.pulledAt
 		}
 	}

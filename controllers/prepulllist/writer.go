@@ -54,25 +54,42 @@ const (
 // nodes moved off may be named again soon (a rollout's next step).
 const DefaultPlanGrace = time.Minute
 
-// markDirty records that node's spec changed. The caller holds f.mu.
-func (f *fleet) markDirty(node string) {
-	now := f.clock.Now()
-	if len(f.dirty) == 0 {
-		f.first = now
-	}
-	f.dirty[node] = true
-}
-
-// markTidy records that node's spec dropped released entries and nothing
-// else. The caller holds f.mu.
-func (f *fleet) markTidy(node string) {
-	if f.dirty[node] {
+// markDirty records that rec's spec changed. The caller holds f.mu.
+func (f *fleet) markDirty(rec *nodeRec) {
+	if rec.dirty {
 		return
 	}
-	if len(f.tidy) == 0 {
+	if f.dirty == 0 {
+		f.first = f.clock.Now()
+	}
+	rec.dirty = true
+	f.dirty++
+}
+
+// markTidy records that rec's spec dropped released entries and nothing
+// else. The caller holds f.mu.
+func (f *fleet) markTidy(rec *nodeRec) {
+	if rec.dirty || rec.tidy {
+		return
+	}
+	if f.tidy == 0 {
 		f.tidySince = f.clock.Now()
 	}
-	f.tidy[node] = true
+	rec.tidy = true
+	f.tidy++
+}
+
+// unmark records that rec's spec is taken for a write, or forgotten. The
+// caller holds f.mu.
+func (f *fleet) unmark(rec *nodeRec) {
+	if rec.dirty {
+		rec.dirty = false
+		f.dirty--
+	}
+	if rec.tidy {
+		rec.tidy = false
+		f.tidy--
+	}
 }
 
 // take returns the plans the dirty nodes' specs name ("" for no images),
@@ -85,52 +102,66 @@ func (f *fleet) take() (named map[string]string, newPlans map[string][]prepullv1
 	defer f.mu.Unlock()
 	now := f.clock.Now()
 	quiet := f.active == 0 && now.Sub(f.last) >= flushQuiet
-	urgent := len(f.dirty) > 0 && (quiet || now.Sub(f.first) >= flushMax)
-	tidy := len(f.tidy) > 0 && ((len(f.dirty) == 0 && f.writing == 0 && now.Sub(f.wrote) >= tidyQuiet) || now.Sub(f.tidySince) >= tidyMax)
+	urgent := f.dirty > 0 && (quiet || now.Sub(f.first) >= flushMax)
+	tidy := f.tidy > 0 && ((f.dirty == 0 && f.writing == 0 && now.Sub(f.wrote) >= tidyQuiet) || now.Sub(f.tidySince) >= tidyMax)
 	if !urgent && !tidy {
 		return nil, nil
 	}
-	take := f.dirty
 	if urgent {
 		f.wrote = now
-		f.dirty = map[string]bool{}
-	} else {
-		take = map[string]bool{}
 	}
+	// Tidy nodes a few at a time, so that a write of the fleet's urgent
+	// changes never waits behind thousands of tidy ones.
+	tidyLeft := 0
 	if tidy {
-		// A few at a time, so that a write of the fleet's urgent changes
-		// never waits behind thousands of tidy ones.
-		limit := len(take) + tidyBatch
-		for n := range f.tidy {
-			if len(take) >= limit {
-				break
-			}
-			take[n] = true
-		}
+		tidyLeft = tidyBatch
 	}
-	named = make(map[string]string, len(take))
+	named = map[string]string{}
 	newPlans = map[string][]prepullv1.NodeImage{}
-	for n := range take {
+	for node, rec := range f.nodes {
+		switch {
+		case urgent && rec.dirty:
+		case rec.tidy && tidyLeft > 0:
+			tidyLeft--
+		default:
+			continue
+		}
 		// The write carries the whole spec: tidy changes go with it.
-		delete(f.tidy, n)
-		s, ok := f.specs[n]
-		if !ok {
+		f.unmark(rec)
+		p := f.planOf(rec)
+		if p == nil {
+			named[node] = ""
 			continue
 		}
-		s, name := f.share(s)
-		named[n] = name
-		if name == "" {
-			continue
-		}
-		// Written, the spec is shared with every node of the same plan.
-		f.specs[n] = s
-		delete(f.own, n)
-		if _, known := f.plans[name]; !known && newPlans[name] == nil {
-			newPlans[name] = s.DeepCopy().Images
+		named[node] = p.name
+		if !p.made() && newPlans[p.name] == nil {
+			newPlans[p.name] = (&prepullv1.NodeImageSetSpec{Images: p.images}).DeepCopy().Images
 		}
 	}
 	f.writing++
 	return named, newPlans
+}
+
+// planOf is the plan rec's spec is written as, nil for no images: its own
+// spec, once written, is shared with every node of the same plan. A plan
+// the sweep deleted while rec held it is the fleet's again, to be made
+// anew. The caller holds f.mu.
+func (f *fleet) planOf(rec *nodeRec) *planRec {
+	if rec.own != nil {
+		if p := f.share(rec.own.Images); p != nil {
+			rec.own, rec.plan = nil, p
+		}
+	}
+	p := rec.plan
+	if p == nil {
+		return nil
+	}
+	if cur, ok := f.plans[p.name]; ok {
+		rec.plan = cur
+		return cur
+	}
+	f.plans[p.name] = p
+	return p
 }
 
 // pending reports whether a spec change the agents must see is not
@@ -138,7 +169,7 @@ func (f *fleet) take() (named map[string]string, newPlans map[string][]prepullv1
 func (f *fleet) pending() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.dirty) > 0 || f.writing > 0
+	return f.dirty > 0 || f.writing > 0
 }
 
 // flush writes the dirty nodes' specs every flushQuiet until ctx ends.
@@ -197,8 +228,8 @@ func (f *fleet) flushOnce(ctx context.Context, c client.Client, nodeUID func(str
 	f.mu.Lock()
 	f.writing--
 	for _, n := range failed {
-		if _, ok := f.specs[n]; ok {
-			f.markDirty(n)
+		if rec := f.nodes[n]; rec != nil {
+			f.markDirty(rec)
 		}
 	}
 	f.mu.Unlock()
@@ -215,9 +246,14 @@ func (f *fleet) makePlan(ctx context.Context, c client.Client, name string, imag
 	}
 	planned := presentAsAsked(images)
 	f.mu.Lock()
-	f.plans[name] = f.clock.Now()
-	f.planned[name] = planned
-	f.mu.Unlock()
+	defer f.mu.Unlock()
+	p := f.plans[name]
+	if p == nil {
+		// No node holds it any more: kept, made, for the sweep.
+		p = &planRec{name: name, images: images}
+		f.plans[name] = p
+	}
+	p.planned, p.seen = planned, f.clock.Now()
 	return nil
 }
 
@@ -226,7 +262,8 @@ func (f *fleet) makePlan(ctx context.Context, c client.Client, name string, imag
 // create.
 func (f *fleet) write(ctx context.Context, c client.Client, node, plan string, nodeUID func(string) (types.UID, bool)) error {
 	f.mu.Lock()
-	exists := f.exists[node]
+	rec := f.nodes[node]
+	exists := rec != nil && rec.exists
 	f.mu.Unlock()
 	if !exists {
 		if plan == "" {
@@ -251,7 +288,7 @@ func (f *fleet) write(ctx context.Context, c client.Client, node, plan string, n
 		if !apierrors.IsAlreadyExists(err) {
 			return err
 		}
-		f.setExists(node)
+		f.setExists(node, true)
 	}
 	// images: null drops entries written by hand or by an older
 	// controller; plan: null (when there is none) drops the plan.
@@ -266,9 +303,7 @@ func (f *fleet) write(ctx context.Context, c client.Client, node, plan string, n
 	set := &prepullv1.NodeImageSet{ObjectMeta: metav1.ObjectMeta{Name: node}}
 	err = c.Patch(ctx, set, client.RawPatch(types.MergePatchType, body))
 	if apierrors.IsNotFound(err) {
-		f.mu.Lock()
-		delete(f.exists, node)
-		f.mu.Unlock()
+		f.setExists(node, false)
 		return errors.New("node image set is gone; creating it again")
 	}
 	if err == nil {
@@ -281,8 +316,9 @@ func (f *fleet) write(ctx context.Context, c client.Client, node, plan string, n
 func (f *fleet) written(node, plan string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.exists[node] = true
-	f.planOf[node] = plan
+	if rec := f.nodes[node]; rec != nil {
+		rec.exists, rec.written = true, plan
+	}
 }
 
 // sweep deletes the plans no NodeImageSet has named for grace, every grace
@@ -305,38 +341,46 @@ func (f *fleet) sweepOnce(ctx context.Context, c client.Client, grace time.Durat
 			continue
 		}
 		f.mu.Lock()
-		delete(f.plans, name)
-		delete(f.planned, name)
-		delete(f.canon, name)
+		if p := f.plans[name]; p != nil {
+			// A node that shares it from now on makes it again.
+			p.planned = nil
+			delete(f.plans, name)
+		}
 		f.mu.Unlock()
 	}
 }
 
-// unused are the plans no node has named for grace. A write under way may
-// name any plan: none is unused then.
+// unused are the plans no node has named, or held, for grace. A write
+// under way may name any plan: none is unused then.
 func (f *fleet) unused(grace time.Duration) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.clock.Now()
-	for _, name := range f.planOf {
-		if name != "" {
-			f.plans[name] = now
+	for _, rec := range f.nodes {
+		if p := f.plans[rec.written]; p != nil {
+			p.seen = now
+		}
+		if rec.plan != nil {
+			rec.plan.seen = now
 		}
 	}
-	if !f.loaded || f.writing > 0 || len(f.dirty) > 0 || len(f.tidy) > 0 {
+	if !f.loaded || f.writing > 0 || f.dirty > 0 || f.tidy > 0 {
 		return nil
 	}
 	var out []string
-	for name, seen := range f.plans {
-		if now.Sub(seen) >= grace {
+	for name, p := range f.plans {
+		if now.Sub(p.seen) >= grace {
 			out = append(out, name)
 		}
 	}
 	return out
 }
 
-func (f *fleet) setExists(node string) {
+// setExists records whether node's NodeImageSet exists.
+func (f *fleet) setExists(node string, exists bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.exists[node] = true
+	if rec := f.nodes[node]; rec != nil {
+		rec.exists = exists
+	}
 }
