@@ -355,7 +355,7 @@ func TestRunOverSharedSpecs(t *testing.T) {
 	build := func(shared bool) []*node {
 		var nodes []*node
 		for i := range 60 {
-			n := &node{name: fmt.Sprintf("n%02d", i), selected: i%7 != 3, plan: plans[i%len(specs)]}
+			n := &node{name: fmt.Sprintf("n%02d", i), selected: i%7 != 3, spec: spec{plan: plans[i%len(specs)]}}
 			if !shared {
 				n.own, n.plan = specs[i%len(specs)].DeepCopy(), nil
 			}

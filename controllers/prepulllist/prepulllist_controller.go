@@ -297,7 +297,7 @@ func (r *Reconciler) apply(p *plan, nodes []*node) outcome {
 	// have made a spec shared.
 	for _, n := range nodes {
 		rec := f.record(n.name)
-		n.own, n.plan = rec.own, rec.plan
+		n.spec = rec.spec
 	}
 	out := p.run(nodes)
 	for _, n := range nodes {

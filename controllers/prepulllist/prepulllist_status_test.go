@@ -142,9 +142,9 @@ func TestParseWant(t *testing.T) {
 
 func TestHandMovesATagToOneEntry(t *testing.T) {
 	const tag, d1, d2 = "registry.example/app:v1", "registry.example/app@sha256:1", "registry.example/app@sha256:2"
-	n := &node{name: "n", selected: true, own: &prepullv1.NodeImageSetSpec{Images: []prepullv1.NodeImage{{
+	n := &node{name: "n", selected: true, spec: spec{own: &prepullv1.NodeImageSetSpec{Images: []prepullv1.NodeImage{{
 		Image: d1, Owners: []prepullv1.ImageOwner{{List: "ns/a", Tags: []string{tag}}, {List: "ns/b", Tags: []string{tag}}},
-	}}}}
+	}}}}}
 	w, err := parseWant(tag)
 	if err != nil {
 		t.Fatal(err)

@@ -38,12 +38,30 @@ type planRec struct {
 // made reports whether the ImagePlan exists in the API.
 func (p *planRec) made() bool { return p.planned != nil }
 
-// nodeRec is what the controller keeps of one node.
-type nodeRec struct {
-	// own is the node's entries when lists changed them since its last
-	// write; otherwise the node holds plan's, shared (or none at all).
+// spec is a node's entries: its own (own), changed in place by lists until
+// they are written, or a plan's (plan), shared with other nodes and read
+// only; or none at all.
+type spec struct {
 	own  *prepullv1.NodeImageSetSpec
 	plan *planRec
+}
+
+// images are the entries, sorted by image, to read.
+func (s *spec) images() []prepullv1.NodeImage {
+	if s.own != nil {
+		return s.own.Images
+	}
+	if s.plan != nil {
+		return s.plan.images
+	}
+	return nil
+}
+
+// nodeRec is what the controller keeps of one node.
+type nodeRec struct {
+	// spec is the node's entries: its own when lists changed them since
+	// its last write, otherwise its plan's.
+	spec
 	// report is what the node's agent last reported; batched is report as
 	// of the last statusBatch, which rollouts pace by (fleet.reported).
 	report, batched reports
@@ -56,17 +74,6 @@ type nodeRec struct {
 	// dirty: its entries changed in a way its agent must see, and are not
 	// written yet; tidy: the only change is the drop of released entries.
 	dirty, tidy bool
-}
-
-// images are the node's entries, sorted by image.
-func (r *nodeRec) images() []prepullv1.NodeImage {
-	if r.own != nil {
-		return r.own.Images
-	}
-	if r.plan != nil {
-		return r.plan.images
-	}
-	return nil
 }
 
 // record is node's record, made empty. The caller holds f.mu.
@@ -127,12 +134,9 @@ func internSpec(spec *prepullv1.NodeImageSetSpec) {
 type node struct {
 	name     string
 	selected bool
-	// own is the node's entries when they are its own, changed in place;
-	// otherwise plan holds them, shared with other nodes and read only.
-	// Every change goes through edit or tidy, which make them the node's
-	// own first.
-	own  *prepullv1.NodeImageSetSpec
-	plan *planRec
+	// spec is the node's entries. Every change goes through edit or tidy,
+	// which make them the node's own first.
+	spec
 	// batched is what the node's agent reported as of the last
 	// statusBatch: pacing and the list's counts read it, so that the lists
 	// reconciled together decide from one view. latest is what the agent
@@ -148,17 +152,6 @@ type node struct {
 	// obj is the node as the cache holds it (labels, taints), for
 	// placement; nil for a node that is gone.
 	obj *corev1.Node
-}
-
-// images are n's entries, sorted by image, to read.
-func (n *node) images() []prepullv1.NodeImage {
-	if n.own != nil {
-		return n.own.Images
-	}
-	if n.plan != nil {
-		return n.plan.images
-	}
-	return nil
 }
 
 // edit is n's spec, to be changed in a way its agent must act on: its
