@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/pullsecret"
@@ -37,20 +38,34 @@ type tagUse struct {
 	refresh time.Duration
 }
 
-// tagStore holds the TagResolutions and which lists name each tag. It is
-// the one writer of TagResolutions; a record it has not seen yet since it
+// tagStore holds one record per tag that lists name. It is the one
+// writer of TagResolutions; a resolution it has not seen yet since it
 // started is read from the cache, so a restart or a new leader resolves
 // nothing again.
 type tagStore struct {
 	client.Client
 	mu      sync.Mutex
-	recs    map[string]*prepullv1.TagResolution
-	uses    map[string]map[types.NamespacedName]tagUse
+	tags    map[string]*tagRec
 	indexed bool
 }
 
+// tagRec is one tag: its TagResolution as last read or written, and how
+// each list naming it names it.
+//
+// The resolution is the cache's object, and the controller's own newer
+// write of it until the cache has it: read from the cache alone, a list
+// reconciled right after a resolution would find the tag due and resolve
+// it again. The uses repeat what the lists say, but as each list's last
+// reconcile saw them: with the images its workloads use now (the cached
+// list has them only once its status is written), and so that the tags a
+// list stopped naming are known when its spec no longer says them.
+type tagRec struct {
+	res  *prepullv1.TagResolution
+	uses map[types.NamespacedName]tagUse
+}
+
 func newTagStore(c client.Client) *tagStore {
-	return &tagStore{Client: c, recs: map[string]*prepullv1.TagResolution{}, uses: map[string]map[types.NamespacedName]tagUse{}}
+	return &tagStore{Client: c, tags: map[string]*tagRec{}}
 }
 
 // usesOf is how l names each of its tags.
@@ -112,22 +127,24 @@ func (s *tagStore) use(list types.NamespacedName, uses map[string]tagUse) []stri
 
 func (s *tagStore) setUses(list types.NamespacedName, uses map[string]tagUse) []string {
 	var dropped []string
-	for tag, by := range s.uses {
-		if _, ok := by[list]; ok {
+	for tag, t := range s.tags {
+		if _, ok := t.uses[list]; ok {
 			if _, still := uses[tag]; !still {
-				delete(by, list)
+				delete(t.uses, list)
 				dropped = append(dropped, tag)
-				if len(by) == 0 {
-					delete(s.uses, tag)
-				}
 			}
 		}
 	}
 	for tag, u := range uses {
-		if s.uses[tag] == nil {
-			s.uses[tag] = map[types.NamespacedName]tagUse{}
+		t := s.tags[tag]
+		if t == nil {
+			t = &tagRec{}
+			s.tags[tag] = t
 		}
-		s.uses[tag][list] = u
+		if t.uses == nil {
+			t.uses = map[types.NamespacedName]tagUse{}
+		}
+		t.uses[list] = u
 	}
 	return dropped
 }
@@ -141,7 +158,11 @@ func (s *tagStore) policy(tag string) tagUse {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var p tagUse
-	for _, u := range s.uses[tag] {
+	var uses map[types.NamespacedName]tagUse
+	if t := s.tags[tag]; t != nil {
+		uses = t.uses
+	}
+	for _, u := range uses {
 		switch {
 		case rank[u.source] > rank[p.source]:
 			p = u
@@ -159,22 +180,22 @@ func (s *tagStore) policy(tag string) tagUse {
 func (s *tagStore) listsNaming(tag string) []types.NamespacedName {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]types.NamespacedName, 0, len(s.uses[tag]))
-	for l := range s.uses[tag] {
-		out = append(out, l)
+	t := s.tags[tag]
+	if t == nil {
+		return nil
 	}
-	return out
+	return slices.Collect(maps.Keys(t.uses))
 }
 
 // get is tag's record, or nil when it has none yet.
 func (s *tagStore) get(ctx context.Context, tag string) (*prepullv1.TagResolution, error) {
 	s.mu.Lock()
-	rec, ok := s.recs[tag]
-	s.mu.Unlock()
-	if ok {
-		return rec, nil
+	if t := s.tags[tag]; t != nil && t.res != nil {
+		s.mu.Unlock()
+		return t.res, nil
 	}
-	rec = &prepullv1.TagResolution{}
+	s.mu.Unlock()
+	rec := &prepullv1.TagResolution{}
 	err := s.Get(ctx, client.ObjectKey{Name: prepullv1.TagResolutionName(tag)}, rec)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
@@ -184,11 +205,15 @@ func (s *tagStore) get(ctx context.Context, tag string) (*prepullv1.TagResolutio
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if cur, ok := s.recs[tag]; ok {
-		return cur, nil
+	t := s.tags[tag]
+	if t == nil {
+		// No list names it any more.
+		return rec, nil
 	}
-	s.recs[tag] = rec
-	return rec, nil
+	if t.res == nil {
+		t.res = rec
+	}
+	return t.res, nil
 }
 
 // put writes tag's record with st, creating it.
@@ -216,7 +241,9 @@ func (s *tagStore) put(ctx context.Context, tag string, old *prepullv1.TagResolu
 		return old, fmt.Errorf("write the resolution of %s: %w", tag, err)
 	}
 	s.mu.Lock()
-	s.recs[tag] = rec
+	if t := s.tags[tag]; t != nil {
+		t.res = rec
+	}
 	s.mu.Unlock()
 	return rec, nil
 }
@@ -225,9 +252,10 @@ func (s *tagStore) put(ctx context.Context, tag string, old *prepullv1.TagResolu
 func (s *tagStore) collect(ctx context.Context, tags []string) error {
 	for _, tag := range tags {
 		s.mu.Lock()
-		named := len(s.uses[tag]) > 0
+		t := s.tags[tag]
+		named := t != nil && len(t.uses) > 0
 		if !named {
-			delete(s.recs, tag)
+			delete(s.tags, tag)
 		}
 		s.mu.Unlock()
 		if named {
@@ -352,28 +380,21 @@ func (r *Reconciler) resolveTag(ctx context.Context, l *prepullv1.PrePullList, t
 // or from what the probe node reported.
 func (r *Reconciler) refreshTag(ctx context.Context, tag string, rec *prepullv1.TagResolution, pol tagUse, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, time.Time, error) {
 	now := r.Clock.Now()
+	if pol.source != prepullv1.SourceRegistry {
+		d, at := probedDigest(nodes, probeNode, tag)
+		st, next := probed(rec, pol, d, at, now)
+		if st == nil {
+			return rec, next, nil
+		}
+		return r.record(ctx, tag, rec, *st, next)
+	}
+	due, next := registryDue(rec, pol, now)
+	if !due {
+		return rec, next, nil
+	}
 	var st prepullv1.TagResolutionStatus
 	if rec != nil {
 		st = *rec.Status.DeepCopy()
-	}
-	if pol.source != prepullv1.SourceRegistry {
-		d, at := probedDigest(nodes, probeNode, tag)
-		if d == "" || (st.Source == pol.source && st.ResolvedAt != nil && !st.ResolvedAt.Before(at)) {
-			if st.ResolvedAt != nil && pol.source == prepullv1.SourceNode {
-				return rec, nextRefresh(st.ResolvedAt.Time, pol.refresh), nil
-			}
-			return rec, now.Add(prepullv1.DefaultRefresh), nil
-		}
-		st = prepullv1.TagResolutionStatus{Digest: d, Source: pol.source, ResolvedAt: at}
-		return r.record(ctx, tag, rec, st, now.Add(pol.refresh))
-	}
-	due := rec == nil || st.Source != prepullv1.SourceRegistry || st.ResolvedAt == nil || !now.Before(nextRefresh(st.ResolvedAt.Time, pol.refresh))
-	if due && st.Message != "" && st.AttemptedAt != nil && now.Before(st.AttemptedAt.Add(resolutionRetry)) {
-		// It failed a moment ago, for this list or another: wait.
-		return rec, st.AttemptedAt.Add(resolutionRetry), nil
-	}
-	if !due {
-		return rec, nextRefresh(st.ResolvedAt.Time, pol.refresh), nil
 	}
 	d, err := r.Resolver.Resolve(ctx, tag, creds)
 	st.AttemptedAt = &metav1.Time{Time: now}
@@ -388,6 +409,44 @@ func (r *Reconciler) refreshTag(ctx context.Context, tag string, rec *prepullv1.
 	return r.record(ctx, tag, rec, st, now.Add(pol.refresh))
 }
 
+// registryDue says whether a tag resolved at the registry under pol is to
+// be asked again at now, and if not, when it is next due: when it has no
+// resolution from the registry, or its refresh came; not within
+// resolutionRetry of a failure, for this list or another.
+func registryDue(rec *prepullv1.TagResolution, pol tagUse, now time.Time) (bool, time.Time) {
+	if rec == nil {
+		return true, now
+	}
+	st := &rec.Status
+	if st.Source == prepullv1.SourceRegistry && st.ResolvedAt != nil {
+		if next := nextRefresh(st.ResolvedAt.Time, pol.refresh); now.Before(next) {
+			return false, next
+		}
+	}
+	if st.Message != "" && st.AttemptedAt != nil && now.Before(st.AttemptedAt.Add(resolutionRetry)) {
+		return false, st.AttemptedAt.Add(resolutionRetry)
+	}
+	return true, now
+}
+
+// probed is the resolution of a tag resolved on a node (or from an archive)
+// under pol, now that the probe node reported digest d pulled at at ("" for
+// nothing yet): the new status, nil when the record stands, and when the
+// tag is next due.
+func probed(rec *prepullv1.TagResolution, pol tagUse, d string, at *metav1.Time, now time.Time) (*prepullv1.TagResolutionStatus, time.Time) {
+	var st prepullv1.TagResolutionStatus
+	if rec != nil {
+		st = rec.Status
+	}
+	if d == "" || (st.Source == pol.source && st.ResolvedAt != nil && !st.ResolvedAt.Before(at)) {
+		if st.ResolvedAt != nil && pol.source == prepullv1.SourceNode {
+			return nil, nextRefresh(st.ResolvedAt.Time, pol.refresh)
+		}
+		return nil, now.Add(prepullv1.DefaultRefresh)
+	}
+	return &prepullv1.TagResolutionStatus{Digest: d, Source: pol.source, ResolvedAt: at}, now.Add(pol.refresh)
+}
+
 // record writes tag's new status and wakes every list naming the tag when
 // its digest changed.
 func (r *Reconciler) record(ctx context.Context, tag string, rec *prepullv1.TagResolution, st prepullv1.TagResolutionStatus, next time.Time) (*prepullv1.TagResolution, time.Time, error) {
@@ -397,12 +456,8 @@ func (r *Reconciler) record(ctx context.Context, tag string, rec *prepullv1.TagR
 		return out, minTime(next, r.Clock.Now().Add(resolutionRetry)), err
 	}
 	if moved {
-		lists := r.tags.listsNaming(tag)
-		go func() {
-			for _, l := range lists {
-				r.wake <- event.GenericEvent{Object: &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name}}}
-			}
-		}()
+		// With the next statusBatch.
+		r.noteLists(r.tags.listsNaming(tag))
 	}
 	return out, next, nil
 }
