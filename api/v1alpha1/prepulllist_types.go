@@ -454,6 +454,10 @@ const (
 	// message names it); the list changes nothing on any node until it is
 	// fixed.
 	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonReleasing (Ready False, Progressing True): the list is deleted
+	// and waits for the agents of the nodes that still hold its images to
+	// release them; the message counts those nodes.
+	ReasonReleasing = "Releasing"
 )
 
 // ImageResolution is the state of one image of a list.

@@ -12,7 +12,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
@@ -69,19 +68,8 @@ type Reconciler struct {
 	signatures signatureBook
 	wake       chan event.GenericEvent
 	cached     bool
-	// reported are the lists whose nodes' agents reported since the last
-	// statusBatch.
-	reportMu  sync.Mutex
-	reported  map[types.NamespacedName]bool
-	viewStale bool
-
-	// computed is the status last computed per list UID. The cache a
-	// reconcile reads the list from can lag behind the controller's own
-	// last write; resolutions and events start from this instead, so that a
-	// tag is resolved once per refresh and an event fires once per
-	// transition.
-	mu       sync.Mutex
-	computed map[types.UID]prepullv1.PrePullListStatus
+	// lists is what the reconciler keeps of each list between reconciles.
+	lists listBook
 	// reconciled is set once a list's status was written.
 	reconciled atomic.Bool
 }
@@ -112,7 +100,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	l := &prepullv1.PrePullList{}
 	if err := r.Get(ctx, req.NamespacedName, l); err != nil {
 		if apierrors.IsNotFound(err) {
-			forgetNodes(req.Namespace, req.Name)
+			r.forget(req.NamespacedName)
 			r.dropGate(req.NamespacedName)
 			return ctrl.Result{}, r.tags.collect(ctx, r.tags.use(req.NamespacedName, nil))
 		}
@@ -156,7 +144,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	prev := r.previousStatus(orig)
+	prev := r.lists.previous(orig)
 	selected, probeNode := selection(nodes)
 	targets, images, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
 	verifyKeys := r.checkSignatures(ctx, l, prev.Images, targets, images, creds)
@@ -166,38 +154,21 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	p.probeNode = probeNode
 	out := r.apply(p, nodes)
 	r.publishGate(l, out)
-	for i := range images {
-		if c, ok := out.perImage[images[i].Image]; ok {
-			images[i].NodesReady, images[i].NodesFailed = c.ready, c.failed
-		}
-	}
-	writeErr := resolveErr
-
-	status := buildStatus(l.Status, l.Generation, images, out, secretErr)
-	status.PullSecretsVersion, status.VerifyKeys = secretsVersion, verifyKeys
-	status.Discovered, status.DiscoveredPullSecrets = l.Status.Discovered, l.Status.DiscoveredPullSecrets
-	if l.Spec.Workloads != nil {
-		meta.SetStatusCondition(&status.Conditions, discoveredCondition(l, disc.discovery))
-	} else {
-		meta.RemoveStatusCondition(&status.Conditions, prepullv1.ConditionDiscovered)
-	}
-	if l.Spec.Verify != nil {
-		meta.SetStatusCondition(&status.Conditions, verifiedCondition(l.Generation, images, archiveOf(l) != nil || l.Spec.Resolution == prepullv1.ResolveOnNode))
-	} else {
-		meta.RemoveStatusCondition(&status.Conditions, prepullv1.ConditionVerified)
-	}
+	status := listStatus(listFacts{
+		gen: l.Generation, old: l.Status, images: images, out: out,
+		secretsVersion: secretsVersion, secretErr: secretErr, verifyKeys: verifyKeys,
+		discovered: l.Status.Discovered, discoveredSecrets: l.Status.DiscoveredPullSecrets,
+		discovery: disc.found(l), namespace: l.Namespace,
+		verify: l.Spec.Verify != nil, onNodes: archiveOf(l) != nil || l.Spec.Resolution == prepullv1.ResolveOnNode,
+	})
 	if !graceEnds.IsZero() {
 		next = minTime(next, graceEnds)
 	}
-	r.remember(l, status)
-	r.recordTransitions(l, prev, status)
-	recordNodes(l, status.Nodes)
-	if err := r.patchStatus(ctx, orig, status); err != nil {
-		return ctrl.Result{}, errors.Join(writeErr, err)
+	if err := r.writeStatus(ctx, orig, prev, status); err != nil {
+		return ctrl.Result{}, errors.Join(resolveErr, err)
 	}
-	r.reconciled.Store(true)
-	if writeErr != nil {
-		return ctrl.Result{}, writeErr
+	if resolveErr != nil {
+		return ctrl.Result{}, resolveErr
 	}
 	return ctrl.Result{RequeueAfter: max(next.Sub(r.Clock.Now()), time.Second)}, nil
 }
@@ -219,7 +190,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 	if out.held > 0 {
 		ctrl.LoggerFrom(ctx).Info("Waiting for agents to release the list", "nodes", out.held)
 		// NodeImageSet status changes requeue the list.
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, r.patchStatus(ctx, l, releasingStatus(l, out.held))
 	}
 	if r.fleet.pending() {
 		// The specs that drop the list are not written yet: the finalizer
@@ -233,8 +204,7 @@ func (r *Reconciler) reconcileDelete(ctx context.Context, l *prepullv1.PrePullLi
 	if err := r.Update(ctx, l); err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, fmt.Errorf("remove finalizer: %w", err)
 	}
-	forgetNodes(l.Namespace, l.Name)
-	r.forget(l.UID)
+	r.forget(client.ObjectKeyFromObject(l))
 	return ctrl.Result{}, r.tags.collect(ctx, r.tags.use(client.ObjectKeyFromObject(l), nil))
 }
 

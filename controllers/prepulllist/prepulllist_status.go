@@ -106,17 +106,52 @@ func countUnresolved(images []prepullv1.ImageResolution) int {
 	return n
 }
 
-// buildStatus returns the status for a list whose images and rollout
-// outcome are known, keeping the old conditions' transition times.
-func buildStatus(old prepullv1.PrePullListStatus, gen int64, images []prepullv1.ImageResolution, out outcome, secretErr error) prepullv1.PrePullListStatus {
+// listFacts are what a reconcile found of a list, from which its whole
+// status is made (listStatus).
+type listFacts struct {
+	gen int64
+	// old is the status as the list holds it: its conditions keep their
+	// transition times.
+	old    prepullv1.PrePullListStatus
+	images []prepullv1.ImageResolution
+	out    outcome
+	// secretsVersion, secretErr: the mirrors of its pull secrets;
+	// verifyKeys: the keys of spec.verify as read.
+	secretsVersion string
+	secretErr      error
+	verifyKeys     []prepullv1.VerifyKeyStatus
+	// discovered and discoveredSecrets are what its workloads use (with
+	// spec.workloads, found counts them: discovery is nil without).
+	discovered        []prepullv1.DiscoveredImage
+	discoveredSecrets []string
+	discovery         *discovery
+	namespace         string
+	// verify is set for a list with spec.verify; onNodes when its images
+	// are verified on the nodes (an archive, or tags resolved there).
+	verify, onNodes bool
+}
+
+// listStatus is a list's whole status, made from what its reconcile found:
+// counts, conditions, discovered images, verification and the gate.
+func listStatus(f listFacts) prepullv1.PrePullListStatus {
+	images, out, gen := f.images, f.out, f.gen
+	for i := range images {
+		if c, ok := out.perImage[images[i].Image]; ok {
+			images[i].NodesReady, images[i].NodesFailed = c.ready, c.failed
+		}
+	}
 	st := prepullv1.PrePullListStatus{
-		ObservedGeneration: gen,
-		Conditions:         slices.Clone(old.Conditions),
-		Images:             images,
-		Nodes:              out.nodes,
-		ReadyNodes:         fmt.Sprintf("%d/%d", out.nodes.Ready, out.nodes.Selected),
-		ImageCount:         int32(len(images)),
-		FailureCount:       int32(len(out.failures)),
+		ObservedGeneration:    gen,
+		Conditions:            slices.Clone(f.old.Conditions),
+		Images:                images,
+		Nodes:                 out.nodes,
+		ReadyNodes:            fmt.Sprintf("%d/%d", out.nodes.Ready, out.nodes.Selected),
+		ImageCount:            int32(len(images)),
+		FailureCount:          int32(len(out.failures)),
+		PullSecretsVersion:    f.secretsVersion,
+		VerifyKeys:            f.verifyKeys,
+		Discovered:            f.discovered,
+		DiscoveredPullSecrets: f.discoveredSecrets,
 	}
 	failures := slices.Clone(out.failures)
 	slices.SortFunc(failures, func(a, b prepullv1.NodeFailure) int {
@@ -130,7 +165,7 @@ func buildStatus(old prepullv1.PrePullListStatus, gen int64, images []prepullv1.
 	}
 	meta.SetStatusCondition(&st.Conditions, readyCondition(gen, out.nodes, images))
 	meta.SetStatusCondition(&st.Conditions, progressingCondition(gen, out.nodes, images))
-	degraded := degradedCondition(gen, out.nodes, images, failures, secretErr)
+	degraded := degradedCondition(gen, out.nodes, images, failures, f.secretErr)
 	if out.gated {
 		gate := out.gate
 		st.NodeGate = &gate
@@ -140,16 +175,23 @@ func buildStatus(old prepullv1.PrePullListStatus, gen int64, images []prepullv1.
 		}
 	}
 	meta.SetStatusCondition(&st.Conditions, degraded)
+	if f.discovery != nil {
+		meta.SetStatusCondition(&st.Conditions, discoveredCondition(gen, f.namespace, f.discovered, *f.discovery))
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, prepullv1.ConditionDiscovered)
+	}
+	if f.verify {
+		meta.SetStatusCondition(&st.Conditions, verifiedCondition(gen, images, f.onNodes))
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, prepullv1.ConditionVerified)
+	}
 	return st
 }
 
-// invalid reports a spec that admission let through and the controller
-// cannot act on: the list says which field and why (Ready and Progressing
-// False, Degraded True, reason InvalidSpec) and a Warning event says so;
-// nothing changes on any node until the spec is fixed, and the list can
-// still be deleted. The error is not retried: a spec change requeues.
-func (r *Reconciler) invalid(ctx context.Context, l *prepullv1.PrePullList, cause error) error {
-	msg := cause.Error()
+// invalidStatus is the status of a list whose spec the controller cannot
+// act on (cause): Ready and Progressing False, Degraded True, reason
+// InvalidSpec; the rest as the list held it.
+func invalidStatus(l *prepullv1.PrePullList, cause string) prepullv1.PrePullListStatus {
 	st := *l.Status.DeepCopy()
 	st.ObservedGeneration = l.Generation
 	if st.ReadyNodes == "" {
@@ -166,21 +208,41 @@ func (r *Reconciler) invalid(ctx context.Context, l *prepullv1.PrePullList, caus
 		status metav1.ConditionStatus
 	}{{prepullv1.ConditionReady, metav1.ConditionFalse}, {prepullv1.ConditionProgressing, metav1.ConditionFalse}, {prepullv1.ConditionDegraded, metav1.ConditionTrue}} {
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: c.typ, Status: c.status, ObservedGeneration: l.Generation,
-			Reason: prepullv1.ReasonInvalidSpec, Message: msg})
+			Reason: prepullv1.ReasonInvalidSpec, Message: cause})
 	}
-	if prev := meta.FindStatusCondition(l.Status.Conditions, prepullv1.ConditionDegraded); r.Recorder != nil && (prev == nil || prev.Reason != prepullv1.ReasonInvalidSpec || prev.Message != msg) {
-		r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonInvalidSpec, "Validate", "%s", msg)
-	}
+	return st
+}
+
+// releasingStatus is the status of a deleted list whose nodes' agents have
+// not all released it yet: held counts them.
+func releasingStatus(l *prepullv1.PrePullList, held int) prepullv1.PrePullListStatus {
+	st := *l.Status.DeepCopy()
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: prepullv1.ConditionProgressing, Status: metav1.ConditionTrue,
+		ObservedGeneration: l.Generation, Reason: prepullv1.ReasonReleasing,
+		Message: fmt.Sprintf("the list is deleted: %d nodes still hold its images, and it goes once their agents released them", held)})
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: prepullv1.ConditionReady, Status: metav1.ConditionFalse,
+		ObservedGeneration: l.Generation, Reason: prepullv1.ReasonReleasing, Message: "the list is deleted"})
+	return st
+}
+
+// invalid reports a spec that admission let through and the controller
+// cannot act on: the list says which field and why (Ready and Progressing
+// False, Degraded True, reason InvalidSpec) and a Warning event says so;
+// nothing changes on any node until the spec is fixed, and the list can
+// still be deleted. The error is not retried: a spec change requeues.
+func (r *Reconciler) invalid(ctx context.Context, l *prepullv1.PrePullList, cause error) error {
+	st := invalidStatus(l, cause.Error())
+	r.emit(l, transitions(l.Status, st))
 	if err := r.patchStatus(ctx, l, st); err != nil {
 		return err
 	}
 	return reconcile.TerminalError(cause)
 }
 
-func (r *Reconciler) forget(uid types.UID) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.computed, uid)
+// forget drops what the reconciler keeps of a list that is gone.
+func (r *Reconciler) forget(key types.NamespacedName) {
+	r.lists.forget(key)
+	forgetNodes(key.Namespace, key.Name)
 }
 
 // resolutionOf is image's entry in images, or an empty one.
@@ -193,72 +255,91 @@ func resolutionOf(images []prepullv1.ImageResolution, image string) prepullv1.Im
 	return prepullv1.ImageResolution{}
 }
 
-// previousStatus is the status this reconciler last computed for l, or l's
-// status when it has computed none since it started.
-func (r *Reconciler) previousStatus(l *prepullv1.PrePullList) prepullv1.PrePullListStatus {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if st, ok := r.computed[l.UID]; ok {
-		return st
-	}
-	return l.Status
-}
-
-// remember records the status just computed for l.
-func (r *Reconciler) remember(l *prepullv1.PrePullList, st prepullv1.PrePullListStatus) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.computed == nil {
-		r.computed = map[types.UID]prepullv1.PrePullListStatus{}
-	}
-	r.computed[l.UID] = *st.DeepCopy()
-}
-
-// recordTransitions emits Events for what changed: the list became Ready, a
-// tag moved, an image failed to resolve, nodes failed, advice about tags.
-func (r *Reconciler) recordTransitions(l *prepullv1.PrePullList, prev, st prepullv1.PrePullListStatus) {
-	ready := meta.IsStatusConditionTrue(st.Conditions, prepullv1.ConditionReady) && !meta.IsStatusConditionTrue(prev.Conditions, prepullv1.ConditionReady)
-	if ready {
+// writeStatus records st as l's status, computed after prev: the Events
+// and metrics of the change, then one write when it changed.
+func (r *Reconciler) writeStatus(ctx context.Context, l *prepullv1.PrePullList, prev, st prepullv1.PrePullListStatus) error {
+	r.lists.computed(l, st)
+	if becameReady(prev, st) {
 		rollouts.WithLabelValues(l.Namespace, l.Name).Inc()
 	}
-	if r.Recorder == nil {
-		return
+	r.emit(l, transitions(prev, st))
+	recordNodes(l, st.Nodes)
+	if err := r.patchStatus(ctx, l, st); err != nil {
+		return err
 	}
-	if ready {
-		c := meta.FindStatusCondition(st.Conditions, prepullv1.ConditionReady)
-		r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, "Ready", "Rollout", "%s", c.Message)
+	r.reconciled.Store(true)
+	return nil
+}
+
+// transition is one Event a status change calls for.
+type transition struct {
+	typ, reason, action, message string
+}
+
+// transitions are the Events for what changed from prev to next: the list
+// became Ready, a tag moved, an image failed to resolve or its signature
+// was checked, advice about tags and pull policies, nodes failed, the spec
+// became invalid.
+func transitions(prev, next prepullv1.PrePullListStatus) []transition {
+	var out []transition
+	add := func(typ, reason, action, format string, args ...any) {
+		out = append(out, transition{typ, reason, action, fmt.Sprintf(format, args...)})
 	}
-	for _, img := range st.Images {
+	if c := meta.FindStatusCondition(next.Conditions, prepullv1.ConditionReady); becameReady(prev, next) {
+		add(corev1.EventTypeNormal, "Ready", "Rollout", "%s", c.Message)
+	}
+	for _, img := range next.Images {
 		old := resolutionOf(prev.Images, img.Image)
 		if old.Digest != "" && img.Digest != "" && old.Digest != img.Digest {
-			r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, "TagMoved", "Resolve", "%s moved from %s to %s; rolling out", img.Image, old.Digest, img.Digest)
+			add(corev1.EventTypeNormal, "TagMoved", "Resolve", "%s moved from %s to %s; rolling out", img.Image, old.Digest, img.Digest)
 		}
 		if img.Message != "" && old.Message != img.Message {
-			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonResolutionFailed, "Resolve", "%s: %s", img.Image, img.Message)
+			add(corev1.EventTypeWarning, prepullv1.ReasonResolutionFailed, "Resolve", "%s: %s", img.Image, img.Message)
 		}
 		if s := img.Signature; s != nil && (old.Signature == nil || old.Signature.Digest != s.Digest || old.Signature.Verified != s.Verified || old.Signature.Reason != s.Reason) {
 			if s.Verified {
-				r.Recorder.Eventf(l, nil, corev1.EventTypeNormal, prepullv1.ReasonSignaturesVerified, "Verify", "%s (%s): %s", img.Image, s.Digest, s.Message)
+				add(corev1.EventTypeNormal, prepullv1.ReasonSignaturesVerified, "Verify", "%s (%s): %s", img.Image, s.Digest, s.Message)
 			} else {
-				r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, s.Reason, "Verify", "%s (%s): %s", img.Image, s.Digest, s.Message)
+				add(corev1.EventTypeWarning, s.Reason, "Verify", "%s (%s): %s", img.Image, s.Digest, s.Message)
 			}
 		}
 		if img.Warning != "" && old.Warning == "" {
-			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, "MutableTag", "Validate", "%s: %s", img.Image, img.Warning)
+			add(corev1.EventTypeWarning, "MutableTag", "Validate", "%s: %s", img.Image, img.Warning)
 		}
 	}
-	for _, d := range st.Discovered {
+	for _, d := range next.Discovered {
 		if d.Warning == "" {
 			continue
 		}
 		if i := slices.IndexFunc(prev.Discovered, func(o prepullv1.DiscoveredImage) bool { return o.Image == d.Image }); i < 0 || prev.Discovered[i].Warning != d.Warning {
-			r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonPullPolicyAlways, "Discover", "%s: %s", d.Image, d.Warning)
+			add(corev1.EventTypeWarning, prepullv1.ReasonPullPolicyAlways, "Discover", "%s: %s", d.Image, d.Warning)
 		}
 	}
-	if st.FailureCount > prev.FailureCount && len(st.Failures) > 0 {
-		f := st.Failures[0]
-		r.Recorder.Eventf(l, nil, corev1.EventTypeWarning, prepullv1.ReasonNodesFailed, "Pull",
-			"%d image pulls failed on nodes; first: node %s, image %s: %s", st.FailureCount, f.Node, f.Image, f.Message)
+	if next.FailureCount > prev.FailureCount && len(next.Failures) > 0 {
+		f := next.Failures[0]
+		add(corev1.EventTypeWarning, prepullv1.ReasonNodesFailed, "Pull",
+			"%d image pulls failed on nodes; first: node %s, image %s: %s", next.FailureCount, f.Node, f.Image, f.Message)
+	}
+	if c := meta.FindStatusCondition(next.Conditions, prepullv1.ConditionDegraded); c != nil && c.Reason == prepullv1.ReasonInvalidSpec {
+		if old := meta.FindStatusCondition(prev.Conditions, prepullv1.ConditionDegraded); old == nil || old.Reason != c.Reason || old.Message != c.Message {
+			add(corev1.EventTypeWarning, prepullv1.ReasonInvalidSpec, "Validate", "%s", c.Message)
+		}
+	}
+	return out
+}
+
+// becameReady reports whether the list turned Ready from prev to next.
+func becameReady(prev, next prepullv1.PrePullListStatus) bool {
+	return meta.IsStatusConditionTrue(next.Conditions, prepullv1.ConditionReady) && !meta.IsStatusConditionTrue(prev.Conditions, prepullv1.ConditionReady)
+}
+
+// emit records ts as Events of l.
+func (r *Reconciler) emit(l *prepullv1.PrePullList, ts []transition) {
+	if r.Recorder == nil {
+		return
+	}
+	for _, t := range ts {
+		r.Recorder.Eventf(l, nil, t.typ, t.reason, t.action, "%s", t.message)
 	}
 }
 
@@ -336,10 +417,10 @@ func withheld(img prepullv1.ImageResolution) bool {
 
 // discoveredCondition is the Discovered condition of a list with
 // spec.workloads.
-func discoveredCondition(l *prepullv1.PrePullList, d discovery) metav1.Condition {
-	c := metav1.Condition{Type: prepullv1.ConditionDiscovered, ObservedGeneration: l.Generation}
+func discoveredCondition(gen int64, namespace string, discovered []prepullv1.DiscoveredImage, d discovery) metav1.Condition {
+	c := metav1.Condition{Type: prepullv1.ConditionDiscovered, ObservedGeneration: gen}
 	var problems []string
-	for _, di := range l.Status.Discovered {
+	for _, di := range discovered {
 		if di.Message != "" {
 			problems = append(problems, di.Message)
 		}
@@ -347,7 +428,7 @@ func discoveredCondition(l *prepullv1.PrePullList, d discovery) metav1.Condition
 	switch {
 	case d.workloads == 0:
 		c.Status, c.Reason = metav1.ConditionFalse, prepullv1.ReasonNoWorkloadsMatch
-		c.Message = fmt.Sprintf("spec.workloads.selector matches no workload in namespace %s", l.Namespace)
+		c.Message = fmt.Sprintf("spec.workloads.selector matches no workload in namespace %s", namespace)
 	default:
 		c.Status, c.Reason = metav1.ConditionTrue, prepullv1.ReasonWorkloadsFound
 		c.Message = fmt.Sprintf("%d workloads use %d images", d.workloads, len(d.images))

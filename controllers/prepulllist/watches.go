@@ -85,40 +85,24 @@ func (r *Reconciler) fleetOf() *fleet {
 // noteReport records that node's agent reported: the lists that own an
 // entry there are reconciled at the next statusBatch.
 func (r *Reconciler) noteReport(node string) {
-	owners := r.fleet.owners(node)
-	r.reportMu.Lock()
-	r.viewStale = true
-	r.reportMu.Unlock()
-	r.noteLists(owners)
+	r.lists.note(r.fleet.owners(node), true)
 }
 
 // noteLists records lists to reconcile at the next statusBatch.
 func (r *Reconciler) noteLists(lists []types.NamespacedName) {
-	if len(lists) == 0 {
-		return
-	}
-	r.reportMu.Lock()
-	defer r.reportMu.Unlock()
-	if r.reported == nil {
-		r.reported = map[types.NamespacedName]bool{}
-	}
-	for _, l := range lists {
-		r.reported[l] = true
-	}
+	r.lists.note(lists, false)
 }
 
-// releaseReported queues, every statusBatch, every list whose nodes
-// reported since the last time, together.
+// releaseReported queues, every statusBatch, every list due since the last
+// time, together, after a new view of the agents' reports when they
+// reported.
 func (r *Reconciler) releaseReported(ctx context.Context) error {
 	wait.UntilWithContext(ctx, func(ctx context.Context) {
-		r.reportMu.Lock()
-		lists, stale := r.reported, r.viewStale
-		r.reported, r.viewStale = nil, false
-		r.reportMu.Unlock()
-		if stale {
+		lists, reported := r.lists.takeDue()
+		if reported {
 			r.fleet.snapshot()
 		}
-		for l := range lists {
+		for _, l := range lists {
 			select {
 			case r.wake <- event.GenericEvent{Object: &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name}}}:
 			case <-ctx.Done():

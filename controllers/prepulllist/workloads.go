@@ -218,26 +218,36 @@ func (r *Reconciler) discover(ctx context.Context, l *prepullv1.PrePullList) (di
 					f.advice = append(f.advice, a)
 				}
 			}
-			for _, s := range t.Spec.ImagePullSecrets {
-				d.secrets[s.Name] = appendNew(d.secrets[s.Name], name)
-			}
-			sa := cmp.Or(t.Spec.ServiceAccountName, "default")
-			refs, ok := serviceAccounts[sa]
-			if !ok {
-				acct := &corev1.ServiceAccount{}
-				err := r.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: sa}, acct)
-				if err != nil && !apierrors.IsNotFound(err) {
-					return d, fmt.Errorf("read service account %s/%s: %w", l.Namespace, sa, err)
-				}
-				refs = acct.ImagePullSecrets
-				serviceAccounts[sa] = refs
-			}
-			for _, s := range refs {
-				d.secrets[s.Name] = appendNew(d.secrets[s.Name], name+" (service account "+sa+")")
+			if err := r.secretsOf(ctx, &d, l.Namespace, name, &t.Spec, serviceAccounts); err != nil {
+				return d, err
 			}
 		}
 	}
 	return d, nil
+}
+
+// secretsOf records in d the pull secrets of the workload name's pod spec:
+// its own and its service account's (read once a reconcile, in
+// serviceAccounts).
+func (r *Reconciler) secretsOf(ctx context.Context, d *discovery, ns, name string, spec *corev1.PodSpec, serviceAccounts map[string][]corev1.LocalObjectReference) error {
+	for _, s := range spec.ImagePullSecrets {
+		d.secrets[s.Name] = appendNew(d.secrets[s.Name], name)
+	}
+	sa := cmp.Or(spec.ServiceAccountName, "default")
+	refs, ok := serviceAccounts[sa]
+	if !ok {
+		acct := &corev1.ServiceAccount{}
+		err := r.Get(ctx, client.ObjectKey{Namespace: ns, Name: sa}, acct)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("read service account %s/%s: %w", ns, sa, err)
+		}
+		refs = acct.ImagePullSecrets
+		serviceAccounts[sa] = refs
+	}
+	for _, s := range refs {
+		d.secrets[s.Name] = appendNew(d.secrets[s.Name], name+" (service account "+sa+")")
+	}
+	return nil
 }
 
 func appendNew(s []string, v string) []string {
@@ -392,6 +402,15 @@ type listDiscovery struct {
 	secretNames []string
 }
 
+// found is what the workloads of a list with spec.workloads hold, nil for
+// a list without.
+func (d listDiscovery) found(l *prepullv1.PrePullList) *discovery {
+	if l.Spec.Workloads == nil {
+		return nil
+	}
+	return &d.discovery
+}
+
 // discovered runs l's discovery, from the status last computed for l. A
 // list without spec.workloads discovers nothing and keeps nothing. It
 // returns when the next kept image's grace period ends.
@@ -409,7 +428,7 @@ func (r *Reconciler) discovered(ctx context.Context, l *prepullv1.PrePullList) (
 	}
 	out := listDiscovery{discovery: d}
 	var ends time.Time
-	out.status, ends = mergeDiscovered(r.previousStatus(l).Discovered, d, grace, r.Clock.Now())
+	out.status, ends = mergeDiscovered(r.lists.previous(l).Discovered, d, grace, r.Clock.Now())
 	for name := range d.secrets {
 		out.secretNames = append(out.secretNames, name)
 	}
