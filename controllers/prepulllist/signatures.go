@@ -28,17 +28,25 @@ var _ SignatureReader = (*verify.Registry)(nil)
 // set of keys found, so that a digest is checked once for the cluster,
 // whichever lists name it and however many nodes they select. A digest that
 // verified stays verified; one that did not is checked again after
-// resolutionRetry, in case it was signed since.
+// resolutionRetry, in case it was signed since. A check no reconcile asked
+// for in signatureKeep is dropped: its digest is no list's any more, or is
+// checked once more.
 type signatureBook struct {
 	mu      sync.Mutex
-	checked map[string]checkedDigest
+	checked map[string]*checkedDigest
+	swept   time.Time
 	flight  singleflight.Group
 }
 
+// checkedDigest is one check: its result, when it was made and when a
+// reconcile last asked for it.
 type checkedDigest struct {
-	res verify.Result
-	at  time.Time
+	res      verify.Result
+	at, used time.Time
 }
+
+// signatureKeep is how long a check no reconcile asks for is kept.
+const signatureKeep = time.Hour
 
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
 
@@ -129,11 +137,8 @@ func (r *Reconciler) checkSignatures(ctx context.Context, l *prepullv1.PrePullLi
 func (b *signatureBook) check(ctx context.Context, r *Reconciler, digestRef, digest string, keys verify.Keys, creds []pullsecret.Credential) verify.Result {
 	key := digestRef + " " + keys.ID()
 	now := r.Clock.Now()
-	b.mu.Lock()
-	c, ok := b.checked[key]
-	b.mu.Unlock()
-	if ok && (c.res.Verified || now.Before(c.at.Add(resolutionRetry))) {
-		return c.res
+	if res, ok := b.known(key, now); ok {
+		return res
 	}
 	v, _, _ := b.flight.Do(key, func() (any, error) {
 		var res verify.Result
@@ -149,13 +154,35 @@ func (b *signatureBook) check(ctx context.Context, r *Reconciler, digestRef, dig
 		verifications.WithLabelValues(verdict(res)).Inc()
 		b.mu.Lock()
 		if b.checked == nil {
-			b.checked = map[string]checkedDigest{}
+			b.checked = map[string]*checkedDigest{}
 		}
-		b.checked[key] = checkedDigest{res: res, at: now}
+		b.checked[key] = &checkedDigest{res: res, at: now, used: now}
 		b.mu.Unlock()
 		return res, nil
 	})
 	return v.(verify.Result)
+}
+
+// known is the result of key's check when it stands at now: it verified,
+// or it was made within resolutionRetry. Checks not asked for in
+// signatureKeep are dropped, once every signatureKeep.
+func (b *signatureBook) known(key string, now time.Time) (verify.Result, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now.Sub(b.swept) >= signatureKeep {
+		for k, c := range b.checked {
+			if now.Sub(c.used) >= signatureKeep {
+				delete(b.checked, k)
+			}
+		}
+		b.swept = now
+	}
+	c, ok := b.checked[key]
+	if !ok {
+		return verify.Result{}, false
+	}
+	c.used = now
+	return c.res, c.res.Verified || now.Before(c.at.Add(resolutionRetry))
 }
 
 func verdict(res verify.Result) string {
