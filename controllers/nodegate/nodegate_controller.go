@@ -55,11 +55,31 @@ type Reconciler struct {
 	Clock    clock.Clock
 
 	mu sync.Mutex
-	// written is, by node, the condition last written.
-	written map[string]corev1.NodeCondition
-	// opened are the nodes whose gate this process opened, for the event
-	// and the metric, once each.
-	opened map[types.UID]bool
+	// nodes is what this process did to each node, dropped when the node
+	// is gone.
+	nodes map[string]*gateRec
+}
+
+// gateRec is what the gate did to one node: the condition it last wrote
+// (the cache may not show it yet), and whether it opened the gate of the
+// node of uid, for the event and the metric, once each.
+type gateRec struct {
+	written *corev1.NodeCondition
+	uid     types.UID
+	opened  bool
+}
+
+// record is node's record, made empty. The caller holds r.mu.
+func (r *Reconciler) record(node string) *gateRec {
+	if r.nodes == nil {
+		r.nodes = map[string]*gateRec{}
+	}
+	rec, ok := r.nodes[node]
+	if !ok {
+		rec = &gateRec{}
+		r.nodes[node] = rec
+	}
+	return rec
 }
 
 // gating is one gating list's verdict on one node.
@@ -169,8 +189,9 @@ func (r *Reconciler) openGate(ctx context.Context, n *corev1.Node, gates []gatin
 	}
 	log := ctrl.LoggerFrom(ctx)
 	r.mu.Lock()
-	first := !r.opened[n.UID]
-	r.opened[n.UID] = true
+	rec := r.record(n.Name)
+	first := !rec.opened || rec.uid != n.UID
+	rec.opened, rec.uid = true, n.UID
 	r.mu.Unlock()
 	if !first {
 		log.Info("Removed the startup taint again", "taint", r.Taint)
@@ -250,8 +271,13 @@ func (r *Reconciler) setCondition(ctx context.Context, n *corev1.Node, want *cor
 		want = &corev1.NodeCondition{Type: prepullv1.NodeConditionImagesReady, Status: corev1.ConditionTrue,
 			Reason: prepullv1.ReasonNotGated, Message: "no PrePullList with a nodeGate selects this node"}
 	}
+	var last corev1.NodeCondition
 	r.mu.Lock()
-	last, known := r.written[n.Name]
+	rec := r.nodes[n.Name]
+	known := rec != nil && rec.written != nil
+	if known {
+		last = *rec.written
+	}
 	r.mu.Unlock()
 	if (have != nil && same(*have, *want)) || (known && same(last, *want)) {
 		// The cache may not show our last write yet.
@@ -288,13 +314,13 @@ func same(a, b corev1.NodeCondition) bool {
 func (r *Reconciler) remember(node string, c corev1.NodeCondition) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.written[node] = c
+	r.record(node).written = &c
 }
 
 func (r *Reconciler) forget(node string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	delete(r.written, node)
+	delete(r.nodes, node)
 }
 
 // Tainted reports whether n carries a taint of key, whatever its effect.
@@ -325,7 +351,6 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Taint == "" {
 		r.Taint = prepullv1.DefaultStartupTaint
 	}
-	r.written, r.opened = map[string]corev1.NodeCondition{}, map[types.UID]bool{}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&corev1.Node{}, builder.WithPredicates(NodeChanged())).
 		WatchesRawSource(r.Book.source()).
