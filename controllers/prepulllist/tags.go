@@ -456,8 +456,7 @@ func (r *Reconciler) record(ctx context.Context, tag string, rec *prepullv1.TagR
 		return out, minTime(next, r.Clock.Now().Add(resolutionRetry)), err
 	}
 	if moved {
-		// With the next statusBatch.
-		r.noteLists(r.tags.listsNaming(tag))
+		r.wakeNow(r.tags.listsNaming(tag))
 	}
 	return out, next, nil
 }

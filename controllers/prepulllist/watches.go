@@ -93,6 +93,20 @@ func (r *Reconciler) noteLists(lists []types.NamespacedName) {
 	r.lists.note(lists, false)
 }
 
+// wakeNow queues lists at once, so that they are reconciled right after
+// the reconcile under way and their changes reach each node in the same
+// write; those the queue has no room for go with the next statusBatch.
+// It never waits.
+func (r *Reconciler) wakeNow(lists []types.NamespacedName) {
+	for _, l := range lists {
+		select {
+		case r.wake <- event.GenericEvent{Object: &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: l.Namespace, Name: l.Name}}}:
+		default:
+			r.noteLists([]types.NamespacedName{l})
+		}
+	}
+}
+
 // releaseReported queues, every statusBatch, every list due since the last
 // time, together, after a new view of the agents' reports when they
 // reported.
