@@ -118,7 +118,7 @@ func (f *fleet) loadNode(s *prepullv1.NodeImageSet, plan *prepullv1.ImagePlan, s
 	}
 	if sharable && len(s.Spec.Images) == 0 {
 		// Read once, not once a node.
-		rec.plan = f.plans[s.Spec.Plan]
+		rec.own, rec.plan = nil, f.plans[s.Spec.Plan]
 		return
 	}
 	// Kept sorted by image (setOwner); one written by an older controller
@@ -127,9 +127,9 @@ func (f *fleet) loadNode(s *prepullv1.NodeImageSet, plan *prepullv1.ImagePlan, s
 	prepullv1.SortImages(spec.Images)
 	internSpec(spec)
 	if p := f.share(spec.Images); p != nil {
-		rec.plan = p
+		rec.own, rec.plan = nil, p
 	} else {
-		rec.own = spec
+		rec.own, rec.plan = spec, nil
 	}
 }
 

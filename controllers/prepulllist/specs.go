@@ -102,14 +102,17 @@ func (f *fleet) share(images []prepullv1.NodeImage) *planRec {
 	return p
 }
 
-// checkPlans reports a plan whose images no longer hash to its name: one
-// written in place, which would have changed every node sharing it.
+// checkPlans reports a plan that nodes share whose images no longer hash
+// to its name: one written in place, which would have changed every node
+// sharing it.
 func (f *fleet) checkPlans() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for name, p := range f.plans {
-		if got := prepullv1.ImagePlanName(p.images); got != name || p.name != name {
-			return fmt.Errorf("plan %s holds images that hash to %s", name, got)
+	for node, rec := range f.nodes {
+		if p := rec.plan; p != nil {
+			if got := prepullv1.ImagePlanName(p.images); got != p.name {
+				return fmt.Errorf("node %s shares plan %s, whose images hash to %s", node, p.name, got)
+			}
 		}
 	}
 	return nil
