@@ -8,6 +8,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/redact"
 	"prepull.io/prepull/verify"
 )
 
@@ -141,5 +142,5 @@ func (r *Reconciler) verification(e *entry) (*bundle.Verification, error) {
 
 // signatureStatus is res, for digest, as status says it.
 func signatureStatus(digest string, res *verify.Result) *prepullv1.SignatureStatus {
-	return &prepullv1.SignatureStatus{Verified: res.Verified, Digest: digest, Key: res.Key, Reason: res.Reason, Message: truncate(res.Message, 1024)}
+	return &prepullv1.SignatureStatus{Verified: res.Verified, Digest: digest, Key: res.Key, Reason: res.Reason, Message: redact.Text(res.Message)}
 }

@@ -13,6 +13,7 @@ import (
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/present"
+	"prepull.io/prepull/redact"
 	"prepull.io/prepull/verify"
 )
 
@@ -111,7 +112,8 @@ func (st *imageState) to(p prepullv1.ImagePhase, reason, msg string, now time.Ti
 		// equal to what was written.
 		st.phase, st.since = p, metav1.NewTime(now).Rfc3339Copy()
 	}
-	st.reason, st.lastError = reason, truncate(msg, 1024)
+	// What the runtime or a registry said, fit for a status.
+	st.reason, st.lastError = reason, redact.Text(msg)
 }
 
 // cannotMake reports whether the image is present as the entry whose spec

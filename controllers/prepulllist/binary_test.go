@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -457,6 +460,26 @@ func TestNoSecretLeaks(t *testing.T) {
 		return nil
 	})
 
+	// A registry that sends its blobs to object storage, whose pre-signed
+	// URL answers 403 with an error document that repeats the signature:
+	// the image fails, and no status or event shows the URL's query or the
+	// document.
+	const signature = "Sig-never-shown-0123456789"
+	plain := testground.StartRegistry(t)
+	presigned := plain.MustPushRandom(t, "shop/presigned:1.0", 64<<10, 1)
+	front := presigningFront(t, plain, signature)
+	ctd.TrustHost(front)
+	withURL := list("shop", "presigned", front+strings.TrimPrefix(presigned.Digest, plain.Host))
+	withURL.Spec.Rollout.BackoffLimit = ptr.To(int32(0))
+	g.e.mustCreate(t, withURL)
+	eventually(t, "the blob's pre-signed URL fails the pull", func() error {
+		got := g.e.getList(t, withURL)
+		if len(got.Status.Failures) != 1 || !strings.Contains(got.Status.Failures[0].Message, "?…") {
+			return fmt.Errorf("failures %+v: want one whose message shows the URL without its query", got.Status.Failures)
+		}
+		return nil
+	})
+
 	forms := map[string]string{
 		"the password":                    password,
 		"its base64":                      base64.StdEncoding.EncodeToString([]byte(password)),
@@ -497,6 +520,13 @@ func TestNoSecretLeaks(t *testing.T) {
 			}
 		}
 	}
+	for _, where := range []string{"PrePullLists", "NodeImageSets", "Events", "events.k8s.io Events"} {
+		for _, s := range []string{signature, "X-Amz-Signature", "X-Amz-Credential", "<Error>"} {
+			if strings.Contains(captured[where], s) {
+				t.Errorf("%s hold %q, of the blob's pre-signed URL or the object store's answer", where, s)
+			}
+		}
+	}
 	// From verbosity 8 client-go logs API bodies, Secrets' too, and as a
 	// hex dump where they are binary, which no substring scan would find:
 	// the binaries log no body at all, whatever --zap-log-level asks.
@@ -510,4 +540,32 @@ func TestNoSecretLeaks(t *testing.T) {
 	if !strings.Contains(captured["the agent's log"], "Unauthorized") && !strings.Contains(captured["the agent's log"], "401") {
 		t.Errorf("the agent's log does not show the failed pull: the scan read the wrong log")
 	}
+}
+
+// presigningFront serves reg's API on a loopback address of its own, but
+// redirects each blob to a pre-signed URL on itself, as registries backed by
+// object storage do; that URL answers 403 with an error document holding
+// the signature, as an expired one would. It returns the front's host.
+func presigningFront(t *testing.T, reg *testground.Registry, signature string) string {
+	t.Helper()
+	target, err := url.Parse("http://" + reg.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/objects/"):
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message><X-Amz-Signature>%s</X-Amz-Signature></Error>`, signature)
+		case r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:"):
+			blob := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+			http.Redirect(w, r, "/objects/"+blob+"?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20261207&X-Amz-Expires=60&X-Amz-Signature="+signature, http.StatusTemporaryRedirect)
+		default:
+			proxy.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
 }

@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/redact"
 )
 
 // target is one image of a list as nodes get it.
@@ -368,7 +369,7 @@ func (p *plan) observe(n *node, targets []target, handed bool, wanted int, out *
 			failed, ready = true, false
 			f := prepullv1.NodeFailure{Node: n.name, Image: t.image}
 			if st.extra != nil {
-				f.Reason, f.Message = st.extra.reason, truncate(st.extra.message, 1024)
+				f.Reason, f.Message = st.extra.reason, redact.Text(st.extra.message)
 			}
 			out.failures = append(out.failures, f)
 		default:

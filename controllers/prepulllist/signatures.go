@@ -14,6 +14,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/pullsecret"
+	"prepull.io/prepull/redact"
 	"prepull.io/prepull/verify"
 )
 
@@ -121,7 +122,7 @@ func (r *Reconciler) checkSignatures(ctx context.Context, l *prepullv1.PrePullLi
 		} else {
 			got = r.signatures.check(ctx, r, digestRef(t.Repo, t.digest), t.digest, keys, creds)
 		}
-		res.Signature = &prepullv1.SignatureStatus{Verified: got.Verified, Digest: t.digest, Key: got.Key, Reason: got.Reason, Message: truncate(got.Message, 1024)}
+		res.Signature = &prepullv1.SignatureStatus{Verified: got.Verified, Digest: t.digest, Key: got.Key, Reason: got.Reason, Message: redact.Text(got.Message)}
 		if got.Verified || !enforce {
 			continue
 		}

@@ -18,6 +18,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/pullsecret"
+	"prepull.io/prepull/redact"
 )
 
 // A tag is resolved once for the whole cluster: one TagResolution per
@@ -313,7 +314,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 			}
 			next = minTime(next, tr.due)
 			if rec := tr.rec; rec != nil {
-				t.digest, res.ResolvedAt, res.Message = rec.Status.Digest, rec.Status.ResolvedAt, truncate(rec.Status.Message, 1024)
+				t.digest, res.ResolvedAt, res.Message = rec.Status.Digest, rec.Status.ResolvedAt, redact.Text(rec.Status.Message)
 			}
 			if tr.pol.source != prepullv1.SourceRegistry {
 				t.probe = true
@@ -401,7 +402,7 @@ func (r *Reconciler) refreshTag(ctx context.Context, tag string, rec *prepullv1.
 	if err != nil {
 		resolutions.WithLabelValues("failed").Inc()
 		ctrl.LoggerFrom(ctx).Info("Tag resolution failed", "image", tag, "error", err.Error())
-		st.Message = truncate(err.Error(), 1024)
+		st.Message = redact.Text(err.Error())
 		return r.record(ctx, tag, rec, st, now.Add(resolutionRetry))
 	}
 	resolutions.WithLabelValues("resolved").Inc()
