@@ -7,6 +7,7 @@ package imageref
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/distribution/reference"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -83,6 +84,13 @@ const MaxLength = 255
 func parse(ref string) (reference.Named, error) {
 	if n := len([]rune(ref)); n > MaxLength {
 		return nil, fmt.Errorf("image reference %q: %w: %d characters, at most %d", ref, ErrInvalid, n, MaxLength)
+	}
+	if first, _, ok := strings.Cut(ref, "/"); ok && !strings.ContainsAny(first, ".:") && strings.ToLower(first) != first {
+		// The reference library reads a first component in upper case as
+		// a registry host; it is not one (a host has a '.' or a ':', as
+		// localhost has neither and is in lower case), and as a repository
+		// component it must be lower case.
+		return nil, fmt.Errorf("image reference %q: %w: %q is not a registry host (it has neither a '.' nor a ':') and a repository is in lower case", ref, ErrInvalid, first)
 	}
 	named, err := reference.ParseNormalizedNamed(ref)
 	if err != nil {

@@ -60,9 +60,11 @@ type PrePullImage struct {
 	// +kubebuilder:validation:MaxLength=255
 	// Admission takes exactly the references the controller parses:
 	// the registry may be a host, an IP or a bracketed IPv6 address, with a
-	// port; the repository is in lower case; digests are sha256; a bare
-	// 64-hex name (which reads as an image ID) is refused.
-	// +kubebuilder:validation:XValidation:rule="self.matches('^(?:(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:[.](?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*|[[][a-fA-F0-9:]+[]])(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$') && !self.matches('^[a-f0-9]{64}$')",messageExpression="'not a valid image reference: ' + self + ' (want [registry/]repository[:tag][@sha256:<64 hex>], repository in lower case)'"
+	// port; a first component with neither a '.' nor a ':' is not a
+	// registry but the repository's, and the repository is in lower case;
+	// digests are sha256; a bare 64-hex name (which reads as an image ID)
+	// is refused.
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(?:(?:(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:[.](?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))+(?::[0-9]+)?|(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]):[0-9]+|[[][a-fA-F0-9:]+[]](?::[0-9]+)?)/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$') && !self.matches('^[a-f0-9]{64}$')",messageExpression="'not a valid image reference: ' + self + ' (want [registry/]repository[:tag][@sha256:<64 hex>], repository in lower case, a registry with a . or a :)'"
 	Image string `json:"image"`
 }
 
