@@ -14,11 +14,13 @@ import (
 
 // kubeletConfig is what the doctor reads of a KubeletConfiguration file.
 type kubeletConfig struct {
-	ImageGCHighThresholdPercent            *int32          `json:"imageGCHighThresholdPercent,omitempty"`
-	ImageGCLowThresholdPercent             *int32          `json:"imageGCLowThresholdPercent,omitempty"`
-	ImagePullCredentialsVerificationPolicy string          `json:"imagePullCredentialsVerificationPolicy,omitempty"`
-	PreloadedImagesVerificationAllowlist   []string        `json:"preloadedImagesVerificationAllowlist,omitempty"`
-	FeatureGates                           map[string]bool `json:"featureGates,omitempty"`
+	ImageGCHighThresholdPercent            *int32            `json:"imageGCHighThresholdPercent,omitempty"`
+	ImageGCLowThresholdPercent             *int32            `json:"imageGCLowThresholdPercent,omitempty"`
+	ImagePullCredentialsVerificationPolicy string            `json:"imagePullCredentialsVerificationPolicy,omitempty"`
+	PreloadedImagesVerificationAllowlist   []string          `json:"preloadedImagesVerificationAllowlist,omitempty"`
+	FeatureGates                           map[string]bool   `json:"featureGates,omitempty"`
+	EvictionHard                           map[string]string `json:"evictionHard,omitempty"`
+	EvictionSoft                           map[string]string `json:"evictionSoft,omitempty"`
 }
 
 // The kubelet's defaults.

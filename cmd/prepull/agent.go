@@ -29,6 +29,10 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	log := newLogger(zapOpts).WithValues("node", opts.NodeName)
 	ctrl.SetLogger(log)
+	diskBudget, err := opts.diskBudget()
+	if err != nil {
+		return err
+	}
 
 	// The runtime may start after the agent; readiness says so until it
 	// answers. Until then, assume containerd, the default endpoint's runtime.
@@ -61,10 +65,10 @@ func runAgent(ctx context.Context, args []string) error {
 		StatusInterval:     opts.StatusInterval,
 		ResyncInterval:     opts.ResyncInterval,
 		BackoffBase:        opts.BackoffBase,
-		DiskBudget:         opts.DiskBudget,
+		DiskBudget:         diskBudget,
 		KeepStrayPins:      !opts.CollectStrayPins,
 		ArchiveDir:         opts.ArchiveDir,
-		Doctor:             checkNode(rt, opts.CheckOptions, opts.DiskBudget).Run,
+		Doctor:             checkNode(rt, opts.CheckOptions, diskBudget).Run,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the NodeImageSet reconciler: %w", err)
@@ -75,7 +79,7 @@ func runAgent(ctx context.Context, args []string) error {
 	if err := mgr.AddReadyzCheck("api", cacheSynced(mgr)); err != nil {
 		return err
 	}
-	log.Info("Starting agent", "version", version, "runtime", runtimeName, "criEndpoint", opts.CRIEndpoint)
+	log.Info("Starting agent", "version", version, "runtime", runtimeName, "criEndpoint", opts.CRIEndpoint, "diskBudget", diskBudget)
 	return mgr.Start(ctx)
 }
 

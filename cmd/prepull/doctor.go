@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/doctor"
 )
 
 // DoctorOptions are the flags of "prepull doctor": on the node, the
@@ -43,7 +44,7 @@ func (o *DoctorOptions) AddFlags(fs *pflag.FlagSet) {
 	o.RuntimeOptions.addFlags(fs)
 	o.CheckOptions.addFlags(fs)
 	o.KubectlOptions.addFlags(fs)
-	fs.Float64Var(&o.DiskBudget, "disk-budget", o.DiskBudget, "the agent's --disk-budget, to check the image filesystem against")
+	fs.Float64Var(&o.DiskBudget, "disk-budget", o.DiskBudget, "the agent's --disk-budget, to check the image filesystem against (by default the agent's default, from --kubelet-config)")
 }
 
 // Validate reports every invalid flag at once.
@@ -52,10 +53,24 @@ func (o *DoctorOptions) Validate() error {
 	if o.Node == "" {
 		errs = append(errs, o.RuntimeOptions.validate()...)
 	}
-	if o.DiskBudget < 0 || o.DiskBudget > 1 {
+	if (o.DiskBudget < 0 || o.DiskBudget > 1) && o.DiskBudget != AutoDiskBudget {
 		errs = append(errs, fmt.Errorf("--disk-budget: %g: must be from 0 to 1", o.DiskBudget))
 	}
 	return errors.Join(errs...)
+}
+
+// diskBudget is the budget to check against: --disk-budget as given, or
+// the agent's default on this node (the kubelet's defaults when its
+// configuration cannot be read, which a check reports).
+func (o *DoctorOptions) diskBudget() float64 {
+	if o.DiskBudget != AutoDiskBudget {
+		return o.DiskBudget
+	}
+	lim, err := doctor.KubeletDiskLimit(o.KubeletConfig)
+	if err != nil {
+		lim, _ = doctor.KubeletDiskLimit("")
+	}
+	return lim.Budget()
 }
 
 const doctorUsage = `Usage:
@@ -99,7 +114,7 @@ func runDoctor(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 		defer rt.Close()
-		checks = checkNode(rt, opts.CheckOptions, opts.DiskBudget).Run(ctx)
+		checks = checkNode(rt, opts.CheckOptions, opts.diskBudget()).Run(ctx)
 	}
 	if err := opts.print(stdout, checks, func(w io.Writer) error { return printChecks(w, checks) }); err != nil {
 		return err

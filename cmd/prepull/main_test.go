@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -46,6 +47,54 @@ func TestAgentOptionsValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The agent's disk budget: by default below the kubelet's lowest disk
+// threshold; given above it, the agent refuses to start, naming it.
+func TestAgentDiskBudget(t *testing.T) {
+	kubelet := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(kubelet, []byte("kind: KubeletConfiguration\nimageGCHighThresholdPercent: 90\nevictionHard:\n  imagefs.available: 12%\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		budget  float64
+		config  string
+		want    float64
+		wantErr string
+	}{
+		{name: "the default, on the kubelet's defaults", budget: AutoDiskBudget, want: 0.80},
+		{name: "the default, on the node's kubelet", budget: AutoDiskBudget, config: kubelet, want: 0.83},
+		{name: "given, under the threshold", budget: 0.75, config: kubelet, want: 0.75},
+		{name: "given, over the threshold", budget: 0.9, config: kubelet, wantErr: "--disk-budget: a disk budget of 90% is above the kubelet's hard eviction threshold imagefs.available<12%"},
+		{name: "the old default over the kubelet's defaults", budget: 0.9, wantErr: "imagefs.available<15%"},
+		{name: "off", budget: 0, config: kubelet, want: 0},
+		{name: "a kubelet configuration that cannot be read", budget: AutoDiskBudget, config: kubelet + ".missing", wantErr: "--kubelet-config"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := NewAgentOptions()
+			o.NodeName, o.DiskBudget, o.KubeletConfig = "n1", tt.budget, tt.config
+			if err := o.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := o.diskBudget()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("budget %v, %v: want an error naming %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got < tt.want-1e-9 || got > tt.want+1e-9 {
+				t.Errorf("budget %v, %v: want %.2f", got, err, tt.want)
+			}
+		})
+	}
+	// The agent refuses to start with it, before it reaches anything.
+	err := run([]string{"agent", "--node-name=n1", "--disk-budget=0.9", "--kubelet-config=" + kubelet}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "imagefs.available<12%") {
+		t.Errorf("prepull agent --disk-budget=0.9: %v, want a refusal naming the threshold", err)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/doctor"
 )
 
 // ServeOptions are the flags of every long-running command.
@@ -174,7 +175,8 @@ type AgentOptions struct {
 	// BackoffBase is the first wait after a failed pull; it doubles.
 	BackoffBase time.Duration
 	// DiskBudget is the fraction of the image filesystem past which no
-	// pull starts; 0 turns the budget off.
+	// pull starts; 0 turns the budget off, AutoDiskBudget derives it from
+	// the kubelet's configuration (diskBudget).
 	DiskBudget float64
 	// CollectStrayPins takes off pins whose owner no spec entry names.
 	CollectStrayPins bool
@@ -207,7 +209,7 @@ func NewAgentOptions() *AgentOptions {
 		StatusInterval:     nodeimageset.DefaultStatusInterval,
 		ResyncInterval:     nodeimageset.DefaultResyncInterval,
 		BackoffBase:        nodeimageset.DefaultBackoffBase,
-		DiskBudget:         nodeimageset.DefaultDiskBudget,
+		DiskBudget:         AutoDiskBudget,
 		CollectStrayPins:   true,
 		CheckOptions:       CheckOptions{ContainerdConfig: "/etc/containerd/config.toml"},
 	}
@@ -222,7 +224,7 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "least time between two writes of the node's status")
 	fs.DurationVar(&o.ResyncInterval, "resync-interval", o.ResyncInterval, "how often images, tags and pins are verified again")
 	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, fmt.Sprintf("first wait after a failed pull; it doubles per attempt up to %s, with jitter", nodeimageset.DefaultBackoffMax))
-	fs.Float64Var(&o.DiskBudget, "disk-budget", o.DiskBudget, "fraction of the image filesystem past which no pull starts (0 turns it off)")
+	fs.Float64Var(&o.DiskBudget, "disk-budget", o.DiskBudget, fmt.Sprintf("fraction of the image filesystem past which no pull starts (0 turns it off); by default %.2f below the kubelet's lowest disk threshold (its image GC high threshold, its imagefs and nodefs eviction thresholds, read from --kubelet-config, or the kubelet's defaults without it), and refused above that threshold", doctor.DiskMargin))
 	o.CheckOptions.addFlags(fs)
 	fs.BoolVar(&o.CollectStrayPins, "collect-stray-pins", o.CollectStrayPins, "take off prepull pins whose owning list no longer wants the image on this node (turn off only when several agents share one runtime)")
 }
@@ -241,10 +243,35 @@ func (o *AgentOptions) Validate() error {
 			errs = append(errs, fmt.Errorf("--%s: %s: must be positive", flag, d))
 		}
 	}
-	if o.DiskBudget < 0 || o.DiskBudget > 1 {
+	if (o.DiskBudget < 0 || o.DiskBudget > 1) && o.DiskBudget != AutoDiskBudget {
 		errs = append(errs, fmt.Errorf("--disk-budget: %g: must be from 0 to 1", o.DiskBudget))
 	}
 	return errors.Join(errs...)
+}
+
+// AutoDiskBudget, as --disk-budget's value, derives the budget from the
+// kubelet's configuration.
+const AutoDiskBudget = -1
+
+// diskBudget is the budget the agent keeps: --disk-budget, refused above
+// the kubelet's lowest disk threshold (a node filled past it by images the
+// kubelet may not remove evicts pods), or doctor.DiskMargin below that
+// threshold when not given; 0 for none.
+func (o *AgentOptions) diskBudget() (float64, error) {
+	if o.DiskBudget == 0 {
+		return 0, nil
+	}
+	lim, err := doctor.KubeletDiskLimit(o.KubeletConfig)
+	if err != nil {
+		return 0, fmt.Errorf("--kubelet-config: %w", err)
+	}
+	if o.DiskBudget == AutoDiskBudget {
+		return lim.Budget(), nil
+	}
+	if err := doctor.CheckBudget(o.DiskBudget, lim); err != nil {
+		return 0, fmt.Errorf("--disk-budget: %w", err)
+	}
+	return o.DiskBudget, nil
 }
 
 func validAddr(flag, addr string) error {

@@ -35,7 +35,6 @@ const (
 	DefaultBackoffBase        = 5 * time.Second
 	DefaultBackoffMax         = 5 * time.Minute
 	DefaultDoctorInterval     = 10 * time.Minute
-	DefaultDiskBudget         = 0.9
 )
 
 // Reconciler reconciles the node's runtime to its NodeImageSet.
@@ -63,7 +62,8 @@ type Reconciler struct {
 	// BackoffBase and BackoffMax shape the wait between pull attempts.
 	BackoffBase, BackoffMax time.Duration
 	// DiskBudget is the fraction of the image filesystem (0 < f ≤ 1) past
-	// which no pull starts; 0 means no budget.
+	// which no pull starts; 0 means no budget. The agent's default stays
+	// below the kubelet's disk thresholds (doctor.KubeletDiskLimit).
 	DiskBudget float64
 	// FsUsage reports a filesystem's used and total bytes; nil means statfs.
 	FsUsage func(path string) (used, total uint64, err error)

@@ -1110,6 +1110,58 @@ func TestAgent(t *testing.T) {
 		})
 	})
 
+	t.Run("the default disk budget stops short of a default kubelet's eviction threshold, on a real filesystem", func(t *testing.T) {
+		// A kubelet configuration of the kubelet's defaults (image GC from
+		// 85%, hard eviction at imagefs.available<15%): the agent's default
+		// budget is 80%. containerd's root on a real 64 MiB filesystem,
+		// filled with other files so that an 8 MiB image (16 MiB written,
+		// stored then unpacked) would take it to 87.5%: past the eviction
+		// threshold, under the 90% the budget used to be. It does not
+		// start.
+		kubelet := filepath.Join(t.TempDir(), "config.yaml")
+		if err := os.WriteFile(kubelet, []byte("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		lim, err := doctor.KubeletDiskLimit(kubelet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		budget := lim.Budget()
+		if lim.Fraction != 0.85 || budget >= lim.Fraction || !strings.Contains(lim.Threshold, "imagefs.available<15%") {
+			t.Fatalf("limit %+v, budget %.2f: want 85%% from the hard eviction threshold, the budget below it", lim, budget)
+		}
+		root, images, store := e.containerdOnTmpfs(t, 64<<20)
+		const size = 8 << 20
+		img := e.public.MustPushRandom(t, "budgeted/app:v1", size, 1)
+		used, total, err := cri.Statfs(root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		projected := uint64(0.875 * float64(total))
+		if err := os.WriteFile(filepath.Join(root, "other-files"), testground.RandomBytes(int(projected-used-2*size)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.agent(t, "budgeted", func(r *nodeimageset.Reconciler) {
+			r.Images, r.Store, r.KeepStrayPins, r.DiskBudget = images, store, false, budget
+		})
+		e.setSpec(t, "budgeted", entry(img.Digest, owner("shop/budgeted", img.Tag)))
+		e.phase(t, "budgeted", img.Digest, prepullv1.PhasePending, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != nodeimageset.ReasonDiskBudget {
+				return fmt.Errorf("reason %s, error %q", st.Reason, st.LastError)
+			}
+			return nil
+		})
+		if used, total, err := cri.Statfs(root); err != nil || float64(used) >= lim.Fraction*float64(total) {
+			t.Errorf("the filesystem is %d of %d bytes full (%v): past the kubelet's eviction threshold", used, total, err)
+		}
+		// The doctor passes the default budget on this kubelet.
+		for _, c := range (doctor.Node{Images: images, KubeletConfig: kubelet, DiskBudget: budget}).Run(ctx) {
+			if c.Name == doctor.CheckGCThresholds && c.Result != prepullv1.CheckPass {
+				t.Errorf("the doctor's %s check: %s: %s", c.Name, c.Result, c.Message)
+			}
+		}
+	})
+
 	t.Run("the disk budget counts only the blobs containerd lacks: a layer it holds is not counted again", func(t *testing.T) {
 		// containerd's root on a real 64 MiB filesystem; the budget is 80%
 		// (51 MiB). The base image (one 14 MiB layer) takes about 28 MiB,
