@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 
 	"prepull.io/prepull/cri"
@@ -37,13 +38,12 @@ var (
 	ErrUnreadable = errors.New("unreadable archive")
 )
 
-// Import fetches the archive src names (a download goes to tmpDir, empty
-// meaning the system's temporary directory, and is removed after), checks
-// its SHA-256, and loads into store the images wanted names, as Load does,
-// checking their signatures as v says. client nil means
-// http.DefaultClient.
-func Import(ctx context.Context, store cri.Store, src Source, client *http.Client, tmpDir string, wanted []string, v *Verification) (map[string]Loaded, error) {
-	path, release, err := Fetch(ctx, src, client, tmpDir)
+// Import fetches the archive src names (a download, under policy, goes to
+// tmpDir, empty meaning the system's temporary directory, and is removed
+// after), checks its SHA-256, and loads into store the images wanted
+// names, as Load does, checking their signatures as v says.
+func Import(ctx context.Context, store cri.Store, src Source, policy FetchPolicy, tmpDir string, wanted []string, v *Verification) (map[string]Loaded, error) {
+	path, release, err := Fetch(ctx, src, policy, tmpDir)
 	if err != nil {
 		return nil, err
 	}
@@ -53,9 +53,11 @@ func Import(ctx context.Context, store cri.Store, src Source, client *http.Clien
 
 // Fetch makes the archive src names available as a local file whose SHA-256
 // it checked, and returns its path and a function that releases it: a
-// download, made in tmpDir (empty means the system's), is removed then.
-// client nil means http.DefaultClient.
-func Fetch(ctx context.Context, src Source, client *http.Client, tmpDir string) (string, func(), error) {
+// download, made under policy in tmpDir (empty means the system's), is
+// removed then. A download's errors name its URL without query or user
+// information, never the server's answer beyond its status line, nor the
+// SHA-256 of what it sent.
+func Fetch(ctx context.Context, src Source, policy FetchPolicy, tmpDir string) (string, func(), error) {
 	nothing := func() {}
 	if src.URL == "" && src.SHA256 == "" {
 		return src.Path, nothing, nil
@@ -71,29 +73,50 @@ func Fetch(ctx context.Context, src Source, client *http.Client, tmpDir string) 
 		}
 		return src.Path, nothing, nil
 	}
-	if client == nil {
-		client = http.DefaultClient
+	shown := urlForErrors(src.URL)
+	u, err := url.Parse(src.URL)
+	if err == nil {
+		err = policy.allows(u)
+	}
+	if err != nil {
+		return "", nothing, fmt.Errorf("archive %s: %w", shown, err)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, src.URL, nil)
 	if err != nil {
-		return "", nothing, fmt.Errorf("archive %s: %w", src.URL, err)
+		return "", nothing, fmt.Errorf("archive %s: %w", shown, err)
 	}
-	resp, err := client.Do(req)
+	resp, err := policy.Client().Do(req)
 	if err != nil {
-		return "", nothing, fmt.Errorf("archive %s: download: %w", src.URL, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			// Its text repeats the URL, query included.
+			err = ue.Err
+		}
+		return "", nothing, fmt.Errorf("archive %s: download: %w", shown, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", nothing, fmt.Errorf("archive %s: download: the server answered %s", src.URL, resp.Status)
+		return "", nothing, fmt.Errorf("archive %s: download: the server answered %s", shown, resp.Status)
+	}
+	limit := policy.MaxBytes
+	if limit <= 0 {
+		limit = DefaultMaxDownload
+	}
+	if resp.ContentLength > limit {
+		return "", nothing, fmt.Errorf("archive %s: download: %d bytes, more than the %d the agent takes (--archive-max-bytes)", shown, resp.ContentLength, limit)
 	}
 	f, err := os.CreateTemp(tmpDir, "prepull-archive-*.tar")
 	if err != nil {
-		return "", nothing, fmt.Errorf("archive %s: %w", src.URL, err)
+		return "", nothing, fmt.Errorf("archive %s: %w", shown, err)
 	}
 	release := func() { os.Remove(f.Name()) }
-	err = checkSum(ctx, io.TeeReader(resp.Body, f), src)
+	body := &capped{r: resp.Body, left: limit}
+	err = checkSum(ctx, io.TeeReader(body, f), Source{URL: shown, SHA256: src.SHA256})
+	if body.over {
+		err = fmt.Errorf("archive %s: download: more than the %d bytes the agent takes (--archive-max-bytes)", shown, limit)
+	}
 	if cerr := f.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("archive %s: %w", src.URL, cerr)
+		err = fmt.Errorf("archive %s: %w", shown, cerr)
 	}
 	if err != nil {
 		release()
@@ -110,9 +133,38 @@ func checkSum(ctx context.Context, r io.Reader, src Source) error {
 		return fmt.Errorf("archive %s: read: %w", src.location(), err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); src.SHA256 != "" && got != src.SHA256 {
+		if src.URL != "" {
+			// What a server sent is the server's to know.
+			return fmt.Errorf("archive %s: what it sent does not have the sha256 %s asked for: %w", src.location(), src.SHA256, ErrChecksum)
+		}
 		return fmt.Errorf("archive %s: its sha256 is %s, but %s was asked for: %w", src.location(), got, src.SHA256, ErrChecksum)
 	}
 	return nil
+}
+
+// capped reads r up to left bytes, and notes when r has more.
+type capped struct {
+	r    io.Reader
+	left int64
+	over bool
+}
+
+func (c *capped) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		// One byte more says whether r ends here.
+		var one [1]byte
+		if n, _ := c.r.Read(one[:]); n > 0 {
+			c.over = true
+			return 0, errors.New("too large")
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	return n, err
 }
 
 // ctxReader stops reading once ctx ends.

@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -32,8 +31,9 @@ type Options struct {
 	ArchiveSHA256 string
 	// ArchiveDir is what the archive paths of lists are relative to.
 	ArchiveDir string
-	// HTTPClient downloads the archives of lists given by URL.
-	HTTPClient *http.Client
+	// Archives is where archives of lists given by URL may be downloaded
+	// from, and how much.
+	Archives bundle.FetchPolicy
 	// PullTimeout bounds one pull or one archive import.
 	PullTimeout time.Duration
 	// VerifyKeys, when set, are the keys an image's signature must verify
@@ -166,7 +166,7 @@ func importFrom(ctx context.Context, src bundle.Source, es []*entry, results map
 	if len(opts.VerifyKeys) > 0 {
 		v = &bundle.Verification{Keys: opts.VerifyKeys}
 	}
-	loaded, err := bundle.Import(ctx, opts.Store, src, opts.HTTPClient, "", wanted, v)
+	loaded, err := bundle.Import(ctx, opts.Store, src, opts.Archives, "", wanted, v)
 	if err != nil {
 		for _, e := range es {
 			results[e].Err = err

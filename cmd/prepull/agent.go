@@ -68,6 +68,7 @@ func runAgent(ctx context.Context, args []string) error {
 		DiskBudget:         diskBudget,
 		KeepStrayPins:      !opts.CollectStrayPins,
 		ArchiveDir:         opts.ArchiveDir,
+		Archives:           opts.archives(),
 		Doctor:             checkNode(rt, opts.CheckOptions, diskBudget).Run,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {

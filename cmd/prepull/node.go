@@ -105,7 +105,7 @@ func runNode(ctx context.Context, args []string, stdout io.Writer) error {
 
 	results := nodeapply.Apply(ctx, lists, nodeapply.Options{
 		Images: rt.images, Store: rt.store,
-		Archive: opts.Archive, ArchiveSHA256: opts.ArchiveSHA256, ArchiveDir: opts.ArchiveDir,
+		Archive: opts.Archive, ArchiveSHA256: opts.ArchiveSHA256, ArchiveDir: opts.ArchiveDir, Archives: opts.archives(),
 		PullTimeout: opts.PullTimeout, VerifyKeys: keys,
 	})
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/doctor"
@@ -122,6 +123,11 @@ type RuntimeOptions struct {
 	// ArchiveDir is the directory the archive paths of lists are relative
 	// to.
 	ArchiveDir string
+	// ArchiveHosts and ArchiveMaxBytes are the policy of archives given by
+	// URL (bundle.FetchPolicy): the hosts allowed beyond https at public
+	// addresses, and the most a download may be.
+	ArchiveHosts    []string
+	ArchiveMaxBytes int64
 	// RegistryHosts is the directory of containerd's hosts.toml files, for
 	// what the agent reads from registries itself (an image's size, a
 	// resolved tag's signatures); the
@@ -131,7 +137,7 @@ type RuntimeOptions struct {
 
 func newRuntimeOptions() RuntimeOptions {
 	return RuntimeOptions{CRIEndpoint: "/run/containerd/containerd.sock", CallTimeout: cri.DefaultCallTimeout, PullTimeout: prepullv1.DefaultPullTimeout,
-		ArchiveDir: "/var/lib/prepull/archives"}
+		ArchiveDir: "/var/lib/prepull/archives", ArchiveMaxBytes: bundle.DefaultMaxDownload}
 }
 
 func (o *RuntimeOptions) addFlags(fs *pflag.FlagSet) {
@@ -140,6 +146,13 @@ func (o *RuntimeOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.CallTimeout, "runtime-call-timeout", o.CallTimeout, "deadline of each runtime call but pulls")
 	fs.DurationVar(&o.PullTimeout, "pull-timeout", o.PullTimeout, "deadline of one image pull or import, unless a list sets a shorter one")
 	fs.StringVar(&o.ArchiveDir, "archive-dir", o.ArchiveDir, "directory that the archive paths of lists (source.archive.path) are relative to")
+	fs.StringSliceVar(&o.ArchiveHosts, "archive-hosts", o.ArchiveHosts, "hosts (host or host:port) that archives given by URL may also come from over plain http, at a loopback or link-local address, or by a redirect; any other URL must be https to a public address, on its own host")
+	fs.Int64Var(&o.ArchiveMaxBytes, "archive-max-bytes", o.ArchiveMaxBytes, "the most bytes an archive download may be")
+}
+
+// archives is the policy of archives given by URL.
+func (o *RuntimeOptions) archives() bundle.FetchPolicy {
+	return bundle.FetchPolicy{Hosts: o.ArchiveHosts, MaxBytes: o.ArchiveMaxBytes}
 }
 
 func (o *RuntimeOptions) validate() []error {
@@ -155,6 +168,9 @@ func (o *RuntimeOptions) validate() []error {
 	}
 	if !filepath.IsAbs(o.ArchiveDir) {
 		errs = append(errs, fmt.Errorf("--archive-dir: %q: must be an absolute path", o.ArchiveDir))
+	}
+	if o.ArchiveMaxBytes <= 0 {
+		errs = append(errs, fmt.Errorf("--archive-max-bytes: %d: must be positive", o.ArchiveMaxBytes))
 	}
 	return errs
 }

@@ -79,7 +79,7 @@ func (r *Reconciler) importArchive(ctx context.Context, e *entry) error {
 	}
 
 	src := bundle.Source{Path: e.Archive.PathIn(r.ArchiveDir), URL: e.Archive.URL, SHA256: sha}
-	loaded, err := bundle.Import(ctx, r.Store, src, r.HTTPClient, r.DownloadDir, wanted, v)
+	loaded, err := bundle.Import(ctx, r.Store, src, r.Archives, r.DownloadDir, wanted, v)
 	if err != nil {
 		return err
 	}

@@ -98,7 +98,11 @@ func TestAgentImportsFromArchives(t *testing.T) {
 		srv := httptest.NewServer(http.FileServer(http.Dir(dir)))
 		t.Cleanup(srv.Close)
 		byURL := &prepullv1.ArchiveSource{URL: srv.URL + "/site/bundle.tar", SHA256: sum}
-		e.agent(t, "air-url", tune)
+		e.agent(t, "air-url", func(r *nodeimageset.Reconciler) {
+			tune(r)
+			// A loopback server over plain http: the operator lists it.
+			r.Archives.Hosts = []string{strings.TrimPrefix(srv.URL, "http://")}
+		})
 		e.setSpec(t, "air-url", fromArchive(multi.Digest, byURL, owner("air/url", multi.Tag)))
 		e.phase(t, "air-url", multi.Digest, prepullv1.PhasePresent, imported)
 		if got := e.runtimeID(t, multi.Tag); got != multi.ID {

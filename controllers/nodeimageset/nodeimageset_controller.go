@@ -3,7 +3,6 @@ package nodeimageset
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"sync"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageplan"
 )
@@ -81,8 +81,10 @@ type Reconciler struct {
 	// DownloadDir holds archives downloaded from a URL while they are
 	// imported; empty means the system's temporary directory.
 	DownloadDir string
-	// HTTPClient downloads archives; nil means http.DefaultClient.
-	HTTPClient *http.Client
+	// Archives is where archives given by URL may be downloaded from, and
+	// how much (the zero policy: https only, no loopback, link-local or
+	// metadata address, bounded).
+	Archives bundle.FetchPolicy
 
 	// mu guards what follows and every imageState.
 	mu        sync.Mutex
