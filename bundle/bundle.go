@@ -101,7 +101,8 @@ type archive struct {
 
 // openArchive indexes the members of the tar at path. A bundle compressed
 // with gzip or zstd (found by its content, not its name) is decompressed
-// next to it first: members are read at their offsets.
+// into the temporary directory first (the archive's own directory may be a
+// read-only mount): members are read at their offsets.
 func openArchive(p string) (*archive, error) {
 	f, err := os.Open(p)
 	if err != nil {
@@ -137,8 +138,17 @@ func openArchive(p string) (*archive, error) {
 	}
 }
 
-// decompressed returns, for a compressed f, a decompressed copy of it,
-// made beside path; nil for an uncompressed f, which it rewinds.
+// Bounds of what a bundle may make the reader take in: a JSON member is
+// read whole, so it is bounded; a compressed bundle is decompressed to a
+// file, at most maxRatio times its size (its layers are compressed
+// already: a bundle that grows more is a decompression bomb).
+const (
+	maxJSONMember = 8 << 20
+	maxRatio      = 100
+)
+
+// decompressed returns, for a compressed f, a decompressed copy of it, made
+// in the temporary directory; nil for an uncompressed f, which it rewinds.
 func decompressed(f *os.File, path string) (*os.File, error) {
 	head := make([]byte, 16)
 	n, err := io.ReadFull(f, head)
@@ -156,11 +166,20 @@ func decompressed(f *os.File, path string) (*os.File, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	defer ds.Close()
-	plain, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".plain-*")
+	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	if _, err := io.Copy(plain, ds); err != nil {
+	plain, err := os.CreateTemp("", "prepull-"+filepath.Base(path)+".plain-*")
+	if err != nil {
+		return nil, fmt.Errorf("%s: decompress: %w", path, err)
+	}
+	limit := maxRatio*fi.Size() + 1<<20
+	written, err := io.Copy(plain, io.LimitReader(ds, limit+1))
+	if err == nil && written > limit {
+		err = fmt.Errorf("it decompresses to more than %d bytes, %d times its size: refused as a decompression bomb", limit, maxRatio)
+	}
+	if err != nil {
 		plain.Close()
 		os.Remove(plain.Name())
 		return nil, fmt.Errorf("%s: decompress: %w", path, err)
@@ -194,6 +213,9 @@ func (a *archive) readJSON(name string, v any) error {
 	r, ok := a.open(name)
 	if !ok {
 		return fmt.Errorf("no %s in the archive", name)
+	}
+	if r.Size() > maxJSONMember {
+		return fmt.Errorf("%s: %d bytes, more than the %d a bundle's JSON member may be", name, r.Size(), maxJSONMember)
 	}
 	data, err := io.ReadAll(r)
 	if err != nil {
@@ -335,6 +357,9 @@ func (a *archive) signatures(img Image) ([]verify.Signature, error) {
 		m, ok := a.open(blobDir + d.Encoded())
 		if !ok {
 			return nil, fmt.Errorf("signature %s is missing", sig)
+		}
+		if m.Size() > maxJSONMember {
+			return nil, fmt.Errorf("signature %s: %d bytes, more than the %d a bundle's JSON member may be", sig, m.Size(), maxJSONMember)
 		}
 		raw, err := io.ReadAll(m)
 		if err != nil {
