@@ -414,6 +414,10 @@ const (
 	ReasonNoNodesSelected = "NoNodesSelected"
 	// ReasonRollingOut: nodes are pulling or waiting their turn.
 	ReasonRollingOut = "RollingOut"
+	// ReasonResolving (Progressing True): images wait for a node to
+	// resolve their tags (resolution: Node, or an archive); the message
+	// says which node and what it is to do.
+	ReasonResolving = "Resolving"
 	// ReasonRolloutComplete: no node is pulling or waiting.
 	ReasonRolloutComplete = "RolloutComplete"
 	// ReasonResolutionFailed: a tag could not be resolved to a digest.

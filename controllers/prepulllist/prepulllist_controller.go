@@ -146,7 +146,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	}
 	prev := r.lists.previous(orig)
 	selected, probeNode := selection(nodes)
-	targets, images, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
+	targets, images, awaiting, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
 	verifyKeys := r.checkSignatures(ctx, l, prev.Images, targets, images, creds)
 
 	placeDiscovered(l, targets, disc.discovery, cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint))
@@ -155,7 +155,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	out := r.apply(p, nodes)
 	r.publishGate(l, out)
 	status := listStatus(listFacts{
-		gen: l.Generation, old: l.Status, images: images, out: out,
+		gen: l.Generation, old: l.Status, images: images, awaiting: awaiting, out: out,
 		secretsVersion: secretsVersion, secretErr: secretErr, verifyKeys: verifyKeys,
 		discovered: l.Status.Discovered, discoveredSecrets: l.Status.DiscoveredPullSecrets,
 		discovery: disc.found(l), namespace: l.Namespace,

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -47,9 +48,18 @@ func readyCondition(gen int64, nodes prepullv1.NodeCounts, images []prepullv1.Im
 }
 
 // progressingCondition is True while nodes pull or wait their turn, or
-// images wait for resolution.
-func progressingCondition(gen int64, nodes prepullv1.NodeCounts, images []prepullv1.ImageResolution) metav1.Condition {
+// images wait for a node to resolve them (awaiting: image → what it waits
+// for), which it says first: a node that pulls only the tag it resolves
+// pulls nothing of the list's yet.
+func progressingCondition(gen int64, nodes prepullv1.NodeCounts, awaiting map[string]string) metav1.Condition {
 	c := metav1.Condition{Type: prepullv1.ConditionProgressing, ObservedGeneration: gen}
+	if len(awaiting) > 0 {
+		waits := slices.Sorted(maps.Values(awaiting))
+		c.Status, c.Reason = metav1.ConditionTrue, prepullv1.ReasonResolving
+		c.Message = truncate(fmt.Sprintf("%d images wait for their resolution: %s; %d nodes pulling, %d waiting their turn",
+			len(awaiting), strings.Join(waits, "; "), nodes.Pulling, nodes.Waiting), 32768)
+		return c
+	}
 	if nodes.Pulling+nodes.Waiting > 0 {
 		c.Status, c.Reason = metav1.ConditionTrue, prepullv1.ReasonRollingOut
 		c.Message = fmt.Sprintf("%d nodes pulling, %d waiting their turn", nodes.Pulling, nodes.Waiting)
@@ -62,12 +72,12 @@ func progressingCondition(gen int64, nodes prepullv1.NodeCounts, images []prepul
 
 // degradedCondition is True when an image cannot be resolved or a node
 // failed an image; its message names them.
-func degradedCondition(gen int64, nodes prepullv1.NodeCounts, images []prepullv1.ImageResolution, failures []prepullv1.NodeFailure, secretErr error) metav1.Condition {
+func degradedCondition(gen int64, nodes prepullv1.NodeCounts, images []prepullv1.ImageResolution, awaiting map[string]string, failures []prepullv1.NodeFailure, secretErr error) metav1.Condition {
 	c := metav1.Condition{Type: prepullv1.ConditionDegraded, ObservedGeneration: gen}
 	var unresolved, unverified []string
 	var unverifiedReason string
 	for _, i := range images {
-		if i.Message != "" {
+		if _, waits := awaiting[i.Image]; i.Message != "" && !waits {
 			unresolved = append(unresolved, i.Image+": "+i.Message)
 		}
 		if withheld(i) {
@@ -114,7 +124,10 @@ type listFacts struct {
 	// transition times.
 	old    prepullv1.PrePullListStatus
 	images []prepullv1.ImageResolution
-	out    outcome
+	// awaiting are the images that wait for a node to resolve them, with
+	// what they wait for: no failure.
+	awaiting map[string]string
+	out      outcome
 	// secretsVersion, secretErr: the mirrors of its pull secrets;
 	// verifyKeys: the keys of spec.verify as read.
 	secretsVersion string
@@ -164,8 +177,8 @@ func listStatus(f listFacts) prepullv1.PrePullListStatus {
 		st.Failures = failures
 	}
 	meta.SetStatusCondition(&st.Conditions, readyCondition(gen, out.nodes, images))
-	meta.SetStatusCondition(&st.Conditions, progressingCondition(gen, out.nodes, images))
-	degraded := degradedCondition(gen, out.nodes, images, failures, f.secretErr)
+	meta.SetStatusCondition(&st.Conditions, progressingCondition(gen, out.nodes, f.awaiting))
+	degraded := degradedCondition(gen, out.nodes, images, f.awaiting, failures, f.secretErr)
 	if out.gated {
 		gate := out.gate
 		st.NodeGate = &gate

@@ -20,7 +20,10 @@ func TestConditions(t *testing.T) {
 		nodes                                prepullv1.NodeCounts
 		images                               []prepullv1.ImageResolution
 		failures                             []prepullv1.NodeFailure
+		awaiting                             map[string]string
 		secretErr                            bool
+		wantProgressingReason                string
+		wantProgressingMessage               string
 		wantReady, wantProgressing, wantDegr metav1.ConditionStatus
 		wantReadyReason, wantDegradedReason  string
 		wantDegradedMessage                  string
@@ -53,6 +56,14 @@ func TestConditions(t *testing.T) {
 			wantDegradedMessage: "node n2, image a:1: Unauthorized: 401",
 		},
 		{
+			name: "waiting only for a node to resolve the tag", nodes: prepullv1.NodeCounts{Selected: 2, Pulling: 1, Waiting: 1},
+			images:   []prepullv1.ImageResolution{{Image: "a:1", Message: "waiting for node n1 to pull it and report its digest: docker.io/library/a:1"}},
+			awaiting: map[string]string{"a:1": "waiting for node n1 to pull it and report its digest: docker.io/library/a:1"},
+			wantReady: metav1.ConditionFalse, wantProgressing: metav1.ConditionTrue, wantDegr: metav1.ConditionFalse,
+			wantReadyReason: prepullv1.ReasonNodesNotReady, wantDegradedReason: prepullv1.ReasonAsExpected,
+			wantProgressingReason: prepullv1.ReasonResolving, wantProgressingMessage: "1 images wait for their resolution: waiting for node n1 to pull it",
+		},
+		{
 			name: "missing pull secret", nodes: prepullv1.NodeCounts{Selected: 1, Ready: 1}, images: resolved, secretErr: true,
 			wantReady: metav1.ConditionTrue, wantProgressing: metav1.ConditionFalse, wantDegr: metav1.ConditionTrue,
 			wantReadyReason: prepullv1.ReasonAllNodesReady, wantDegradedReason: prepullv1.ReasonPullSecretUnavailable,
@@ -66,13 +77,13 @@ func TestConditions(t *testing.T) {
 				secretErr = errString("spec.imagePullSecrets[0]: secret ns/x not found")
 			}
 			r := readyCondition(7, tt.nodes, tt.images)
-			p := progressingCondition(7, tt.nodes, tt.images)
-			d := degradedCondition(7, tt.nodes, tt.images, tt.failures, secretErr)
+			p := progressingCondition(7, tt.nodes, tt.awaiting)
+			d := degradedCondition(7, tt.nodes, tt.images, tt.awaiting, tt.failures, secretErr)
 			if r.Status != tt.wantReady || r.Reason != tt.wantReadyReason {
 				t.Errorf("Ready = %s/%s, want %s/%s", r.Status, r.Reason, tt.wantReady, tt.wantReadyReason)
 			}
-			if p.Status != tt.wantProgressing {
-				t.Errorf("Progressing = %s, want %s", p.Status, tt.wantProgressing)
+			if p.Status != tt.wantProgressing || (tt.wantProgressingReason != "" && p.Reason != tt.wantProgressingReason) || !strings.Contains(p.Message, tt.wantProgressingMessage) {
+				t.Errorf("Progressing = %s/%s %q, want %s/%s containing %q", p.Status, p.Reason, p.Message, tt.wantProgressing, tt.wantProgressingReason, tt.wantProgressingMessage)
 			}
 			if d.Status != tt.wantDegr || d.Reason != tt.wantDegradedReason || !strings.Contains(d.Message, tt.wantDegradedMessage) {
 				t.Errorf("Degraded = %s/%s %q, want %s/%s containing %q", d.Status, d.Reason, d.Message, tt.wantDegr, tt.wantDegradedReason, tt.wantDegradedMessage)

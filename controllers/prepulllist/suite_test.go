@@ -1268,6 +1268,17 @@ func TestController(t *testing.T) {
 		if e.entry("nr-b", tagOnly.Tag) != nil {
 			t.Errorf("the second node was handed the tag, not a digest")
 		}
+		eventually(t, "the list says it waits for the node to resolve the tag, and nothing failed", func() error {
+			got := e.getList(t, l)
+			p, d := condition(got, prepullv1.ConditionProgressing), condition(got, prepullv1.ConditionDegraded)
+			if p == nil || p.Reason != prepullv1.ReasonResolving || !strings.Contains(p.Message, "waiting for node nr-a to pull it") {
+				return fmt.Errorf("Progressing %+v", p)
+			}
+			if d == nil || d.Status != metav1.ConditionFalse {
+				return fmt.Errorf("Degraded %+v", d)
+			}
+			return nil
+		})
 		before := e.resolver.count(tagOnly.Tag)
 		// The agent of nr-a pulls the tag and reports its digest.
 		report := func(digest string) {

@@ -273,17 +273,20 @@ func (s *tagStore) collect(ctx context.Context, tags []string) error {
 // resolutionRetry is how soon a failed resolution is tried again.
 const resolutionRetry = 30 * time.Second
 
-// resolve returns l's targets with their digests, the images' status, when
-// a tag is next due for resolution, and a failure to record a resolution.
+// resolve returns l's targets with their digests, the images' status, the
+// images that wait for a node to resolve them (with what they wait for),
+// when a tag is next due for resolution, and a failure to record a
+// resolution.
 // Each tag's digest is its TagResolution's, shared by every list naming it:
 // resolved at the registry once per refresh for the cluster, or reported by
 // a node. A failed resolution keeps the digest known before, so nodes keep
 // what they have.
-func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, time.Time, error) {
+func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, map[string]string, time.Time, error) {
 	now := r.Clock.Now()
 	next := now.Add(prepullv1.DefaultRefresh)
 	var targets []target
 	var images []prepullv1.ImageResolution
+	awaiting := map[string]string{}
 	var errs []error
 	names := imagesOf(l)
 	wants, bad := make([]want, len(names)), make([]error, len(names))
@@ -324,6 +327,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 				}
 				if t.digest == "" {
 					res.Message = probeWait(l, probeNode, w.Tag)
+					awaiting[image] = res.Message
 				}
 			}
 		}
@@ -331,7 +335,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 		targets = append(targets, t)
 		images = append(images, res)
 	}
-	return targets, images, next, errors.Join(errs...)
+	return targets, images, awaiting, next, errors.Join(errs...)
 }
 
 // tagResult is what resolveTag returned for one tag.
