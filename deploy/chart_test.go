@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -191,4 +192,42 @@ func keys(m map[string]*unstructured.Unstructured) []string {
 	}
 	sort.Strings(ks)
 	return ks
+}
+
+// TestPodsRunConfined: every container prepull runs (the controller's and
+// each node's agent) runs under the runtime's default seccomp profile,
+// without privilege escalation and with every capability dropped; the
+// end-to-end tests run them so on real kubelets.
+func TestPodsRunConfined(t *testing.T) {
+	checked := 0
+	for key, o := range objects(t, run(t, "kubectl", "kustomize", ".")) {
+		if k := o.GetKind(); k != "Deployment" && k != "DaemonSet" {
+			continue
+		}
+		podProfile, _, _ := unstructured.NestedString(o.Object, "spec", "template", "spec", "securityContext", "seccompProfile", "type")
+		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		for _, c := range containers {
+			cm, _ := c.(map[string]any)
+			name, _, _ := unstructured.NestedString(cm, "name")
+			profile, _, _ := unstructured.NestedString(cm, "securityContext", "seccompProfile", "type")
+			escalation, found, _ := unstructured.NestedBool(cm, "securityContext", "allowPrivilegeEscalation")
+			drop, _, _ := unstructured.NestedStringSlice(cm, "securityContext", "capabilities", "drop")
+			if profile == "" {
+				profile = podProfile
+			}
+			if profile != "RuntimeDefault" {
+				t.Errorf("%s, container %s: seccomp profile %q, want RuntimeDefault", key, name, profile)
+			}
+			if !found || escalation {
+				t.Errorf("%s, container %s: allowPrivilegeEscalation is not false", key, name)
+			}
+			if !slices.Contains(drop, "ALL") {
+				t.Errorf("%s, container %s: capabilities dropped %v, want ALL", key, name, drop)
+			}
+			checked++
+		}
+	}
+	if checked < 2 {
+		t.Fatalf("%d containers checked: the base has the controller's and the agent's", checked)
+	}
 }
