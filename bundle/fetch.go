@@ -12,6 +12,7 @@ import (
 	"os"
 
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/redact"
 )
 
 // Source is where an archive is, and the SHA-256 it must have.
@@ -73,7 +74,7 @@ func Fetch(ctx context.Context, src Source, policy FetchPolicy, tmpDir string) (
 		}
 		return src.Path, nothing, nil
 	}
-	shown := urlForErrors(src.URL)
+	shown := redact.Text(src.URL)
 	u, err := url.Parse(src.URL)
 	if err == nil {
 		err = policy.allows(u)

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -136,18 +135,4 @@ func cmpDuration(d, def time.Duration) time.Duration {
 		return d
 	}
 	return def
-}
-
-// urlForErrors is u as errors show it: without query, fragment or user
-// information.
-func urlForErrors(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		if i := strings.IndexAny(raw, "?#"); i >= 0 {
-			return raw[:i]
-		}
-		return raw
-	}
-	u.User, u.RawQuery, u.Fragment = nil, "", ""
-	return u.String()
 }
