@@ -58,7 +58,7 @@ func BenchmarkArchiveImport(b *testing.B) {
 		defer ctd.Stop()
 		_, store := ctd.Clients(b)
 		start := time.Now()
-		loaded, err := bundle.Import(ctx, store, bundle.Source{Path: archive, SHA256: sum}, nil, "", refs, nil)
+		loaded, err := bundle.Import(ctx, store, bundle.Source{Path: archive, SHA256: sum}, bundle.FetchPolicy{}, "", refs, nil)
 		d := time.Since(start)
 		if err != nil {
 			b.Fatal(err)
