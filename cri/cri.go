@@ -294,6 +294,29 @@ type PinLister interface {
 	PinnedRefs(ctx context.Context) (map[string][]string, error)
 }
 
+// BroughtLabel marks an image record that prepull brought onto the node:
+// it pulled or imported the image when the node did not hold it. Only an
+// image so marked is prepull's to remove.
+const BroughtLabel = "prepull.io/brought"
+
+// Provenance is a Store that records, on the runtime's own image records
+// (so that it outlives the agent), which images prepull brought.
+type Provenance interface {
+	// MarkBrought records that prepull brought the image ref names.
+	MarkBrought(ctx context.Context, ref string) error
+	// Brought reports whether it was recorded; ErrNotFound when ref names
+	// no image.
+	Brought(ctx context.Context, ref string) (bool, error)
+}
+
+// ContainerLister is an ImageService that can tell which images the
+// node's containers use, in any state: an image in use is not removed.
+type ContainerLister interface {
+	// ImagesInUse is the set of image IDs and references the node's
+	// containers were created from.
+	ImagesInUse(ctx context.Context) (map[string]bool, error)
+}
+
 // soonEvery is how often Soon asks again: CRI's ImageStatus is a local
 // call of well under a millisecond, and containerd's CRI plugin shows a
 // change made through containerd's own API a few milliseconds after it.

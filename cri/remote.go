@@ -24,7 +24,10 @@ type Remote struct {
 	pullTimeout time.Duration
 }
 
-var _ ImageService = (*Remote)(nil)
+var (
+	_ ImageService    = (*Remote)(nil)
+	_ ContainerLister = (*Remote)(nil)
+)
 
 // RemoteOption configures a Remote.
 type RemoteOption func(*Remote)
@@ -153,6 +156,27 @@ func (r *Remote) ListImages(ctx context.Context) ([]Image, error) {
 	out := make([]Image, 0, len(resp.GetImages()))
 	for _, i := range resp.GetImages() {
 		out = append(out, fromCRI(i))
+	}
+	return out, nil
+}
+
+// ImagesInUse is the set of image IDs and references of the node's
+// containers, in any state (the kubelet's image garbage collection counts
+// an exited container's image in use too).
+func (r *Remote) ImagesInUse(ctx context.Context) (map[string]bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.callTimeout)
+	defer cancel()
+	resp, err := r.runtime.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
+	if err != nil {
+		return nil, wrapError("list containers", "", err)
+	}
+	out := map[string]bool{}
+	for _, c := range resp.GetContainers() {
+		for _, ref := range []string{c.GetImageRef(), c.GetImage().GetImage(), c.GetImageId()} {
+			if ref != "" {
+				out[ref] = true
+			}
+		}
 	}
 	return out, nil
 }

@@ -200,19 +200,59 @@ func (rt Runtime) pins(ctx context.Context, ref string, pinners []string, keepOt
 }
 
 // Release takes every pin off refs (an image and its tags) and, when
-// remove, removes the image refs[0] names. An image already gone is no
-// error; a pin that cannot be taken off keeps the image.
-func (rt Runtime) Release(ctx context.Context, refs []string, remove bool) error {
+// remove, removes the image refs[0] names, if it is prepull's to remove:
+// prepull brought it onto the node (cri.Provenance), and no container uses
+// it. It returns, when remove asked and the image stays, why. An image
+// already gone is no error; a pin that cannot be taken off keeps the image.
+func (rt Runtime) Release(ctx context.Context, refs []string, remove bool) (kept string, err error) {
 	var errs []error
 	for _, ref := range refs {
 		if _, _, err := rt.pins(ctx, ref, nil, false); err != nil && !errors.Is(err, cri.ErrNotFound) {
 			errs = append(errs, err)
 		}
 	}
-	if remove && len(errs) == 0 && len(refs) > 0 {
-		if err := rt.Images.RemoveImage(ctx, refs[0]); err != nil {
-			errs = append(errs, err)
-		}
+	if !remove || len(errs) > 0 || len(refs) == 0 {
+		return "", errors.Join(errs...)
 	}
-	return errors.Join(errs...)
+	if kept, err := rt.notOurs(ctx, refs[0]); kept != "" || err != nil {
+		return kept, err
+	}
+	return "", rt.Images.RemoveImage(ctx, refs[0])
+}
+
+// notOurs says why the image ref names is not prepull's to remove, or ""
+// when it is (or is gone).
+func (rt Runtime) notOurs(ctx context.Context, ref string) (string, error) {
+	p, ok := rt.Store.(cri.Provenance)
+	if !ok {
+		return "the runtime keeps no record of who brought an image, so prepull leaves it", nil
+	}
+	brought, err := p.Brought(ctx, ref)
+	switch {
+	case errors.Is(err, cri.ErrNotFound):
+		return "", nil
+	case err != nil:
+		return "", err
+	case !brought:
+		return "prepull did not bring it onto the node (the kubelet or another tool did)", nil
+	}
+	lister, ok := rt.Images.(cri.ContainerLister)
+	if !ok {
+		return "", nil
+	}
+	img, err := rt.Images.ImageStatus(ctx, ref)
+	if errors.Is(err, cri.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	used, err := lister.ImagesInUse(ctx)
+	if err != nil {
+		return "", err
+	}
+	if used[img.ID] || used[ref] {
+		return "a container on the node uses it", nil
+	}
+	return "", nil
 }

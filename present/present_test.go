@@ -3,6 +3,7 @@ package present_test
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 
 	"prepull.io/prepull/cri/fake"
@@ -67,13 +68,54 @@ func TestMakeAndRelease(t *testing.T) {
 				t.Errorf("second Make = %+v, %v: want nothing changed", again, err)
 			}
 
-			if err := m.Release(ctx, []string{ref, "reg.test/app:v1"}, true); err != nil {
-				t.Fatalf("Release: %v", err)
+			// The test pulled it, not prepull: unpinned, kept.
+			kept, err := m.Release(ctx, []string{ref, "reg.test/app:v1"}, true)
+			if err != nil || !strings.Contains(kept, "prepull did not bring it") {
+				t.Fatalf("Release of an image prepull did not bring: kept %q, %v", kept, err)
+			}
+			if _, err := rt.ImageStatus(ctx, ref); err != nil {
+				t.Errorf("an image prepull did not bring was removed: %v", err)
+			}
+			if got, _ := rt.Owners(ctx, ref); len(got) != 0 {
+				t.Errorf("owners after the release: %v", got)
+			}
+			if err := rt.MarkBrought(ctx, ref); err != nil {
+				t.Fatal(err)
+			}
+			if kept, err := m.Release(ctx, []string{ref, "reg.test/app:v1"}, true); err != nil || kept != "" {
+				t.Fatalf("Release of an image prepull brought: kept %q, %v", kept, err)
 			}
 			if _, err := rt.ImageStatus(ctx, ref); err == nil {
 				t.Error("image still present after a release that removes it")
 			}
 		})
+	}
+}
+
+// An image prepull brought that a container uses stays on onDelete:
+// Remove, and the release says why.
+func TestReleaseKeepsAnImageInUse(t *testing.T) {
+	ctx := context.Background()
+	reg := fake.NewRegistry()
+	digest, _, err := reg.Push("reg.test/used:v1", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := fake.New(reg)
+	ref := "reg.test/used@" + digest
+	if _, err := rt.PullImage(ctx, ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.MarkBrought(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	rt.UseImage(ref)
+	kept, err := present.Runtime{Images: rt, Store: rt}.Release(ctx, []string{ref}, true)
+	if err != nil || !strings.Contains(kept, "a container on the node uses it") {
+		t.Fatalf("kept %q, %v: want it kept for its container", kept, err)
+	}
+	if _, err := rt.ImageStatus(ctx, ref); err != nil {
+		t.Errorf("an image a container uses was removed: %v", err)
 	}
 }
 

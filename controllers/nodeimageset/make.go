@@ -28,8 +28,8 @@ func (r *Reconciler) ensure(ctx context.Context, e *entry, status *prepullv1.Nod
 		return false
 	}
 	img, err := r.Images.ImageStatus(ctx, e.Image)
-	if errors.Is(err, cri.ErrNotFound) || (err == nil && r.resolveDue(e, st, status, now)) {
-		r.maybePull(e, st, now)
+	if absent := errors.Is(err, cri.ErrNotFound); absent || (err == nil && r.resolveDue(e, st, status, now)) {
+		r.maybePull(e, st, now, absent)
 		return false
 	}
 	if err != nil {
@@ -143,7 +143,7 @@ func (r *Reconciler) resolveDue(e *entry, st *imageState, status *prepullv1.Node
 // release takes the releasing owners' pins off the image and its tags, and
 // removes the image when an owner says onDelete: Remove.
 func (r *Reconciler) release(ctx context.Context, e *entry, st *imageState, now time.Time) {
-	err := present.Runtime{Images: r.Images, Store: r.Store}.Release(ctx, entryRefs(e.NodeImage), e.Remove)
+	kept, err := present.Runtime{Images: r.Images, Store: r.Store}.Release(ctx, entryRefs(e.NodeImage), e.Remove)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil && !errors.Is(err, cri.ErrUnsupported) {
@@ -151,6 +151,10 @@ func (r *Reconciler) release(ctx context.Context, e *entry, st *imageState, now 
 		return
 	}
 	st.pinned, st.pinOwners = false, nil
+	if kept != "" {
+		st.to(prepullv1.PhaseReleased, ReasonKept, "unpinned, not removed (onDelete: Remove): "+kept, now)
+		return
+	}
 	st.to(prepullv1.PhaseReleased, "", "", now)
 }
 

@@ -24,7 +24,11 @@ import (
 
 // maybePull starts a pull unless one failed for good, its retry is not due,
 // or the disk budget forbids it.
-func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
+//
+// absent says the node did not hold the image: one pulled or imported then
+// is recorded as brought by prepull, and only such an image is removed on
+// onDelete: Remove.
+func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time, absent bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	key := specKey(e)
@@ -51,7 +55,7 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
 	if st.phase != prepullv1.PhasePulling {
 		st.to(prepullv1.PhasePending, st.reason, st.lastError, now)
 	}
-	go r.pull(e.clone(), st)
+	go r.pull(e.clone(), st, absent)
 }
 
 // pull runs one pull attempt in the background, in one of the
@@ -59,7 +63,7 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time) {
 // will write is read before the slot is taken, while other pulls run, so
 // that the disk budget's look at the registry adds nothing to a queue of
 // pulls but to its first.
-func (r *Reconciler) pull(e *entry, st *imageState) {
+func (r *Reconciler) pull(e *entry, st *imageState, absent bool) {
 	r.mu.Lock()
 	ctx := r.baseCtx
 	r.mu.Unlock()
@@ -98,6 +102,9 @@ func (r *Reconciler) pull(e *entry, st *imageState) {
 	if err == nil {
 		err = r.fetch(ctx, e, auth)
 	}
+	if err == nil && absent {
+		r.markBrought(ctx, e.Image)
+	}
 	r.record(ctx, e, st, attempt, err, r.Clock.Since(start))
 	if err == nil {
 		// Tag, pin and verify while still holding the pull's slot, so that
@@ -112,6 +119,19 @@ func (r *Reconciler) pull(e *entry, st *imageState) {
 	st.pulling = false
 	r.mu.Unlock()
 	r.notify()
+}
+
+// markBrought records on the runtime that prepull brought the image ref
+// names; a runtime that cannot record it keeps the image on onDelete:
+// Remove.
+func (r *Reconciler) markBrought(ctx context.Context, ref string) {
+	p, ok := r.Store.(cri.Provenance)
+	if !ok {
+		return
+	}
+	if err := p.MarkBrought(ctx, ref); err != nil {
+		ctrl.LoggerFrom(ctx).Info("Could not record that prepull brought the image; it is kept on onDelete: Remove", "image", ref, "error", err.Error())
+	}
 }
 
 // fetch pulls e through CRI with auth, or imports it from its archive,

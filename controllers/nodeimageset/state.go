@@ -28,6 +28,10 @@ const (
 	ReasonDiskBudget   = "DiskBudgetExceeded"
 	ReasonUnsupported  = "UnsupportedByRuntime"
 	ReasonVerifyFailed = "VerifyFailed"
+	// ReasonKept (Released): onDelete: Remove asked for the image's
+	// removal, and it stays: prepull did not bring it, or a container
+	// uses it.
+	ReasonKept = "Kept"
 	// ReasonTagConflict: the entry claims a tag that another entry of the
 	// same NodeImageSet also claims, and the other entry was chosen.
 	ReasonTagConflict = "TagConflict"

@@ -694,6 +694,36 @@ func TestAgent(t *testing.T) {
 		}
 	})
 
+	t.Run("release with onDelete Remove keeps an image prepull did not bring, and says why", func(t *testing.T) {
+		// The image was on the node before any list named it (the kubelet
+		// pulled it for a pod, or an operator imported it).
+		img := e.public.MustPushRandom(t, "theirs/app:v1", 1024, 1)
+		if _, err := e.images.PullImage(ctx, img.Tag, nil); err != nil {
+			t.Fatal(err)
+		}
+		e.agent(t, "theirs", nil)
+		e.setSpec(t, "theirs", entry(img.Digest, owner("shop/theirs", img.Tag)))
+		e.phase(t, "theirs", img.Digest, prepullv1.PhasePresent, nil)
+		gone := owner("shop/theirs", img.Tag)
+		gone.Releasing = true
+		e.setList(t, "shop/theirs", func(s *prepullv1.PrePullListSpec) { s.OnDelete = prepullv1.DeleteRemove })
+		e.setSpec(t, "theirs", entry(img.Digest, gone))
+		e.phase(t, "theirs", img.Digest, prepullv1.PhaseReleased, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != nodeimageset.ReasonKept || !strings.Contains(st.LastError, "prepull did not bring it onto the node") {
+				return fmt.Errorf("reason %s, message %q", st.Reason, st.LastError)
+			}
+			return nil
+		})
+		for _, ref := range []string{img.Digest, img.Tag} {
+			if id := e.runtimeID(t, ref); id != img.ID {
+				t.Errorf("%s removed, though prepull did not bring it", ref)
+			}
+			if e.pinned(t, ref) {
+				t.Errorf("%s still pinned after the release", ref)
+			}
+		}
+	})
+
 	t.Run("a tag resolved on the node is pulled again when asked", func(t *testing.T) {
 		v1 := e.public.MustPushRandom(t, "probe/app:v1", 1024, 1)
 		e.agent(t, "probe", nil)

@@ -44,7 +44,10 @@ type Store struct {
 	hosts       hostsCache
 }
 
-var _ cri.Store = (*Store)(nil)
+var (
+	_ cri.Store      = (*Store)(nil)
+	_ cri.Provenance = (*Store)(nil)
+)
 
 // Option configures a Store.
 type Option func(*Store)
@@ -111,6 +114,31 @@ func (s *Store) Owners(ctx context.Context, ref string) ([]string, error) {
 		return nil, wrap("list pin owners", ref, err)
 	}
 	return cri.PinOwners(img.Labels), nil
+}
+
+// MarkBrought labels the record ref names as brought by prepull.
+func (s *Store) MarkBrought(ctx context.Context, ref string) error {
+	return s.changeLabels(ctx, "mark brought", ref, func(labels map[string]string) map[string]string {
+		if labels[cri.BroughtLabel] != "" {
+			return nil
+		}
+		return map[string]string{cri.BroughtLabel: time.Now().UTC().Format(time.RFC3339)}
+	})
+}
+
+// Brought reports whether the record ref names is labelled as brought.
+func (s *Store) Brought(ctx context.Context, ref string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	name, err := imageref.Normalize(ref)
+	if err != nil {
+		return false, err
+	}
+	img, err := s.client.ImageService().Get(ctx, name)
+	if err != nil {
+		return false, wrap("read provenance", ref, err)
+	}
+	return img.Labels[cri.BroughtLabel] != "", nil
 }
 
 // SetPins makes owners exactly the owners pinned on the record ref names

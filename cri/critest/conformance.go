@@ -276,6 +276,42 @@ func Run(t *testing.T, env *Env) {
 		}
 	})
 
+	t.Run("provenance: brought is recorded on the image's record, and only there", func(t *testing.T) {
+		p, ok := env.Store.(cri.Provenance)
+		if !ok {
+			t.Fatalf("the store %T records no provenance", env.Store)
+		}
+		img := env.Push(t, "brought:v1")
+		mustPull(t, env.Images, img.Digest)
+		eventuallyID(t, env.Images, img.Digest, img.ID)
+		if b, err := p.Brought(ctx, img.Digest); err != nil || b {
+			t.Errorf("brought before it was marked: %v, %v", b, err)
+		}
+		if err := p.MarkBrought(ctx, img.Digest); err != nil {
+			t.Fatalf("mark %s: %v", img.Digest, err)
+		}
+		if err := p.MarkBrought(ctx, img.Digest); err != nil {
+			t.Errorf("mark %s again: %v", img.Digest, err)
+		}
+		if b, err := p.Brought(ctx, img.Digest); err != nil || !b {
+			t.Errorf("brought after it was marked: %v, %v", b, err)
+		}
+		// Pins come and go beside it.
+		if _, _, err := env.Store.SetPins(ctx, img.Digest, []string{"ns/a"}, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := env.Store.SetPins(ctx, img.Digest, nil, false); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := p.Brought(ctx, img.Digest); err != nil || !b {
+			t.Errorf("brought after its pins went: %v, %v", b, err)
+		}
+		absent := env.Push(t, "never-pulled:v1")
+		if _, err := p.Brought(ctx, absent.Digest); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("provenance of an absent image: %v, want ErrNotFound", err)
+		}
+	})
+
 	t.Run("remove is idempotent", func(t *testing.T) {
 		img := env.Push(t, "removed:v1")
 		mustPull(t, env.Images, img.Tag)

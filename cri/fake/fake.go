@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -153,6 +154,8 @@ type Runtime struct {
 	records map[string]*record // reference name -> record, as containerd keeps them
 	sizes   map[string]uint64  // image ID -> size
 	pulls   int
+	// inUse are the image IDs and references containers use.
+	inUse map[string]bool
 }
 
 type record struct {
@@ -161,8 +164,10 @@ type record struct {
 }
 
 var (
-	_ cri.ImageService = (*Runtime)(nil)
-	_ cri.Store        = (*Runtime)(nil)
+	_ cri.ImageService    = (*Runtime)(nil)
+	_ cri.Store           = (*Runtime)(nil)
+	_ cri.Provenance      = (*Runtime)(nil)
+	_ cri.ContainerLister = (*Runtime)(nil)
 )
 
 // New returns a Runtime that pulls from registry.
@@ -339,6 +344,50 @@ func (f *Runtime) Unpin(_ context.Context, ref, owner string) error {
 	}
 	r.labels = cri.ApplyChanges(r.labels, cri.UnpinChanges(r.labels, owner))
 	return nil
+}
+
+// MarkBrought labels the reference ref as brought by prepull.
+func (f *Runtime) MarkBrought(_ context.Context, ref string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, err := f.recordOf("mark brought", ref)
+	if err != nil {
+		return err
+	}
+	r.labels[cri.BroughtLabel] = "true"
+	return nil
+}
+
+// Brought reports whether the reference ref is labelled as brought.
+func (f *Runtime) Brought(_ context.Context, ref string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, err := f.recordOf("read provenance", ref)
+	if err != nil {
+		return false, err
+	}
+	return r.labels[cri.BroughtLabel] != "", nil
+}
+
+// UseImage records that a container uses the image ref names (its ID and
+// ref), as ImagesInUse reports.
+func (f *Runtime) UseImage(ref string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.inUse == nil {
+		f.inUse = map[string]bool{}
+	}
+	f.inUse[ref] = true
+	if r, err := f.recordOf("use", ref); err == nil {
+		f.inUse[r.id] = true
+	}
+}
+
+// ImagesInUse reports the images UseImage recorded.
+func (f *Runtime) ImagesInUse(context.Context) (map[string]bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.inUse), nil
 }
 
 // Owners lists the owners of the pin on the reference ref.
