@@ -57,8 +57,8 @@ func TestConditions(t *testing.T) {
 		},
 		{
 			name: "waiting only for a node to resolve the tag", nodes: prepullv1.NodeCounts{Selected: 2, Pulling: 1, Waiting: 1},
-			images:   []prepullv1.ImageResolution{{Image: "a:1", Message: "waiting for node n1 to pull it and report its digest: docker.io/library/a:1"}},
-			awaiting: map[string]string{"a:1": "waiting for node n1 to pull it and report its digest: docker.io/library/a:1"},
+			images:    []prepullv1.ImageResolution{{Image: "a:1", Message: "waiting for node n1 to pull it and report its digest: docker.io/library/a:1"}},
+			awaiting:  map[string]string{"a:1": "waiting for node n1 to pull it and report its digest: docker.io/library/a:1"},
 			wantReady: metav1.ConditionFalse, wantProgressing: metav1.ConditionTrue, wantDegr: metav1.ConditionFalse,
 			wantReadyReason: prepullv1.ReasonNodesNotReady, wantDegradedReason: prepullv1.ReasonAsExpected,
 			wantProgressingReason: prepullv1.ReasonResolving, wantProgressingMessage: "1 images wait for their resolution: waiting for node n1 to pull it",
