@@ -166,6 +166,37 @@ func TestDeletedListsUnpinAndRemove(t *testing.T) {
 	}
 }
 
+// onDelete: Remove removes only what prepull brought and nothing in use,
+// on a real kubelet: an image the kubelet pulled for a running pod, the
+// sandbox image, and an image prepull brought that a pod now runs all stay
+// when the list naming them with onDelete: Remove is deleted, unpinned; a
+// Never pod of the kubelet's image still starts. An image prepull brought
+// that no container uses goes.
+func TestRemoveTakesOnlyWhatPrepullBroughtAndNoPodUses(t *testing.T) {
+	kubeletsTag, kubeletsDigest := push(t, "e2e/kubelets:1.0", 1<<20)
+	runPod(t, "kubelets", kubeletsTag, corev1.PullIfNotPresent)
+	oursTag, oursDigest := push(t, "e2e/ours-in-use:1.0", 1<<20)
+	unusedTag, unusedDigest := push(t, "e2e/ours-unused:1.0", 1<<20)
+	l := applyList(t, "remove-only-ours", func(l *prepullv1.PrePullList) { l.Spec.OnDelete = prepullv1.DeleteRemove },
+		kubeletsTag, oursTag, unusedTag, cluster.PauseImage)
+	waitReady(t, l)
+	runPod(t, "ours-in-use", oursTag, corev1.PullNever)
+	deleteList(t, l)
+	for _, ref := range []string{kubeletsDigest, kubeletsTag, oursDigest} {
+		if present, pinned, _ := onNode(ref); !present || pinned {
+			t.Errorf("%s after the list went: present %t, pinned %t; want present and unpinned", ref, present, pinned)
+		}
+	}
+	// The sandbox image keeps the pin containerd itself gives it.
+	if present, _, _ := onNode(cluster.PauseImage); !present {
+		t.Errorf("the sandbox image %s is gone", cluster.PauseImage)
+	}
+	if present, _, _ := onNode(unusedDigest); present {
+		t.Errorf("%s, which prepull brought and no pod uses, is still on the node", unusedDigest)
+	}
+	runPod(t, "kubelets-never", kubeletsTag, corev1.PullNever)
+}
+
 func TestAnAlwaysPodLeavesThePin(t *testing.T) {
 	tag, digest := push(t, "e2e/always:1.0", 1<<20)
 	l := applyList(t, "always", nil, tag)
