@@ -7,6 +7,7 @@
 package nodeapply
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -178,8 +179,23 @@ func importFrom(ctx context.Context, src bundle.Source, es []*entry, results map
 		results[e].Err = l.Err
 		if l.Err == nil {
 			results[e].How = HowImported
+			markBrought(ctx, opts.Store, e.ref())
 		}
 	}
+}
+
+// markBrought records on the runtime that prepull brought the image ref
+// names (node apply imports or pulls only what the node lacks), as the
+// agent does: an agent's onDelete: Remove may remove only such images.
+func markBrought(ctx context.Context, store cri.Store, ref string) {
+	p, ok := store.(cri.Provenance)
+	r, err := imageref.Parse(ref)
+	if !ok || err != nil {
+		return
+	}
+	// The record of the digest, as the agent's entries name images; a tag
+	// alone has only its own.
+	_ = p.MarkBrought(ctx, cmp.Or(r.DigestRef(), r.Tag))
 }
 
 // makePresent pulls e unless present or imported, then makes it what its
@@ -210,6 +226,7 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 		if img, err = cri.StatusSoon(ctx, opts.Images, e.ref()); err != nil {
 			return err
 		}
+		markBrought(ctx, opts.Store, e.ref())
 	default:
 		return err
 	}

@@ -96,6 +96,13 @@ func TestApplyOnContainerd(t *testing.T) {
 		if owners, err := store.Owners(ctx, app.Tag); err != nil || len(owners) != 1 || owners[0] != "boot/base" {
 			t.Errorf("owners of %s: %v, %v; want [boot/base]", app.Tag, owners, err)
 		}
+		// What node apply imported is prepull's: an agent's onDelete:
+		// Remove may remove it.
+		for _, ref := range []string{app.Tag, pinned.Digest} {
+			if brought, err := store.Brought(ctx, ref); err != nil || !brought {
+				t.Errorf("%s imported by node apply: brought %v, %v; want it recorded", ref, brought, err)
+			}
+		}
 
 		again := byResult(nodeapply.Apply(ctx, lists, o))
 		for _, img := range []string{app.Tag, withDigest, loose.Tag} {

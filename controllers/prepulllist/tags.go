@@ -274,20 +274,19 @@ func (s *tagStore) collect(ctx context.Context, tags []string) error {
 const resolutionRetry = 30 * time.Second
 
 // resolve returns l's targets with their digests, the images' status, the
-// images that wait for a node to resolve them (with what they wait for),
-// when a tag is next due for resolution, and a failure to record a
-// resolution.
-// Each tag's digest is its TagResolution's, shared by every list naming it:
-// resolved at the registry once per refresh for the cluster, or reported by
-// a node. A failed resolution keeps the digest known before, so nodes keep
-// what they have.
+// images waiting for a node to resolve them (and what for), when a tag is
+// next due, and a failure to record a resolution. Each tag's digest is its
+// TagResolution's, shared by every list naming it; a failed resolution keeps
+// the digest known before, so nodes keep what they have.
 func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, map[string]string, time.Time, error) {
 	now := r.Clock.Now()
 	next := now.Add(prepullv1.DefaultRefresh)
-	var targets []target
-	var images []prepullv1.ImageResolution
-	awaiting := map[string]string{}
-	var errs []error
+	var (
+		targets  []target
+		images   []prepullv1.ImageResolution
+		errs     []error
+		awaiting = map[string]string{}
+	)
 	names := imagesOf(l)
 	wants, bad := make([]want, len(names)), make([]error, len(names))
 	tags := map[string]*tagResult{}
