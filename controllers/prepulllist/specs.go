@@ -22,7 +22,7 @@ type planRec struct {
 	// images are read by every node holding the plan and written by none:
 	// a node whose entries change gets a copy of its own (node.tidy), and
 	// nothing outside this file reaches the plan's slice but through
-	// node.images, which the rollout only reads. Every plan's images hash
+	// spec.images, which the rollout only reads. Every plan's images hash
 	// to its name (fleet.checkPlans).
 	images []prepullv1.NodeImage
 	// planned are images as present as asked, for the agents' statuses
