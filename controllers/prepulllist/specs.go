@@ -20,10 +20,10 @@ import (
 type planRec struct {
 	name string
 	// images are read by every node holding the plan and written by none:
-	// a node whose entries change gets a copy of its own (node.tidy), and
-	// nothing outside this file reaches the plan's slice but through
-	// spec.images, which the rollout only reads. Every plan's images hash
-	// to its name (fleet.checkPlans).
+	// a node whose entries change gets a copy of its own (node.tidy); the
+	// rollout reaches them only through spec.images, to read, and the
+	// writer only copies them. Every plan nodes share hashes to its name
+	// (fleet.checkPlans).
 	images []prepullv1.NodeImage
 	// planned are images as present as asked, for the agents' statuses
 	// that name the plan; nil until the ImagePlan exists. They could be
