@@ -103,6 +103,15 @@ func (s *Store) Unpin(ctx context.Context, ref, owner string) error {
 
 // Owners lists the owners recorded on the image record that ref names.
 func (s *Store) Owners(ctx context.Context, ref string) ([]string, error) {
+	labels, err := s.labels(ctx, "list pin owners", ref)
+	if err != nil {
+		return nil, err
+	}
+	return cri.PinOwners(labels), nil
+}
+
+// labels are the labels of the image record ref names.
+func (s *Store) labels(ctx context.Context, op, ref string) (map[string]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	name, err := imageref.Normalize(ref)
@@ -111,9 +120,9 @@ func (s *Store) Owners(ctx context.Context, ref string) ([]string, error) {
 	}
 	img, err := s.client.ImageService().Get(ctx, name)
 	if err != nil {
-		return nil, wrap("list pin owners", ref, err)
+		return nil, wrap(op, ref, err)
 	}
-	return cri.PinOwners(img.Labels), nil
+	return img.Labels, nil
 }
 
 // MarkBrought labels the record ref names as brought by prepull.
@@ -128,17 +137,11 @@ func (s *Store) MarkBrought(ctx context.Context, ref string) error {
 
 // Brought reports whether the record ref names is labelled as brought.
 func (s *Store) Brought(ctx context.Context, ref string) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	name, err := imageref.Normalize(ref)
+	labels, err := s.labels(ctx, "read provenance", ref)
 	if err != nil {
 		return false, err
 	}
-	img, err := s.client.ImageService().Get(ctx, name)
-	if err != nil {
-		return false, wrap("read provenance", ref, err)
-	}
-	return img.Labels[cri.BroughtLabel] != "", nil
+	return labels[cri.BroughtLabel] != "", nil
 }
 
 // SetPins makes owners exactly the owners pinned on the record ref names
