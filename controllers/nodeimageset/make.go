@@ -141,7 +141,9 @@ func (r *Reconciler) resolveDue(e *entry, st *imageState, status *prepullv1.Node
 }
 
 // release takes the releasing owners' pins off the image and its tags, and
-// removes the image when an owner says onDelete: Remove.
+// removes the image when an owner says onDelete: Remove and it is
+// prepull's to remove (present.Runtime.Release); otherwise the status says
+// why it stays.
 func (r *Reconciler) release(ctx context.Context, e *entry, st *imageState, now time.Time) {
 	kept, err := present.Runtime{Images: r.Images, Store: r.Store}.Release(ctx, entryRefs(e.NodeImage), e.Remove)
 	r.mu.Lock()
