@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 )
 
 // urlRE finds URLs: a scheme, "://", and what follows up to a space, a
@@ -35,7 +36,7 @@ func Text(s string) string {
 	s = paramRE.ReplaceAllString(s, "$1=…")
 	if len(s) > Max {
 		cut := Max - len("...")
-		for cut > 0 && !utf8Start(s[cut]) {
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
 			cut--
 		}
 		s = s[:cut] + "..."
@@ -73,5 +74,3 @@ func cleanURL(u string) string {
 	}
 	return out + trail
 }
-
-func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
