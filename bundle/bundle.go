@@ -147,6 +147,20 @@ const (
 	maxRatio      = 100
 )
 
+// decompressionLimit is the most a compressed archive f may decompress to.
+func decompressionLimit(f *os.File) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return maxRatio*fi.Size() + 1<<20, nil
+}
+
+// errBomb says that an archive decompresses past limit.
+func errBomb(limit int64) error {
+	return fmt.Errorf("it decompresses to more than %d bytes, %d times its size: refused as a decompression bomb", limit, maxRatio)
+}
+
 // decompressed returns, for a compressed f, a decompressed copy of it, made
 // in the temporary directory; nil for an uncompressed f, which it rewinds.
 func decompressed(f *os.File, path string) (*os.File, error) {
@@ -166,7 +180,7 @@ func decompressed(f *os.File, path string) (*os.File, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	defer ds.Close()
-	fi, err := f.Stat()
+	limit, err := decompressionLimit(f)
 	if err != nil {
 		return nil, err
 	}
@@ -174,10 +188,9 @@ func decompressed(f *os.File, path string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: decompress: %w", path, err)
 	}
-	limit := maxRatio*fi.Size() + 1<<20
-	written, err := io.Copy(plain, io.LimitReader(ds, limit+1))
-	if err == nil && written > limit {
-		err = fmt.Errorf("it decompresses to more than %d bytes, %d times its size: refused as a decompression bomb", limit, maxRatio)
+	body := &capped{r: ds, left: limit}
+	if _, err = io.Copy(plain, body); body.over {
+		err = errBomb(limit)
 	}
 	if err != nil {
 		plain.Close()

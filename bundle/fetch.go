@@ -1,6 +1,7 @@
 package bundle
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -86,7 +87,10 @@ func Fetch(ctx context.Context, src Source, policy FetchPolicy, tmpDir string) (
 	if err != nil {
 		return "", nothing, fmt.Errorf("archive %s: %w", shown, err)
 	}
-	resp, err := policy.Client().Do(req)
+	client := policy.Client()
+	// Its transport is this download's alone.
+	defer client.CloseIdleConnections()
+	resp, err := client.Do(req)
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
@@ -99,10 +103,7 @@ func Fetch(ctx context.Context, src Source, policy FetchPolicy, tmpDir string) (
 	if resp.StatusCode != http.StatusOK {
 		return "", nothing, fmt.Errorf("archive %s: download: the server answered %s", shown, resp.Status)
 	}
-	limit := policy.MaxBytes
-	if limit <= 0 {
-		limit = DefaultMaxDownload
-	}
+	limit := cmp.Or(policy.MaxBytes, DefaultMaxDownload)
 	if resp.ContentLength > limit {
 		return "", nothing, fmt.Errorf("archive %s: download: %d bytes, more than the %d the agent takes (--archive-max-bytes)", shown, resp.ContentLength, limit)
 	}

@@ -106,12 +106,11 @@ func load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
 	}
 	defer r.Close()
-	fi, err := f.Stat()
+	// As openArchive's copy: at most maxRatio times its size.
+	limit, err := decompressionLimit(f)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", path, err)
 	}
-	// As openArchive's copy: at most maxRatio times its size.
-	limit := maxRatio*fi.Size() + 1<<20
 	body := &capped{r: r, left: limit}
 	matched := map[string][]string{} // digest -> wanted references it serves
 	images, err := store.Import(ctx, body, func(name, digest string) []string {
@@ -126,7 +125,7 @@ func load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 		return slices.Compact(refs)
 	})
 	if body.over {
-		return nil, fmt.Errorf("archive %s: %w: it decompresses to more than %d bytes, %d times its size: refused as a decompression bomb", path, ErrUnreadable, limit, maxRatio)
+		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, errBomb(limit))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)

@@ -1,6 +1,7 @@
 package bundle
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -65,7 +66,7 @@ func (p FetchPolicy) allows(u *url.URL) error {
 // Client is an HTTP client that holds to p: its redirects, the addresses it
 // connects to, and its timeouts. MaxBytes is Fetch's to hold.
 func (p FetchPolicy) Client() *http.Client {
-	dialer := &net.Dialer{Timeout: cmpDuration(p.ConnectTimeout, DefaultConnectTimeout)}
+	dialer := &net.Dialer{Timeout: cmp.Or(p.ConnectTimeout, DefaultConnectTimeout)}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil
 	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -95,7 +96,7 @@ func (p FetchPolicy) Client() *http.Client {
 	}
 	return &http.Client{
 		Transport: tr,
-		Timeout:   cmpDuration(p.Timeout, DefaultDownloadTimeout),
+		Timeout:   cmp.Or(p.Timeout, DefaultDownloadTimeout),
 		CheckRedirect: func(req *http.Request, via []*http.Request) error {
 			if len(via) >= 5 {
 				return fmt.Errorf("%w: more than 5 redirects", ErrRefused)
@@ -128,11 +129,4 @@ func forbidden(ip net.IP) string {
 		return "a cloud metadata address"
 	}
 	return ""
-}
-
-func cmpDuration(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
-	}
-	return def
 }
