@@ -2,11 +2,8 @@ package doctor
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
-
-	"sigs.k8s.io/yaml"
 )
 
 // The agent's disk budget stops short of what makes the kubelet act on the
@@ -44,12 +41,9 @@ var defaultEvictionHard = map[string]string{"nodefs.available": "10%", "imagefs.
 func KubeletDiskLimit(path string) (DiskLimit, error) {
 	kc := &kubeletConfig{}
 	if path != "" {
-		data, err := os.ReadFile(path)
-		if err != nil {
+		var err error
+		if kc, err = readKubeletConfig(path); err != nil {
 			return DiskLimit{}, fmt.Errorf("the kubelet's configuration: %w", err)
-		}
-		if err := yaml.Unmarshal(data, kc); err != nil {
-			return DiskLimit{}, fmt.Errorf("the kubelet's configuration %s: %w", path, err)
 		}
 	}
 	high := kc.gcHigh()

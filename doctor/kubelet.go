@@ -42,13 +42,18 @@ func (n Node) kubelet() (*kubeletConfig, error) {
 	if n.KubeletConfig == "" {
 		return nil, errNotGiven{}
 	}
-	data, err := os.ReadFile(n.KubeletConfig)
+	return readKubeletConfig(n.KubeletConfig)
+}
+
+// readKubeletConfig reads the KubeletConfiguration file at path.
+func readKubeletConfig(path string) (*kubeletConfig, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
 	kc := &kubeletConfig{}
 	if err := yaml.Unmarshal(data, kc); err != nil {
-		return nil, fmt.Errorf("%s: %w", n.KubeletConfig, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return kc, nil
 }
