@@ -161,6 +161,22 @@ func entry(digest string, owners ...prepullv1.ImageOwner) prepullv1.NodeImage {
 // setList creates or updates the PrePullList owner ("namespace/name") that
 // the agent reads an owner's settings from: pinned, onDelete Unpin, a
 // backoff limit of 1, then what edit changes.
+// releaseWithRemove has node's agent make img present for the list
+// shop/node, then release it with onDelete: Remove, and waits until the
+// image reads Released as check says.
+func (e *env) releaseWithRemove(t *testing.T, node string, img testground.Pushed, check func(*prepullv1.NodeImageStatus) error) {
+	t.Helper()
+	list := "shop/" + node
+	e.agent(t, node, nil)
+	e.setSpec(t, node, entry(img.Digest, owner(list, img.Tag)))
+	e.phase(t, node, img.Digest, prepullv1.PhasePresent, nil)
+	gone := owner(list, img.Tag)
+	gone.Releasing = true
+	e.setList(t, list, func(s *prepullv1.PrePullListSpec) { s.OnDelete = prepullv1.DeleteRemove })
+	e.setSpec(t, node, entry(img.Digest, gone))
+	e.phase(t, node, img.Digest, prepullv1.PhaseReleased, check)
+}
+
 func (e *env) setList(t *testing.T, owner string, edit func(*prepullv1.PrePullListSpec)) {
 	t.Helper()
 	namespace, name, _ := strings.Cut(owner, "/")
@@ -679,14 +695,7 @@ func TestAgent(t *testing.T) {
 
 	t.Run("release with onDelete Remove removes the image", func(t *testing.T) {
 		img := e.public.MustPushRandom(t, "removed/app:v1", 1024, 1)
-		e.agent(t, "removed", nil)
-		e.setSpec(t, "removed", entry(img.Digest, owner("shop/removed", img.Tag)))
-		e.phase(t, "removed", img.Digest, prepullv1.PhasePresent, nil)
-		gone := owner("shop/removed", img.Tag)
-		gone.Releasing = true
-		e.setList(t, "shop/removed", func(s *prepullv1.PrePullListSpec) { s.OnDelete = prepullv1.DeleteRemove })
-		e.setSpec(t, "removed", entry(img.Digest, gone))
-		e.phase(t, "removed", img.Digest, prepullv1.PhaseReleased, nil)
+		e.releaseWithRemove(t, "removed", img, nil)
 		for _, ref := range []string{img.Digest, img.Tag} {
 			if id := e.runtimeID(t, ref); id != "" {
 				t.Errorf("%s still present after release with Remove", ref)
@@ -701,14 +710,7 @@ func TestAgent(t *testing.T) {
 		if _, err := e.images.PullImage(ctx, img.Tag, nil); err != nil {
 			t.Fatal(err)
 		}
-		e.agent(t, "theirs", nil)
-		e.setSpec(t, "theirs", entry(img.Digest, owner("shop/theirs", img.Tag)))
-		e.phase(t, "theirs", img.Digest, prepullv1.PhasePresent, nil)
-		gone := owner("shop/theirs", img.Tag)
-		gone.Releasing = true
-		e.setList(t, "shop/theirs", func(s *prepullv1.PrePullListSpec) { s.OnDelete = prepullv1.DeleteRemove })
-		e.setSpec(t, "theirs", entry(img.Digest, gone))
-		e.phase(t, "theirs", img.Digest, prepullv1.PhaseReleased, func(st *prepullv1.NodeImageStatus) error {
+		e.releaseWithRemove(t, "theirs", img, func(st *prepullv1.NodeImageStatus) error {
 			if st.Reason != nodeimageset.ReasonKept || !strings.Contains(st.LastError, "prepull did not bring it onto the node") {
 				return fmt.Errorf("reason %s, message %q", st.Reason, st.LastError)
 			}
