@@ -26,16 +26,7 @@ func TestMakeAndRelease(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			reg := fake.NewRegistry()
-			digest, _, err := reg.Push("reg.test/app:v1", 1<<20)
-			if err != nil {
-				t.Fatal(err)
-			}
-			rt := fake.New(reg)
-			ref := "reg.test/app@" + digest
-			if _, err := rt.PullImage(ctx, ref, nil); err != nil {
-				t.Fatal(err)
-			}
+			rt, ref, digest := pulled(t, "reg.test/app", "v1")
 			if err := rt.Pin(ctx, ref, "shop/old"); err != nil {
 				t.Fatal(err)
 			}
@@ -92,20 +83,28 @@ func TestMakeAndRelease(t *testing.T) {
 	}
 }
 
+// pulled is a fake runtime that pulled, by digest, an image pushed to
+// repo:tag, and that digest reference and digest.
+func pulled(t *testing.T, repo, tag string) (rt *fake.Runtime, ref, digest string) {
+	t.Helper()
+	reg := fake.NewRegistry()
+	digest, _, err := reg.Push(repo+":"+tag, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt = fake.New(reg)
+	ref = repo + "@" + digest
+	if _, err := rt.PullImage(context.Background(), ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	return rt, ref, digest
+}
+
 // An image prepull brought that a container uses stays on onDelete:
 // Remove, and the release says why.
 func TestReleaseKeepsAnImageInUse(t *testing.T) {
 	ctx := context.Background()
-	reg := fake.NewRegistry()
-	digest, _, err := reg.Push("reg.test/used:v1", 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt := fake.New(reg)
-	ref := "reg.test/used@" + digest
-	if _, err := rt.PullImage(ctx, ref, nil); err != nil {
-		t.Fatal(err)
-	}
+	rt, ref, _ := pulled(t, "reg.test/used", "v1")
 	if err := rt.MarkBrought(ctx, ref); err != nil {
 		t.Fatal(err)
 	}
