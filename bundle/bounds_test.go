@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -135,6 +136,41 @@ func TestBundleBounds(t *testing.T) {
 		}
 		if left, _ := filepath.Glob(filepath.Join(ro, ".*plain*")); len(left) > 0 {
 			t.Errorf("a copy was made beside the archive: %v", left)
+		}
+	})
+
+	t.Run("an import is admitted first, and its verified copy bounded", func(t *testing.T) {
+		p := filepath.Join(dir, "small.tar.zst")
+		var plain bytes.Buffer
+		tw := tar.NewWriter(&plain)
+		if err := tw.WriteHeader(&tar.Header{Name: bundle.ContentsFile, Mode: 0o644, Size: 2, Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte("{}")); err != nil {
+			t.Fatal(err)
+		}
+		_ = tw.Close()
+		zw, _ := zstd.NewWriter(nil)
+		if err := os.WriteFile(p, zw.EncodeAll(plain.Bytes(), nil), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		fi, _ := os.Stat(p)
+		rt := fake.New(fake.NewRegistry())
+		wanted := []string{"example.com/a:1"}
+		full := errors.New("no room")
+		var asked int64
+		policy := bundle.FetchPolicy{Admit: func(n int64) error { asked = n; return full }}
+		if _, err := bundle.Import(context.Background(), rt, bundle.Source{Path: p}, policy, "", wanted, nil); !errors.Is(err, full) {
+			t.Errorf("import refused by Admit: %v, want its error", err)
+		}
+		if asked != fi.Size() {
+			t.Errorf("Admit asked about %d bytes, want the archive's %d", asked, fi.Size())
+		}
+		// Verified, it is decompressed to a copy: at most MaxBytes.
+		policy = bundle.FetchPolicy{MaxBytes: 100}
+		_, err := bundle.Import(context.Background(), rt, bundle.Source{Path: p}, policy, "", wanted, &bundle.Verification{})
+		if err == nil || !strings.Contains(err.Error(), "decompresses to more than 100 bytes") {
+			t.Errorf("verified import under MaxBytes 100: %v, want the copy refused past 100 bytes", err)
 		}
 	})
 }

@@ -102,14 +102,15 @@ type archive struct {
 // openArchive indexes the members of the tar at path. A bundle compressed
 // with gzip or zstd (found by its content, not its name) is decompressed
 // into the temporary directory first (the archive's own directory may be a
-// read-only mount): members are read at their offsets.
-func openArchive(p string) (*archive, error) {
+// read-only mount), at most maxPlain bytes (0: no bound but the ratio):
+// members are read at their offsets.
+func openArchive(p string, maxPlain int64) (*archive, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
 	}
 	a := &archive{f: f, members: map[string]member{}}
-	if plain, err := decompressed(f, p); err != nil {
+	if plain, err := decompressed(f, p, maxPlain); err != nil {
 		f.Close()
 		return nil, err
 	} else if plain != nil {
@@ -147,23 +148,28 @@ const (
 	maxRatio      = 100
 )
 
-// decompressionLimit is the most a compressed archive f may decompress to.
-func decompressionLimit(f *os.File) (int64, error) {
+// decompressionLimit is the most a compressed archive f may decompress
+// to: maxRatio times its size, and at most max when max > 0.
+func decompressionLimit(f *os.File, max int64) (int64, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return 0, err
 	}
-	return maxRatio*fi.Size() + 1<<20, nil
+	limit := maxRatio*fi.Size() + 1<<20
+	if max > 0 {
+		limit = min(limit, max)
+	}
+	return limit, nil
 }
 
 // errBomb says that an archive decompresses past limit.
 func errBomb(limit int64) error {
-	return fmt.Errorf("it decompresses to more than %d bytes, %d times its size: refused as a decompression bomb", limit, maxRatio)
+	return fmt.Errorf("it decompresses to more than %d bytes, the most taken of it (the bound: %d times its size, and --archive-max-bytes for the agent's copy): refused as a possible decompression bomb", limit, maxRatio)
 }
 
 // decompressed returns, for a compressed f, a decompressed copy of it, made
 // in the temporary directory; nil for an uncompressed f, which it rewinds.
-func decompressed(f *os.File, path string) (*os.File, error) {
+func decompressed(f *os.File, path string, maxPlain int64) (*os.File, error) {
 	head := make([]byte, 16)
 	n, err := io.ReadFull(f, head)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
@@ -180,7 +186,7 @@ func decompressed(f *os.File, path string) (*os.File, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	defer ds.Close()
-	limit, err := decompressionLimit(f)
+	limit, err := decompressionLimit(f, maxPlain)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +260,7 @@ func (a *archive) blob(d digest.Digest, size int64) (*io.SectionReader, bool) {
 // every image of its contents has every blob its manifests name for the
 // platforms it holds. It returns the contents.
 func Verify(p string) (*Contents, error) {
-	a, err := openArchive(p)
+	a, err := openArchive(p, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -50,6 +50,16 @@ func Import(ctx context.Context, store cri.Store, src Source, policy FetchPolicy
 		return nil, err
 	}
 	defer release()
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", path, err)
+	}
+	if err := policy.admit(fi.Size()); err != nil {
+		return nil, err
+	}
+	if v != nil {
+		v = &Verification{Keys: v.Keys, Audit: v.Audit, MaxBytes: cmp.Or(v.MaxBytes, policy.MaxBytes, DefaultMaxDownload)}
+	}
 	return Load(ctx, store, path, wanted, v)
 }
 
@@ -106,6 +116,9 @@ func Fetch(ctx context.Context, src Source, policy FetchPolicy, tmpDir string) (
 	limit := cmp.Or(policy.MaxBytes, DefaultMaxDownload)
 	if resp.ContentLength > limit {
 		return "", nothing, fmt.Errorf("archive %s: download: %d bytes, more than the %d the agent takes (--archive-max-bytes)", shown, resp.ContentLength, limit)
+	}
+	if err := policy.admit(resp.ContentLength); err != nil {
+		return "", nothing, err
 	}
 	f, err := os.CreateTemp(tmpDir, "prepull-archive-*.tar")
 	if err != nil {

@@ -31,6 +31,10 @@ type Verification struct {
 	// Audit imports an image whose signature does not verify (its Loaded
 	// says so); otherwise such an image is not imported.
 	Audit bool
+	// MaxBytes bounds the decompressed copy, in the temporary directory,
+	// that a compressed bundle is verified from; 0 bounds it only by its
+	// ratio to the bundle's size.
+	MaxBytes int64
 }
 
 // Load imports into store, from the archive at path, the images that
@@ -48,7 +52,7 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string, v 
 	if v == nil {
 		return load(ctx, store, path, wanted)
 	}
-	checked, err := checkSignatures(path, wanted, v.Keys)
+	checked, err := checkSignatures(path, wanted, v)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +111,7 @@ func load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 	}
 	defer r.Close()
 	// As openArchive's copy: at most maxRatio times its size.
-	limit, err := decompressionLimit(f)
+	limit, err := decompressionLimit(f, 0)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", path, err)
 	}
@@ -148,8 +152,9 @@ func load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 
 // checkSignatures verifies the bundle at path and checks, for each wanted
 // reference whose image it holds, the image's signatures against keys.
-func checkSignatures(path string, wanted []string, keys verify.Keys) (map[string]Loaded, error) {
-	a, err := openArchive(path)
+func checkSignatures(path string, wanted []string, v *Verification) (map[string]Loaded, error) {
+	keys := v.Keys
+	a, err := openArchive(path, v.MaxBytes)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w: %w", path, ErrUnreadable, err)
 	}

@@ -22,8 +22,15 @@ type FetchPolicy struct {
 	// beyond that: over plain http, at any address, and as the target of a
 	// redirect.
 	Hosts []string
-	// MaxBytes bounds a download; 0 means DefaultMaxDownload.
+	// MaxBytes bounds a download, and the decompressed copy a compressed
+	// bundle is verified from; 0 means DefaultMaxDownload. Both are written
+	// to the temporary directory, one import at a time on a node: twice
+	// MaxBytes is what that directory needs.
 	MaxBytes int64
+	// Admit, when set, is asked before a download is written (with its
+	// announced length) and before an import starts (with the archive's
+	// size); its error stops them. The agent's disk budget answers it.
+	Admit func(bytes int64) error
 	// ConnectTimeout bounds a connection, Timeout a whole download; zero
 	// means DefaultConnectTimeout and DefaultDownloadTimeout.
 	ConnectTimeout, Timeout time.Duration
@@ -31,7 +38,7 @@ type FetchPolicy struct {
 
 // Defaults of FetchPolicy.
 const (
-	DefaultMaxDownload     = 64 << 30
+	DefaultMaxDownload     = 8 << 30
 	DefaultConnectTimeout  = 10 * time.Second
 	DefaultDownloadTimeout = time.Hour
 )
@@ -39,6 +46,14 @@ const (
 // ErrRefused means a download was not made, or not followed, because the
 // policy does not allow it.
 var ErrRefused = errors.New("refused by the agent's archive policy")
+
+// admit asks Admit, if any, about an archive of n bytes.
+func (p FetchPolicy) admit(n int64) error {
+	if p.Admit == nil || n <= 0 {
+		return nil
+	}
+	return p.Admit(n)
+}
 
 // listed reports whether host ("host:port") is one the operator allows,
 // by its name alone or with its port.

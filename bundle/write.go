@@ -87,7 +87,7 @@ func (e *ImageError) Unwrap() error { return e.Err }
 // bundle is verified before it replaces out. Write returns what out holds.
 func Write(ctx context.Context, out string, images []string, opts Options) (*Contents, error) {
 	w := newWriter(out, opts)
-	prev, err := openArchive(out)
+	prev, err := openArchive(out, 0)
 	switch {
 	case err == nil:
 		defer prev.Close()

@@ -15,7 +15,9 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"prepull.io/prepull/e2e/testground"
@@ -72,7 +74,8 @@ func TestChartValues(t *testing.T) {
 		"--set", "namespace.name=ops", "--set", "namespace.create=false",
 		"--set", "image.repository=127.0.0.1:5000/prepull", "--set", "image.tag=v1.2.3",
 		"--set", "agent.runtimeSocket=/run/k3s/containerd/containerd.sock",
-		"--set", "agent.runtimeRoot=/var/lib/rancher/k3s/agent/containerd",
+		"--set", "agent.imageFilesystem=/var/lib/rancher/k3s/agent/containerd/io.containerd.snapshotter.v1.overlayfs",
+		"--set", "agent.downloadsSizeLimit=40Gi",
 		"--set", "agent.containerdConfig=/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
 		"--set", "agent.kubeletConfig=/var/lib/kubelet/config.yaml",
 		"--set", "agent.priorityClass.create=false", "--set", "agent.priorityClass.name=system-node-critical",
@@ -99,8 +102,9 @@ func TestChartValues(t *testing.T) {
 		{ds, []string{"spec", "template", "spec", "containers"}, "image:127.0.0.1:5000/prepull:v1.2.3", true},
 		{ds, []string{"spec", "template", "spec", "containers"}, "--max-concurrent-pulls=4", true},
 		{ds, []string{"spec", "template", "spec", "volumes"}, "path:/run/k3s/containerd/containerd.sock", true},
-		{ds, []string{"spec", "template", "spec", "volumes"}, "path:/var/lib/rancher/k3s/agent/containerd", true},
-		{ds, []string{"spec", "template", "spec", "containers"}, "mountPath:/var/lib/rancher/k3s/agent/containerd", true},
+		{ds, []string{"spec", "template", "spec", "volumes"}, "path:/var/lib/rancher/k3s/agent/containerd/io.containerd.snapshotter.v1.overlayfs", true},
+		{ds, []string{"spec", "template", "spec", "containers"}, "mountPath:/var/lib/rancher/k3s/agent/containerd/io.containerd.snapshotter.v1.overlayfs", true},
+		{ds, []string{"spec", "template", "spec", "volumes"}, "sizeLimit:40Gi", true},
 		{ds, []string{"spec", "template", "spec", "containers"}, "--containerd-config=/var/lib/rancher/k3s/agent/etc/containerd/config.toml", true},
 		{ds, []string{"spec", "template", "spec", "volumes"}, "path:/var/lib/rancher/k3s/agent/etc/containerdtype:DirectoryOrCreate", true},
 		{ds, []string{"spec", "template", "spec", "containers"}, "--kubelet-config=/var/lib/kubelet/config.yaml", true},
@@ -229,5 +233,55 @@ func TestPodsRunConfined(t *testing.T) {
 	}
 	if checked < 2 {
 		t.Fatalf("%d containers checked: the base has the controller's and the agent's", checked)
+	}
+}
+
+// TestAgentTakesOnlyWhatItNeeds: of the node, the agent mounts writable only
+// the runtime's socket, and of the runtime's root only the image
+// filesystem; its temporary directory has a size limit; its metrics listen
+// on the pod's own address, not on every interface of the host; and every
+// image is a versioned tag.
+func TestAgentTakesOnlyWhatItNeeds(t *testing.T) {
+	out := objects(t, run(t, "kubectl", "kustomize", "."))
+	ds := out["apps/v1/DaemonSet/prepull-system/prepull-agent"]
+	if ds == nil {
+		t.Fatalf("no agent DaemonSet; rendered: %v", keys(out))
+	}
+	var spec corev1.PodSpec
+	raw, _, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(raw, &spec); err != nil {
+		t.Fatal(err)
+	}
+	volumes := map[string]corev1.Volume{}
+	for _, v := range spec.Volumes {
+		volumes[v.Name] = v
+		if v.HostPath != nil && v.HostPath.Path == "/var/lib/containerd" {
+			t.Errorf("volume %s mounts all of the runtime's root", v.Name)
+		}
+		if v.EmptyDir != nil && v.EmptyDir.SizeLimit == nil {
+			t.Errorf("emptyDir %s has no size limit", v.Name)
+		}
+	}
+	c := spec.Containers[0]
+	for _, m := range c.VolumeMounts {
+		v := volumes[m.Name]
+		if v.HostPath != nil && !m.ReadOnly && v.HostPath.Type != nil && *v.HostPath.Type != corev1.HostPathSocket {
+			t.Errorf("host path %s is mounted writable", v.HostPath.Path)
+		}
+	}
+	if !slices.Contains(c.Args, "--metrics-bind-address=[$(POD_IP)]:8083") {
+		t.Errorf("args %v: want the metrics on the pod's own address", c.Args)
+	}
+	if i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "POD_IP" }); i < 0 || c.Env[i].ValueFrom == nil || c.Env[i].ValueFrom.FieldRef.FieldPath != "status.podIP" {
+		t.Errorf("env %v: want POD_IP from status.podIP", c.Env)
+	}
+	for key, o := range out {
+		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		for _, c := range containers {
+			img, _, _ := unstructured.NestedString(c.(map[string]any), "image")
+			if _, tag, ok := strings.Cut(img, ":"); !ok || tag == "latest" {
+				t.Errorf("%s: image %q, want a versioned tag", key, img)
+			}
+		}
 	}
 }

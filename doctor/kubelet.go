@@ -88,7 +88,7 @@ func (n Node) filesystem(ctx context.Context, add adder, kc *kubeletConfig) {
 	used, total, err := usage(mount)
 	if err != nil || total == 0 {
 		add(CheckImageFilesystem, prepullv1.CheckWarn, fmt.Sprintf("the image filesystem %s cannot be measured: %v", mount, err),
-			"the agent measures the filesystem at the path the runtime reports: mount it into the agent (the chart's agent.runtimeRoot)")
+			"the agent measures the filesystem at the path the runtime reports: mount it into the agent (the chart's agent.imageFilesystem)")
 		return
 	}
 	pct := 100 * float64(used) / float64(total)

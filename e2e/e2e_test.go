@@ -9,7 +9,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,6 +24,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/doctor"
 	"prepull.io/prepull/e2e/cluster"
 	"prepull.io/prepull/e2e/testground"
 )
@@ -295,5 +300,66 @@ func TestKubeletImageGCSparesPinnedImages(t *testing.T) {
 	}
 	if present, _, _ := onNode(pinnedTag); !present {
 		t.Errorf("the pinned image's tag was collected")
+	}
+}
+
+// TestAgentMeasuresTheImageFilesystemAndListensOnItsOwnAddress: through
+// the one host directory it mounts of the runtime's root (the image
+// filesystem the runtime reports), the agent measures that filesystem's
+// capacity, and the doctor passes it; its metrics answer on the node's
+// address and not on the host's loopback.
+func TestAgentMeasuresTheImageFilesystemAndListensOnItsOwnAddress(t *testing.T) {
+	n, err := cs.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ip string
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			ip = a.Address
+		}
+	}
+	if ip == "" || ip == "127.0.0.1" {
+		t.Fatalf("node %s: internal address %q, want one beside loopback", n.Name, ip)
+	}
+	// The agent writes its node's status once a list names the node.
+	tag, _ := push(t, "e2e/measured:1.0", 1<<20)
+	l := applyList(t, "measured", nil, tag)
+	t.Cleanup(func() { deleteList(t, l) })
+	waitReady(t, l)
+	testground.Eventually(t, time.Minute, "the image filesystem measured and checked", func() error {
+		set := &prepullv1.NodeImageSet{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: c.NodeName}, set); err != nil {
+			return err
+		}
+		fs := set.Status.ImageFilesystem
+		if fs == nil || fs.CapacityBytes == 0 {
+			return fmt.Errorf("image filesystem %+v: no capacity", fs)
+		}
+		for _, ch := range set.Status.Checks {
+			if ch.Name == doctor.CheckImageFilesystem && ch.Result != prepullv1.CheckPass {
+				return fmt.Errorf("doctor: %s %s: %s", ch.Name, ch.Result, ch.Message)
+			}
+		}
+		return nil
+	})
+	get := func(host string) error {
+		hc := &http.Client{Timeout: 5 * time.Second}
+		resp, err := hc.Get("http://" + net.JoinHostPort(host, "8083") + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "prepull_") {
+			return fmt.Errorf("%s: %d", host, resp.StatusCode)
+		}
+		return nil
+	}
+	if err := get(ip); err != nil {
+		t.Errorf("the agent's metrics on the node's address: %v", err)
+	}
+	if err := get("127.0.0.1"); err == nil {
+		t.Errorf("the agent's metrics answer on the host's loopback: want them on the node's address only")
 	}
 }

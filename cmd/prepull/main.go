@@ -11,6 +11,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	// The roots a registry's or an archive server's TLS is checked against
+	// when the system has none: the image is FROM scratch, and its only
+	// content beside this binary is what go.sum pins.
+	_ "golang.org/x/crypto/x509roots/fallback"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".

@@ -79,7 +79,11 @@ func (r *Reconciler) importArchive(ctx context.Context, e *entry) error {
 	}
 
 	src := bundle.Source{Path: e.Archive.PathIn(r.ArchiveDir), URL: e.Archive.URL, SHA256: sha}
-	loaded, err := bundle.Import(ctx, r.Store, src, r.Archives, r.DownloadDir, wanted, v)
+	// One archive at a time in the temporary directory: a download and a
+	// verified copy, each at most Archives.MaxBytes.
+	r.archiveTurn.Lock()
+	loaded, err := bundle.Import(ctx, r.Store, src, r.archivePolicy(), r.DownloadDir, wanted, v)
+	r.archiveTurn.Unlock()
 	if err != nil {
 		return err
 	}
@@ -105,6 +109,29 @@ func (r *Reconciler) importArchive(ctx context.Context, e *entry) error {
 	r.notify()
 	return loaded[e.Image].Err
 }
+
+// archivePolicy is Archives with the disk budget: an archive of n bytes
+// writes at least as much into the content store and as much again
+// unpacked (its layers are compressed already), asked before its download
+// and before its import.
+func (r *Reconciler) archivePolicy() bundle.FetchPolicy {
+	p := r.Archives
+	p.Admit = func(n int64) error {
+		r.mu.Lock()
+		mount := r.fsMount
+		r.mu.Unlock()
+		if msg := r.overBudget(mount, 2*n, "the import"); msg != "" {
+			return &budgetError{msg}
+		}
+		return nil
+	}
+	return p
+}
+
+// budgetError is an archive the disk budget has no room for yet.
+type budgetError struct{ msg string }
+
+func (e *budgetError) Error() string { return e.msg }
 
 // archiveWant is one image wanted of an archive, and how it is verified.
 type archiveWant struct {

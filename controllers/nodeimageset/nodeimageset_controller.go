@@ -105,7 +105,9 @@ type Reconciler struct {
 	// loaded records which references an import of an archive made.
 	archiveWants map[string][]archiveWant
 	archiveLocks map[string]*sync.Mutex
-	loaded       map[string]map[string]bool
+	// archiveTurn lets one archive at a time into DownloadDir.
+	archiveTurn sync.Mutex
+	loaded      map[string]map[string]bool
 	// plans reads the ImagePlan the NodeImageSet names.
 	plans *imageplan.Reader
 }

@@ -130,33 +130,14 @@ func (r *Reconciler) pullBlobs(ctx context.Context, e *entry, auth *cri.Auth) []
 // compressed layer at least matches. All of blobs are counted first; the
 // runtime is asked which it lacks only when all would not fit.
 func (r *Reconciler) pullOverBudget(ctx context.Context, mount string, blobs []cri.Blob) string {
-	if r.DiskBudget <= 0 || mount == "" {
-		return ""
-	}
-	used, total, err := r.fsUsage(mount)
-	if err != nil || total == 0 {
-		return ""
-	}
-	over := func(need int64) string {
-		now, after := float64(used)/float64(total), float64(used+uint64(need))/float64(total)
-		switch {
-		case now >= r.DiskBudget:
-			return fmt.Sprintf("the image filesystem %s is %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
-				mount, 100*now, 100*r.DiskBudget)
-		case after >= r.DiskBudget:
-			return fmt.Sprintf("the pull writes at least %s (%s of blobs, as much again unpacked), which would take the image filesystem %s from %.1f%% to %.1f%% full, past the agent's disk budget of %.1f%%: no pull starts",
-				bundle.Bytes(need), bundle.Bytes(need/2), mount, 100*now, 100*after, 100*r.DiskBudget)
-		}
-		return ""
-	}
-	if msg := over(0); msg != "" || blobs == nil {
+	if msg := r.overBudget(mount, 0, "the pull"); msg != "" || blobs == nil {
 		return msg
 	}
 	var all int64
 	for _, b := range blobs {
 		all += b.Size
 	}
-	if over(2*all) == "" {
+	if r.overBudget(mount, 2*all, "the pull") == "" {
 		return ""
 	}
 	missing, err := r.Store.(cri.PullSizer).Missing(ctx, blobs)
@@ -164,7 +145,30 @@ func (r *Reconciler) pullOverBudget(ctx context.Context, mount string, blobs []c
 		// Not known: only the usage counts, and it fits.
 		return ""
 	}
-	return over(2 * missing)
+	return r.overBudget(mount, 2*missing, "the pull")
+}
+
+// overBudget says why what, which writes need bytes (half of them blobs,
+// half unpacked), may not start on the image filesystem at mount, or "" if
+// it may: the filesystem is past DiskBudget already, or would be after.
+func (r *Reconciler) overBudget(mount string, need int64, what string) string {
+	if r.DiskBudget <= 0 || mount == "" {
+		return ""
+	}
+	used, total, err := r.fsUsage(mount)
+	if err != nil || total == 0 {
+		return ""
+	}
+	now, after := float64(used)/float64(total), float64(used+uint64(need))/float64(total)
+	switch {
+	case now >= r.DiskBudget:
+		return fmt.Sprintf("the image filesystem %s is %.1f%% full, past the agent's disk budget of %.1f%%: no pull or import starts",
+			mount, 100*now, 100*r.DiskBudget)
+	case after >= r.DiskBudget:
+		return fmt.Sprintf("%s writes at least %s (%s of blobs, as much again unpacked), which would take the image filesystem %s from %.1f%% to %.1f%% full, past the agent's disk budget of %.1f%%: it does not start",
+			what, bundle.Bytes(need), bundle.Bytes(need/2), mount, 100*now, 100*after, 100*r.DiskBudget)
+	}
+	return ""
 }
 
 func (r *Reconciler) fsUsage(path string) (uint64, uint64, error) {

@@ -29,6 +29,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/containerd"
@@ -1137,6 +1138,48 @@ func TestAgent(t *testing.T) {
 		e.phase(t, "sized", big.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
 			if !st.Pinned {
 				return fmt.Errorf("not pinned")
+			}
+			return nil
+		})
+	})
+
+	t.Run("an archive's import counts against the disk budget, on a real filesystem", func(t *testing.T) {
+		// As the pull above, from a bundle of the 14 MiB image: the import
+		// would write at least 28 MiB, past 80% of 32 MiB. Nothing of it
+		// is written until there is room.
+		root, images, store := e.containerdOnTmpfs(t, 32<<20)
+		img := e.public.MustPushRandom(t, "sized/archived:v1", 14<<20, 1)
+		dir := t.TempDir()
+		sum := writeBundle(t, filepath.Join(dir, "b.tar"), bundle.Options{}, img.Tag)
+		e.agent(t, "archived", func(r *nodeimageset.Reconciler) {
+			r.Images, r.Store, r.KeepStrayPins, r.DiskBudget, r.ArchiveDir = images, store, false, 0.8, dir
+		})
+		en := entry(img.Digest, owner("shop/archived", img.Tag))
+		en.Archive = &prepullv1.ArchiveSource{Path: "b.tar", SHA256: sum}
+		e.setSpec(t, "archived", en)
+		st := e.phase(t, "archived", img.Digest, prepullv1.PhasePending, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != nodeimageset.ReasonDiskBudget {
+				return fmt.Errorf("reason %s, error %q", st.Reason, st.LastError)
+			}
+			return nil
+		})
+		for _, want := range []string{"the import writes at least 28 MiB", "past the agent's disk budget of 80.0%"} {
+			if !strings.Contains(st.LastError, want) {
+				t.Errorf("message %q: want %q", st.LastError, want)
+			}
+		}
+		if st.Attempts != 0 {
+			t.Errorf("%d imports counted past the budget", st.Attempts)
+		}
+		if _, err := images.ImageStatus(ctx, img.Digest); err == nil {
+			t.Errorf("the image past the budget was imported")
+		}
+		if err := syscall.Mount("tmpfs", root, "tmpfs", syscall.MS_REMOUNT, "size=256m"); err != nil {
+			t.Fatalf("grow the tmpfs: %v", err)
+		}
+		e.phase(t, "archived", img.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if !st.Pinned || st.ImportedFrom != sum {
+				return fmt.Errorf("pinned %v, imported from %q", st.Pinned, st.ImportedFrom)
 			}
 			return nil
 		})

@@ -152,16 +152,14 @@ func WaitPodRunning(ctx context.Context, cs *kubernetes.Clientset, pod *corev1.P
 const PrepullImage = RegistryHost + "/prepull/prepull:dev"
 
 // PushPrepull builds the prepull image from the built binary, without a
-// Docker engine, and pushes it to the cluster's registry.
+// Docker engine, and pushes it to the cluster's registry: the binary alone,
+// as the Dockerfile's image (it carries its own CA roots).
 func (c *Cluster) PushPrepull() error {
 	bin, err := os.ReadFile(filepath.Join(c.Bin, "prepull"))
 	if err != nil {
 		return fmt.Errorf("read the prepull binary (make build): %w", err)
 	}
 	files := []testground.File{{Path: "prepull", Mode: 0o755, Data: bin}}
-	if ca, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt"); err == nil {
-		files = append(files, testground.File{Path: "etc/ssl/certs/ca-certificates.crt", Mode: 0o644, Data: ca})
-	}
 	img, err := testground.Image(platform(), []string{"/prepull"}, files)
 	if err != nil {
 		return err
