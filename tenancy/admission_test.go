@@ -159,7 +159,9 @@ func TestAdmissionAndControllerAgree(t *testing.T) {
 		{"workloads refused", list("team-a", "discover", func(s *prepullv1.PrePullListSpec) {
 			s.Workloads = &prepullv1.WorkloadSource{Selector: &metav1.LabelSelector{}}
 		}, mine), "spec.workloads"},
-		{"workloads by default", list("plain", "discover", func(s *prepullv1.PrePullListSpec) { s.Workloads = &prepullv1.WorkloadSource{Selector: &metav1.LabelSelector{}} }), ""},
+		{"workloads by default", list("plain", "discover", func(s *prepullv1.PrePullListSpec) {
+			s.Workloads = &prepullv1.WorkloadSource{Selector: &metav1.LabelSelector{}}
+		}), ""},
 		{"any repository by default", list("plain", "any", nil, "nginx:1.25", "ghcr.io/org/tool:2", "localhost:5000/x/y"), ""},
 		{"docker.io's short names", list("team-b", "short", nil, "nginx:1.25", "docker.io/library/redis", "localhost:5000/b/app:1"), ""},
 		{"docker.io's other users", list("team-b", "user", nil, "bitnami/redis:7"), "spec.images"},
