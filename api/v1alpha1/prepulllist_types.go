@@ -460,6 +460,10 @@ const (
 	// message names it); the list changes nothing on any node until it is
 	// fixed.
 	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonPolicyRefused: the list's PrePullPolicy does not grant what it
+	// asks (the message names the policy and the field), or a quota of it
+	// leaves the list out; the list does nothing until that changes.
+	ReasonPolicyRefused = "PolicyRefused"
 	// ReasonReleasing (Ready False, Progressing True): the list is deleted
 	// and waits for the agents of the nodes that still hold its images to
 	// release them; the message counts those nodes.

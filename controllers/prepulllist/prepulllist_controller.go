@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -133,6 +134,16 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	lv := *l
 	lv.Status.Discovered, lv.Status.DiscoveredPullSecrets = disc.status, disc.secretNames
 	l = &lv
+	pol, refusal, err := r.govern(ctx, l)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if refusal != "" {
+		return r.refuse(ctx, orig, refusal)
+	}
+	if selector, err = withinGrant(pol, l, selector); err != nil {
+		return ctrl.Result{}, r.invalid(ctx, orig, err)
+	}
 	if err := r.tags.collect(ctx, r.tags.use(client.ObjectKeyFromObject(l), usesOf(l))); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -424,6 +435,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allLists),
 			builder.WithPredicates(nodegate.NodeChanged())).
 		Watches(&prepullv1.NodeImageSet{}, statusChanged).
+		Watches(&prepullv1.PrePullPolicy{}, handler.EnqueueRequestsFromMapFunc(r.listsGovernedBy)).
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.listsGovernedBy), builder.WithPredicates(predicate.LabelChangedPredicate{})).
+		Watches(&prepullv1.PrePullList{}, handler.EnqueueRequestsFromMapFunc(r.neighbours), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{}))
 	for _, k := range workloadKinds {
 		b = b.Watches(k.object(), handler.EnqueueRequestsFromMapFunc(r.listsDiscoveringIn), builder.WithPredicates(discoveryChanged(k.template)))

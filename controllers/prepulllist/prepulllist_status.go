@@ -205,6 +205,13 @@ func listStatus(f listFacts) prepullv1.PrePullListStatus {
 // act on (cause): Ready and Progressing False, Degraded True, reason
 // InvalidSpec; the rest as the list held it.
 func invalidStatus(l *prepullv1.PrePullList, cause string) prepullv1.PrePullListStatus {
+	return stoppedStatus(l, prepullv1.ReasonInvalidSpec, cause)
+}
+
+// stoppedStatus is the status of a list that does nothing, for reason and
+// cause: Ready and Progressing False, Degraded True; the rest as the list
+// held it.
+func stoppedStatus(l *prepullv1.PrePullList, reason, cause string) prepullv1.PrePullListStatus {
 	st := *l.Status.DeepCopy()
 	st.ObservedGeneration = l.Generation
 	if st.ReadyNodes == "" {
@@ -221,7 +228,7 @@ func invalidStatus(l *prepullv1.PrePullList, cause string) prepullv1.PrePullList
 		status metav1.ConditionStatus
 	}{{prepullv1.ConditionReady, metav1.ConditionFalse}, {prepullv1.ConditionProgressing, metav1.ConditionFalse}, {prepullv1.ConditionDegraded, metav1.ConditionTrue}} {
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: c.typ, Status: c.status, ObservedGeneration: l.Generation,
-			Reason: prepullv1.ReasonInvalidSpec, Message: cause})
+			Reason: reason, Message: cause})
 	}
 	return st
 }

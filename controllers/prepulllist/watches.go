@@ -64,6 +64,7 @@ func (r *Reconciler) CacheOptions(o cache.Options) cache.Options {
 		o.ByObject[k.object()] = cache.ByObject{Transform: slimWorkload}
 	}
 	o.ByObject[&corev1.ServiceAccount{}] = cache.ByObject{Transform: slimServiceAccount}
+	o.ByObject[&corev1.Namespace{}] = cache.ByObject{Transform: slimNamespace}
 	r.cached = true
 	return o
 }

@@ -472,3 +472,111 @@ func TestARemovedNodeHoldsNothingUp(t *testing.T) {
 	})
 	deleteList(t, l)
 }
+
+// labelNode sets (value "") or removes a label of node name.
+func labelNode(t *testing.T, name, key, value string) {
+	t.Helper()
+	n := &corev1.Node{}
+	if err := cl.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.MergeFrom(n.DeepCopy())
+	if value == "" {
+		delete(n.Labels, key)
+	} else {
+		n.Labels[key] = value
+	}
+	if err := cl.Patch(ctx, n, patch); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestANamespaceActsOnlyWithinItsGrant: a namespace held to a PrePullPolicy
+// that grants pool=a nodes, its own repository, archives under it and node
+// gates of at most two minutes. On real nodes, one in pool a and two in
+// pool b: a list asking for pool b, an archive list naming another
+// namespace's repository and a gate of three minutes are refused at
+// admission, naming the policy and the field; a list that names no nodes
+// reaches only the pool-a node.
+func TestANamespaceActsOnlyWithinItsGrant(t *testing.T) {
+	nodes := c.RunningNodes()
+	if len(nodes) < 3 {
+		t.Fatalf("%d nodes: the test needs 3", len(nodes))
+	}
+	pools := map[string]string{nodes[0].Name: "a", nodes[1].Name: "b", nodes[2].Name: "b"}
+	for name, pool := range pools {
+		labelNode(t, name, "pool", pool)
+		t.Cleanup(func() { labelNode(t, name, "pool", "") })
+	}
+	const tenant = "tenant-a"
+	mine := cluster.RegistryHost + "/" + tenant
+	pol := &prepullv1.PrePullPolicy{ObjectMeta: metav1.ObjectMeta{Name: tenant}, Spec: prepullv1.PrePullPolicySpec{
+		NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "a"}},
+		Repositories: []string{mine},
+		Archives:     &prepullv1.ArchiveGrant{Repositories: []string{mine}},
+		NodeGate:     &prepullv1.NodeGateGrant{MaxTimeout: &metav1.Duration{Duration: 2 * time.Minute}},
+	}}
+	namespace := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: tenant, Labels: map[string]string{prepullv1.PolicyLabel: tenant}}}
+	for _, o := range []client.Object{pol, namespace} {
+		if err := cl.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cl.Delete(ctx, o) })
+	}
+	tag, _ := push(t, tenant+"/app:1", 1<<20, cluster.RegistryHost)
+	theirs, _ := push(t, "multi/app:1", 1<<20, cluster.RegistryHost)
+	newList := func(name string, mutate func(*prepullv1.PrePullListSpec), image string) *prepullv1.PrePullList {
+		l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: name}}
+		l.Spec.Images = []prepullv1.PrePullImage{{Image: image}}
+		if mutate != nil {
+			mutate(&l.Spec)
+		}
+		return l
+	}
+	// The admission policy reads the new policy once its informer has it.
+	testground.Eventually(t, time.Minute, "the policy in force at admission", func() error {
+		l := newList("probe", func(s *prepullv1.PrePullListSpec) { s.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "b"}} }, tag)
+		if err := cl.Create(ctx, l); err == nil {
+			_ = cl.Delete(ctx, l)
+			return errors.New("a list for pool b admitted")
+		}
+		return nil
+	})
+
+	refusals := []struct {
+		list *prepullv1.PrePullList
+		want string
+	}{
+		{newList("pool-b", func(s *prepullv1.PrePullListSpec) {
+			s.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "b"}}
+		}, tag), "spec.nodeSelector: PrePullPolicy tenant-a grants this namespace only nodes labelled pool=a"},
+		{newList("their-name", func(s *prepullv1.PrePullListSpec) {
+			s.Source = &prepullv1.ImageSource{Archive: &prepullv1.ArchiveSource{URL: "https://files.example/site.tar", SHA256: strings.Repeat("c", 64)}}
+		}, theirs), "PrePullPolicy tenant-a does not grant repository " + cluster.RegistryHost + "/multi/app"},
+		{newList("long-gate", func(s *prepullv1.PrePullListSpec) {
+			s.NodeGate = &prepullv1.NodeGate{Timeout: &metav1.Duration{Duration: 3 * time.Minute}}
+		}, tag), "spec.nodeGate.timeout: PrePullPolicy tenant-a grants node gates of at most"},
+	}
+	for _, r := range refusals {
+		err := cl.Create(ctx, r.list)
+		if err == nil {
+			_ = cl.Delete(ctx, r.list)
+		}
+		if err == nil || !strings.Contains(err.Error(), r.want) {
+			t.Errorf("list %s: %v; want it refused at admission with %q", r.list.Name, err, r.want)
+		}
+	}
+
+	l := newList("anywhere", nil, tag)
+	if err := cl.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteList(t, l) })
+	waitReady(t, l, 1)
+	for i, n := range nodes[:3] {
+		_, err := images(t, n).ImageStatus(ctx, tag)
+		if present := err == nil; present != (i == 0) {
+			t.Errorf("%s (pool %s): %s present %t", n.Name, pools[n.Name], tag, present)
+		}
+	}
+}
