@@ -176,6 +176,15 @@ func (c *Cluster) Deploy(ctx context.Context, cs *kubernetes.Clientset, how Inst
 	}
 	switch how {
 	case Kustomize:
+		// The CRDs first, established, so that the base's default
+		// PrePullPolicy has its kind when the rest is applied.
+		crds := filepath.Join(c.Root, "deploy", "crd")
+		if err := c.Kubectl("apply", "--server-side", "-f", crds); err != nil {
+			return fmt.Errorf("kubectl apply -f %s: %w", crds, err)
+		}
+		if err := c.Kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", crds); err != nil {
+			return fmt.Errorf("kubectl wait for the CRDs: %w", err)
+		}
 		overlay := filepath.Join(c.Root, "hack", "cluster", "overlay")
 		if err := c.Kubectl("apply", "--server-side", "-k", overlay); err != nil {
 			return fmt.Errorf("kubectl apply -k %s: %w", overlay, err)
