@@ -580,3 +580,91 @@ func TestANamespaceActsOnlyWithinItsGrant(t *testing.T) {
 		}
 	}
 }
+
+// TestTheControllerWritesOnlyItsTaintAndCondition: with the controller's
+// own token, on a real node, removing a prepull.io/ taint and setting the
+// prepull.io/ImagesReady condition pass admission; a label, another taint,
+// another condition and a deletion are refused by the admission policy
+// prepull-controller-node-writes.
+func TestTheControllerWritesOnlyItsTaintAndCondition(t *testing.T) {
+	node := c.RunningNodes()[1].Name
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: new(int64(600))}}
+	tok, err := cs.CoreV1().ServiceAccounts("prepull-system").CreateToken(ctx, "prepull-controller", req, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.BearerToken, cfg.BearerTokenFile = tok.Status.Token, ""
+	cfg.CertFile, cfg.KeyFile, cfg.CertData, cfg.KeyData = "", "", nil, nil
+	ctl, err := client.New(cfg, client.Options{Scheme: cl.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two taints of the test's own, one of prepull's domain, set as admin.
+	n := &corev1.Node{}
+	if err := cl.Get(ctx, client.ObjectKey{Name: node}, n); err != nil {
+		t.Fatal(err)
+	}
+	before := client.MergeFrom(n.DeepCopy())
+	n.Spec.Taints = append(n.Spec.Taints,
+		corev1.Taint{Key: "prepull.io/test-gate", Effect: corev1.TaintEffectPreferNoSchedule},
+		corev1.Taint{Key: "example.com/other", Effect: corev1.TaintEffectPreferNoSchedule})
+	if err := cl.Patch(ctx, n, before); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		n := &corev1.Node{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: node}, n); err != nil {
+			return
+		}
+		before := client.MergeFrom(n.DeepCopy())
+		n.Spec.Taints = slices.DeleteFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == "example.com/other" || t.Key == "prepull.io/test-gate" })
+		delete(n.Labels, "example.com/by-controller")
+		_ = cl.Patch(ctx, n, before)
+	})
+	patch := func(sub string, p string) error {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}
+		if strings.HasPrefix(p, "-") {
+			// Without the taint of that key, as a merge patch of the list.
+			if err := cl.Get(ctx, client.ObjectKey{Name: node}, n); err != nil {
+				t.Fatal(err)
+			}
+			before := client.MergeFrom(n.DeepCopy())
+			n.Spec.Taints = slices.DeleteFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == p[1:] })
+			return ctl.Patch(ctx, n, before)
+		}
+		raw := client.RawPatch(types.StrategicMergePatchType, []byte(p))
+		if sub == "status" {
+			return ctl.Status().Patch(ctx, n, raw)
+		}
+		return ctl.Patch(ctx, n, raw)
+	}
+	cond := func(typ string) string {
+		return fmt.Sprintf(`{"status":{"conditions":[{"type":%q,"status":"True","reason":"Test","message":"test","lastHeartbeatTime":%q,"lastTransitionTime":%q}]}}`,
+			typ, time.Now().UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339))
+	}
+	for _, w := range []struct {
+		what, sub, patch string
+		refused          string
+	}{
+		{"a label", "", `{"metadata":{"labels":{"example.com/by-controller":"yes"}}}`, "not its labels"},
+		{"another taint removed", "", "-example.com/other", "only remove taints of the prepull.io/ domain"},
+		{"another condition", "status", cond("example.com/Other"), "only the prepull.io/ImagesReady condition"},
+		{"its taint removed", "", "-prepull.io/test-gate", ""},
+		{"its condition", "status", cond(prepullv1.NodeConditionImagesReady), ""},
+	} {
+		err := patch(w.sub, w.patch)
+		switch {
+		case w.refused == "" && err != nil:
+			t.Errorf("%s: %v; want it admitted", w.what, err)
+		case w.refused != "" && (!apierrors.IsForbidden(err) || !strings.Contains(err.Error(), w.refused)):
+			t.Errorf("%s: %v; want it refused with %q", w.what, err, w.refused)
+		}
+	}
+	if err := ctl.Delete(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}, client.DryRunAll); !apierrors.IsForbidden(err) {
+		t.Errorf("the controller deleting a node: %v; want it forbidden", err)
+	}
+}
