@@ -285,3 +285,30 @@ func TestAgentTakesOnlyWhatItNeeds(t *testing.T) {
 		}
 	}
 }
+
+// TestControllerReadsSecretsOnlyByName: outside its own namespace, the
+// controller may get a Secret by name, and not list or watch Secrets,
+// which would give it every Secret's data in the cluster.
+func TestControllerReadsSecretsOnlyByName(t *testing.T) {
+	out := objects(t, run(t, "kubectl", "kustomize", "."))
+	role := out["rbac.authorization.k8s.io/v1/ClusterRole//prepull-controller"]
+	if role == nil {
+		t.Fatalf("no controller ClusterRole; rendered: %v", keys(out))
+	}
+	rules, _, _ := unstructured.NestedSlice(role.Object, "rules")
+	found := false
+	for _, r := range rules {
+		rm := r.(map[string]any)
+		resources, _, _ := unstructured.NestedStringSlice(rm, "resources")
+		verbs, _, _ := unstructured.NestedStringSlice(rm, "verbs")
+		if slices.Contains(resources, "secrets") || slices.Contains(resources, "*") {
+			found = true
+			if !slices.Equal(verbs, []string{"get"}) {
+				t.Errorf("the ClusterRole grants %v on secrets, want get alone", verbs)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("the ClusterRole does not let the controller read a list's pull secret by name")
+	}
+}

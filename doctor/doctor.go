@@ -55,6 +55,10 @@ type Node struct {
 	// FsUsage reports a filesystem's used and total bytes; nil means
 	// cri.Statfs.
 	FsUsage func(path string) (used, total uint64, err error)
+	// PrivateImages, when set, are the images present on the node that
+	// prepull pulled with pull secrets (the agent knows them); the check
+	// of the kubelet's credential verification says who may run them.
+	PrivateImages func() []string
 }
 
 // Run runs every check, in a fixed order.

@@ -273,6 +273,17 @@ func TestKubeletAndDisk(t *testing.T) {
 		})
 	}
 
+	t.Run("private images under a policy that lets any pod run them", func(t *testing.T) {
+		n := n
+		n.KubeletConfig = writeKubelet(t, "")
+		n.PrivateImages = func() []string { return nil }
+		expect(t, n.Run(ctx), doctor.CheckCredentials, prepullv1.CheckPass, "no image with pull secrets")
+		n.PrivateImages = func() []string { return []string{"r.example.com/team/a:1", "r.example.com/team/b:1"} }
+		expect(t, n.Run(ctx), doctor.CheckCredentials, prepullv1.CheckWarn, "any pod on this node may run the 2 private images", "r.example.com/team/a:1")
+		n.KubeletConfig = writeKubelet(t, "imagePullCredentialsVerificationPolicy: AlwaysVerify\n")
+		expect(t, n.Run(ctx), doctor.CheckCredentials, prepullv1.CheckWarn, "must present credentials")
+	})
+
 	t.Run("disk budget above the kubelet's GC threshold", func(t *testing.T) {
 		n := n
 		n.KubeletConfig, n.DiskBudget = writeKubelet(t, "imageGCHighThresholdPercent: 70\n"), 0.9

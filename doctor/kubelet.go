@@ -138,9 +138,9 @@ func (n Node) credentials(add adder, kc *kubeletConfig, kerr error) {
 	policy := kc.ImagePullCredentialsVerificationPolicy
 	switch policy {
 	case "", "NeverVerifyPreloadedImages":
-		add(CheckCredentials, prepullv1.CheckPass, "imagePullCredentialsVerificationPolicy NeverVerifyPreloadedImages"+gate+": images prepull pulled count as preloaded, and pods start on them without credentials", "")
+		n.openPrivate(add, "imagePullCredentialsVerificationPolicy NeverVerifyPreloadedImages"+gate+": images prepull pulled count as preloaded, and pods start on them without credentials")
 	case "NeverVerify":
-		add(CheckCredentials, prepullv1.CheckPass, "imagePullCredentialsVerificationPolicy NeverVerify: the kubelet lets any pod use an image present on the node", "")
+		n.openPrivate(add, "imagePullCredentialsVerificationPolicy NeverVerify: the kubelet lets any pod use an image present on the node")
 	case "NeverVerifyAllowlistedImages":
 		add(CheckCredentials, prepullv1.CheckWarn, fmt.Sprintf("imagePullCredentialsVerificationPolicy NeverVerifyAllowlistedImages%s: a pod of a private image prepull pulled must present credentials the kubelet verifies with the registry, unless the image is in preloadedImagesVerificationAllowlist (%s); without the registry in reach it does not start", gate, strings.Join(kc.PreloadedImagesVerificationAllowlist, ", ")),
 			"add the private images of your lists to preloadedImagesVerificationAllowlist, or use NeverVerifyPreloadedImages")
@@ -150,4 +150,31 @@ func (n Node) credentials(add adder, kc *kubeletConfig, kerr error) {
 	default:
 		add(CheckCredentials, prepullv1.CheckWarn, fmt.Sprintf("imagePullCredentialsVerificationPolicy %q is not a policy the doctor knows", policy), "")
 	}
+}
+
+// openPrivate adds the credential check of a policy (what says) under which
+// any pod of the node may run any image present: a warning when prepull
+// pulled private images there, which every pod may then run without their
+// credentials; a pass when it did not, or when that is not known.
+func (n Node) openPrivate(add adder, says string) {
+	var private []string
+	if n.PrivateImages != nil {
+		private = n.PrivateImages()
+	}
+	if len(private) == 0 {
+		if n.PrivateImages != nil {
+			says += "; prepull pulled no image with pull secrets here"
+		} else {
+			says += ", private ones included"
+		}
+		add(CheckCredentials, prepullv1.CheckPass, says, "")
+		return
+	}
+	shown := private[:min(len(private), 5)]
+	more := ""
+	if len(private) > len(shown) {
+		more = fmt.Sprintf(" and %d more", len(private)-len(shown))
+	}
+	add(CheckCredentials, prepullv1.CheckWarn, fmt.Sprintf("%s: so any pod on this node may run the %d private images prepull pulled here with pull secrets (%s%s), without those credentials", says, len(private), strings.Join(shown, ", "), more),
+		"in a shared cluster, keep a namespace's private images on nodes only its pods run on (its PrePullPolicy's nodeSelector, and a node pool that only it schedules to), or set imagePullCredentialsVerificationPolicy: AlwaysVerify (a pod of a private image then needs its credentials, checked with the registry at start)")
 }

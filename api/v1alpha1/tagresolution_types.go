@@ -75,14 +75,20 @@ type TagResolutionStatus struct {
 	// resolvedAt is when digest was last confirmed.
 	// +optional
 	ResolvedAt *metav1.Time `json:"resolvedAt,omitempty"`
-	// attemptedAt is when the registry was last asked, successfully or not.
+	// attemptedAt is when the registry was last asked.
 	// +optional
 	AttemptedAt *metav1.Time `json:"attemptedAt,omitempty"`
-	// message is the registry's answer when the last resolution failed;
-	// digest then stays what it was.
+	// readers are who read digest at the registry themselves, for a tag
+	// resolved there: "" for anonymous access, else a list's namespace and
+	// the version of its pull secrets. A list is handed digest only once
+	// its own credentials (or anonymous access) read it; the newest 64 are
+	// kept. A failure is its reader's alone, and is not recorded here: it
+	// changes neither what another list is handed nor when the tag
+	// refreshes.
 	// +optional
-	// +kubebuilder:validation:MaxLength=1024
-	Message string `json:"message,omitempty"`
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=128
+	Readers []string `json:"readers,omitempty"`
 }
 
 // TagResolutionList is a list of TagResolutions.

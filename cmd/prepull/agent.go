@@ -69,8 +69,10 @@ func runAgent(ctx context.Context, args []string) error {
 		KeepStrayPins:      !opts.CollectStrayPins,
 		ArchiveDir:         opts.ArchiveDir,
 		Archives:           opts.archives(),
-		Doctor:             checkNode(rt, opts.CheckOptions, diskBudget).Run,
 	}
+	checks := checkNode(rt, opts.CheckOptions, diskBudget)
+	checks.PrivateImages = r.PrivateImages
+	r.Doctor = checks.Run
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the NodeImageSet reconciler: %w", err)
 	}

@@ -34,6 +34,7 @@ func runController(ctx context.Context, args []string) error {
 	r := &prepulllist.Reconciler{
 		Namespace:    opts.Namespace,
 		Resolver:     &prepulllist.RegistryResolver{Insecure: insecure, Timeout: opts.ResolveTimeout},
+		SecretPoll:   opts.SecretPoll,
 		Signatures:   &verify.Registry{Insecure: insecure, Timeout: opts.ResolveTimeout},
 		Gates:        gates,
 		StartupTaint: opts.StartupTaint,

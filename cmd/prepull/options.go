@@ -15,6 +15,7 @@ import (
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/controllers/nodeimageset"
+	"prepull.io/prepull/controllers/prepulllist"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/doctor"
 )
@@ -74,6 +75,8 @@ type ControllerOptions struct {
 	InsecureRegistries []string
 	// ResolveTimeout bounds one tag resolution at a registry.
 	ResolveTimeout time.Duration
+	// SecretPoll is how often the pull secrets lists name are read again.
+	SecretPoll time.Duration
 	// StartupTaint is the key of the taint that gating lists hold nodes
 	// with.
 	StartupTaint string
@@ -82,7 +85,7 @@ type ControllerOptions struct {
 // NewControllerOptions returns the defaults.
 func NewControllerOptions() *ControllerOptions {
 	return &ControllerOptions{ServeOptions: newServeOptions(":8080", ":8081"), LeaderElect: true, ResolveTimeout: 30 * time.Second,
-		StartupTaint: prepullv1.DefaultStartupTaint}
+		StartupTaint: prepullv1.DefaultStartupTaint, SecretPoll: prepulllist.DefaultSecretPoll}
 }
 
 // AddFlags defines the flags on fs.
@@ -93,6 +96,7 @@ func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", o.InsecureRegistries, "registry hosts (host:port) to resolve tags at over plain HTTP")
 	fs.DurationVar(&o.ResolveTimeout, "resolve-timeout", o.ResolveTimeout, "deadline of one tag resolution at a registry")
 	fs.StringVar(&o.StartupTaint, "startup-taint", o.StartupTaint, "key of the taint nodes register with to wait for gating lists (spec.nodeGate); the controller removes it, and no other")
+	fs.DurationVar(&o.SecretPoll, "secret-poll", o.SecretPoll, "how often the pull secrets lists name are read again by name, to notice a rotation")
 }
 
 // Validate reports every invalid flag at once.
@@ -100,6 +104,9 @@ func (o *ControllerOptions) Validate() error {
 	errs := o.ServeOptions.validate()
 	if o.ResolveTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--resolve-timeout: %s: must be positive", o.ResolveTimeout))
+	}
+	if o.SecretPoll <= 0 {
+		errs = append(errs, fmt.Errorf("--secret-poll: %s: must be positive", o.SecretPoll))
 	}
 	if msgs := validation.IsQualifiedName(o.StartupTaint); len(msgs) > 0 {
 		errs = append(errs, fmt.Errorf("--startup-taint: %q: %s", o.StartupTaint, strings.Join(msgs, "; ")))

@@ -51,6 +51,7 @@ func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *
 	st.digest, st.pinned, st.pinOwners = got.Digest, got.Pinned, got.Owners
 	st.bytesDone, st.bytesTotal = int64(got.Size), int64(got.Size)
 	st.verified, st.verifiedAt = specKey(e), now
+	st.private = len(e.PullSecrets) > 0
 	switch {
 	case err == nil && (got.Pinned || len(e.Pinners) == 0):
 		// Make saw through CRI every tag and pin it made: the runtime's

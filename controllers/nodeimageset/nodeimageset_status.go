@@ -202,3 +202,19 @@ func (r *Reconciler) examine(ctx context.Context) {
 		}
 	}
 }
+
+// PrivateImages are the images present on the node whose entries name pull
+// secrets, sorted: what the kubelet's credential verification policy
+// decides who may run (the doctor's check of it).
+func (r *Reconciler) PrivateImages() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for ref, st := range r.images {
+		if st.private && st.phase == prepullv1.PhasePresent {
+			out = append(out, ref)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

@@ -101,6 +101,9 @@ type imageState struct {
 	importedFrom string
 	// signature is what the last import found of the image's signatures.
 	signature *prepullv1.SignatureStatus
+	// private is whether the entry last settled names pull secrets: a
+	// private image, as far as the agent knows.
+	private bool
 }
 
 // to puts st in phase p, saying why with reason and msg ("" and "" when

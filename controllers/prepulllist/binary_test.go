@@ -124,7 +124,7 @@ func startController(t *testing.T, bin, kubeconfig string, reg *testground.Regis
 	t.Helper()
 	p := &controllerProc{metrics: testground.FreePort(t), probe: testground.FreePort(t), exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, append([]string{"controller", "--namespace=" + controllerNS,
-		"--insecure-registries=" + reg.Host,
+		"--insecure-registries=" + reg.Host, "--secret-poll=1s",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", p.metrics),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", p.probe)}, args...)...)
 	p.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)

@@ -56,6 +56,9 @@ type Reconciler struct {
 	// PlanGrace is how long an ImagePlan that no NodeImageSet names is
 	// kept; zero means DefaultPlanGrace.
 	PlanGrace time.Duration
+	// SecretPoll is how often the Secrets lists name are read again, to
+	// notice a rotation; zero means DefaultSecretPoll.
+	SecretPoll time.Duration
 	// Gates, when set, is where gating lists publish what is missing on
 	// their nodes, for the node gate; StartupTaint is the taint it removes.
 	Gates        *nodegate.Book
@@ -82,7 +85,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=prepull.io,resources=tagresolutions,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=prepull.io,resources=imageplans,verbs=get;list;create;delete
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",namespace=prepull-system,resources=secrets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets;replicasets,verbs=get;list;watch
@@ -157,7 +160,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	}
 	prev := r.lists.previous(orig)
 	selected, probeNode := selection(nodes)
-	targets, images, awaiting, next, resolveErr := r.resolve(ctx, l, creds, nodes, probeNode)
+	targets, images, awaiting, next, resolveErr := r.resolve(ctx, l, readerOf(l, secretsVersion, creds), creds, nodes, probeNode)
 	verifyKeys := r.checkSignatures(ctx, l, prev.Images, targets, images, creds)
 
 	placeDiscovered(l, targets, disc.discovery, cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint))
@@ -414,7 +417,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		return r.watchSourceSecrets(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("secrets")), mgr.GetConfig())
+		return r.pollSourceSecrets(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("secrets")), mgr.GetConfig())
 	})); err != nil {
 		return err
 	}

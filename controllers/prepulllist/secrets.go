@@ -1,6 +1,7 @@
 package prepulllist
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,15 +10,15 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/rest"
-	toolscache "k8s.io/client-go/tools/cache"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -163,63 +164,72 @@ func indexPullSecrets(o client.Object) []string {
 	return l.PullSecretNames()
 }
 
-// watchSourceSecrets watches the metadata of every Secret, and reconciles
-// the lists that name one at once when it is created, changed or deleted:
-// a rotated pull secret is mirrored, and its new version reaches the agents
-// (PullSecretsVersion), within a statusBatch. Only metadata is watched
-// and kept, stripped to name and version: the data of a list's secret is
-// read by name when the list is reconciled, never cached.
-func (r *Reconciler) watchSourceSecrets(ctx context.Context, cfg *rest.Config) error {
+// DefaultSecretPoll is how often the Secrets lists name are read again.
+const DefaultSecretPoll = 15 * time.Second
+
+// pollSourceSecrets reads, every SecretPoll, the metadata of each Secret
+// that a list names, by name, and reconciles the lists naming one that was
+// created, changed or deleted since: a rotated pull secret is mirrored, and
+// its new version reaches the agents (PullSecretsVersion), within a
+// SecretPoll and a statusBatch. The controller may get a Secret by name;
+// it may not list or watch Secrets outside its own namespace, which would
+// give it every Secret's data (Kubernetes authorizes a metadata watch as
+// a watch). A Secret's data is read by name when its list is reconciled,
+// never cached.
+func (r *Reconciler) pollSourceSecrets(ctx context.Context, cfg *rest.Config) error {
 	mc, err := metadata.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("metadata client: %w", err)
 	}
-	inf := metadatainformer.NewFilteredMetadataInformer(mc, corev1.SchemeGroupVersion.WithResource("secrets"),
-		metav1.NamespaceAll, 0, toolscache.Indexers{}, nil).Informer()
-	if err := inf.SetTransform(func(obj any) (any, error) {
-		if m, ok := obj.(*metav1.PartialObjectMetadata); ok {
-			return &metav1.PartialObjectMetadata{TypeMeta: m.TypeMeta, ObjectMeta: metav1.ObjectMeta{
-				Namespace: m.Namespace, Name: m.Name, ResourceVersion: m.ResourceVersion}}, nil
-		}
-		return obj, nil
-	}); err != nil {
-		return err
-	}
-	changed := func(obj any) {
-		if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
-			obj = tomb.Obj
-		}
-		m, ok := obj.(*metav1.PartialObjectMetadata)
-		if !ok || m.Namespace == r.Namespace {
-			// The mirrors themselves live in the controller's namespace.
+	secrets := mc.Resource(corev1.SchemeGroupVersion.WithResource("secrets"))
+	versions := map[types.NamespacedName]string{}
+	wait.UntilWithContext(ctx, func(ctx context.Context) {
+		named, err := r.namedSecrets(ctx)
+		if err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "List the PrePullLists' pull secrets")
 			return
 		}
-		var lists prepullv1.PrePullListList
-		if err := r.List(ctx, &lists, client.InNamespace(m.Namespace), client.MatchingFields{pullSecretIndex: m.Name}); err != nil {
-			ctrl.LoggerFrom(ctx).Error(err, "List the PrePullLists naming a changed Secret", "secret", m.Namespace+"/"+m.Name)
-			return
-		}
-		keys := make([]types.NamespacedName, 0, len(lists.Items))
-		for i := range lists.Items {
-			keys = append(keys, client.ObjectKeyFromObject(&lists.Items[i]))
-		}
-		if len(keys) > 0 {
-			ctrl.LoggerFrom(ctx).V(1).Info("A pull secret changed; reconciling the lists naming it", "secret", m.Namespace+"/"+m.Name, "lists", len(keys))
-		}
-		r.noteLists(keys)
-	}
-	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc: changed,
-		UpdateFunc: func(oldObj, newObj any) {
-			o, n := oldObj.(*metav1.PartialObjectMetadata), newObj.(*metav1.PartialObjectMetadata)
-			if o == nil || n == nil || o.ResourceVersion != n.ResourceVersion {
-				changed(newObj)
+		for key, lists := range named {
+			version := ""
+			m, err := secrets.Namespace(key.Namespace).Get(ctx, key.Name, metav1.GetOptions{})
+			switch {
+			case err == nil:
+				version = m.ResourceVersion
+			case !apierrors.IsNotFound(err):
+				ctrl.LoggerFrom(ctx).Info("Could not read a pull secret's version", "secret", key.String(), "error", err.Error())
+				continue
 			}
-		},
-		DeleteFunc: changed,
-	}); err != nil {
-		return err
-	}
-	inf.Run(ctx.Done())
+			// A Secret seen for the first time may have changed since its
+			// lists were last reconciled: they are, once.
+			if prev, ok := versions[key]; !ok || prev != version {
+				ctrl.LoggerFrom(ctx).V(1).Info("A pull secret changed; reconciling the lists naming it", "secret", key.String(), "lists", len(lists))
+				r.noteLists(lists)
+			}
+			versions[key] = version
+		}
+		for key := range versions {
+			if _, ok := named[key]; !ok {
+				delete(versions, key)
+			}
+		}
+	}, cmp.Or(r.SecretPoll, DefaultSecretPoll))
 	return nil
+}
+
+// namedSecrets are the Secrets the lists name (their own and those their
+// workloads use), each with the lists naming it.
+func (r *Reconciler) namedSecrets(ctx context.Context) (map[types.NamespacedName][]types.NamespacedName, error) {
+	var lists prepullv1.PrePullListList
+	if err := r.List(ctx, &lists, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, err
+	}
+	out := map[types.NamespacedName][]types.NamespacedName{}
+	for i := range lists.Items {
+		l := &lists.Items[i]
+		for _, name := range l.PullSecretNames() {
+			key := types.NamespacedName{Namespace: l.Namespace, Name: name}
+			out[key] = append(out[key], client.ObjectKeyFromObject(l))
+		}
+	}
+	return out, nil
 }

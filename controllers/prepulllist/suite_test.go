@@ -128,7 +128,7 @@ func setup(t *testing.T) *env {
 func (e *env) startController(t *testing.T) func() {
 	t.Helper()
 	gates := nodegate.NewBook()
-	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Signatures: e.signatures, Clock: e.clock, Gates: gates, PlanGrace: 2 * time.Second}
+	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Signatures: e.signatures, Clock: e.clock, Gates: gates, PlanGrace: 2 * time.Second, SecretPoll: time.Second}
 	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
 		Scheme:  testground.Scheme(),
 		Metrics: metricsserver.Options{BindAddress: "0"},

@@ -32,6 +32,13 @@ import (
 // tag's own, asked once for the cluster; a node's pull goes through that
 // node's mirrors; an archive holds what it held when it was written. The
 // refresh runs on the shortest refreshInterval among the lists naming it.
+//
+// A digest resolved at the registry is handed only to the lists whose own
+// credentials (or anonymous access) read it there: its TagResolution keeps
+// its readers, and a list of another reader asks the registry once, with
+// its own credentials, before it is handed the digest. A failure is its
+// reader's alone: it is kept here, not in the shared record, and the list
+// keeps the digest it had.
 
 // tagUse is how one list names a tag.
 type tagUse struct {
@@ -63,6 +70,69 @@ type tagStore struct {
 type tagRec struct {
 	res  *prepullv1.TagResolution
 	uses map[types.NamespacedName]tagUse
+	// failed are, by reader, its last failure to read the tag at the
+	// registry, until it reads it.
+	failed map[string]tagFailure
+}
+
+// tagFailure is a reader's failure to read a tag at the registry.
+type tagFailure struct {
+	at  time.Time
+	msg string
+}
+
+// failure is reader's last failure to read tag, if any.
+func (s *tagStore) failure(tag, reader string) (tagFailure, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tags[tag]
+	if t == nil {
+		return tagFailure{}, false
+	}
+	f, ok := t.failed[reader]
+	return f, ok
+}
+
+// setFailure records reader's failure to read tag (f.at zero: that it read
+// it).
+func (s *tagStore) setFailure(tag, reader string, f tagFailure) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.tags[tag]
+	switch {
+	case t == nil:
+	case f.at.IsZero():
+		delete(t.failed, reader)
+	default:
+		if t.failed == nil {
+			t.failed = map[string]tagFailure{}
+		}
+		t.failed[reader] = f
+	}
+}
+
+// readerOf is whose access to the registry l's credentials are: "" for
+// anonymous, else l's namespace and the version of its pull secrets' mirrors.
+func readerOf(l *prepullv1.PrePullList, secretsVersion string, creds []pullsecret.Credential) string {
+	if len(creds) == 0 {
+		return ""
+	}
+	return l.Namespace + "/" + secretsVersion
+}
+
+// readable says whether reader read rec's digest at the registry (any
+// reader, for a digest from a node or an archive).
+func readable(rec *prepullv1.TagResolution, reader string) bool {
+	return rec.Status.Source != prepullv1.SourceRegistry || slices.Contains(rec.Status.Readers, reader)
+}
+
+// maxReaders is how many readers a TagResolution keeps, the newest.
+const maxReaders = 64
+
+// withReader is readers with reader, the newest last, at most maxReaders.
+func withReader(readers []string, reader string) []string {
+	out := append(slices.DeleteFunc(slices.Clone(readers), func(r string) bool { return r == reader }), reader)
+	return out[max(0, len(out)-maxReaders):]
 }
 
 func newTagStore(c client.Client) *tagStore {
@@ -278,7 +348,7 @@ const resolutionRetry = 30 * time.Second
 // next due, and a failure to record a resolution. Each tag's digest is its
 // TagResolution's, shared by every list naming it; a failed resolution keeps
 // the digest known before, so nodes keep what they have.
-func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, map[string]string, time.Time, error) {
+func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, reader string, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, map[string]string, time.Time, error) {
 	now := r.Clock.Now()
 	next := now.Add(prepullv1.DefaultRefresh)
 	var (
@@ -296,7 +366,7 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 			tags[wants[i].Tag] = &tagResult{}
 		}
 	}
-	r.resolveTags(ctx, l, tags, creds, nodes, probeNode)
+	r.resolveTags(ctx, l, tags, reader, creds, nodes, probeNode)
 	for i, image := range names {
 		res := prepullv1.ImageResolution{Image: image}
 		w := wants[i]
@@ -315,9 +385,15 @@ func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, cred
 				errs = append(errs, tr.err)
 			}
 			next = minTime(next, tr.due)
-			if rec := tr.rec; rec != nil {
-				t.digest, res.ResolvedAt, res.Message = rec.Status.Digest, rec.Status.ResolvedAt, redact.Text(rec.Status.Message)
+			switch rec := tr.rec; {
+			case rec != nil && readable(rec, reader):
+				t.digest, res.ResolvedAt = rec.Status.Digest, rec.Status.ResolvedAt
+			default:
+				// Not read with l's own credentials yet: what l had.
+				old := resolutionOf(l.Status.Images, image)
+				t.digest, res.ResolvedAt = old.Digest, old.ResolvedAt
 			}
+			res.Message = tr.failure
 			if tr.pol.source != prepullv1.SourceRegistry {
 				t.probe = true
 				if tr.pol.source == prepullv1.SourceNode && res.ResolvedAt != nil && t.digest != "" {
@@ -343,6 +419,8 @@ type tagResult struct {
 	pol tagUse
 	due time.Time
 	err error
+	// failure is the list's reader's last failure to read the tag.
+	failure string
 }
 
 // resolveWorkers is how many of a list's tags are resolved at once: a
@@ -352,12 +430,15 @@ const resolveWorkers = 8
 
 // resolveTags brings each of tags, which l names, up to date (resolveTag),
 // several at a time, and records each one's result in tags.
-func (r *Reconciler) resolveTags(ctx context.Context, l *prepullv1.PrePullList, tags map[string]*tagResult, creds []pullsecret.Credential, nodes []*node, probeNode string) {
+func (r *Reconciler) resolveTags(ctx context.Context, l *prepullv1.PrePullList, tags map[string]*tagResult, reader string, creds []pullsecret.Credential, nodes []*node, probeNode string) {
 	var g errgroup.Group
 	g.SetLimit(resolveWorkers)
 	for tag, res := range tags {
 		g.Go(func() error {
-			res.rec, res.pol, res.due, res.err = r.resolveTag(ctx, l, tag, creds, nodes, probeNode)
+			res.rec, res.pol, res.due, res.err = r.resolveTag(ctx, l, tag, reader, creds, nodes, probeNode)
+			if f, ok := r.tags.failure(tag, reader); ok {
+				res.failure = f.msg
+			}
 			return nil
 		})
 	}
@@ -369,20 +450,23 @@ func (r *Reconciler) resolveTags(ctx context.Context, l *prepullv1.PrePullList, 
 // reported. It returns the record, how the tag is resolved for every list,
 // when it is next due, and a failure to write the record. Lists whose digest
 // it changed are woken.
-func (r *Reconciler) resolveTag(ctx context.Context, l *prepullv1.PrePullList, tag string, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, tagUse, time.Time, error) {
+func (r *Reconciler) resolveTag(ctx context.Context, l *prepullv1.PrePullList, tag, reader string, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, tagUse, time.Time, error) {
 	now := r.Clock.Now()
 	pol := r.tags.policy(tag)
 	rec, err := r.tags.get(ctx, tag)
 	if err != nil {
 		return nil, pol, now.Add(resolutionRetry), err
 	}
-	rec, next, err := r.refreshTag(ctx, tag, rec, pol, creds, nodes, probeNode)
+	rec, next, err := r.refreshTag(ctx, tag, rec, pol, reader, creds, nodes, probeNode)
 	return rec, pol, next, err
 }
 
-// refreshTag resolves tag again when it is due under pol: at the registry,
-// or from what the probe node reported.
-func (r *Reconciler) refreshTag(ctx context.Context, tag string, rec *prepullv1.TagResolution, pol tagUse, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, time.Time, error) {
+// refreshTag resolves tag again when it is due under pol: from what the
+// probe node reported, or at the registry with reader's credentials, which
+// also happens when reader has not read the tag's digest there yet (the
+// digest then gains a reader, or the tag moved), unless reader failed
+// within resolutionRetry. A failure is reader's alone: the record stays.
+func (r *Reconciler) refreshTag(ctx context.Context, tag string, rec *prepullv1.TagResolution, pol tagUse, reader string, creds []pullsecret.Credential, nodes []*node, probeNode string) (*prepullv1.TagResolution, time.Time, error) {
 	now := r.Clock.Now()
 	if pol.source != prepullv1.SourceRegistry {
 		d, at := probedDigest(nodes, probeNode, tag)
@@ -393,30 +477,37 @@ func (r *Reconciler) refreshTag(ctx context.Context, tag string, rec *prepullv1.
 		return r.record(ctx, tag, rec, *st, next)
 	}
 	due, next := registryDue(rec, pol, now)
-	if !due {
+	if !due && readable(rec, reader) {
 		return rec, next, nil
 	}
-	var st prepullv1.TagResolutionStatus
-	if rec != nil {
-		st = *rec.Status.DeepCopy()
+	if f, failed := r.tags.failure(tag, reader); failed && now.Before(f.at.Add(resolutionRetry)) {
+		return rec, f.at.Add(resolutionRetry), nil
 	}
 	d, err := r.Resolver.Resolve(ctx, tag, creds)
-	st.AttemptedAt = &metav1.Time{Time: now}
 	if err != nil {
 		resolutions.WithLabelValues("failed").Inc()
 		ctrl.LoggerFrom(ctx).Info("Tag resolution failed", "image", tag, "error", err.Error())
-		st.Message = redact.Text(err.Error())
-		return r.record(ctx, tag, rec, st, now.Add(resolutionRetry))
+		r.tags.setFailure(tag, reader, tagFailure{at: now, msg: redact.Text(err.Error())})
+		return rec, now.Add(resolutionRetry), nil
 	}
+	r.tags.setFailure(tag, reader, tagFailure{})
 	resolutions.WithLabelValues("resolved").Inc()
-	st = prepullv1.TagResolutionStatus{Digest: d, Source: prepullv1.SourceRegistry, ResolvedAt: st.AttemptedAt, AttemptedAt: st.AttemptedAt}
-	return r.record(ctx, tag, rec, st, now.Add(pol.refresh))
+	at := &metav1.Time{Time: now}
+	st := prepullv1.TagResolutionStatus{Digest: d, Source: prepullv1.SourceRegistry, ResolvedAt: at, AttemptedAt: at, Readers: []string{reader}}
+	if rec != nil && rec.Status.Source == prepullv1.SourceRegistry && rec.Status.Digest == d {
+		st.Readers = withReader(rec.Status.Readers, reader)
+		if !due {
+			// A reader's first read, not a refresh: the refresh keeps its
+			// schedule.
+			st.ResolvedAt = rec.Status.ResolvedAt
+		}
+	}
+	return r.record(ctx, tag, rec, st, nextRefresh(st.ResolvedAt.Time, pol.refresh))
 }
 
 // registryDue says whether a tag resolved at the registry under pol is to
 // be asked again at now, and if not, when it is next due: when it has no
-// resolution from the registry, or its refresh came; not within
-// resolutionRetry of a failure, for this list or another.
+// resolution from the registry, or its refresh came.
 func registryDue(rec *prepullv1.TagResolution, pol tagUse, now time.Time) (bool, time.Time) {
 	if rec == nil {
 		return true, now
@@ -426,9 +517,6 @@ func registryDue(rec *prepullv1.TagResolution, pol tagUse, now time.Time) (bool,
 		if next := nextRefresh(st.ResolvedAt.Time, pol.refresh); now.Before(next) {
 			return false, next
 		}
-	}
-	if st.Message != "" && st.AttemptedAt != nil && now.Before(st.AttemptedAt.Add(resolutionRetry)) {
-		return false, st.AttemptedAt.Add(resolutionRetry)
 	}
 	return true, now
 }
@@ -454,7 +542,7 @@ func probed(rec *prepullv1.TagResolution, pol tagUse, d string, at *metav1.Time,
 // record writes tag's new status and wakes every list naming the tag when
 // its digest changed.
 func (r *Reconciler) record(ctx context.Context, tag string, rec *prepullv1.TagResolution, st prepullv1.TagResolutionStatus, next time.Time) (*prepullv1.TagResolution, time.Time, error) {
-	moved := rec == nil || rec.Status.Digest != st.Digest || rec.Status.Message != st.Message
+	moved := rec == nil || rec.Status.Digest != st.Digest
 	out, err := r.tags.put(ctx, tag, rec, st)
 	if err != nil {
 		return out, minTime(next, r.Clock.Now().Add(resolutionRetry)), err

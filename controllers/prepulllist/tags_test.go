@@ -1,6 +1,8 @@
 package prepulllist
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -34,12 +36,8 @@ func TestRegistryDue(t *testing.T) {
 			pol: tagUse{source: prepullv1.SourceRegistry}, next: now.Add(prepullv1.DefaultRefresh - 10*time.Minute)},
 		{name: "resolved on a node before: the registry now wins", rec: res(prepullv1.TagResolutionStatus{Digest: "sha256:a", Source: prepullv1.SourceNode, ResolvedAt: at(-time.Minute)}),
 			pol: pol, wantDue: true, next: now},
-		{name: "failed a moment ago", rec: res(prepullv1.TagResolutionStatus{Message: "401", AttemptedAt: at(-10 * time.Second)}),
-			pol: pol, next: now.Add(resolutionRetry - 10*time.Second)},
-		{name: "failed long enough ago", rec: res(prepullv1.TagResolutionStatus{Message: "401", AttemptedAt: at(-resolutionRetry)}),
+		{name: "a failure is not the record's: no resolution yet is due", rec: res(prepullv1.TagResolutionStatus{AttemptedAt: at(-10 * time.Second)}),
 			pol: pol, wantDue: true, next: now},
-		{name: "a refresh that failed a moment ago keeps the digest and waits", rec: res(prepullv1.TagResolutionStatus{Digest: "sha256:a", Source: prepullv1.SourceRegistry,
-			ResolvedAt: at(-2 * time.Hour), Message: "503", AttemptedAt: at(-time.Second)}), pol: pol, next: now.Add(resolutionRetry - time.Second)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -88,5 +86,26 @@ func TestProbed(t *testing.T) {
 				t.Errorf("new digest %q, next %v; want %q, %v", got, next, tt.want, tt.next)
 			}
 		})
+	}
+}
+
+func TestReaders(t *testing.T) {
+	reg := func(readers ...string) *prepullv1.TagResolution {
+		return &prepullv1.TagResolution{Status: prepullv1.TagResolutionStatus{Digest: "sha256:a", Source: prepullv1.SourceRegistry, Readers: readers}}
+	}
+	if !readable(reg("", "ns/v1"), "ns/v1") || readable(reg(""), "ns/v1") || readable(reg("ns/v1"), "") {
+		t.Errorf("a registry digest is readable by its readers only")
+	}
+	node := &prepullv1.TagResolution{Status: prepullv1.TagResolutionStatus{Digest: "sha256:a", Source: prepullv1.SourceNode}}
+	if !readable(node, "ns/v1") {
+		t.Errorf("a digest from a node is not gated by readers")
+	}
+	var readers []string
+	for i := range maxReaders + 3 {
+		readers = withReader(readers, fmt.Sprintf("ns/v%d", i))
+	}
+	readers = withReader(readers, "ns/v10")
+	if len(readers) != maxReaders || readers[len(readers)-1] != "ns/v10" || slices.Contains(readers, "ns/v2") || !slices.Contains(readers, "ns/v3") {
+		t.Errorf("readers %v: want the newest %d, ns/v10 last", readers, maxReaders)
 	}
 }

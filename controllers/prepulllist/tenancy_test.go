@@ -2,8 +2,10 @@ package prepulllist_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -61,7 +63,10 @@ func TestControllerHoldsListsToTheirPolicy(t *testing.T) {
 	}
 
 	// Two more images than the quota has room for: refused, the older list
-	// unaffected.
+	// unaffected. Lists are served by creation time, to the second, then by
+	// name: big is created a second later than wide, which its name would
+	// put first.
+	time.Sleep(time.Until(e.getList(t, wide).CreationTimestamp.Add(1100 * time.Millisecond)))
 	big := list("team", "big", db.Tag, cache.Tag)
 	e.mustCreate(t, big)
 	e.refusedFor(t, big, "spec.quotas.imagesPerNode: PrePullPolicy team")
@@ -95,4 +100,78 @@ func TestControllerHoldsListsToTheirPolicy(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestATagIsHandedOnlyToListsThatReadIt: a private tag resolved with one
+// namespace's credentials is not handed to another namespace's list that
+// has none (it says why, and the first list is undisturbed), and once that
+// list has credentials that read it, it is handed the digest at its next
+// reconcile: its reader is new, so no earlier failure delays it (the
+// controller's clock does not move in this test).
+func TestATagIsHandedOnlyToListsThatReadIt(t *testing.T) {
+	e := setup(t)
+	pool := map[string]string{"pool": "readers"}
+	e.node(t, "reader-1", pool)
+	img := e.private.MustPushRandom(t, "private/shared:v1", 1024, 1)
+	secret := func(ns string) {
+		cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"s3cret"}}}`, e.private.Host)
+		e.mustCreate(t, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"},
+			Type:       corev1.SecretTypeDockerConfigJson,
+			Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
+		})
+	}
+	owner, stranger := e.namespace(t, "owner"), e.namespace(t, "stranger")
+	secret(owner)
+	a := list(owner, "a", img.Tag)
+	a.Spec.NodeSelector = selector(pool)
+	a.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+	e.mustCreate(t, a)
+	eventually(t, "the owner's list handed the digest", func() error {
+		if en := e.entry("reader-1", img.Digest); en == nil {
+			return fmt.Errorf("no entry")
+		}
+		return nil
+	})
+
+	b := list(stranger, "b", img.Tag)
+	b.Spec.NodeSelector = selector(pool)
+	e.mustCreate(t, b)
+	eventually(t, "the stranger's list told why it has no digest", func() error {
+		got := e.getList(t, b)
+		if len(got.Status.Images) != 1 || got.Status.Images[0].Digest != "" || !strings.Contains(strings.ToLower(got.Status.Images[0].Message), "unauthorized") {
+			return fmt.Errorf("images %+v", got.Status.Images)
+		}
+		return nil
+	})
+	if owners := activeOwners(e.entry("reader-1", img.Digest)); len(owners) != 1 || !strings.HasPrefix(owners[0], owner+"/") {
+		t.Errorf("the entry's owners %v: want the owner's list alone", owners)
+	}
+	if got := e.getList(t, a); !strings.HasSuffix(img.Digest, "@"+got.Status.Images[0].Digest) || got.Status.Images[0].Message != "" {
+		t.Errorf("the owner's list disturbed: %+v", got.Status.Images)
+	}
+
+	// Its own credentials: handed at once.
+	secret(stranger)
+	got := e.getList(t, b)
+	got.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+	if err := e.c.Update(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the stranger's list handed the digest once its credentials read it", func() error {
+		if owners := activeOwners(e.entry("reader-1", img.Digest)); len(owners) != 2 {
+			return fmt.Errorf("owners %v", owners)
+		}
+		if got := e.getList(t, b); !strings.HasSuffix(img.Digest, "@"+got.Status.Images[0].Digest) || got.Status.Images[0].Message != "" {
+			return fmt.Errorf("images %+v", got.Status.Images)
+		}
+		return nil
+	})
+	rec := &prepullv1.TagResolution{}
+	if err := e.c.Get(ctx, client.ObjectKey{Name: prepullv1.TagResolutionName(img.Tag)}, rec); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.Status.Readers) != 2 || slices.Contains(rec.Status.Readers, "") {
+		t.Errorf("readers %q: want the two namespaces' credentials, not anonymous access", rec.Status.Readers)
+	}
 }

@@ -94,6 +94,9 @@ type NodeHooks struct {
 	// Runtime runs once its containerd answers, before its kubelet starts
 	// (to put images on it, as a node image built with them would).
 	Runtime func(Node) error
+	// KubeletConfig rewrites the node's kubelet configuration (YAML)
+	// before its kubelet starts.
+	KubeletConfig func(string) string
 }
 
 // AddNodeWith is AddNode with hooks.
@@ -123,6 +126,16 @@ func (c *Cluster) startNode(ctx context.Context, n Node, hooks NodeHooks) error 
 	}
 	if err := c.writeNodeConfigs(n); err != nil {
 		return err
+	}
+	if hooks.KubeletConfig != nil {
+		p := filepath.Join(n.Dir, "kubelet", "config.yaml")
+		cfg, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, []byte(hooks.KubeletConfig(string(cfg))), 0o600); err != nil {
+			return err
+		}
 	}
 	netns, host := n.Name, "ppn"+strconv.Itoa(n.Index)
 	if err := run("ip", "netns", "add", netns).

@@ -339,10 +339,20 @@ func platform() v1.Platform { return testground.Linux(goruntime.GOARCH) }
 // layer of payload random bytes when payload > 0, so that it weighs what a
 // real workload's image weighs; it returns the digest reference.
 func (c *Cluster) PushWorkload(ref string, payload int) (string, error) {
+	img, err := c.Workload(payload)
+	if err != nil {
+		return "", err
+	}
+	return testground.Push(ref, img)
+}
+
+// Workload is the runnable image PushWorkload pushes, for a registry of
+// the test's own.
+func (c *Cluster) Workload(payload int) (v1.Image, error) {
 	if c.pauseBin == nil {
 		bin, err := BuildPause(c.Root)
 		if err != nil {
-			return "", err
+			return nil, err
 		}
 		c.pauseBin = bin
 	}
@@ -350,9 +360,5 @@ func (c *Cluster) PushWorkload(ref string, payload int) (string, error) {
 	if payload > 0 {
 		layers = append(layers, []testground.File{{Path: "payload.bin", Mode: 0o644, Data: testground.RandomBytes(payload)}})
 	}
-	img, err := testground.Image(platform(), []string{"/pause"}, layers...)
-	if err != nil {
-		return "", err
-	}
-	return testground.Push(ref, img)
+	return testground.Image(platform(), []string{"/pause"}, layers...)
 }

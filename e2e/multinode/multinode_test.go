@@ -668,3 +668,100 @@ func TestTheControllerWritesOnlyItsTaintAndCondition(t *testing.T) {
 		t.Errorf("the controller deleting a node: %v; want it forbidden", err)
 	}
 }
+
+// TestAlwaysVerifyChecksCredentialsOfAPrePulledPrivateImage: on a real node
+// whose kubelet runs imagePullCredentialsVerificationPolicy AlwaysVerify, a
+// private image prepull pre-pulled with a pull secret starts a pod that
+// presents that secret (the kubelet checks it with the registry), and does
+// not start one without it: the image is not open to every pod of the node.
+func TestAlwaysVerifyChecksCredentialsOfAPrePulledPrivateImage(t *testing.T) {
+	reg := testground.StartRegistry(t, testground.WithBasicAuth("alice", "s3cret"))
+	front := testground.StartThrottleAt(t, c.Node(1).IP, reg, 1<<30, 0)
+	if err := c.TrustHost(front.Host); err != nil {
+		t.Fatal(err)
+	}
+	for _, repo := range []string{"private/app:1", "private/cold:1"} {
+		img, err := c.Workload(1 << 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.PushImage(repo, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := c.AddNodeWith(ctx, cs, cluster.NodeHooks{KubeletConfig: func(cfg string) string {
+		return cfg + "imagePullCredentialsVerificationPolicy: AlwaysVerify\n"
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.RemoveNode(ctx, cs, n.Name); err != nil {
+			t.Errorf("remove %s: %v", n.Name, err)
+		}
+	})
+	auth := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"s3cret"}}}`, front.Host)
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "verify-cred"}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(auth)}}
+	if err := cl.Create(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Delete(ctx, secret) })
+	image := front.Host + "/private/app:1"
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "verified"}, Spec: prepullv1.PrePullListSpec{
+		Images:           []prepullv1.PrePullImage{{Image: image}},
+		NodeSelector:     &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": n.Name}},
+		ImagePullSecrets: []corev1.LocalObjectReference{{Name: secret.Name}},
+	}}
+	if err := cl.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteList(t, l) })
+	waitReady(t, l, 1)
+
+	pod := func(name, image string, withSecret bool) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.PodSpec{
+			NodeName:                      n.Name,
+			Containers:                    []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: corev1.PullIfNotPresent}},
+			TerminationGracePeriodSeconds: new(int64),
+		}}
+		if withSecret {
+			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: secret.Name}}
+		}
+		t.Cleanup(func() {
+			_ = cs.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+			cluster.WaitPodGone(ctx, cs, ns, name)
+		})
+		return p
+	}
+	prepulled, err := cluster.WaitPodRunning(ctx, cs, pod("verified-with", image, true), 2*time.Minute)
+	if err != nil {
+		t.Fatalf("a pod presenting the secret on the pre-pulled private image: %v", err)
+	}
+	cold, err := cluster.WaitPodRunning(ctx, cs, pod("kubelet-pulled", front.Host+"/private/cold:1", true), 2*time.Minute)
+	if err != nil {
+		t.Fatalf("a pod presenting the secret on a private image the kubelet pulls: %v", err)
+	}
+	t.Logf("under AlwaysVerify, with the secret: Running in %s on the pre-pulled image (a check at the registry), %s on one the kubelet pulled", prepulled, cold)
+
+	without := pod("verified-without", image, false)
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, without, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	testground.Eventually(t, 2*time.Minute, "the pod without the secret refused the pre-pulled private image", func() error {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, without.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, s := range p.Status.ContainerStatuses {
+			if s.State.Running != nil {
+				t.Fatalf("a pod without the secret runs the pre-pulled private image")
+			}
+			if w := s.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
+				t.Logf("without the secret: %s: %s", w.Reason, w.Message)
+				return nil
+			}
+		}
+		return fmt.Errorf("phase %s, statuses %+v", p.Status.Phase, p.Status.ContainerStatuses)
+	})
+}
