@@ -535,7 +535,9 @@ func TestANamespaceActsOnlyWithinItsGrant(t *testing.T) {
 	}
 	// The admission policy reads the new policy once its informer has it.
 	testground.Eventually(t, time.Minute, "the policy in force at admission", func() error {
-		l := newList("probe", func(s *prepullv1.PrePullListSpec) { s.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "b"}} }, tag)
+		l := newList("probe", func(s *prepullv1.PrePullListSpec) {
+			s.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "b"}}
+		}, tag)
 		if err := cl.Create(ctx, l); err == nil {
 			_ = cl.Delete(ctx, l)
 			return errors.New("a list for pool b admitted")
