@@ -107,3 +107,17 @@ func Find(creds []Credential, host string) (Credential, bool) {
 	}
 	return Credential{}, false
 }
+
+// ServedPath is the path of the controller's endpoint that serves an agent
+// the credentials of one of its node's images (?image=).
+const ServedPath = "/v1/credentials"
+
+// Served is what ServedPath answers: the credentials of one image's
+// registry.
+type Served struct {
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	IdentityToken string `json:"identityToken,omitempty"`
+	// ServerAddress is the registry host they are for.
+	ServerAddress string `json:"serverAddress"`
+}

@@ -19,6 +19,7 @@ import (
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/doctor"
+	"prepull.io/prepull/nodeauth"
 )
 
 func runAgent(ctx context.Context, args []string) error {
@@ -69,6 +70,10 @@ func runAgent(ctx context.Context, args []string) error {
 		KeepStrayPins:      !opts.CollectStrayPins,
 		ArchiveDir:         opts.ArchiveDir,
 		Archives:           opts.archives(),
+	}
+	r.Credentials = &nodeimageset.EndpointCredentials{Client: &nodeauth.Client{Reader: mgr.GetAPIReader(), Namespace: opts.Namespace, TokenPath: opts.NodeToken}}
+	if opts.Credentials == "mirrors" {
+		r.Credentials = &nodeimageset.MirrorCredentials{Reader: mgr.GetAPIReader(), Namespace: opts.Namespace}
 	}
 	checks := checkNode(rt, opts.CheckOptions, diskBudget)
 	checks.PrivateImages = r.PrivateImages

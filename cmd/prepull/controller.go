@@ -3,14 +3,19 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 
 	corev1 "k8s.io/api/core/v1"
+	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	"prepull.io/prepull/controllers/nodegate"
 	"prepull.io/prepull/controllers/prepulllist"
+	"prepull.io/prepull/nodeauth"
+	"prepull.io/prepull/pullsecret"
 	"prepull.io/prepull/verify"
 )
 
@@ -62,6 +67,9 @@ func runController(ctx context.Context, args []string) error {
 	if err := gate.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the node gate: %w", err)
 	}
+	if err := addEndpoint(mgr, r, opts); err != nil {
+		return err
+	}
 	// Ready: caches synced and, on the leader, a list reconciled.
 	if err := mgr.AddReadyzCheck("api", cacheSynced(mgr)); err != nil {
 		return err
@@ -71,4 +79,35 @@ func runController(ctx context.Context, args []string) error {
 	}
 	ctrl.Log.Info("Starting controller", "version", version)
 	return mgr.Start(ctx)
+}
+
+// addEndpoint serves, on the leader, the endpoint that gives agents the
+// pull credentials of their own node's images (package nodeauth proves the
+// node), and publishes it for them.
+func addEndpoint(mgr ctrl.Manager, r *prepulllist.Reconciler, opts *ControllerOptions) error {
+	if opts.EndpointAddr == "0" {
+		return nil
+	}
+	advertise := opts.endpointAdvertise()
+	if advertise == "" {
+		ctrl.Log.Info("No --endpoint-advertise-address and no $POD_IP: the credentials endpoint is off, and agents with --credentials=endpoint get no pull credentials")
+		return nil
+	}
+	reviews, err := authenticationv1client.NewForConfig(mgr.GetConfig())
+	if err != nil {
+		return err
+	}
+	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
+	if err != nil {
+		return err
+	}
+	reviewer := &nodeauth.Reviewer{Reviews: reviews.TokenReviews(),
+		Agent: "system:serviceaccount:" + opts.Namespace + ":prepull-agent"}
+	mux := http.NewServeMux()
+	mux.Handle(pullsecret.ServedPath, r.Credentials(reviewer))
+	// A Runnable without NeedLeaderElection runs on the leader only.
+	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		ctrl.Log.Info("Serving agents their nodes' pull credentials", "address", opts.EndpointAddr, "advertised", advertise)
+		return nodeauth.Serve(ctx, direct, opts.Namespace, opts.EndpointAddr, advertise, mux)
+	}))
 }

@@ -18,6 +18,7 @@ import (
 	"prepull.io/prepull/controllers/prepulllist"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/doctor"
+	"prepull.io/prepull/nodeauth"
 )
 
 // ServeOptions are the flags of every long-running command.
@@ -77,6 +78,10 @@ type ControllerOptions struct {
 	ResolveTimeout time.Duration
 	// SecretPoll is how often the pull secrets lists name are read again.
 	SecretPoll time.Duration
+	// EndpointAddr is where the leader serves agents their node's pull
+	// credentials ("0" turns it off); EndpointAdvertise is how agents reach
+	// it, by default $POD_IP and EndpointAddr's port.
+	EndpointAddr, EndpointAdvertise string
 	// StartupTaint is the key of the taint that gating lists hold nodes
 	// with.
 	StartupTaint string
@@ -85,7 +90,7 @@ type ControllerOptions struct {
 // NewControllerOptions returns the defaults.
 func NewControllerOptions() *ControllerOptions {
 	return &ControllerOptions{ServeOptions: newServeOptions(":8080", ":8081"), LeaderElect: true, ResolveTimeout: 30 * time.Second,
-		StartupTaint: prepullv1.DefaultStartupTaint, SecretPoll: prepulllist.DefaultSecretPoll}
+		StartupTaint: prepullv1.DefaultStartupTaint, SecretPoll: prepulllist.DefaultSecretPoll, EndpointAddr: ":8443"}
 }
 
 // AddFlags defines the flags on fs.
@@ -97,6 +102,8 @@ func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ResolveTimeout, "resolve-timeout", o.ResolveTimeout, "deadline of one tag resolution at a registry")
 	fs.StringVar(&o.StartupTaint, "startup-taint", o.StartupTaint, "key of the taint nodes register with to wait for gating lists (spec.nodeGate); the controller removes it, and no other")
 	fs.DurationVar(&o.SecretPoll, "secret-poll", o.SecretPoll, "how often the pull secrets lists name are read again by name, to notice a rotation")
+	fs.StringVar(&o.EndpointAddr, "endpoint-bind-address", o.EndpointAddr, `where the leader serves agents the pull credentials of their own node's images, over TLS; "0" turns it off`)
+	fs.StringVar(&o.EndpointAdvertise, "endpoint-advertise-address", o.EndpointAdvertise, "host:port agents reach the endpoint at, published in the ConfigMap prepull-endpoint (default: $POD_IP and the bind address's port)")
 }
 
 // Validate reports every invalid flag at once.
@@ -104,6 +111,9 @@ func (o *ControllerOptions) Validate() error {
 	errs := o.ServeOptions.validate()
 	if o.ResolveTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--resolve-timeout: %s: must be positive", o.ResolveTimeout))
+	}
+	if o.EndpointAddr != "0" {
+		errs = append(errs, validAddr("endpoint-bind-address", o.EndpointAddr))
 	}
 	if o.SecretPoll <= 0 {
 		errs = append(errs, fmt.Errorf("--secret-poll: %s: must be positive", o.SecretPoll))
@@ -204,6 +214,10 @@ type AgentOptions struct {
 	// CollectStrayPins takes off pins whose owner no spec entry names.
 	CollectStrayPins bool
 	CheckOptions
+	// Credentials is where the agent gets pull credentials: "endpoint" (the
+	// controller's, proving its node with the token at NodeToken) or
+	// "mirrors" (the mirrored Secrets, read directly).
+	Credentials, NodeToken string
 }
 
 // CheckOptions are the files the doctor reads on a node, besides what the
@@ -234,6 +248,8 @@ func NewAgentOptions() *AgentOptions {
 		BackoffBase:        nodeimageset.DefaultBackoffBase,
 		DiskBudget:         AutoDiskBudget,
 		CollectStrayPins:   true,
+		Credentials:        "endpoint",
+		NodeToken:          nodeauth.TokenPath,
 		CheckOptions:       CheckOptions{ContainerdConfig: "/etc/containerd/config.toml"},
 	}
 }
@@ -249,6 +265,8 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.BackoffBase, "backoff-base", o.BackoffBase, fmt.Sprintf("first wait after a failed pull; it doubles per attempt up to %s, with jitter", nodeimageset.DefaultBackoffMax))
 	fs.Float64Var(&o.DiskBudget, "disk-budget", o.DiskBudget, fmt.Sprintf("fraction of the image filesystem past which no pull starts (0 turns it off); by default %.2f below the kubelet's lowest disk threshold (its image GC high threshold, its imagefs and nodefs eviction thresholds, read from --kubelet-config, or the kubelet's defaults without it), and refused above that threshold", doctor.DiskMargin))
 	o.CheckOptions.addFlags(fs)
+	fs.StringVar(&o.Credentials, "credentials", o.Credentials, `where pull credentials come from: "endpoint", the controller's, which serves this node's images' only (proving the node with --node-token), or "mirrors", the mirrored Secrets read directly (needs get on Secrets in the controller's namespace, every node's)`)
+	fs.StringVar(&o.NodeToken, "node-token", o.NodeToken, "the service-account token projected for the audience "+nodeauth.Audience+", which proves the node to the controller's endpoint")
 	fs.BoolVar(&o.CollectStrayPins, "collect-stray-pins", o.CollectStrayPins, "take off prepull pins whose owning list no longer wants the image on this node (turn off only when several agents share one runtime)")
 }
 
@@ -265,6 +283,9 @@ func (o *AgentOptions) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s: %s: must be positive", flag, d))
 		}
+	}
+	if o.Credentials != "endpoint" && o.Credentials != "mirrors" {
+		errs = append(errs, fmt.Errorf("--credentials: %q: must be endpoint or mirrors", o.Credentials))
 	}
 	if (o.DiskBudget < 0 || o.DiskBudget > 1) && o.DiskBudget != AutoDiskBudget {
 		errs = append(errs, fmt.Errorf("--disk-budget: %g: must be from 0 to 1", o.DiskBudget))
@@ -302,4 +323,18 @@ func validAddr(flag, addr string) error {
 		return fmt.Errorf("--%s: %q: %w", flag, addr, err)
 	}
 	return nil
+}
+
+// endpointAdvertise is how agents reach the endpoint: the flag, else
+// $POD_IP with the bind address's port; "" when neither says.
+func (o *ControllerOptions) endpointAdvertise() string {
+	if o.EndpointAdvertise != "" {
+		return o.EndpointAdvertise
+	}
+	ip := os.Getenv("POD_IP")
+	_, port, err := net.SplitHostPort(o.EndpointAddr)
+	if ip == "" || err != nil {
+		return ""
+	}
+	return net.JoinHostPort(ip, port)
 }

@@ -71,6 +71,8 @@ type Reconciler struct {
 	// status; nil reports no checks. It runs beside the reconciler, when the
 	// agent starts and then every DoctorInterval.
 	Doctor         func(context.Context) []prepullv1.RuntimeCheck
+	// Credentials finds the pull credentials of the node's images.
+	Credentials Credentials
 	DoctorInterval time.Duration
 	// KeepStrayPins leaves alone pins whose owner no spec entry names. Only
 	// for several agents sharing one runtime, as in tests: an agent owns its
@@ -116,7 +118,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=prepull.io,resources=prepulllists,verbs=get;list;watch
 // +kubebuilder:rbac:groups=prepull.io,resources=imageplans,verbs=get
 // +kubebuilder:rbac:groups=prepull.io,resources=nodeimagesets/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups="",namespace=prepull-system,resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",namespace=prepull-system,resources=configmaps,resourceNames=prepull-endpoint,verbs=get
 
 // Reconcile makes the runtime hold what the node's NodeImageSet asks.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {

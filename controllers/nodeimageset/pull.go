@@ -8,17 +8,13 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
-	"prepull.io/prepull/pullsecret"
 	"prepull.io/prepull/verify"
 )
 
@@ -252,33 +248,14 @@ func (r *Reconciler) backoff(n int32) time.Duration {
 	return wait.Jitter(min(d, r.BackoffMax)*4/5, 0.5)
 }
 
-// auth returns the credentials for e's registry from its pull secrets, read
-// in the controller's namespace, or nil when it has none for that registry.
+// auth returns the credentials for e's registry from its pull secrets,
+// through Credentials, or nil when it has none for that registry.
 func (r *Reconciler) auth(ctx context.Context, e *entry) (*cri.Auth, error) {
 	if len(e.PullSecrets) == 0 {
 		return nil, nil
 	}
-	repo, err := imageref.Repository(e.Image)
-	if err != nil {
-		return nil, err
+	if r.Credentials == nil {
+		return nil, errors.New("the agent has no source of pull credentials")
 	}
-	host, _, _ := strings.Cut(repo, "/")
-	for _, name := range e.PullSecrets {
-		s := &corev1.Secret{}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: name}, s); apierrors.IsNotFound(err) {
-			// The controller mirrors only the secrets that exist and parse;
-			// the list's status says which do not.
-			continue
-		} else if err != nil {
-			return nil, fmt.Errorf("pull secret %s/%s: %w", r.Namespace, name, err)
-		}
-		creds, err := pullsecret.Parse(s)
-		if err != nil {
-			return nil, err
-		}
-		if c, ok := pullsecret.Find(creds, host); ok {
-			return &cri.Auth{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken, ServerAddress: host}, nil
-		}
-	}
-	return nil, nil
+	return r.Credentials.Auth(ctx, e.Image, e.PullSecrets)
 }

@@ -95,6 +95,7 @@ func (e *env) agent(t *testing.T, node string, tune func(*nodeimageset.Reconcile
 		BackoffBase: 200 * time.Millisecond, BackoffMax: time.Second,
 		// The subtests' agents share one containerd.
 		KeepStrayPins: true,
+		Credentials:   &nodeimageset.MirrorCredentials{Reader: mgr.GetAPIReader(), Namespace: ns},
 	}
 	if tune != nil {
 		tune(r)
@@ -128,7 +129,7 @@ func (e *env) agentBinary(t *testing.T, bin, node string, metricsPort, probePort
 		}
 		config = []byte(strings.ReplaceAll(string(config), e.apiAddr(t), apiAddr))
 	}
-	return testground.StartBinary(t, bin, config, filepath.Join(t.TempDir(), "agent.log"), "agent", "--node-name="+node,
+	return testground.StartBinary(t, bin, config, filepath.Join(t.TempDir(), "agent.log"), "agent", "--node-name="+node, "--credentials=mirrors",
 		"--cri-endpoint="+e.ctd.Socket, "--namespace="+ns, "--status-interval=200ms", "--collect-stray-pins=false",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", probePort))

@@ -412,7 +412,7 @@ func TestNoSecretLeaks(t *testing.T) {
 	ctrlProc := startController(t, g.bin, g.kubeconfig, auth, "--leader-elect=false", "--zap-log-level=10")
 	agentLog := filepath.Join(t.TempDir(), "agent.log")
 	agentMetrics := testground.FreePort(t)
-	testground.StartBinary(t, g.bin, g.api.KubeConfig, agentLog, "agent", "--node-name=leak-node", "--cri-endpoint="+ctd.Socket,
+	testground.StartBinary(t, g.bin, g.api.KubeConfig, agentLog, "agent", "--node-name=leak-node", "--credentials=mirrors", "--cri-endpoint="+ctd.Socket,
 		"--namespace="+controllerNS, "--status-interval=200ms", "--zap-log-level=10",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", agentMetrics),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testground.FreePort(t)))

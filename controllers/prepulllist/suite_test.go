@@ -52,6 +52,8 @@ type env struct {
 	private        *testground.Registry
 	resolver       *countingResolver
 	signatures     *countingSignatures
+	// reconciler is the last controller started.
+	reconciler *prepulllist.Reconciler
 }
 
 // counter counts calls by reference.
@@ -142,6 +144,7 @@ func (e *env) startController(t *testing.T) func() {
 	}
 	r.Client, r.APIReader = mgr.GetClient(), mgr.GetAPIReader()
 	r.Recorder = mgr.GetEventRecorder("prepull-controller")
+	e.reconciler = r
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}

@@ -36,10 +36,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/e2e/cluster"
 	"prepull.io/prepull/e2e/testground"
 	"prepull.io/prepull/imageplan"
+	"prepull.io/prepull/nodeauth"
 )
 
 const ns = "multi"
@@ -766,4 +768,94 @@ func TestAlwaysVerifyChecksCredentialsOfAPrePulledPrivateImage(t *testing.T) {
 		}
 		return fmt.Errorf("phase %s, statuses %+v", p.Status.Phase, p.Status.ContainerStatuses)
 	})
+}
+
+// TestAnAgentGetsOnlyItsOwnNodesCredentials: agents hold no right to any
+// Secret; the controller's endpoint serves the agent of a node the pull
+// credentials of its own node's images. On real nodes: a private image
+// listed for node 1 only is pulled there with the list's Secret, through
+// the endpoint; node 2's agent, with its pod's own token, is refused that
+// image's credentials.
+func TestAnAgentGetsOnlyItsOwnNodesCredentials(t *testing.T) {
+	nodes := c.RunningNodes()
+	one, two := nodes[0], nodes[1]
+	reg := testground.StartRegistry(t, testground.WithBasicAuth("bob", "t0psecret"))
+	front := testground.StartThrottleAt(t, c.Node(1).IP, reg, 1<<30, 0)
+	if err := c.TrustHost(front.Host); err != nil {
+		t.Fatal(err)
+	}
+	img, err := c.Workload(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.PushImage("private/one:1", img); err != nil {
+		t.Fatal(err)
+	}
+	image := front.Host + "/private/one:1"
+	auth := fmt.Sprintf(`{"auths":{%q:{"username":"bob","password":"t0psecret"}}}`, front.Host)
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "one-cred"}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(auth)}}
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "only-one"}, Spec: prepullv1.PrePullListSpec{
+		Images:           []prepullv1.PrePullImage{{Image: image}},
+		NodeSelector:     &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": one.Name}},
+		ImagePullSecrets: []corev1.LocalObjectReference{{Name: secret.Name}},
+	}}
+	for _, o := range []client.Object{secret, l} {
+		if err := cl.Create(ctx, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { deleteList(t, l); _ = cl.Delete(ctx, secret) })
+	waitReady(t, l, 1)
+
+	// The agents' own tokens, for the endpoint's audience.
+	agentToken := func(n cluster.Node) string {
+		pods, err := cs.CoreV1().Pods("prepull-system").List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/name=prepull-agent", FieldSelector: "spec.nodeName=" + n.Name})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("%s: the agent's pod: %v", n.Name, err)
+		}
+		p := &pods.Items[0]
+		req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{nodeauth.Audience}, ExpirationSeconds: new(int64(600)),
+			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID}}}
+		tok, err := cs.CoreV1().ServiceAccounts("prepull-system").CreateToken(ctx, "prepull-agent", req, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(path, []byte(tok.Status.Token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	set := &prepullv1.NodeImageSet{}
+	if err := cl.Get(ctx, client.ObjectKey{Name: one.Name}, set); err != nil {
+		t.Fatal(err)
+	}
+	if err := imageplan.Expand(ctx, cl, set); err != nil {
+		t.Fatal(err)
+	}
+	var entry string
+	for _, e := range set.Spec.Images {
+		if strings.HasPrefix(e.Image, front.Host+"/private/one@") {
+			entry = e.Image
+		}
+	}
+	if entry == "" {
+		t.Fatalf("no entry of %s on %s", image, one.Name)
+	}
+	ask := func(n cluster.Node) error {
+		creds := &nodeimageset.EndpointCredentials{Client: &nodeauth.Client{Reader: cl, Namespace: "prepull-system", TokenPath: agentToken(n)}}
+		a, err := creds.Auth(ctx, entry, nil)
+		if err == nil && (a == nil || a.Username != "bob") {
+			return fmt.Errorf("credentials %v", a)
+		}
+		return err
+	}
+	if err := ask(one); err != nil {
+		t.Errorf("%s's agent asking for its own image's credentials: %v", one.Name, err)
+	}
+	if err := ask(two); !nodeauth.IsForbidden(err) {
+		t.Errorf("%s's agent asking for %s's image's credentials: %v; want it refused", two.Name, one.Name, err)
+	}
 }

@@ -1,0 +1,91 @@
+package nodeimageset
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/imageref"
+	"prepull.io/prepull/nodeauth"
+	"prepull.io/prepull/pullsecret"
+)
+
+// Credentials finds the pull credentials of an image of the node's spec.
+type Credentials interface {
+	// Auth returns the credentials for image's registry, whose entry names
+	// the mirrors of pull secrets given; nil when they hold none for it.
+	Auth(ctx context.Context, image string, mirrors []string) (*cri.Auth, error)
+}
+
+// EndpointCredentials asks the controller's endpoint, as the node's agent
+// (package nodeauth): it serves the credentials of this node's own images
+// only, so the agent needs no access to any Secret.
+type EndpointCredentials struct {
+	Client *nodeauth.Client
+}
+
+// Auth asks the endpoint for image's credentials.
+func (c *EndpointCredentials) Auth(ctx context.Context, image string, _ []string) (*cri.Auth, error) {
+	resp, err := c.Client.Get(ctx, pullsecret.ServedPath, url.Values{"image": {image}})
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNoContent:
+		return nil, nil
+	case http.StatusOK:
+	default:
+		return nil, fmt.Errorf("the pull credentials of %s: %w", image, nodeauth.ErrorOf(resp))
+	}
+	var s pullsecret.Served
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		return nil, fmt.Errorf("the pull credentials of %s: %w", image, err)
+	}
+	return &cri.Auth{Username: s.Username, Password: s.Password, IdentityToken: s.IdentityToken, ServerAddress: s.ServerAddress}, nil
+}
+
+// MirrorCredentials reads the mirrors of the pull secrets in the
+// controller's namespace itself: the agent then needs get on Secrets there,
+// which lets it read every node's mirrors (prepull agent
+// --credentials=mirrors).
+type MirrorCredentials struct {
+	Reader    client.Reader
+	Namespace string
+}
+
+// Auth reads the mirrors in order and returns the first credentials for
+// image's registry.
+func (c *MirrorCredentials) Auth(ctx context.Context, image string, mirrors []string) (*cri.Auth, error) {
+	repo, err := imageref.Repository(image)
+	if err != nil {
+		return nil, err
+	}
+	host, _, _ := strings.Cut(repo, "/")
+	for _, name := range mirrors {
+		s := &corev1.Secret{}
+		if err := c.Reader.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: name}, s); apierrors.IsNotFound(err) {
+			// The controller mirrors only the secrets that exist and parse;
+			// the list's status says which do not.
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("pull secret %s/%s: %w", c.Namespace, name, err)
+		}
+		creds, err := pullsecret.Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		if cred, ok := pullsecret.Find(creds, host); ok {
+			return &cri.Auth{Username: cred.Username, Password: cred.Password, IdentityToken: cred.IdentityToken, ServerAddress: host}, nil
+		}
+	}
+	return nil, nil
+}

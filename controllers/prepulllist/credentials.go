@@ -1,0 +1,115 @@
+package prepulllist
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/imageref"
+	"prepull.io/prepull/nodeauth"
+	"prepull.io/prepull/pullsecret"
+)
+
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups="",namespace=prepull-system,resources=configmaps,verbs=get;create;update
+
+// Credentials serves the agent of a node, proven by reviewer, the pull
+// credentials of ?image=, one of the images its node's spec names: those
+// of the pull secrets of the lists that own the entry there (their mirrors
+// in the controller's namespace), for the image's registry. 204 when they
+// have none for it; 403 when the node's spec does not name the image; 401
+// for a request that proves no node. An agent so obtains the credentials of
+// its own node's images only.
+func (r *Reconciler) Credentials(reviewer *nodeauth.Reviewer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		ctx := req.Context()
+		node, err := reviewer.Node(ctx, req)
+		switch {
+		case errors.Is(err, nodeauth.ErrUnauthenticated):
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		image := req.URL.Query().Get("image")
+		e, ok := r.fleet.entry(node, image)
+		if !ok {
+			http.Error(w, fmt.Sprintf("node %s's spec does not name image %q", node, image), http.StatusForbidden)
+			return
+		}
+		cred, found, err := r.credentialOf(ctx, &e)
+		if err != nil {
+			ctrl.LoggerFrom(ctx).Info("Credentials not served", "node", node, "image", image, "error", err.Error())
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if !found {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_ = json.NewEncoder(w).Encode(cred)
+	})
+}
+
+// entry is node's entry for image, as the fleet holds it.
+func (f *fleet) entry(node, image string) (prepullv1.NodeImage, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rec := f.nodes[node]
+	if rec == nil || image == "" {
+		return prepullv1.NodeImage{}, false
+	}
+	images := rec.spec.images()
+	i, ok := slices.BinarySearchFunc(images, image, func(e prepullv1.NodeImage, img string) int { return strings.Compare(e.Image, img) })
+	if !ok {
+		return prepullv1.NodeImage{}, false
+	}
+	return *images[i].DeepCopy(), true
+}
+
+// credentialOf is the credential for e's registry among the mirrors of
+// e's active owners' pull secrets, read from the cache.
+func (r *Reconciler) credentialOf(ctx context.Context, e *prepullv1.NodeImage) (pullsecret.Served, bool, error) {
+	repo, err := imageref.Repository(e.Image)
+	if err != nil {
+		return pullsecret.Served{}, false, err
+	}
+	host, _, _ := strings.Cut(repo, "/")
+	settings := e.Settings(func(owner string) *prepullv1.PrePullList {
+		key, ok := prepullv1.OwnerKey(owner)
+		l := &prepullv1.PrePullList{}
+		if !ok || r.Get(ctx, key, l) != nil {
+			return nil
+		}
+		return l
+	})
+	for _, name := range settings.PullSecrets {
+		s := &corev1.Secret{}
+		if err := r.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: name}, s); apierrors.IsNotFound(err) {
+			continue
+		} else if err != nil {
+			return pullsecret.Served{}, false, fmt.Errorf("pull secret mirror %s/%s: %w", r.Namespace, name, err)
+		}
+		creds, err := pullsecret.Parse(s)
+		if err != nil {
+			return pullsecret.Served{}, false, err
+		}
+		if c, ok := pullsecret.Find(creds, host); ok {
+			return pullsecret.Served{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken, ServerAddress: host}, true, nil
+		}
+	}
+	return pullsecret.Served{}, false, nil
+}

@@ -1,0 +1,139 @@
+package prepulllist_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"prepull.io/prepull/controllers/nodeimageset"
+	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/nodeauth"
+)
+
+// TestTheEndpointServesAnAgentItsOwnNodesCredentials: on a real API server,
+// the controller's endpoint, asked by an agent with a token bound to its
+// pod on a node (audience prepull.io/node, checked by a TokenReview),
+// serves the pull credentials of an image that node's spec names; the
+// agent of another node is refused them (403), and so are a token of
+// another service account, one for the API server's audience, and none
+// (401).
+func TestTheEndpointServesAnAgentItsOwnNodesCredentials(t *testing.T) {
+	e := setup(t)
+	cs, err := kubernetes.NewForConfig(e.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := e.namespace(t, "creds")
+	holder := e.node(t, "creds-1", map[string]string{"pool": "creds"})
+	other := e.node(t, "creds-2", map[string]string{"pool": "elsewhere"})
+	img := e.private.MustPushRandom(t, "private/served:v1", 1024, 1)
+	cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"s3cret"}}}`, e.private.Host)
+	e.mustCreate(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"}, Type: corev1.SecretTypeDockerConfigJson,
+		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)}})
+	l := list(ns, "served", img.Tag)
+	l.Spec.NodeSelector = selector(map[string]string{"pool": "creds"})
+	l.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+	e.mustCreate(t, l)
+	eventually(t, "the image handed to its node", func() error {
+		if e.entry(holder.Name, img.Digest) == nil {
+			return fmt.Errorf("no entry")
+		}
+		return nil
+	})
+
+	// The endpoint, as the controller's leader serves it.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	addr := fmt.Sprintf("127.0.0.1:%d", testground.FreePort(t))
+	reviewer := &nodeauth.Reviewer{Reviews: cs.AuthenticationV1().TokenReviews(), Agent: "system:serviceaccount:" + controllerNS + ":prepull-agent"}
+	go func() {
+		if err := nodeauth.Serve(ctx, e.c, controllerNS, addr, addr, e.reconciler.Credentials(reviewer)); err != nil {
+			t.Errorf("endpoint: %v", err)
+		}
+	}()
+	waitTCP(t, addr)
+
+	// The agents' pods and their tokens.
+	for _, sa := range []string{"prepull-agent", "intruder"} {
+		e.mustCreate(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: controllerNS, Name: sa}})
+	}
+	token := func(sa string, node *corev1.Node, audience string) string {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: controllerNS, GenerateName: sa + "-"},
+			Spec: corev1.PodSpec{NodeName: node.Name, ServiceAccountName: sa, Containers: []corev1.Container{{Name: "a", Image: "agent"}}}}
+		e.mustCreate(t, pod)
+		req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{audience}, ExpirationSeconds: new(int64(600)),
+			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}}}
+		got, err := cs.CoreV1().ServiceAccounts(controllerNS).CreateToken(ctx, sa, req, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(p, []byte(got.Status.Token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ask := func(tokenPath string) (string, error) {
+		c := &nodeimageset.EndpointCredentials{Client: &nodeauth.Client{Reader: e.c, Namespace: controllerNS, TokenPath: tokenPath}}
+		a, err := c.Auth(ctx, img.Digest, nil)
+		if err != nil || a == nil {
+			return "", err
+		}
+		return a.Username + ":" + a.Password + "@" + a.ServerAddress, nil
+	}
+	if got, err := ask(token("prepull-agent", holder, nodeauth.Audience)); err != nil || got != "alice:s3cret@"+e.private.Host {
+		t.Errorf("the agent of the node holding the image: %q, %v; want alice's credentials", got, err)
+	}
+	for _, c := range []struct {
+		who   string
+		token string
+		code  int
+	}{
+		{"the agent of a node whose spec does not name the image", token("prepull-agent", other, nodeauth.Audience), 403},
+		{"another service account's token", token("intruder", holder, nodeauth.Audience), 401},
+		{"the agent's token for the API server", token("prepull-agent", holder, "https://kubernetes.default.svc"), 401},
+	} {
+		_, err := ask(c.token)
+		var se *nodeauth.StatusError
+		if !asStatus(err, &se) || se.Code != c.code {
+			t.Errorf("%s: %v; want %d", c.who, err, c.code)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s: the refusal carries the credential", c.who)
+		}
+	}
+	empty := filepath.Join(t.TempDir(), "none")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ask(empty); !nodeauth.IsForbidden(err) {
+		t.Errorf("no token: %v; want it refused", err)
+	}
+}
+
+func asStatus(err error, target **nodeauth.StatusError) bool {
+	return errors.As(err, target)
+}
+
+// waitTCP waits until something listens at addr.
+func waitTCP(t *testing.T, addr string) {
+	t.Helper()
+	testground.Eventually(t, 10*time.Second, "the endpoint listening at "+addr, func() error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}
