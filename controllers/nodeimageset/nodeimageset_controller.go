@@ -70,9 +70,9 @@ type Reconciler struct {
 	// Doctor checks the node's runtime configuration (package doctor), for
 	// status; nil reports no checks. It runs beside the reconciler, when the
 	// agent starts and then every DoctorInterval.
-	Doctor         func(context.Context) []prepullv1.RuntimeCheck
+	Doctor func(context.Context) []prepullv1.RuntimeCheck
 	// Credentials finds the pull credentials of the node's images.
-	Credentials Credentials
+	Credentials    Credentials
 	DoctorInterval time.Duration
 	// KeepStrayPins leaves alone pins whose owner no spec entry names. Only
 	// for several agents sharing one runtime, as in tests: an agent owns its
