@@ -55,6 +55,10 @@ type Node struct {
 	// FsUsage reports a filesystem's used and total bytes; nil means
 	// cri.Statfs.
 	FsUsage func(path string) (used, total uint64, err error)
+	// CredentialProviderConfig and CredentialProviderBinDir are the
+	// kubelet's credential provider plugins' configuration and bin dir, as
+	// the agent was given them; "" skips their check.
+	CredentialProviderConfig, CredentialProviderBinDir string
 	// PrivateImages, when set, are the images present on the node that
 	// prepull pulled with pull secrets (the agent knows them); the check
 	// of the kubelet's credential verification says who may run them.
@@ -77,6 +81,7 @@ func (n Node) Run(ctx context.Context) []prepullv1.RuntimeCheck {
 	n.filesystem(ctx, add, kc)
 	n.gc(add, kc, kerr)
 	n.credentials(add, kc, kerr)
+	n.providers(add)
 	return out
 }
 

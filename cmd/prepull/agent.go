@@ -16,6 +16,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
+	"prepull.io/prepull/credprovider"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/doctor"
@@ -75,6 +76,14 @@ func runAgent(ctx context.Context, args []string) error {
 	if opts.Credentials == "mirrors" {
 		r.Credentials = &nodeimageset.MirrorCredentials{Reader: mgr.GetAPIReader(), Namespace: opts.Namespace}
 	}
+	if opts.CredentialProviderConfig != "" {
+		plugins, err := credprovider.Load(opts.CredentialProviderConfig, opts.CredentialProviderBinDir)
+		if err != nil {
+			return fmt.Errorf("--image-credential-provider-config: %w", err)
+		}
+		plugins.OnRun = nodeimageset.CountPluginRun
+		r.NodeCredentials = plugins
+	}
 	checks := checkNode(rt, opts.CheckOptions, diskBudget)
 	checks.PrivateImages = r.PrivateImages
 	r.Doctor = checks.Run
@@ -95,7 +104,8 @@ func runAgent(ctx context.Context, args []string) error {
 func checkNode(rt *nodeRuntime, opts CheckOptions, diskBudget float64) doctor.Node {
 	pins, _ := rt.store.(cri.PinLister)
 	return doctor.Node{Images: rt.images, Pins: pins, Runtime: rt.name,
-		ContainerdConfig: opts.ContainerdConfig, KubeletConfig: opts.KubeletConfig, DiskBudget: diskBudget}
+		ContainerdConfig: opts.ContainerdConfig, KubeletConfig: opts.KubeletConfig, DiskBudget: diskBudget,
+		CredentialProviderConfig: opts.CredentialProviderConfig, CredentialProviderBinDir: opts.CredentialProviderBinDir}
 }
 
 // nodeRuntime is the node's runtime as the agent and node apply reach it:

@@ -229,11 +229,17 @@ type CheckOptions struct {
 	// KubeletConfig is the kubelet's configuration file; "" skips its
 	// checks.
 	KubeletConfig string
+	// CredentialProviderConfig and CredentialProviderBinDir are the
+	// kubelet's credential provider plugins, which the agent runs as the
+	// kubelet does; "" for none.
+	CredentialProviderConfig, CredentialProviderBinDir string
 }
 
 func (o *CheckOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ContainerdConfig, "containerd-config", o.ContainerdConfig, `containerd's configuration file, for the doctor's checks of its image settings ("" skips them)`)
 	fs.StringVar(&o.KubeletConfig, "kubelet-config", o.KubeletConfig, `the kubelet's configuration file, for the doctor's checks of image GC and credential verification ("" skips them)`)
+	fs.StringVar(&o.CredentialProviderConfig, "image-credential-provider-config", o.CredentialProviderConfig, "the kubelet's credential provider plugin config (a file, or a directory of them), to pull with the credentials the node's plugins give, as the kubelet does")
+	fs.StringVar(&o.CredentialProviderBinDir, "image-credential-provider-bin-dir", o.CredentialProviderBinDir, "the directory of the kubelet's credential provider plugins")
 }
 
 // NewAgentOptions returns the defaults.

@@ -25,6 +25,12 @@ type Credentials interface {
 	Auth(ctx context.Context, image string, mirrors []string) (*cri.Auth, error)
 }
 
+// NodeCredentials finds the credentials the node itself has for an image:
+// the kubelet's credential provider plugins (package credprovider).
+type NodeCredentials interface {
+	Auth(ctx context.Context, image string) (*cri.Auth, error)
+}
+
 // EndpointCredentials asks the controller's endpoint, as the node's agent
 // (package nodeauth): it serves the credentials of this node's own images
 // only, so the agent needs no access to any Secret.

@@ -39,5 +39,19 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(pullsTotal, pullDuration, pullBytes, tagsTotal, transitionsTotal, imagesGauge, pinnedBytesGauge)
+	metrics.Registry.MustRegister(pullsTotal, pullDuration, pullBytes, tagsTotal, transitionsTotal, imagesGauge, pinnedBytesGauge, pluginRuns)
+}
+
+var pluginRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "prepull_agent_credential_provider_runs_total",
+	Help: "Runs of the node's kubelet credential provider plugins, by plugin and result (ok, failed); an answer kept for its cacheDuration is not a run.",
+}, []string{"provider", "result"})
+
+// CountPluginRun counts a run of a credential provider plugin.
+func CountPluginRun(provider string, err error) {
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	pluginRuns.WithLabelValues(provider, result).Inc()
 }

@@ -71,9 +71,13 @@ type Reconciler struct {
 	// status; nil reports no checks. It runs beside the reconciler, when the
 	// agent starts and then every DoctorInterval.
 	Doctor func(context.Context) []prepullv1.RuntimeCheck
-	// Credentials finds the pull credentials of the node's images.
-	Credentials    Credentials
-	DoctorInterval time.Duration
+	// Credentials finds the pull credentials of the node's images that
+	// their lists' pull secrets give; NodeCredentials, when set, those the
+	// node itself has (its kubelet's credential provider plugins), for
+	// images the secrets give none for.
+	Credentials     Credentials
+	NodeCredentials NodeCredentials
+	DoctorInterval  time.Duration
 	// KeepStrayPins leaves alone pins whose owner no spec entry names. Only
 	// for several agents sharing one runtime, as in tests: an agent owns its
 	// node's runtime.

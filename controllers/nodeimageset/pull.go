@@ -248,14 +248,20 @@ func (r *Reconciler) backoff(n int32) time.Duration {
 	return wait.Jitter(min(d, r.BackoffMax)*4/5, 0.5)
 }
 
-// auth returns the credentials for e's registry from its pull secrets,
-// through Credentials, or nil when it has none for that registry.
+// auth returns the credentials for e's registry: from its pull secrets,
+// through Credentials, else the node's own (NodeCredentials); nil when
+// neither has any for that registry.
 func (r *Reconciler) auth(ctx context.Context, e *entry) (*cri.Auth, error) {
-	if len(e.PullSecrets) == 0 {
+	if len(e.PullSecrets) > 0 {
+		if r.Credentials == nil {
+			return nil, errors.New("the agent has no source of pull credentials")
+		}
+		if a, err := r.Credentials.Auth(ctx, e.Image, e.PullSecrets); a != nil || err != nil {
+			return a, err
+		}
+	}
+	if r.NodeCredentials == nil {
 		return nil, nil
 	}
-	if r.Credentials == nil {
-		return nil, errors.New("the agent has no source of pull credentials")
-	}
-	return r.Credentials.Auth(ctx, e.Image, e.PullSecrets)
+	return r.NodeCredentials.Auth(ctx, e.Image)
 }

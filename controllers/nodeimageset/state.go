@@ -11,6 +11,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/credprovider"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/present"
 	"prepull.io/prepull/redact"
@@ -35,6 +36,10 @@ const (
 	// ReasonTagConflict: the entry claims a tag that another entry of the
 	// same NodeImageSet also claims, and the other entry was chosen.
 	ReasonTagConflict = "TagConflict"
+	// ReasonCredentialProvider: a credential provider plugin of the node
+	// that matches the image did not answer in time, answered what is not
+	// a CredentialProviderResponse, or failed.
+	ReasonCredentialProvider = "CredentialProviderFailed"
 	// ReasonTagMismatch: a tag the runtime could make only by pulling it
 	// names other bytes at the registry than the entry's digest.
 	ReasonTagMismatch = "TagMismatch"
@@ -69,6 +74,8 @@ func reasonOf(err error) string {
 		return ReasonTagMismatch
 	case errors.Is(err, cri.ErrUnsupported):
 		return ReasonUnsupported
+	case errors.Is(err, credprovider.ErrProvider):
+		return ReasonCredentialProvider
 	}
 	return ReasonPullFailed
 }

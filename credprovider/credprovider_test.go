@@ -1,0 +1,170 @@
+package credprovider_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"prepull.io/prepull/credprovider"
+)
+
+// plugin builds hack/credplugin into a bin dir of its own, under name.
+func plugin(t *testing.T, name string) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "./hack/credplugin")
+	cmd.Dir = ".."
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the test plugin: %v: %s", err, out)
+	}
+	return dir
+}
+
+func config(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte("apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\n"+body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// runs counts the plugin's runs, from its log.
+func runs(t *testing.T, log string) int {
+	t.Helper()
+	b, err := os.ReadFile(log)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(b), "\n")
+}
+
+// TestPluginsRunAsTheKubeletRunsThem: a real plugin executable, given a
+// CredentialProviderRequest on stdin, gives credentials for the images
+// its matchImages match and none for others; its answer is kept for its
+// cacheDuration by its cacheKeyType (one run per registry, counted by the
+// plugin itself); a plugin that hangs is cut at the timeout, and one that
+// answers garbage fails with a clear error, the next plugin still asked.
+func TestPluginsRunAsTheKubeletRunsThem(t *testing.T) {
+	bin := plugin(t, "credplugin")
+	if err := os.Link(filepath.Join(bin, "credplugin"), filepath.Join(bin, "hanging")); err != nil {
+		t.Fatal(err)
+	}
+	log, hangLog := filepath.Join(t.TempDir(), "runs"), filepath.Join(t.TempDir(), "hang-runs")
+	cfg := config(t, fmt.Sprintf(`providers:
+- name: hanging
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: ["hang.example.com"]
+  defaultCacheDuration: 1m
+  env: [{name: CREDPLUGIN_MODE, value: hang}, {name: CREDPLUGIN_LOG, value: %[2]q}]
+- name: credplugin
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: ["*.example.com", "127.0.0.1:5000/team", "hang.example.com"]
+  defaultCacheDuration: 1m
+  env: [{name: CREDPLUGIN_USER, value: alice}, {name: CREDPLUGIN_PASSWORD, value: s3cret}, {name: CREDPLUGIN_LOG, value: %[1]q}, {name: CREDPLUGIN_CACHE, value: 1h}]
+- name: tokened
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: ["token.example.org"]
+  defaultCacheDuration: 1m
+  tokenAttributes: {serviceAccountTokenAudience: registry, cacheType: ServiceAccount, requireServiceAccount: true}
+`, log, hangLog))
+	p, err := credprovider.Load(cfg, bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Timeout = time.Second
+	ctx := context.Background()
+
+	for _, c := range []struct {
+		image string
+		user  string
+	}{
+		{"registry.example.com/app:1", "alice"},
+		{"registry.example.com/other@sha256:" + strings.Repeat("a", 64), "alice"},
+		{"mirror.example.com/app:1", "alice"},
+		{"a.b.example.com/app:1", ""}, // a glob matches one part only
+		{"127.0.0.1:5000/team/app:1", "alice"},
+		{"127.0.0.1:5000/other/app:1", ""}, // the path is a prefix
+		{"127.0.0.1:5001/team/app:1", ""},  // the port must match
+		{"docker.io/library/nginx:1", ""},
+		{"token.example.org/app:1", ""}, // tokenAttributes: not run
+	} {
+		a, err := p.Auth(ctx, c.image)
+		got := ""
+		if a != nil {
+			got = a.Username
+		}
+		if err != nil || got != c.user {
+			t.Errorf("%s: %q, %v; want %q", c.image, got, err, c.user)
+		}
+	}
+	// Two registries: registry.example.com, mirror.example.com, 127.0.0.1:5000.
+	if n := runs(t, log); n != 3 {
+		t.Errorf("the plugin ran %d times; want once per registry (3), its answer kept by registry", n)
+	}
+
+	// The hanging plugin comes first for hang.example.com: cut at the
+	// timeout, and the second plugin's credentials are used.
+	start := time.Now()
+	a, err := p.Auth(ctx, "hang.example.com/app:1")
+	if err != nil || a == nil || a.Username != "alice" {
+		t.Errorf("after a hanging plugin: %+v, %v; want the next plugin's credentials", a, err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("a hanging plugin held the pull %s", d)
+	}
+
+	garbage := config(t, `providers:
+- name: credplugin
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: ["*.example.com"]
+  defaultCacheDuration: 0s
+  env: [{name: CREDPLUGIN_MODE, value: garbage}]
+`)
+	g, err := credprovider.Load(garbage, bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Auth(ctx, "registry.example.com/app:1"); !errors.Is(err, credprovider.ErrProvider) || !strings.Contains(err.Error(), "not a CredentialProviderResponse") {
+		t.Errorf("a plugin answering garbage: %v", err)
+	}
+	hangOnly := config(t, `providers:
+- name: hanging
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: ["*.example.com"]
+  defaultCacheDuration: 0s
+  env: [{name: CREDPLUGIN_MODE, value: hang}]
+`)
+	h, err := credprovider.Load(hangOnly, bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Timeout = time.Second
+	if _, err := h.Auth(ctx, "registry.example.com/app:1"); !errors.Is(err, credprovider.ErrProvider) || !strings.Contains(err.Error(), "no answer within 1s") {
+		t.Errorf("a plugin that hangs: %v", err)
+	}
+}
+
+func TestLoadNamesTheField(t *testing.T) {
+	for _, c := range []struct{ body, want string }{
+		{"providers:\n- name: ../x\n  apiVersion: credentialprovider.kubelet.k8s.io/v1\n  matchImages: [a.io]\n  defaultCacheDuration: 1m\n", "providers[0].name"},
+		{"providers:\n- name: x\n  apiVersion: credentialprovider.kubelet.k8s.io/v1beta1\n  matchImages: [a.io]\n  defaultCacheDuration: 1m\n", "providers[0].apiVersion"},
+		{"providers:\n- name: x\n  apiVersion: credentialprovider.kubelet.k8s.io/v1\n  matchImages: [\"a.io:*\"]\n  defaultCacheDuration: 1m\n", "providers[0].matchImages[0]"},
+		{"providers:\n- name: x\n  apiVersion: credentialprovider.kubelet.k8s.io/v1\n  defaultCacheDuration: 1m\n", "providers[0].matchImages"},
+	} {
+		_, err := credprovider.Load(config(t, c.body), t.TempDir())
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v; want an error naming %s", c.body, err, c.want)
+		}
+	}
+}
