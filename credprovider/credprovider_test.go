@@ -94,8 +94,9 @@ func TestPluginsRunAsTheKubeletRunsThem(t *testing.T) {
 		{"mirror.example.com/app:1", "alice"},
 		{"a.b.example.com/app:1", ""}, // a glob matches one part only
 		{"127.0.0.1:5000/team/app:1", "alice"},
-		{"127.0.0.1:5000/other/app:1", ""}, // the path is a prefix
-		{"127.0.0.1:5001/team/app:1", ""},  // the port must match
+		{"127.0.0.1:5000/other/app:1", ""},      // the path is a prefix
+		{"127.0.0.1:5001/team/app:1", ""},       // the port must match
+		{"registry.example.com:5000/app:1", ""}, // and none matches none
 		{"docker.io/library/nginx:1", ""},
 		{"token.example.org/app:1", ""}, // tokenAttributes: not run
 	} {

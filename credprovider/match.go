@@ -48,9 +48,9 @@ func parsePattern(s string) (pattern, error) {
 
 // matches reports whether repo ("host[:port]/path", as imageref names a
 // repository) matches the pattern s by the kubelet's rules: as many host
-// parts, each matching its glob (a glob matches within one part); the
-// pattern's port, if it has one, equal to repo's; its path, if it has one,
-// a prefix of repo's.
+// parts, each matching its glob (a glob matches within one part); the same
+// port (none matches none); the pattern's path, if it has one, a prefix of
+// repo's.
 func matches(s, repo string) bool {
 	pat, err := parsePattern(s)
 	if err != nil {
@@ -70,7 +70,7 @@ func matches(s, repo string) bool {
 			return false
 		}
 	}
-	if pat.port != "" && pat.port != port {
+	if pat.port != port {
 		return false
 	}
 	return strings.HasPrefix(p, pat.path)

@@ -249,6 +249,9 @@ func (c *Cluster) writeConfigs() error {
 	}); err != nil {
 		return err
 	}
+	if err := c.writeCredentialProviders(); err != nil {
+		return err
+	}
 	return c.writeNodeConfigs(c.node(1))
 }
 

@@ -97,6 +97,8 @@ type NodeHooks struct {
 	// KubeletConfig rewrites the node's kubelet configuration (YAML)
 	// before its kubelet starts.
 	KubeletConfig func(string) string
+	// KubeletArgs are more flags of its kubelet.
+	KubeletArgs []string
 }
 
 // AddNodeWith is AddNode with hooks.
@@ -185,6 +187,7 @@ func (c *Cluster) startNode(ctx context.Context, n Node, hooks NodeHooks) error 
 		return err
 	}
 	args := append([]string{fmt.Sprintf("--mount=/proc/%d/ns/mnt", ctd.pid), enter, c.bin("kubelet")}, c.kubeletArgs(n)...)
+	args = append(args, hooks.KubeletArgs...)
 	return c.startAs("kubelet@"+n.Name, "kubelet", c.lookPath("nsenter"), args...)
 }
 

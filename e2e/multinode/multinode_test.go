@@ -12,6 +12,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -858,4 +861,120 @@ func TestAnAgentGetsOnlyItsOwnNodesCredentials(t *testing.T) {
 	if err := ask(two); !nodeauth.IsForbidden(err) {
 		t.Errorf("%s's agent asking for %s's image's credentials: %v; want it refused", two.Name, one.Name, err)
 	}
+}
+
+// TestCredentialProviderPluginsPullPrivateImagesWithoutSecrets: on a real
+// node whose kubelet runs the cluster's credential provider plugin (the
+// agents run the same plugin from its configuration), against a registry
+// with authentication: the kubelet's own pull of a private image works with
+// no Secret, and prepull pre-pulls another with no Secret, whose Never pod
+// starts with the registry stopped. The agent ran the plugin once for that
+// registry (its answer kept an hour), counted by the plugin itself; a
+// plugin answering garbage fails its image with CredentialProviderFailed
+// while the list's other image is made present.
+func TestCredentialProviderPluginsPullPrivateImagesWithoutSecrets(t *testing.T) {
+	reg := testground.StartRegistry(t, testground.WithBasicAuth(cluster.PluginUser, cluster.PluginPassword))
+	front := testground.StartThrottleOn(t, cluster.PluginRegistry, reg, 1<<30, 0)
+	if err := c.TrustHost(front.Host); err != nil {
+		t.Fatal(err)
+	}
+	for _, repo := range []string{"plugged/pre:1", "plugged/kubelet:1"} {
+		img, err := c.Workload(1 << 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.PushImage(repo, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := c.AddNodeWith(ctx, cs, cluster.NodeHooks{KubeletArgs: c.KubeletCredentialArgs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.RemoveNode(ctx, cs, n.Name); err != nil {
+			t.Errorf("remove %s: %v", n.Name, err)
+		}
+	})
+	pod := func(name, image string, policy corev1.PullPolicy) *corev1.Pod {
+		t.Cleanup(func() {
+			_ = cs.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+			cluster.WaitPodGone(ctx, cs, ns, name)
+		})
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.PodSpec{
+			NodeName:                      n.Name,
+			Containers:                    []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: policy}},
+			TerminationGracePeriodSeconds: new(int64),
+		}}
+	}
+	// The kubelet's own pull, with the plugin's credentials.
+	if _, err := cluster.WaitPodRunning(ctx, cs, pod("plugged-kubelet", front.Host+"/plugged/kubelet:1", corev1.PullIfNotPresent), 2*time.Minute); err != nil {
+		t.Fatalf("the kubelet's pull of a private image with its plugin: %v", err)
+	}
+
+	image := front.Host + "/plugged/pre:1"
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "plugged"}, Spec: prepullv1.PrePullListSpec{
+		// The controller cannot read the tag: the node resolves it, with
+		// its plugin's credentials.
+		Images:       []prepullv1.PrePullImage{{Image: image}, {Image: "garbage.example.com/app@sha256:" + strings.Repeat("e", 64)}},
+		Resolution:   prepullv1.ResolveOnNode,
+		NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": n.Name}},
+		Rollout:      prepullv1.RolloutSpec{BackoffLimit: new(int32(0))},
+	}}
+	if err := cl.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteList(t, l) })
+	testground.Eventually(t, 3*time.Minute, "the private image present without a Secret, the garbage plugin's image failed", func() error {
+		set := &prepullv1.NodeImageSet{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+			return err
+		}
+		var present, failed bool
+		for _, st := range set.Status.Images {
+			switch {
+			case strings.HasPrefix(st.Image, front.Host+"/plugged/pre"):
+				present = st.Phase == prepullv1.PhasePresent
+			case strings.HasPrefix(st.Image, "garbage.example.com/"):
+				failed = st.Phase == prepullv1.PhaseFailed && st.Reason == "CredentialProviderFailed" && strings.Contains(st.LastError, "not a CredentialProviderResponse")
+			}
+		}
+		if !present || !failed {
+			return fmt.Errorf("statuses %+v", set.Status.Images)
+		}
+		return nil
+	})
+
+	reg.Stop()
+	if _, err := cluster.WaitPodRunning(ctx, cs, pod("plugged-never", image, corev1.PullNever), 2*time.Minute); err != nil {
+		t.Fatalf("a Never pod of the pre-pulled private image, the registry stopped: %v", err)
+	}
+	// The node's agent counts its plugin's runs (it made more than one
+	// call for the image: its size, then its pull).
+	resp, err := http.Get("http://" + net.JoinHostPort(n.IP, "8083") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	want := `prepull_agent_credential_provider_runs_total{provider="credplugin",result="ok"} 1`
+	if !strings.Contains(string(body), want+"\n") {
+		t.Errorf("the agent's plugin runs: want %q; its metrics:\n%s", want, grepLines(string(body), "credential_provider"))
+	}
+	kubelet, err := os.ReadFile(c.PluginRuns())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the kubelet ran the plugin %d times", strings.Count(string(kubelet), "\n"))
+}
+
+// grepLines are the lines of s holding sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

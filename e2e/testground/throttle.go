@@ -33,6 +33,12 @@ func StartThrottle(t testing.TB, reg *Registry, bytesPerSecond int, latency time
 // machine) instead of loopback, for clients in other network namespaces.
 func StartThrottleAt(t testing.TB, ip string, reg *Registry, bytesPerSecond int, latency time.Duration) *Throttle {
 	t.Helper()
+	return StartThrottleOn(t, fmt.Sprintf("%s:%d", ip, FreePort(t)), reg, bytesPerSecond, latency)
+}
+
+// StartThrottleOn is StartThrottleAt on host ("ip:port").
+func StartThrottleOn(t testing.TB, host string, reg *Registry, bytesPerSecond int, latency time.Duration) *Throttle {
+	t.Helper()
 	target, _ := url.Parse("http://" + reg.Host)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	link := &link{rate: bytesPerSecond}
@@ -44,7 +50,7 @@ func StartThrottleAt(t testing.TB, ip string, reg *Registry, bytesPerSecond int,
 		time.Sleep(latency)
 		rp.ServeHTTP(w, r)
 	})
-	th := &Throttle{Host: fmt.Sprintf("%s:%d", ip, FreePort(t))}
+	th := &Throttle{Host: host}
 	srv := &http.Server{Addr: th.Host, Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()

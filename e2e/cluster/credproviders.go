@@ -1,0 +1,81 @@
+package cluster
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// Credential provider plugins of the local cluster: hack/credplugin, a
+// plugin speaking the kubelet's exec protocol, in the cluster directory's
+// credential-providers/bin, with two configurations there: one the agents
+// are given (the overlay and the Helm values of hack/cluster), one a test
+// may give a node's kubelet (NodeHooks.KubeletArgs with
+// KubeletCredentialArgs). The plugin matches the images of PluginRegistry
+// (a registry with authentication a test starts there) and answers
+// PluginUser and PluginPassword, kept an hour by registry; run by a
+// kubelet, it appends each image it is asked about to PluginRuns (an
+// agent counts its runs in its metrics). A second plugin, for
+// garbage.example.com, answers what is not JSON.
+const (
+	PluginUser     = "plugin-user"
+	PluginPassword = "plugin-pass"
+)
+
+// PluginRegistry is where the plugin's registry listens: node 1's address,
+// a port of its own (the kubelet matches ports exactly).
+var PluginRegistry = nodeIP(1) + ":15050"
+
+// KubeletCredentialArgs are the kubelet flags that give it the plugins.
+func (c *Cluster) KubeletCredentialArgs() []string {
+	return []string{"--image-credential-provider-config=" + c.path("credential-providers", "kubelet.yaml"),
+		"--image-credential-provider-bin-dir=" + c.path("credential-providers", "bin")}
+}
+
+// PluginRuns is the log of the plugin's runs by kubelets: one line per
+// run, the image it was asked about.
+func (c *Cluster) PluginRuns() string {
+	return c.path("credential-providers", "kubelet-runs.log")
+}
+
+func (c *Cluster) writeCredentialProviders() error {
+	bin := c.path("credential-providers", "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(bin, "credplugin"), "./hack/credplugin")
+	cmd.Dir = c.Root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build hack/credplugin: %v: %s", err, out)
+	}
+	garbage := filepath.Join(bin, "credplugin-garbage")
+	_ = os.Remove(garbage)
+	if err := os.Link(filepath.Join(bin, "credplugin"), garbage); err != nil {
+		return err
+	}
+	config := func(log string) string {
+		return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+- name: credplugin
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: [%q]
+  defaultCacheDuration: 1m
+  env:
+  - {name: CREDPLUGIN_USER, value: %s}
+  - {name: CREDPLUGIN_PASSWORD, value: %s}
+  - {name: CREDPLUGIN_CACHE, value: 1h}%s
+- name: credplugin-garbage
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: [garbage.example.com]
+  defaultCacheDuration: 0s
+  env: [{name: CREDPLUGIN_MODE, value: garbage}]
+`, PluginRegistry, PluginUser, PluginPassword, log)
+	}
+	return writeFiles(c.Dir, map[string]string{
+		"credential-providers/agent.yaml":   config(""),
+		"credential-providers/kubelet.yaml": config("\n  - {name: CREDPLUGIN_LOG, value: " + c.PluginRuns() + "}"),
+	})
+}
