@@ -63,7 +63,7 @@ func registryMessage(err error) string {
 		case http.StatusNotFound:
 			return "the registry answered 404 Not Found: no such repository or tag"
 		case http.StatusUnauthorized, http.StatusForbidden:
-			return fmt.Sprintf("the registry answered %d %s: check imagePullSecrets", te.StatusCode, http.StatusText(te.StatusCode))
+			return fmt.Sprintf("the registry answered %d %s: check imagePullSecrets (a tag only the nodes' own credentials read, such as their credential provider plugins', resolves on a node: spec.resolution: Node)", te.StatusCode, http.StatusText(te.StatusCode))
 		}
 	}
 	return err.Error()
