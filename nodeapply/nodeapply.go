@@ -42,6 +42,14 @@ type Options struct {
 	// with no registry in reach, and an image that does not verify is not
 	// imported. An image that would be pulled from its registry fails.
 	VerifyKeys verify.Keys
+	// Credentials, when set, gives the credentials of an image's pull: the
+	// node's kubelet credential provider plugins (package credprovider).
+	Credentials NodeCredentials
+}
+
+// NodeCredentials finds the node's own credentials for an image.
+type NodeCredentials interface {
+	Auth(ctx context.Context, image string) (*cri.Auth, error)
 }
 
 // How an image came to be present.
@@ -216,8 +224,14 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 	case errors.Is(err, cri.ErrNotFound) && e.archive == nil && len(opts.VerifyKeys) > 0:
 		return fmt.Errorf("%s would be pulled from its registry: signatures are checked in a bundle (--archive, or the list's source.archive)", e.ref())
 	case errors.Is(err, cri.ErrNotFound) && e.archive == nil:
+		var auth *cri.Auth
+		if opts.Credentials != nil {
+			if auth, err = opts.Credentials.Auth(ctx, e.ref()); err != nil {
+				return err
+			}
+		}
 		pctx, cancel := context.WithTimeout(ctx, opts.PullTimeout)
-		_, err = opts.Images.PullImage(pctx, e.ref(), nil)
+		_, err = opts.Images.PullImage(pctx, e.ref(), auth)
 		cancel()
 		if err != nil {
 			return err

@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -19,6 +21,7 @@ import (
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/credprovider"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/e2e/testground"
@@ -337,4 +340,49 @@ func cut(ref string) (string, string) {
 func digestOf(ref string) string {
 	_, d := cut(ref)
 	return d
+}
+
+// TestApplyPullsWithTheNodesPlugins: node apply pulls a private image with
+// the credentials the node's kubelet credential provider plugin gives (a
+// real plugin executable, a registry with authentication, containerd), and
+// without it the pull is refused.
+func TestApplyPullsWithTheNodesPlugins(t *testing.T) {
+	ctx := context.Background()
+	ctd := testground.StartContainerd(t)
+	reg := testground.StartRegistry(t, testground.WithBasicAuth("carol", "pl4gin"))
+	ctd.TrustRegistry(reg)
+	images, store := ctd.Clients(t)
+	img := reg.MustPushRandom(t, "plugged/app:v1", 64<<10, 1)
+
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(bin, "credplugin"), "./hack/credplugin")
+	build.Dir, build.Env = "..", append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the test plugin: %v: %s", err, out)
+	}
+	config := filepath.Join(t.TempDir(), "providers.yaml")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+- name: credplugin
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: [%q]
+  defaultCacheDuration: 1m
+  env: [{name: CREDPLUGIN_USER, value: carol}, {name: CREDPLUGIN_PASSWORD, value: pl4gin}]
+`, reg.Host)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	plugins, err := credprovider.Load(config, bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := nodeapply.Options{Images: images, Store: store, PullTimeout: time.Minute, ArchiveDir: t.TempDir()}
+	lists := []prepullv1.PrePullList{list("plugged", "", img.Tag)}
+	if got := nodeapply.Apply(ctx, lists, opts); len(got) != 1 || got[0].Err == nil {
+		t.Fatalf("without the plugin: %+v, want the pull refused", got)
+	}
+	opts.Credentials = plugins
+	if got := nodeapply.Apply(ctx, lists, opts); len(got) != 1 || got[0].Err != nil || got[0].How != nodeapply.HowPulled {
+		t.Fatalf("with the plugin: %+v, want it pulled", got)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 	ctrl "sigs.k8s.io/controller-runtime"
 
+	"prepull.io/prepull/credprovider"
 	"prepull.io/prepull/nodeapply"
 	"prepull.io/prepull/verify"
 )
@@ -28,6 +29,10 @@ type NodeApplyOptions struct {
 	// VerifyKeys are files of PEM public keys an image's signature in the
 	// bundle must verify with before it is imported.
 	VerifyKeys []string
+	// CredentialProviderConfig and CredentialProviderBinDir are the
+	// kubelet's credential provider plugins, run for the pulls as the
+	// kubelet runs them.
+	CredentialProviderConfig, CredentialProviderBinDir string
 }
 
 // NewNodeApplyOptions returns the defaults.
@@ -40,6 +45,8 @@ func (o *NodeApplyOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVarP(&o.Files, "filename", "f", o.Files, `file of PrePullLists ("-" for stdin); repeat for more`)
 	fs.StringVar(&o.Archive, "archive", o.Archive, "bundle to import every image from, instead of the lists' sources")
 	fs.StringVar(&o.ArchiveSHA256, "archive-sha256", o.ArchiveSHA256, "SHA-256 the --archive must have (64 hex digits), checked before anything is imported")
+	fs.StringVar(&o.CredentialProviderConfig, "image-credential-provider-config", o.CredentialProviderConfig, "the kubelet's credential provider plugin config (a file, or a directory of them): pulls use the credentials the node's plugins give")
+	fs.StringVar(&o.CredentialProviderBinDir, "image-credential-provider-bin-dir", o.CredentialProviderBinDir, "the directory of the kubelet's credential provider plugins")
 	fs.StringArrayVar(&o.VerifyKeys, "verify-key", o.VerifyKeys, "file of a PEM public key (ECDSA, Ed25519, RSA): an image is imported only if a signature the bundle holds for it verifies with one of these keys; repeat for more")
 	o.RuntimeOptions.addFlags(fs)
 }
@@ -97,6 +104,14 @@ func runNode(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		keys = append(keys, k)
 	}
+	var plugins nodeapply.NodeCredentials
+	if opts.CredentialProviderConfig != "" {
+		p, err := credprovider.Load(opts.CredentialProviderConfig, opts.CredentialProviderBinDir)
+		if err != nil {
+			return fmt.Errorf("--image-credential-provider-config: %w", err)
+		}
+		plugins = p
+	}
 	rt, err := dialRuntime(ctx, opts.RuntimeOptions, "")
 	if err != nil {
 		return err
@@ -104,7 +119,7 @@ func runNode(ctx context.Context, args []string, stdout io.Writer) error {
 	defer rt.Close()
 
 	results := nodeapply.Apply(ctx, lists, nodeapply.Options{
-		Images: rt.images, Store: rt.store,
+		Images: rt.images, Store: rt.store, Credentials: plugins,
 		Archive: opts.Archive, ArchiveSHA256: opts.ArchiveSHA256, ArchiveDir: opts.ArchiveDir, Archives: opts.archives(),
 		PullTimeout: opts.PullTimeout, VerifyKeys: keys,
 	})
