@@ -7,6 +7,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/dustin/go-humanize"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
 )
 
 // barWidth is the number of cells of a progress bar.
@@ -128,9 +130,9 @@ func PrintNode(w io.Writer, r *NodeReport) error {
 		if im.Reason != "" || im.LastError != "" {
 			lastErr = strings.TrimSpace(im.Reason + ": " + oneLine(im.LastError))
 		}
-		rows = append(rows, []string{im.Image, lists, dash(string(im.Phase)), dash(im.Digest), pinned, bytes(im.BytesDone, im.BytesTotal), lastErr})
+		rows = append(rows, []string{im.Image, lists, dash(string(im.Phase)), dash(im.Digest), pinned, bytes(im.BytesDone, im.BytesTotal), credentialsOf(im.NodeImageStatus), lastErr})
 	}
-	table(w, []string{"IMAGE", "LISTS", "PHASE", "DIGEST", "PINNED", "BYTES", "LAST ERROR"}, rows)
+	table(w, []string{"IMAGE", "LISTS", "PHASE", "DIGEST", "PINNED", "BYTES", "CREDENTIALS", "LAST ERROR"}, rows)
 	return nil
 }
 
@@ -176,4 +178,18 @@ func oneLine(s string) string {
 		s = s[:157] + "..."
 	}
 	return s
+}
+
+// credentialsOf says how an image came: the kind of credentials it was
+// pulled with, "imported", or "-" when pulled without any or not yet.
+func credentialsOf(st prepullv1.NodeImageStatus) string {
+	switch {
+	case st.ImportedFrom != "":
+		return "imported"
+	case st.Credentials != "":
+		return string(st.Credentials)
+	case st.PulledAt != nil:
+		return "none"
+	}
+	return "-"
 }

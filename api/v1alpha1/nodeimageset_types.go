@@ -125,6 +125,12 @@ type NodeImageStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	ImportedFrom string `json:"importedFrom,omitempty"`
+	// credentials is the kind of credentials the image was last pulled
+	// with (never the credentials): PullSecret (a list's), or
+	// CredentialProvider (the node's kubelet credential provider plugins);
+	// empty for none, or an import.
+	// +optional
+	Credentials CredentialKind `json:"credentials,omitempty"`
 	// attempts counts the pulls tried.
 	// +optional
 	Attempts int32 `json:"attempts,omitempty"`
@@ -144,6 +150,16 @@ type NodeImageStatus struct {
 	// +optional
 	Signature *SignatureStatus `json:"signature,omitempty"`
 }
+
+// CredentialKind is where an image's pull credentials came from.
+// +kubebuilder:validation:Enum=PullSecret;CredentialProvider
+type CredentialKind string
+
+// Kinds of credentials.
+const (
+	CredentialsPullSecret         CredentialKind = "PullSecret"
+	CredentialsCredentialProvider CredentialKind = "CredentialProvider"
+)
 
 // ImageFilesystem is the usage of the node's image filesystem.
 type ImageFilesystem struct {

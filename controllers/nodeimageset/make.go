@@ -86,7 +86,7 @@ func (r *Reconciler) runtime(e *entry) present.Runtime {
 	rt := present.Runtime{Images: r.Images, Store: r.Store}
 	if e.Archive == nil {
 		rt.PullTag = func(ctx context.Context, tag string) error {
-			auth, err := r.auth(ctx, e)
+			auth, _, err := r.auth(ctx, e)
 			if err == nil {
 				ctx, cancel := context.WithTimeout(ctx, e.Timeout)
 				defer cancel()

@@ -44,6 +44,7 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 		rep := prepullv1.NodeImageStatus{
 			PulledAt:           pulledAt,
 			ImportedFrom:       s.importedFrom,
+			Credentials:        s.credentials,
 			Image:              e.Image,
 			Phase:              s.phase,
 			Digest:             s.digest,

@@ -63,7 +63,7 @@ func (r *Reconciler) pull(e *entry, st *imageState, absent bool) {
 	r.mu.Lock()
 	ctx := r.baseCtx
 	r.mu.Unlock()
-	auth, err := r.auth(ctx, e)
+	auth, kind, err := r.auth(ctx, e)
 	var blobs []cri.Blob
 	if err == nil {
 		blobs = r.pullBlobs(ctx, e, auth)
@@ -100,6 +100,14 @@ func (r *Reconciler) pull(e *entry, st *imageState, absent bool) {
 	}
 	if err == nil && absent {
 		r.markBrought(ctx, e.Image)
+	}
+	if err == nil {
+		if e.Archive != nil {
+			kind = ""
+		}
+		r.mu.Lock()
+		st.credentials = kind
+		r.mu.Unlock()
 	}
 	r.record(ctx, e, st, attempt, err, r.Clock.Since(start))
 	if err == nil {
@@ -248,20 +256,24 @@ func (r *Reconciler) backoff(n int32) time.Duration {
 	return wait.Jitter(min(d, r.BackoffMax)*4/5, 0.5)
 }
 
-// auth returns the credentials for e's registry: from its pull secrets,
-// through Credentials, else the node's own (NodeCredentials); nil when
-// neither has any for that registry.
-func (r *Reconciler) auth(ctx context.Context, e *entry) (*cri.Auth, error) {
+// auth returns the credentials for e's registry, and their kind: from its
+// pull secrets, through Credentials, else the node's own
+// (NodeCredentials); nil when neither has any for that registry.
+func (r *Reconciler) auth(ctx context.Context, e *entry) (*cri.Auth, prepullv1.CredentialKind, error) {
 	if len(e.PullSecrets) > 0 {
 		if r.Credentials == nil {
-			return nil, errors.New("the agent has no source of pull credentials")
+			return nil, "", errors.New("the agent has no source of pull credentials")
 		}
 		if a, err := r.Credentials.Auth(ctx, e.Image, e.PullSecrets); a != nil || err != nil {
-			return a, err
+			return a, prepullv1.CredentialsPullSecret, err
 		}
 	}
 	if r.NodeCredentials == nil {
-		return nil, nil
+		return nil, "", nil
 	}
-	return r.NodeCredentials.Auth(ctx, e.Image)
+	a, err := r.NodeCredentials.Auth(ctx, e.Image)
+	if a == nil {
+		return nil, "", err
+	}
+	return a, prepullv1.CredentialsCredentialProvider, err
 }

@@ -111,6 +111,8 @@ type imageState struct {
 	// private is whether the entry last settled names pull secrets: a
 	// private image, as far as the agent knows.
 	private bool
+	// credentials is the kind of credentials the last pull used.
+	credentials prepullv1.CredentialKind
 }
 
 // to puts st in phase p, saying why with reason and msg ("" and "" when

@@ -858,6 +858,14 @@ func TestAnAgentGetsOnlyItsOwnNodesCredentials(t *testing.T) {
 	if err := ask(one); err != nil {
 		t.Errorf("%s's agent asking for its own image's credentials: %v", one.Name, err)
 	}
+	if err := cl.Get(ctx, client.ObjectKey{Name: one.Name}, set); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range set.Status.Images {
+		if st.Image == entry && st.Credentials != prepullv1.CredentialsPullSecret {
+			t.Errorf("%s's status of %s: credentials %q, want PullSecret", one.Name, entry, st.Credentials)
+		}
+	}
 	if err := ask(two); !nodeauth.IsForbidden(err) {
 		t.Errorf("%s's agent asking for %s's image's credentials: %v; want it refused", two.Name, one.Name, err)
 	}
@@ -934,7 +942,8 @@ func TestCredentialProviderPluginsPullPrivateImagesWithoutSecrets(t *testing.T) 
 		for _, st := range set.Status.Images {
 			switch {
 			case strings.HasPrefix(st.Image, front.Host+"/plugged/pre"):
-				present = st.Phase == prepullv1.PhasePresent
+				// Its status says which kind of credentials pulled it.
+				present = st.Phase == prepullv1.PhasePresent && st.Credentials == prepullv1.CredentialsCredentialProvider
 			case strings.HasPrefix(st.Image, "garbage.example.com/"):
 				failed = st.Phase == prepullv1.PhaseFailed && st.Reason == "CredentialProviderFailed" && strings.Contains(st.LastError, "not a CredentialProviderResponse")
 			}
