@@ -8,8 +8,11 @@
 // pulls a private image with the credentials the node's cloud identity
 // gives, without an imagePullSecret.
 //
-// Plugins configured with tokenAttributes (a service-account token of the
-// pod, KEP-4412) are not run: the agent has no pod to ask a token for.
+// A plugin configured with tokenAttributes (KEP-4412) is given a token of
+// the service account the image's workloads run as, for the plugin's
+// audience, from Tokens (the controller's endpoint, for the agent): without
+// Tokens, or when the image's lists name no service account, it is not run
+// (it is, without a token, when it says requireServiceAccount: false).
 package credprovider
 
 import (
@@ -55,6 +58,9 @@ type Providers struct {
 	Timeout time.Duration
 	// OnRun, when set, is told of every run of a plugin and its error.
 	OnRun func(provider string, err error)
+	// Tokens, when set, gives the service-account tokens plugins with
+	// tokenAttributes take.
+	Tokens Tokens
 
 	providers []kubeletv1.CredentialProvider
 	mu        sync.Mutex
@@ -67,6 +73,23 @@ type cached struct {
 	resp    *credentialproviderv1.CredentialProviderResponse
 	expires time.Time
 }
+
+// Tokens gives a token of the service account an image's workloads run as,
+// for audience; ErrNoServiceAccount when the image's lists name none.
+type Tokens interface {
+	Token(ctx context.Context, image, audience string) (*ServiceAccountToken, error)
+}
+
+// ServiceAccountToken is a token and what a plugin may ask of its account.
+type ServiceAccountToken struct {
+	Token string
+	// ServiceAccount is "namespace/name".
+	ServiceAccount string
+	Annotations    map[string]string
+}
+
+// ErrNoServiceAccount means no service account is known for the image.
+var ErrNoServiceAccount = errors.New("no service account is known for the image")
 
 // Load reads the CredentialProviderConfig at path, or, as the kubelet
 // does, those of a directory (its .json, .yaml and .yml files, in
@@ -135,16 +158,19 @@ type Provider struct {
 	MatchImages []string
 	// Problem is why it cannot run ("" when its executable is there).
 	Problem string
-	// NeedsToken is set for a plugin given a pod's service-account token
-	// (tokenAttributes), which the agent does not run.
-	NeedsToken bool
+	// Audience is, for a plugin given a service-account token
+	// (tokenAttributes), the token's audience.
+	Audience string
 }
 
 // Describe says what each plugin matches and whether it can run.
 func (p *Providers) Describe() []Provider {
 	var out []Provider
 	for _, c := range p.providers {
-		d := Provider{Name: c.Name, MatchImages: c.MatchImages, NeedsToken: c.TokenAttributes != nil}
+		d := Provider{Name: c.Name, MatchImages: c.MatchImages}
+		if c.TokenAttributes != nil {
+			d.Audience = c.TokenAttributes.ServiceAccountTokenAudience
+		}
 		fi, err := os.Stat(filepath.Join(p.BinDir, c.Name))
 		switch {
 		case err != nil:
@@ -169,10 +195,18 @@ func (p *Providers) Auth(ctx context.Context, image string) (*cri.Auth, error) {
 	}
 	var errs []error
 	for _, c := range p.providers {
-		if c.TokenAttributes != nil || !matchesAny(c.MatchImages, repo) {
+		if !matchesAny(c.MatchImages, repo) {
 			continue
 		}
-		resp, err := p.response(ctx, c, image, repo)
+		tok, run, err := p.token(ctx, c, image)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !run {
+			continue
+		}
+		resp, err := p.response(ctx, c, image, repo, tok)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -182,6 +216,33 @@ func (p *Providers) Auth(ctx context.Context, image string) (*cri.Auth, error) {
 		}
 	}
 	return nil, errors.Join(errs...)
+}
+
+// token is the service-account token c takes for image (nil for none),
+// and whether c runs: a plugin with tokenAttributes does not without
+// Tokens, nor without a service account when it requires one.
+func (p *Providers) token(ctx context.Context, c kubeletv1.CredentialProvider, image string) (*ServiceAccountToken, bool, error) {
+	ta := c.TokenAttributes
+	if ta == nil {
+		return nil, true, nil
+	}
+	required := ta.RequireServiceAccount == nil || *ta.RequireServiceAccount
+	if p.Tokens == nil {
+		return nil, !required, nil
+	}
+	tok, err := p.Tokens.Token(ctx, image, ta.ServiceAccountTokenAudience)
+	switch {
+	case errors.Is(err, ErrNoServiceAccount):
+		return nil, !required, nil
+	case err != nil:
+		return nil, false, fmt.Errorf("%w: %s: a service-account token for %s: %v", ErrProvider, c.Name, image, err)
+	}
+	for _, k := range ta.RequiredServiceAccountAnnotationKeys {
+		if _, ok := tok.Annotations[k]; !ok {
+			return nil, false, fmt.Errorf("%w: %s: service account %s has no annotation %s, which the plugin requires", ErrProvider, c.Name, tok.ServiceAccount, k)
+		}
+	}
+	return tok, true, nil
 }
 
 // authFor is the credential of resp whose key matches repo, the key with
@@ -202,11 +263,20 @@ func authFor(resp *credentialproviderv1.CredentialProviderResponse, repo string)
 }
 
 // response is c's answer for image, from the cache or a run.
-func (p *Providers) response(ctx context.Context, c kubeletv1.CredentialProvider, image, repo string) (*credentialproviderv1.CredentialProviderResponse, error) {
+func (p *Providers) response(ctx context.Context, c kubeletv1.CredentialProvider, image, repo string, tok *ServiceAccountToken) (*credentialproviderv1.CredentialProviderResponse, error) {
 	host, _, _ := strings.Cut(repo, "/")
+	// An answer given for a token is kept for its service account
+	// (cacheType ServiceAccount), or not at all (Token: every token is new).
+	account := ""
+	if tok != nil {
+		if c.TokenAttributes.CacheType != kubeletv1.ServiceAccountServiceAccountTokenCacheType {
+			return p.runOnce(ctx, c, image, tok)
+		}
+		account = "|sa:" + tok.ServiceAccount
+	}
 	now := time.Now()
 	p.mu.Lock()
-	for _, k := range []string{"image:" + repo, "registry:" + host, "global"} {
+	for _, k := range []string{"image:" + repo + account, "registry:" + host + account, "global" + account} {
 		if e, ok := p.cache[cacheKey{c.Name, k}]; ok {
 			if now.Before(e.expires) {
 				p.mu.Unlock()
@@ -216,10 +286,7 @@ func (p *Providers) response(ctx context.Context, c kubeletv1.CredentialProvider
 		}
 	}
 	p.mu.Unlock()
-	resp, err := p.run(ctx, c, image)
-	if p.OnRun != nil {
-		p.OnRun(c.Name, err)
-	}
+	resp, err := p.runOnce(ctx, c, image, tok)
 	if err != nil {
 		return nil, err
 	}
@@ -230,12 +297,12 @@ func (p *Providers) response(ctx context.Context, c kubeletv1.CredentialProvider
 		ttl = c.DefaultCacheDuration.Duration
 	}
 	if ttl > 0 {
-		key := "global"
+		key := "global" + account
 		switch resp.CacheKeyType {
 		case credentialproviderv1.ImagePluginCacheKeyType:
-			key = "image:" + repo
+			key = "image:" + repo + account
 		case credentialproviderv1.RegistryPluginCacheKeyType:
-			key = "registry:" + host
+			key = "registry:" + host + account
 		}
 		p.mu.Lock()
 		if p.cache == nil {
@@ -247,19 +314,40 @@ func (p *Providers) response(ctx context.Context, c kubeletv1.CredentialProvider
 	return resp, nil
 }
 
+// runOnce runs c and tells OnRun.
+func (p *Providers) runOnce(ctx context.Context, c kubeletv1.CredentialProvider, image string, tok *ServiceAccountToken) (*credentialproviderv1.CredentialProviderResponse, error) {
+	resp, err := p.run(ctx, c, image, tok)
+	if p.OnRun != nil {
+		p.OnRun(c.Name, err)
+	}
+	return resp, err
+}
+
 // maxAnswer bounds what a plugin may write.
 const maxAnswer = 1 << 20
 
 // run runs c for image, within Timeout, and reads its answer.
-func (p *Providers) run(ctx context.Context, c kubeletv1.CredentialProvider, image string) (*credentialproviderv1.CredentialProviderResponse, error) {
+func (p *Providers) run(ctx context.Context, c kubeletv1.CredentialProvider, image string, tok *ServiceAccountToken) (*credentialproviderv1.CredentialProviderResponse, error) {
 	timeout := p.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := json.Marshal(credentialproviderv1.CredentialProviderRequest{
-		TypeMeta: metav1.TypeMeta{Kind: "CredentialProviderRequest", APIVersion: c.APIVersion}, Image: image})
+	request := credentialproviderv1.CredentialProviderRequest{
+		TypeMeta: metav1.TypeMeta{Kind: "CredentialProviderRequest", APIVersion: c.APIVersion}, Image: image}
+	if tok != nil {
+		request.ServiceAccountToken = tok.Token
+		for _, k := range append(slices.Clone(c.TokenAttributes.RequiredServiceAccountAnnotationKeys), c.TokenAttributes.OptionalServiceAccountAnnotationKeys...) {
+			if v, ok := tok.Annotations[k]; ok {
+				if request.ServiceAccountAnnotations == nil {
+					request.ServiceAccountAnnotations = map[string]string{}
+				}
+				request.ServiceAccountAnnotations[k] = v
+			}
+		}
+	}
+	req, err := json.Marshal(request)
 	if err != nil {
 		return nil, err
 	}

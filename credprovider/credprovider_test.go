@@ -2,6 +2,7 @@ package credprovider_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -167,5 +168,81 @@ func TestLoadNamesTheField(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: %v; want an error naming %s", c.body, err, c.want)
 		}
+	}
+}
+
+// tokens is a Tokens of fixed answers, by image.
+type tokens map[string]*credprovider.ServiceAccountToken
+
+func (t tokens) Token(_ context.Context, image, audience string) (*credprovider.ServiceAccountToken, error) {
+	tok, ok := t[image]
+	if !ok {
+		return nil, credprovider.ErrNoServiceAccount
+	}
+	return tok, nil
+}
+
+// jwt is an unsigned token of sub for aud, as the test plugin reads it.
+func jwt(sub, aud string) string {
+	enc := func(v string) string { return base64.RawURLEncoding.EncodeToString([]byte(v)) }
+	return enc(`{"alg":"none"}`) + "." + enc(fmt.Sprintf(`{"sub":%q,"aud":[%q]}`, sub, aud)) + "." + enc("sig")
+}
+
+// TestTokenModePresentsTheWorkloadsToken: a plugin with tokenAttributes is
+// given a token of the image's service account for its audience (the real
+// plugin checks both and refuses another account), kept by service account
+// (cacheType ServiceAccount); it is not run for an image whose lists name
+// no service account, and a required annotation the account lacks is an
+// error naming it.
+func TestTokenModePresentsTheWorkloadsToken(t *testing.T) {
+	bin := plugin(t, "credplugin")
+	log := filepath.Join(t.TempDir(), "runs")
+	cfg := config(t, fmt.Sprintf(`providers:
+- name: credplugin
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: ["*.example.com"]
+  defaultCacheDuration: 1m
+  tokenAttributes: {serviceAccountTokenAudience: registry.test, cacheType: ServiceAccount, requireServiceAccount: true, optionalServiceAccountAnnotationKeys: [example.com/role]}
+  env: [{name: CREDPLUGIN_USER, value: workload}, {name: CREDPLUGIN_PASSWORD, value: w}, {name: CREDPLUGIN_LOG, value: %q},
+        {name: CREDPLUGIN_WANT_SUB, value: "system:serviceaccount:shop:puller"}, {name: CREDPLUGIN_WANT_AUD, value: registry.test}]
+`, log))
+	p, err := credprovider.Load(cfg, bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Tokens = tokens{
+		"a.example.com/app:1":   {Token: jwt("system:serviceaccount:shop:puller", "registry.test"), ServiceAccount: "shop/puller"},
+		"a.example.com/other:1": {Token: jwt("system:serviceaccount:shop:puller", "registry.test"), ServiceAccount: "shop/puller"},
+		"b.example.com/app:1":   {Token: jwt("system:serviceaccount:shop:other", "registry.test"), ServiceAccount: "shop/other"},
+	}
+	ctx := context.Background()
+	for _, img := range []string{"a.example.com/app:1", "a.example.com/other:1"} {
+		if a, err := p.Auth(ctx, img); err != nil || a == nil || a.Username != "workload" {
+			t.Errorf("%s with the workload's token: %+v, %v", img, a, err)
+		}
+	}
+	if n := runs(t, log); n != 1 {
+		t.Errorf("the plugin ran %d times for one service account and registry; want 1", n)
+	}
+	if _, err := p.Auth(ctx, "b.example.com/app:1"); !errors.Is(err, credprovider.ErrProvider) || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("another service account's token: %v; want the plugin's refusal", err)
+	}
+	if a, err := p.Auth(ctx, "c.example.com/app:1"); a != nil || err != nil {
+		t.Errorf("no service account: %+v, %v; want the plugin not run", a, err)
+	}
+	required := config(t, `providers:
+- name: credplugin
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: ["*.example.com"]
+  defaultCacheDuration: 1m
+  tokenAttributes: {serviceAccountTokenAudience: registry.test, cacheType: Token, requireServiceAccount: true, requiredServiceAccountAnnotationKeys: [example.com/role]}
+`)
+	q, err := credprovider.Load(required, bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Tokens = p.Tokens
+	if _, err := q.Auth(ctx, "a.example.com/app:1"); err == nil || !strings.Contains(err.Error(), "no annotation example.com/role") {
+		t.Errorf("a required annotation missing: %v", err)
 	}
 }

@@ -24,23 +24,20 @@ func (n Node) providers(add adder) {
 		add(CheckCredentialProviders, prepullv1.CheckFail, err.Error(), "give the agent the kubelet's --image-credential-provider-config and --image-credential-provider-bin-dir (the chart's agent.credentialProviders)")
 		return
 	}
-	var ok, bad, skipped []string
+	var ok, bad []string
 	for _, d := range p.Describe() {
 		switch {
 		case d.Problem != "":
 			bad = append(bad, fmt.Sprintf("%s: %s", d.Name, d.Problem))
-		case d.NeedsToken:
-			skipped = append(skipped, fmt.Sprintf("%s (for %s: it needs a pod's service-account token, which the agent does not have)", d.Name, strings.Join(d.MatchImages, ", ")))
+		case d.Audience != "":
+			ok = append(ok, fmt.Sprintf("%s for %s (with a token of the lists' spec.serviceAccountName for audience %s, which the controller's --token-audiences must allow)", d.Name, strings.Join(d.MatchImages, ", "), d.Audience))
 		default:
 			ok = append(ok, fmt.Sprintf("%s for %s", d.Name, strings.Join(d.MatchImages, ", ")))
 		}
 	}
-	msg := fmt.Sprintf("%d credential provider plugins in %s", len(ok)+len(bad)+len(skipped), n.CredentialProviderConfig)
+	msg := fmt.Sprintf("%d credential provider plugins in %s", len(ok)+len(bad), n.CredentialProviderConfig)
 	if len(ok) > 0 {
 		msg += "; run: " + strings.Join(ok, "; ")
-	}
-	if len(skipped) > 0 {
-		msg += "; not run: " + strings.Join(skipped, "; ")
 	}
 	if len(bad) > 0 {
 		add(CheckCredentialProviders, prepullv1.CheckFail, msg+"; cannot run: "+strings.Join(bad, "; "),

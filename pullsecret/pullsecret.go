@@ -121,3 +121,19 @@ type Served struct {
 	// ServerAddress is the registry host they are for.
 	ServerAddress string `json:"serverAddress"`
 }
+
+// TokenPath is the path of the controller's endpoint that serves an agent a
+// service-account token for one of its node's images (?image=&audience=),
+// for a credential provider plugin that takes one.
+const TokenPath = "/v1/token"
+
+// ServedToken is what TokenPath answers.
+type ServedToken struct {
+	// Token is a token of ServiceAccount ("namespace/name") for the
+	// audience asked.
+	Token          string `json:"token"`
+	ServiceAccount string `json:"serviceAccount"`
+	// Annotations are the service account's annotations, which a plugin
+	// may ask for.
+	Annotations map[string]string `json:"annotations,omitempty"`
+}

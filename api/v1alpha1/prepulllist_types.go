@@ -173,6 +173,16 @@ type PrePullListSpec struct {
 	// +listMapKey=name
 	// +kubebuilder:validation:MaxItems=8
 	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// serviceAccountName is the service account, in the list's namespace,
+	// that the images' workloads run as: for the nodes' credential provider
+	// plugins that take a pod's service-account token (tokenAttributes,
+	// KEP-4412), the agent presents a token of it, made by the controller
+	// for the plugin's audience when the node's agent asks for an image of
+	// this list.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
 	// refreshInterval is how often tags are resolved again; a tag that moved
 	// rolls its new digest out. At least one minute.
 	// +optional

@@ -72,7 +72,8 @@ func runAgent(ctx context.Context, args []string) error {
 		ArchiveDir:         opts.ArchiveDir,
 		Archives:           opts.archives(),
 	}
-	r.Credentials = &nodeimageset.EndpointCredentials{Client: &nodeauth.Client{Reader: mgr.GetAPIReader(), Namespace: opts.Namespace, TokenPath: opts.NodeToken}}
+	endpoint := &nodeauth.Client{Reader: mgr.GetAPIReader(), Namespace: opts.Namespace, TokenPath: opts.NodeToken}
+	r.Credentials = &nodeimageset.EndpointCredentials{Client: endpoint}
 	if opts.Credentials == "mirrors" {
 		r.Credentials = &nodeimageset.MirrorCredentials{Reader: mgr.GetAPIReader(), Namespace: opts.Namespace}
 	}
@@ -82,6 +83,7 @@ func runAgent(ctx context.Context, args []string) error {
 			return fmt.Errorf("--image-credential-provider-config: %w", err)
 		}
 		plugins.OnRun = nodeimageset.CountPluginRun
+		plugins.Tokens = &nodeimageset.EndpointTokens{Client: endpoint}
 		r.NodeCredentials = plugins
 	}
 	checks := checkNode(rt, opts.CheckOptions, diskBudget)

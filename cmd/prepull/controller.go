@@ -37,12 +37,13 @@ func runController(ctx context.Context, args []string) error {
 	}
 	gates := nodegate.NewBook()
 	r := &prepulllist.Reconciler{
-		Namespace:    opts.Namespace,
-		Resolver:     &prepulllist.RegistryResolver{Insecure: insecure, Timeout: opts.ResolveTimeout},
-		SecretPoll:   opts.SecretPoll,
-		Signatures:   &verify.Registry{Insecure: insecure, Timeout: opts.ResolveTimeout},
-		Gates:        gates,
-		StartupTaint: opts.StartupTaint,
+		Namespace:      opts.Namespace,
+		Resolver:       &prepulllist.RegistryResolver{Insecure: insecure, Timeout: opts.ResolveTimeout},
+		SecretPoll:     opts.SecretPoll,
+		TokenAudiences: opts.TokenAudiences,
+		Signatures:     &verify.Registry{Insecure: insecure, Timeout: opts.ResolveTimeout},
+		Gates:          gates,
+		StartupTaint:   opts.StartupTaint,
 	}
 	mgr, err := newManager(ctx, opts.ServeOptions, ctrl.Options{
 		LeaderElection:          opts.LeaderElect,
@@ -105,6 +106,7 @@ func addEndpoint(mgr ctrl.Manager, r *prepulllist.Reconciler, opts *ControllerOp
 		Agent: "system:serviceaccount:" + opts.Namespace + ":prepull-agent"}
 	mux := http.NewServeMux()
 	mux.Handle(pullsecret.ServedPath, r.Credentials(reviewer))
+	mux.Handle(pullsecret.TokenPath, r.Tokens(reviewer))
 	// A Runnable without NeedLeaderElection runs on the leader only.
 	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		ctrl.Log.Info("Serving agents their nodes' pull credentials", "address", opts.EndpointAddr, "advertised", advertise)

@@ -82,6 +82,10 @@ type ControllerOptions struct {
 	// credentials ("0" turns it off); EndpointAdvertise is how agents reach
 	// it, by default $POD_IP and EndpointAddr's port.
 	EndpointAddr, EndpointAdvertise string
+	// TokenAudiences are the audiences the endpoint makes service-account
+	// tokens for: those of the nodes' credential provider plugins that take
+	// a pod's token (tokenAttributes).
+	TokenAudiences []string
 	// StartupTaint is the key of the taint that gating lists hold nodes
 	// with.
 	StartupTaint string
@@ -103,6 +107,7 @@ func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.StartupTaint, "startup-taint", o.StartupTaint, "key of the taint nodes register with to wait for gating lists (spec.nodeGate); the controller removes it, and no other")
 	fs.DurationVar(&o.SecretPoll, "secret-poll", o.SecretPoll, "how often the pull secrets lists name are read again by name, to notice a rotation")
 	fs.StringVar(&o.EndpointAddr, "endpoint-bind-address", o.EndpointAddr, `where the leader serves agents the pull credentials of their own node's images, over TLS; "0" turns it off`)
+	fs.StringSliceVar(&o.TokenAudiences, "token-audiences", o.TokenAudiences, "audiences of the nodes' credential provider plugins that take a service-account token (tokenAttributes): the endpoint makes tokens of a list's spec.serviceAccountName for these alone")
 	fs.StringVar(&o.EndpointAdvertise, "endpoint-advertise-address", o.EndpointAdvertise, "host:port agents reach the endpoint at, published in the ConfigMap prepull-endpoint (default: $POD_IP and the bind address's port)")
 }
 

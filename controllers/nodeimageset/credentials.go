@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"prepull.io/prepull/credprovider"
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/nodeauth"
@@ -94,4 +95,33 @@ func (c *MirrorCredentials) Auth(ctx context.Context, image string, mirrors []st
 		}
 	}
 	return nil, nil
+}
+
+// EndpointTokens asks the controller's endpoint, as the node's agent, for
+// the service-account tokens that credential provider plugins with
+// tokenAttributes take: a token of the service account the lists owning
+// the image on this node name, for the plugin's audience.
+type EndpointTokens struct {
+	Client *nodeauth.Client
+}
+
+// Token asks the endpoint for a token for image and audience.
+func (c *EndpointTokens) Token(ctx context.Context, image, audience string) (*credprovider.ServiceAccountToken, error) {
+	resp, err := c.Client.Get(ctx, pullsecret.TokenPath, url.Values{"image": {image}, "audience": {audience}})
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNotFound:
+		return nil, credprovider.ErrNoServiceAccount
+	case http.StatusOK:
+	default:
+		return nil, nodeauth.ErrorOf(resp)
+	}
+	var t pullsecret.ServedToken
+	if err := json.NewDecoder(resp.Body).Decode(&t); err != nil {
+		return nil, err
+	}
+	return &credprovider.ServiceAccountToken{Token: t.Token, ServiceAccount: t.ServiceAccount, Annotations: t.Annotations}, nil
 }

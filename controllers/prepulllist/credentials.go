@@ -8,9 +8,12 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -21,6 +24,7 @@ import (
 )
 
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create
 // +kubebuilder:rbac:groups="",namespace=prepull-system,resources=configmaps,verbs=get;create;update
 
 // Credentials serves the agent of a node, proven by reviewer, the pull
@@ -112,4 +116,73 @@ func (r *Reconciler) credentialOf(ctx context.Context, e *prepullv1.NodeImage) (
 		}
 	}
 	return pullsecret.Served{}, false, nil
+}
+
+// tokenTTL is how long a token served for a plugin lasts.
+const tokenTTL = 10 * time.Minute
+
+// Tokens serves the agent of a node, proven by reviewer, a token of the
+// service account that the lists owning ?image= on its node name
+// (spec.serviceAccountName), for ?audience=, one of TokenAudiences: what a
+// credential provider plugin with tokenAttributes takes (KEP-4412). 403
+// when the node's spec does not name the image or the audience is not
+// allowed; 404 when no owning list names a service account. A token is
+// never logged.
+func (r *Reconciler) Tokens(reviewer *nodeauth.Reviewer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		ctx := req.Context()
+		node, err := reviewer.Node(ctx, req)
+		switch {
+		case errors.Is(err, nodeauth.ErrUnauthenticated):
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		image, audience := req.URL.Query().Get("image"), req.URL.Query().Get("audience")
+		if !slices.Contains(r.TokenAudiences, audience) || audience == "" {
+			http.Error(w, fmt.Sprintf("audience %q is not one the controller makes tokens for (--token-audiences)", audience), http.StatusForbidden)
+			return
+		}
+		e, ok := r.fleet.entry(node, image)
+		if !ok {
+			http.Error(w, fmt.Sprintf("node %s's spec does not name image %q", node, image), http.StatusForbidden)
+			return
+		}
+		sa := r.serviceAccountOf(ctx, &e)
+		if sa == nil {
+			http.Error(w, fmt.Sprintf("no list that owns %s on node %s names a service account (spec.serviceAccountName)", image, node), http.StatusNotFound)
+			return
+		}
+		tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+			Audiences: []string{audience}, ExpirationSeconds: ptr.To(int64(tokenTTL / time.Second))}}
+		if err := r.SubResource("token").Create(ctx, sa, tr); err != nil {
+			http.Error(w, fmt.Sprintf("a token of service account %s/%s: %v", sa.Namespace, sa.Name, err), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_ = json.NewEncoder(w).Encode(pullsecret.ServedToken{Token: tr.Status.Token,
+			ServiceAccount: sa.Namespace + "/" + sa.Name, Annotations: sa.Annotations})
+	})
+}
+
+// serviceAccountOf is the service account the first of e's active owners
+// that names one names, read from the API (its annotations are not
+// cached), or nil.
+func (r *Reconciler) serviceAccountOf(ctx context.Context, e *prepullv1.NodeImage) *corev1.ServiceAccount {
+	for _, o := range e.Owners {
+		key, ok := prepullv1.OwnerKey(o.List)
+		l := &prepullv1.PrePullList{}
+		if o.Releasing || !ok || r.Get(ctx, key, l) != nil || l.Spec.ServiceAccountName == "" {
+			continue
+		}
+		sa := &corev1.ServiceAccount{}
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: l.Spec.ServiceAccountName}, sa); err != nil {
+			continue
+		}
+		return sa
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,8 +18,10 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"prepull.io/prepull/controllers/nodeimageset"
+	"prepull.io/prepull/credprovider"
 	"prepull.io/prepull/e2e/testground"
 	"prepull.io/prepull/nodeauth"
+	"prepull.io/prepull/pullsecret"
 )
 
 // TestTheEndpointServesAnAgentItsOwnNodesCredentials: on a real API server,
@@ -41,9 +44,11 @@ func TestTheEndpointServesAnAgentItsOwnNodesCredentials(t *testing.T) {
 	cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"s3cret"}}}`, e.private.Host)
 	e.mustCreate(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"}, Type: corev1.SecretTypeDockerConfigJson,
 		Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)}})
+	e.mustCreate(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "puller", Annotations: map[string]string{"example.com/role": "pull"}}})
 	l := list(ns, "served", img.Tag)
 	l.Spec.NodeSelector = selector(map[string]string{"pool": "creds"})
 	l.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+	l.Spec.ServiceAccountName = "puller"
 	e.mustCreate(t, l)
 	eventually(t, "the image handed to its node", func() error {
 		if e.entry(holder.Name, img.Digest) == nil {
@@ -57,8 +62,12 @@ func TestTheEndpointServesAnAgentItsOwnNodesCredentials(t *testing.T) {
 	t.Cleanup(cancel)
 	addr := fmt.Sprintf("127.0.0.1:%d", testground.FreePort(t))
 	reviewer := &nodeauth.Reviewer{Reviews: cs.AuthenticationV1().TokenReviews(), Agent: "system:serviceaccount:" + controllerNS + ":prepull-agent"}
+	e.reconciler.TokenAudiences = []string{"registry.test"}
+	mux := http.NewServeMux()
+	mux.Handle(pullsecret.ServedPath, e.reconciler.Credentials(reviewer))
+	mux.Handle(pullsecret.TokenPath, e.reconciler.Tokens(reviewer))
 	go func() {
-		if err := nodeauth.Serve(ctx, e.c, controllerNS, addr, addr, e.reconciler.Credentials(reviewer)); err != nil {
+		if err := nodeauth.Serve(ctx, e.c, controllerNS, addr, addr, mux); err != nil {
 			t.Errorf("endpoint: %v", err)
 		}
 	}()
@@ -113,6 +122,39 @@ func TestTheEndpointServesAnAgentItsOwnNodesCredentials(t *testing.T) {
 			t.Errorf("%s: the refusal carries the credential", c.who)
 		}
 	}
+	// Tokens of the list's service account, for plugins with
+	// tokenAttributes: for the allowed audience, to the holder's agent.
+	holderToken := token("prepull-agent", holder, nodeauth.Audience)
+	askToken := func(agentToken, audience string) (*credprovider.ServiceAccountToken, error) {
+		c := &nodeimageset.EndpointTokens{Client: &nodeauth.Client{Reader: e.c, Namespace: controllerNS, TokenPath: agentToken}}
+		return c.Token(ctx, img.Digest, audience)
+	}
+	got, err := askToken(holderToken, "registry.test")
+	if err != nil {
+		t.Fatalf("the holder's agent asking a token for its image: %v", err)
+	}
+	review, err := cs.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{
+		Token: got.Token, Audiences: []string{"registry.test"}}}, metav1.CreateOptions{})
+	if err != nil || !review.Status.Authenticated || review.Status.User.Username != "system:serviceaccount:"+ns+":puller" {
+		t.Errorf("the token served: %+v, %v; want one of %s/puller for registry.test", review.Status, err, ns)
+	}
+	if got.ServiceAccount != ns+"/puller" || got.Annotations["example.com/role"] != "pull" {
+		t.Errorf("the token's account %q and annotations %v", got.ServiceAccount, got.Annotations)
+	}
+	for _, c := range []struct {
+		who, token, audience string
+		code                 int
+	}{
+		{"another node's agent", token("prepull-agent", other, nodeauth.Audience), "registry.test", 403},
+		{"an audience not allowed (the API server's)", holderToken, "https://kubernetes.default.svc", 403},
+	} {
+		_, err := askToken(c.token, c.audience)
+		var se *nodeauth.StatusError
+		if !errors.As(err, &se) || se.Code != c.code {
+			t.Errorf("a token asked by %s: %v; want %d", c.who, err, c.code)
+		}
+	}
+
 	empty := filepath.Join(t.TempDir(), "none")
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)

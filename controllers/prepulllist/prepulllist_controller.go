@@ -59,6 +59,10 @@ type Reconciler struct {
 	// SecretPoll is how often the Secrets lists name are read again, to
 	// notice a rotation; zero means DefaultSecretPoll.
 	SecretPoll time.Duration
+	// TokenAudiences are the audiences the endpoint makes service-account
+	// tokens for (Tokens): those of the nodes' credential provider plugins
+	// that take one. Empty, it makes none.
+	TokenAudiences []string
 	// Gates, when set, is where gating lists publish what is missing on
 	// their nodes, for the node gate; StartupTaint is the taint it removes.
 	Gates        *nodegate.Book
