@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 )
 
 // Credential provider plugins of the local cluster: hack/credplugin, a
@@ -26,6 +27,20 @@ const (
 // PluginRegistry is where the plugin's registry listens: node 1's address,
 // a port of its own (the kubelet matches ports exactly).
 var PluginRegistry = nodeIP(1) + ":15050"
+
+// TokenRegistry is where the registry of the agents' token-mode plugin
+// listens: that plugin (tokenAttributes, audience TokenAudience) answers
+// TokenUser and TokenPassword only for a token of TokenServiceAccount
+// ("namespace:name"), as a registry granting per workload would.
+var TokenRegistry = nodeIP(1) + ":15051"
+
+// The token-mode plugin's audience, account and answer.
+const (
+	TokenAudience       = "registry.test"
+	TokenServiceAccount = "multi:puller"
+	TokenUser           = "token-user"
+	TokenPassword       = "token-pass"
+)
 
 // KubeletCredentialArgs are the kubelet flags that give it the plugins.
 func (c *Cluster) KubeletCredentialArgs() []string {
@@ -50,13 +65,14 @@ func (c *Cluster) writeCredentialProviders() error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build hack/credplugin: %v: %s", err, out)
 	}
-	garbage := filepath.Join(bin, "credplugin-garbage")
-	_ = os.Remove(garbage)
-	if err := os.Link(filepath.Join(bin, "credplugin"), garbage); err != nil {
-		return err
+	for _, name := range []string{"credplugin-garbage", "credplugin-token"} {
+		link := filepath.Join(bin, name)
+		_ = os.Remove(link)
+		if err := os.Link(filepath.Join(bin, "credplugin"), link); err != nil {
+			return err
+		}
 	}
-	config := func(log string) string {
-		return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1
+	config := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1
 kind: CredentialProviderConfig
 providers:
 - name: credplugin
@@ -66,16 +82,29 @@ providers:
   env:
   - {name: CREDPLUGIN_USER, value: %s}
   - {name: CREDPLUGIN_PASSWORD, value: %s}
-  - {name: CREDPLUGIN_CACHE, value: 1h}%s
+  - {name: CREDPLUGIN_CACHE, value: 1h}
+  - {name: CREDPLUGIN_LOG, value: LOG}
 - name: credplugin-garbage
   apiVersion: credentialprovider.kubelet.k8s.io/v1
   matchImages: [garbage.example.com]
   defaultCacheDuration: 0s
   env: [{name: CREDPLUGIN_MODE, value: garbage}]
-`, PluginRegistry, PluginUser, PluginPassword, log)
-	}
+`, PluginRegistry, PluginUser, PluginPassword)
+	// The agents' alone also has the token-mode plugin.
+	token := fmt.Sprintf(`- name: credplugin-token
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: [%[1]q]
+  defaultCacheDuration: 1m
+  tokenAttributes: {serviceAccountTokenAudience: %[2]s, cacheType: ServiceAccount, requireServiceAccount: true}
+  env:
+  - {name: CREDPLUGIN_USER, value: %[3]s}
+  - {name: CREDPLUGIN_PASSWORD, value: %[4]s}
+  - {name: CREDPLUGIN_WANT_SUB, value: "system:serviceaccount:%[5]s"}
+  - {name: CREDPLUGIN_WANT_AUD, value: %[2]s}
+`, TokenRegistry, TokenAudience, TokenUser, TokenPassword, TokenServiceAccount)
 	return writeFiles(c.Dir, map[string]string{
-		"credential-providers/agent.yaml":   config(""),
-		"credential-providers/kubelet.yaml": config("\n  - {name: CREDPLUGIN_LOG, value: " + c.PluginRuns() + "}"),
+		// An agent's runs are counted in its metrics: its plugin writes no log.
+		"credential-providers/agent.yaml":   strings.Replace(config, "  - {name: CREDPLUGIN_LOG, value: LOG}\n", "", 1) + token,
+		"credential-providers/kubelet.yaml": strings.Replace(config, "LOG", c.PluginRuns(), 1),
 	})
 }

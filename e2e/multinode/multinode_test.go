@@ -987,3 +987,73 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestTokenModePluginsGetTheWorkloadsToken: the agents' token-mode plugin
+// (tokenAttributes, KEP-4412) answers only for a token of the service
+// account multi/puller for its audience, as a registry granting per
+// workload would. On real nodes: a list naming that account
+// (spec.serviceAccountName) pre-pulls its private image, the agent having
+// obtained the token through the controller's endpoint; a list naming
+// another account cannot obtain it, and its image fails with the plugin's
+// refusal.
+func TestTokenModePluginsGetTheWorkloadsToken(t *testing.T) {
+	reg := testground.StartRegistry(t, testground.WithBasicAuth(cluster.TokenUser, cluster.TokenPassword))
+	front := testground.StartThrottleOn(t, cluster.TokenRegistry, reg, 1<<30, 0)
+	if err := c.TrustHost(front.Host); err != nil {
+		t.Fatal(err)
+	}
+	for _, repo := range []string{"workload/app:1", "workload/other:1"} {
+		img, err := c.Workload(1 << 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.PushImage(repo, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	saNS, saName, _ := strings.Cut(cluster.TokenServiceAccount, ":")
+	for _, name := range []string{saName, "someone-else"} {
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: saNS, Name: name}}
+		if err := cl.Create(ctx, sa); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cl.Delete(ctx, sa) })
+	}
+	node := c.RunningNodes()[1].Name
+	mk := func(name, repo, sa string) *prepullv1.PrePullList {
+		l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: saNS, Name: name}, Spec: prepullv1.PrePullListSpec{
+			Images:             []prepullv1.PrePullImage{{Image: front.Host + "/" + repo}},
+			Resolution:         prepullv1.ResolveOnNode,
+			ServiceAccountName: sa,
+			NodeSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": node}},
+			Rollout:            prepullv1.RolloutSpec{BackoffLimit: new(int32(0))},
+		}}
+		if err := cl.Create(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { deleteList(t, l) })
+		return l
+	}
+	mk("as-puller", "workload/app:1", saName)
+	mk("as-someone-else", "workload/other:1", "someone-else")
+	testground.Eventually(t, 3*time.Minute, "the puller's image present, the other account's refused", func() error {
+		set := &prepullv1.NodeImageSet{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: node}, set); err != nil {
+			return err
+		}
+		var present, refused bool
+		for _, st := range set.Status.Images {
+			switch {
+			case strings.HasPrefix(st.Image, front.Host+"/workload/app"):
+				present = st.Phase == prepullv1.PhasePresent && st.Credentials == prepullv1.CredentialsCredentialProvider
+			case strings.HasPrefix(st.Image, front.Host+"/workload/other"):
+				refused = st.Phase == prepullv1.PhaseFailed && st.Reason == "CredentialProviderFailed" &&
+					strings.Contains(st.LastError, "system:serviceaccount:"+saNS+":someone-else")
+			}
+		}
+		if !present || !refused {
+			return fmt.Errorf("statuses %+v", set.Status.Images)
+		}
+		return nil
+	})
+}
