@@ -106,19 +106,7 @@ func TestBundleBounds(t *testing.T) {
 			t.Fatal(err)
 		}
 		p := filepath.Join(ro, "b.tar.zst")
-		var plain bytes.Buffer
-		tw := tar.NewWriter(&plain)
-		if err := tw.WriteHeader(&tar.Header{Name: bundle.ContentsFile, Mode: 0o644, Size: 2, Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte("{}")); err != nil {
-			t.Fatal(err)
-		}
-		_ = tw.Close()
-		zw, _ := zstd.NewWriter(nil)
-		if err := os.WriteFile(p, zw.EncodeAll(plain.Bytes(), nil), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		emptyZstdBundle(t, p)
 		// A read-only bind mount of the directory over itself (root).
 		if os.Geteuid() != 0 {
 			testground.Unavailable(t, "a read-only bind mount needs root; make test runs as root")
@@ -141,19 +129,7 @@ func TestBundleBounds(t *testing.T) {
 
 	t.Run("an import is admitted first, and its verified copy bounded", func(t *testing.T) {
 		p := filepath.Join(dir, "small.tar.zst")
-		var plain bytes.Buffer
-		tw := tar.NewWriter(&plain)
-		if err := tw.WriteHeader(&tar.Header{Name: bundle.ContentsFile, Mode: 0o644, Size: 2, Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte("{}")); err != nil {
-			t.Fatal(err)
-		}
-		_ = tw.Close()
-		zw, _ := zstd.NewWriter(nil)
-		if err := os.WriteFile(p, zw.EncodeAll(plain.Bytes(), nil), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		emptyZstdBundle(t, p)
 		fi, _ := os.Stat(p)
 		rt := fake.New(fake.NewRegistry())
 		wanted := []string{"example.com/a:1"}
@@ -173,4 +149,23 @@ func TestBundleBounds(t *testing.T) {
 			t.Errorf("verified import under MaxBytes 100: %v, want the copy refused past 100 bytes", err)
 		}
 	})
+}
+
+// emptyZstdBundle writes at p a zstd-compressed tar holding an empty
+// contents file.
+func emptyZstdBundle(t *testing.T, p string) {
+	t.Helper()
+	var plain bytes.Buffer
+	tw := tar.NewWriter(&plain)
+	if err := tw.WriteHeader(&tar.Header{Name: bundle.ContentsFile, Mode: 0o644, Size: 2, Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write([]byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	_ = tw.Close()
+	zw, _ := zstd.NewWriter(nil)
+	if err := os.WriteFile(p, zw.EncodeAll(plain.Bytes(), nil), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }

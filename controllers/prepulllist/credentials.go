@@ -37,13 +37,8 @@ import (
 func (r *Reconciler) Credentials(reviewer *nodeauth.Reviewer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		ctx := req.Context()
-		node, err := reviewer.Node(ctx, req)
-		switch {
-		case errors.Is(err, nodeauth.ErrUnauthenticated):
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
-		case err != nil:
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		node, ok := proven(w, req, reviewer)
+		if !ok {
 			return
 		}
 		image := req.URL.Query().Get("image")
@@ -66,6 +61,21 @@ func (r *Reconciler) Credentials(reviewer *nodeauth.Reviewer) http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		_ = json.NewEncoder(w).Encode(cred)
 	})
+}
+
+// proven is the node the request's agent proves, or false when it proves
+// none (401) or cannot be checked (503), the answer written.
+func proven(w http.ResponseWriter, req *http.Request, reviewer *nodeauth.Reviewer) (string, bool) {
+	node, err := reviewer.Node(req.Context(), req)
+	switch {
+	case errors.Is(err, nodeauth.ErrUnauthenticated):
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return "", false
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return "", false
+	}
+	return node, true
 }
 
 // entry is node's entry for image, as the fleet holds it.
@@ -131,13 +141,8 @@ const tokenTTL = 10 * time.Minute
 func (r *Reconciler) Tokens(reviewer *nodeauth.Reviewer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		ctx := req.Context()
-		node, err := reviewer.Node(ctx, req)
-		switch {
-		case errors.Is(err, nodeauth.ErrUnauthenticated):
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
-		case err != nil:
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		node, ok := proven(w, req, reviewer)
+		if !ok {
 			return
 		}
 		image, audience := req.URL.Query().Get("image"), req.URL.Query().Get("audience")
