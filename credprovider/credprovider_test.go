@@ -6,24 +6,21 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"prepull.io/prepull/credprovider"
+	"prepull.io/prepull/e2e/testground"
 )
 
 // plugin builds hack/credplugin into a bin dir of its own, under name.
 func plugin(t *testing.T, name string) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "./hack/credplugin")
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the test plugin: %v: %s", err, out)
+	if err := testground.BuildCredentialPlugin(filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
 	}
 	return dir
 }

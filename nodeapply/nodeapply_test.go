@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -355,10 +354,8 @@ func TestApplyPullsWithTheNodesPlugins(t *testing.T) {
 	img := reg.MustPushRandom(t, "plugged/app:v1", 64<<10, 1)
 
 	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(bin, "credplugin"), "./hack/credplugin")
-	build.Dir, build.Env = "..", append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the test plugin: %v: %s", err, out)
+	if err := testground.BuildCredentialPlugin(filepath.Join(bin, "credplugin")); err != nil {
+		t.Fatal(err)
 	}
 	config := filepath.Join(t.TempDir(), "providers.yaml")
 	if err := os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1

@@ -3,9 +3,10 @@ package cluster
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"prepull.io/prepull/e2e/testground"
 )
 
 // Credential provider plugins of the local cluster: hack/credplugin, a
@@ -59,11 +60,8 @@ func (c *Cluster) writeCredentialProviders() error {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return err
 	}
-	cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(bin, "credplugin"), "./hack/credplugin")
-	cmd.Dir = c.Root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build hack/credplugin: %v: %s", err, out)
+	if err := testground.BuildCredentialPlugin(filepath.Join(bin, "credplugin")); err != nil {
+		return err
 	}
 	for _, name := range []string{"credplugin-garbage", "credplugin-token"} {
 		link := filepath.Join(bin, name)
