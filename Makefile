@@ -19,7 +19,7 @@ help: ## List the targets.
 ##@ Test ground
 
 .PHONY: testground
-testground: deps envtest-assets containerd clients ## Install and build everything the tests run (root on a fresh Debian machine).
+testground: deps envtest-assets containerd clients plugins ## Install and build everything the tests run (root on a fresh Debian machine).
 
 .PHONY: deps
 deps: ## Install runc, the CNI plugins, the registry and iptables from Debian when missing.
@@ -38,6 +38,10 @@ cluster-binaries: envtest-assets containerd clients ## Build the pinned kubelet,
 clients: ## Build the pinned kubectl and helm into bin/ (the chart's tests, the local cluster).
 	hack/build-tool.sh kube kubectl
 	hack/build-tool.sh helm
+
+.PHONY: plugins
+plugins: ## Build the pinned ecr-credential-provider into bin/ (credprovider's tests).
+	hack/build-tool.sh ecr-credential-provider
 
 .PHONY: containerd
 containerd: ## Build the pinned containerd, ctr and containerd-shim-runc-v2 into bin/.

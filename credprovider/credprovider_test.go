@@ -5,13 +5,17 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"prepull.io/prepull/credprovider"
+	"prepull.io/prepull/cri"
 	"prepull.io/prepull/e2e/testground"
 )
 
@@ -241,5 +245,74 @@ func TestTokenModePresentsTheWorkloadsToken(t *testing.T) {
 	q.Tokens = p.Tokens
 	if _, err := q.Auth(ctx, "a.example.com/app:1"); err == nil || !strings.Contains(err.Error(), "no annotation example.com/role") {
 		t.Errorf("a required annotation missing: %v", err)
+	}
+}
+
+// TestTheRealECRPluginServesPrepull: ecr-credential-provider, the EKS
+// kubelet's plugin built from k8s.io/cloud-provider-aws (written by no one
+// here), run by prepull against a stand-in of ECR's GetAuthorizationToken
+// on loopback, gives the credentials of an ECR registry name, asked once
+// for two images (its answer kept); with them a real containerd pulls an
+// image named under that registry from a registry with authentication
+// standing in for it, which it refuses without them.
+func TestTheRealECRPluginServesPrepull(t *testing.T) {
+	plugin := testground.Binary(t, "ecr-credential-provider")
+	var calls atomic.Int32
+	ecr := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Amz-Target") != "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken" {
+			http.Error(w, "unexpected call "+r.Header.Get("X-Amz-Target"), http.StatusBadRequest)
+			return
+		}
+		calls.Add(1)
+		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		fmt.Fprintf(w, `{"authorizationData":[{"authorizationToken":%q,"expiresAt":%d,"proxyEndpoint":"https://123456789012.dkr.ecr.us-east-1.amazonaws.com"}]}`,
+			base64.StdEncoding.EncodeToString([]byte("AWS:ecr-pass")), time.Now().Add(12*time.Hour).Unix())
+	}))
+	t.Cleanup(ecr.Close)
+	cfg := config(t, fmt.Sprintf(`providers:
+- name: ecr-credential-provider
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: ["*.dkr.ecr.*.amazonaws.com"]
+  defaultCacheDuration: 12h
+  env:
+  - {name: AWS_ENDPOINT_URL_ECR, value: %q}
+  - {name: AWS_ACCESS_KEY_ID, value: AKIDSTANDIN}
+  - {name: AWS_SECRET_ACCESS_KEY, value: stand-in}
+  - {name: AWS_EC2_METADATA_DISABLED, value: "true"}
+  - {name: AWS_CONFIG_FILE, value: /dev/null}
+  - {name: AWS_SHARED_CREDENTIALS_FILE, value: /dev/null}
+`, ecr.URL))
+	p, err := credprovider.Load(cfg, filepath.Dir(plugin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+	var auth *cri.Auth
+	for _, img := range []string{registry + "/team/app:1", registry + "/team/other:1"} {
+		a, err := p.Auth(ctx, img)
+		if err != nil || a == nil || a.Username != "AWS" || a.Password != "ecr-pass" {
+			t.Fatalf("%s: %+v, %v; want ECR's AWS credentials", img, a, err)
+		}
+		auth = a
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("ECR was asked %d times; want once, the plugin's answer kept for the registry", n)
+	}
+
+	ctd := testground.StartContainerd(t)
+	reg := testground.StartRegistry(t, testground.WithBasicAuth("AWS", "ecr-pass"))
+	ctd.Mirror(registry, reg.Host)
+	reg.MustPushRandom(t, "team/app:1", 64<<10, 1)
+	images, _ := ctd.Clients(t)
+	if _, err := images.PullImage(ctx, registry+"/team/app:1", nil); !errors.Is(err, cri.ErrUnauthorized) {
+		t.Errorf("pulled without the plugin's credentials: %v; want it refused", err)
+	}
+	// containerd sends credentials to the host they name; the stand-in is a
+	// mirror at another address, so they name none here.
+	mirrored := *auth
+	mirrored.ServerAddress = ""
+	if _, err := images.PullImage(ctx, registry+"/team/app:1", &mirrored); err != nil {
+		t.Errorf("pull with the plugin's credentials: %v", err)
 	}
 }

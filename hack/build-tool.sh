@@ -8,6 +8,7 @@
 #   hack/build-tool.sh containerd      containerd, ctr, containerd-shim-runc-v2
 #   hack/build-tool.sh controller-gen  controller-gen, which generates CRDs and deepcopy code
 #   hack/build-tool.sh helm            helm, which lints, renders and installs the chart
+#   hack/build-tool.sh ecr-credential-provider  the EKS kubelet credential provider plugin, for credprovider's tests
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -63,6 +64,9 @@ containerd)
 	;;
 controller-gen)
 	build sigs.k8s.io/controller-tools/cmd/controller-gen controller-gen ""
+	;;
+ecr-credential-provider)
+	build k8s.io/cloud-provider-aws/cmd/ecr-credential-provider ecr-credential-provider ""
 	;;
 helm)
 	v="$(version_of helm.sh/helm/v3)"

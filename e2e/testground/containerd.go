@@ -167,9 +167,14 @@ func (c *Containerd) TrustRegistry(reg *Registry) { c.TrustHost(reg.Host) }
 
 // TrustHost writes the hosts.toml that lets this containerd pull from host
 // ("127.0.0.1:port") over plain HTTP.
-func (c *Containerd) TrustHost(host string) {
+func (c *Containerd) TrustHost(host string) { c.Mirror(host, host) }
+
+// Mirror writes the hosts.toml that makes this containerd pull images named
+// under name from host ("127.0.0.1:port") over plain HTTP: a registry that
+// stands in for another.
+func (c *Containerd) Mirror(name, host string) {
 	c.t.Helper()
-	dir := filepath.Join(c.Dir, "certs.d", host)
+	dir := filepath.Join(c.Dir, "certs.d", name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		c.t.Fatal(err)
 	}
