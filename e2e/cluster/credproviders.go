@@ -81,7 +81,7 @@ providers:
   - {name: CREDPLUGIN_USER, value: %s}
   - {name: CREDPLUGIN_PASSWORD, value: %s}
   - {name: CREDPLUGIN_CACHE, value: 1h}
-  - {name: CREDPLUGIN_LOG, value: LOG}
+  - {name: CREDPLUGIN_LOG, value: "@RUNS@"}
 - name: credplugin-garbage
   apiVersion: credentialprovider.kubelet.k8s.io/v1
   matchImages: [garbage.example.com]
@@ -102,7 +102,7 @@ providers:
 `, TokenRegistry, TokenAudience, TokenUser, TokenPassword, TokenServiceAccount)
 	return writeFiles(c.Dir, map[string]string{
 		// An agent's runs are counted in its metrics: its plugin writes no log.
-		"credential-providers/agent.yaml":   strings.Replace(config, "  - {name: CREDPLUGIN_LOG, value: LOG}\n", "", 1) + token,
-		"credential-providers/kubelet.yaml": strings.Replace(config, "LOG", c.PluginRuns(), 1),
+		"credential-providers/agent.yaml":   strings.Replace(config, "  - {name: CREDPLUGIN_LOG, value: \"@RUNS@\"}\n", "", 1) + token,
+		"credential-providers/kubelet.yaml": strings.Replace(config, "@RUNS@", c.PluginRuns(), 1),
 	})
 }
