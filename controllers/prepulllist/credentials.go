@@ -1,6 +1,7 @@
 package prepulllist
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -173,21 +174,51 @@ func (r *Reconciler) Tokens(reviewer *nodeauth.Reviewer) http.Handler {
 	})
 }
 
-// serviceAccountOf is the service account the first of e's active owners
-// that names one names, read from the API (its annotations are not
-// cached), or nil.
+// serviceAccountOf is the service account of the first of e's active
+// owners that knows one (accountOf), read from the API (its annotations
+// are not cached), or nil.
 func (r *Reconciler) serviceAccountOf(ctx context.Context, e *prepullv1.NodeImage) *corev1.ServiceAccount {
 	for _, o := range e.Owners {
 		key, ok := prepullv1.OwnerKey(o.List)
 		l := &prepullv1.PrePullList{}
-		if o.Releasing || !ok || r.Get(ctx, key, l) != nil || l.Spec.ServiceAccountName == "" {
+		if o.Releasing || !ok || r.Get(ctx, key, l) != nil {
+			continue
+		}
+		name := r.accountOf(ctx, l, append(slices.Clone(o.Tags), e.Image))
+		if name == "" {
 			continue
 		}
 		sa := &corev1.ServiceAccount{}
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: l.Spec.ServiceAccountName}, sa); err != nil {
+		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: name}, sa); err != nil {
 			continue
 		}
 		return sa
 	}
 	return nil
+}
+
+// accountOf is the service account l says the workloads of an image (by
+// any of names) run as: its spec.serviceAccountName, else, for an image
+// it discovered, that of the first of the workloads using it ("default"
+// when its pod template names none); "" when it knows none.
+func (r *Reconciler) accountOf(ctx context.Context, l *prepullv1.PrePullList, names []string) string {
+	if l.Spec.ServiceAccountName != "" {
+		return l.Spec.ServiceAccountName
+	}
+	for _, d := range l.Status.Discovered {
+		if !slices.Contains(names, d.Image) {
+			continue
+		}
+		for _, w := range d.Workloads {
+			kind, name, _ := strings.Cut(w, "/")
+			for _, k := range workloadKinds {
+				obj := k.object()
+				if string(k.kind) != kind || r.Get(ctx, client.ObjectKey{Namespace: l.Namespace, Name: name}, obj) != nil {
+					continue
+				}
+				return cmp.Or(k.template(obj).Spec.ServiceAccountName, "default")
+			}
+		}
+	}
+	return ""
 }

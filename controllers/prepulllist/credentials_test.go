@@ -12,11 +12,13 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
 	"prepull.io/prepull/credprovider"
 	"prepull.io/prepull/e2e/testground"
@@ -141,6 +143,30 @@ func TestTheEndpointServesAnAgentItsOwnNodesCredentials(t *testing.T) {
 	if got.ServiceAccount != ns+"/puller" || got.Annotations["example.com/role"] != "pull" {
 		t.Errorf("the token's account %q and annotations %v", got.ServiceAccount, got.Annotations)
 	}
+	// A list that discovers its images: the account its workloads run as.
+	web := e.private.MustPushRandom(t, "private/web:v1", 1024, 1)
+	e.mustCreate(t, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "runner"}})
+	labels := map[string]string{"app": "web"}
+	e.mustCreate(t, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web", Labels: labels}, Spec: appsv1.DeploymentSpec{
+		Selector: &metav1.LabelSelector{MatchLabels: labels},
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: corev1.PodSpec{
+			ServiceAccountName: "runner", Containers: []corev1.Container{{Name: "web", Image: web.Tag}}}}}})
+	discovering := list(ns, "discovering")
+	discovering.Spec.Workloads = &prepullv1.WorkloadSource{Selector: &metav1.LabelSelector{MatchLabels: labels}}
+	discovering.Spec.NodeSelector = selector(map[string]string{"pool": "creds"})
+	discovering.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+	e.mustCreate(t, discovering)
+	eventually(t, "the discovered image handed to its node", func() error {
+		if e.entry(holder.Name, web.Digest) == nil {
+			return fmt.Errorf("no entry")
+		}
+		return nil
+	})
+	tokens := &nodeimageset.EndpointTokens{Client: &nodeauth.Client{Reader: e.c, Namespace: controllerNS, TokenPath: holderToken}}
+	if got, err := tokens.Token(ctx, web.Digest, "registry.test"); err != nil || got.ServiceAccount != ns+"/runner" {
+		t.Errorf("a token for the discovered image: %+v, %v; want one of its workload's account %s/runner", got, err, ns)
+	}
+
 	for _, c := range []struct {
 		who, token, audience string
 		code                 int
