@@ -178,7 +178,8 @@ type PrePullListSpec struct {
 	// plugins that take a pod's service-account token (tokenAttributes,
 	// KEP-4412), the agent presents a token of it, made by the controller
 	// for the plugin's audience when the node's agent asks for an image of
-	// this list.
+	// this list. Omitted, an image discovered from workloads takes the
+	// account of the first workload using it.
 	// +optional
 	// +kubebuilder:validation:MaxLength=253
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
