@@ -13,6 +13,7 @@ import (
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/credprovider"
 	"prepull.io/prepull/cri"
+	"prepull.io/prepull/nodeauth"
 	"prepull.io/prepull/present"
 	"prepull.io/prepull/redact"
 	"prepull.io/prepull/verify"
@@ -76,6 +77,10 @@ func reasonOf(err error) string {
 		return ReasonUnsupported
 	case errors.Is(err, credprovider.ErrProvider):
 		return ReasonCredentialProvider
+	case nodeauth.IsForbidden(err):
+		// The controller's endpoint refused this node the image's
+		// credentials.
+		return ReasonUnauthorized
 	}
 	return ReasonPullFailed
 }
