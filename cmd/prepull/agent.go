@@ -72,19 +72,8 @@ func runAgent(ctx context.Context, args []string) error {
 		ArchiveDir:         opts.ArchiveDir,
 		Archives:           opts.archives(),
 	}
-	endpoint := &nodeauth.Client{Reader: mgr.GetAPIReader(), Namespace: opts.Namespace, TokenPath: opts.NodeToken}
-	r.Credentials = &nodeimageset.EndpointCredentials{Client: endpoint}
-	if opts.Credentials == "mirrors" {
-		r.Credentials = &nodeimageset.MirrorCredentials{Reader: mgr.GetAPIReader(), Namespace: opts.Namespace}
-	}
-	if opts.CredentialProviderConfig != "" {
-		plugins, err := credprovider.Load(opts.CredentialProviderConfig, opts.CredentialProviderBinDir)
-		if err != nil {
-			return fmt.Errorf("--image-credential-provider-config: %w", err)
-		}
-		plugins.OnRun = nodeimageset.CountPluginRun
-		plugins.Tokens = &nodeimageset.EndpointTokens{Client: endpoint}
-		r.NodeCredentials = plugins
+	if err := agentCredentials(r, opts, mgr.GetAPIReader()); err != nil {
+		return err
 	}
 	checks := checkNode(rt, opts.CheckOptions, diskBudget)
 	checks.PrivateImages = r.PrivateImages
@@ -100,6 +89,28 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	log.Info("Starting agent", "version", version, "runtime", runtimeName, "criEndpoint", opts.CRIEndpoint, "diskBudget", diskBudget)
 	return mgr.Start(ctx)
+}
+
+// agentCredentials gives r its sources of pull credentials: the
+// controller's endpoint (or the mirrors, read directly), and the node's
+// credential provider plugins when given.
+func agentCredentials(r *nodeimageset.Reconciler, opts *AgentOptions, reader client.Reader) error {
+	endpoint := &nodeauth.Client{Reader: reader, Namespace: opts.Namespace, TokenPath: opts.NodeToken}
+	r.Credentials = &nodeimageset.EndpointCredentials{Client: endpoint}
+	if opts.Credentials == "mirrors" {
+		r.Credentials = &nodeimageset.MirrorCredentials{Reader: reader, Namespace: opts.Namespace}
+	}
+	if opts.CredentialProviderConfig == "" {
+		return nil
+	}
+	plugins, err := credprovider.Load(opts.CredentialProviderConfig, opts.CredentialProviderBinDir)
+	if err != nil {
+		return fmt.Errorf("--image-credential-provider-config: %w", err)
+	}
+	plugins.OnRun = nodeimageset.CountPluginRun
+	plugins.Tokens = &nodeimageset.EndpointTokens{Client: endpoint}
+	r.NodeCredentials = plugins
+	return nil
 }
 
 // checkNode is the doctor's view of the node's runtime rt.

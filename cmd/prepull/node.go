@@ -104,13 +104,9 @@ func runNode(ctx context.Context, args []string, stdout io.Writer) error {
 		}
 		keys = append(keys, k)
 	}
-	var plugins nodeapply.NodeCredentials
-	if opts.CredentialProviderConfig != "" {
-		p, err := credprovider.Load(opts.CredentialProviderConfig, opts.CredentialProviderBinDir)
-		if err != nil {
-			return fmt.Errorf("--image-credential-provider-config: %w", err)
-		}
-		plugins = p
+	plugins, err := opts.plugins()
+	if err != nil {
+		return err
 	}
 	rt, err := dialRuntime(ctx, opts.RuntimeOptions, "")
 	if err != nil {
@@ -148,4 +144,17 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// plugins are the node's credential provider plugins, nil without
+// --image-credential-provider-config.
+func (o *NodeApplyOptions) plugins() (nodeapply.NodeCredentials, error) {
+	if o.CredentialProviderConfig == "" {
+		return nil, nil
+	}
+	p, err := credprovider.Load(o.CredentialProviderConfig, o.CredentialProviderBinDir)
+	if err != nil {
+		return nil, fmt.Errorf("--image-credential-provider-config: %w", err)
+	}
+	return p, nil
 }

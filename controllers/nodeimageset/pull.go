@@ -98,16 +98,8 @@ func (r *Reconciler) pull(e *entry, st *imageState, absent bool) {
 	if err == nil {
 		err = r.fetch(ctx, e, auth)
 	}
-	if err == nil && absent {
-		r.markBrought(ctx, e.Image)
-	}
 	if err == nil {
-		if e.Archive != nil {
-			kind = ""
-		}
-		r.mu.Lock()
-		st.credentials = kind
-		r.mu.Unlock()
+		r.fetched(ctx, e, st, absent, kind)
 	}
 	r.record(ctx, e, st, attempt, err, r.Clock.Since(start))
 	if err == nil {
@@ -123,6 +115,20 @@ func (r *Reconciler) pull(e *entry, st *imageState, absent bool) {
 	st.pulling = false
 	r.mu.Unlock()
 	r.notify()
+}
+
+// fetched notes that e was fetched, with credentials of kind: that prepull
+// brought it, when the node lacked it, and how it was pulled.
+func (r *Reconciler) fetched(ctx context.Context, e *entry, st *imageState, absent bool, kind prepullv1.CredentialKind) {
+	if absent {
+		r.markBrought(ctx, e.Image)
+	}
+	if e.Archive != nil {
+		kind = ""
+	}
+	r.mu.Lock()
+	st.credentials = kind
+	r.mu.Unlock()
 }
 
 // markBrought records on the runtime that prepull brought the image ref

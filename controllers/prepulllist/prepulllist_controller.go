@@ -141,15 +141,9 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	lv := *l
 	lv.Status.Discovered, lv.Status.DiscoveredPullSecrets = disc.status, disc.secretNames
 	l = &lv
-	pol, refusal, err := r.govern(ctx, l)
-	if err != nil {
+	selector, stop, err := r.withinPolicy(ctx, orig, l, selector)
+	if stop || err != nil {
 		return ctrl.Result{}, err
-	}
-	if refusal != "" {
-		return r.refuse(ctx, orig, refusal)
-	}
-	if selector, err = withinGrant(pol, l, selector); err != nil {
-		return ctrl.Result{}, r.invalid(ctx, orig, err)
 	}
 	if err := r.tags.collect(ctx, r.tags.use(client.ObjectKeyFromObject(l), usesOf(l))); err != nil {
 		return ctrl.Result{}, err

@@ -2,14 +2,12 @@ package prepulllist
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -73,66 +71,6 @@ type tagRec struct {
 	// failed are, by reader, its last failure to read the tag at the
 	// registry, until it reads it.
 	failed map[string]tagFailure
-}
-
-// tagFailure is a reader's failure to read a tag at the registry.
-type tagFailure struct {
-	at  time.Time
-	msg string
-}
-
-// failure is reader's last failure to read tag, if any.
-func (s *tagStore) failure(tag, reader string) (tagFailure, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t := s.tags[tag]
-	if t == nil {
-		return tagFailure{}, false
-	}
-	f, ok := t.failed[reader]
-	return f, ok
-}
-
-// setFailure records reader's failure to read tag (f.at zero: that it read
-// it).
-func (s *tagStore) setFailure(tag, reader string, f tagFailure) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t := s.tags[tag]
-	switch {
-	case t == nil:
-	case f.at.IsZero():
-		delete(t.failed, reader)
-	default:
-		if t.failed == nil {
-			t.failed = map[string]tagFailure{}
-		}
-		t.failed[reader] = f
-	}
-}
-
-// readerOf is whose access to the registry l's credentials are: "" for
-// anonymous, else l's namespace and the version of its pull secrets' mirrors.
-func readerOf(l *prepullv1.PrePullList, secretsVersion string, creds []pullsecret.Credential) string {
-	if len(creds) == 0 {
-		return ""
-	}
-	return l.Namespace + "/" + secretsVersion
-}
-
-// readable says whether reader read rec's digest at the registry (any
-// reader, for a digest from a node or an archive).
-func readable(rec *prepullv1.TagResolution, reader string) bool {
-	return rec.Status.Source != prepullv1.SourceRegistry || slices.Contains(rec.Status.Readers, reader)
-}
-
-// maxReaders is how many readers a TagResolution keeps, the newest.
-const maxReaders = 64
-
-// withReader is readers with reader, the newest last, at most maxReaders.
-func withReader(readers []string, reader string) []string {
-	out := append(slices.DeleteFunc(slices.Clone(readers), func(r string) bool { return r == reader }), reader)
-	return out[max(0, len(out)-maxReaders):]
 }
 
 func newTagStore(c client.Client) *tagStore {
@@ -342,108 +280,6 @@ func (s *tagStore) collect(ctx context.Context, tags []string) error {
 
 // resolutionRetry is how soon a failed resolution is tried again.
 const resolutionRetry = 30 * time.Second
-
-// resolve returns l's targets with their digests, the images' status, the
-// images waiting for a node to resolve them (and what for), when a tag is
-// next due, and a failure to record a resolution. Each tag's digest is its
-// TagResolution's, shared by every list naming it; a failed resolution keeps
-// the digest known before, so nodes keep what they have.
-func (r *Reconciler) resolve(ctx context.Context, l *prepullv1.PrePullList, reader string, creds []pullsecret.Credential, nodes []*node, probeNode string) ([]target, []prepullv1.ImageResolution, map[string]string, time.Time, error) {
-	now := r.Clock.Now()
-	next := now.Add(prepullv1.DefaultRefresh)
-	var (
-		targets  []target
-		images   []prepullv1.ImageResolution
-		errs     []error
-		awaiting = map[string]string{}
-	)
-	names := imagesOf(l)
-	wants, bad := make([]want, len(names)), make([]error, len(names))
-	tags := map[string]*tagResult{}
-	for i, image := range names {
-		wants[i], bad[i] = parseWant(image)
-		if bad[i] == nil && wants[i].Digest == "" {
-			tags[wants[i].Tag] = &tagResult{}
-		}
-	}
-	r.resolveTags(ctx, l, tags, reader, creds, nodes, probeNode)
-	for i, image := range names {
-		res := prepullv1.ImageResolution{Image: image}
-		w := wants[i]
-		if bad[i] != nil {
-			res.Message = bad[i].Error()
-			images = append(images, res)
-			continue
-		}
-		res.Warning = w.advice
-		t := target{want: w}
-		if w.Digest != "" {
-			t.digest = w.Digest
-		} else {
-			tr := tags[w.Tag]
-			if tr.err != nil {
-				errs = append(errs, tr.err)
-			}
-			next = minTime(next, tr.due)
-			switch rec := tr.rec; {
-			case rec != nil && readable(rec, reader):
-				t.digest, res.ResolvedAt = rec.Status.Digest, rec.Status.ResolvedAt
-			default:
-				// Not read with l's own credentials yet: what l had.
-				old := resolutionOf(l.Status.Images, image)
-				t.digest, res.ResolvedAt = old.Digest, old.ResolvedAt
-			}
-			res.Message = tr.failure
-			if tr.pol.source != prepullv1.SourceRegistry {
-				t.probe = true
-				if tr.pol.source == prepullv1.SourceNode && res.ResolvedAt != nil && t.digest != "" {
-					due := metav1.NewTime(nextRefresh(res.ResolvedAt.Time, tr.pol.refresh))
-					t.resolveAfter = &due
-				}
-				if t.digest == "" {
-					res.Message = probeWait(l, probeNode, w.Tag)
-					awaiting[image] = res.Message
-				}
-			}
-		}
-		res.Digest = t.digest
-		targets = append(targets, t)
-		images = append(images, res)
-	}
-	return targets, images, awaiting, next, errors.Join(errs...)
-}
-
-// tagResult is what resolveTag returned for one tag.
-type tagResult struct {
-	rec *prepullv1.TagResolution
-	pol tagUse
-	due time.Time
-	err error
-	// failure is the list's reader's last failure to read the tag.
-	failure string
-}
-
-// resolveWorkers is how many of a list's tags are resolved at once: a
-// refresh of many tags is not a sequence of registry round trips and
-// record writes.
-const resolveWorkers = 8
-
-// resolveTags brings each of tags, which l names, up to date (resolveTag),
-// several at a time, and records each one's result in tags.
-func (r *Reconciler) resolveTags(ctx context.Context, l *prepullv1.PrePullList, tags map[string]*tagResult, reader string, creds []pullsecret.Credential, nodes []*node, probeNode string) {
-	var g errgroup.Group
-	g.SetLimit(resolveWorkers)
-	for tag, res := range tags {
-		g.Go(func() error {
-			res.rec, res.pol, res.due, res.err = r.resolveTag(ctx, l, tag, reader, creds, nodes, probeNode)
-			if f, ok := r.tags.failure(tag, reader); ok {
-				res.failure = f.msg
-			}
-			return nil
-		})
-	}
-	_ = g.Wait()
-}
 
 // resolveTag brings tag's TagResolution up to date as far as l can: at the
 // registry when it is due and the registry wins, or from what l's probe node

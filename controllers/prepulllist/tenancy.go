@@ -74,6 +74,24 @@ func (r *Reconciler) policyOf(ctx context.Context, ns string) (*prepullv1.PrePul
 	return &pols.Items[i], "", nil
 }
 
+// withinPolicy holds l (orig, as cached, with its discovered images) to
+// its namespace's policy: its selector narrowed to the policy's nodes, or,
+// stop, l refused (refuse) or its policy's selector invalid.
+func (r *Reconciler) withinPolicy(ctx context.Context, orig, l *prepullv1.PrePullList, selector labels.Selector) (labels.Selector, bool, error) {
+	pol, refusal, err := r.govern(ctx, l)
+	if err != nil {
+		return nil, true, err
+	}
+	if refusal != "" {
+		_, err := r.refuse(ctx, orig, refusal)
+		return nil, true, err
+	}
+	if selector, err = withinGrant(pol, l, selector); err != nil {
+		return nil, true, r.invalid(ctx, orig, err)
+	}
+	return selector, false, nil
+}
+
 // withinGrant restricts selector to pol's nodes, and leaves out, with a
 // message in status.discovered, the images l discovered whose repository
 // pol does not grant.
