@@ -64,7 +64,7 @@ func runController(ctx context.Context, args []string) error {
 		return fmt.Errorf("set up the PrePullList controller: %w", err)
 	}
 	gate := &nodegate.Reconciler{Client: mgr.GetClient(), Book: gates,
-		Taint: opts.StartupTaint, Recorder: r.Recorder}
+		Taint: opts.StartupTaint, ConditionOnly: opts.Gate == "condition", Recorder: r.Recorder}
 	if err := gate.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the node gate: %w", err)
 	}

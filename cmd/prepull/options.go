@@ -86,6 +86,10 @@ type ControllerOptions struct {
 	// tokens for: those of the nodes' credential provider plugins that take
 	// a pod's token (tokenAttributes).
 	TokenAudiences []string
+	// Gate is how gating lists hold nodes: "taint" (the startup taint,
+	// removed when the images are present) or "condition" (only the
+	// prepull.io/ImagesReady condition, for a readiness tool to act on).
+	Gate string
 	// StartupTaint is the key of the taint that gating lists hold nodes
 	// with.
 	StartupTaint string
@@ -94,7 +98,7 @@ type ControllerOptions struct {
 // NewControllerOptions returns the defaults.
 func NewControllerOptions() *ControllerOptions {
 	return &ControllerOptions{ServeOptions: newServeOptions(":8080", ":8081"), LeaderElect: true, ResolveTimeout: 30 * time.Second,
-		StartupTaint: prepullv1.DefaultStartupTaint, SecretPoll: prepulllist.DefaultSecretPoll, EndpointAddr: ":8443"}
+		StartupTaint: prepullv1.DefaultStartupTaint, SecretPoll: prepulllist.DefaultSecretPoll, EndpointAddr: ":8443", Gate: "taint"}
 }
 
 // AddFlags defines the flags on fs.
@@ -104,6 +108,7 @@ func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", o.LeaderElectionNamespace, "namespace of the leader-election Lease (default: --namespace)")
 	fs.StringSliceVar(&o.InsecureRegistries, "insecure-registries", o.InsecureRegistries, "registry hosts (host:port) to resolve tags at over plain HTTP")
 	fs.DurationVar(&o.ResolveTimeout, "resolve-timeout", o.ResolveTimeout, "deadline of one tag resolution at a registry")
+	fs.StringVar(&o.Gate, "gate", o.Gate, `how gating lists (spec.nodeGate) hold nodes: "taint", the startup taint the controller removes, or "condition", only the prepull.io/ImagesReady condition, which a readiness tool (a NodeReadinessRule) holds nodes on; no taint is touched`)
 	fs.StringVar(&o.StartupTaint, "startup-taint", o.StartupTaint, "key of the taint nodes register with to wait for gating lists (spec.nodeGate); the controller removes it, and no other")
 	fs.DurationVar(&o.SecretPoll, "secret-poll", o.SecretPoll, "how often the pull secrets lists name are read again by name, to notice a rotation")
 	fs.StringVar(&o.EndpointAddr, "endpoint-bind-address", o.EndpointAddr, `where the leader serves agents the pull credentials of their own node's images, over TLS; "0" turns it off`)
@@ -119,6 +124,9 @@ func (o *ControllerOptions) Validate() error {
 	}
 	if o.EndpointAddr != "0" {
 		errs = append(errs, validAddr("endpoint-bind-address", o.EndpointAddr))
+	}
+	if o.Gate != "taint" && o.Gate != "condition" {
+		errs = append(errs, fmt.Errorf("--gate: %q: must be taint or condition", o.Gate))
 	}
 	if o.SecretPoll <= 0 {
 		errs = append(errs, fmt.Errorf("--secret-poll: %s: must be positive", o.SecretPoll))

@@ -50,9 +50,16 @@ type Reconciler struct {
 	client.Client
 	Book *Book
 	// Taint is the key of the startup taint; any effect.
-	Taint    string
-	Recorder events.EventRecorder
-	Clock    clock.Clock
+	Taint string
+	// ConditionOnly keeps only the prepull.io/ImagesReady condition: no
+	// taint is touched, for a cluster whose own readiness tool (a
+	// NodeReadinessRule, Karpenter's startup taints) holds nodes on that
+	// condition. At a gating list's timeout the condition turns True
+	// (reason GateTimedOut), so that a registry out of reach never strands
+	// a node.
+	ConditionOnly bool
+	Recorder      events.EventRecorder
+	Clock         clock.Clock
 
 	mu sync.Mutex
 	// nodes is what this process did to each node, dropped when the node
@@ -117,7 +124,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	// restart, or for a node just registered), the condition keeps what it
 	// says: a verdict not reached yet is no news.
 	if !slices.ContainsFunc(gates, func(g gating) bool { return !g.observed }) {
-		if err := r.setCondition(ctx, n, condition(gates, now)); err != nil {
+		if err := r.setCondition(ctx, n, condition(gates, now, r.ConditionOnly)); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -132,6 +139,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	if !open {
 		return ctrl.Result{RequeueAfter: next.Sub(now)}, nil
+	}
+	if r.ConditionOnly {
+		return ctrl.Result{}, nil
 	}
 	err = r.openGate(ctx, n, gates, now)
 	if apierrors.IsConflict(err) {
@@ -216,7 +226,7 @@ func (r *Reconciler) openGate(ctx context.Context, n *corev1.Node, gates []gatin
 
 // condition is the ImagesReady condition gates give; nil when no gating
 // list selects the node.
-func condition(gates []gating, now time.Time) *corev1.NodeCondition {
+func condition(gates []gating, now time.Time, conditionOnly bool) *corev1.NodeCondition {
 	if len(gates) == 0 {
 		return nil
 	}
@@ -237,6 +247,9 @@ func condition(gates []gating, now time.Time) *corev1.NodeCondition {
 	switch {
 	case len(waiting) > 0:
 		c.Status, c.Reason, c.Message = corev1.ConditionFalse, prepullv1.ReasonImagesMissing, "waiting for "+strings.Join(append(waiting, late...), "; ")
+	case len(late) > 0 && conditionOnly:
+		// What holds the node on this condition lets it go.
+		c.Reason, c.Message = prepullv1.ReasonGateTimedOut, "the gate's timeout passed without "+strings.Join(late, "; ")
 	case len(late) > 0:
 		c.Status, c.Reason, c.Message = corev1.ConditionFalse, prepullv1.ReasonGateTimedOut, "the gate opened at the timeout without "+strings.Join(late, "; ")
 	}

@@ -24,6 +24,7 @@ func TestCondition(t *testing.T) {
 	tests := []struct {
 		name        string
 		gates       []gating
+		only        bool
 		wantNil     bool
 		wantStatus  corev1.ConditionStatus
 		wantReason  string
@@ -38,10 +39,16 @@ func TestCondition(t *testing.T) {
 		}, wantStatus: corev1.ConditionFalse, wantReason: prepullv1.ReasonImagesMissing, wantMessage: []string{"ns/b: reg/b:1"}},
 		{name: "past the timeout", gates: []gating{{list: l("a"), observed: true, missing: []string{"reg/a:1"}, due: now.Add(-time.Second)}},
 			wantStatus: corev1.ConditionFalse, wantReason: prepullv1.ReasonGateTimedOut, wantMessage: []string{"ns/a: reg/a:1"}},
+		{name: "past the timeout, the condition alone holding the node", only: true,
+			gates:      []gating{{list: l("a"), observed: true, missing: []string{"reg/a:1"}, due: now.Add(-time.Second)}},
+			wantStatus: corev1.ConditionTrue, wantReason: prepullv1.ReasonGateTimedOut, wantMessage: []string{"ns/a: reg/a:1"}},
+		{name: "missing, the condition alone holding the node", only: true,
+			gates:      []gating{{list: l("a"), observed: true, missing: []string{"reg/a:1"}, due: now.Add(time.Hour)}},
+			wantStatus: corev1.ConditionFalse, wantReason: prepullv1.ReasonImagesMissing},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := condition(tt.gates, now)
+			c := condition(tt.gates, now, tt.only)
 			if tt.wantNil {
 				if c != nil {
 					t.Fatalf("condition %+v, want none", c)

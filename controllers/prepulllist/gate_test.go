@@ -290,3 +290,37 @@ func TestNodeGate(t *testing.T) {
 		}
 	})
 }
+
+// TestConditionOnlyGate: with the gate keeping only the condition, a
+// joining node's prepull.io/ImagesReady goes False while a gating list's
+// images are missing and True once they are present, and no taint of the
+// node is touched — its own startup taint of another tool included.
+func TestConditionOnlyGate(t *testing.T) {
+	e := setup(t, func(e *env) { e.gateConditionOnly = true })
+	ns := e.namespace(t, "cond")
+	pool := map[string]string{"pool": "cond"}
+	web := digestImage("web", 7)
+	e.mustCreate(t, gated(list(ns, "web", web), pool, time.Hour))
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "cond-1", Labels: pool}, Spec: corev1.NodeSpec{Taints: []corev1.Taint{
+		{Key: "readiness.example.com/images", Effect: corev1.TaintEffectNoSchedule},
+		{Key: prepullv1.DefaultStartupTaint, Effect: corev1.TaintEffectNoSchedule},
+	}}}
+	e.mustCreate(t, n)
+	eventually(t, "ImagesReady False while the image is missing", func() error {
+		if c := e.imagesReady(t, "cond-1"); c == nil || c.Status != corev1.ConditionFalse || c.Reason != prepullv1.ReasonImagesMissing {
+			return fmt.Errorf("condition %+v", c)
+		}
+		return nil
+	})
+	e.handed(t, "cond-1", 1)
+	e.report(t, "cond-1", func(string) bool { return true })
+	eventually(t, "ImagesReady True once it is present", func() error {
+		if c := e.imagesReady(t, "cond-1"); c == nil || c.Status != corev1.ConditionTrue || c.Reason != prepullv1.ReasonImagesPresent {
+			return fmt.Errorf("condition %+v", c)
+		}
+		return nil
+	})
+	if got := e.taints(t, "cond-1"); len(got) != 2 {
+		t.Errorf("taints %v: want both left as they were", got)
+	}
+}

@@ -54,6 +54,8 @@ type env struct {
 	signatures     *countingSignatures
 	// reconciler is the last controller started.
 	reconciler *prepulllist.Reconciler
+	// gateConditionOnly starts the node gate keeping only the condition.
+	gateConditionOnly bool
 }
 
 // counter counts calls by reference.
@@ -99,7 +101,7 @@ func (r *countingResolver) Resolve(ctx context.Context, ref string, creds []pull
 	return r.inner.Resolve(ctx, ref, creds)
 }
 
-func setup(t *testing.T) *env {
+func setup(t *testing.T, tune ...func(*env)) *env {
 	t.Helper()
 	ctrl.SetLogger(testground.Logger(t))
 	cfg, _ := testground.StartAPIServer(t, "../../deploy/crd")
@@ -119,6 +121,9 @@ func setup(t *testing.T) *env {
 		}},
 	}
 	e.top = t
+	for _, f := range tune {
+		f(e)
+	}
 	e.stopController = e.startController(t)
 	// The test client writes directly; the manager's client reads a cache.
 	e.c = testground.APIClient(t, cfg, controllerNS)
@@ -148,7 +153,7 @@ func (e *env) startController(t *testing.T) func() {
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	gate := &nodegate.Reconciler{Client: mgr.GetClient(), Book: gates, Recorder: r.Recorder}
+	gate := &nodegate.Reconciler{Client: mgr.GetClient(), Book: gates, Recorder: r.Recorder, ConditionOnly: e.gateConditionOnly}
 	if err := gate.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
