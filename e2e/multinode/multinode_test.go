@@ -27,6 +27,7 @@ import (
 	godigest "github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -1056,4 +1057,90 @@ func TestTokenModePluginsGetTheWorkloadsToken(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// setControllerArgs makes the controller's Deployment run with args
+// (appended to its own) and waits until its new pod is the one running.
+func setControllerArgs(t *testing.T, mutate func([]string) []string) {
+	t.Helper()
+	d := &appsv1.Deployment{}
+	if err := cl.Get(ctx, client.ObjectKey{Namespace: "prepull-system", Name: "prepull-controller"}, d); err != nil {
+		t.Fatal(err)
+	}
+	c := &d.Spec.Template.Spec.Containers[0]
+	c.Args = mutate(c.Args)
+	if err := cl.Update(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	testground.Eventually(t, 2*time.Minute, "the controller rolled out", func() error {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(d), d); err != nil {
+			return err
+		}
+		st := d.Status
+		if st.ObservedGeneration < d.Generation || st.UpdatedReplicas != 1 || st.AvailableReplicas != 1 || st.Replicas != 1 {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+}
+
+// TestConditionOnlyGateOnAJoiningNode: with the controller run with
+// --gate=condition, a real node that joins with another tool's startup
+// taint and is selected by a gating list gets prepull.io/ImagesReady False,
+// then True once its images are present; no taint of the node is touched.
+func TestConditionOnlyGateOnAJoiningNode(t *testing.T) {
+	withGate := func(args []string) []string { return append(args, "--gate=condition") }
+	setControllerArgs(t, withGate)
+	t.Cleanup(func() {
+		setControllerArgs(t, func(args []string) []string {
+			return slices.DeleteFunc(args, func(a string) bool { return a == "--gate=condition" })
+		})
+	})
+	// Through the throttled registry: the image takes seconds to arrive.
+	tag, _ := push(t, "multi/conditioned:1.0", 24<<20, slowRegistry(t))
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "conditioned"}, Spec: prepullv1.PrePullListSpec{
+		Images:       []prepullv1.PrePullImage{{Image: tag}},
+		NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"gate": "condition"}},
+		NodeGate:     &prepullv1.NodeGate{Timeout: &metav1.Duration{Duration: 10 * time.Minute}},
+	}}
+	if err := cl.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteList(t, l) })
+	const readiness = "readiness.k8s.io/prepull.io/images-not-ready"
+	n, err := c.AddNodeWith(ctx, cs, cluster.NodeHooks{KubeletArgs: []string{
+		"--node-labels=gate=condition", "--register-with-taints=" + readiness + ":NoSchedule"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.RemoveNode(ctx, cs, n.Name); err != nil {
+			t.Errorf("remove %s: %v", n.Name, err)
+		}
+	})
+	var sawFalse bool
+	testground.Eventually(t, 3*time.Minute, "ImagesReady False, then True", func() error {
+		node, err := cs.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(node.Spec.Taints, func(tn corev1.Taint) bool { return tn.Key == readiness }) {
+			t.Fatalf("the readiness tool's taint was removed from %s: %v", n.Name, node.Spec.Taints)
+		}
+		for _, cond := range node.Status.Conditions {
+			if cond.Type != prepullv1.NodeConditionImagesReady {
+				continue
+			}
+			if cond.Status == corev1.ConditionFalse && cond.Reason == prepullv1.ReasonImagesMissing {
+				sawFalse = true
+			}
+			if cond.Status == corev1.ConditionTrue && cond.Reason == prepullv1.ReasonImagesPresent {
+				return nil
+			}
+		}
+		return fmt.Errorf("conditions %+v", node.Status.Conditions)
+	})
+	if !sawFalse {
+		t.Errorf("ImagesReady was never seen False (ImagesMissing) while the image was on its way")
+	}
 }
