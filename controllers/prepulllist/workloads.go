@@ -125,9 +125,16 @@ func slimTemplate(t corev1.PodTemplateSpec) corev1.PodTemplateSpec {
 		affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
 			RequiredDuringSchedulingIgnoredDuringExecution: a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution}}
 	}
+	var volumes []corev1.Volume
+	for _, v := range t.Spec.Volumes {
+		if v.Image != nil {
+			volumes = append(volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{Image: v.Image}})
+		}
+	}
 	return corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 		InitContainers:     slim(t.Spec.InitContainers),
 		Containers:         slim(t.Spec.Containers),
+		Volumes:            volumes,
 		ImagePullSecrets:   t.Spec.ImagePullSecrets,
 		ServiceAccountName: t.Spec.ServiceAccountName,
 		NodeSelector:       t.Spec.NodeSelector,
@@ -154,6 +161,31 @@ func pullSecretsOf(o client.Object) []corev1.LocalObjectReference {
 // containersOf are the init containers and containers of spec.
 func containersOf(spec *corev1.PodSpec) []corev1.Container {
 	return append(slices.Clone(spec.InitContainers), spec.Containers...)
+}
+
+// imageUse is one image a pod spec pulls: a container's, or an image
+// volume's (an OCI image or artifact mounted read only, KEP-4639).
+type imageUse struct {
+	// what says which: "container app", "image volume weights".
+	what, image string
+	policy      corev1.PullPolicy
+	// key names it among the spec's containers, for what pods say of it.
+	key string
+}
+
+// imagesPulledBy are the images spec pulls: its containers' and its image
+// volumes'.
+func imagesPulledBy(spec *corev1.PodSpec) []imageUse {
+	var out []imageUse
+	for _, c := range containersOf(spec) {
+		out = append(out, imageUse{what: "container " + c.Name, image: c.Image, policy: c.ImagePullPolicy, key: c.Name})
+	}
+	for _, v := range spec.Volumes {
+		if v.Image != nil && v.Image.Reference != "" {
+			out = append(out, imageUse{what: "image volume " + v.Name, image: v.Image.Reference, policy: v.Image.PullPolicy})
+		}
+	}
+	return out
 }
 
 // discovery is what a list's workloads hold now.
@@ -204,17 +236,17 @@ func (r *Reconciler) discover(ctx context.Context, l *prepullv1.PrePullList) (di
 			d.workloads++
 			name := string(k.kind) + "/" + o.GetName()
 			t := k.template(o)
-			for _, c := range containersOf(&t.Spec) {
-				f := d.images[c.Image]
+			for _, u := range imagesPulledBy(&t.Spec) {
+				f := d.images[u.image]
 				if f == nil {
 					f = &found{}
-					d.images[c.Image] = f
+					d.images[u.image] = f
 				}
 				if !slices.Contains(f.workloads, name) {
 					f.workloads = append(f.workloads, name)
 					f.specs = append(f.specs, &t.Spec)
 				}
-				if a := pullPolicyAdvice(name, c, rewritten[name+"/"+c.Name]); a != "" {
+				if a := pullPolicyAdvice(name, u, u.key != "" && rewritten[name+"/"+u.key]); a != "" {
 					f.advice = append(f.advice, a)
 				}
 			}
@@ -311,21 +343,26 @@ func (r *Reconciler) rewrittenToAlways(ctx context.Context, ns string) (map[stri
 	return out, nil
 }
 
-// pullPolicyAdvice says when a container contacts the registry at every
-// start, pre-pulled or not: its effective imagePullPolicy is Always.
-func pullPolicyAdvice(workload string, c corev1.Container, onPods bool) string {
+// pullPolicyAdvice says when a container or an image volume contacts the
+// registry at every start, pre-pulled or not: its effective pull policy is
+// Always.
+func pullPolicyAdvice(workload string, u imageUse, onPods bool) string {
+	field := "imagePullPolicy"
+	if u.key == "" {
+		field = "pullPolicy"
+	}
 	var cause string
 	switch {
-	case c.ImagePullPolicy == corev1.PullAlways && latestTag(c.Image):
-		cause = "imagePullPolicy Always (the default for the tag latest or no tag)"
-	case c.ImagePullPolicy == corev1.PullAlways:
-		cause = "imagePullPolicy Always in its template"
+	case u.policy == corev1.PullAlways && latestTag(u.image):
+		cause = field + " Always (the default for the tag latest or no tag)"
+	case u.policy == corev1.PullAlways:
+		cause = field + " Always in its template"
 	case onPods:
-		cause = "imagePullPolicy Always on its pods, though not in its template (an admission plugin such as AlwaysPullImages sets it)"
+		cause = field + " Always on its pods, though not in its template (an admission plugin such as AlwaysPullImages sets it)"
 	default:
 		return ""
 	}
-	return fmt.Sprintf("%s container %s: %s: it contacts the registry at every start, pre-pulled or not, and fails on a node without one", workload, c.Name, cause)
+	return fmt.Sprintf("%s %s: %s: it contacts the registry at every start, pre-pulled or not, and fails on a node without one", workload, u.what, cause)
 }
 
 // latestTag reports whether image has the tag latest, or no tag and no

@@ -120,6 +120,14 @@ func TestWorkloads(t *testing.T) {
 	e.mustCreate(t, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rewritten-1-a", Labels: shop,
 		OwnerReferences: controllerOf("ReplicaSet", "rewritten-1", rs.UID)}, Spec: podSpecAlways})
 
+	// An image volume (KEP-4639): model weights mounted read only, pulled
+	// on every start.
+	weights, model := push("wl/weights:v1"), push("wl/model:v1")
+	modelSpec := podSpec(model.Tag, "")
+	modelSpec.Volumes = []corev1.Volume{{Name: "weights", VolumeSource: corev1.VolumeSource{
+		Image: &corev1.ImageVolumeSource{Reference: weights.Tag, PullPolicy: corev1.PullAlways}}}}
+	e.mustCreate(t, deployment(ns, "model", shop, modelSpec))
+
 	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "discover"},
 		Spec: prepullv1.PrePullListSpec{NodeSelector: selector(pool), Workloads: &prepullv1.WorkloadSource{
 			Selector: &metav1.LabelSelector{MatchLabels: shop}, GracePeriod: &metav1.Duration{Duration: 10 * time.Minute}}}}
@@ -129,9 +137,11 @@ func TestWorkloads(t *testing.T) {
 		app1.Tag: {"Deployment/needs-secret", "Deployment/web"}, initImg.Tag: {"Deployment/web"},
 		sts.Tag: {"StatefulSet/db"}, ds.Tag: {"DaemonSet/agent"}, cron.Tag: {"CronJob/nightly"}, pod.Tag: {"Pod/debug"},
 		latest.Tag: {"Deployment/fresh"}, rw.Tag: {"Deployment/rewritten"},
+		model.Tag: {"Deployment/model"}, weights.Tag: {"Deployment/model"},
 	}
 	digests := map[string]string{app1.Tag: app1.Digest, initImg.Tag: initImg.Digest, sts.Tag: sts.Digest,
-		ds.Tag: ds.Digest, cron.Tag: cron.Digest, pod.Tag: pod.Digest, latest.Tag: latest.Digest, rw.Tag: rw.Digest}
+		ds.Tag: ds.Digest, cron.Tag: cron.Digest, pod.Tag: pod.Digest, latest.Tag: latest.Digest, rw.Tag: rw.Digest,
+		model.Tag: model.Digest, weights.Tag: weights.Digest}
 	eventually(t, "every selected workload's images discovered and handed", func() error {
 		got := e.getList(t, l)
 		for image, workloads := range want {
@@ -156,6 +166,9 @@ func TestWorkloads(t *testing.T) {
 	}
 	if d := discoveredOf(got, latest.Tag); d == nil || !strings.Contains(d.Warning, "Deployment/fresh container main: imagePullPolicy Always") {
 		t.Errorf("the tag latest: %+v, want the pull-policy advice naming the workload", d)
+	}
+	if d := discoveredOf(got, weights.Tag); d == nil || !strings.Contains(d.Warning, "Deployment/model image volume weights: pullPolicy Always in its template") {
+		t.Errorf("the image volume pulled on every start: %+v, want the advice naming the workload and the volume", d)
 	}
 	if d := discoveredOf(got, rw.Tag); d == nil || !strings.Contains(d.Warning, "Deployment/rewritten container main: imagePullPolicy Always on its pods") {
 		t.Errorf("the pod rewritten to Always: %+v, want the advice naming the workload and the cause", d)
