@@ -1069,6 +1069,9 @@ func setControllerArgs(t *testing.T, mutate func([]string) []string) {
 	}
 	c := &d.Spec.Template.Spec.Containers[0]
 	c.Args = mutate(c.Args)
+	// One replica on the host network of node 1: a second pod could not
+	// take its ports, so the old one goes first.
+	d.Spec.Strategy = appsv1.DeploymentStrategy{Type: appsv1.RecreateDeploymentStrategyType}
 	if err := cl.Update(ctx, d); err != nil {
 		t.Fatal(err)
 	}
