@@ -1110,7 +1110,7 @@ func TestConditionOnlyGateOnAJoiningNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { deleteList(t, l) })
-	const readiness = "readiness.k8s.io/prepull.io/images-not-ready"
+	const readiness = "readiness.k8s.io/prepull-images-not-ready"
 	n, err := c.AddNodeWith(ctx, cs, cluster.NodeHooks{KubeletArgs: []string{
 		"--node-labels=gate=condition", "--register-with-taints=" + readiness + ":NoSchedule"}})
 	if err != nil {
