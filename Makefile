@@ -158,8 +158,8 @@ bench-gate: deps cluster-binaries build ## A node joining with a Deployment wait
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkGatedNodeJoin -benchtime 1x -timeout 30m ./e2e/
 
 .PHONY: bench-podstart
-bench-podstart: deps cluster-binaries build ## Pod start latency on the local cluster: pre-pulled vs cold vs kubelet-pulled, over a shaped link (root).
-	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench 'BenchmarkPodStart|BenchmarkNodeJoin' -benchtime 1x -timeout 30m ./e2e/
+bench-podstart: deps cluster-binaries build ## Pod start latency on the local cluster: pre-pulled vs cold vs kubelet-pulled, and with an image volume, over a shaped link (root).
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench 'BenchmarkPodStart|BenchmarkImageVolumePodStart|BenchmarkNodeJoin' -benchtime 1x -timeout 30m ./e2e/
 
 .PHONY: clean
 clean: ## Remove bin/ (the test ground is rebuilt on the next `make test`).

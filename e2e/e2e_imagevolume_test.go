@@ -20,12 +20,12 @@ import (
 )
 
 // weights pushes an image holding only files (no program): what an image
-// volume mounts, several MiB of model weights.
-func weights(t *testing.T, repoTag string) (string, int64) {
+// volume mounts, model weights in two parts of part bytes each.
+func weights(t testing.TB, repoTag string, part int) (string, int64) {
 	t.Helper()
 	files := []testground.File{
-		{Path: "weights/part-0.bin", Mode: 0o644, Data: testground.RandomBytes(3 << 20)},
-		{Path: "weights/part-1.bin", Mode: 0o644, Data: testground.RandomBytes(3 << 20)},
+		{Path: "weights/part-0.bin", Mode: 0o644, Data: testground.RandomBytes(part)},
+		{Path: "weights/part-1.bin", Mode: 0o644, Data: testground.RandomBytes(part)},
 		{Path: "config.json", Mode: 0o644, Data: []byte(`{"model":"e2e"}`)},
 	}
 	var size int64
@@ -81,8 +81,8 @@ func readsAll(t *testing.T, pod string, files int, bytes int64) {
 // stopped.
 func TestImageVolumesArePrePulledAndStartWithoutARegistry(t *testing.T) {
 	reader, _ := push(t, "e2e/reader:1", 0)
-	discovered, size := weights(t, "e2e/weights:1")
-	named, _ := weights(t, "e2e/weights:2")
+	discovered, size := weights(t, "e2e/weights:1", 3<<20)
+	named, _ := weights(t, "e2e/weights:2", 3<<20)
 	labels := map[string]string{"app": "model"}
 	d := deployment("model", reader)
 	d.Labels = map[string]string{"group": "model"}

@@ -111,3 +111,51 @@ func deletePod(b *testing.B, name string) {
 	_ = cs.CoreV1().Pods("e2e").Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 	cluster.WaitPodGone(ctx, cs, "e2e", name)
 }
+
+// BenchmarkImageVolumePodStart measures the start of a pod that mounts an
+// image volume (model weights, KEP-4639), creation to Running, when prepull
+// pre-pulled the volume's image and when the kubelet must pull it over the
+// shaped link; the pod's own image is pre-pulled in both.
+func BenchmarkImageVolumePodStart(b *testing.B) {
+	const part = 75 << 20
+	reader, _ := push(b, "podstart/reader:1.0", 0)
+	prepulled, size := weights(b, "podstart/weights-prepulled:1.0", part)
+	cold, _ := weights(b, "podstart/weights-cold:1.0", part)
+	via := shapedRegistry(b)
+	for _, ref := range []*string{&reader, &prepulled, &cold} {
+		*ref = strings.Replace(*ref, cluster.RegistryHost, via, 1)
+	}
+	start := time.Now()
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: "e2e", Name: "volume-podstart"},
+		Spec: prepullv1.PrePullListSpec{Images: []prepullv1.PrePullImage{{Image: reader}, {Image: prepulled}}}}
+	if err := cl.Create(ctx, l); err != nil {
+		b.Fatal(err)
+	}
+	if err := cluster.WaitListReady(ctx, cl, l, 10*time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	prepullTime := time.Since(start)
+	volumePod := func(name, volume string) time.Duration {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "e2e", Name: name}, Spec: readerSpec(reader, volume)}
+		d, err := cluster.WaitPodRunning(ctx, cs, pod, 10*time.Minute)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { deletePod(b, name) })
+		return d
+	}
+	b.ResetTimer()
+	var pre []time.Duration
+	for i := range 5 {
+		pre = append(pre, volumePod(fmt.Sprintf("volume-prepulled-%d", i), prepulled))
+		deletePod(b, fmt.Sprintf("volume-prepulled-%d", i))
+	}
+	tCold := volumePod("volume-cold", cold)
+	b.StopTimer()
+	tPre := testground.Median(pre)
+	b.ReportMetric(float64(tCold)/float64(tPre), "cold/prepulled")
+	fmt.Printf("\npod start with an image volume, creation to Running (watched), %d MiB of weights, registry behind a %s veth (tc tbf both ways):\n", size>>20, linkRate)
+	fmt.Printf("  volume pre-pulled by prepull:     %6d ms  median of %v (the list was Ready %s after it was applied)\n", tPre.Milliseconds(), testground.Millis(pre), prepullTime.Round(time.Millisecond))
+	fmt.Printf("  volume absent (the kubelet pulls): %6d ms\n", tCold.Milliseconds())
+	fmt.Printf("  cold / pre-pulled:                %6.1fx\n", float64(tCold)/float64(tPre))
+}
