@@ -144,3 +144,32 @@ func TestImageVolumesArePrePulledAndStartWithoutARegistry(t *testing.T) {
 	})
 	readsAll(t, direct.Name, 3, size)
 }
+
+// TestAnOCIArtifactIsPrePulled: an OCI artifact (an image manifest with an
+// artifactType and the empty config: no platform, no program), named by a
+// list, is made present and pinned by the agent's CRI pull, as the kubelet
+// sees it ("already present on machine"). containerd 2.4 does not mount
+// such an artifact as an image volume whoever pulled it ("failed to unpack
+// image volume: mismatched image rootfs and manifest layers": its config
+// has no rootfs), so an image volume needs an image-shaped artifact (a
+// config with its layers' rootfs), as the test above mounts.
+func TestAnOCIArtifactIsPrePulled(t *testing.T) {
+	files := []testground.File{
+		{Path: "weights/part-0.bin", Mode: 0o644, Data: testground.RandomBytes(4 << 20)},
+		{Path: "tokenizer.json", Mode: 0o644, Data: []byte(`{"vocab":1}`)},
+	}
+	art, err := testground.Artifact("application/vnd.example.model.v1", files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := cluster.RegistryHost + "/e2e/model-artifact:1"
+	if _, err := testground.Push(ref, art); err != nil {
+		t.Fatal(err)
+	}
+	l := applyList(t, "artifact", nil, ref)
+	t.Cleanup(func() { deleteList(t, l) })
+	waitReady(t, l)
+	if present, pinned, _ := onNode(ref); !present || !pinned {
+		t.Errorf("the artifact %s: present %t, pinned %t", ref, present, pinned)
+	}
+}
