@@ -127,34 +127,26 @@ func TestPluginsRunAsTheKubeletRunsThem(t *testing.T) {
 		t.Errorf("a hanging plugin held the pull %s", d)
 	}
 
-	garbage := config(t, `providers:
-- name: credplugin
+	// Alone, a plugin that answers garbage or hangs fails the image, saying
+	// what it did.
+	for _, c := range []struct{ name, mode, says string }{
+		{"credplugin", "garbage", "not a CredentialProviderResponse"},
+		{"hanging", "hang", "no answer within 1s"},
+	} {
+		alone, err := credprovider.Load(config(t, fmt.Sprintf(`providers:
+- name: %s
   apiVersion: credentialprovider.kubelet.k8s.io/v1
   matchImages: ["*.example.com"]
   defaultCacheDuration: 0s
-  env: [{name: CREDPLUGIN_MODE, value: garbage}]
-`)
-	g, err := credprovider.Load(garbage, bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := g.Auth(ctx, "registry.example.com/app:1"); !errors.Is(err, credprovider.ErrProvider) || !strings.Contains(err.Error(), "not a CredentialProviderResponse") {
-		t.Errorf("a plugin answering garbage: %v", err)
-	}
-	hangOnly := config(t, `providers:
-- name: hanging
-  apiVersion: credentialprovider.kubelet.k8s.io/v1
-  matchImages: ["*.example.com"]
-  defaultCacheDuration: 0s
-  env: [{name: CREDPLUGIN_MODE, value: hang}]
-`)
-	h, err := credprovider.Load(hangOnly, bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.Timeout = time.Second
-	if _, err := h.Auth(ctx, "registry.example.com/app:1"); !errors.Is(err, credprovider.ErrProvider) || !strings.Contains(err.Error(), "no answer within 1s") {
-		t.Errorf("a plugin that hangs: %v", err)
+  env: [{name: CREDPLUGIN_MODE, value: %s}]
+`, c.name, c.mode)), bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		alone.Timeout = time.Second
+		if _, err := alone.Auth(ctx, "registry.example.com/app:1"); !errors.Is(err, credprovider.ErrProvider) || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("a plugin that %ss: %v, want %q", c.mode, err, c.says)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@
 package pullsecret
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,10 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"prepull.io/prepull/imageref"
 )
 
 // Credential is one registry's credentials from a Secret.
@@ -136,4 +141,33 @@ type ServedToken struct {
 	// Annotations are the service account's annotations, which a plugin
 	// may ask for.
 	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// ForImage returns the credential for image's registry among the
+// docker-registry Secrets names, read in order from namespace with r, and
+// that registry's host; a Secret r does not find is skipped (the
+// controller mirrors only the Secrets that exist and parse; the list's
+// status says which do not).
+func ForImage(ctx context.Context, r client.Reader, namespace string, names []string, image string) (Credential, string, bool, error) {
+	repo, err := imageref.Repository(image)
+	if err != nil {
+		return Credential{}, "", false, err
+	}
+	host, _, _ := strings.Cut(repo, "/")
+	for _, name := range names {
+		s := &corev1.Secret{}
+		if err := r.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, s); apierrors.IsNotFound(err) {
+			continue
+		} else if err != nil {
+			return Credential{}, host, false, fmt.Errorf("pull secret %s/%s: %w", namespace, name, err)
+		}
+		creds, err := Parse(s)
+		if err != nil {
+			return Credential{}, host, false, err
+		}
+		if c, ok := Find(creds, host); ok {
+			return c, host, true, nil
+		}
+	}
+	return Credential{}, host, false, nil
 }

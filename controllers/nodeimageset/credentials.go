@@ -6,15 +6,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strings"
+	"sync"
+	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"prepull.io/prepull/credprovider"
 	"prepull.io/prepull/cri"
-	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/nodeauth"
 	"prepull.io/prepull/pullsecret"
 )
@@ -72,29 +70,11 @@ type MirrorCredentials struct {
 // Auth reads the mirrors in order and returns the first credentials for
 // image's registry.
 func (c *MirrorCredentials) Auth(ctx context.Context, image string, mirrors []string) (*cri.Auth, error) {
-	repo, err := imageref.Repository(image)
-	if err != nil {
+	cred, host, ok, err := pullsecret.ForImage(ctx, c.Reader, c.Namespace, mirrors, image)
+	if !ok || err != nil {
 		return nil, err
 	}
-	host, _, _ := strings.Cut(repo, "/")
-	for _, name := range mirrors {
-		s := &corev1.Secret{}
-		if err := c.Reader.Get(ctx, client.ObjectKey{Namespace: c.Namespace, Name: name}, s); apierrors.IsNotFound(err) {
-			// The controller mirrors only the secrets that exist and parse;
-			// the list's status says which do not.
-			continue
-		} else if err != nil {
-			return nil, fmt.Errorf("pull secret %s/%s: %w", c.Namespace, name, err)
-		}
-		creds, err := pullsecret.Parse(s)
-		if err != nil {
-			return nil, err
-		}
-		if cred, ok := pullsecret.Find(creds, host); ok {
-			return &cri.Auth{Username: cred.Username, Password: cred.Password, IdentityToken: cred.IdentityToken, ServerAddress: host}, nil
-		}
-	}
-	return nil, nil
+	return &cri.Auth{Username: cred.Username, Password: cred.Password, IdentityToken: cred.IdentityToken, ServerAddress: host}, nil
 }
 
 // EndpointTokens asks the controller's endpoint, as the node's agent, for
@@ -103,10 +83,53 @@ func (c *MirrorCredentials) Auth(ctx context.Context, image string, mirrors []st
 // the image on this node name, for the plugin's audience.
 type EndpointTokens struct {
 	Client *nodeauth.Client
+
+	mu sync.Mutex
+	// held are the tokens asked for, by image and audience, kept for
+	// tokenReuse: one pull reads the plugin several times (its size, the
+	// pull itself), and each read would otherwise make a token.
+	held map[[2]string]heldToken
 }
 
-// Token asks the endpoint for a token for image and audience.
+type heldToken struct {
+	tok *credprovider.ServiceAccountToken
+	at  time.Time
+}
+
+// tokenReuse is how long a token is used again: half the life the
+// controller gives it.
+const tokenReuse = 5 * time.Minute
+
+// Token asks the endpoint for a token for image and audience, or uses the
+// one it gave within tokenReuse.
 func (c *EndpointTokens) Token(ctx context.Context, image, audience string) (*credprovider.ServiceAccountToken, error) {
+	key, now := [2]string{image, audience}, time.Now()
+	c.mu.Lock()
+	for k, h := range c.held {
+		if now.Sub(h.at) >= tokenReuse {
+			delete(c.held, k)
+		}
+	}
+	h, ok := c.held[key]
+	c.mu.Unlock()
+	if ok {
+		return h.tok, nil
+	}
+	tok, err := c.ask(ctx, image, audience)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.held == nil {
+		c.held = map[[2]string]heldToken{}
+	}
+	c.held[key] = heldToken{tok: tok, at: now}
+	c.mu.Unlock()
+	return tok, nil
+}
+
+// ask asks the endpoint for a token for image and audience.
+func (c *EndpointTokens) ask(ctx context.Context, image, audience string) (*credprovider.ServiceAccountToken, error) {
 	resp, err := c.Client.Get(ctx, pullsecret.TokenPath, url.Values{"image": {image}, "audience": {audience}})
 	if err != nil {
 		return nil, err

@@ -13,13 +13,11 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
-	"prepull.io/prepull/imageref"
 	"prepull.io/prepull/nodeauth"
 	"prepull.io/prepull/pullsecret"
 )
@@ -58,9 +56,7 @@ func (r *Reconciler) Credentials(reviewer *nodeauth.Reviewer) http.Handler {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		_ = json.NewEncoder(w).Encode(cred)
+		writeSecret(w, cred)
 	})
 }
 
@@ -77,6 +73,13 @@ func proven(w http.ResponseWriter, req *http.Request, reviewer *nodeauth.Reviewe
 		return "", false
 	}
 	return node, true
+}
+
+// writeSecret answers v, which holds a secret: JSON, never cached.
+func writeSecret(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 // entry is node's entry for image, as the fleet holds it.
@@ -98,11 +101,6 @@ func (f *fleet) entry(node, image string) (prepullv1.NodeImage, bool) {
 // credentialOf is the credential for e's registry among the mirrors of
 // e's active owners' pull secrets, read from the cache.
 func (r *Reconciler) credentialOf(ctx context.Context, e *prepullv1.NodeImage) (pullsecret.Served, bool, error) {
-	repo, err := imageref.Repository(e.Image)
-	if err != nil {
-		return pullsecret.Served{}, false, err
-	}
-	host, _, _ := strings.Cut(repo, "/")
 	settings := e.Settings(func(owner string) *prepullv1.PrePullList {
 		key, ok := prepullv1.OwnerKey(owner)
 		l := &prepullv1.PrePullList{}
@@ -111,22 +109,11 @@ func (r *Reconciler) credentialOf(ctx context.Context, e *prepullv1.NodeImage) (
 		}
 		return l
 	})
-	for _, name := range settings.PullSecrets {
-		s := &corev1.Secret{}
-		if err := r.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: name}, s); apierrors.IsNotFound(err) {
-			continue
-		} else if err != nil {
-			return pullsecret.Served{}, false, fmt.Errorf("pull secret mirror %s/%s: %w", r.Namespace, name, err)
-		}
-		creds, err := pullsecret.Parse(s)
-		if err != nil {
-			return pullsecret.Served{}, false, err
-		}
-		if c, ok := pullsecret.Find(creds, host); ok {
-			return pullsecret.Served{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken, ServerAddress: host}, true, nil
-		}
+	c, host, ok, err := pullsecret.ForImage(ctx, r.Client, r.Namespace, settings.PullSecrets, e.Image)
+	if !ok || err != nil {
+		return pullsecret.Served{}, false, err
 	}
-	return pullsecret.Served{}, false, nil
+	return pullsecret.Served{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken, ServerAddress: host}, true, nil
 }
 
 // tokenTTL is how long a token served for a plugin lasts.
@@ -167,9 +154,7 @@ func (r *Reconciler) Tokens(reviewer *nodeauth.Reviewer) http.Handler {
 			http.Error(w, fmt.Sprintf("a token of service account %s/%s: %v", sa.Namespace, sa.Name, err), http.StatusServiceUnavailable)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		_ = json.NewEncoder(w).Encode(pullsecret.ServedToken{Token: tr.Status.Token,
+		writeSecret(w, pullsecret.ServedToken{Token: tr.Status.Token,
 			ServiceAccount: sa.Namespace + "/" + sa.Name, Annotations: sa.Annotations})
 	})
 }

@@ -117,7 +117,7 @@ func TestTheEndpointServesAnAgentItsOwnNodesCredentials(t *testing.T) {
 	} {
 		_, err := ask(c.token)
 		var se *nodeauth.StatusError
-		if !asStatus(err, &se) || se.Code != c.code {
+		if !errors.As(err, &se) || se.Code != c.code {
 			t.Errorf("%s: %v; want %d", c.who, err, c.code)
 		}
 		if err != nil && strings.Contains(err.Error(), "s3cret") {
@@ -188,10 +188,6 @@ func TestTheEndpointServesAnAgentItsOwnNodesCredentials(t *testing.T) {
 	if _, err := ask(empty); !nodeauth.IsForbidden(err) {
 		t.Errorf("no token: %v; want it refused", err)
 	}
-}
-
-func asStatus(err error, target **nodeauth.StatusError) bool {
-	return errors.As(err, target)
 }
 
 // waitTCP waits until something listens at addr.

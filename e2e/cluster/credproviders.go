@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"prepull.io/prepull/e2e/testground"
 )
@@ -70,7 +69,10 @@ func (c *Cluster) writeCredentialProviders() error {
 			return err
 		}
 	}
-	config := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1
+	// extraEnv ends the first plugin's env: a log of its runs, for a
+	// kubelet (an agent counts its runs in its metrics).
+	config := func(extraEnv string) string {
+		return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1
 kind: CredentialProviderConfig
 providers:
 - name: credplugin
@@ -81,13 +83,13 @@ providers:
   - {name: CREDPLUGIN_USER, value: %s}
   - {name: CREDPLUGIN_PASSWORD, value: %s}
   - {name: CREDPLUGIN_CACHE, value: 1h}
-  - {name: CREDPLUGIN_LOG, value: "@RUNS@"}
-- name: credplugin-garbage
+%s- name: credplugin-garbage
   apiVersion: credentialprovider.kubelet.k8s.io/v1
   matchImages: [garbage.example.com]
   defaultCacheDuration: 0s
   env: [{name: CREDPLUGIN_MODE, value: garbage}]
-`, PluginRegistry, PluginUser, PluginPassword)
+`, PluginRegistry, PluginUser, PluginPassword, extraEnv)
+	}
 	// The agents' alone also has the token-mode plugin.
 	token := fmt.Sprintf(`- name: credplugin-token
   apiVersion: credentialprovider.kubelet.k8s.io/v1
@@ -101,8 +103,7 @@ providers:
   - {name: CREDPLUGIN_WANT_AUD, value: %[2]s}
 `, TokenRegistry, TokenAudience, TokenUser, TokenPassword, TokenServiceAccount)
 	return writeFiles(c.Dir, map[string]string{
-		// An agent's runs are counted in its metrics: its plugin writes no log.
-		"credential-providers/agent.yaml":   strings.Replace(config, "  - {name: CREDPLUGIN_LOG, value: \"@RUNS@\"}\n", "", 1) + token,
-		"credential-providers/kubelet.yaml": strings.Replace(config, "@RUNS@", c.PluginRuns(), 1),
+		"credential-providers/agent.yaml":   config("") + token,
+		"credential-providers/kubelet.yaml": config(fmt.Sprintf("  - {name: CREDPLUGIN_LOG, value: %q}\n", c.PluginRuns())),
 	})
 }
