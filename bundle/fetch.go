@@ -60,7 +60,7 @@ func Import(ctx context.Context, store cri.Store, src Source, policy FetchPolicy
 	if v != nil {
 		v = &Verification{Keys: v.Keys, Audit: v.Audit, MaxBytes: cmp.Or(v.MaxBytes, policy.MaxBytes, DefaultMaxDownload)}
 	}
-	return Load(ctx, store, path, wanted, v)
+	return loadChecked(ctx, store, path, wanted, v, policy.Claim)
 }
 
 // Fetch makes the archive src names available as a local file whose SHA-256

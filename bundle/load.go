@@ -3,6 +3,7 @@ package bundle
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 
@@ -49,8 +50,14 @@ type Verification struct {
 // signatures in it are checked against v's keys: one that does not verify
 // gets a *verify.Error and is not imported, unless v says Audit.
 func Load(ctx context.Context, store cri.Store, path string, wanted []string, v *Verification) (map[string]Loaded, error) {
+	return loadChecked(ctx, store, path, wanted, v, nil)
+}
+
+// loadChecked is Load, asking claim (when not nil) before a tag is made to
+// name an image.
+func loadChecked(ctx context.Context, store cri.Store, path string, wanted []string, v *Verification, claim func(context.Context, string, string) error) (map[string]Loaded, error) {
 	if v == nil {
-		return load(ctx, store, path, wanted)
+		return load(ctx, store, path, wanted, claim)
 	}
 	checked, err := checkSignatures(path, wanted, v)
 	if err != nil {
@@ -62,7 +69,7 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string, v 
 	})
 	out := map[string]Loaded{}
 	if len(importable) > 0 {
-		if out, err = load(ctx, store, path, importable); err != nil {
+		if out, err = load(ctx, store, path, importable, claim); err != nil {
 			return nil, err
 		}
 	}
@@ -77,8 +84,8 @@ func Load(ctx context.Context, store cri.Store, path string, wanted []string, v 
 	return out, nil
 }
 
-// load is Load without checking signatures.
-func load(ctx context.Context, store cri.Store, path string, wanted []string) (map[string]Loaded, error) {
+// load is Load without checking signatures, asking claim as loadChecked.
+func load(ctx context.Context, store cri.Store, path string, wanted []string, claim func(context.Context, string, string) error) (map[string]Loaded, error) {
 	byDigest := map[string][]string{} // digest -> wanted digest references
 	byTag := map[string]string{}      // tag reference -> wanted reference
 	out := map[string]Loaded{}
@@ -117,11 +124,18 @@ func load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 	}
 	body := &capped{r: r, left: limit}
 	matched := map[string][]string{} // digest -> wanted references it serves
+	refused := map[string]Loaded{}   // wanted tag -> why claim kept it
 	images, err := store.Import(ctx, body, func(name, digest string) []string {
 		refs := slices.Clone(byDigest[digest])
 		matched[digest] = append(matched[digest], byDigest[digest]...)
 		if n, err := imageref.Parse(name); err == nil && n.Tag != "" {
 			if w, ok := byTag[n.Tag]; ok {
+				if claim != nil {
+					if err := claim(ctx, w, digest); err != nil {
+						refused[w] = Loaded{Digest: digest, Err: err}
+						return slices.Compact(refs)
+					}
+				}
 				refs = append(refs, w, n.Repo+"@"+digest)
 				matched[digest] = append(matched[digest], w)
 			}
@@ -142,6 +156,7 @@ func load(ctx context.Context, store cri.Store, path string, wanted []string) (m
 			out[w] = Loaded{Digest: img.Digest, Err: img.Err}
 		}
 	}
+	maps.Copy(out, refused)
 	for _, w := range wanted {
 		if _, ok := out[w]; !ok {
 			out[w] = Loaded{Err: fmt.Errorf("archive %s does not hold %s: %w", path, w, cri.ErrNotFound)}

@@ -31,6 +31,11 @@ type FetchPolicy struct {
 	// announced length) and before an import starts (with the archive's
 	// size); its error stops them. The agent's disk budget answers it.
 	Admit func(bytes int64) error
+	// Claim, when set, is asked before an import makes tag reference ref
+	// name the image of digest; its error leaves the tag as it is and is
+	// the reference's Err, the archive's other images going on. The agent
+	// answers it so that an archive never moves a tag it did not place.
+	Claim func(ctx context.Context, ref, digest string) error
 	// ConnectTimeout bounds a connection, Timeout a whole download; zero
 	// means DefaultConnectTimeout and DefaultDownloadTimeout.
 	ConnectTimeout, Timeout time.Duration

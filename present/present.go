@@ -43,6 +43,10 @@ type Want struct {
 	// KeepOtherPins leaves alone the pins of owners not in Pinners; without
 	// it, exactly the Pinners' pins are left.
 	KeepOtherPins bool
+	// Claim, when set, is asked before a tag that names another image is
+	// moved to this one; its error leaves the tag where it is, and Make
+	// fails with it.
+	Claim func(ctx context.Context, tag string) error
 }
 
 // State is what Make found and left.
@@ -143,6 +147,12 @@ func (rt Runtime) tags(ctx context.Context, img *cri.Image, w Want) ([]string, b
 		case err != nil && !errors.Is(err, cri.ErrNotFound):
 			errs = append(errs, err)
 		default:
+			if err == nil && w.Claim != nil {
+				if err := w.Claim(ctx, tag); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+			}
 			created, err := rt.makeTag(ctx, img, tag, w)
 			if err != nil {
 				errs = append(errs, err)

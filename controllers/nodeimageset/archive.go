@@ -2,12 +2,15 @@ package nodeimageset
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/cri"
 	"prepull.io/prepull/redact"
 	"prepull.io/prepull/verify"
 )
@@ -17,19 +20,78 @@ import (
 // the node wants of it that is verified alike.
 func (r *Reconciler) noteArchives(entries []*entry) {
 	wants := map[string][]archiveWant{}
+	claims := map[string][]string{}
 	for _, e := range entries {
 		if e.Archive != nil && len(e.ActiveOwners()) > 0 {
 			wants[e.Archive.SHA256] = append(wants[e.Archive.SHA256], archiveWant{image: e.Image, verification: verificationKey(e)})
+			for _, ref := range e.refs() {
+				claims[ref] = append(claims[ref], listsOf(e)...)
+			}
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.archiveWants = wants
+	r.archiveWants, r.archiveClaims = wants, claims
 	for sha := range r.loaded {
 		if _, ok := wants[sha]; !ok {
 			delete(r.loaded, sha)
 		}
 	}
+}
+
+// errTagHeld means an archive's image would move a tag that the node
+// holds for others: TagConflict.
+var errTagHeld = errors.New("an archive does not move a tag it did not place")
+
+// claimTag answers whether an archive's image may take tag, which names
+// another image on the node, from it: only when the tag carries pins and
+// every one is of a list in claimants (lists naming the tag here, which
+// placed it). A tag the kubelet or another tool pulled carries none of
+// prepull's pins, and one placed for a list of another namespace carries
+// that list's: an archive is the only authority on the bytes it brings,
+// so it never moves what pods of others may run.
+func (r *Reconciler) claimTag(ctx context.Context, tag string, claimants []string) error {
+	owners, err := r.Store.Owners(ctx, tag)
+	switch {
+	case errors.Is(err, cri.ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	case len(owners) > 0 && !slices.ContainsFunc(owners, func(o string) bool { return !slices.Contains(claimants, o) }):
+		return nil
+	}
+	held := "no list's pins: the kubelet or another tool placed it"
+	if len(owners) > 0 {
+		held = "pins of " + strings.Join(owners, ", ")
+	}
+	return fmt.Errorf("%w: %s names another image on the node (%s); remove that image from the node, or name another tag", errTagHeld, tag, held)
+}
+
+// archiveClaim is bundle.FetchPolicy.Claim: an import makes ref name the
+// archive's digest unless ref names another image that claimTag keeps.
+func (r *Reconciler) archiveClaim(ctx context.Context, ref, digest string) error {
+	img, err := r.Images.ImageStatus(ctx, ref)
+	switch {
+	case errors.Is(err, cri.ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	case cri.ManifestDigest(ref, img) == digest:
+		return nil
+	}
+	r.mu.Lock()
+	claimants := r.archiveClaims[ref]
+	r.mu.Unlock()
+	return r.claimTag(ctx, ref, claimants)
+}
+
+// listsOf are the lists owning e.
+func listsOf(e *entry) []string {
+	out := make([]string, 0, len(e.Owners))
+	for _, o := range e.Owners {
+		out = append(out, o.List)
+	}
+	return out
 }
 
 // archiveLock is the lock of one archive's imports.
@@ -116,6 +178,7 @@ func (r *Reconciler) importArchive(ctx context.Context, e *entry) error {
 // and before its import.
 func (r *Reconciler) archivePolicy() bundle.FetchPolicy {
 	p := r.Archives
+	p.Claim = r.archiveClaim
 	p.Admit = func(n int64) error {
 		r.mu.Lock()
 		mount := r.fsMount

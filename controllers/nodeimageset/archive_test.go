@@ -41,6 +41,15 @@ func TestAgentImportsFromArchives(t *testing.T) {
 		t.Fatal(err)
 	}
 	sum := writeBundle(t, archive, bundle.Options{}, app.Tag, db.Digest, probe.Tag, multi.Tag, spare.Tag)
+	// The kubelet pulled held:v1 for some namespace's pods; then another
+	// image was written under that name into an archive.
+	kubeletPulled := reg.MustPushRandom(t, "air/held:v1", 64<<10, 1)
+	if _, err := e.images.PullImage(ctx, kubeletPulled.Tag, nil); err != nil {
+		t.Fatal(err)
+	}
+	usurper := reg.MustPushRandom(t, "air/held:v1", 64<<10, 1)
+	heldArchive := filepath.Join(dir, "site", "held.tar")
+	heldSum := writeBundle(t, heldArchive, bundle.Options{}, usurper.Tag)
 	squeezed := reg.MustPushRandom(t, "air/squeezed:v1", 64<<10, 2)
 	zstdArchive := filepath.Join(dir, "site", "bundle.zst")
 	zstdSum := writeBundle(t, zstdArchive, bundle.Options{Compress: "zstd"}, squeezed.Tag)
@@ -59,6 +68,29 @@ func TestAgentImportsFromArchives(t *testing.T) {
 		}
 		return nil
 	}
+
+	t.Run("an archive does not move a tag the node holds for others", func(t *testing.T) {
+		e.agent(t, "air-held", tune)
+		src := &prepullv1.ArchiveSource{Path: "site/held.tar", SHA256: heldSum}
+		e.setSpec(t, "air-held", fromArchive(usurper.Digest, src, owner("other/list", usurper.Tag)))
+		e.phase(t, "air-held", usurper.Digest, prepullv1.PhaseFailed, func(st *prepullv1.NodeImageStatus) error {
+			if st.Reason != nodeimageset.ReasonTagConflict || !strings.Contains(st.LastError, "the kubelet or another tool placed it") {
+				return fmt.Errorf("reason %s: %s", st.Reason, st.LastError)
+			}
+			return nil
+		})
+		if got := e.runtimeID(t, kubeletPulled.Tag); got != kubeletPulled.ID {
+			t.Fatalf("tag %s names %q, want the kubelet's %s", kubeletPulled.Tag, got, kubeletPulled.ID)
+		}
+		// Once the node lets the tag go, the archive's image takes it.
+		if err := e.images.RemoveImage(ctx, kubeletPulled.Tag); err != nil {
+			t.Fatal(err)
+		}
+		e.phase(t, "air-held", usurper.Digest, prepullv1.PhasePresent, nil)
+		if got := e.runtimeID(t, usurper.Tag); got != usurper.ID {
+			t.Errorf("tag %s names %q, want the archive's %s", usurper.Tag, got, usurper.ID)
+		}
+	})
 
 	t.Run("a zstd-compressed bundle is imported, found by its content", func(t *testing.T) {
 		e.agent(t, "air-zstd", tune)

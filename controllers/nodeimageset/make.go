@@ -44,6 +44,10 @@ func (r *Reconciler) ensure(ctx context.Context, e *entry, status *prepullv1.Nod
 // that the runtime shows a moment later.
 func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *cri.Image, now time.Time) bool {
 	want := present.Want{Image: e.Image, Tags: e.Tags, Pinners: e.Pinners}
+	if e.Archive != nil {
+		claimants := listsOf(e)
+		want.Claim = func(ctx context.Context, tag string) error { return r.claimTag(ctx, tag, claimants) }
+	}
 	got, err := r.runtime(e).Make(ctx, img, want)
 	tagsTotal.Add(float64(len(got.Retagged)))
 	r.mu.Lock()
@@ -66,11 +70,12 @@ func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *
 	switch {
 	case err == nil:
 		st.to(prepullv1.PhasePresent, "", "", now)
-	case errors.Is(err, cri.ErrUnsupported), errors.Is(err, present.ErrTagElsewhere):
+	case errors.Is(err, cri.ErrUnsupported), errors.Is(err, present.ErrTagElsewhere), errors.Is(err, errTagHeld):
 		// There, but not as the lists ask: a runtime without containerd's
-		// API cannot pin (retain: Pinned), and a tag it pulled names other
-		// bytes. That does not count as Present; a changed entry is tried
-		// again.
+		// API cannot pin (retain: Pinned), a tag it pulled names other
+		// bytes, an archive's tag is held for others. That does not count
+		// as Present; a changed entry is tried again (a held tag at every
+		// look, for the node may have let it go).
 		st.failedSpec = specKey(e)
 		st.to(prepullv1.PhaseFailed, reasonOf(err), "the image is on the node, but not as its lists ask: "+err.Error(), now)
 	default:
@@ -176,7 +181,7 @@ func (r *Reconciler) conflict(st *imageState, msg string, now time.Time) {
 	if st.pulling {
 		return
 	}
-	st.verified, st.failedSpec = "", ""
+	st.verified, st.failedSpec, st.lostTag = "", "", true
 	st.to(prepullv1.PhaseFailed, ReasonTagConflict, msg, now)
 }
 
@@ -184,7 +189,8 @@ func (r *Reconciler) conflict(st *imageState, msg string, now time.Time) {
 func (r *Reconciler) clearConflict(st *imageState, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if st.reason == ReasonTagConflict {
+	if st.lostTag {
+		st.lostTag = false
 		st.to(prepullv1.PhasePending, "", "", now)
 	}
 }

@@ -110,7 +110,10 @@ type Reconciler struct {
 	// come from it; archiveLocks serialize the imports of one archive; and
 	// loaded records which references an import of an archive made.
 	archiveWants map[string][]archiveWant
-	archiveLocks map[string]*sync.Mutex
+	// archiveClaims are, by reference, the lists whose archive entries
+	// name it: those whose pins an archive may move it over.
+	archiveClaims map[string][]string
+	archiveLocks  map[string]*sync.Mutex
 	// archiveTurn lets one archive at a time into DownloadDir.
 	archiveTurn sync.Mutex
 	loaded      map[string]map[string]bool

@@ -35,7 +35,9 @@ const (
 	// uses it.
 	ReasonKept = "Kept"
 	// ReasonTagConflict: the entry claims a tag that another entry of the
-	// same NodeImageSet also claims, and the other entry was chosen.
+	// same NodeImageSet also claims, and the other entry was chosen; or
+	// the entry comes from an archive and the tag names another image on
+	// the node that others placed.
 	ReasonTagConflict = "TagConflict"
 	// ReasonCredentialProvider: a credential provider plugin of the node
 	// that matches the image did not answer in time, answered what is not
@@ -73,6 +75,8 @@ func reasonOf(err error) string {
 		return unverified.Reason
 	case errors.Is(err, present.ErrTagElsewhere):
 		return ReasonTagMismatch
+	case errors.Is(err, errTagHeld):
+		return ReasonTagConflict
 	case errors.Is(err, cri.ErrUnsupported):
 		return ReasonUnsupported
 	case errors.Is(err, credprovider.ErrProvider):
@@ -104,6 +108,8 @@ type imageState struct {
 	// rotated pull secret, a new timeout) is tried again at once, without
 	// waiting out the back-off of the old one.
 	failedSpec, triedSpec string
+	// lostTag: the entry lost a tag to another entry of the spec.
+	lostTag bool
 	// verified is the spec entry last found fully in place, at verifiedAt.
 	verified   string
 	verifiedAt time.Time
