@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -120,6 +121,20 @@ func (n Node) gc(add adder, kc *kubeletConfig, kerr error) {
 		return
 	}
 	add(CheckGCThresholds, prepullv1.CheckPass, fmt.Sprintf("the kubelet's image GC runs from %d%% down to %d%%; pinned images are never removed", high, kc.gcLow()), "")
+}
+
+// CredentialVerification is the kubelet's image pull credential
+// verification policy, as NodeImageSetStatus.CredentialVerification
+// names it; "" when the kubelet's configuration is not read.
+func (n Node) CredentialVerification() string {
+	kc, err := n.kubelet()
+	if err != nil {
+		return ""
+	}
+	if on, set := kc.FeatureGates[credentialGate]; set && !on {
+		return "Off"
+	}
+	return cmp.Or(kc.ImagePullCredentialsVerificationPolicy, "NeverVerifyPreloadedImages")
 }
 
 func (n Node) credentials(add adder, kc *kubeletConfig, kerr error) {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
@@ -215,4 +216,53 @@ func Quotas(pol *prepullv1.PrePullPolicy, lists []*prepullv1.PrePullList, images
 		}
 	}
 	return out
+}
+
+// Bytes says why l, whose images take sizes (by digest), would take a node
+// past pol's spec.quotas.bytesPerNode, or "": beside the images of the
+// namespace's lists served before it (ordered as Quotas serves them, not
+// deleted, not refused), each digest counted once, as if every list
+// selected the same node. Those lists' sizes are their status's, written
+// when they were served.
+func Bytes(pol *prepullv1.PrePullPolicy, l *prepullv1.PrePullList, others []*prepullv1.PrePullList, sizes map[string]int64) string {
+	quota := pol.Spec.Quotas.BytesPerNode
+	if quota == nil {
+		return ""
+	}
+	held := map[string]int64{}
+	for _, o := range others {
+		older := cmp.Or(o.CreationTimestamp.Compare(l.CreationTimestamp.Time), strings.Compare(o.Name, l.Name)) < 0
+		if !older || !o.DeletionTimestamp.IsZero() || refused(o) {
+			continue
+		}
+		for _, img := range o.Status.Images {
+			if img.Digest != "" {
+				held[img.Digest] = max(held[img.Digest], img.Bytes)
+			}
+		}
+	}
+	var before, added int64
+	for _, n := range held {
+		before += n
+	}
+	for d, n := range sizes {
+		if _, ok := held[d]; !ok {
+			added += n
+		}
+	}
+	if before+added <= quota.Value() {
+		return ""
+	}
+	return fmt.Sprintf("spec.quotas.bytesPerNode: PrePullPolicy %s lets namespace %s hold %s on a node: its older lists hold %s, and this one would add %s",
+		pol.Name, l.Namespace, quota, mebibytes(before), mebibytes(added))
+}
+
+// refused reports whether l's status says its policy refused it.
+func refused(l *prepullv1.PrePullList) bool {
+	c := meta.FindStatusCondition(l.Status.Conditions, prepullv1.ConditionDegraded)
+	return c != nil && c.Status == metav1.ConditionTrue && c.Reason == prepullv1.ReasonPolicyRefused
+}
+
+func mebibytes(n int64) string {
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 }

@@ -200,6 +200,17 @@ type NodeImageSetStatus struct {
 	// imageFilesystem is the usage of the node's image filesystem.
 	// +optional
 	ImageFilesystem *ImageFilesystem `json:"imageFilesystem,omitempty"`
+	// credentialVerification is the node's kubelet's
+	// imagePullCredentialsVerificationPolicy as the agent read it from
+	// the kubelet's configuration: NeverVerifyPreloadedImages (also when
+	// unset), NeverVerify, NeverVerifyAllowlistedImages, AlwaysVerify, or
+	// Off when its KubeletEnsureSecretPulledImages gate is off; empty
+	// when not known. Under NeverVerifyPreloadedImages, NeverVerify and
+	// Off any pod of the node may run an image prepull pulled there,
+	// private ones included, without credentials.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	CredentialVerification string `json:"credentialVerification,omitempty"`
 	// runtime names the node's container runtime and version.
 	// +optional
 	// +kubebuilder:validation:MaxLength=128

@@ -413,6 +413,13 @@ const (
 	// image's digest verified; False names the first that did not, with
 	// its reason.
 	ConditionVerified = "Verified"
+	// ConditionPrivateImagesOpen, on a list with pull secrets, is True
+	// when the kubelet of some selected node lets any pod there run the
+	// images prepull pulled, private ones included, without credentials
+	// (its imagePullCredentialsVerificationPolicy, as the node's agent
+	// reads it); its message names those nodes. False when every node's
+	// kubelet checks a pod's credentials; Unknown while no agent said.
+	ConditionPrivateImagesOpen = "PrivateImagesOpen"
 )
 
 // Condition reasons of a PrePullList.
@@ -475,6 +482,15 @@ const (
 	// asks (the message names the policy and the field), or a quota of it
 	// leaves the list out; the list does nothing until that changes.
 	ReasonPolicyRefused = "PolicyRefused"
+	// ReasonKubeletDoesNotVerify (PrivateImagesOpen True): some selected
+	// node's kubelet lets any pod run images present on it.
+	ReasonKubeletDoesNotVerify = "KubeletDoesNotVerify"
+	// ReasonKubeletVerifies (PrivateImagesOpen False): every selected
+	// node's kubelet checks a pod's credentials for a private image.
+	ReasonKubeletVerifies = "KubeletVerifies"
+	// ReasonKubeletPolicyUnknown (PrivateImagesOpen Unknown): no agent
+	// of a selected node read its kubelet's policy.
+	ReasonKubeletPolicyUnknown = "KubeletPolicyUnknown"
 	// ReasonReleasing (Ready False, Progressing True): the list is deleted
 	// and waits for the agents of the nodes that still hold its images to
 	// release them; the message counts those nodes.
@@ -495,6 +511,21 @@ type ImageResolution struct {
 	// resolvedAt is when the tag was last resolved.
 	// +optional
 	ResolvedAt *metav1.Time `json:"resolvedAt,omitempty"`
+	// artifactType says the digest is an OCI artifact rather than an
+	// image: its manifest's artifactType, else its config's media type.
+	// An artifact is made present, tagged and pinned like an image, with
+	// no platform to choose and nothing to run (a pod mounts it as an
+	// image volume). Empty for an image, and for a digest the controller
+	// did not read (a tag resolved on nodes or from an archive).
+	// +optional
+	// +kubebuilder:validation:MaxLength=255
+	ArtifactType string `json:"artifactType,omitempty"`
+	// bytes is the digest's size as spec.quotas.bytesPerNode of the list's
+	// PrePullPolicy counts it: the config and layers the registry lists,
+	// compressed, for its largest platform — at most what a node
+	// downloads. Set only under such a quota.
+	// +optional
+	Bytes int64 `json:"bytes,omitempty"`
 	// nodesReady counts the selected nodes that hold the image at digest.
 	// +optional
 	NodesReady int32 `json:"nodesReady"`

@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -118,6 +119,18 @@ type PolicyQuotas struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	ImagesPerNode *int32 `json:"imagesPerNode,omitempty"`
+	// bytesPerNode is how many bytes the namespace's lists' images may
+	// take on one node, as the registry lists them (config and layers,
+	// compressed, of each image's largest platform: what a pull downloads;
+	// unpacked they take about as much again), counted as if every list
+	// selected the same node, oldest lists first. The controller reads
+	// each digest's manifests at the registry with the list's own
+	// credentials before any node gets it; a list whose images it cannot
+	// size so (a tag resolved on nodes or from an archive, a manifest it
+	// may not read) does nothing and says so, as does a list that would
+	// take a node past the quota.
+	// +optional
+	BytesPerNode *resource.Quantity `json:"bytesPerNode,omitempty"`
 }
 
 // PrePullPolicyList is a list of PrePullPolicy.

@@ -77,7 +77,7 @@ func runAgent(ctx context.Context, args []string) error {
 	}
 	checks := checkNode(rt, opts.CheckOptions, diskBudget)
 	checks.PrivateImages = r.PrivateImages
-	r.Doctor = checks.Run
+	r.Doctor, r.CredentialVerification = checks.Run, checks.CredentialVerification
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("set up the NodeImageSet reconciler: %w", err)
 	}

@@ -71,6 +71,9 @@ type Reconciler struct {
 	// status; nil reports no checks. It runs beside the reconciler, when the
 	// agent starts and then every DoctorInterval.
 	Doctor func(context.Context) []prepullv1.RuntimeCheck
+	// CredentialVerification, when set, reads the kubelet's image pull
+	// credential verification policy, for status, with the checks.
+	CredentialVerification func() string
 	// Credentials finds the pull credentials of the node's images that
 	// their lists' pull secrets give; NodeCredentials, when set, those the
 	// node itself has (its kubelet's credential provider plugins), for
@@ -106,6 +109,7 @@ type Reconciler struct {
 	fs        *prepullv1.ImageFilesystem
 	fsMount   string
 	checks    []prepullv1.RuntimeCheck
+	verifies  string
 	// archiveWants are, by archive SHA-256, the images of the spec that
 	// come from it; archiveLocks serialize the imports of one archive; and
 	// loaded records which references an import of an archive made.

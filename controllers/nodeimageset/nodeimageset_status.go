@@ -27,6 +27,8 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 		Runtime:            r.Runtime,
 		ImageFilesystem:    r.fs.DeepCopy(),
 		Checks:             slices.Clone(r.checks),
+
+		CredentialVerification: r.verifies,
 	}
 	var present, pinned int
 	var pinnedBytes int64
@@ -188,10 +190,13 @@ func (r *Reconciler) examine(ctx context.Context) {
 	t := time.NewTicker(r.DoctorInterval)
 	defer t.Stop()
 	for {
-		checks := r.Doctor(ctx)
+		checks, verifies := r.Doctor(ctx), ""
+		if r.CredentialVerification != nil {
+			verifies = r.CredentialVerification()
+		}
 		r.mu.Lock()
-		changed := !equality.Semantic.DeepEqual(r.checks, checks)
-		r.checks = checks
+		changed := !equality.Semantic.DeepEqual(r.checks, checks) || r.verifies != verifies
+		r.checks, r.verifies = checks, verifies
 		r.mu.Unlock()
 		if changed {
 			r.notify()

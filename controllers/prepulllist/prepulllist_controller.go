@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/utils/lru"
+
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -78,6 +80,8 @@ type Reconciler struct {
 	cached     bool
 	// lists is what the reconciler keeps of each list between reconciles.
 	lists listBook
+	// described keeps what digests name at the registry (describe).
+	described *lru.Cache
 	// reconciled is set once a list's status was written.
 	reconciled atomic.Bool
 }
@@ -126,14 +130,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 }
 
 func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullList) (ctrl.Result, error) {
-	log := ctrl.LoggerFrom(ctx)
 	orig := l
 	selector, err := l.Spec.Selector()
 	if err != nil {
 		return ctrl.Result{}, r.invalid(ctx, l, fmt.Errorf("spec.nodeSelector: %w", err))
 	}
-	// The list as this reconcile sees it: with what its workloads hold now
-	// in status.discovered, which the rest reads its images from.
+	// l as this reconcile sees it: status.discovered as its workloads are.
 	disc, graceEnds, err := r.discovered(ctx, l)
 	if err != nil {
 		return ctrl.Result{}, r.invalid(ctx, l, err)
@@ -141,7 +143,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	lv := *l
 	lv.Status.Discovered, lv.Status.DiscoveredPullSecrets = disc.status, disc.secretNames
 	l = &lv
-	selector, stop, err := r.withinPolicy(ctx, orig, l, selector)
+	selector, pol, stop, err := r.withinPolicy(ctx, orig, l, selector)
 	if stop || err != nil {
 		return ctrl.Result{}, err
 	}
@@ -150,7 +152,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	}
 	secretsVersion, creds, secretErr := r.mirrorSecrets(ctx, l, disc.secrets)
 	if secretErr != nil {
-		log.Info("Pull secrets unavailable", "error", secretErr.Error())
+		ctrl.LoggerFrom(ctx).Info("Pull secrets unavailable", "error", secretErr.Error())
 	}
 	nodes, err := r.nodes(ctx, selector)
 	if err != nil {
@@ -159,6 +161,9 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	prev := r.lists.previous(orig)
 	selected, probeNode := selection(nodes)
 	targets, images, awaiting, next, resolveErr := r.resolve(ctx, l, readerOf(l, secretsVersion, creds), creds, nodes, probeNode)
+	if why, err := r.describe(ctx, l, pol, targets, images, creds); why != "" || err != nil {
+		return r.refuseUnless(ctx, orig, why, err)
+	}
 	verifyKeys := r.checkSignatures(ctx, l, prev.Images, targets, images, creds)
 
 	placeDiscovered(l, targets, disc.discovery, cmp.Or(r.StartupTaint, prepullv1.DefaultStartupTaint))
@@ -170,7 +175,7 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 		gen: l.Generation, old: l.Status, images: images, awaiting: awaiting, out: out,
 		secretsVersion: secretsVersion, secretErr: secretErr, verifyKeys: verifyKeys,
 		discovered: l.Status.Discovered, discoveredSecrets: l.Status.DiscoveredPullSecrets,
-		discovery: disc.found(l), namespace: l.Namespace,
+		discovery: disc.found(l), namespace: l.Namespace, exposure: exposureOf(nodes, len(creds) > 0),
 		verify: l.Spec.Verify != nil, onNodes: archiveOf(l) != nil || l.Spec.Resolution == prepullv1.ResolveOnNode,
 	})
 	if !graceEnds.IsZero() {
@@ -391,7 +396,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return errors.New("the manager's cache must be built with Reconciler.CacheOptions")
 	}
 	r.fleetOf()
-	r.tags = newTagStore(r.Client)
+	r.tags, r.described = newTagStore(r.Client), lru.New(describedDigests)
 	r.wake = make(chan event.GenericEvent, 1024)
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		return r.fleet.flush(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("fleet")), r.Client, r.nodeUID)
@@ -438,7 +443,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&prepullv1.NodeImageSet{}, statusChanged).
 		Watches(&prepullv1.PrePullPolicy{}, handler.EnqueueRequestsFromMapFunc(r.listsGovernedBy)).
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.listsGovernedBy), builder.WithPredicates(predicate.LabelChangedPredicate{})).
-		Watches(&prepullv1.PrePullList{}, handler.EnqueueRequestsFromMapFunc(r.neighbours), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&prepullv1.PrePullList{}, handler.EnqueueRequestsFromMapFunc(r.neighbours), builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, heldBytesChanged{}))).
 		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{}))
 	for _, k := range workloadKinds {
 		b = b.Watches(k.object(), handler.EnqueueRequestsFromMapFunc(r.listsDiscoveringIn), builder.WithPredicates(discoveryChanged(k.template)))

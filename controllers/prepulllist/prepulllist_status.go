@@ -142,6 +142,8 @@ type listFacts struct {
 	// verify is set for a list with spec.verify; onNodes when its images
 	// are verified on the nodes (an archive, or tags resolved there).
 	verify, onNodes bool
+	// exposure is what the nodes' kubelets make of its private images.
+	exposure exposure
 }
 
 // listStatus is a list's whole status, made from what its reconcile found:
@@ -193,6 +195,7 @@ func listStatus(f listFacts) prepullv1.PrePullListStatus {
 	} else {
 		meta.RemoveStatusCondition(&st.Conditions, prepullv1.ConditionDiscovered)
 	}
+	setExposure(&st.Conditions, gen, f.exposure)
 	if f.verify {
 		meta.SetStatusCondition(&st.Conditions, verifiedCondition(gen, images, f.onNodes))
 	} else {

@@ -1,6 +1,7 @@
 package prepulllist
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
@@ -79,4 +81,105 @@ func authFor(creds []pullsecret.Credential, ref string) authn.Authenticator {
 		return authn.FromConfig(authn.AuthConfig{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken})
 	}
 	return authn.Anonymous
+}
+
+// Describer is a Resolver that can also read what a digest names at the
+// registry.
+type Describer interface {
+	// Describe reads the manifest digestRef names, and with size the
+	// manifests of an index's platforms too.
+	Describe(ctx context.Context, digestRef string, creds []pullsecret.Credential, size bool) (Description, error)
+}
+
+// Description is what a digest names, as its manifests tell.
+type Description struct {
+	// ArtifactType is its artifact type, "" for an image.
+	ArtifactType string
+	// Bytes are its config and layers for its largest platform; 0 when
+	// not sized.
+	Bytes int64
+	// Sized says Bytes was counted.
+	Sized bool
+}
+
+var _ Describer = (*RegistryResolver)(nil)
+
+// maxIndexPlatforms bounds the platform manifests read to size an index.
+const maxIndexPlatforms = 32
+
+// Describe reads digestRef's manifest with creds: one GET, and with size
+// one more per platform of an index (attestations and other artifacts an
+// index lists are not platforms a node pulls).
+func (r *RegistryResolver) Describe(ctx context.Context, digestRef string, creds []pullsecret.Credential, size bool) (Description, error) {
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(r.Timeout, 30*time.Second))
+	defer cancel()
+	ref, err := imageref.Remote(digestRef, r.Insecure)
+	if err != nil {
+		return Description{}, fmt.Errorf("parse %s: %w", digestRef, err)
+	}
+	tr := r.Transport
+	if tr == nil {
+		tr = http.DefaultTransport
+	}
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuth(authFor(creds, digestRef)), remote.WithTransport(tr)}
+	desc, err := remote.Get(ref, opts...)
+	if err != nil {
+		return Description{}, fmt.Errorf("read %s: %s", digestRef, registryMessage(err))
+	}
+	if !desc.MediaType.IsIndex() {
+		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+		if err != nil {
+			return Description{}, fmt.Errorf("read %s: %w", digestRef, err)
+		}
+		return Description{ArtifactType: artifactType(m), Bytes: manifestBytes(m), Sized: true}, nil
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
+	if err != nil {
+		return Description{}, fmt.Errorf("read %s: %w", digestRef, err)
+	}
+	out := Description{ArtifactType: idx.ArtifactType}
+	if !size {
+		return out, nil
+	}
+	read := 0
+	for _, d := range idx.Manifests {
+		if d.Platform == nil || d.Platform.OS == "unknown" || !d.MediaType.IsImage() {
+			continue
+		}
+		if read++; read > maxIndexPlatforms {
+			return Description{}, fmt.Errorf("read %s: an index of more than %d platforms is not sized", digestRef, maxIndexPlatforms)
+		}
+		child, err := remote.Get(ref.Context().Digest(d.Digest.String()), opts...)
+		if err != nil {
+			return Description{}, fmt.Errorf("read %s for %s: %s", d.Digest, d.Platform, registryMessage(err))
+		}
+		m, err := v1.ParseManifest(bytes.NewReader(child.Manifest))
+		if err != nil {
+			return Description{}, fmt.Errorf("read %s for %s: %w", d.Digest, d.Platform, err)
+		}
+		out.Bytes = max(out.Bytes, manifestBytes(m))
+	}
+	out.Sized = true
+	return out, nil
+}
+
+// artifactType is what m is when it is not an image: its artifactType,
+// else its config's media type unless that is an image config's.
+func artifactType(m *v1.Manifest) string {
+	if m.ArtifactType != "" {
+		return m.ArtifactType
+	}
+	if c := m.Config.MediaType; c != "" && !c.IsConfig() {
+		return string(c)
+	}
+	return ""
+}
+
+// manifestBytes are m's config and layers.
+func manifestBytes(m *v1.Manifest) int64 {
+	n := m.Config.Size
+	for _, l := range m.Layers {
+		n += l.Size
+	}
+	return n
 }

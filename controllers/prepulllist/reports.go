@@ -38,6 +38,9 @@ type reports struct {
 	// shared by every node, nil until the fleet knows the plan.
 	plan    string
 	planned []report
+	// verifies is the node's kubelet's credential verification policy
+	// (NodeImageSetStatus.CredentialVerification).
+	verifies string
 }
 
 // find is the report of ref, or nil.
@@ -119,7 +122,7 @@ func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
 	if _, ok := set.Annotations[strippedAnnotation]; ok {
 		return set
 	}
-	rs := reports{listed: make([]report, 0, len(set.Status.Images)), plan: set.Status.Plan}
+	rs := reports{listed: make([]report, 0, len(set.Status.Images)), plan: set.Status.Plan, verifies: intern(set.Status.CredentialVerification)}
 	for _, st := range set.Status.Images {
 		rep := report{image: intern(st.Image), phase: internPhase(st.Phase), pins: pinsOf(st.PinOwners)}
 		tagEntry := !strings.Contains(st.Image, "@")

@@ -101,6 +101,11 @@ func (r *countingResolver) Resolve(ctx context.Context, ref string, creds []pull
 	return r.inner.Resolve(ctx, ref, creds)
 }
 
+// Describe reads digests as the inner resolver does, uncounted.
+func (r *countingResolver) Describe(ctx context.Context, ref string, creds []pullsecret.Credential, size bool) (prepulllist.Description, error) {
+	return r.inner.(prepulllist.Describer).Describe(ctx, ref, creds, size)
+}
+
 func setup(t *testing.T, tune ...func(*env)) *env {
 	t.Helper()
 	ctrl.SetLogger(testground.Logger(t))

@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -75,21 +77,22 @@ func (r *Reconciler) policyOf(ctx context.Context, ns string) (*prepullv1.PrePul
 }
 
 // withinPolicy holds l (orig, as cached, with its discovered images) to
-// its namespace's policy: its selector narrowed to the policy's nodes, or,
-// stop, l refused (refuse) or its policy's selector invalid.
-func (r *Reconciler) withinPolicy(ctx context.Context, orig, l *prepullv1.PrePullList, selector labels.Selector) (labels.Selector, bool, error) {
+// its namespace's policy, which it returns: its selector narrowed to the
+// policy's nodes, or, stop, l refused (refuse) or its policy's selector
+// invalid.
+func (r *Reconciler) withinPolicy(ctx context.Context, orig, l *prepullv1.PrePullList, selector labels.Selector) (labels.Selector, *prepullv1.PrePullPolicy, bool, error) {
 	pol, refusal, err := r.govern(ctx, l)
 	if err != nil {
-		return nil, true, err
+		return nil, nil, true, err
 	}
 	if refusal != "" {
 		_, err := r.refuse(ctx, orig, refusal)
-		return nil, true, err
+		return nil, nil, true, err
 	}
 	if selector, err = withinGrant(pol, l, selector); err != nil {
-		return nil, true, r.invalid(ctx, orig, err)
+		return nil, nil, true, r.invalid(ctx, orig, err)
 	}
-	return selector, false, nil
+	return selector, pol, false, nil
 }
 
 // withinGrant restricts selector to pol's nodes, and leaves out, with a
@@ -128,6 +131,15 @@ func (r *Reconciler) refuse(ctx context.Context, l *prepullv1.PrePullList, cause
 	return ctrl.Result{}, r.patchStatus(ctx, l, st)
 }
 
+// refuseUnless refuses l for cause, unless err says the cause is not
+// known.
+func (r *Reconciler) refuseUnless(ctx context.Context, l *prepullv1.PrePullList, cause string, err error) (ctrl.Result, error) {
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	return r.refuse(ctx, l, cause)
+}
+
 // listsGovernedBy enqueues the lists a PrePullPolicy or a Namespace change
 // may concern: every list.
 func (r *Reconciler) listsGovernedBy(ctx context.Context, o client.Object) []reconcile.Request {
@@ -142,7 +154,7 @@ func (r *Reconciler) listsGovernedBy(ctx context.Context, o client.Object) []rec
 // serve.
 func (r *Reconciler) neighbours(ctx context.Context, o client.Object) []reconcile.Request {
 	pol, _, err := r.policyOf(ctx, o.GetNamespace())
-	if err != nil || pol == nil || (pol.Spec.Quotas.Lists == nil && pol.Spec.Quotas.ImagesPerNode == nil) {
+	if err != nil || pol == nil || pol.Spec.Quotas == (prepullv1.PolicyQuotas{}) {
 		return nil
 	}
 	return r.listsIn(ctx, o.GetNamespace())
@@ -158,6 +170,27 @@ func (r *Reconciler) listsIn(ctx context.Context, ns string) []reconcile.Request
 		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&lists.Items[i])})
 	}
 	return out
+}
+
+// heldBytesChanged passes a list whose status changed the bytes its images
+// hold (tenancy.Bytes reads them), so that its namespace's younger lists
+// are served again.
+type heldBytesChanged struct {
+	predicate.Funcs
+}
+
+func (heldBytesChanged) Update(e event.UpdateEvent) bool {
+	o, ok1 := e.ObjectOld.(*prepullv1.PrePullList)
+	n, ok2 := e.ObjectNew.(*prepullv1.PrePullList)
+	return ok1 && ok2 && heldBytes(o) != heldBytes(n)
+}
+
+func heldBytes(l *prepullv1.PrePullList) int64 {
+	var n int64
+	for _, img := range l.Status.Images {
+		n += img.Bytes
+	}
+	return n
 }
 
 // slimNamespace keeps of a Namespace what govern reads: its name and

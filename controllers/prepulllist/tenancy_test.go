@@ -8,11 +8,14 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/e2e/testground"
 )
 
 // refusedFor waits until l says PolicyRefused with a message holding want.
@@ -173,5 +176,163 @@ func TestATagIsHandedOnlyToListsThatReadIt(t *testing.T) {
 	}
 	if len(rec.Status.Readers) != 2 || slices.Contains(rec.Status.Readers, "") {
 		t.Errorf("readers %q: want the two namespaces' credentials, not anonymous access", rec.Status.Readers)
+	}
+}
+
+// TestBytesPerNodeQuota: under spec.quotas.bytesPerNode the controller
+// sizes each digest at the registry before any node gets it, serves a
+// namespace's lists oldest first within the quota, and refuses, naming the
+// policy and the field, the list that would take a node past it or that
+// it cannot size (an archive's images); the older lists are unaffected.
+// Every list's status says which of its images are OCI artifacts.
+func TestBytesPerNodeQuota(t *testing.T) {
+	e := setup(t)
+	e.node(t, "n1", nil)
+	one := e.public.MustPushRandom(t, "quota/one:1", 1<<20, 1)
+	two := e.public.MustPushRandom(t, "quota/two:1", 3<<19, 1)
+	three := e.public.MustPushRandom(t, "quota/three:1", 1<<20, 1)
+	art, err := testground.Artifact("application/vnd.example.model.v1", []testground.File{{Path: "w.bin", Mode: 0o644, Data: testground.RandomBytes(64 << 10)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	model, err := e.public.PushImage("quota/model:1", art)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mustCreate(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "quota", Labels: map[string]string{prepullv1.PolicyLabel: "quota"}}})
+	e.mustCreate(t, &prepullv1.PrePullPolicy{ObjectMeta: metav1.ObjectMeta{Name: "quota"}, Spec: prepullv1.PrePullPolicySpec{
+		Archives: &prepullv1.ArchiveGrant{},
+		Quotas:   prepullv1.PolicyQuotas{BytesPerNode: ptr.To(resource.MustParse("3Mi"))},
+	}})
+
+	first := list("quota", "first", one.Tag, model.Tag)
+	e.mustCreate(t, first)
+	sized := func(l *prepullv1.PrePullList, n int) {
+		t.Helper()
+		eventually(t, "list "+l.Name+" sized", func() error {
+			got := e.getList(t, l)
+			for _, img := range got.Status.Images {
+				if img.Bytes == 0 {
+					return fmt.Errorf("%s: no bytes: %+v %+v", img.Image, got.Status.Images, condition(got, prepullv1.ConditionDegraded))
+				}
+			}
+			if len(got.Status.Images) != n {
+				return fmt.Errorf("%d images", len(got.Status.Images))
+			}
+			return nil
+		})
+	}
+	sized(first, 2)
+	for _, img := range e.getList(t, first).Status.Images {
+		want := ""
+		if img.Image == model.Tag {
+			want = "application/vnd.example.model.v1"
+		}
+		if img.ArtifactType != want {
+			t.Errorf("%s: artifactType %q, want %q", img.Image, img.ArtifactType, want)
+		}
+		if img.Image == one.Tag && (img.Bytes < 1<<20 || img.Bytes > 5<<19) {
+			t.Errorf("%s: %d bytes for about 1 MiB of layers", img.Image, img.Bytes)
+		}
+	}
+	time.Sleep(time.Until(e.getList(t, first).CreationTimestamp.Add(1100 * time.Millisecond)))
+	second := list("quota", "second", two.Tag, one.Tag)
+	e.mustCreate(t, second)
+	sized(second, 2)
+	time.Sleep(time.Until(e.getList(t, second).CreationTimestamp.Add(1100 * time.Millisecond)))
+
+	// first and second hold about 2.6 MiB (one counted once); three
+	// would take the node past 3 MiB.
+	third := list("quota", "third", three.Tag)
+	e.mustCreate(t, third)
+	e.refusedFor(t, third, "spec.quotas.bytesPerNode: PrePullPolicy quota lets namespace quota hold 3Mi on a node: its older lists hold 2.")
+	if en := e.entry("n1", three.Digest); en != nil {
+		t.Errorf("the list past the quota placed its image: %+v", en)
+	}
+	for _, l := range []*prepullv1.PrePullList{first, second} {
+		if c := condition(e.getList(t, l), prepullv1.ConditionDegraded); c != nil && c.Reason == prepullv1.ReasonPolicyRefused {
+			t.Errorf("older list %s refused: %+v", l.Name, c)
+		}
+	}
+	for _, d := range []string{one.Digest, two.Digest, model.Digest} {
+		if en := e.entry("n1", d); en == nil {
+			t.Errorf("%s not on the node", d)
+		}
+	}
+
+	// An archive's images are not read by the controller: not sized.
+	packed := withArchive(list("quota", "packed", e.public.Host+"/quota/packed:1"), prepullv1.ArchiveSource{URL: "http://files.example/p.tar", SHA256: strings.Repeat("b", 64)})
+	e.mustCreate(t, packed)
+	e.refusedFor(t, packed, "the controller cannot size "+e.public.Host+"/quota/packed:1: resolved on nodes")
+
+	// Deleting second makes room: third is served.
+	if err := e.c.Delete(ctx, second); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "third served once second is deleted", func() error {
+		if en := e.entry("n1", three.Digest); en == nil {
+			return fmt.Errorf("not on the node; status %+v", condition(e.getList(t, third), prepullv1.ConditionDegraded))
+		}
+		return nil
+	})
+}
+
+// TestListSaysWhereItsPrivateImagesAreOpen: a list with pull secrets says,
+// from what each selected node's agent read of its kubelet, whether pods
+// there may run its private images without credentials, naming the nodes.
+func TestListSaysWhereItsPrivateImagesAreOpen(t *testing.T) {
+	e := setup(t)
+	ns := e.namespace(t, "exposed")
+	pool := map[string]string{"pool": "exposed"}
+	e.node(t, "open-1", pool)
+	e.node(t, "strict-1", pool)
+	private := e.private.MustPushRandom(t, "exposed/app:v1", 1024, 1)
+	public := e.public.MustPushRandom(t, "exposed/tool:v1", 1024, 1)
+	cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"s3cret"}}}`, e.private.Host)
+	e.mustCreate(t, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
+	})
+	withSecret := list(ns, "private", private.Tag)
+	withSecret.Spec.NodeSelector = selector(pool)
+	withSecret.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+	plain := list(ns, "public", public.Tag)
+	plain.Spec.NodeSelector = selector(pool)
+	for _, l := range []*prepullv1.PrePullList{withSecret, plain} {
+		l.Spec.Rollout.MaxConcurrentNodes = ptr.To(intstr.FromString("100%"))
+		e.mustCreate(t, l)
+	}
+	e.handed(t, "open-1", 2)
+	e.handed(t, "strict-1", 2)
+
+	open := func(l *prepullv1.PrePullList, status metav1.ConditionStatus, reason, says string) {
+		t.Helper()
+		eventually(t, fmt.Sprintf("%s %s %s", l.Name, prepullv1.ConditionPrivateImagesOpen, status), func() error {
+			c := condition(e.getList(t, l), prepullv1.ConditionPrivateImagesOpen)
+			if c == nil || c.Status != status || c.Reason != reason || !strings.Contains(c.Message, says) {
+				return fmt.Errorf("%+v", c)
+			}
+			return nil
+		})
+	}
+	open(withSecret, metav1.ConditionUnknown, prepullv1.ReasonKubeletPolicyUnknown, "no selected node's agent")
+	say := func(node, policy string) {
+		eventually(t, node+" says "+policy, func() error {
+			set, err := e.nodeSet(node)
+			if err != nil {
+				return err
+			}
+			set.Status.CredentialVerification = policy
+			return e.c.Status().Update(ctx, set)
+		})
+	}
+	say("open-1", "NeverVerifyPreloadedImages")
+	say("strict-1", "AlwaysVerify")
+	open(withSecret, metav1.ConditionTrue, prepullv1.ReasonKubeletDoesNotVerify, "on 1 of the selected nodes the kubelet lets any pod run the images present, this list's private ones included, without credentials: open-1 (NeverVerifyPreloadedImages)")
+	say("open-1", "AlwaysVerify")
+	open(withSecret, metav1.ConditionFalse, prepullv1.ReasonKubeletVerifies, "each of 2 selected nodes")
+	if c := condition(e.getList(t, plain), prepullv1.ConditionPrivateImagesOpen); c != nil {
+		t.Errorf("a list without pull secrets says %+v", c)
 	}
 }
