@@ -19,6 +19,9 @@ import (
 // it is among the most recently used.
 const describedDigests = 8192
 
+// emptyConfigAdvice is the warning of an artifact whose config is empty.
+const emptyConfigAdvice = "an OCI artifact with the empty config: made present and pinned, but containerd does not mount it as an image volume (no rootfs in its config); ship an image volume's files as an image-shaped artifact, with a config listing its layers"
+
 // describe reads at the registry, with l's credentials, what each digest
 // l is handed names (once per digest: descriptions are kept), and says in
 // images which are artifacts. When pol bounds bytes per node it also sizes
@@ -51,6 +54,9 @@ func (r *Reconciler) describe(ctx context.Context, l *prepullv1.PrePullList, pol
 	for i, t := range targets {
 		res := &images[at[t.image]]
 		res.ArtifactType = descs[i].ArtifactType
+		if descs[i].EmptyConfig && !strings.Contains(res.Warning, emptyConfigAdvice) {
+			res.Warning = strings.TrimPrefix(res.Warning+"; "+emptyConfigAdvice, "; ")
+		}
 		switch {
 		case !bound || (t.digest == "" && !t.probe):
 			if errs[i] != nil {

@@ -95,6 +95,10 @@ type Describer interface {
 type Description struct {
 	// ArtifactType is its artifact type, "" for an image.
 	ArtifactType string
+	// EmptyConfig says its config is the OCI empty descriptor: an
+	// artifact with no rootfs, which a runtime does not mount as an image
+	// volume.
+	EmptyConfig bool
 	// Bytes are its config and layers for its largest platform; 0 when
 	// not sized.
 	Bytes int64
@@ -131,7 +135,7 @@ func (r *RegistryResolver) Describe(ctx context.Context, digestRef string, creds
 		if err != nil {
 			return Description{}, fmt.Errorf("read %s: %w", digestRef, err)
 		}
-		return Description{ArtifactType: artifactType(m), Bytes: manifestBytes(m), Sized: true}, nil
+		return Description{ArtifactType: artifactType(m), EmptyConfig: m.Config.MediaType == emptyConfig, Bytes: manifestBytes(m), Sized: true}, nil
 	}
 	idx, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
 	if err != nil {
@@ -162,6 +166,9 @@ func (r *RegistryResolver) Describe(ctx context.Context, digestRef string, creds
 	out.Sized = true
 	return out, nil
 }
+
+// emptyConfig is the media type of the OCI empty descriptor.
+const emptyConfig = "application/vnd.oci.empty.v1+json"
 
 // artifactType is what m is when it is not an image: its artifactType,
 // else its config's media type unless that is an image config's.

@@ -231,6 +231,9 @@ func TestBytesPerNodeQuota(t *testing.T) {
 		if img.ArtifactType != want {
 			t.Errorf("%s: artifactType %q, want %q", img.Image, img.ArtifactType, want)
 		}
+		if mounts := !strings.Contains(img.Warning, "does not mount it as an image volume"); mounts != (want == "") {
+			t.Errorf("%s: warning %q", img.Image, img.Warning)
+		}
 		if img.Image == one.Tag && (img.Bytes < 1<<20 || img.Bytes > 5<<19) {
 			t.Errorf("%s: %d bytes for about 1 MiB of layers", img.Image, img.Bytes)
 		}
