@@ -31,12 +31,15 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
@@ -521,6 +524,7 @@ func TestANamespaceActsOnlyWithinItsGrant(t *testing.T) {
 		Repositories: []string{mine},
 		Archives:     &prepullv1.ArchiveGrant{Repositories: []string{mine}},
 		NodeGate:     &prepullv1.NodeGateGrant{MaxTimeout: &metav1.Duration{Duration: 2 * time.Minute}},
+		Quotas:       prepullv1.PolicyQuotas{BytesPerNode: ptr.To(resource.MustParse("2Mi"))},
 	}}
 	namespace := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: tenant, Labels: map[string]string{prepullv1.PolicyLabel: tenant}}}
 	for _, o := range []client.Object{pol, namespace} {
@@ -586,6 +590,29 @@ func TestANamespaceActsOnlyWithinItsGrant(t *testing.T) {
 		if present := err == nil; present != (i == 0) {
 			t.Errorf("%s (pool %s): %s present %t", n.Name, pools[n.Name], tag, present)
 		}
+	}
+
+	// 1 MiB held; 2 MiB more would take the node past the 2Mi quota.
+	big, _ := push(t, tenant+"/big:1", 2<<20, cluster.RegistryHost)
+	over := newList("over", nil, big)
+	if err := cl.Create(ctx, over); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteList(t, over) })
+	testground.Eventually(t, time.Minute, "the list past bytesPerNode refused", func() error {
+		got := &prepullv1.PrePullList{}
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(over), got); err != nil {
+			return err
+		}
+		c := meta.FindStatusCondition(got.Status.Conditions, prepullv1.ConditionDegraded)
+		if c == nil || c.Reason != prepullv1.ReasonPolicyRefused || !strings.Contains(c.Message, "spec.quotas.bytesPerNode: PrePullPolicy tenant-a lets namespace tenant-a hold 2Mi on a node") {
+			return fmt.Errorf("degraded: %+v", c)
+		}
+		return nil
+	})
+	waitReady(t, l, 1)
+	if _, err := images(t, nodes[0]).ImageStatus(ctx, big); err == nil {
+		t.Errorf("%s: the refused list's %s is present", nodes[0].Name, big)
 	}
 }
 
