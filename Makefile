@@ -19,7 +19,7 @@ help: ## List the targets.
 ##@ Test ground
 
 .PHONY: testground
-testground: deps envtest-assets containerd clients plugins ## Install and build everything the tests run (root on a fresh Debian machine).
+testground: deps envtest-assets containerd clients plugins stargz ## Install and build everything the tests run (root on a fresh Debian machine).
 
 .PHONY: deps
 deps: ## Install runc, the CNI plugins, the registry and iptables from Debian when missing.
@@ -42,6 +42,10 @@ clients: ## Build the pinned kubectl and helm into bin/ (the chart's tests, the 
 .PHONY: plugins
 plugins: ## Build the pinned ecr-credential-provider into bin/ (credprovider's tests).
 	hack/build-tool.sh ecr-credential-provider
+
+.PHONY: stargz
+stargz: ## Build containerd-stargz, the stargz lazy-pulling snapshotter, into bin/ (the agent's tests on a lazy snapshotter).
+	hack/build-tool.sh stargz
 
 .PHONY: containerd
 containerd: ## Build the pinned containerd, ctr and containerd-shim-runc-v2 into bin/.

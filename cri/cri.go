@@ -286,6 +286,22 @@ type RegistryReader interface {
 	Signatures(ctx context.Context, digestRef string, auth *Auth) ([]verify.Signature, error)
 }
 
+// RemoteSnapshotLabel is the label a lazy-pulling snapshotter (stargz,
+// SOCI) sets on a snapshot it mounts from the registry instead of
+// unpacking, fetching its content on first read.
+const RemoteSnapshotLabel = "containerd.io/snapshot/remote"
+
+// LayerInspector is a Store that can tell whether an image's layers are
+// on the node: unpacked, or only mounted from the registry by a
+// lazy-pulling snapshotter.
+type LayerInspector interface {
+	// RemoteLayers counts the layers, for the node's platform, of the
+	// image ref names, and those of them whose snapshot in the CRI
+	// plugin's snapshotter carries RemoteSnapshotLabel. It also names the
+	// snapshotter.
+	RemoteLayers(ctx context.Context, ref string) (remote, total int, snapshotter string, err error)
+}
+
 // PinLister is a Store that can list every reference carrying pin owners, so
 // that an agent can take off pins whose owners it no longer knows of (the
 // list went while the agent was away).

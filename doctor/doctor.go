@@ -136,6 +136,9 @@ func (n Node) containerd(add adder, name string, v *version.Version) {
 	case "native":
 		add(CheckSnapshotter, prepullv1.CheckWarn, "snapshotter native: every layer is copied in full when unpacked, so each pre-pulled image costs its whole size again on disk and in time",
 			"use overlayfs (snapshotter = \"overlayfs\" in "+where+")")
+	case "stargz", "soci", "nydus", "overlaybd":
+		add(CheckSnapshotter, prepullv1.CheckWarn, "snapshotter "+cfg.Snapshotter+" pulls lazily: an image published for it (eStargz, a SOCI index, …) is mounted from its registry and fetched on first read, so prepull reports such an image Lazy, not Present — pods of it need the registry until then; other images it unpacks in full",
+			"for nodes that must start pods without a registry, publish their images without a lazy-loading index, or use overlayfs (snapshotter in "+where+")")
 	default:
 		add(CheckSnapshotter, prepullv1.CheckPass, "snapshotter "+cfg.Snapshotter, "")
 	}

@@ -9,6 +9,7 @@
 #   hack/build-tool.sh controller-gen  controller-gen, which generates CRDs and deepcopy code
 #   hack/build-tool.sh helm            helm, which lints, renders and installs the chart
 #   hack/build-tool.sh ecr-credential-provider  the EKS kubelet credential provider plugin, for credprovider's tests
+#   hack/build-tool.sh stargz          containerd-stargz, the stargz lazy-pulling snapshotter served for containerd (the agent's tests)
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,7 +19,8 @@ mod="$root/hack/tools/$tool"
 [[ -f "$mod/go.mod" ]] || { echo "build-tool: unknown tool $tool" >&2; exit 2; }
 out="$root/bin"
 mkdir -p "$out"
-stamp_of() { cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16; }
+# A tool's own program (main.go, beside go.mod) counts too.
+stamp_of() { cat "$mod/go.mod" "$mod/go.sum" $(ls "$mod"/main.go 2>/dev/null) | sha256sum | cut -c1-16; }
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
 # build PKG OUTPUT LDFLAGS [TAGS]
@@ -67,6 +69,9 @@ controller-gen)
 	;;
 ecr-credential-provider)
 	build k8s.io/cloud-provider-aws/cmd/ecr-credential-provider ecr-credential-provider ""
+	;;
+stargz)
+	build . containerd-stargz ""
 	;;
 helm)
 	v="$(version_of helm.sh/helm/v3)"

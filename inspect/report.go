@@ -149,7 +149,7 @@ func listReport(l *prepullv1.PrePullList, sets []prepullv1.NodeImageSet, now tim
 					}
 				}
 				r.Pulling = append(r.Pulling, p)
-			case prepullv1.PhaseFailed:
+			case prepullv1.PhaseFailed, prepullv1.PhaseLazy:
 				failures = append(failures, prepullv1.NodeFailure{Node: s.Name, Image: image, Reason: st.Reason, Message: st.LastError})
 			}
 		}

@@ -72,7 +72,7 @@ type NodeImageSetSpec struct {
 }
 
 // ImagePhase is where one image stands on one node.
-// +kubebuilder:validation:Enum=Pending;Pulling;Present;Failed;Released
+// +kubebuilder:validation:Enum=Pending;Pulling;Present;Lazy;Failed;Released
 type ImagePhase string
 
 const (
@@ -83,6 +83,12 @@ const (
 	// PhasePresent: present at the digest, with every tag naming it, pinned
 	// if any owner wants it pinned.
 	PhasePresent ImagePhase = "Present"
+	// PhaseLazy: the runtime lists the image, but some of its layers are
+	// remote snapshots of a lazy-pulling snapshotter (stargz, SOCI) that
+	// fetches their content on first read: a container of it needs the
+	// registry until then. It does not count as Present; the controller
+	// reports it as a node's failure, with the agent's advice.
+	PhaseLazy ImagePhase = "Lazy"
 	// PhaseFailed: the backoff limit was reached; lastError says why.
 	PhaseFailed ImagePhase = "Failed"
 	// PhaseReleased: every owner is releasing and the agent applied their

@@ -38,7 +38,7 @@ func runAgent(ctx context.Context, args []string) error {
 
 	// The runtime may start after the agent; readiness says so until it
 	// answers. Until then, assume containerd, the default endpoint's runtime.
-	opts.RegistryHosts = registryHosts(opts.ContainerdConfig)
+	opts.RegistryHosts, opts.Snapshotter = containerdSettings(opts.ContainerdConfig)
 	rt, err := dialRuntime(ctx, opts.RuntimeOptions, "containerd")
 	if err != nil {
 		return err
@@ -172,29 +172,34 @@ func openStore(name string, opts RuntimeOptions) (cri.Store, func(), error) {
 	if addr == "" {
 		addr = opts.CRIEndpoint
 	}
-	s, err := containerd.New(addr, containerd.WithTimeout(opts.CallTimeout), containerd.WithRegistryHosts(opts.RegistryHosts))
+	copts := []containerd.Option{containerd.WithTimeout(opts.CallTimeout), containerd.WithRegistryHosts(opts.RegistryHosts)}
+	if opts.Snapshotter != "" {
+		copts = append(copts, containerd.WithSnapshotter(opts.Snapshotter))
+	}
+	s, err := containerd.New(addr, copts...)
 	if err != nil {
 		return nil, nil, err
 	}
 	return s, func() { s.Close() }, nil
 }
 
-// registryHosts is the directory of hosts.toml files that containerd's CRI
-// plugin reads, as the containerd configuration file at path sets it: the
-// first of registry.config_path's directories, or containerd's default.
-// "" when the file cannot be read.
-func registryHosts(path string) string {
+// containerdSettings are, as the containerd configuration file at path
+// sets them, the directory of hosts.toml files that containerd's CRI
+// plugin reads (the first of registry.config_path's directories, or
+// containerd's default) and the CRI plugin's snapshotter; "" when the file
+// cannot be read.
+func containerdSettings(path string) (hosts, snapshotter string) {
 	if path == "" {
-		return ""
+		return "", ""
 	}
 	cfg, err := doctor.ReadContainerdConfig(path)
 	if err != nil {
-		ctrl.Log.Info("containerd's configuration cannot be read: what the agent reads from registries itself (an image's size, a resolved tag's signatures) it reads from each registry at its own name", "path", path, "error", err.Error())
-		return ""
+		ctrl.Log.Info("containerd's configuration cannot be read: what the agent reads from registries itself (an image's size, a resolved tag's signatures) it reads from each registry at its own name, and it takes the snapshotter for overlayfs", "path", path, "error", err.Error())
+		return "", ""
 	}
 	dirs := cmp.Or(cfg.ConfigPath, doctor.DefaultConfigPath)
 	first, _, _ := strings.Cut(dirs, ":")
-	return first
+	return first, cfg.Snapshotter
 }
 
 // runtimeReady fails while the runtime does not answer CRI calls.

@@ -148,8 +148,9 @@ func TestAgentReadinessFollowsTheRuntime(t *testing.T) {
 }
 
 // The agent reaches registries for an image's size through the hosts.toml
-// directory containerd's CRI plugin reads.
-func TestRegistryHosts(t *testing.T) {
+// directory containerd's CRI plugin reads, and looks images' layers up in
+// its snapshotter.
+func TestContainerdSettings(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, body string) string {
 		p := filepath.Join(dir, name)
@@ -159,17 +160,18 @@ func TestRegistryHosts(t *testing.T) {
 		return p
 	}
 	tests := []struct {
-		name, path, want string
+		name, path, want, snapshotter string
 	}{
-		{name: "config_path set", path: write("set.toml", "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/srv/certs.d:/etc/docker/certs.d'\n"), want: "/srv/certs.d"},
-		{name: "config_path unset: containerd's default", path: write("unset.toml", "version = 3\n"), want: "/etc/containerd/certs.d"},
-		{name: "no configuration file", path: filepath.Join(dir, "absent.toml"), want: ""},
-		{name: "none given", path: "", want: ""},
+		{name: "config_path set", path: write("set.toml", "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/srv/certs.d:/etc/docker/certs.d'\n"), want: "/srv/certs.d", snapshotter: "overlayfs"},
+		{name: "config_path unset: containerd's default", path: write("unset.toml", "version = 3\n"), want: "/etc/containerd/certs.d", snapshotter: "overlayfs"},
+		{name: "a lazy snapshotter", path: write("stargz.toml", "version = 3\n[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'stargz'\n"), want: "/etc/containerd/certs.d", snapshotter: "stargz"},
+		{name: "no configuration file", path: filepath.Join(dir, "absent.toml")},
+		{name: "none given", path: ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := registryHosts(tt.path); got != tt.want {
-				t.Errorf("registryHosts(%q) = %q, want %q", tt.path, got, tt.want)
+			if hosts, sn := containerdSettings(tt.path); hosts != tt.want || sn != tt.snapshotter {
+				t.Errorf("containerdSettings(%q) = %q, %q, want %q, %q", tt.path, hosts, sn, tt.want, tt.snapshotter)
 			}
 		})
 	}

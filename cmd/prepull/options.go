@@ -163,6 +163,10 @@ type RuntimeOptions struct {
 	// resolved tag's signatures); the
 	// agent takes it from containerd's configuration, not from a flag.
 	RegistryHosts string
+	// Snapshotter is the CRI plugin's snapshotter, from containerd's
+	// configuration: imports unpack with it, and an image's layers are
+	// looked up in it (a lazy-pulling snapshotter leaves them remote).
+	Snapshotter string
 }
 
 func newRuntimeOptions() RuntimeOptions {

@@ -50,6 +50,10 @@ func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *
 	}
 	got, err := r.runtime(e).Make(ctx, img, want)
 	tagsTotal.Add(float64(len(got.Retagged)))
+	lazy := ""
+	if err == nil {
+		lazy = r.lazy(ctx, e.Image)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st.digest, st.pinned, st.pinOwners = got.Digest, got.Pinned, got.Owners
@@ -68,6 +72,8 @@ func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *
 		st.verifiedAt = time.Time{}
 	}
 	switch {
+	case err == nil && lazy != "":
+		st.to(prepullv1.PhaseLazy, ReasonLazy, lazy, now)
 	case err == nil:
 		st.to(prepullv1.PhasePresent, "", "", now)
 	case errors.Is(err, cri.ErrUnsupported), errors.Is(err, present.ErrTagElsewhere), errors.Is(err, errTagHeld):

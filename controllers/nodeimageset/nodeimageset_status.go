@@ -23,11 +23,10 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := prepullv1.NodeImageSetStatus{
-		ObservedGeneration: set.Generation,
-		Runtime:            r.Runtime,
-		ImageFilesystem:    r.fs.DeepCopy(),
-		Checks:             slices.Clone(r.checks),
-
+		ObservedGeneration:     set.Generation,
+		Runtime:                r.Runtime,
+		ImageFilesystem:        r.fs.DeepCopy(),
+		Checks:                 slices.Clone(r.checks),
 		CredentialVerification: r.verifies,
 	}
 	var present, pinned int
@@ -39,12 +38,8 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 			continue
 		}
 		since := s.since
-		var pulledAt *metav1.Time
-		if !s.pulledAt.IsZero() {
-			pulledAt = &metav1.Time{Time: s.pulledAt}
-		}
 		rep := prepullv1.NodeImageStatus{
-			PulledAt:           pulledAt,
+			PulledAt:           timeOrNil(s.pulledAt),
 			ImportedFrom:       s.importedFrom,
 			Credentials:        s.credentials,
 			Image:              e.Image,
@@ -223,4 +218,12 @@ func (r *Reconciler) PrivateImages() []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// timeOrNil is t for a status, nil when zero.
+func timeOrNil(t time.Time) *metav1.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &metav1.Time{Time: t}
 }

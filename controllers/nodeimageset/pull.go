@@ -31,7 +31,7 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time, absent b
 	if st.phase == prepullv1.PhaseFailed && st.failedSpec == key {
 		return
 	}
-	if st.phase == prepullv1.PhaseFailed || st.phase == prepullv1.PhasePresent || st.phase == prepullv1.PhaseReleased {
+	if st.phase == prepullv1.PhaseFailed || st.phase == prepullv1.PhasePresent || st.phase == prepullv1.PhaseLazy || st.phase == prepullv1.PhaseReleased {
 		// A changed spec after a failure, or an image gone from under us:
 		// start over.
 		st.attempts, st.failedSpec, st.nextTry = 0, "", time.Time{}

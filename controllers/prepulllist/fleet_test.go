@@ -418,3 +418,31 @@ func TestRunOverSharedSpecs(t *testing.T) {
 		}
 	}
 }
+
+// A node whose agent reports an image Lazy (its layers left remote by a
+// lazy-pulling snapshotter) is settled for the rollout and counted as that
+// image's failure with the agent's reason, never ready.
+func TestALazyImageIsANodesFailureNotReady(t *testing.T) {
+	const list = "ns/a"
+	w, err := parseWant("r/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tt := target{want: w, digest: "sha256:2"}
+	tt.share()
+	image := tt.ref()
+	handed := &prepullv1.NodeImageSetSpec{Images: []prepullv1.NodeImage{
+		{Image: image, Owners: []prepullv1.ImageOwner{{List: list, Tags: tt.tags}}},
+	}}
+	rs := reports{listed: []report{{image: image, phase: prepullv1.PhaseLazy,
+		extra: &reportExtra{reason: "LazySnapshotter", message: "1 of the image's 1 layers are remote snapshots"}}}}
+	n := &node{name: "n1", selected: true, spec: spec{own: handed}, batched: rs, latest: rs}
+	p := &plan{owner: prepullv1.ImageOwner{List: list}, targets: []target{tt}, maxConcurrent: 1}
+	if !p.settled(n, p.targets) {
+		t.Errorf("a Lazy image is not settled: the rollout would wait on it for ever")
+	}
+	out := p.run([]*node{n})
+	if out.nodes.Ready != 0 || out.nodes.Failed != 1 || len(out.failures) != 1 || out.failures[0].Reason != "LazySnapshotter" {
+		t.Errorf("outcome %+v, failures %+v: want the node failed with LazySnapshotter", out.nodes, out.failures)
+	}
+}

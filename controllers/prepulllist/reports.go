@@ -51,6 +51,12 @@ func (rs reports) find(ref string) *report {
 	return search(rs.planned, ref)
 }
 
+// settled reports whether the node is done with the image: Present, or
+// Failed, or Lazy (a lazy snapshotter's, which the agent cannot change).
+func (r *report) settled() bool {
+	return r != nil && (r.phase == prepullv1.PhasePresent || r.phase == prepullv1.PhaseFailed || r.phase == prepullv1.PhaseLazy)
+}
+
 // pinnedBy reports whether list's pin is on the image.
 func (r *report) pinnedBy(list string) bool {
 	for o := range strings.SplitSeq(r.pins, ",") {
@@ -126,7 +132,7 @@ func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
 	for _, st := range set.Status.Images {
 		rep := report{image: intern(st.Image), phase: internPhase(st.Phase), pins: pinsOf(st.PinOwners)}
 		tagEntry := !strings.Contains(st.Image, "@")
-		if tagEntry || st.Phase == prepullv1.PhaseFailed {
+		if tagEntry || st.Phase == prepullv1.PhaseFailed || st.Phase == prepullv1.PhaseLazy {
 			rep.extra = &reportExtra{digest: st.Digest, pulledAt: st.PulledAt, reason: st.Reason, message: st.LastError}
 		}
 		rs.listed = append(rs.listed, rep)
@@ -170,7 +176,7 @@ func intern(s string) string { return unique.Make(s).Value() }
 
 func internPhase(p prepullv1.ImagePhase) prepullv1.ImagePhase {
 	switch p {
-	case prepullv1.PhasePending, prepullv1.PhasePulling, prepullv1.PhasePresent, prepullv1.PhaseFailed, prepullv1.PhaseReleased:
+	case prepullv1.PhasePending, prepullv1.PhasePulling, prepullv1.PhasePresent, prepullv1.PhaseLazy, prepullv1.PhaseFailed, prepullv1.PhaseReleased:
 		return prepullv1.ImagePhase(intern(string(p)))
 	}
 	return p

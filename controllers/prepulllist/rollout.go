@@ -207,7 +207,7 @@ func (p *plan) othersPulling(n *node) bool {
 			if o.List == p.owner.List || o.Releasing {
 				continue
 			}
-			if st := n.batched.find(e.Image); st == nil || (st.phase != prepullv1.PhasePresent && st.phase != prepullv1.PhaseFailed) {
+			if st := n.batched.find(e.Image); !st.settled() {
 				return true
 			}
 			break
@@ -237,11 +237,10 @@ func (p *plan) handed(n *node, targets []target) bool {
 	return true
 }
 
-// settled reports whether every resolved target is Present or Failed on n.
+// settled reports whether every resolved target is settled on n.
 func (p *plan) settled(n *node, targets []target) bool {
 	for _, t := range targets {
-		st := n.batched.find(t.ref())
-		if st == nil || (st.phase != prepullv1.PhasePresent && st.phase != prepullv1.PhaseFailed) {
+		if !n.batched.find(t.ref()).settled() {
 			return false
 		}
 	}
@@ -364,7 +363,8 @@ func (p *plan) observe(n *node, targets []target, handed bool, wanted int, out *
 			ready = false
 		case st.phase == prepullv1.PhasePresent:
 			res.ready++
-		case st.phase == prepullv1.PhaseFailed:
+		case st.phase == prepullv1.PhaseFailed || st.phase == prepullv1.PhaseLazy:
+			// Lazy: listed, but its layers are fetched on first read.
 			res.failed++
 			failed, ready = true, false
 			f := prepullv1.NodeFailure{Node: n.name, Image: t.image}

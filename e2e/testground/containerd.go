@@ -25,6 +25,9 @@ type Containerd struct {
 	config  string
 	logPath string
 	proc    *process
+	// Snapshotter, when set, is the CRI plugin's snapshotter (another than
+	// overlayfs, e.g. Stargz.Config's): Clients' Store uses it.
+	Snapshotter string
 }
 
 // StartContainerd starts a containerd for the test; it stops when the test
@@ -199,7 +202,11 @@ func (c *Containerd) Clients(t testing.TB) (*cri.Remote, *containerd.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { images.Close() })
-	store, err := containerd.New(c.Socket, containerd.WithRegistryHosts(filepath.Join(c.Dir, "certs.d")))
+	opts := []containerd.Option{containerd.WithRegistryHosts(filepath.Join(c.Dir, "certs.d"))}
+	if c.Snapshotter != "" {
+		opts = append(opts, containerd.WithSnapshotter(c.Snapshotter))
+	}
+	store, err := containerd.New(c.Socket, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
