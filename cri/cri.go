@@ -302,6 +302,29 @@ type LayerInspector interface {
 	RemoteLayers(ctx context.Context, ref string) (remote, total int, snapshotter string, err error)
 }
 
+// Fetcher opens a blob, by digest ("sha256:…"), from outside the runtime
+// (a peer); size is what its descriptor says, -1 when not known.
+type Fetcher func(ctx context.Context, digest string, size int64) (io.ReadCloser, error)
+
+// PeerStore is a Store that can serve the images it holds to peers and
+// make an image present from blobs a peer serves.
+type PeerStore interface {
+	// FetchImage makes the image digestRef names present — unpacked for
+	// the node's platform and named digestRef — from the blobs fetch
+	// opens: its manifest (an index, and its manifest for the node's
+	// platform), config and layers, those the content store lacks. Each
+	// blob is checked against its digest (and size) as it is written; one
+	// that does not match is ErrCorrupt, and nothing of it is kept.
+	FetchImage(ctx context.Context, digestRef string, fetch Fetcher) error
+	// OpenBlob opens, for a peer, a blob of the image digestRef names:
+	// ErrNotFound when the node holds no such image or the blob is none
+	// of its own.
+	OpenBlob(ctx context.Context, digestRef, digest string) (io.ReadCloser, int64, error)
+}
+
+// ErrCorrupt means bytes did not match the digest they were fetched by.
+var ErrCorrupt = errors.New("the bytes do not match their digest")
+
 // PinLister is a Store that can list every reference carrying pin owners, so
 // that an agent can take off pins whose owners it no longer knows of (the
 // list went while the agent was away).

@@ -78,6 +78,15 @@ func Repository(ref string) (string, error) {
 	return named.Name(), nil
 }
 
+// Host is the registry host of ref, e.g. "docker.io".
+func Host(ref string) (string, error) {
+	named, err := parse(ref)
+	if err != nil {
+		return "", err
+	}
+	return reference.Domain(named), nil
+}
+
 // MaxLength is the longest reference prepull takes, as its API does.
 const MaxLength = 255
 

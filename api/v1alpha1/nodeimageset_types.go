@@ -131,6 +131,15 @@ type NodeImageStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	ImportedFrom string `json:"importedFrom,omitempty"`
+	// source is where the image's bytes last came from: Registry (a pull
+	// through the runtime), Peer (another node's agent; peer names it),
+	// or Archive (an import). Empty when the node held it already.
+	// +optional
+	Source ImageFetchSource `json:"source,omitempty"`
+	// fetchedFrom is the node the image was fetched from, with source Peer.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	FetchedFrom string `json:"fetchedFrom,omitempty"`
 	// credentials is the kind of credentials the image was last pulled
 	// with (never the credentials): PullSecret (a list's), or
 	// CredentialProvider (the node's kubelet credential provider plugins);
@@ -156,6 +165,17 @@ type NodeImageStatus struct {
 	// +optional
 	Signature *SignatureStatus `json:"signature,omitempty"`
 }
+
+// ImageFetchSource is where an image's bytes came from.
+// +kubebuilder:validation:Enum=Registry;Peer;Archive
+type ImageFetchSource string
+
+// Sources of an image's bytes.
+const (
+	FetchedFromRegistry ImageFetchSource = "Registry"
+	FetchedFromPeer     ImageFetchSource = "Peer"
+	FetchedFromArchive  ImageFetchSource = "Archive"
+)
 
 // CredentialKind is where an image's pull credentials came from.
 // +kubebuilder:validation:Enum=PullSecret;CredentialProvider
@@ -206,6 +226,10 @@ type NodeImageSetStatus struct {
 	// imageFilesystem is the usage of the node's image filesystem.
 	// +optional
 	ImageFilesystem *ImageFilesystem `json:"imageFilesystem,omitempty"`
+	// peer is where the node's agent serves the images it holds to peers,
+	// when peers are on.
+	// +optional
+	Peer *Peer `json:"peer,omitempty"`
 	// credentialVerification is the node's kubelet's
 	// imagePullCredentialsVerificationPolicy as the agent read it from
 	// the kubelet's configuration: NeverVerifyPreloadedImages (also when

@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/fields"
+	authenticationv1client "k8s.io/client-go/kubernetes/typed/authentication/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
@@ -21,6 +23,7 @@ import (
 	"prepull.io/prepull/cri/containerd"
 	"prepull.io/prepull/doctor"
 	"prepull.io/prepull/nodeauth"
+	"prepull.io/prepull/peer"
 )
 
 func runAgent(ctx context.Context, args []string) error {
@@ -73,6 +76,9 @@ func runAgent(ctx context.Context, args []string) error {
 		Archives:           opts.archives(),
 	}
 	if err := agentCredentials(r, opts, mgr.GetAPIReader()); err != nil {
+		return err
+	}
+	if err := servePeers(mgr, r, opts); err != nil {
 		return err
 	}
 	checks := checkNode(rt, opts.CheckOptions, diskBudget)
@@ -212,4 +218,37 @@ func runtimeReady(images cri.ImageService) healthz.Checker {
 		}
 		return nil
 	}
+}
+
+// servePeers, with --peer-address, makes r fetch from peer agents first
+// and serves the node's images to them over TLS, with a certificate made
+// now and published in the node's status.
+func servePeers(mgr ctrl.Manager, r *nodeimageset.Reconciler, opts *AgentOptions) error {
+	if opts.PeerAddress == "" {
+		return nil
+	}
+	store, ok := r.Store.(cri.PeerStore)
+	if !ok {
+		ctrl.Log.Info("The runtime is not containerd: peers are off", "runtime", r.Runtime)
+		return nil
+	}
+	id, err := peer.NewIdentity(opts.PeerAddress)
+	if err != nil {
+		return fmt.Errorf("--peer-address: %w", err)
+	}
+	reviews, err := authenticationv1client.NewForConfig(mgr.GetConfig())
+	if err != nil {
+		return err
+	}
+	r.Peers = &nodeimageset.Peers{
+		Self:   prepullv1.Peer{Node: opts.NodeName, Address: opts.PeerAddress, CertSHA256: id.SHA256},
+		Client: &peer.Client{TokenPath: opts.NodeToken},
+		Routes: mgr.GetAPIReader(),
+	}
+	reviewer := &nodeauth.Reviewer{Reviews: reviews.TokenReviews(),
+		Agent: "system:serviceaccount:" + opts.Namespace + ":prepull-agent"}
+	srv := peer.NewServer(store, reviewer, r.PeerWants, opts.PeerMaxServing)
+	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		return peer.Serve(ctx, opts.PeerAddress, id, srv)
+	}))
 }

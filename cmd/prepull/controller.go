@@ -36,6 +36,10 @@ func runController(ctx context.Context, args []string) error {
 		insecure[h] = true
 	}
 	gates := nodegate.NewBook()
+	routing, err := opts.routing()
+	if err != nil {
+		return err
+	}
 	r := &prepulllist.Reconciler{
 		Namespace:      opts.Namespace,
 		Resolver:       &prepulllist.RegistryResolver{Insecure: insecure, Timeout: opts.ResolveTimeout},
@@ -44,6 +48,7 @@ func runController(ctx context.Context, args []string) error {
 		Signatures:     &verify.Registry{Insecure: insecure, Timeout: opts.ResolveTimeout},
 		Gates:          gates,
 		StartupTaint:   opts.StartupTaint,
+		Peers:          routing,
 	}
 	mgr, err := newManager(ctx, opts.ServeOptions, ctrl.Options{
 		LeaderElection:          opts.LeaderElect,

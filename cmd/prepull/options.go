@@ -93,12 +93,19 @@ type ControllerOptions struct {
 	// StartupTaint is the key of the taint that gating lists hold nodes
 	// with.
 	StartupTaint string
+	// Peers routes images between nodes (their agents' --peer-address):
+	// PeerSeeds nodes per image fetch it from its registry, the others
+	// from them, within RegistryBudgets ("host=concurrent/perHour").
+	Peers           bool
+	PeerSeeds       int
+	RegistryBudgets []string
 }
 
 // NewControllerOptions returns the defaults.
 func NewControllerOptions() *ControllerOptions {
 	return &ControllerOptions{ServeOptions: newServeOptions(":8080", ":8081"), LeaderElect: true, ResolveTimeout: 30 * time.Second,
-		StartupTaint: prepullv1.DefaultStartupTaint, SecretPoll: prepulllist.DefaultSecretPoll, EndpointAddr: ":8443", Gate: "taint"}
+		StartupTaint: prepullv1.DefaultStartupTaint, SecretPoll: prepulllist.DefaultSecretPoll, EndpointAddr: ":8443", Gate: "taint",
+		PeerSeeds: 1, RegistryBudgets: []string{"docker.io=4/10"}}
 }
 
 // AddFlags defines the flags on fs.
@@ -114,6 +121,9 @@ func (o *ControllerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.EndpointAddr, "endpoint-bind-address", o.EndpointAddr, `where the leader serves agents the pull credentials of their own node's images, over TLS; "0" turns it off`)
 	fs.StringSliceVar(&o.TokenAudiences, "token-audiences", o.TokenAudiences, "audiences of the nodes' credential provider plugins that take a service-account token (tokenAttributes): the endpoint makes tokens of a list's spec.serviceAccountName for these alone")
 	fs.StringVar(&o.EndpointAdvertise, "endpoint-advertise-address", o.EndpointAdvertise, "host:port agents reach the endpoint at, published in the ConfigMap prepull-endpoint (default: $POD_IP and the bind address's port)")
+	fs.BoolVar(&o.Peers, "peers", o.Peers, "route images between nodes: a few seed nodes fetch each image from its registry, the others from nodes that hold it (their agents' --peer-address), within the registry budgets")
+	fs.IntVar(&o.PeerSeeds, "peer-seeds", o.PeerSeeds, "nodes per image that fetch it from its registry while no node holds it")
+	fs.StringSliceVar(&o.RegistryBudgets, "registry-budget", o.RegistryBudgets, `a registry host's budget across the fleet, "host=concurrent/perHour" (0 unbounded; "*" is every other host's); the default keeps to Docker Hub's anonymous limit of 10 pulls an hour`)
 }
 
 // Validate reports every invalid flag at once.
@@ -124,6 +134,9 @@ func (o *ControllerOptions) Validate() error {
 	}
 	if o.EndpointAddr != "0" {
 		errs = append(errs, validAddr("endpoint-bind-address", o.EndpointAddr))
+	}
+	if _, err := o.routing(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.Gate != "taint" && o.Gate != "condition" {
 		errs = append(errs, fmt.Errorf("--gate: %q: must be taint or condition", o.Gate))
@@ -235,6 +248,11 @@ type AgentOptions struct {
 	// controller's, proving its node with the token at NodeToken) or
 	// "mirrors" (the mirrored Secrets, read directly).
 	Credentials, NodeToken string
+	// PeerAddress, when set, is where the agent serves its node's images
+	// to peer agents, and fetches from them first; PeerMaxServing bounds
+	// the blobs it serves at once.
+	PeerAddress    string
+	PeerMaxServing int
 }
 
 // CheckOptions are the files the doctor reads on a node, besides what the
@@ -274,6 +292,7 @@ func NewAgentOptions() *AgentOptions {
 		Credentials:        "endpoint",
 		NodeToken:          nodeauth.TokenPath,
 		CheckOptions:       CheckOptions{ContainerdConfig: "/etc/containerd/config.toml"},
+		PeerMaxServing:     4,
 	}
 }
 
@@ -291,6 +310,8 @@ func (o *AgentOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Credentials, "credentials", o.Credentials, `where pull credentials come from: "endpoint", the controller's, which serves this node's images' only (proving the node with --node-token), or "mirrors", the mirrored Secrets read directly (needs get on Secrets in the controller's namespace, every node's)`)
 	fs.StringVar(&o.NodeToken, "node-token", o.NodeToken, "the service-account token projected for the audience "+nodeauth.Audience+", which proves the node to the controller's endpoint")
 	fs.BoolVar(&o.CollectStrayPins, "collect-stray-pins", o.CollectStrayPins, "take off prepull pins whose owning list no longer wants the image on this node (turn off only when several agents share one runtime)")
+	fs.StringVar(&o.PeerAddress, "peer-address", o.PeerAddress, `where this agent serves its node's images to peer agents over TLS, and where they reach it, host:port (the pod's own address under the host network, e.g. [$(POD_IP)]:8085); with it the agent fetches images from peers first, as the controller routes them (its --peers); "" turns peers off`)
+	fs.IntVar(&o.PeerMaxServing, "peer-max-serving", o.PeerMaxServing, "blobs this agent serves to peers at once; a peer past it fetches from another holder")
 }
 
 // Validate reports every invalid flag at once.
@@ -360,4 +381,33 @@ func (o *ControllerOptions) endpointAdvertise() string {
 		return ""
 	}
 	return net.JoinHostPort(ip, port)
+}
+
+// routing is the controller's routing of images between nodes, nil when
+// --peers is off.
+func (o *ControllerOptions) routing() (*prepulllist.PeerRouting, error) {
+	if o.PeerSeeds < 1 {
+		return nil, fmt.Errorf("--peer-seeds: %d: must be at least 1", o.PeerSeeds)
+	}
+	p := &prepulllist.PeerRouting{Seeds: o.PeerSeeds, Budgets: map[string]prepulllist.RegistryBudget{}}
+	for _, b := range o.RegistryBudgets {
+		host, limits, ok := strings.Cut(b, "=")
+		var concurrent, perHour int
+		if ok {
+			_, err := fmt.Sscanf(limits, "%d/%d", &concurrent, &perHour)
+			ok = err == nil && concurrent >= 0 && perHour >= 0 && host != ""
+		}
+		if !ok {
+			return nil, fmt.Errorf("--registry-budget: %q: want host=concurrent/perHour, e.g. docker.io=4/10", b)
+		}
+		if host == "*" {
+			p.Budget = prepulllist.RegistryBudget{Concurrent: concurrent, PerHour: perHour}
+			continue
+		}
+		p.Budgets[host] = prepulllist.RegistryBudget{Concurrent: concurrent, PerHour: perHour}
+	}
+	if !o.Peers {
+		return nil, nil
+	}
+	return p, nil
 }

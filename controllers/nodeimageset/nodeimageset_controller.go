@@ -71,6 +71,9 @@ type Reconciler struct {
 	// status; nil reports no checks. It runs beside the reconciler, when the
 	// agent starts and then every DoctorInterval.
 	Doctor func(context.Context) []prepullv1.RuntimeCheck
+	// Peers, when set, fetches images from peer agents first, and serves
+	// the node's to them (ServePeers).
+	Peers *Peers
 	// CredentialVerification, when set, reads the kubelet's image pull
 	// credential verification policy, for status, with the checks.
 	CredentialVerification func() string

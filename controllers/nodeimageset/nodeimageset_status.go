@@ -28,6 +28,7 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 		ImageFilesystem:        r.fs.DeepCopy(),
 		Checks:                 slices.Clone(r.checks),
 		CredentialVerification: r.verifies,
+		Peer:                   r.Peers.self(),
 	}
 	var present, pinned int
 	var pinnedBytes int64
@@ -42,6 +43,8 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 			PulledAt:           timeOrNil(s.pulledAt),
 			ImportedFrom:       s.importedFrom,
 			Credentials:        s.credentials,
+			Source:             s.source,
+			FetchedFrom:        s.fetchedFrom,
 			Image:              e.Image,
 			Phase:              s.phase,
 			Digest:             s.digest,

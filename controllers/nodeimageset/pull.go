@@ -95,11 +95,12 @@ func (r *Reconciler) pull(e *entry, st *imageState, absent bool) {
 	r.notify()
 
 	start := r.Clock.Now()
+	var from string
 	if err == nil {
-		err = r.fetch(ctx, e, auth)
+		from, err = r.fetch(ctx, e, auth)
 	}
 	if err == nil {
-		r.fetched(ctx, e, st, absent, kind)
+		r.fetched(ctx, e, st, absent, kind, from)
 	}
 	r.record(ctx, e, st, attempt, err, r.Clock.Since(start))
 	if err == nil {
@@ -117,17 +118,22 @@ func (r *Reconciler) pull(e *entry, st *imageState, absent bool) {
 	r.notify()
 }
 
-// fetched notes that e was fetched, with credentials of kind: that prepull
-// brought it, when the node lacked it, and how it was pulled.
-func (r *Reconciler) fetched(ctx context.Context, e *entry, st *imageState, absent bool, kind prepullv1.CredentialKind) {
+// fetched notes that e was fetched, with credentials of kind, or from the
+// peer from: that prepull brought it, when the node lacked it, and how it
+// was fetched.
+func (r *Reconciler) fetched(ctx context.Context, e *entry, st *imageState, absent bool, kind prepullv1.CredentialKind, from string) {
 	if absent {
 		r.markBrought(ctx, e.Image)
 	}
-	if e.Archive != nil {
-		kind = ""
+	source := prepullv1.FetchedFromRegistry
+	switch {
+	case from != "":
+		source, kind = prepullv1.FetchedFromPeer, ""
+	case e.Archive != nil:
+		source, kind = prepullv1.FetchedFromArchive, ""
 	}
 	r.mu.Lock()
-	st.credentials = kind
+	st.credentials, st.source, st.fetchedFrom = kind, source, from
 	r.mu.Unlock()
 }
 
@@ -144,19 +150,22 @@ func (r *Reconciler) markBrought(ctx context.Context, ref string) {
 	}
 }
 
-// fetch pulls e through CRI with auth, or imports it from its archive,
-// within e's timeout.
-func (r *Reconciler) fetch(ctx context.Context, e *entry, auth *cri.Auth) error {
+// fetch fetches e from a peer (and names it), or pulls it through CRI
+// with auth, or imports it from its archive, within e's timeout.
+func (r *Reconciler) fetch(ctx context.Context, e *entry, auth *cri.Auth) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.Timeout)
 	defer cancel()
+	if from, err := r.fromPeers(ctx, e); from != "" || err != nil {
+		return from, err
+	}
 	if e.Archive != nil {
-		return r.importArchive(ctx, e)
+		return "", r.importArchive(ctx, e)
 	}
 	if len(e.VerifyKeys) > 0 && !strings.Contains(e.Image, "@") {
-		return r.pullVerified(ctx, e, auth)
+		return "", r.pullVerified(ctx, e, auth)
 	}
 	_, err := r.Images.PullImage(ctx, e.Image, auth)
-	return err
+	return "", err
 }
 
 // pullVerified pulls e, a tag the node resolves for lists with spec.verify,
@@ -228,6 +237,13 @@ func (r *Reconciler) record(ctx context.Context, e *entry, st *imageState, attem
 		}
 	case ctx.Err() != nil:
 		// The agent is stopping: the attempt says nothing of the image.
+	case errors.As(err, new(*waitError)):
+		// Waiting for holders or a registry grant: not an attempt.
+		var w *waitError
+		errors.As(err, &w)
+		st.attempts--
+		st.to(prepullv1.PhasePending, w.reason, w.msg, now)
+		st.nextTry = now.Add(wait.Jitter(2*time.Second, 0.5))
 	case errors.As(err, new(*budgetError)):
 		// An archive without room yet: not an attempt at the image, but a
 		// wait for the disk, as a pull's (maybePull).

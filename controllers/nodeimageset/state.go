@@ -110,6 +110,9 @@ type imageState struct {
 	failedSpec, triedSpec string
 	// lostTag: the entry lost a tag to another entry of the spec.
 	lostTag bool
+	// source is where its bytes last came from; fetchedFrom the peer.
+	source      prepullv1.ImageFetchSource
+	fetchedFrom string
 	// verified is the spec entry last found fully in place, at verifiedAt.
 	verified   string
 	verifiedAt time.Time

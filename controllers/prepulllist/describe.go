@@ -77,17 +77,23 @@ func (r *Reconciler) describe(ctx context.Context, l *prepullv1.PrePullList, pol
 	if !bound {
 		return "", nil
 	}
+	return r.bytesOver(ctx, l, pol, sizes)
+}
+
+// bytesOver says why l, whose images take sizes, would take a node past
+// pol's bytes per node beside its namespace's older lists (tenancy.Bytes).
+func (r *Reconciler) bytesOver(ctx context.Context, l *prepullv1.PrePullList, pol *prepullv1.PrePullPolicy, sizes map[string]int64) (string, error) {
 	var lists prepullv1.PrePullListList
 	if err := r.List(ctx, &lists, client.InNamespace(l.Namespace)); err != nil {
 		return "", err
 	}
-	all := make([]*prepullv1.PrePullList, 0, len(lists.Items))
+	others := make([]*prepullv1.PrePullList, 0, len(lists.Items))
 	for i := range lists.Items {
 		if o := &lists.Items[i]; o.UID != l.UID {
-			all = append(all, o)
+			others = append(others, o)
 		}
 	}
-	return tenancy.Bytes(pol, l, all, sizes), nil
+	return tenancy.Bytes(pol, l, others, sizes), nil
 }
 
 // description is what digestRef names, read with creds (with its size

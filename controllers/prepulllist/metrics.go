@@ -45,3 +45,10 @@ func forgetNodes(namespace, name string) {
 	listNodes.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
 	rollouts.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
 }
+
+var routeWrites = prometheus.NewCounter(prometheus.CounterOpts{
+	Name: "prepull_controller_route_writes_total",
+	Help: "Writes of ImageRoutes (created or updated), with peers on: they grow with each image's holders and grants, not with the fleet.",
+})
+
+func init() { metrics.Registry.MustRegister(routeWrites) }

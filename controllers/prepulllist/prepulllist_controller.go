@@ -82,6 +82,9 @@ type Reconciler struct {
 	lists listBook
 	// described keeps what digests name at the registry (describe).
 	described *lru.Cache
+	// Peers, when set, routes images between nodes (routes.go).
+	Peers  *PeerRouting
+	router router
 	// reconciled is set once a list's status was written.
 	reconciled atomic.Bool
 }
@@ -389,6 +392,36 @@ func minTime(a, b time.Time) time.Time {
 	return a
 }
 
+// addRunnables adds what runs beside the reconciles, on the leader: the
+// fleet's writer and sweep, the status batches, and the routing of images
+// between nodes when peers are on.
+func (r *Reconciler) addRunnables(mgr ctrl.Manager) error {
+	log := mgr.GetLogger().WithName("fleet")
+	grace := r.PlanGrace
+	if grace <= 0 {
+		grace = DefaultPlanGrace
+	}
+	runs := []manager.RunnableFunc{
+		func(ctx context.Context) error { return r.fleet.flush(ctrl.LoggerInto(ctx, log), r.Client, r.nodeUID) },
+		func(ctx context.Context) error {
+			r.fleet.sweep(ctrl.LoggerInto(ctx, log), r.Client, grace)
+			return nil
+		},
+		r.releaseReported,
+	}
+	if r.Peers != nil {
+		runs = append(runs, func(ctx context.Context) error {
+			return r.route(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("routes")))
+		})
+	}
+	for _, run := range runs {
+		if err := mgr.Add(run); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // SetupWithManager registers the reconciler, its watches and the fleet's
 // writer.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -398,22 +431,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.fleetOf()
 	r.tags, r.described = newTagStore(r.Client), lru.New(describedDigests)
 	r.wake = make(chan event.GenericEvent, 1024)
-	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		return r.fleet.flush(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("fleet")), r.Client, r.nodeUID)
-	})); err != nil {
-		return err
-	}
-	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		grace := r.PlanGrace
-		if grace <= 0 {
-			grace = DefaultPlanGrace
-		}
-		r.fleet.sweep(ctrl.LoggerInto(ctx, mgr.GetLogger().WithName("fleet")), r.Client, grace)
-		return nil
-	})); err != nil {
-		return err
-	}
-	if err := mgr.Add(manager.RunnableFunc(r.releaseReported)); err != nil {
+	if err := r.addRunnables(mgr); err != nil {
 		return err
 	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &prepullv1.PrePullList{}, pullSecretIndex, indexPullSecrets); err != nil {

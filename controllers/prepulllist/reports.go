@@ -41,6 +41,8 @@ type reports struct {
 	// verifies is the node's kubelet's credential verification policy
 	// (NodeImageSetStatus.CredentialVerification).
 	verifies string
+	// peer is where the node's agent serves peers, nil when it does not.
+	peer *prepullv1.Peer
 }
 
 // find is the report of ref, or nil.
@@ -128,11 +130,11 @@ func (f *fleet) observe(set *prepullv1.NodeImageSet) *prepullv1.NodeImageSet {
 	if _, ok := set.Annotations[strippedAnnotation]; ok {
 		return set
 	}
-	rs := reports{listed: make([]report, 0, len(set.Status.Images)), plan: set.Status.Plan, verifies: intern(set.Status.CredentialVerification)}
+	rs := reports{listed: make([]report, 0, len(set.Status.Images)), plan: set.Status.Plan, verifies: intern(set.Status.CredentialVerification), peer: set.Status.Peer}
 	for _, st := range set.Status.Images {
 		rep := report{image: intern(st.Image), phase: internPhase(st.Phase), pins: pinsOf(st.PinOwners)}
 		tagEntry := !strings.Contains(st.Image, "@")
-		if tagEntry || st.Phase == prepullv1.PhaseFailed || st.Phase == prepullv1.PhaseLazy {
+		if tagEntry || st.Phase == prepullv1.PhaseFailed || st.Phase == prepullv1.PhaseLazy || st.Reason == prepullv1.ReasonPeersUnavailable {
 			rep.extra = &reportExtra{digest: st.Digest, pulledAt: st.PulledAt, reason: st.Reason, message: st.LastError}
 		}
 		rs.listed = append(rs.listed, rep)

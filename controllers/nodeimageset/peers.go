@@ -1,0 +1,169 @@
+package nodeimageset
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/cri"
+	"prepull.io/prepull/peer"
+)
+
+// +kubebuilder:rbac:groups=prepull.io,resources=imageroutes,verbs=get
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+
+// Peers makes an agent fetch its images from peer agents first, and serve
+// its node's to them (package peer).
+type Peers struct {
+	// Self is where this agent serves, as its status publishes it.
+	Self prepullv1.Peer
+	// Client fetches from holders.
+	Client *peer.Client
+	// Routes reads ImageRoutes by name.
+	Routes client.Reader
+
+	mu       sync.Mutex
+	wants    map[string]wanted
+	unrouted map[string]time.Time
+}
+
+// unroutedGrace is how long an agent waits for the controller to route an
+// image before it fetches it from its registry.
+const unroutedGrace = 30 * time.Second
+
+// unroutedFor is how long image has been found not routed, now included.
+func (p *Peers) unroutedFor(image string, now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.unrouted == nil || len(p.unrouted) > 4096 {
+		p.unrouted = map[string]time.Time{}
+	}
+	since, ok := p.unrouted[image]
+	if !ok {
+		p.unrouted[image], since = now, now
+	}
+	return now.Sub(since)
+}
+
+// self is where the agent serves peers, for its status; nil when peers
+// are off.
+func (p *Peers) self() *prepullv1.Peer {
+	if p == nil {
+		return nil
+	}
+	s := p.Self
+	return &s
+}
+
+// wanted is a peer's plan's answer for one image, kept for wantsTTL.
+type wanted struct {
+	ok bool
+	at time.Time
+}
+
+const wantsTTL = 10 * time.Second
+
+// waitError says an image waits for a source: not an attempt at it.
+type waitError struct{ reason, msg string }
+
+func (e *waitError) Error() string { return e.msg }
+
+// errPeersFailed means every holder failed; the controller then grants
+// the registry.
+var errPeersFailed = errors.New("every peer holding the image failed")
+
+// fromPeers fetches e from the holders its ImageRoute lists, in random
+// order, dropping each that fails (gone, slow, refusing, corrupt bytes)
+// for the next. It returns the holder it fetched from; "" with nil when
+// the node may fetch from the registry or archive itself (peers are off,
+// the image is not routed, or the node holds a grant); a waitError when
+// it must wait for holders or the registry budget.
+func (r *Reconciler) fromPeers(ctx context.Context, e *entry) (string, error) {
+	ps, ok := r.Store.(cri.PeerStore)
+	if r.Peers == nil || !ok || !strings.Contains(e.Image, "@") {
+		return "", nil
+	}
+	route := &prepullv1.ImageRoute{}
+	err := r.Peers.Routes.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(e.Image)}, route)
+	if apierrors.IsNotFound(err) || (err == nil && route.Spec.Image != e.Image) {
+		// The controller routes each image it hands within a moment; one
+		// still not routed after unroutedGrace (its peers are off) comes
+		// from the registry.
+		if r.Peers.unroutedFor(e.Image, r.Clock.Now()) < unroutedGrace {
+			return "", &waitError{reason: prepullv1.ReasonWaitingForPeers, msg: "the controller has not routed the image yet"}
+		}
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	holders := slices.DeleteFunc(slices.Clone(route.Status.Holders), func(h prepullv1.Peer) bool { return h.Node == r.NodeName })
+	rand.Shuffle(len(holders), func(i, j int) { holders[i], holders[j] = holders[j], holders[i] })
+	log := ctrl.LoggerFrom(ctx).WithValues("image", e.Image)
+	var errs []error
+	for _, h := range holders {
+		err := ps.FetchImage(ctx, e.Image, r.Peers.Client.Fetcher(h, e.Image))
+		if err == nil {
+			return h.Node, nil
+		}
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		log.Info("Peer failed; trying the next", "peer", h.Node, "error", err.Error())
+		errs = append(errs, fmt.Errorf("%s: %w", h.Node, err))
+	}
+	if slices.Contains(route.Status.RegistryGrants, r.NodeName) {
+		return "", nil
+	}
+	switch {
+	case len(errs) > 0:
+		return "", &waitError{reason: prepullv1.ReasonPeersUnavailable, msg: fmt.Sprintf("%s: %v; waiting for the controller to grant the registry", errPeersFailed, errors.Join(errs...))}
+	case route.Status.Waiting != "":
+		return "", &waitError{reason: prepullv1.ReasonWaitingForRegistryBudget, msg: route.Status.Waiting}
+	}
+	return "", &waitError{reason: prepullv1.ReasonWaitingForPeers, msg: "no node holds the image yet; seed nodes are fetching it from its registry"}
+}
+
+// PeerWants is peer.Server's Wants: whether node's NodeImageSet (with its
+// plan) names image with an owner that is not releasing.
+func (r *Reconciler) PeerWants(ctx context.Context, node, image string) (bool, error) {
+	key := node + "\x00" + image
+	now := r.Clock.Now()
+	p := r.Peers
+	p.mu.Lock()
+	if w, ok := p.wants[key]; ok && now.Sub(w.at) < wantsTTL {
+		p.mu.Unlock()
+		return w.ok, nil
+	}
+	p.mu.Unlock()
+	set := &prepullv1.NodeImageSet{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: node}, set); err != nil {
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, err
+	}
+	if err := r.plans.Spec(ctx, set); err != nil {
+		return false, err
+	}
+	ok := slices.ContainsFunc(set.Spec.Images, func(e prepullv1.NodeImage) bool {
+		return e.Image == image && len(e.ActiveOwners()) > 0
+	})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.wants == nil || len(p.wants) > 4096 {
+		p.wants = map[string]wanted{}
+	}
+	p.wants[key] = wanted{ok: ok, at: now}
+	return ok, nil
+}
