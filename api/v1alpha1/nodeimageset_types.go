@@ -166,6 +166,37 @@ type NodeImageStatus struct {
 	Signature *SignatureStatus `json:"signature,omitempty"`
 }
 
+// FetchCounts count images fetched by where their bytes came from.
+type FetchCounts struct {
+	// registry, peer and archive count images by source.
+	// +optional
+	Registry int32 `json:"registry,omitempty"`
+	// +optional
+	Peer int32 `json:"peer,omitempty"`
+	// +optional
+	Archive int32 `json:"archive,omitempty"`
+	// registryBytes and peerBytes are what those from registries and from
+	// peers took.
+	// +optional
+	RegistryBytes int64 `json:"registryBytes,omitempty"`
+	// +optional
+	PeerBytes int64 `json:"peerBytes,omitempty"`
+}
+
+// Count adds an image of source that took bytes.
+func (c *FetchCounts) Count(source ImageFetchSource, bytes int64) {
+	switch source {
+	case FetchedFromRegistry:
+		c.Registry++
+		c.RegistryBytes += bytes
+	case FetchedFromPeer:
+		c.Peer++
+		c.PeerBytes += bytes
+	case FetchedFromArchive:
+		c.Archive++
+	}
+}
+
 // ImageFetchSource is where an image's bytes came from.
 // +kubebuilder:validation:Enum=Registry;Peer;Archive
 type ImageFetchSource string
@@ -230,6 +261,10 @@ type NodeImageSetStatus struct {
 	// when peers are on.
 	// +optional
 	Peer *Peer `json:"peer,omitempty"`
+	// fetched counts the images of the spec the agent fetched since it
+	// started, by where their bytes came from, and those bytes.
+	// +optional
+	Fetched *FetchCounts `json:"fetched,omitempty"`
 	// credentialVerification is the node's kubelet's
 	// imagePullCredentialsVerificationPolicy as the agent read it from
 	// the kubelet's configuration: NeverVerifyPreloadedImages (also when

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -92,6 +93,16 @@ func listsOf(e *entry) []string {
 		out = append(out, o.List)
 	}
 	return out
+}
+
+// archiveHere reports whether e's archive can be had on this node: a
+// file in ArchiveDir that exists, or a URL.
+func (r *Reconciler) archiveHere(e *entry) bool {
+	if e.Archive.URL != "" {
+		return true
+	}
+	_, err := os.Stat(e.Archive.PathIn(r.ArchiveDir))
+	return err == nil
 }
 
 // archiveLock is the lock of one archive's imports.

@@ -32,38 +32,21 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 	}
 	var present, pinned int
 	var pinnedBytes int64
+	var fetched prepullv1.FetchCounts
 	for _, e := range set.Spec.Images {
 		s := r.images[e.Image]
 		if s == nil || s.phase == "" {
 			st.Images = append(st.Images, prepullv1.NodeImageStatus{Image: e.Image, Phase: prepullv1.PhasePending})
 			continue
 		}
-		since := s.since
-		rep := prepullv1.NodeImageStatus{
-			PulledAt:           timeOrNil(s.pulledAt),
-			ImportedFrom:       s.importedFrom,
-			Credentials:        s.credentials,
-			Source:             s.source,
-			FetchedFrom:        s.fetchedFrom,
-			Image:              e.Image,
-			Phase:              s.phase,
-			Digest:             s.digest,
-			Pinned:             s.pinned,
-			PinOwners:          slices.Clone(s.pinOwners),
-			BytesDone:          s.bytesDone,
-			BytesTotal:         s.bytesTotal,
-			Attempts:           s.attempts,
-			Reason:             s.reason,
-			LastError:          s.lastError,
-			LastTransitionTime: &since,
-			Signature:          s.signature.DeepCopy(),
-		}
+		rep := s.report(e.Image)
 		if set.Spec.Plan != "" && !inline[e.Image] && e.IsPresentAsAsked(&rep) {
 			st.PlanPresent++
 			st.PlanBytes += rep.BytesTotal
 		} else {
 			st.Images = append(st.Images, rep)
 		}
+		fetched.Count(s.source, s.bytesTotal)
 		if s.phase == prepullv1.PhasePresent {
 			present++
 			if s.pinned {
@@ -73,9 +56,10 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 		}
 	}
 	st.Plan = set.Spec.Plan
-	imagesGauge.WithLabelValues("present").Set(float64(present))
-	imagesGauge.WithLabelValues("pinned").Set(float64(pinned))
-	pinnedBytesGauge.Set(float64(pinnedBytes))
+	if fetched != (prepullv1.FetchCounts{}) {
+		st.Fetched = &fetched
+	}
+	setGauges(present, pinned, pinnedBytes)
 	return st
 }
 
@@ -229,4 +213,35 @@ func timeOrNil(t time.Time) *metav1.Time {
 		return nil
 	}
 	return &metav1.Time{Time: t}
+}
+
+// setGauges sets the gauges of the images present and pinned.
+func setGauges(present, pinned int, pinnedBytes int64) {
+	imagesGauge.WithLabelValues("present").Set(float64(present))
+	imagesGauge.WithLabelValues("pinned").Set(float64(pinned))
+	pinnedBytesGauge.Set(float64(pinnedBytes))
+}
+
+// report is the status of image, in state s.
+func (s *imageState) report(image string) prepullv1.NodeImageStatus {
+	since := s.since
+	return prepullv1.NodeImageStatus{
+		PulledAt:           timeOrNil(s.pulledAt),
+		ImportedFrom:       s.importedFrom,
+		Credentials:        s.credentials,
+		Source:             s.source,
+		FetchedFrom:        s.fetchedFrom,
+		Image:              image,
+		Phase:              s.phase,
+		Digest:             s.digest,
+		Pinned:             s.pinned,
+		PinOwners:          slices.Clone(s.pinOwners),
+		BytesDone:          s.bytesDone,
+		BytesTotal:         s.bytesTotal,
+		Attempts:           s.attempts,
+		Reason:             s.reason,
+		LastError:          s.lastError,
+		LastTransitionTime: &since,
+		Signature:          s.signature.DeepCopy(),
+	}
 }

@@ -93,6 +93,11 @@ func (r *Reconciler) fromPeers(ctx context.Context, e *entry) (string, error) {
 	if r.Peers == nil || !ok || !strings.Contains(e.Image, "@") {
 		return "", nil
 	}
+	local := e.Archive != nil && r.archiveHere(e)
+	if local {
+		// Its own copy of the archive: nothing to wait for.
+		return "", nil
+	}
 	route := &prepullv1.ImageRoute{}
 	err := r.Peers.Routes.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(e.Image)}, route)
 	if apierrors.IsNotFound(err) || (err == nil && route.Spec.Image != e.Image) {
@@ -122,7 +127,10 @@ func (r *Reconciler) fromPeers(ctx context.Context, e *entry) (string, error) {
 		log.Info("Peer failed; trying the next", "peer", h.Node, "error", err.Error())
 		errs = append(errs, fmt.Errorf("%s: %w", h.Node, err))
 	}
-	if slices.Contains(route.Status.RegistryGrants, r.NodeName) {
+	switch {
+	case e.Archive != nil:
+		return "", &waitError{reason: prepullv1.ReasonWaitingForPeers, msg: "the archive is not on this node: waiting for a node that imported it"}
+	case slices.Contains(route.Status.RegistryGrants, r.NodeName):
 		return "", nil
 	}
 	switch {

@@ -56,6 +56,8 @@ type env struct {
 	reconciler *prepulllist.Reconciler
 	// gateConditionOnly starts the node gate keeping only the condition.
 	gateConditionOnly bool
+	// routing, when set, routes images between nodes (--peers).
+	routing *prepulllist.PeerRouting
 }
 
 // counter counts calls by reference.
@@ -140,7 +142,7 @@ func setup(t *testing.T, tune ...func(*env)) *env {
 func (e *env) startController(t *testing.T) func() {
 	t.Helper()
 	gates := nodegate.NewBook()
-	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Signatures: e.signatures, Clock: e.clock, Gates: gates, PlanGrace: 2 * time.Second, SecretPoll: time.Second}
+	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Signatures: e.signatures, Clock: e.clock, Gates: gates, PlanGrace: 2 * time.Second, SecretPoll: time.Second, Peers: e.routing}
 	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
 		Scheme:  testground.Scheme(),
 		Metrics: metricsserver.Options{BindAddress: "0"},

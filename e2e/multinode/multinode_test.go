@@ -839,26 +839,6 @@ func TestAnAgentGetsOnlyItsOwnNodesCredentials(t *testing.T) {
 	t.Cleanup(func() { deleteList(t, l); _ = cl.Delete(ctx, secret) })
 	waitReady(t, l, 1)
 
-	// The agents' own tokens, for the endpoint's audience.
-	agentToken := func(n cluster.Node) string {
-		pods, err := cs.CoreV1().Pods("prepull-system").List(ctx, metav1.ListOptions{
-			LabelSelector: "app.kubernetes.io/name=prepull-agent", FieldSelector: "spec.nodeName=" + n.Name})
-		if err != nil || len(pods.Items) != 1 {
-			t.Fatalf("%s: the agent's pod: %v", n.Name, err)
-		}
-		p := &pods.Items[0]
-		req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{nodeauth.Audience}, ExpirationSeconds: new(int64(600)),
-			BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID}}}
-		tok, err := cs.CoreV1().ServiceAccounts("prepull-system").CreateToken(ctx, "prepull-agent", req, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(t.TempDir(), "token")
-		if err := os.WriteFile(path, []byte(tok.Status.Token), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
 	set := &prepullv1.NodeImageSet{}
 	if err := cl.Get(ctx, client.ObjectKey{Name: one.Name}, set); err != nil {
 		t.Fatal(err)
@@ -876,7 +856,7 @@ func TestAnAgentGetsOnlyItsOwnNodesCredentials(t *testing.T) {
 		t.Fatalf("no entry of %s on %s", image, one.Name)
 	}
 	ask := func(n cluster.Node) error {
-		creds := &nodeimageset.EndpointCredentials{Client: &nodeauth.Client{Reader: cl, Namespace: "prepull-system", TokenPath: agentToken(n)}}
+		creds := &nodeimageset.EndpointCredentials{Client: &nodeauth.Client{Reader: cl, Namespace: "prepull-system", TokenPath: agentToken(t, n)}}
 		a, err := creds.Auth(ctx, entry, nil)
 		if err == nil && (a == nil || a.Username != "bob") {
 			return fmt.Errorf("credentials %v", a)
@@ -1173,4 +1153,27 @@ func TestConditionOnlyGateOnAJoiningNode(t *testing.T) {
 	if !sawFalse {
 		t.Errorf("ImagesReady was never seen False (ImagesMissing) while the image was on its way")
 	}
+}
+
+// agentToken writes, in a file of the test, a token of n's agent's pod for
+// the audience agents prove their node with, and returns its path.
+func agentToken(t *testing.T, n cluster.Node) string {
+	t.Helper()
+	pods, err := cs.CoreV1().Pods("prepull-system").List(ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/name=prepull-agent", FieldSelector: "spec.nodeName=" + n.Name})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("%s: the agent's pod: %v", n.Name, err)
+	}
+	p := &pods.Items[0]
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{nodeauth.Audience}, ExpirationSeconds: new(int64(600)),
+		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID}}}
+	tok, err := cs.CoreV1().ServiceAccounts("prepull-system").CreateToken(ctx, "prepull-agent", req, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(tok.Status.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

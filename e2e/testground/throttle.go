@@ -20,6 +20,29 @@ import (
 type Throttle struct {
 	// Host is "127.0.0.1:port"; name images through it.
 	Host string
+
+	mu    sync.Mutex
+	blobs map[string]int
+	bytes int64
+}
+
+// Blobs counts, by digest, the blob downloads the registry answered
+// through the proxy (GET, 200).
+func (th *Throttle) Blobs() map[string]int {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	out := make(map[string]int, len(th.blobs))
+	for d, n := range th.blobs {
+		out[d] = n
+	}
+	return out
+}
+
+// Bytes is what the registry sent through the proxy, in bodies.
+func (th *Throttle) Bytes() int64 {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	return th.bytes
 }
 
 // StartThrottle starts a proxy to reg that sends at most bytesPerSecond in
@@ -42,15 +65,20 @@ func StartThrottleOn(t testing.TB, host string, reg *Registry, bytesPerSecond in
 	target, _ := url.Parse("http://" + reg.Host)
 	rp := httputil.NewSingleHostReverseProxy(target)
 	link := &link{rate: bytesPerSecond}
+	th := &Throttle{Host: host, blobs: map[string]int{}}
 	rp.ModifyResponse = func(resp *http.Response) error {
-		resp.Body = &slowBody{ReadCloser: resp.Body, link: link}
+		if _, d, ok := strings.Cut(resp.Request.URL.Path, "/blobs/"); ok && resp.Request.Method == http.MethodGet && resp.StatusCode == http.StatusOK {
+			th.mu.Lock()
+			th.blobs[d]++
+			th.mu.Unlock()
+		}
+		resp.Body = &slowBody{ReadCloser: resp.Body, link: link, th: th}
 		return nil
 	}
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(latency)
 		rp.ServeHTTP(w, r)
 	})
-	th := &Throttle{Host: host}
 	srv := &http.Server{Addr: th.Host, Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
@@ -115,6 +143,7 @@ func (l *link) send(n int) {
 type slowBody struct {
 	io.ReadCloser
 	link *link
+	th   *Throttle
 }
 
 func (s *slowBody) Read(p []byte) (int, error) {
@@ -124,5 +153,10 @@ func (s *slowBody) Read(p []byte) (int, error) {
 	}
 	n, err := s.ReadCloser.Read(p)
 	s.link.send(n)
+	if s.th != nil {
+		s.th.mu.Lock()
+		s.th.bytes += int64(n)
+		s.th.mu.Unlock()
+	}
 	return n, err
 }

@@ -1,0 +1,176 @@
+package nodeimageset_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/controllers/nodeimageset"
+	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/peer"
+)
+
+// TestAgentFetchesFromPeers: an agent with peers on fetches an image from
+// the holders its ImageRoute lists, the registry stopped; a holder that
+// dies in the middle of a blob is dropped for the next holder; with every
+// holder failing it waits (PeersUnavailable) until it has another holder
+// or a grant of the registry, the last resort; and its status says where
+// each image came from.
+func TestAgentFetchesFromPeers(t *testing.T) {
+	e := setup(t)
+	holderImages := e.images
+	app := e.public.MustPushRandom(t, "peers/app:1", 512<<10, 2)
+	tool := e.public.MustPushRandom(t, "peers/tool:1", 256<<10, 1)
+	for _, img := range []testground.Pushed{app} {
+		if _, err := holderImages.PullImage(ctx, img.Digest, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wants := func(context.Context, string, string) (bool, error) { return true, nil }
+	srv := peer.NewServer(e.store, anyToken{}, wants, 4)
+	good := servePeer(t, "good", srv)
+	dying := servePeer(t, "dying", cutting{srv})
+
+	fetcher := testground.StartContainerd(t)
+	fetcher.TrustRegistry(e.public)
+	images, store := fetcher.Clients(t)
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("agent"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.agent(t, "peer-node", func(r *nodeimageset.Reconciler) {
+		r.Images, r.Store = images, store
+		r.Peers = &nodeimageset.Peers{Self: prepullv1.Peer{Node: "peer-node", Address: "127.0.0.1:1", CertSHA256: strings.Repeat("b", 64)},
+			Client: &peer.Client{TokenPath: token, Stall: 2 * time.Second}, Routes: e.c}
+	})
+	route := func(image string, st prepullv1.ImageRouteStatus) {
+		t.Helper()
+		r := &prepullv1.ImageRoute{}
+		err := e.c.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(image)}, r)
+		if err != nil {
+			r = &prepullv1.ImageRoute{ObjectMeta: metav1.ObjectMeta{Name: prepullv1.ImageRouteName(image)}, Spec: prepullv1.ImageRouteSpec{Image: image}, Status: st}
+			if err := e.c.Create(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		r.Status = st
+		if err := e.c.Update(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.public.Stop()
+	route(app.Digest, prepullv1.ImageRouteStatus{Holders: []prepullv1.Peer{dying}})
+	e.setSpec(t, "peer-node", entry(app.Digest, owner("peers/list", app.Tag)))
+	e.phase(t, "peer-node", app.Digest, prepullv1.PhasePending, func(st *prepullv1.NodeImageStatus) error {
+		if st.Reason != prepullv1.ReasonPeersUnavailable || !strings.Contains(st.LastError, "dying") {
+			return fmt.Errorf("reason %s: %s", st.Reason, st.LastError)
+		}
+		return nil
+	})
+	route(app.Digest, prepullv1.ImageRouteStatus{Holders: []prepullv1.Peer{dying, good}})
+	e.phase(t, "peer-node", app.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+		if st.Source != prepullv1.FetchedFromPeer || st.FetchedFrom != "good" {
+			return fmt.Errorf("source %s from %q", st.Source, st.FetchedFrom)
+		}
+		return nil
+	})
+	if got, err := images.ImageStatus(ctx, app.Tag); err != nil || got.ID != app.ID {
+		t.Errorf("tag %s on the fetching node: %+v, %v; want image %s", app.Tag, got, err, app.ID)
+	}
+
+	// The registry, the last resort: a grant, and the holder failing.
+	e.public.Start()
+	route(tool.Digest, prepullv1.ImageRouteStatus{Holders: []prepullv1.Peer{dying}, RegistryGrants: []string{"peer-node"}})
+	e.setSpec(t, "peer-node", entry(app.Digest, owner("peers/list", app.Tag)), entry(tool.Digest, owner("peers/list", tool.Tag)))
+	e.phase(t, "peer-node", tool.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+		if st.Source != prepullv1.FetchedFromRegistry {
+			return fmt.Errorf("source %s", st.Source)
+		}
+		return nil
+	})
+}
+
+// anyToken takes any bearer token as the fetching node's.
+type anyToken struct{}
+
+func (anyToken) Node(_ context.Context, r *http.Request) (string, error) {
+	if r.Header.Get("Authorization") == "" {
+		return "", errors.New("no token")
+	}
+	return "peer-node", nil
+}
+
+// cutting serves half of each blob of more than a kilobyte and then drops
+// the connection: a holder killed in the middle of a transfer.
+type cutting struct{ h http.Handler }
+
+func (c cutting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rec := &capture{header: http.Header{}, code: http.StatusOK}
+	c.h.ServeHTTP(rec, r)
+	body := rec.body
+	for k, v := range rec.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(rec.code)
+	if len(body) <= 1024 {
+		_, _ = w.Write(body)
+		return
+	}
+	_, _ = w.Write(body[:len(body)/2])
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	if hj, ok := w.(http.Hijacker); ok {
+		if conn, _, err := hj.Hijack(); err == nil {
+			conn.Close()
+		}
+	}
+}
+
+type capture struct {
+	header http.Header
+	code   int
+	body   []byte
+}
+
+func (c *capture) Header() http.Header         { return c.header }
+func (c *capture) Write(p []byte) (int, error) { c.body = append(c.body, p...); return len(p), nil }
+func (c *capture) WriteHeader(code int)        { c.code = code }
+
+// servePeer serves h over TLS on loopback as holder node; it stops with
+// the test.
+func servePeer(t *testing.T, node string, h http.Handler) prepullv1.Peer {
+	t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", testground.FreePort(t))
+	id, err := peer.NewIdentity(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- peer.Serve(sctx, addr, id, h) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	testground.Eventually(t, 10*time.Second, "peer "+node+" listening", func() error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	return prepullv1.Peer{Node: node, Address: addr, CertSHA256: id.SHA256}
+}

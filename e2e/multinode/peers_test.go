@@ -1,0 +1,259 @@
+//go:build e2e
+
+package multinode
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	prepullv1 "prepull.io/prepull/api/v1alpha1"
+	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/e2e/cluster"
+	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/peer"
+)
+
+// peerArgs are the agents' and the controller's flags that turn peers on.
+var (
+	agentPeerArg      = "--peer-address=[$(POD_IP)]:8085"
+	controllerPeerArg = "--peers"
+)
+
+// withPeers turns peers on for the test: the controller routes, every
+// agent serves its node's images on its node's address and fetches from
+// peers first, each with its archives in a directory of its node's own
+// (subPathExpr: the local cluster's nodes share one filesystem). All is
+// undone when the test ends.
+func withPeers(t *testing.T) {
+	t.Helper()
+	setControllerArgs(t, func(args []string) []string { return append(args, controllerPeerArg) })
+	setAgents(t, true)
+	t.Cleanup(func() {
+		setAgents(t, false)
+		setControllerArgs(t, func(args []string) []string {
+			return slices.DeleteFunc(args, func(a string) bool { return a == controllerPeerArg })
+		})
+	})
+}
+
+// setAgents turns the agents' peers and per-node archive directories on
+// or off, and waits until every agent runs so.
+func setAgents(t *testing.T, on bool) {
+	t.Helper()
+	ds := &appsv1.DaemonSet{}
+	if err := cl.Get(ctx, client.ObjectKey{Namespace: "prepull-system", Name: "prepull-agent"}, ds); err != nil {
+		t.Fatal(err)
+	}
+	agent := &ds.Spec.Template.Spec.Containers[0]
+	agent.Args = slices.DeleteFunc(agent.Args, func(a string) bool { return a == agentPeerArg })
+	for i := range agent.VolumeMounts {
+		if agent.VolumeMounts[i].Name == "archives" {
+			agent.VolumeMounts[i].SubPathExpr = ""
+			if on {
+				agent.VolumeMounts[i].SubPathExpr = "$(NODE_NAME)"
+			}
+		}
+	}
+	if on {
+		agent.Args = append(agent.Args, agentPeerArg)
+	}
+	if err := cl.Update(ctx, ds); err != nil {
+		t.Fatal(err)
+	}
+	testground.Eventually(t, 3*time.Minute, "the agents rolled out", func() error {
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(ds), ds); err != nil {
+			return err
+		}
+		st := ds.Status
+		if st.ObservedGeneration < ds.Generation || st.UpdatedNumberScheduled != st.DesiredNumberScheduled || st.NumberAvailable != st.DesiredNumberScheduled {
+			return fmt.Errorf("status %+v", st)
+		}
+		for _, n := range c.RunningNodes() {
+			set := &prepullv1.NodeImageSet{}
+			if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err == nil && (set.Status.Peer != nil) != on {
+				return fmt.Errorf("%s: peer %+v", n.Name, set.Status.Peer)
+			}
+		}
+		return nil
+	})
+}
+
+// TestNodesFetchFromPeers: with peers on, on three real nodes, a list on
+// every node makes the registry serve each blob once (one seed node), and
+// with the registry stopped once the seed holds the image, the other nodes
+// still become Present, from their peer; each says where its image came
+// from. A holder refuses a request without an agent's token (401), and an
+// agent whose node's plan does not name a private image (403).
+func TestNodesFetchFromPeers(t *testing.T) {
+	nodes := c.RunningNodes()
+	if len(nodes) < 3 {
+		t.Fatalf("%d nodes: the test needs 3", len(nodes))
+	}
+	withPeers(t)
+	front := testground.StartThrottleAt(t, c.Node(1).IP, &testground.Registry{Host: cluster.RegistryHost}, 12<<20, 0)
+	if err := c.TrustHost(front.Host); err != nil {
+		t.Fatal(err)
+	}
+	tag, digest := push(t, "peers/app:1", 4<<20, front.Host)
+	l := applyList(t, "peers", 3, tag)
+	t.Cleanup(func() { deleteList(t, l) })
+	digestRef := strings.TrimSuffix(tag, ":1") + "@" + digest
+	testground.Eventually(t, 3*time.Minute, "a seed holds the image", func() error {
+		route := &prepullv1.ImageRoute{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(digestRef)}, route); err != nil {
+			return err
+		}
+		if len(route.Status.Holders) == 0 {
+			return fmt.Errorf("route %+v", route.Status)
+		}
+		return nil
+	})
+	if err := c.Stop("registry"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.StartRegistry(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	waitReady(t, l, 3)
+	blobs := front.Blobs()
+	if len(blobs) == 0 {
+		t.Fatalf("the registry served no blob")
+	}
+	for d, n := range blobs {
+		if n != 1 {
+			t.Errorf("the registry served blob %s %d times, want once", d, n)
+		}
+	}
+	t.Logf("registry: %d blobs, %d bytes for %d nodes", len(blobs), front.Bytes(), len(nodes[:3]))
+	var fromPeers, fromRegistry int32
+	for _, n := range nodes[:3] {
+		set := &prepullv1.NodeImageSet{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+			t.Fatal(err)
+		}
+		if f := set.Status.Fetched; f != nil {
+			fromPeers += f.Peer
+			fromRegistry += f.Registry
+		}
+	}
+	if fromPeers != 2 || fromRegistry != 1 {
+		t.Errorf("fetched from peers %d, from the registry %d; want 2 and 1", fromPeers, fromRegistry)
+	}
+
+	// The holders serve only peer agents whose plans name the image.
+	holder := &prepullv1.NodeImageSet{}
+	if err := cl.Get(ctx, client.ObjectKey{Name: nodes[0].Name}, holder); err != nil || holder.Status.Peer == nil {
+		t.Fatalf("%s serves no peers: %v", nodes[0].Name, err)
+	}
+	only := applyList(t, "peers-one-node", 1, tag)
+	only.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": nodes[0].Name}}
+	if err := cl.Update(ctx, only); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteList(t, only) })
+	ask := func(token string, image string) int {
+		u := fmt.Sprintf("https://%s%s%s?image=%s", holder.Status.Peer.Address, peer.BlobPath, digest, image)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if token != "" {
+			data, err := os.ReadFile(token)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer "+string(data))
+		}
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, Timeout: 10 * time.Second}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("ask %s: %v", holder.Status.Peer.Address, err)
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode
+	}
+	if got := ask("", digestRef); got != http.StatusUnauthorized {
+		t.Errorf("without a token: %d, want 401", got)
+	}
+	if got := ask(agentToken(t, nodes[1]), digestRef); got != http.StatusOK {
+		t.Errorf("%s, whose plan names the image: %d, want 200", nodes[1].Name, got)
+	}
+	deleteList(t, l)
+	testground.Eventually(t, time.Minute, "the image is not handed to "+nodes[1].Name+" any more", func() error {
+		if got := ask(agentToken(t, nodes[1]), digestRef); got != http.StatusForbidden {
+			return fmt.Errorf("%s: %d, want 403", nodes[1].Name, got)
+		}
+		return nil
+	})
+}
+
+// TestAnArchiveOnOneNodeSeedsTheFleet: with peers on, a list whose archive
+// is on one node only (each agent reads archives from a directory of its
+// node's own) is Ready on every node: that node imports it, the others
+// fetch the image from it; no registry is involved.
+func TestAnArchiveOnOneNodeSeedsTheFleet(t *testing.T) {
+	nodes := c.RunningNodes()
+	withPeers(t)
+	tag, digest := push(t, "peers/airgapped:1", 2<<20, cluster.RegistryHost)
+	// By digest: a tag from an archive would be resolved on one node
+	// first, whichever the controller picks.
+	digestRef := strings.TrimSuffix(tag, ":1") + "@" + digest
+	dir := filepath.Join(c.Dir, "archives", nodes[0].Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(dir, "seed.tar")
+	if _, err := bundle.Write(ctx, archive, []string{tag}, bundle.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sum, err := bundle.SumFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop("registry"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.StartRegistry(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "seeded"}, Spec: prepullv1.PrePullListSpec{
+		Images: []prepullv1.PrePullImage{{Image: digestRef}},
+		Source: &prepullv1.ImageSource{Archive: &prepullv1.ArchiveSource{Path: "seed.tar", SHA256: sum}},
+	}}
+	l.Spec.Rollout.MaxConcurrentNodes = new(intstr.FromInt32(3))
+	if err := cl.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteList(t, l) })
+	waitReady(t, l, len(nodes))
+	var peers, archives int32
+	for _, n := range nodes {
+		set := &prepullv1.NodeImageSet{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+			t.Fatal(err)
+		}
+		if f := set.Status.Fetched; f != nil {
+			peers += f.Peer
+			archives += f.Archive
+		}
+	}
+	if archives != 1 || peers != int32(len(nodes)-1) {
+		t.Errorf("imported %d, fetched from peers %d; want 1 and %d", archives, peers, len(nodes)-1)
+	}
+}
