@@ -22,7 +22,6 @@ import (
 // +kubebuilder:object:root=true
 // +kubebuilder:resource:scope=Cluster,shortName=imgroute,categories=prepull
 // +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.image`
-// +kubebuilder:printcolumn:name="Holders",type=integer,JSONPath=`.status.holderCount`
 // +kubebuilder:printcolumn:name="Waiting",type=string,JSONPath=`.status.waiting`,priority=1
 type ImageRoute struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -50,15 +49,14 @@ const MaxHolders = 16
 
 // ImageRouteStatus says where the image may be fetched from.
 type ImageRouteStatus struct {
-	// holders are nodes that hold the image and serve it to peers.
+	// holders are nodes that hold the image and serve it to peers: the
+	// first MaxHolders by name, so that a rollout writes the route once
+	// per holder at most, however many nodes come to hold it.
 	// +optional
 	// +listType=map
 	// +listMapKey=node
 	// +kubebuilder:validation:MaxItems=16
 	Holders []Peer `json:"holders,omitempty"`
-	// holderCount counts the nodes that hold the image, listed or not.
-	// +optional
-	HolderCount int32 `json:"holderCount,omitempty"`
 	// registryGrants are the nodes that may fetch the image from its
 	// registry (or its archive) now.
 	// +optional

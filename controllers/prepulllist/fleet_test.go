@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -444,5 +445,43 @@ func TestALazyImageIsANodesFailureNotReady(t *testing.T) {
 	out := p.run([]*node{n})
 	if out.nodes.Ready != 0 || out.nodes.Failed != 1 || len(out.failures) != 1 || out.failures[0].Reason != "LazySnapshotter" {
 		t.Errorf("outcome %+v, failures %+v: want the node failed with LazySnapshotter", out.nodes, out.failures)
+	}
+}
+
+// A route keeps the holders it lists while they hold the image, and adds
+// others only to fill its MaxHolders: its writes grow with its holders,
+// not with the nodes that come to hold the image.
+func TestRoutesKeepTheirHolders(t *testing.T) {
+	peer := func(i int) *prepullv1.Peer {
+		return &prepullv1.Peer{Node: fmt.Sprintf("n%04d", i), Address: fmt.Sprintf("10.0.%d.%d:8085", i/256, i%256), CertSHA256: "c"}
+	}
+	var listed []prepullv1.Peer
+	changes := 0
+	// Nodes come to hold the image in an order unrelated to their names.
+	var holders []*prepullv1.Peer
+	for i := range 5000 {
+		holders = append(holders, peer((i*7919)%5000))
+		slices.SortFunc(holders, func(a, b *prepullv1.Peer) int { return strings.Compare(a.Node, b.Node) })
+		next := keepHolders(listed, holders)
+		if !reflect.DeepEqual(next, listed) {
+			changes++
+		}
+		listed = next
+	}
+	if len(listed) != prepullv1.MaxHolders || changes != prepullv1.MaxHolders {
+		t.Errorf("%d holders listed after %d changes; want %d and %d", len(listed), changes, prepullv1.MaxHolders, prepullv1.MaxHolders)
+	}
+	// A listed holder gone is replaced, and only it.
+	gone := listed[3].Node
+	holders = slices.DeleteFunc(holders, func(p *prepullv1.Peer) bool { return p.Node == gone })
+	next := keepHolders(listed, holders)
+	kept := 0
+	for _, l := range listed {
+		if slices.Contains(next, l) {
+			kept++
+		}
+	}
+	if len(next) != prepullv1.MaxHolders || slices.ContainsFunc(next, func(p prepullv1.Peer) bool { return p.Node == gone }) || kept != prepullv1.MaxHolders-1 {
+		t.Errorf("after %s left: %+v", gone, next)
 	}
 }

@@ -57,7 +57,7 @@ type router struct {
 // imageView is what the fleet says of one digest reference: who holds it
 // (and serves peers), who still wants it, who found every holder failing.
 type imageView struct {
-	holders     []prepullv1.Peer
+	holders     []*prepullv1.Peer
 	held        int
 	waiting     []string
 	unavailable []string
@@ -91,8 +91,8 @@ func (f *fleet) routeView() map[string]*imageView {
 			switch {
 			case rep != nil && rep.phase == prepullv1.PhasePresent:
 				v.held++
-				if p := rec.report.peer; p != nil && len(v.holders) < prepullv1.MaxHolders {
-					v.holders = append(v.holders, *p)
+				if p := rec.report.peer; p != nil {
+					v.holders = append(v.holders, p)
 				}
 			case rep != nil && (rep.phase == prepullv1.PhaseFailed || rep.phase == prepullv1.PhaseLazy || rep.phase == prepullv1.PhaseReleased):
 			default:
@@ -132,7 +132,7 @@ func (r *Reconciler) routeOnce(ctx context.Context) error {
 	rt.mu.Lock()
 	want := make(map[string]prepullv1.ImageRouteStatus, len(view))
 	for image, v := range view {
-		want[image] = rt.decide(image, v, r.Peers, now)
+		want[image] = rt.decide(image, v, r.Peers, now, rt.written[image].Holders)
 	}
 	var gone []string
 	for image := range rt.written {
@@ -212,14 +212,41 @@ func (r *Reconciler) writeRoute(ctx context.Context, image string, st prepullv1.
 	return r.Update(ctx, route)
 }
 
-// decide is image's route: its holders; its grants — those still
+// keepHolders lists at most MaxHolders of holders: those of listed that
+// still hold the image, in place, then others in name order. A route so
+// changes once per holder added (or lost), however many nodes come to
+// hold the image.
+func keepHolders(listed []prepullv1.Peer, holders []*prepullv1.Peer) []prepullv1.Peer {
+	byNode := make(map[string]*prepullv1.Peer, len(holders))
+	for _, h := range holders {
+		byNode[h.Node] = h
+	}
+	var out []prepullv1.Peer
+	for _, l := range listed {
+		if h, ok := byNode[l.Node]; ok {
+			out = append(out, *h)
+			delete(byNode, l.Node)
+		}
+	}
+	for _, h := range holders {
+		if len(out) >= prepullv1.MaxHolders {
+			break
+		}
+		if _, ok := byNode[h.Node]; ok {
+			out = append(out, *h)
+		}
+	}
+	return out
+}
+
+// decide is image's route: its holders (keepHolders); its grants — those still
 // waiting keep theirs, the first waiting nodes get one while no node holds
 // it and fewer than Seeds are granted, and a node whose holders all
 // failed gets one — each new grant within the budget of the image's host;
 // and why the others wait when that budget is spent. The caller holds
 // rt.mu.
-func (rt *router) decide(image string, v *imageView, p *PeerRouting, now time.Time) prepullv1.ImageRouteStatus {
-	st := prepullv1.ImageRouteStatus{Holders: v.holders, HolderCount: int32(v.held)}
+func (rt *router) decide(image string, v *imageView, p *PeerRouting, now time.Time, listed []prepullv1.Peer) prepullv1.ImageRouteStatus {
+	st := prepullv1.ImageRouteStatus{Holders: keepHolders(listed, v.holders)}
 	granted := rt.grants[image]
 	if granted == nil {
 		granted = map[string]time.Time{}
