@@ -165,6 +165,10 @@ bench-gate: deps cluster-binaries build ## A node joining with a Deployment wait
 bench-podstart: deps cluster-binaries build ## Pod start latency on the local cluster: pre-pulled vs cold vs kubelet-pulled, and with an image volume, over a shaped link (root).
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench 'BenchmarkPodStart|BenchmarkImageVolumePodStart|BenchmarkNodeJoin' -benchtime 1x -timeout 30m ./e2e/
 
+.PHONY: bench-peers
+bench-peers: deps cluster-binaries build ## Three real nodes behind one 100 Mbit/s registry link: registry bytes and time to Ready, with peers vs without (root).
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkPeersRollout -benchtime 1x -timeout 30m ./e2e/multinode/
+
 .PHONY: clean
 clean: ## Remove bin/ (the test ground is rebuilt on the next `make test`).
 	rm -rf $(BIN)

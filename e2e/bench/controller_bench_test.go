@@ -43,6 +43,7 @@ var (
 	refreshAt  = flag.Duration("refresh", time.Minute, "the lists' refreshInterval: the second phase starts at the first refresh after the move")
 	pprofAddr  = flag.String("controller-pprof", "0", "where the benchmarked controller serves Go's profiles, e.g. 127.0.0.1:6060; 0 turns them off")
 	verifyOn   = flag.Bool("verify", false, "sign every image and give every list spec.verify (Enforce) in BenchmarkControllerRollout")
+	peersOn    = flag.Bool("peers", false, "run the controller with --peers and the simulated agents serving peers, in BenchmarkControllerRollout: count the routes' writes")
 )
 
 // countingProxy forwards to a registry and counts the requests it sees,
@@ -137,7 +138,11 @@ func BenchmarkControllerRollout(b *testing.B) {
 		named += len(l.Spec.Images)
 	}
 
-	cmd, metricsPort := startBenchController(b, bin, env.KubeConfig, proxy.host)
+	var extra []string
+	if *peersOn {
+		extra = append(extra, "--peers")
+	}
+	cmd, metricsPort := startBenchController(b, bin, env.KubeConfig, proxy.host, extra...)
 
 	agentCtx, stopAgents := context.WithCancel(ctx)
 	defer stopAgents()
@@ -154,6 +159,7 @@ func BenchmarkControllerRollout(b *testing.B) {
 	waitReady(b, c, lists, n, nil)
 	first := time.Since(start)
 	gens1 := generations(b, c)
+	routes := countRoutes(b, c, nImages)
 	m1 := scrape(b, metricsPort)
 	req1, sig1 := proxy.requests.Load(), proxy.signatures.Load()
 
@@ -244,6 +250,12 @@ func BenchmarkControllerRollout(b *testing.B) {
 	fmt.Printf("  one node's NodeImageSet:       %d bytes (spec %d bytes, naming a plan of %d entries)\n", len(setBytes), len(specBytes), len(plan.Spec.Images))
 	fmt.Printf("  its ImagePlan:                 %d bytes, shared; %d plans in the API at the end\n", len(planBytes), len(plansMade.Items))
 	fmt.Printf("  simulated agent writes:        %d\n", agentWrites.Load())
+	if *peersOn {
+		rw := m1["prepull_controller_route_writes_total"]
+		fmt.Printf("  image routes (--peers):        %d routes, %.0f writes in the first rollout (%.1f per image; at most %d holders listed each)\n",
+			routes, rw, rw/float64(max(routes, 1)), prepullv1.MaxHolders)
+		b.ReportMetric(rw/float64(max(routes, 1)), "route-writes/image")
+	}
 	fmt.Printf("  list reconciles:               %.0f, %.1f s in all; controller CPU %.1f s, kube-apiserver CPU %.1f s, etcd CPU %.1f s\n",
 		m2[`controller_runtime_reconcile_total{controller="prepulllist",result="success"}`]+m2[`controller_runtime_reconcile_total{controller="prepulllist",result="requeue_after"}`]+m2[`controller_runtime_reconcile_total{controller="prepulllist",result="requeue"}`],
 		m2[`controller_runtime_reconcile_time_seconds_sum{controller="prepulllist"}`], m2["process_cpu_seconds_total"], cpuSeconds("kube-apiserver"), cpuSeconds("etcd"))
@@ -464,6 +476,9 @@ func simulateAgents(ctx context.Context, b *testing.B, cfg *rest.Config, writes 
 
 func reportPresent(ctx context.Context, c client.Client, s *prepullv1.NodeImageSet) error {
 	status := prepullv1.NodeImageSetStatus{ObservedGeneration: s.Generation, Plan: s.Spec.Plan}
+	if *peersOn {
+		status.Peer = &prepullv1.Peer{Node: s.Name, Address: "10.0.0.1:8085", CertSHA256: strings.Repeat("0", 64)}
+	}
 	for _, img := range s.Spec.Images {
 		_, d, _ := strings.Cut(img.Image, "@")
 		active := img.ActiveOwners()
@@ -611,4 +626,33 @@ func generations(b *testing.B, c client.Client) string {
 	}
 	slices.Sort(gens)
 	return fmt.Sprintf("mean %.2f, median %d, 90th percentile %d, max %d", float64(total)/float64(len(gens)), gens[len(gens)/2], gens[len(gens)*9/10], gens[len(gens)-1])
+}
+
+// countRoutes waits, with -peers, until every image has its route with a
+// full list of holders, and returns how many routes there are.
+func countRoutes(b *testing.B, c client.Client, images int) int {
+	if !*peersOn {
+		return 0
+	}
+	var n int
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		var routes prepullv1.ImageRouteList
+		if err := c.List(context.Background(), &routes); err != nil {
+			b.Fatal(err)
+		}
+		full := 0
+		for _, r := range routes.Items {
+			if len(r.Status.Holders) == prepullv1.MaxHolders {
+				full++
+			}
+		}
+		n = len(routes.Items)
+		if n >= images && full == n {
+			return n
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	b.Fatalf("%d routes, not all with %d holders, after a minute", n, prepullv1.MaxHolders)
+	return n
 }

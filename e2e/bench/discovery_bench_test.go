@@ -163,12 +163,12 @@ func BenchmarkDiscovery(b *testing.B) {
 // startBenchController starts the controller binary on the API server of
 // kubeconfig, resolving over plain HTTP at registry, and returns it and its
 // metrics port; it is stopped when the benchmark ends.
-func startBenchController(b *testing.B, bin string, kubeconfig []byte, registry string) (*exec.Cmd, int) {
+func startBenchController(b *testing.B, bin string, kubeconfig []byte, registry string, extra ...string) (*exec.Cmd, int) {
 	metricsPort := testground.FreePort(b)
-	cmd := testground.StartBinary(b, bin, kubeconfig, filepath.Join(b.TempDir(), "controller.log"),
-		"controller", "--leader-elect=false", "--namespace=prepull-system",
+	args := append([]string{"controller", "--leader-elect=false", "--namespace=prepull-system",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", metricsPort),
 		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", testground.FreePort(b)),
-		"--insecure-registries="+registry, "--pprof-bind-address="+*pprofAddr)
+		"--insecure-registries=" + registry, "--pprof-bind-address=" + *pprofAddr}, extra...)
+	cmd := testground.StartBinary(b, bin, kubeconfig, filepath.Join(b.TempDir(), "controller.log"), args...)
 	return cmd, metricsPort
 }

@@ -1068,7 +1068,7 @@ func TestTokenModePluginsGetTheWorkloadsToken(t *testing.T) {
 
 // setControllerArgs makes the controller's Deployment run with args
 // (appended to its own) and waits until its new pod is the one running.
-func setControllerArgs(t *testing.T, mutate func([]string) []string) {
+func setControllerArgs(t testing.TB, mutate func([]string) []string) {
 	t.Helper()
 	d := &appsv1.Deployment{}
 	if err := cl.Get(ctx, client.ObjectKey{Namespace: "prepull-system", Name: "prepull-controller"}, d); err != nil {

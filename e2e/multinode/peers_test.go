@@ -37,7 +37,7 @@ var (
 // peers first, each with its archives in a directory of its node's own
 // (subPathExpr: the local cluster's nodes share one filesystem). All is
 // undone when the test ends.
-func withPeers(t *testing.T) {
+func withPeers(t testing.TB) {
 	t.Helper()
 	setControllerArgs(t, func(args []string) []string { return append(args, controllerPeerArg) })
 	setAgents(t, true)
@@ -51,7 +51,7 @@ func withPeers(t *testing.T) {
 
 // setAgents turns the agents' peers and per-node archive directories on
 // or off, and waits until every agent runs so.
-func setAgents(t *testing.T, on bool) {
+func setAgents(t testing.TB, on bool) {
 	t.Helper()
 	ds := &appsv1.DaemonSet{}
 	if err := cl.Get(ctx, client.ObjectKey{Namespace: "prepull-system", Name: "prepull-agent"}, ds); err != nil {

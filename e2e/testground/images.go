@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -236,4 +237,40 @@ func (r *Registry) MustPushRandom(t testing.TB, repoTag string, size int64, laye
 		t.Fatalf("push image: %v", err)
 	}
 	return p
+}
+
+// LayeredImage builds a linux image for the machine's architecture shaped
+// like a distribution's: layers layers of files files each, about size
+// bytes in all, most files small and a few large, half of them text (words
+// of a small vocabulary, which compresses as source and configuration
+// do) and half binary (random bytes, as compiled code and compressed data
+// are).
+func LayeredImage(size int64, layers, files int) (v1.Image, error) {
+	words := strings.Fields("the of and to in is that for it as with be on not this are by from or have an they which one you had were her all she there would their we him been has when who will more no if out so said what up its about into than them can only other new some could time these two may then do first any my now such like our over man me even most made after also did many before must through back years where much your way well down should because each just those people how too little state good very make world still own see men work long get here between both life being under never day same another know while last might us great old year off come since against go came right used take three")
+	perLayer := size / int64(layers)
+	var all [][]File
+	for l := range layers {
+		var fs []File
+		var left = perLayer
+		for f := 0; f < files && left > 0; f++ {
+			// One file in files/8 is large: it takes half of what is left.
+			n := min(left, max(perLayer/int64(files)/4, 64))
+			if f%(max(files/8, 1)) == 0 {
+				n = min(left, max(left/2, 64))
+			}
+			left -= n
+			data := RandomBytes(int(n))
+			if f%2 == 0 {
+				var b strings.Builder
+				for int64(b.Len()) < n {
+					b.WriteString(words[int(data[b.Len()%len(data)])%len(words)])
+					b.WriteByte(' ')
+				}
+				data = []byte(b.String()[:n])
+			}
+			fs = append(fs, File{Path: fmt.Sprintf("usr/share/layer%d/dir%02d/file%04d", l, f%37, f), Mode: 0o644, Data: data})
+		}
+		all = append(all, fs)
+	}
+	return Image(Linux(runtime.GOARCH), []string{"/bin/true"}, all...)
 }
