@@ -53,6 +53,15 @@ func PrintLists(w io.Writer, reports []ListReport) error {
 		table(w, []string{"IMAGE", "DIGEST", "READY", "FAILED", "NOTE"}, images)
 		table(w, []string{"PULLING ON", "IMAGE", "PROGRESS", "BYTES", "RATE"}, pulls)
 		table(w, []string{"FAILED ON", "IMAGE", "REASON", "MESSAGE"}, fails)
+		var waits [][]string
+		for _, f := range r.Waiting {
+			waits = append(waits, []string{f.Node, f.Image, f.Reason, oneLine(f.Message)})
+		}
+		table(w, []string{"WAITING ON", "IMAGE", "REASON", "MESSAGE"}, waits)
+		if s := r.Sources; s != (prepullv1.FetchCounts{}) {
+			fmt.Fprintf(w, "  fetched: %d from registries (%s), %d from peers (%s), %d from archives\n",
+				s.Registry, humanize.IBytes(uint64(s.RegistryBytes)), s.Peer, humanize.IBytes(uint64(s.PeerBytes)), s.Archive)
+		}
 		if n := int(r.FailureCount) - len(r.Failures); n > 0 {
 			fmt.Fprintf(w, "  … and %d more failures\n", n)
 		}
@@ -130,9 +139,13 @@ func PrintNode(w io.Writer, r *NodeReport) error {
 		if im.Reason != "" || im.LastError != "" {
 			lastErr = strings.TrimSpace(im.Reason + ": " + oneLine(im.LastError))
 		}
-		rows = append(rows, []string{im.Image, lists, dash(string(im.Phase)), dash(im.Digest), pinned, bytes(im.BytesDone, im.BytesTotal), credentialsOf(im.NodeImageStatus), lastErr})
+		source := dash(string(im.Source))
+		if im.FetchedFrom != "" {
+			source += " " + im.FetchedFrom
+		}
+		rows = append(rows, []string{im.Image, lists, dash(string(im.Phase)), dash(im.Digest), pinned, bytes(im.BytesDone, im.BytesTotal), source, credentialsOf(im.NodeImageStatus), lastErr})
 	}
-	table(w, []string{"IMAGE", "LISTS", "PHASE", "DIGEST", "PINNED", "BYTES", "CREDENTIALS", "LAST ERROR"}, rows)
+	table(w, []string{"IMAGE", "LISTS", "PHASE", "DIGEST", "PINNED", "BYTES", "SOURCE", "CREDENTIALS", "LAST ERROR"}, rows)
 	return nil
 }
 

@@ -38,6 +38,12 @@ type ListReport struct {
 	Failures []prepullv1.NodeFailure `json:"failures,omitempty"`
 	// FailureCount counts every failure, listed or not.
 	FailureCount int32 `json:"failureCount"`
+	// Waiting are the list's images that wait on a node for a source:
+	// holders, or the registry budget (peers on).
+	Waiting []prepullv1.NodeFailure `json:"waiting,omitempty"`
+	// Sources count the list's images on nodes by where their bytes came
+	// from, of those the nodes' statuses list.
+	Sources prepullv1.FetchCounts `json:"sources"`
 }
 
 // ImageReport is one image of a list.
@@ -140,7 +146,12 @@ func listReport(l *prepullv1.PrePullList, sets []prepullv1.NodeImageSet, now tim
 			if image == "" {
 				image = st.Image
 			}
+			r.Sources.Count(st.Source, st.BytesTotal)
 			switch st.Phase {
+			case prepullv1.PhasePending:
+				if st.Reason != "" {
+					r.Waiting = append(r.Waiting, prepullv1.NodeFailure{Node: s.Name, Image: image, Reason: st.Reason, Message: st.LastError})
+				}
 			case prepullv1.PhasePulling:
 				p := Pull{Node: s.Name, Image: image, BytesDone: st.BytesDone, BytesTotal: st.BytesTotal}
 				if st.LastTransitionTime != nil {

@@ -89,7 +89,9 @@ func (r *Reconciler) measureFilesystem(ctx context.Context, now time.Time) {
 // MaxConcurrentPulls reads run at once.
 func (r *Reconciler) pullBlobs(ctx context.Context, e *entry, auth *cri.Auth) []cri.Blob {
 	sizer, ok := r.Store.(cri.PullSizer)
-	if !ok || r.DiskBudget <= 0 || e.Archive != nil || !strings.Contains(e.Image, "@") {
+	if !ok || r.DiskBudget <= 0 || e.Archive != nil || !strings.Contains(e.Image, "@") || r.Peers != nil {
+		// With peers, the registry is not asked: most nodes never reach
+		// it, and a registry may count a manifest read as a pull.
 		return nil
 	}
 	select {
