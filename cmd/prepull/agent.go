@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -232,7 +233,13 @@ func servePeers(mgr ctrl.Manager, r *nodeimageset.Reconciler, opts *AgentOptions
 		ctrl.Log.Info("The runtime is not containerd: peers are off", "runtime", r.Runtime)
 		return nil
 	}
-	id, err := peer.NewIdentity(opts.PeerAddress)
+	// Brackets only for IPv6, as a URL's host wants them.
+	host, port, err := net.SplitHostPort(opts.PeerAddress)
+	if err != nil {
+		return fmt.Errorf("--peer-address: %w", err)
+	}
+	address := net.JoinHostPort(host, port)
+	id, err := peer.NewIdentity(address)
 	if err != nil {
 		return fmt.Errorf("--peer-address: %w", err)
 	}
@@ -241,7 +248,7 @@ func servePeers(mgr ctrl.Manager, r *nodeimageset.Reconciler, opts *AgentOptions
 		return err
 	}
 	r.Peers = &nodeimageset.Peers{
-		Self:   prepullv1.Peer{Node: opts.NodeName, Address: opts.PeerAddress, CertSHA256: id.SHA256},
+		Self:   prepullv1.Peer{Node: opts.NodeName, Address: address, CertSHA256: id.SHA256},
 		Client: &peer.Client{TokenPath: opts.NodeToken},
 		Routes: mgr.GetAPIReader(),
 	}
@@ -249,6 +256,6 @@ func servePeers(mgr ctrl.Manager, r *nodeimageset.Reconciler, opts *AgentOptions
 		Agent: "system:serviceaccount:" + opts.Namespace + ":prepull-agent"}
 	srv := peer.NewServer(store, reviewer, r.PeerWants, opts.PeerMaxServing)
 	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		return peer.Serve(ctx, opts.PeerAddress, id, srv)
+		return peer.Serve(ctx, address, id, srv)
 	}))
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -103,6 +104,7 @@ func TestNodesFetchFromPeers(t *testing.T) {
 		t.Fatalf("%d nodes: the test needs 3", len(nodes))
 	}
 	withPeers(t)
+	t.Cleanup(func() { explainAgents(t) })
 	front := testground.StartThrottleAt(t, c.Node(1).IP, &testground.Registry{Host: cluster.RegistryHost}, 12<<20, 0)
 	if err := c.TrustHost(front.Host); err != nil {
 		t.Fatal(err)
@@ -207,6 +209,7 @@ func TestNodesFetchFromPeers(t *testing.T) {
 func TestAnArchiveOnOneNodeSeedsTheFleet(t *testing.T) {
 	nodes := c.RunningNodes()
 	withPeers(t)
+	t.Cleanup(func() { explainAgents(t) })
 	tag, digest := push(t, "peers/airgapped:1", 2<<20, cluster.RegistryHost)
 	// By digest: a tag from an archive would be resolved on one node
 	// first, whichever the controller picks.
@@ -255,5 +258,32 @@ func TestAnArchiveOnOneNodeSeedsTheFleet(t *testing.T) {
 	}
 	if archives != 1 || peers != int32(len(nodes)-1) {
 		t.Errorf("imported %d, fetched from peers %d; want 1 and %d", archives, peers, len(nodes)-1)
+	}
+}
+
+// explainAgents logs, when the test failed, what each node's agent
+// reported and the end of its log.
+func explainAgents(t *testing.T) {
+	if !t.Failed() {
+		return
+	}
+	for _, n := range c.RunningNodes() {
+		set := &prepullv1.NodeImageSet{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err == nil {
+			for _, st := range set.Status.Images {
+				t.Logf("%s: %s %s %s: %s", n.Name, st.Image, st.Phase, st.Reason, st.LastError)
+			}
+			t.Logf("%s: peer %+v fetched %+v", n.Name, set.Status.Peer, set.Status.Fetched)
+		}
+		pods, err := cs.CoreV1().Pods("prepull-system").List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/name=prepull-agent", FieldSelector: "spec.nodeName=" + n.Name})
+		if err != nil || len(pods.Items) == 0 {
+			continue
+		}
+		tail := int64(25)
+		raw, err := cs.CoreV1().Pods("prepull-system").GetLogs(pods.Items[0].Name, &corev1.PodLogOptions{TailLines: &tail}).DoRaw(ctx)
+		if err == nil {
+			t.Logf("%s's agent:\n%s", n.Name, raw)
+		}
 	}
 }
