@@ -111,7 +111,12 @@ func TestNodesFetchFromPeers(t *testing.T) {
 	}
 	tag, digest := push(t, "peers/app:1", 4<<20, front.Host)
 	l := applyList(t, "peers", 3, tag)
-	t.Cleanup(func() { deleteList(t, l) })
+	deleted := false
+	t.Cleanup(func() {
+		if !deleted {
+			deleteList(t, l)
+		}
+	})
 	digestRef := strings.TrimSuffix(tag, ":1") + "@" + digest
 	testground.Eventually(t, 3*time.Minute, "a seed holds the image", func() error {
 		route := &prepullv1.ImageRoute{}
@@ -162,9 +167,11 @@ func TestNodesFetchFromPeers(t *testing.T) {
 	if err := cl.Get(ctx, client.ObjectKey{Name: nodes[0].Name}, holder); err != nil || holder.Status.Peer == nil {
 		t.Fatalf("%s serves no peers: %v", nodes[0].Name, err)
 	}
-	only := applyList(t, "peers-one-node", 1, tag)
-	only.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": nodes[0].Name}}
-	if err := cl.Update(ctx, only); err != nil {
+	only := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "peers-one-node"}, Spec: prepullv1.PrePullListSpec{
+		Images:       []prepullv1.PrePullImage{{Image: tag}},
+		NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": nodes[0].Name}},
+	}}
+	if err := cl.Create(ctx, only); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { deleteList(t, only) })
@@ -194,6 +201,7 @@ func TestNodesFetchFromPeers(t *testing.T) {
 		t.Errorf("%s, whose plan names the image: %d, want 200", nodes[1].Name, got)
 	}
 	deleteList(t, l)
+	deleted = true
 	testground.Eventually(t, time.Minute, "the image is not handed to "+nodes[1].Name+" any more", func() error {
 		if got := ask(agentToken(t, nodes[1]), digestRef); got != http.StatusForbidden {
 			return fmt.Errorf("%s: %d, want 403", nodes[1].Name, got)
