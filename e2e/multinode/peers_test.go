@@ -24,6 +24,7 @@ import (
 	"prepull.io/prepull/bundle"
 	"prepull.io/prepull/e2e/cluster"
 	"prepull.io/prepull/e2e/testground"
+	"prepull.io/prepull/imageplan"
 	"prepull.io/prepull/peer"
 )
 
@@ -33,19 +34,21 @@ var (
 	controllerPeerArg = "--peers"
 )
 
-// withPeers turns peers on for the test: the controller routes, every
+// withPeers turns peers on for the test (the controller also run with
+// controllerArgs): the controller routes, every
 // agent serves its node's images on its node's address and fetches from
 // peers first, each with its archives in a directory of its node's own
 // (subPathExpr: the local cluster's nodes share one filesystem). All is
 // undone when the test ends.
-func withPeers(t testing.TB) {
+func withPeers(t testing.TB, controllerArgs ...string) {
 	t.Helper()
-	setControllerArgs(t, func(args []string) []string { return append(args, controllerPeerArg) })
+	added := append([]string{controllerPeerArg}, controllerArgs...)
+	setControllerArgs(t, func(args []string) []string { return append(args, added...) })
 	setAgents(t, true)
 	t.Cleanup(func() {
 		setAgents(t, false)
 		setControllerArgs(t, func(args []string) []string {
-			return slices.DeleteFunc(args, func(a string) bool { return a == controllerPeerArg })
+			return slices.DeleteFunc(args, func(a string) bool { return slices.Contains(added, a) })
 		})
 	})
 }
@@ -293,5 +296,58 @@ func explainAgents(t *testing.T) {
 		if err == nil {
 			t.Logf("%s's agent:\n%s", n.Name, raw)
 		}
+	}
+}
+
+// TestTheRegistryBudgetHoldsARollout: with peers on and a budget of one
+// pull an hour for the registry, a list of two images on every node gets
+// one image from the registry (its seed) and the others from peers; the
+// second image waits on every node, saying WaitingForRegistryBudget, and
+// its route says why.
+func TestTheRegistryBudgetHoldsARollout(t *testing.T) {
+	nodes := c.RunningNodes()
+	front := testground.StartThrottleAt(t, c.Node(1).IP, &testground.Registry{Host: cluster.RegistryHost}, 64<<20, 0)
+	if err := c.TrustHost(front.Host); err != nil {
+		t.Fatal(err)
+	}
+	withPeers(t, "--registry-budget="+front.Host+"=0/1")
+	t.Cleanup(func() { explainAgents(t) })
+	first, _ := push(t, "budget/first:1", 1<<20, front.Host)
+	l := applyList(t, "budget", len(nodes), first)
+	t.Cleanup(func() { deleteList(t, l) })
+	waitReady(t, l, len(nodes))
+	second, secondDigest := push(t, "budget/second:1", 1<<20, front.Host)
+	l = waitReady(t, l, len(nodes))
+	served := front.Blobs()
+	l.Spec.Images = append(l.Spec.Images, prepullv1.PrePullImage{Image: second})
+	if err := cl.Update(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	secondRef := strings.TrimSuffix(second, ":1") + "@" + secondDigest
+	testground.Eventually(t, 2*time.Minute, "every node waits for the registry budget", func() error {
+		route := &prepullv1.ImageRoute{}
+		if err := cl.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(secondRef)}, route); err != nil {
+			return err
+		}
+		if !strings.Contains(route.Status.Waiting, "1 pulls started within the hour (1 allowed)") || len(route.Status.RegistryGrants) > 0 {
+			return fmt.Errorf("route %+v", route.Status)
+		}
+		for _, n := range nodes {
+			set := &prepullv1.NodeImageSet{}
+			if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+				return err
+			}
+			if err := imageplan.Expand(ctx, cl, set); err != nil {
+				return err
+			}
+			i := slices.IndexFunc(set.Status.Images, func(st prepullv1.NodeImageStatus) bool { return st.Image == secondRef })
+			if i < 0 || set.Status.Images[i].Reason != prepullv1.ReasonWaitingForRegistryBudget {
+				return fmt.Errorf("%s: %+v", n.Name, set.Status.Images)
+			}
+		}
+		return nil
+	})
+	if blobs := front.Blobs(); len(blobs) != len(served) {
+		t.Errorf("the registry served blobs past its budget: %v, before %v", blobs, served)
 	}
 }
