@@ -243,7 +243,7 @@ func (r *Reconciler) record(ctx context.Context, e *entry, st *imageState, attem
 		errors.As(err, &w)
 		st.attempts--
 		st.to(prepullv1.PhasePending, w.reason, w.msg, now)
-		st.nextTry = now.Add(wait.Jitter(2*time.Second, 0.5))
+		st.nextTry = now.Add(wait.Jitter(time.Second, 0.5))
 	case errors.As(err, new(*budgetError)):
 		// An archive without room yet: not an attempt at the image, but a
 		// wait for the disk, as a pull's (maybePull).

@@ -32,7 +32,8 @@ type PeerRouting struct {
 	// without one there.
 	Budgets map[string]RegistryBudget
 	Budget  RegistryBudget
-	// Interval is the time between two routing passes; 0 means a second.
+	// Interval is the time between two routing passes; 0 means half a
+	// second.
 	Interval time.Duration
 }
 
@@ -110,7 +111,7 @@ func (f *fleet) routeView() map[string]*imageView {
 func (r *Reconciler) route(ctx context.Context) error {
 	every := r.Peers.Interval
 	if every <= 0 {
-		every = time.Second
+		every = 500 * time.Millisecond
 	}
 	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		if err := r.routeOnce(ctx); err != nil {

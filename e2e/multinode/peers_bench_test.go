@@ -19,7 +19,7 @@ import (
 
 // BenchmarkPeersRollout: three real nodes, the registry behind a 100
 // Mbit/s link they share, the nodes' own links unshaped; three images of
-// four layers of many files each (about 30 MiB compressed each). The
+// four layers of many files each (about 70 MiB compressed each). The
 // same rollout with new images each time: to one node; to three without
 // peers; to three with peers. It reports the registry's bytes (counted at
 // its link) against the images' distinct bytes, and the time until every
@@ -42,7 +42,7 @@ func BenchmarkPeersRollout(b *testing.B) {
 		var refs []string
 		var distinct int64
 		for i := range 3 {
-			img, err := testground.LayeredImage(48<<20, 4, 400)
+			img, err := testground.LayeredImage(160<<20, 4, 400)
 			if err != nil {
 				b.Fatal(err)
 			}
