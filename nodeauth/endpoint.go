@@ -36,9 +36,27 @@ const (
 // makes for advertise ("host:port", how agents reach it), and publishes
 // advertise and the certificate in namespace's EndpointConfigMap.
 func Serve(ctx context.Context, c client.Client, namespace, bind, advertise string, h http.Handler) error {
-	host, _, err := net.SplitHostPort(advertise)
+	pair, certPEM, err := SelfSigned(advertise)
 	if err != nil {
-		return fmt.Errorf("endpoint address %q: %w", advertise, err)
+		return fmt.Errorf("the endpoint's certificate: %w", err)
+	}
+	ln, err := net.Listen("tcp", bind)
+	if err != nil {
+		return fmt.Errorf("endpoint: %w", err)
+	}
+	err = ServeTLS(ctx, ln, pair, h, func() error { return publish(ctx, c, namespace, advertise, certPEM) })
+	if err != nil {
+		return fmt.Errorf("endpoint: %w", err)
+	}
+	return nil
+}
+
+// SelfSigned makes a self-signed certificate for a server reached at
+// address ("host:port"): the pair, and the certificate in PEM.
+func SelfSigned(address string) (tls.Certificate, []byte, error) {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("address %q: %w", address, err)
 	}
 	var ips []net.IP
 	if ip := net.ParseIP(host); ip != nil {
@@ -46,23 +64,26 @@ func Serve(ctx context.Context, c client.Client, namespace, bind, advertise stri
 	}
 	certPEM, keyPEM, err := cert.GenerateSelfSignedCertKey(host, ips, nil)
 	if err != nil {
-		return fmt.Errorf("make the endpoint's certificate: %w", err)
+		return tls.Certificate{}, nil, err
 	}
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", bind)
-	if err != nil {
-		return fmt.Errorf("endpoint: %w", err)
-	}
+	return pair, certPEM, err
+}
+
+// ServeTLS serves h over TLS with cert on ln until ctx ends, and then
+// shuts down within 5 seconds. started, when not nil, runs once the server
+// is up; its error stops it.
+func ServeTLS(ctx context.Context, ln net.Listener, cert tls.Certificate, h http.Handler, started func() error) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}}
+		BaseContext: func(net.Listener) context.Context { return ctx },
+		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	if err := publish(ctx, c, namespace, advertise, certPEM); err != nil {
-		srv.Close()
-		return err
+	if started != nil {
+		if err := started(); err != nil {
+			srv.Close()
+			return err
+		}
 	}
 	select {
 	case <-ctx.Done():
@@ -70,7 +91,7 @@ func Serve(ctx context.Context, c client.Client, namespace, bind, advertise stri
 		defer cancel()
 		return srv.Shutdown(shut)
 	case err := <-errc:
-		return fmt.Errorf("endpoint: %w", err)
+		return err
 	}
 }
 

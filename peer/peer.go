@@ -18,10 +18,8 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
-	"fmt"
-	"net"
 
-	"k8s.io/client-go/util/cert"
+	"prepull.io/prepull/nodeauth"
 )
 
 // BlobPath is where an agent serves blobs: BlobPath + digest, with the
@@ -38,19 +36,7 @@ type Identity struct {
 // NewIdentity makes a self-signed certificate for the agent serving at
 // address ("host:port").
 func NewIdentity(address string) (*Identity, error) {
-	host, _, err := net.SplitHostPort(address)
-	if err != nil {
-		return nil, fmt.Errorf("peer address %q: %w", address, err)
-	}
-	var ips []net.IP
-	if ip := net.ParseIP(host); ip != nil {
-		ips = append(ips, ip)
-	}
-	certPEM, keyPEM, err := cert.GenerateSelfSignedCertKey(host, ips, nil)
-	if err != nil {
-		return nil, err
-	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	pair, _, err := nodeauth.SelfSigned(address)
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package peer
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,13 +9,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"prepull.io/prepull/cri"
 	"prepull.io/prepull/imageref"
+	"prepull.io/prepull/nodeauth"
 )
 
 // Authenticator names the node a request's token proves
@@ -112,17 +111,8 @@ func Serve(ctx context.Context, address string, id *Identity, h http.Handler) er
 	if err != nil {
 		return fmt.Errorf("serve peers: %w", err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
-		BaseContext: func(net.Listener) context.Context { return ctx },
-		TLSConfig:   &tls.Config{Certificates: []tls.Certificate{id.Certificate}, MinVersion: tls.VersionTLS12}}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	select {
-	case <-ctx.Done():
-		shut, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(shut)
-	case err := <-errc:
+	if err := nodeauth.ServeTLS(ctx, ln, id.Certificate, h, nil); err != nil {
 		return fmt.Errorf("serve peers: %w", err)
 	}
+	return nil
 }

@@ -1032,12 +1032,7 @@ func TestController(t *testing.T) {
 		pool := map[string]string{"pool": "secrets"}
 		e.node(t, "sec-1", pool)
 		private := e.private.MustPushRandom(t, "private/app:v1", 1024, 1)
-		cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"s3cret"}}}`, e.private.Host)
-		e.mustCreate(t, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"},
-			Type:       corev1.SecretTypeDockerConfigJson,
-			Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
-		})
+		cfg := e.regcred(t, ns)
 		l := list(ns, "private", private.Tag)
 		l.Spec.NodeSelector = selector(pool)
 		l.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
@@ -1421,6 +1416,19 @@ func (e *env) deleteList(t *testing.T, l *prepullv1.PrePullList, nodes ...string
 		}
 		return nil
 	})
+}
+
+// regcred makes the Secret regcred in ns, of the private registry's
+// credentials, and returns its docker config.
+func (e *env) regcred(t *testing.T, ns string) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"s3cret"}}}`, e.private.Host)
+	e.mustCreate(t, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
+	})
+	return cfg
 }
 
 // touch changes an annotation of l to trigger a reconcile.

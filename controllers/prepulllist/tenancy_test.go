@@ -291,12 +291,7 @@ func TestListSaysWhereItsPrivateImagesAreOpen(t *testing.T) {
 	e.node(t, "strict-1", pool)
 	private := e.private.MustPushRandom(t, "exposed/app:v1", 1024, 1)
 	public := e.public.MustPushRandom(t, "exposed/tool:v1", 1024, 1)
-	cfg := fmt.Sprintf(`{"auths":{%q:{"username":"alice","password":"s3cret"}}}`, e.private.Host)
-	e.mustCreate(t, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"},
-		Type:       corev1.SecretTypeDockerConfigJson,
-		Data:       map[string][]byte{corev1.DockerConfigJsonKey: []byte(cfg)},
-	})
+	e.regcred(t, ns)
 	withSecret := list(ns, "private", private.Tag)
 	withSecret.Spec.NodeSelector = selector(pool)
 	withSecret.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}

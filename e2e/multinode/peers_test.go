@@ -150,19 +150,8 @@ func TestNodesFetchFromPeers(t *testing.T) {
 		}
 	}
 	t.Logf("registry: %d blobs, %d bytes for %d nodes", len(blobs), front.Bytes(), len(nodes[:3]))
-	var fromPeers, fromRegistry int32
-	for _, n := range nodes[:3] {
-		set := &prepullv1.NodeImageSet{}
-		if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
-			t.Fatal(err)
-		}
-		if f := set.Status.Fetched; f != nil {
-			fromPeers += f.Peer
-			fromRegistry += f.Registry
-		}
-	}
-	if fromPeers != 2 || fromRegistry != 1 {
-		t.Errorf("fetched from peers %d, from the registry %d; want 2 and 1", fromPeers, fromRegistry)
+	if f := fetched(t, nodes[:3]); f.Peer != 2 || f.Registry != 1 {
+		t.Errorf("fetched from peers %d, from the registry %d; want 2 and 1", f.Peer, f.Registry)
 	}
 
 	// The holders serve only peer agents whose plans name the image.
@@ -256,20 +245,25 @@ func TestAnArchiveOnOneNodeSeedsTheFleet(t *testing.T) {
 	}
 	t.Cleanup(func() { deleteList(t, l) })
 	waitReady(t, l, len(nodes))
-	var peers, archives int32
+	if f := fetched(t, nodes); f.Archive != 1 || f.Peer != int32(len(nodes)-1) {
+		t.Errorf("imported %d, fetched from peers %d; want 1 and %d", f.Archive, f.Peer, len(nodes)-1)
+	}
+}
+
+// fetched adds up what nodes' agents say they fetched, by source.
+func fetched(t *testing.T, nodes []cluster.Node) prepullv1.FetchCounts {
+	t.Helper()
+	var sum prepullv1.FetchCounts
 	for _, n := range nodes {
 		set := &prepullv1.NodeImageSet{}
 		if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
 			t.Fatal(err)
 		}
 		if f := set.Status.Fetched; f != nil {
-			peers += f.Peer
-			archives += f.Archive
+			sum.Registry, sum.Peer, sum.Archive = sum.Registry+f.Registry, sum.Peer+f.Peer, sum.Archive+f.Archive
 		}
 	}
-	if archives != 1 || peers != int32(len(nodes)-1) {
-		t.Errorf("imported %d, fetched from peers %d; want 1 and %d", archives, peers, len(nodes)-1)
-	}
+	return sum
 }
 
 // explainAgents logs, when the test failed, what each node's agent

@@ -50,20 +50,10 @@ func Image(platform v1.Platform, entrypoint []string, layers ...[]File) (v1.Imag
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	for _, files := range layers {
-		var buf bytes.Buffer
-		tw := tar.NewWriter(&buf)
-		for _, f := range files {
-			if err := tw.WriteHeader(&tar.Header{Name: f.Path, Mode: f.Mode, Size: int64(len(f.Data)), Typeflag: tar.TypeReg}); err != nil {
-				return nil, err
-			}
-			if _, err := tw.Write(f.Data); err != nil {
-				return nil, err
-			}
-		}
-		if err := tw.Close(); err != nil {
+		data, err := tarOf(files)
+		if err != nil {
 			return nil, err
 		}
-		data := buf.Bytes()
 		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 			return io.NopCloser(bytes.NewReader(data)), nil
 		}, tarball.WithMediaType(types.OCILayer))
@@ -82,6 +72,24 @@ func Image(platform v1.Platform, entrypoint []string, layers ...[]File) (v1.Imag
 	cf.OS, cf.Architecture, cf.Variant = platform.OS, platform.Architecture, platform.Variant
 	cf.Config.Entrypoint = entrypoint
 	return mutate.ConfigFile(img, cf)
+}
+
+// tarOf is a tar of files, regular files each.
+func tarOf(files []File) ([]byte, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: f.Path, Mode: f.Mode, Size: int64(len(f.Data)), Typeflag: tar.TypeReg}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(f.Data); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // RandomImage makes an OCI image for platform with layers layers of size

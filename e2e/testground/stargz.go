@@ -1,7 +1,6 @@
 package testground
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"fmt"
@@ -119,20 +118,11 @@ func unmountUnder(t testing.TB, dir string) {
 // each file on its own, its layer descriptor carrying the annotations that
 // say so (the TOC's digest, the uncompressed size).
 func EStargzImage(files []File) (v1.Image, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: f.Path, Mode: f.Mode, Size: int64(len(f.Data)), Typeflag: tar.TypeReg}); err != nil {
-			return nil, err
-		}
-		if _, err := tw.Write(f.Data); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
+	tarball, err := tarOf(files)
+	if err != nil {
 		return nil, err
 	}
-	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(buf.Bytes()), 0, int64(buf.Len())))
+	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tarball), 0, int64(len(tarball))))
 	if err != nil {
 		return nil, err
 	}
