@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -167,29 +168,44 @@ func indexPullSecrets(o client.Object) []string {
 // DefaultSecretPoll is how often the Secrets lists name are read again.
 const DefaultSecretPoll = 15 * time.Second
 
-// pollSourceSecrets reads, every SecretPoll, the metadata of each Secret
-// that a list names, by name, and reconciles the lists naming one that was
-// created, changed or deleted since: a rotated pull secret is mirrored, and
-// its new version reaches the agents (PullSecretsVersion), within a
-// SecretPoll and a statusBatch. The controller may get a Secret by name;
-// it may not list or watch Secrets outside its own namespace, which would
-// give it every Secret's data (Kubernetes authorizes a metadata watch as
-// a watch). A Secret's data is read by name when its list is reconciled,
-// never cached.
+// degradedSecretPoll is how often the Secrets of a Degraded list (a Secret
+// missing, a tag its credentials could not read, …) are read again: the
+// fix a user is making should take effect within seconds.
+const degradedSecretPoll = 2 * time.Second
+
+// pollSourceSecrets reads the metadata of each Secret that a list names,
+// by name, every SecretPoll (every degradedSecretPoll while a list naming
+// it is Degraded), and reconciles the lists naming one that was created,
+// changed or deleted since: a rotated pull secret is mirrored, and its new
+// version reaches the agents (PullSecretsVersion), within a poll and a
+// statusBatch. The controller may get a Secret by name; it may not list or
+// watch Secrets outside its own namespace, which would give it every
+// Secret's data (Kubernetes authorizes a metadata watch as a watch). A
+// Secret's data is read by name when its list is reconciled, never cached.
 func (r *Reconciler) pollSourceSecrets(ctx context.Context, cfg *rest.Config) error {
 	mc, err := metadata.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("metadata client: %w", err)
 	}
 	secrets := mc.Resource(corev1.SchemeGroupVersion.WithResource("secrets"))
-	versions := map[types.NamespacedName]string{}
+	poll := cmp.Or(r.SecretPoll, DefaultSecretPoll)
+	type seen struct {
+		version string
+		at      time.Time
+	}
+	last := map[types.NamespacedName]seen{}
 	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		named, err := r.namedSecrets(ctx)
 		if err != nil {
 			ctrl.LoggerFrom(ctx).Error(err, "List the PrePullLists' pull secrets")
 			return
 		}
-		for key, lists := range named {
+		now := time.Now()
+		for key, n := range named {
+			prev, ok := last[key]
+			if ok && !n.degraded && now.Sub(prev.at) < poll {
+				continue
+			}
 			version := ""
 			m, err := secrets.Namespace(key.Namespace).Get(ctx, key.Name, metav1.GetOptions{})
 			switch {
@@ -201,34 +217,45 @@ func (r *Reconciler) pollSourceSecrets(ctx context.Context, cfg *rest.Config) er
 			}
 			// A Secret seen for the first time may have changed since its
 			// lists were last reconciled: they are, once.
-			if prev, ok := versions[key]; !ok || prev != version {
-				ctrl.LoggerFrom(ctx).V(1).Info("A pull secret changed; reconciling the lists naming it", "secret", key.String(), "lists", len(lists))
-				r.noteLists(lists)
+			if !ok || prev.version != version {
+				ctrl.LoggerFrom(ctx).V(1).Info("A pull secret changed; reconciling the lists naming it", "secret", key.String(), "lists", len(n.lists))
+				r.noteLists(n.lists)
 			}
-			versions[key] = version
+			last[key] = seen{version: version, at: now}
 		}
-		for key := range versions {
+		for key := range last {
 			if _, ok := named[key]; !ok {
-				delete(versions, key)
+				delete(last, key)
 			}
 		}
-	}, cmp.Or(r.SecretPoll, DefaultSecretPoll))
+	}, min(poll, degradedSecretPoll))
 	return nil
+}
+
+// namedSecret is a Secret lists name: those lists, and whether one of
+// them is Degraded.
+type namedSecret struct {
+	lists    []types.NamespacedName
+	degraded bool
 }
 
 // namedSecrets are the Secrets the lists name (their own and those their
 // workloads use), each with the lists naming it.
-func (r *Reconciler) namedSecrets(ctx context.Context) (map[types.NamespacedName][]types.NamespacedName, error) {
+func (r *Reconciler) namedSecrets(ctx context.Context) (map[types.NamespacedName]namedSecret, error) {
 	var lists prepullv1.PrePullListList
 	if err := r.List(ctx, &lists, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
-	out := map[types.NamespacedName][]types.NamespacedName{}
+	out := map[types.NamespacedName]namedSecret{}
 	for i := range lists.Items {
 		l := &lists.Items[i]
+		degraded := meta.IsStatusConditionTrue(l.Status.Conditions, prepullv1.ConditionDegraded)
 		for _, name := range l.PullSecretNames() {
 			key := types.NamespacedName{Namespace: l.Namespace, Name: name}
-			out[key] = append(out[key], client.ObjectKeyFromObject(l))
+			n := out[key]
+			n.lists = append(n.lists, client.ObjectKeyFromObject(l))
+			n.degraded = n.degraded || degraded
+			out[key] = n
 		}
 	}
 	return out, nil

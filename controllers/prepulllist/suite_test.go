@@ -1,6 +1,7 @@
 package prepulllist_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -58,6 +59,8 @@ type env struct {
 	gateConditionOnly bool
 	// routing, when set, routes images between nodes (--peers).
 	routing *prepulllist.PeerRouting
+	// secretPoll is the controller's SecretPoll; zero means a second.
+	secretPoll time.Duration
 }
 
 // counter counts calls by reference.
@@ -142,7 +145,7 @@ func setup(t *testing.T, tune ...func(*env)) *env {
 func (e *env) startController(t *testing.T) func() {
 	t.Helper()
 	gates := nodegate.NewBook()
-	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Signatures: e.signatures, Clock: e.clock, Gates: gates, PlanGrace: 2 * time.Second, SecretPoll: time.Second, Peers: e.routing}
+	r := &prepulllist.Reconciler{Namespace: controllerNS, Resolver: e.resolver, Signatures: e.signatures, Clock: e.clock, Gates: gates, PlanGrace: 2 * time.Second, SecretPoll: cmp.Or(e.secretPoll, time.Second), Peers: e.routing}
 	mgr, err := ctrl.NewManager(e.cfg, ctrl.Options{
 		Scheme:  testground.Scheme(),
 		Metrics: metricsserver.Options{BindAddress: "0"},

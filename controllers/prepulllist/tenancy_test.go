@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -177,6 +178,46 @@ func TestATagIsHandedOnlyToListsThatReadIt(t *testing.T) {
 	if len(rec.Status.Readers) != 2 || slices.Contains(rec.Status.Readers, "") {
 		t.Errorf("readers %q: want the two namespaces' credentials, not anonymous access", rec.Status.Readers)
 	}
+}
+
+// TestAFixedSecretTakesEffectWithinSeconds: a list whose Secret cannot
+// read its private tag is Degraded, and its Secret is then read again every
+// few seconds, not at the controller's SecretPoll (an hour here): once the
+// Secret is fixed, the list is handed the digest without any other change.
+func TestAFixedSecretTakesEffectWithinSeconds(t *testing.T) {
+	e := setup(t, func(e *env) { e.secretPoll = time.Hour })
+	e.node(t, "fixed-1", nil)
+	img := e.private.MustPushRandom(t, "private/fixed:v1", 1024, 1)
+	ns := e.namespace(t, "fixer")
+	config := func(password string) map[string][]byte {
+		return map[string][]byte{corev1.DockerConfigJsonKey: fmt.Appendf(nil, `{"auths":{%q:{"username":"alice","password":%q}}}`, e.private.Host, password)}
+	}
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"}, Type: corev1.SecretTypeDockerConfigJson, Data: config("wrong")}
+	e.mustCreate(t, secret)
+	l := list(ns, "fixed", img.Tag)
+	l.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+	e.mustCreate(t, l)
+	eventually(t, "the list Degraded, its Secret refused", func() error {
+		got := e.getList(t, l)
+		c := meta.FindStatusCondition(got.Status.Conditions, prepullv1.ConditionDegraded)
+		if c == nil || c.Reason != prepullv1.ReasonResolutionFailed || !strings.Contains(strings.ToLower(c.Message), "unauthorized") {
+			return fmt.Errorf("degraded %+v", c)
+		}
+		return nil
+	})
+	secret.Data = config("s3cret")
+	if err := e.c.Update(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the list handed the digest once its Secret is fixed", func() error {
+		if got := e.getList(t, l); len(got.Status.Images) != 1 || !strings.HasSuffix(img.Digest, "@"+got.Status.Images[0].Digest) {
+			return fmt.Errorf("images %+v", got.Status.Images)
+		}
+		if en := e.entry("fixed-1", img.Digest); en == nil {
+			return fmt.Errorf("no entry on fixed-1")
+		}
+		return nil
+	})
 }
 
 // TestBytesPerNodeQuota: under spec.quotas.bytesPerNode the controller
