@@ -96,11 +96,21 @@ func (p *Reader) Expand(ctx context.Context, set *prepullv1.NodeImageSet) error 
 	for _, st := range set.Status.Images {
 		listed[st.Image] = true
 	}
+	var left []prepullv1.NodeImageStatus
 	for i := range plan.Spec.Images {
 		if e := &plan.Spec.Images[i]; !listed[e.Image] {
-			set.Status.Images = append(set.Status.Images, e.PresentAsAsked())
+			left = append(left, e.PresentAsAsked())
 		}
 	}
+	// planSources has a letter for each image left out, in the order of
+	// their names, when the agent reported against this plan as it is.
+	slices.SortFunc(left, func(a, b prepullv1.NodeImageStatus) int { return strings.Compare(a.Image, b.Image) })
+	if sources := set.Status.PlanSources; len(sources) == len(left) {
+		for i := range left {
+			left[i].Source = prepullv1.PlanSource(sources[i])
+		}
+	}
+	set.Status.Images = append(set.Status.Images, left...)
 	slices.SortFunc(set.Status.Images, func(a, b prepullv1.NodeImageStatus) int { return strings.Compare(a.Image, b.Image) })
 	return nil
 }

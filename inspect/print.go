@@ -59,8 +59,7 @@ func PrintLists(w io.Writer, reports []ListReport) error {
 		}
 		table(w, []string{"WAITING ON", "IMAGE", "REASON", "MESSAGE"}, waits)
 		if s := r.Sources; s != (prepullv1.FetchCounts{}) {
-			fmt.Fprintf(w, "  fetched: %d from registries (%s), %d from peers (%s), %d from archives\n",
-				s.Registry, humanize.IBytes(uint64(s.RegistryBytes)), s.Peer, humanize.IBytes(uint64(s.PeerBytes)), s.Archive)
+			fmt.Fprintf(w, "  fetched: %d from registries, %d from peers, %d from archives\n", s.Registry, s.Peer, s.Archive)
 		}
 		if n := int(r.FailureCount) - len(r.Failures); n > 0 {
 			fmt.Fprintf(w, "  … and %d more failures\n", n)

@@ -42,7 +42,7 @@ type ListReport struct {
 	// holders, or the registry budget (peers on).
 	Waiting []prepullv1.NodeFailure `json:"waiting,omitempty"`
 	// Sources count the list's images on nodes by where their bytes came
-	// from, of those the nodes' statuses list.
+	// from (a node's status.fetched has the bytes).
 	Sources prepullv1.FetchCounts `json:"sources"`
 }
 
@@ -91,7 +91,7 @@ func Lists(ctx context.Context, c client.Reader, namespace, name string, now tim
 	// Nodes share plans: each is read once.
 	plans := imageplan.NewReader(c, 64)
 	for i := range sets.Items {
-		if err := plans.Spec(ctx, &sets.Items[i]); err != nil {
+		if err := plans.Expand(ctx, &sets.Items[i]); err != nil {
 			return nil, err
 		}
 	}
@@ -146,7 +146,7 @@ func listReport(l *prepullv1.PrePullList, sets []prepullv1.NodeImageSet, now tim
 			if image == "" {
 				image = st.Image
 			}
-			r.Sources.Count(st.Source, st.BytesTotal)
+			r.Sources.Count(st.Source, 0)
 			switch st.Phase {
 			case prepullv1.PhasePending:
 				if st.Reason != "" {

@@ -30,7 +30,7 @@ func TestListReportShowsSourcesAndWaits(t *testing.T) {
 		set("n3", prepullv1.NodeImageStatus{Phase: prepullv1.PhasePending, Reason: prepullv1.ReasonWaitingForRegistryBudget, LastError: "the registry budget of r.example is spent"}),
 	}
 	r := listReport(l, sets, time.Now())
-	if want := (prepullv1.FetchCounts{Registry: 1, RegistryBytes: 100, Peer: 1, PeerBytes: 100}); r.Sources != want {
+	if want := (prepullv1.FetchCounts{Registry: 1, Peer: 1}); r.Sources != want {
 		t.Errorf("sources %+v, want %+v", r.Sources, want)
 	}
 	if len(r.Waiting) != 1 || r.Waiting[0].Node != "n3" || r.Waiting[0].Image != "r.example/app:1" || r.Waiting[0].Reason != prepullv1.ReasonWaitingForRegistryBudget {
@@ -40,7 +40,7 @@ func TestListReportShowsSourcesAndWaits(t *testing.T) {
 	if err := PrintLists(&out, []ListReport{r}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"WAITING ON", "WaitingForRegistryBudget", "fetched: 1 from registries (100 B), 1 from peers (100 B), 0 from archives"} {
+	for _, want := range []string{"WAITING ON", "WaitingForRegistryBudget", "fetched: 1 from registries, 1 from peers, 0 from archives"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the view lacks %q:\n%s", want, out.String())
 		}

@@ -197,6 +197,28 @@ func (c *FetchCounts) Count(source ImageFetchSource, bytes int64) {
 	}
 }
 
+// planSourceLetters are the letters of NodeImageSetStatus.PlanSources.
+var planSourceLetters = map[ImageFetchSource]byte{FetchedFromRegistry: 'R', FetchedFromPeer: 'P'}
+
+// PlanSourceLetter is source's letter in NodeImageSetStatus.PlanSources.
+func PlanSourceLetter(source ImageFetchSource) byte {
+	if l, ok := planSourceLetters[source]; ok {
+		return l
+	}
+	return '-'
+}
+
+// PlanSource is the source a letter of NodeImageSetStatus.PlanSources
+// names; "" for '-'.
+func PlanSource(letter byte) ImageFetchSource {
+	for s, l := range planSourceLetters {
+		if l == letter {
+			return s
+		}
+	}
+	return ""
+}
+
 // ImageFetchSource is where an image's bytes came from.
 // +kubebuilder:validation:Enum=Registry;Peer;Archive
 type ImageFetchSource string
@@ -254,6 +276,14 @@ type NodeImageSetStatus struct {
 	PlanPresent int32 `json:"planPresent,omitempty"`
 	// +optional
 	PlanBytes int64 `json:"planBytes,omitempty"`
+	// planSources says where the images counted in planPresent came from,
+	// one letter each, in the order of their names: R a registry, P a
+	// peer, - not known (present before the agent fetched it). Empty when
+	// none is known.
+	// +optional
+	// +kubebuilder:validation:MaxLength=65536
+	// +kubebuilder:validation:Pattern=`^[RP-]*$`
+	PlanSources string `json:"planSources,omitempty"`
 	// imageFilesystem is the usage of the node's image filesystem.
 	// +optional
 	ImageFilesystem *ImageFilesystem `json:"imageFilesystem,omitempty"`

@@ -84,8 +84,8 @@ func startRollout(t *testing.T) *rollout {
 	must(t, c.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"}}))
 
 	// As the controller hands them: both nodes name one plan. n2's agent
-	// counts the app image, present as asked, and lists the tool image,
-	// present but not pinned.
+	// counts the app image, present as asked (fetched from a peer), and
+	// lists the tool image, present but not pinned.
 	owner := []prepullv1.ImageOwner{{List: "shop/web"}}
 	images := []prepullv1.NodeImage{
 		{Image: "127.0.0.1:5000/app@" + appDigest, Owners: owner},
@@ -108,7 +108,7 @@ func startRollout(t *testing.T) *rollout {
 		s.Status = prepullv1.NodeImageSetStatus{ObservedGeneration: 1, Runtime: "containerd v2.4.2", Images: images, Plan: plan.Name,
 			ImageFilesystem: &prepullv1.ImageFilesystem{UsedBytes: 1 << 30, CapacityBytes: 4 << 30}}
 		if name == "n2" {
-			s.Status.PlanPresent = 1
+			s.Status.PlanPresent, s.Status.PlanSources = 1, "P"
 		}
 		if name == "n1" {
 			s.Status.Checks = []prepullv1.RuntimeCheck{
@@ -143,6 +143,8 @@ func TestKubectlStatus(t *testing.T) {
 			"[##########----------]  50%", "50 MiB/100 MiB", "MiB/s",
 			// n1 failed tool.
 			"FAILED ON", "Unauthorized", "401 from the registry",
+			// n2's app image, counted in its plan, came from a peer.
+			"fetched: 0 from registries, 1 from peers, 0 from archives",
 		} {
 			if !strings.Contains(out, want) {
 				t.Errorf("status does not show %q:\n%s", want, out)

@@ -33,6 +33,7 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 	var present, pinned int
 	var pinnedBytes int64
 	var fetched prepullv1.FetchCounts
+	var sources []planSource
 	for _, e := range set.Spec.Images {
 		s := r.images[e.Image]
 		if s == nil || s.phase == "" {
@@ -43,6 +44,7 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 		if set.Spec.Plan != "" && !inline[e.Image] && e.IsPresentAsAsked(&rep) {
 			st.PlanPresent++
 			st.PlanBytes += rep.BytesTotal
+			sources = append(sources, planSource{e.Image, prepullv1.PlanSourceLetter(s.source)})
 		} else {
 			st.Images = append(st.Images, rep)
 		}
@@ -56,11 +58,33 @@ func (r *Reconciler) buildStatus(set *prepullv1.NodeImageSet, inline map[string]
 		}
 	}
 	st.Plan = set.Spec.Plan
+	st.PlanSources = planSources(sources)
 	if fetched != (prepullv1.FetchCounts{}) {
 		st.Fetched = &fetched
 	}
 	setGauges(present, pinned, pinnedBytes)
 	return st
+}
+
+// planSource is an image left out of a status, with the letter of its
+// source.
+type planSource struct {
+	image  string
+	letter byte
+}
+
+// planSources is NodeImageSetStatus.PlanSources of the images left out:
+// their letters in the order of their names; "" when no source is known.
+func planSources(left []planSource) string {
+	slices.SortFunc(left, func(a, b planSource) int { return strings.Compare(a.image, b.image) })
+	out := make([]byte, len(left))
+	for i, p := range left {
+		out[i] = p.letter
+	}
+	if strings.Trim(string(out), "-") == "" {
+		return ""
+	}
+	return string(out)
 }
 
 // measureFilesystem records the image filesystem's usage for status, at
