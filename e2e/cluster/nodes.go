@@ -202,6 +202,15 @@ func ShapeLink(n Node, rate string) error {
 		then("ip", append([]string{"netns", "exec", n.Name, "tc", "qdisc", "add", "dev", "eth0"}, tbf...)...).err
 }
 
+// UnshapeLink takes ShapeLink's caps off node n's link.
+func UnshapeLink(n Node) error {
+	if n.Index < 2 {
+		return errors.New("node 1 is the host: it has no link of its own")
+	}
+	return run("tc", "qdisc", "del", "dev", "ppn"+strconv.Itoa(n.Index), "root").
+		then("ip", "netns", "exec", n.Name, "tc", "qdisc", "del", "dev", "eth0", "root").err
+}
+
 // RemoveNode plays node name's death: its kubelet, pods, containerd and
 // forwarders stop, its Node object is deleted, and its namespaces, cgroups
 // and directory go.

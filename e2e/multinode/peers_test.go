@@ -6,22 +6,33 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	digestpkg "github.com/opencontainers/go-digest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/bundle"
+	"prepull.io/prepull/cri"
 	"prepull.io/prepull/e2e/cluster"
 	"prepull.io/prepull/e2e/testground"
 	"prepull.io/prepull/imageplan"
@@ -344,4 +355,262 @@ func TestTheRegistryBudgetHoldsARollout(t *testing.T) {
 	if blobs := front.Blobs(); len(blobs) != len(served) {
 		t.Errorf("the registry served blobs past its budget: %v, before %v", blobs, served)
 	}
+}
+
+// TestAKilledOrCorruptPeerIsDropped: on three real nodes with peers on, a
+// node fetching an image from a holder whose agent is killed mid-blob goes
+// on from the other holder, and a node whose only holder serves corrupted
+// bytes (a blob flipped in that node's content store) refuses them by
+// digest, keeps none of them, and fetches the image from the registry.
+func TestAKilledOrCorruptPeerIsDropped(t *testing.T) {
+	nodes := c.RunningNodes()
+	if len(nodes) < 3 {
+		t.Fatalf("%d nodes: the test needs 3", len(nodes))
+	}
+	front := testground.StartThrottleAt(t, c.Node(1).IP, &testground.Registry{Host: cluster.RegistryHost}, 64<<20, 0)
+	if err := c.TrustHost(front.Host); err != nil {
+		t.Fatal(err)
+	}
+	withPeers(t)
+	t.Cleanup(func() { explainAgents(t) })
+	fetcher := nodes[2]
+
+	t.Run("a holder killed mid-blob", func(t *testing.T) {
+		tag, digest := push(t, "peers/killed:1", 24<<20, front.Host)
+		ref := strings.TrimSuffix(tag, ":1") + "@" + digest
+		waitReady(t, listOn(t, "killed-held", tag, nodes[0], nodes[1]), 2)
+		// The fetching node's own link is slow, so that a transfer to it
+		// takes seconds whichever holder serves it.
+		if err := cluster.ShapeLink(fetcher, "20mbit"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := cluster.UnshapeLink(fetcher); err != nil {
+				t.Error(err)
+			}
+		})
+		l := listOn(t, "killed-fetch", tag, fetcher)
+		var killed, other cluster.Node
+		testground.Eventually(t, 2*time.Minute, fetcher.Name+" receives a blob from a holder", func() error {
+			ip, err := receivingFrom(fetcher, 4<<20)
+			if err != nil {
+				return err
+			}
+			for i, n := range nodes[:2] {
+				if n.IP == ip {
+					killed, other = n, nodes[1-i]
+					return nil
+				}
+			}
+			return fmt.Errorf("receiving from %s, no holder", ip)
+		})
+		killAgent(t, killed)
+		t.Logf("killed %s's agent mid-transfer", killed.Name)
+		waitReady(t, l, 1)
+		// From a peer, and, the killed one being dropped, from the other
+		// (the status of an image present as its plan asks does not name
+		// the peer).
+		if st := nodeImage(t, fetcher, ref); st.Source != prepullv1.FetchedFromPeer {
+			t.Errorf("%s got the image from %q, want from a peer", fetcher.Name, st.Source)
+		}
+		dropped := grepLines(grepLines(agentLog(t, fetcher), "Peer failed"), ref)
+		if !strings.Contains(dropped, killed.Name) || strings.Contains(dropped, other.Name) {
+			t.Errorf("%s's agent should have dropped %s and no other:\n%s", fetcher.Name, killed.Name, dropped)
+		}
+		// The seed fetched each blob from the registry, at most once (the
+		// workload's first layer may be on it already); nobody else did.
+		blobs := blobsOf(t, ref)
+		for _, d := range blobs {
+			if n := front.Blobs()[d.Digest.String()]; n > 1 {
+				t.Errorf("the registry served blob %s %d times, want once (the seed)", d.Digest, n)
+			}
+		}
+		payload := slices.MaxFunc(blobs, func(a, b v1.Descriptor) int { return int(a.Size - b.Size) })
+		if n := front.Blobs()[payload.Digest.String()]; n != 1 {
+			t.Errorf("the registry served the 24 MiB layer %d times, want once (the seed)", n)
+		}
+	})
+
+	t.Run("a holder serving corrupted bytes", func(t *testing.T) {
+		holder := nodes[1]
+		tag, digest := push(t, "peers/corrupt:1", 4<<20, front.Host)
+		ref := strings.TrimSuffix(tag, ":1") + "@" + digest
+		waitReady(t, listOn(t, "corrupt-held", tag, holder), 1)
+		blobs := blobsOf(t, ref)
+		layer := slices.MaxFunc(blobs, func(a, b v1.Descriptor) int { return int(a.Size - b.Size) })
+		flipByte(t, contentBlob(holder, layer.Digest.Hex), layer.Size/2)
+		before := front.Blobs()[layer.Digest.String()]
+		waitReady(t, listOn(t, "corrupt-fetch", tag, fetcher), 1)
+		if st := nodeImage(t, fetcher, ref); st.Source != prepullv1.FetchedFromRegistry {
+			t.Errorf("%s got the image from %q, want from the registry", fetcher.Name, st.Source)
+		}
+		dropped := grepLines(grepLines(agentLog(t, fetcher), "Peer failed"), ref)
+		if !strings.Contains(dropped, holder.Name) || !strings.Contains(dropped, cri.ErrCorrupt.Error()) {
+			t.Errorf("%s's agent did not refuse %s's bytes by digest:\n%s", fetcher.Name, holder.Name, dropped)
+		}
+		if n := front.Blobs()[layer.Digest.String()]; n != before+1 {
+			t.Errorf("the registry served the layer %d times after the seed, want once", n-before)
+		}
+		data, err := os.ReadFile(contentBlob(fetcher, layer.Digest.Hex))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := digestpkg.FromBytes(data); got.String() != layer.Digest.String() {
+			t.Errorf("%s holds %s under the layer's digest %s", fetcher.Name, got, layer.Digest)
+		}
+	})
+}
+
+// listOn applies a list of tag on the named nodes only, all at once.
+func listOn(t *testing.T, name, tag string, on ...cluster.Node) *prepullv1.PrePullList {
+	t.Helper()
+	var names []string
+	for _, n := range on {
+		names = append(names, n.Name)
+	}
+	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: prepullv1.PrePullListSpec{
+		Images: []prepullv1.PrePullImage{{Image: tag}},
+		NodeSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+			Key: "kubernetes.io/hostname", Operator: metav1.LabelSelectorOpIn, Values: names}}},
+	}}
+	l.Spec.Rollout.MaxConcurrentNodes = new(intstr.FromInt32(int32(len(on))))
+	if err := cl.Create(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteList(t, l) })
+	return l
+}
+
+// nodeImage is node n's agent's status of the image ref.
+func nodeImage(t *testing.T, n cluster.Node, ref string) prepullv1.NodeImageStatus {
+	t.Helper()
+	set := &prepullv1.NodeImageSet{}
+	if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+		t.Fatal(err)
+	}
+	if err := imageplan.Expand(ctx, cl, set); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(set.Status.Images, func(st prepullv1.NodeImageStatus) bool { return st.Image == ref })
+	if i < 0 {
+		t.Fatalf("%s reports no %s: %+v", n.Name, ref, set.Status.Images)
+	}
+	return set.Status.Images[i]
+}
+
+// blobsOf are the config and layers of the image ref, as the registry
+// has them.
+func blobsOf(t *testing.T, ref string) []v1.Descriptor {
+	t.Helper()
+	_, rest, _ := strings.Cut(ref, "/")
+	d, err := name.NewDigest(cluster.RegistryHost+"/"+rest, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append([]v1.Descriptor{m.Config}, m.Layers...)
+}
+
+// contentBlob is the file of blob hex in node n's content store.
+func contentBlob(n cluster.Node, hex string) string {
+	return filepath.Join(n.Dir, "containerd", "root", "io.containerd.content.v1.content", "blobs", "sha256", hex)
+}
+
+// flipByte inverts the byte at off of file, and again when the test ends.
+func flipByte(t *testing.T, file string, off int64) {
+	t.Helper()
+	flip := func() error {
+		f, err := os.OpenFile(file, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		b := make([]byte, 1)
+		if _, err := f.ReadAt(b, off); err != nil {
+			return err
+		}
+		b[0] ^= 0xff
+		_, err = f.WriteAt(b, off)
+		return err
+	}
+	if err := flip(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := flip(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// receivingFrom is the address of the peer that node n's agent is
+// receiving a blob from now: a connection to a peer port that has brought
+// at least min bytes and is still bringing more.
+func receivingFrom(n cluster.Node, min int64) (string, error) {
+	seen := map[string]int64{}
+	for range 2 {
+		out, err := exec.Command("ip", "netns", "exec", n.Name, "ss", "-tniH", "state", "established", "( dport = :8085 )").CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("ss: %v: %s", err, out)
+		}
+		var peerIP string
+		for _, f := range strings.Fields(string(out)) {
+			if host, port, err := net.SplitHostPort(f); err == nil && port == "8085" {
+				peerIP = strings.Trim(host, "[]")
+			}
+			if v, ok := strings.CutPrefix(f, "bytes_received:"); ok && peerIP != "" {
+				got, _ := strconv.ParseInt(v, 10, 64)
+				if last, ok := seen[peerIP]; ok && got >= min && got > last {
+					return peerIP, nil
+				}
+				seen[peerIP] = got
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return "", fmt.Errorf("no blob arriving from a peer: %v", seen)
+}
+
+// killAgent kills node n's agent container with SIGKILL, through its
+// runtime (a CRI stop without a grace period); the kubelet restarts it.
+func killAgent(t *testing.T, n cluster.Node) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+n.ContainerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	list, err := rs.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		State:         &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
+		LabelSelector: map[string]string{"io.kubernetes.pod.namespace": "prepull-system", "io.kubernetes.container.name": "agent"},
+	}})
+	if err != nil || len(list.GetContainers()) != 1 {
+		t.Fatalf("%s: the agent's container: %v (%d running)", n.Name, err, len(list.GetContainers()))
+	}
+	if _, err := rs.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: list.Containers[0].Id, Timeout: 0}); err != nil {
+		t.Fatalf("%s: kill the agent: %v", n.Name, err)
+	}
+}
+
+// agentLog is the log of node n's agent's running container.
+func agentLog(t *testing.T, n cluster.Node) string {
+	t.Helper()
+	pods, err := cs.CoreV1().Pods("prepull-system").List(ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/name=prepull-agent", FieldSelector: "spec.nodeName=" + n.Name})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("%s: the agent's pod: %v", n.Name, err)
+	}
+	raw, err := cs.CoreV1().Pods("prepull-system").GetLogs(pods.Items[0].Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
 }
