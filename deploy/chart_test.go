@@ -83,7 +83,8 @@ func TestChartValues(t *testing.T) {
 		"--set", "agent.priorityClass.create=false", "--set", "agent.priorityClass.name=system-node-critical",
 		"--set", "agent.extraArgs={--max-concurrent-pulls=4}",
 		"--set", "controller.replicas=3", "--set", "controller.extraArgs={--startup-taint=prepull.io/images-not-ready}",
-		"--set", "metrics.serviceMonitor.enabled=true"))
+		"--set", "metrics.serviceMonitor.enabled=true",
+		"--set-json", `tenancy.policies={"team-a":{"nodeSelector":{"matchLabels":{"pool":"a"}},"quotas":{"lists":5,"bytesPerNode":"40Gi"}}}`))
 	if _, ok := out["v1/Namespace//ops"]; ok {
 		t.Error("namespace.create=false still renders the Namespace")
 	}
@@ -117,6 +118,9 @@ func TestChartValues(t *testing.T) {
 		{out["rbac.authorization.k8s.io/v1/Role/ops/prepull-agent"], []string{"metadata", "namespace"}, "ops", false},
 		{out["rbac.authorization.k8s.io/v1/ClusterRoleBinding//prepull-agent"], []string{"subjects"}, "namespace:ops", true},
 		{out["monitoring.coreos.com/v1/ServiceMonitor/ops/prepull-controller"], []string{"spec", "endpoints"}, "port:metrics", true},
+		{out["prepull.io/v1alpha1/PrePullPolicy//team-a"], []string{"spec", "nodeSelector"}, "map[matchLabels:map[pool:a]]", false},
+		{out["prepull.io/v1alpha1/PrePullPolicy//team-a"], []string{"spec", "quotas"}, "map[bytesPerNode:40Gilists:5]", false},
+		{out["prepull.io/v1alpha1/PrePullPolicy//default"], []string{"spec", "quotas"}, "map[imagesPerNode:100lists:20]", false},
 	}
 	for _, c := range checks {
 		if c.obj == nil {
@@ -144,6 +148,17 @@ func TestChartRefusesAServiceMonitorWithoutItsService(t *testing.T) {
 		"--set", "metrics.service=false", "--set", "metrics.serviceMonitor.enabled=true")
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "metrics.serviceMonitor.enabled needs metrics.service") {
+		t.Fatalf("helm template: err %v, output:\n%s", err, out)
+	}
+}
+
+// TestChartRefusesAPolicyNamedDefault: tenancy.policies may not replace
+// the default PrePullPolicy (tenancy.open is the way to open it).
+func TestChartRefusesAPolicyNamedDefault(t *testing.T) {
+	cmd := exec.Command(testground.Binary(t, "helm"), "template", "prepull", chart,
+		"--set-json", `tenancy.policies={"default":{"allowRemove":true}}`)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "tenancy.policies.default") {
 		t.Fatalf("helm template: err %v, output:\n%s", err, out)
 	}
 }

@@ -234,7 +234,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.setDefaults()
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		r.mu.Lock()
-		r.baseCtx = ctrl.LoggerInto(ctx, mgr.GetLogger().WithValues("node", r.NodeName))
+		r.baseCtx = ctrl.LoggerInto(ctx, mgr.GetLogger())
 		r.mu.Unlock()
 		go r.watchRuntime(ctx)
 		go r.examine(ctx)

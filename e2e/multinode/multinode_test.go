@@ -879,6 +879,92 @@ func TestAnAgentGetsOnlyItsOwnNodesCredentials(t *testing.T) {
 	}
 }
 
+// TestATagIsHandedOnlyToListsWhoseCredentialsReadIt: on real nodes, a
+// private tag one namespace's list resolved with its Secret is not handed
+// to another namespace's list whose Secret the registry refuses: that list
+// gets no digest and says why, its node gets nothing, and the first list
+// stays Ready on its node. Once the second namespace fixes its Secret, its
+// list is handed the digest and is Ready (the time it took is logged).
+func TestATagIsHandedOnlyToListsWhoseCredentialsReadIt(t *testing.T) {
+	nodes := c.RunningNodes()
+	one, two := nodes[0], nodes[1]
+	reg := testground.StartRegistry(t, testground.WithBasicAuth("carol", "s3same"))
+	front := testground.StartThrottleAt(t, c.Node(1).IP, reg, 1<<30, 0)
+	if err := c.TrustHost(front.Host); err != nil {
+		t.Fatal(err)
+	}
+	img, err := c.Workload(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.PushImage("private/shared:1", img); err != nil {
+		t.Fatal(err)
+	}
+	image := front.Host + "/private/shared:1"
+	auth := func(password string) map[string][]byte {
+		return map[string][]byte{corev1.DockerConfigJsonKey: fmt.Appendf(nil, `{"auths":{%q:{"username":"carol","password":%q}}}`, front.Host, password)}
+	}
+	stranger := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "multi-stranger"}}
+	if err := cl.Create(ctx, stranger); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Delete(ctx, stranger) })
+	privateList := func(namespace, node string, s *corev1.Secret) *prepullv1.PrePullList {
+		l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: "shared"}, Spec: prepullv1.PrePullListSpec{
+			Images:           []prepullv1.PrePullImage{{Image: image}},
+			NodeSelector:     &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": node}},
+			ImagePullSecrets: []corev1.LocalObjectReference{{Name: s.Name}},
+		}}
+		for _, o := range []client.Object{s, l} {
+			if err := cl.Create(ctx, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Cleanup(func() { deleteList(t, l); _ = cl.Delete(ctx, s) })
+		return l
+	}
+	owner := privateList(ns, one.Name, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "shared-cred"},
+		Type: corev1.SecretTypeDockerConfigJson, Data: auth("s3same")})
+	waitReady(t, owner, 1)
+	wrong := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: stranger.Name, Name: "shared-cred"},
+		Type: corev1.SecretTypeDockerConfigJson, Data: auth("guess")}
+	other := privateList(stranger.Name, two.Name, wrong)
+	testground.Eventually(t, time.Minute, "the stranger's list says why it has no digest", func() error {
+		got := &prepullv1.PrePullList{}
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(other), got); err != nil {
+			return err
+		}
+		if len(got.Status.Images) != 1 || got.Status.Images[0].Digest != "" || !strings.Contains(got.Status.Images[0].Message, "401") {
+			return fmt.Errorf("images %+v", got.Status.Images)
+		}
+		return nil
+	})
+	set := &prepullv1.NodeImageSet{}
+	if err := cl.Get(ctx, client.ObjectKey{Name: two.Name}, set); client.IgnoreNotFound(err) != nil {
+		t.Fatal(err)
+	}
+	if err := imageplan.Expand(ctx, cl, set); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range set.Spec.Images {
+		if strings.HasPrefix(e.Image, front.Host+"/private/shared@") {
+			t.Errorf("%s was handed %s for the list whose Secret the registry refuses", two.Name, e.Image)
+		}
+	}
+	got := waitReady(t, owner, 1)
+	if len(got.Status.Images) != 1 || got.Status.Images[0].Digest == "" || got.Status.Images[0].Message != "" {
+		t.Errorf("the owner's list disturbed: %+v", got.Status.Images)
+	}
+
+	fixed := time.Now()
+	wrong.Data = auth("s3same")
+	if err := cl.Update(ctx, wrong); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, other, 1)
+	t.Logf("the stranger's list Ready on %s %.1fs after its Secret was fixed", two.Name, time.Since(fixed).Seconds())
+}
+
 // TestCredentialProviderPluginsPullPrivateImagesWithoutSecrets: on a real
 // node whose kubelet runs the cluster's credential provider plugin (the
 // agents run the same plugin from its configuration), against a registry
