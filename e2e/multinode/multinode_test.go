@@ -364,16 +364,22 @@ func TestATagMovedMidRolloutEndsOnOneDigest(t *testing.T) {
 	}
 }
 
-// runningImage is the image ID of the container of pod as node n's runtime
-// runs it.
-func runningImage(t *testing.T, n cluster.Node, pod string) string {
+// runtimeService is node n's CRI runtime service, until the test ends.
+func runtimeService(t *testing.T, n cluster.Node) runtimeapi.RuntimeServiceClient {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+n.ContainerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	t.Cleanup(func() { conn.Close() })
+	return runtimeapi.NewRuntimeServiceClient(conn)
+}
+
+// runningImage is the image ID of the container of pod as node n's runtime
+// runs it.
+func runningImage(t *testing.T, n cluster.Node, pod string) string {
+	t.Helper()
+	rs := runtimeService(t, n)
 	list, err := rs.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
 		LabelSelector: map[string]string{"io.kubernetes.pod.name": pod, "io.kubernetes.pod.namespace": ns},
 	}})
@@ -810,18 +816,7 @@ func TestAlwaysVerifyChecksCredentialsOfAPrePulledPrivateImage(t *testing.T) {
 func TestAnAgentGetsOnlyItsOwnNodesCredentials(t *testing.T) {
 	nodes := c.RunningNodes()
 	one, two := nodes[0], nodes[1]
-	reg := testground.StartRegistry(t, testground.WithBasicAuth("bob", "t0psecret"))
-	front := testground.StartThrottleAt(t, c.Node(1).IP, reg, 1<<30, 0)
-	if err := c.TrustHost(front.Host); err != nil {
-		t.Fatal(err)
-	}
-	img, err := c.Workload(1 << 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := reg.PushImage("private/one:1", img); err != nil {
-		t.Fatal(err)
-	}
+	front := privateImage(t, "bob", "t0psecret", "private/one:1")
 	image := front.Host + "/private/one:1"
 	auth := fmt.Sprintf(`{"auths":{%q:{"username":"bob","password":"t0psecret"}}}`, front.Host)
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "one-cred"}, Type: corev1.SecretTypeDockerConfigJson,
@@ -879,6 +874,26 @@ func TestAnAgentGetsOnlyItsOwnNodesCredentials(t *testing.T) {
 	}
 }
 
+// privateImage starts a registry that lets only user in, pushes a 1 MiB
+// workload image to it as repoTag, and returns the registry's front on the
+// nodes' network, which every node trusts.
+func privateImage(t *testing.T, user, password, repoTag string) *testground.Throttle {
+	t.Helper()
+	reg := testground.StartRegistry(t, testground.WithBasicAuth(user, password))
+	front := testground.StartThrottleAt(t, c.Node(1).IP, reg, 1<<30, 0)
+	if err := c.TrustHost(front.Host); err != nil {
+		t.Fatal(err)
+	}
+	img, err := c.Workload(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.PushImage(repoTag, img); err != nil {
+		t.Fatal(err)
+	}
+	return front
+}
+
 // TestATagIsHandedOnlyToListsWhoseCredentialsReadIt: on real nodes, a
 // private tag one namespace's list resolved with its Secret is not handed
 // to another namespace's list whose Secret the registry refuses: that list
@@ -888,18 +903,7 @@ func TestAnAgentGetsOnlyItsOwnNodesCredentials(t *testing.T) {
 func TestATagIsHandedOnlyToListsWhoseCredentialsReadIt(t *testing.T) {
 	nodes := c.RunningNodes()
 	one, two := nodes[0], nodes[1]
-	reg := testground.StartRegistry(t, testground.WithBasicAuth("carol", "s3same"))
-	front := testground.StartThrottleAt(t, c.Node(1).IP, reg, 1<<30, 0)
-	if err := c.TrustHost(front.Host); err != nil {
-		t.Fatal(err)
-	}
-	img, err := c.Workload(1 << 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := reg.PushImage("private/shared:1", img); err != nil {
-		t.Fatal(err)
-	}
+	front := privateImage(t, "carol", "s3same", "private/shared:1")
 	image := front.Host + "/private/shared:1"
 	auth := func(password string) map[string][]byte {
 		return map[string][]byte{corev1.DockerConfigJsonKey: fmt.Appendf(nil, `{"auths":{%q:{"username":"carol","password":%q}}}`, front.Host, password)}
@@ -1245,12 +1249,7 @@ func TestConditionOnlyGateOnAJoiningNode(t *testing.T) {
 // the audience agents prove their node with, and returns its path.
 func agentToken(t *testing.T, n cluster.Node) string {
 	t.Helper()
-	pods, err := cs.CoreV1().Pods("prepull-system").List(ctx, metav1.ListOptions{
-		LabelSelector: "app.kubernetes.io/name=prepull-agent", FieldSelector: "spec.nodeName=" + n.Name})
-	if err != nil || len(pods.Items) != 1 {
-		t.Fatalf("%s: the agent's pod: %v", n.Name, err)
-	}
-	p := &pods.Items[0]
+	p := agentPod(t, n)
 	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{nodeauth.Audience}, ExpirationSeconds: new(int64(600)),
 		BoundObjectRef: &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: p.Name, UID: p.UID}}}
 	tok, err := cs.CoreV1().ServiceAccounts("prepull-system").CreateToken(ctx, "prepull-agent", req, metav1.CreateOptions{})

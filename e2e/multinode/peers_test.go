@@ -21,8 +21,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	digestpkg "github.com/opencontainers/go-digest"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -582,12 +580,7 @@ func receivingFrom(n cluster.Node, min int64) (string, error) {
 // runtime (a CRI stop without a grace period); the kubelet restarts it.
 func killAgent(t *testing.T, n cluster.Node) {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+n.ContainerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	rs := runtimeapi.NewRuntimeServiceClient(conn)
+	rs := runtimeService(t, n)
 	list, err := rs.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
 		State:         &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
 		LabelSelector: map[string]string{"io.kubernetes.pod.namespace": "prepull-system", "io.kubernetes.container.name": "agent"},
@@ -600,15 +593,21 @@ func killAgent(t *testing.T, n cluster.Node) {
 	}
 }
 
-// agentLog is the log of node n's agent's running container.
-func agentLog(t *testing.T, n cluster.Node) string {
+// agentPod is node n's agent's pod.
+func agentPod(t *testing.T, n cluster.Node) *corev1.Pod {
 	t.Helper()
 	pods, err := cs.CoreV1().Pods("prepull-system").List(ctx, metav1.ListOptions{
 		LabelSelector: "app.kubernetes.io/name=prepull-agent", FieldSelector: "spec.nodeName=" + n.Name})
 	if err != nil || len(pods.Items) != 1 {
 		t.Fatalf("%s: the agent's pod: %v", n.Name, err)
 	}
-	raw, err := cs.CoreV1().Pods("prepull-system").GetLogs(pods.Items[0].Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	return &pods.Items[0]
+}
+
+// agentLog is the log of node n's agent's running container.
+func agentLog(t *testing.T, n cluster.Node) string {
+	t.Helper()
+	raw, err := cs.CoreV1().Pods("prepull-system").GetLogs(agentPod(t, n).Name, &corev1.PodLogOptions{}).DoRaw(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
