@@ -314,8 +314,11 @@ type PeerStore interface {
 	// opens: its manifest (an index, and its manifest for the node's
 	// platform), config and layers, those the content store lacks. Each
 	// blob is checked against its digest (and size) as it is written; one
-	// that does not match is ErrCorrupt, and nothing of it is kept.
-	FetchImage(ctx context.Context, digestRef string, fetch Fetcher) error
+	// that does not match is ErrCorrupt, and nothing of it is kept. admit,
+	// when not nil, is asked before the config and layers of a manifest
+	// are fetched with the bytes of those the content store lacks; its
+	// error stops the fetch, and is returned.
+	FetchImage(ctx context.Context, digestRef string, fetch Fetcher, admit func(need int64) error) error
 	// OpenBlob opens, for a peer, a blob of the image digestRef names:
 	// ErrNotFound when the node holds no such image or the blob is none
 	// of its own.

@@ -74,7 +74,7 @@ func TestAPeerServesWhatItsNodeHoldsToPeersOnly(t *testing.T) {
 		{"a node whose plan does not name the image", "token-c", h, "403 Forbidden"},
 		{"another certificate than the published one", "token-b", prepullv1.Peer{Node: h.Node, Address: h.Address, CertSHA256: strings.Repeat("0", 64)}, "another certificate"},
 	} {
-		err := store.FetchImage(ctx, img.Digest, client(c.token).Fetcher(c.holder, img.Digest))
+		err := store.FetchImage(ctx, img.Digest, client(c.token).Fetcher(c.holder, img.Digest), nil)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
 		}
@@ -85,7 +85,7 @@ func TestAPeerServesWhatItsNodeHoldsToPeersOnly(t *testing.T) {
 
 	// A holder that flips a byte of every layer it serves.
 	bad := serve(t, corrupting{srv})
-	err := store.FetchImage(ctx, img.Digest, client("token-b").Fetcher(bad, img.Digest))
+	err := store.FetchImage(ctx, img.Digest, client("token-b").Fetcher(bad, img.Digest), nil)
 	if !errors.Is(err, cri.ErrCorrupt) {
 		t.Errorf("corrupt bytes: %v, want ErrCorrupt", err)
 	}
@@ -93,7 +93,7 @@ func TestAPeerServesWhatItsNodeHoldsToPeersOnly(t *testing.T) {
 		t.Fatalf("the image is on the fetching node after corrupt bytes: %v", err)
 	}
 
-	if err := store.FetchImage(ctx, img.Digest, client("token-b").Fetcher(h, img.Digest)); err != nil {
+	if err := store.FetchImage(ctx, img.Digest, client("token-b").Fetcher(h, img.Digest), nil); err != nil {
 		t.Fatalf("fetch from the holder: %v", err)
 	}
 	got, err := images.ImageStatus(ctx, img.Digest)

@@ -202,7 +202,8 @@ func (r *Reconciler) archivePolicy() bundle.FetchPolicy {
 	return p
 }
 
-// budgetError is an archive the disk budget has no room for yet.
+// budgetError is an archive, or a fetch from peers, the disk budget has no
+// room for yet.
 type budgetError struct{ msg string }
 
 func (e *budgetError) Error() string { return e.msg }

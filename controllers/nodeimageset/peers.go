@@ -117,12 +117,16 @@ func (r *Reconciler) fromPeers(ctx context.Context, e *entry) (string, error) {
 	log := ctrl.LoggerFrom(ctx).WithValues("image", e.Image)
 	var errs []error
 	for _, h := range holders {
-		err := ps.FetchImage(ctx, e.Image, r.Peers.Client.Fetcher(h, e.Image))
+		err := ps.FetchImage(ctx, e.Image, r.Peers.Client.Fetcher(h, e.Image), r.admitFetch)
 		if err == nil {
 			return h.Node, nil
 		}
 		if ctx.Err() != nil {
 			return "", ctx.Err()
+		}
+		if errors.As(err, new(*budgetError)) {
+			// The node's disk, not the peer: wait for room.
+			return "", err
 		}
 		log.Info("Peer failed; trying the next", "peer", h.Node, "error", err.Error())
 		errs = append(errs, fmt.Errorf("%s: %w", h.Node, err))
@@ -140,6 +144,19 @@ func (r *Reconciler) fromPeers(ctx context.Context, e *entry) (string, error) {
 		return "", &waitError{reason: prepullv1.ReasonWaitingForRegistryBudget, msg: route.Status.Waiting}
 	}
 	return "", &waitError{reason: prepullv1.ReasonWaitingForPeers, msg: "no node holds the image yet; seed nodes are fetching it from its registry"}
+}
+
+// admitFetch is a fetch from peers' admission by the disk budget: need
+// bytes of blobs are written once in the content store and at least as
+// much again unpacked.
+func (r *Reconciler) admitFetch(need int64) error {
+	r.mu.Lock()
+	mount := r.fsMount
+	r.mu.Unlock()
+	if msg := r.overBudget(mount, 2*need, "the fetch from peers"); msg != "" {
+		return &budgetError{msg}
+	}
+	return nil
 }
 
 // PeerWants is peer.Server's Wants: whether node's NodeImageSet (with its

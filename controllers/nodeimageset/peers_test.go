@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -54,22 +55,7 @@ func TestAgentFetchesFromPeers(t *testing.T) {
 		r.Peers = &nodeimageset.Peers{Self: prepullv1.Peer{Node: "peer-node", Address: "127.0.0.1:1", CertSHA256: strings.Repeat("b", 64)},
 			Client: &peer.Client{TokenPath: token, Stall: 2 * time.Second}, Routes: e.c}
 	})
-	route := func(image string, st prepullv1.ImageRouteStatus) {
-		t.Helper()
-		r := &prepullv1.ImageRoute{}
-		err := e.c.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(image)}, r)
-		if err != nil {
-			r = &prepullv1.ImageRoute{ObjectMeta: metav1.ObjectMeta{Name: prepullv1.ImageRouteName(image)}, Spec: prepullv1.ImageRouteSpec{Image: image}, Status: st}
-			if err := e.c.Create(ctx, r); err != nil {
-				t.Fatal(err)
-			}
-			return
-		}
-		r.Status = st
-		if err := e.c.Update(ctx, r); err != nil {
-			t.Fatal(err)
-		}
-	}
+	route := func(image string, st prepullv1.ImageRouteStatus) { e.route(t, image, st) }
 	e.public.Stop()
 	route(app.Digest, prepullv1.ImageRouteStatus{Holders: []prepullv1.Peer{dying}})
 	e.setSpec(t, "peer-node", entry(app.Digest, owner("peers/list", app.Tag)))
@@ -97,6 +83,82 @@ func TestAgentFetchesFromPeers(t *testing.T) {
 	e.phase(t, "peer-node", tool.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
 		if st.Source != prepullv1.FetchedFromRegistry {
 			return fmt.Errorf("source %s", st.Source)
+		}
+		return nil
+	})
+}
+
+// route writes image's ImageRoute with status st, as the controller does.
+func (e *env) route(t *testing.T, image string, st prepullv1.ImageRouteStatus) {
+	t.Helper()
+	r := &prepullv1.ImageRoute{}
+	err := e.c.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(image)}, r)
+	if err != nil {
+		r = &prepullv1.ImageRoute{ObjectMeta: metav1.ObjectMeta{Name: prepullv1.ImageRouteName(image)}, Spec: prepullv1.ImageRouteSpec{Image: image}, Status: st}
+		if err := e.c.Create(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	r.Status = st
+	if err := e.c.Update(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAFetchFromPeersWaitsForTheDiskBudget: a fetch from a peer is held to
+// the agent's disk budget as a pull is: on a real 32 MiB filesystem with a
+// budget of 80%, a 14 MiB image (at least 28 MiB written) waits Pending,
+// DiskBudgetExceeded, with none of its layers fetched and its holder not
+// dropped; once the filesystem has room, it is fetched from that holder.
+func TestAFetchFromPeersWaitsForTheDiskBudget(t *testing.T) {
+	e := setup(t)
+	big := e.public.MustPushRandom(t, "peers/big:1", 14<<20, 1)
+	if _, err := e.images.PullImage(ctx, big.Digest, nil); err != nil {
+		t.Fatal(err)
+	}
+	wants := func(context.Context, string, string) (bool, error) { return true, nil }
+	holder := servePeer(t, "holder", peer.NewServer(e.store, anyToken{}, wants, 4))
+	root, images, store := e.containerdOnTmpfs(t, 32<<20)
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("agent"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.agent(t, "peer-node", func(r *nodeimageset.Reconciler) {
+		r.Images, r.Store, r.DiskBudget = images, store, 0.8
+		r.Peers = &nodeimageset.Peers{Self: prepullv1.Peer{Node: "peer-node", Address: "127.0.0.1:1", CertSHA256: strings.Repeat("b", 64)},
+			Client: &peer.Client{TokenPath: token, Stall: 2 * time.Second}, Routes: e.c}
+	})
+	e.public.Stop()
+	e.route(t, big.Digest, prepullv1.ImageRouteStatus{Holders: []prepullv1.Peer{holder}})
+	e.setSpec(t, "peer-node", entry(big.Digest, owner("peers/list", big.Tag)))
+	st := e.phase(t, "peer-node", big.Digest, prepullv1.PhasePending, func(st *prepullv1.NodeImageStatus) error {
+		if st.Reason != nodeimageset.ReasonDiskBudget {
+			return fmt.Errorf("reason %s, error %q", st.Reason, st.LastError)
+		}
+		return nil
+	})
+	for _, want := range []string{"the fetch from peers writes at least 28 MiB", "past the agent's disk budget of 80.0%"} {
+		if !strings.Contains(st.LastError, want) {
+			t.Errorf("message %q: want %q", st.LastError, want)
+		}
+	}
+	if st.Attempts != 0 {
+		t.Errorf("%d attempts counted past the budget", st.Attempts)
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(root, &fs); err != nil {
+		t.Fatal(err)
+	}
+	if used := int64(fs.Blocks-fs.Bfree) * fs.Bsize; used > 8<<20 {
+		t.Errorf("%d MiB written on the fetching node's filesystem: the layer was fetched past the budget", used>>20)
+	}
+	if err := syscall.Mount("tmpfs", root, "tmpfs", syscall.MS_REMOUNT, "size=256m"); err != nil {
+		t.Fatalf("grow the tmpfs: %v", err)
+	}
+	e.phase(t, "peer-node", big.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+		if st.Source != prepullv1.FetchedFromPeer || st.FetchedFrom != "holder" {
+			return fmt.Errorf("source %s from %q", st.Source, st.FetchedFrom)
 		}
 		return nil
 	})

@@ -245,12 +245,13 @@ func (r *Reconciler) record(ctx context.Context, e *entry, st *imageState, attem
 		st.to(prepullv1.PhasePending, w.reason, w.msg, now)
 		st.nextTry = now.Add(wait.Jitter(time.Second, 0.5))
 	case errors.As(err, new(*budgetError)):
-		// An archive without room yet: not an attempt at the image, but a
-		// wait for the disk, as a pull's (maybePull).
+		// An archive or a fetch from peers without room yet: not an
+		// attempt at the image, but a wait for the disk, as a pull's
+		// (maybePull).
 		st.attempts--
 		st.to(prepullv1.PhasePending, ReasonDiskBudget, err.Error(), now)
 		st.nextTry = now.Add(r.ResyncInterval)
-		log.Info("Archive waits for the disk budget", "error", err.Error())
+		log.Info("Image waits for the disk budget", "error", err.Error())
 	case attempt > e.BackoffLimit || errors.As(err, new(*verify.Error)):
 		// A signature that does not verify will not on a second try: only
 		// a changed entry (another archive, other keys) is tried again.

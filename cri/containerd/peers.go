@@ -25,8 +25,9 @@ var _ cri.PeerStore = (*Store)(nil)
 // FetchImage fetches, under a lease, what the content store lacks of the
 // image digestRef names for the node's platform, then makes it present as
 // an import does (makePresent): linked for the garbage collector,
-// unpacked, named.
-func (s *Store) FetchImage(ctx context.Context, digestRef string, fetch cri.Fetcher) error {
+// unpacked, named. admit is asked, for each manifest, with the bytes of the
+// blobs it names that the content store lacks, before they are fetched.
+func (s *Store) FetchImage(ctx context.Context, digestRef string, fetch cri.Fetcher, admit func(need int64) error) error {
 	r, err := imageref.Parse(digestRef)
 	if err != nil {
 		return err
@@ -48,7 +49,17 @@ func (s *Store) FetchImage(ctx context.Context, digestRef string, fetch cri.Fetc
 		if err := fetchBlob(ctx, cs, desc, fetch); err != nil {
 			return nil, err
 		}
-		return images.Children(ctx, cs, desc)
+		children, err := images.Children(ctx, cs, desc)
+		if err != nil || admit == nil || !images.IsManifestType(desc.MediaType) {
+			return children, err
+		}
+		var need int64
+		for _, c := range children {
+			if _, err := cs.Info(ctx, c.Digest); err != nil {
+				need += c.Size
+			}
+		}
+		return children, admit(need)
 	})
 	if err := images.Walk(ctx, images.FilterPlatforms(missing, platforms.Default()), top); err != nil {
 		return fmt.Errorf("fetch %s: %w", digestRef, err)
