@@ -52,8 +52,11 @@ func runAgent(ctx context.Context, args []string) error {
 
 	mgr, err := newManager(ctx, opts.ServeOptions, ctrl.Options{
 		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// The agent watches its own node's NodeImageSet and nothing else.
+			// The agent watches its own node's NodeImageSet, and, with
+			// peers on, the ImageRoutes (one per image handed, each of a
+			// few holders), without their managed fields.
 			&prepullv1.NodeImageSet{}: {Field: fields.OneTermEqualSelector("metadata.name", opts.NodeName)},
+			&prepullv1.ImageRoute{}:   {Transform: cache.TransformStripManagedFields()},
 		}},
 	})
 	if err != nil {
@@ -250,7 +253,7 @@ func servePeers(mgr ctrl.Manager, r *nodeimageset.Reconciler, opts *AgentOptions
 	r.Peers = &nodeimageset.Peers{
 		Self:   prepullv1.Peer{Node: opts.NodeName, Address: address, CertSHA256: id.SHA256},
 		Client: &peer.Client{TokenPath: opts.NodeToken},
-		Routes: mgr.GetAPIReader(),
+		Routes: mgr.GetClient(),
 	}
 	reviewer := &nodeauth.Reviewer{Reviews: reviews.TokenReviews(),
 		Agent: "system:serviceaccount:" + opts.Namespace + ":prepull-agent"}

@@ -19,7 +19,7 @@ import (
 	"prepull.io/prepull/peer"
 )
 
-// +kubebuilder:rbac:groups=prepull.io,resources=imageroutes,verbs=get
+// +kubebuilder:rbac:groups=prepull.io,resources=imageroutes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 
 // Peers makes an agent fetch its images from peer agents first, and serve
@@ -29,7 +29,9 @@ type Peers struct {
 	Self prepullv1.Peer
 	// Client fetches from holders.
 	Client *peer.Client
-	// Routes reads ImageRoutes by name.
+	// Routes reads ImageRoutes by name: a cache the agent's watch of
+	// ImageRoutes fills, so that an image waiting for holders looks every
+	// second without asking the API server.
 	Routes client.Reader
 
 	mu       sync.Mutex

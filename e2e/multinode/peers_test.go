@@ -122,6 +122,7 @@ func TestNodesFetchFromPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	tag, digest := push(t, "peers/app:1", 4<<20, front.Host)
+	gets, writes := routeRequests(t)
 	l := applyList(t, "peers", 3, tag)
 	deleted := false
 	t.Cleanup(func() {
@@ -131,12 +132,15 @@ func TestNodesFetchFromPeers(t *testing.T) {
 	})
 	digestRef := strings.TrimSuffix(tag, ":1") + "@" + digest
 	testground.Eventually(t, 3*time.Minute, "a seed holds the image", func() error {
-		route := &prepullv1.ImageRoute{}
-		if err := cl.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(digestRef)}, route); err != nil {
+		// Listed, not read by name: the test's reads are not counted with
+		// the GETs below.
+		var routes prepullv1.ImageRouteList
+		if err := cl.List(ctx, &routes); err != nil {
 			return err
 		}
-		if len(route.Status.Holders) == 0 {
-			return fmt.Errorf("route %+v", route.Status)
+		i := slices.IndexFunc(routes.Items, func(r prepullv1.ImageRoute) bool { return r.Name == prepullv1.ImageRouteName(digestRef) })
+		if i < 0 || len(routes.Items[i].Status.Holders) == 0 {
+			return fmt.Errorf("no route with holders of %s", digestRef)
 		}
 		return nil
 	})
@@ -149,6 +153,14 @@ func TestNodesFetchFromPeers(t *testing.T) {
 		}
 	})
 	waitReady(t, l, 3)
+	// The agents waiting for holders read the routes from their watch:
+	// the API server answered no GET of an ImageRoute but the controller's,
+	// one before each of its writes.
+	if g, w := routeRequests(t); g-gets > w-writes {
+		t.Errorf("the API server answered %.0f GETs of ImageRoutes for %.0f writes while the nodes waited for holders", g-gets, w-writes)
+	} else {
+		t.Logf("ImageRoutes: %.0f GETs, %.0f writes", g-gets, w-writes)
+	}
 	blobs := front.Blobs()
 	if len(blobs) == 0 {
 		t.Fatalf("the registry served no blob")
@@ -257,6 +269,32 @@ func TestAnArchiveOnOneNodeSeedsTheFleet(t *testing.T) {
 	if f := fetched(t, nodes); f.Archive != 1 || f.Peer != int32(len(nodes)-1) {
 		t.Errorf("imported %d, fetched from peers %d; want 1 and %d", f.Archive, f.Peer, len(nodes)-1)
 	}
+}
+
+// routeRequests are the GETs, and the writes, of ImageRoutes the API
+// server has answered since it started, from its metrics.
+func routeRequests(t *testing.T) (gets, writes float64) {
+	t.Helper()
+	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="imageroutes"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		switch {
+		case strings.Contains(line, `verb="GET"`):
+			gets += v
+		case strings.Contains(line, `verb="POST"`), strings.Contains(line, `verb="PUT"`), strings.Contains(line, `verb="PATCH"`):
+			writes += v
+		}
+	}
+	return gets, writes
 }
 
 // fetched adds up what nodes' agents say they fetched, by source.
