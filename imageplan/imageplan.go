@@ -80,6 +80,25 @@ func (p *Reader) Expand(ctx context.Context, set *prepullv1.NodeImageSet) error 
 	if err := p.Spec(ctx, set); err != nil {
 		return err
 	}
+	var left []prepullv1.NodeImageStatus
+	err := p.LeftOut(ctx, set, func(e *prepullv1.NodeImage, source prepullv1.ImageFetchSource) {
+		st := e.PresentAsAsked()
+		st.Source = source
+		left = append(left, st)
+	})
+	if err != nil || left == nil {
+		return err
+	}
+	set.Status.Images = append(set.Status.Images, left...)
+	slices.SortFunc(set.Status.Images, func(a, b prepullv1.NodeImageStatus) int { return strings.Compare(a.Image, b.Image) })
+	return nil
+}
+
+// LeftOut calls fn, in the order of their names, for each image of the
+// plan set's status names that the status does not list (present as
+// asked), with its source from status.planSources ("" when not known).
+// It reads no copy of the plan's images: for readers of many nodes.
+func (p *Reader) LeftOut(ctx context.Context, set *prepullv1.NodeImageSet, fn func(e *prepullv1.NodeImage, source prepullv1.ImageFetchSource)) error {
 	if set.Status.Plan == "" {
 		return nil
 	}
@@ -96,22 +115,23 @@ func (p *Reader) Expand(ctx context.Context, set *prepullv1.NodeImageSet) error 
 	for _, st := range set.Status.Images {
 		listed[st.Image] = true
 	}
-	var left []prepullv1.NodeImageStatus
+	var left []*prepullv1.NodeImage
 	for i := range plan.Spec.Images {
 		if e := &plan.Spec.Images[i]; !listed[e.Image] {
-			left = append(left, e.PresentAsAsked())
+			left = append(left, e)
 		}
 	}
+	slices.SortFunc(left, func(a, b *prepullv1.NodeImage) int { return strings.Compare(a.Image, b.Image) })
 	// planSources has a letter for each image left out, in the order of
 	// their names, when the agent reported against this plan as it is.
-	slices.SortFunc(left, func(a, b prepullv1.NodeImageStatus) int { return strings.Compare(a.Image, b.Image) })
-	if sources := set.Status.PlanSources; len(sources) == len(left) {
-		for i := range left {
-			left[i].Source = prepullv1.PlanSource(sources[i])
+	sources := set.Status.PlanSources
+	for i, e := range left {
+		var source prepullv1.ImageFetchSource
+		if len(sources) == len(left) {
+			source = prepullv1.PlanSource(sources[i])
 		}
+		fn(e, source)
 	}
-	set.Status.Images = append(set.Status.Images, left...)
-	slices.SortFunc(set.Status.Images, func(a, b prepullv1.NodeImageStatus) int { return strings.Compare(a.Image, b.Image) })
 	return nil
 }
 

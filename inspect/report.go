@@ -91,13 +91,27 @@ func Lists(ctx context.Context, c client.Reader, namespace, name string, now tim
 	// Nodes share plans: each is read once.
 	plans := imageplan.NewReader(c, 64)
 	for i := range sets.Items {
-		if err := plans.Expand(ctx, &sets.Items[i]); err != nil {
+		if err := plans.Spec(ctx, &sets.Items[i]); err != nil {
 			return nil, err
 		}
 	}
 	out := make([]ListReport, 0, len(lists))
 	for i := range lists {
-		out = append(out, listReport(&lists[i], sets.Items, now))
+		r := listReport(&lists[i], sets.Items, now)
+		// The images a node's status leaves out (present as its plan
+		// asks) count by their sources too.
+		key := lists[i].Namespace + "/" + lists[i].Name
+		for j := range sets.Items {
+			err := plans.LeftOut(ctx, &sets.Items[j], func(e *prepullv1.NodeImage, source prepullv1.ImageFetchSource) {
+				if slices.ContainsFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.List == key && !o.Releasing }) {
+					r.Sources.Count(source, 0)
+				}
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, r)
 	}
 	slices.SortFunc(out, func(a, b ListReport) int { return strings.Compare(a.List, b.List) })
 	return out, nil

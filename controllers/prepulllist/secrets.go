@@ -212,7 +212,13 @@ func (r *Reconciler) pollSourceSecrets(ctx context.Context, cfg *rest.Config) er
 			case err == nil:
 				version = m.ResourceVersion
 			case !apierrors.IsNotFound(err):
+				// Read again at the next poll, not at every tick: an API
+				// server that refuses is not asked harder.
 				ctrl.LoggerFrom(ctx).Info("Could not read a pull secret's version", "secret", key.String(), "error", err.Error())
+				if !ok {
+					prev.version = unread
+				}
+				last[key] = seen{version: prev.version, at: now}
 				continue
 			}
 			// A Secret seen for the first time may have changed since its
@@ -231,6 +237,10 @@ func (r *Reconciler) pollSourceSecrets(ctx context.Context, cfg *rest.Config) er
 	}, min(poll, degradedSecretPoll))
 	return nil
 }
+
+// unread is the version of a Secret whose first read failed: any version
+// read later differs.
+const unread = "\x00unread"
 
 // namedSecret is a Secret lists name: those lists, and whether one of
 // them is Degraded.
