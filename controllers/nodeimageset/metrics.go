@@ -36,10 +36,18 @@ var (
 		Name: "prepull_agent_pinned_bytes",
 		Help: "Bytes of the images pinned on this node.",
 	})
+	fetchedImages = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prepull_agent_images_fetched_total",
+		Help: "Images this agent made present, by where their bytes came from (Registry, Peer, Archive).",
+	}, []string{"source"})
+	fetchedBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "prepull_agent_image_bytes_fetched_total",
+		Help: "Size, as the runtime counts it, of the images this agent made present, by where their bytes came from (Registry, Peer, Archive).",
+	}, []string{"source"})
 )
 
 func init() {
-	metrics.Registry.MustRegister(pullsTotal, pullDuration, pullBytes, tagsTotal, transitionsTotal, imagesGauge, pinnedBytesGauge, pluginRuns)
+	metrics.Registry.MustRegister(pullsTotal, pullDuration, pullBytes, tagsTotal, transitionsTotal, imagesGauge, pinnedBytesGauge, pluginRuns, fetchedImages, fetchedBytes)
 }
 
 var pluginRuns = prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -8,13 +8,16 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	prepullv1 "prepull.io/prepull/api/v1alpha1"
 	"prepull.io/prepull/controllers/nodeimageset"
@@ -56,6 +59,8 @@ func TestAgentFetchesFromPeers(t *testing.T) {
 			Client: &peer.Client{TokenPath: token, Stall: 2 * time.Second}, Routes: e.c}
 	})
 	route := func(image string, st prepullv1.ImageRouteStatus) { e.route(t, image, st) }
+	peerImages, peerBytes := fetchedMetric(t, prepullv1.FetchedFromPeer)
+	registryImages, _ := fetchedMetric(t, prepullv1.FetchedFromRegistry)
 	e.public.Stop()
 	route(app.Digest, prepullv1.ImageRouteStatus{Holders: []prepullv1.Peer{dying}})
 	e.setSpec(t, "peer-node", entry(app.Digest, owner("peers/list", app.Tag)))
@@ -75,6 +80,9 @@ func TestAgentFetchesFromPeers(t *testing.T) {
 	if got, err := images.ImageStatus(ctx, app.Tag); err != nil || got.ID != app.ID {
 		t.Errorf("tag %s on the fetching node: %+v, %v; want image %s", app.Tag, got, err, app.ID)
 	}
+	if n, b := fetchedMetric(t, prepullv1.FetchedFromPeer); n-peerImages != 1 || b-peerBytes < 512<<10 {
+		t.Errorf("metrics: %v images, %v bytes fetched from peers; want 1 image of at least 512 KiB", n-peerImages, b-peerBytes)
+	}
 
 	// The registry, the last resort: a grant, and the holder failing.
 	e.public.Start()
@@ -86,6 +94,33 @@ func TestAgentFetchesFromPeers(t *testing.T) {
 		}
 		return nil
 	})
+	if n, _ := fetchedMetric(t, prepullv1.FetchedFromRegistry); n-registryImages != 1 {
+		t.Errorf("metrics: %v images fetched from the registry, want 1", n-registryImages)
+	}
+}
+
+// fetchedMetric is what the agents' metrics say they made present from
+// source: images, and their bytes.
+func fetchedMetric(t *testing.T, source prepullv1.ImageFetchSource) (images, bytes float64) {
+	t.Helper()
+	families, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == "source" && l.GetValue() == string(source) }) {
+				continue
+			}
+			switch f.GetName() {
+			case "prepull_agent_images_fetched_total":
+				images = m.GetCounter().GetValue()
+			case "prepull_agent_image_bytes_fetched_total":
+				bytes = m.GetCounter().GetValue()
+			}
+		}
+	}
+	return images, bytes
 }
 
 // route writes image's ImageRoute with status st, as the controller does.

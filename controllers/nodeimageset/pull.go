@@ -133,7 +133,7 @@ func (r *Reconciler) fetched(ctx context.Context, e *entry, st *imageState, abse
 		source, kind = prepullv1.FetchedFromArchive, ""
 	}
 	r.mu.Lock()
-	st.credentials, st.source, st.fetchedFrom = kind, source, from
+	st.credentials, st.source, st.fetchedFrom, st.uncounted = kind, source, from, true
 	r.mu.Unlock()
 }
 

@@ -127,6 +127,9 @@ type imageState struct {
 	private bool
 	// credentials is the kind of credentials the last pull used.
 	credentials prepullv1.CredentialKind
+	// uncounted is a fetch done whose image the fetch metrics do not
+	// count yet: they do once it is Present, with its size.
+	uncounted bool
 }
 
 // to puts st in phase p, saying why with reason and msg ("" and "" when
@@ -136,6 +139,11 @@ func (st *imageState) to(p prepullv1.ImagePhase, reason, msg string, now time.Ti
 	if st.phase != p {
 		if p == prepullv1.PhasePresent {
 			pullBytes.Observe(float64(st.bytesTotal))
+			if st.uncounted {
+				fetchedImages.WithLabelValues(string(st.source)).Inc()
+				fetchedBytes.WithLabelValues(string(st.source)).Add(float64(st.bytesTotal))
+				st.uncounted = false
+			}
 		}
 		transitionsTotal.WithLabelValues(string(p)).Inc()
 		// Second precision, as the API stores it, so that status compares
