@@ -169,6 +169,10 @@ bench-podstart: deps cluster-binaries build ## Pod start latency on the local cl
 bench-peers: deps cluster-binaries build ## Three real nodes behind one 100 Mbit/s registry link: registry bytes and time to Ready, with peers vs without (root).
 	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkPeersRollout -benchtime 1x -timeout 30m ./e2e/multinode/
 
+.PHONY: bench-verify
+bench-verify: deps cluster-binaries build ## Pod start under the kubelet's AlwaysVerify: pre-pulled private images vs kubelet-pulled vs cold, over a shaped link (root).
+	$(TEST_ENV) PREPULL_BINARY=$(BIN)/prepull $(GO) test -tags e2e -run '^$$' -bench BenchmarkAlwaysVerifyPodStart -benchtime 1x -timeout 30m ./e2e/multinode/
+
 .PHONY: clean
 clean: ## Remove bin/ (the test ground is rebuilt on the next `make test`).
 	rm -rf $(BIN)

@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"io"
 	"net"
 	"net/http"
@@ -716,13 +717,62 @@ func TestTheControllerWritesOnlyItsTaintAndCondition(t *testing.T) {
 // presents that secret (the kubelet checks it with the registry), and does
 // not start one without it: the image is not open to every pod of the node.
 func TestAlwaysVerifyChecksCredentialsOfAPrePulledPrivateImage(t *testing.T) {
+	v := startVerifyingNode(t, 1<<20, "private/app:1", "private/cold:1")
+	image := v.front.Host + "/private/app:1"
+	v.prePull(t, image)
+
+	served := v.front.Blobs()
+	prepulled := v.podStart(t, "verified-with", image, true)
+	if blobs := v.front.Blobs(); !maps.Equal(blobs, served) {
+		t.Errorf("the registry served blobs for a pod of the pre-pulled image: %v, before %v; want a manifest check only", blobs, served)
+	}
+	cold := v.podStart(t, "kubelet-pulled", v.front.Host+"/private/cold:1", true)
+	t.Logf("under AlwaysVerify, with the secret: Running in %s on the pre-pulled image (a manifest check at the registry), %s on one the kubelet pulled (make bench-verify measures them)", prepulled, cold)
+
+	without := v.pod("verified-without", image, false)
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, without, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deletePod(without.Name) })
+	testground.Eventually(t, 2*time.Minute, "the pod without the secret refused the pre-pulled private image", func() error {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, without.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, s := range p.Status.ContainerStatuses {
+			if s.State.Running != nil {
+				t.Fatalf("a pod without the secret runs the pre-pulled private image")
+			}
+			if w := s.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
+				t.Logf("without the secret: %s: %s", w.Reason, w.Message)
+				return nil
+			}
+		}
+		return fmt.Errorf("phase %s, statuses %+v", p.Status.Phase, p.Status.ContainerStatuses)
+	})
+}
+
+// verifyingNode is a node added with imagePullCredentialsVerificationPolicy
+// AlwaysVerify, a registry that lets only alice in (its front on the nodes'
+// network), and the Secret of alice's credentials.
+type verifyingNode struct {
+	node   cluster.Node
+	front  *testground.Throttle
+	secret *corev1.Secret
+}
+
+// startVerifyingNode starts a verifying node, and the registry with a
+// workload image of payload random bytes at each of repos; the registry's
+// front sends at most 100 Mbit/s. All is undone when the test ends.
+func startVerifyingNode(t testing.TB, payload int, repos ...string) *verifyingNode {
+	t.Helper()
 	reg := testground.StartRegistry(t, testground.WithBasicAuth("alice", "s3cret"))
-	front := testground.StartThrottleAt(t, c.Node(1).IP, reg, 1<<30, 0)
+	front := testground.StartThrottleAt(t, c.Node(1).IP, reg, 100<<20/8, 0)
 	if err := c.TrustHost(front.Host); err != nil {
 		t.Fatal(err)
 	}
-	for _, repo := range []string{"private/app:1", "private/cold:1"} {
-		img, err := c.Workload(1 << 20)
+	for _, repo := range repos {
+		img, err := c.Workload(payload)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -748,63 +798,73 @@ func TestAlwaysVerifyChecksCredentialsOfAPrePulledPrivateImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cl.Delete(ctx, secret) })
-	image := front.Host + "/private/app:1"
+	return &verifyingNode{node: n, front: front, secret: secret}
+}
+
+// prePull pre-pulls images on the node with a list naming the Secret, and
+// returns how long the list took to be Ready.
+func (v *verifyingNode) prePull(t testing.TB, images ...string) time.Duration {
+	t.Helper()
 	l := &prepullv1.PrePullList{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "verified"}, Spec: prepullv1.PrePullListSpec{
-		Images:           []prepullv1.PrePullImage{{Image: image}},
-		NodeSelector:     &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": n.Name}},
-		ImagePullSecrets: []corev1.LocalObjectReference{{Name: secret.Name}},
+		NodeSelector:     &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": v.node.Name}},
+		ImagePullSecrets: []corev1.LocalObjectReference{{Name: v.secret.Name}},
 	}}
+	for _, i := range images {
+		l.Spec.Images = append(l.Spec.Images, prepullv1.PrePullImage{Image: i})
+	}
+	start := time.Now()
 	if err := cl.Create(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { deleteList(t, l) })
-	waitReady(t, l, 1)
-
-	pod := func(name, image string, withSecret bool) *corev1.Pod {
-		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.PodSpec{
-			NodeName:                      n.Name,
-			Containers:                    []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: corev1.PullIfNotPresent}},
-			TerminationGracePeriodSeconds: new(int64),
-		}}
-		if withSecret {
-			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: secret.Name}}
+	t.Cleanup(func() {
+		if err := cluster.DeleteList(ctx, cl, l, 2*time.Minute); err != nil {
+			t.Error(err)
 		}
-		t.Cleanup(func() {
-			_ = cs.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
-			cluster.WaitPodGone(ctx, cs, ns, name)
-		})
-		return p
-	}
-	prepulled, err := cluster.WaitPodRunning(ctx, cs, pod("verified-with", image, true), 2*time.Minute)
-	if err != nil {
-		t.Fatalf("a pod presenting the secret on the pre-pulled private image: %v", err)
-	}
-	cold, err := cluster.WaitPodRunning(ctx, cs, pod("kubelet-pulled", front.Host+"/private/cold:1", true), 2*time.Minute)
-	if err != nil {
-		t.Fatalf("a pod presenting the secret on a private image the kubelet pulls: %v", err)
-	}
-	t.Logf("under AlwaysVerify, with the secret: Running in %s on the pre-pulled image (a check at the registry), %s on one the kubelet pulled", prepulled, cold)
-
-	without := pod("verified-without", image, false)
-	if _, err := cs.CoreV1().Pods(ns).Create(ctx, without, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	testground.Eventually(t, 2*time.Minute, "the pod without the secret refused the pre-pulled private image", func() error {
-		p, err := cs.CoreV1().Pods(ns).Get(ctx, without.Name, metav1.GetOptions{})
-		if err != nil {
+	})
+	testground.Eventually(t, 5*time.Minute, "list verified Ready", func() error {
+		got := &prepullv1.PrePullList{}
+		if err := cl.Get(ctx, client.ObjectKeyFromObject(l), got); err != nil {
 			return err
 		}
-		for _, s := range p.Status.ContainerStatuses {
-			if s.State.Running != nil {
-				t.Fatalf("a pod without the secret runs the pre-pulled private image")
-			}
-			if w := s.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff") {
-				t.Logf("without the secret: %s: %s", w.Reason, w.Message)
-				return nil
-			}
+		if got.Status.ReadyNodes != "1/1" {
+			return fmt.Errorf("ready %q", got.Status.ReadyNodes)
 		}
-		return fmt.Errorf("phase %s, statuses %+v", p.Status.Phase, p.Status.ContainerStatuses)
+		return nil
 	})
+	return time.Since(start)
+}
+
+// pod is an IfNotPresent pod of image on the node, with the Secret or
+// without.
+func (v *verifyingNode) pod(name, image string, withSecret bool) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.PodSpec{
+		NodeName:                      v.node.Name,
+		Containers:                    []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: corev1.PullIfNotPresent}},
+		TerminationGracePeriodSeconds: new(int64),
+	}}
+	if withSecret {
+		p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: v.secret.Name}}
+	}
+	return p
+}
+
+// podStart creates pod name of image on the node and returns the time
+// from its creation to Running (watched); the pod is deleted when the
+// test ends.
+func (v *verifyingNode) podStart(t testing.TB, name, image string, withSecret bool) time.Duration {
+	t.Helper()
+	t.Cleanup(func() { deletePod(name) })
+	took, err := cluster.WaitPodRunning(ctx, cs, v.pod(name, image, withSecret), 5*time.Minute)
+	if err != nil {
+		t.Fatalf("pod %s of %s: %v", name, image, err)
+	}
+	return took
+}
+
+// deletePod deletes pod name at once and waits until it is gone.
+func deletePod(name string) {
+	_ = cs.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	cluster.WaitPodGone(ctx, cs, ns, name)
 }
 
 // TestAnAgentGetsOnlyItsOwnNodesCredentials: agents hold no right to any
