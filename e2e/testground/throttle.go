@@ -21,9 +21,10 @@ type Throttle struct {
 	// Host is "127.0.0.1:port"; name images through it.
 	Host string
 
-	mu    sync.Mutex
-	blobs map[string]int
-	bytes int64
+	mu        sync.Mutex
+	blobs     map[string]int
+	manifests int
+	bytes     int64
 }
 
 // Blobs counts, by digest, the blob downloads the registry answered
@@ -36,6 +37,14 @@ func (th *Throttle) Blobs() map[string]int {
 		out[d] = n
 	}
 	return out
+}
+
+// Manifests counts the manifest requests (HEAD or GET, whatever the
+// answer) the registry answered through the proxy.
+func (th *Throttle) Manifests() int {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	return th.manifests
 }
 
 // Bytes is what the registry sent through the proxy, in bodies.
@@ -67,11 +76,14 @@ func StartThrottleOn(t testing.TB, host string, reg *Registry, bytesPerSecond in
 	link := &link{rate: bytesPerSecond}
 	th := &Throttle{Host: host, blobs: map[string]int{}}
 	rp.ModifyResponse = func(resp *http.Response) error {
+		th.mu.Lock()
 		if _, d, ok := strings.Cut(resp.Request.URL.Path, "/blobs/"); ok && resp.Request.Method == http.MethodGet && resp.StatusCode == http.StatusOK {
-			th.mu.Lock()
 			th.blobs[d]++
-			th.mu.Unlock()
 		}
+		if strings.Contains(resp.Request.URL.Path, "/manifests/") {
+			th.manifests++
+		}
+		th.mu.Unlock()
 		resp.Body = &slowBody{ReadCloser: resp.Body, link: link, th: th}
 		return nil
 	}
