@@ -190,16 +190,23 @@ func (r *Reconciler) importArchive(ctx context.Context, e *entry) error {
 func (r *Reconciler) archivePolicy() bundle.FetchPolicy {
 	p := r.Archives
 	p.Claim = r.archiveClaim
-	p.Admit = func(n int64) error {
+	p.Admit = r.admit("the import")
+	return p
+}
+
+// admit is the disk budget's admission of what (an import, a fetch from
+// peers) that writes n bytes of blobs: once in the content store, at
+// least as much again unpacked. Refused, it is a budgetError.
+func (r *Reconciler) admit(what string) func(n int64) error {
+	return func(n int64) error {
 		r.mu.Lock()
 		mount := r.fsMount
 		r.mu.Unlock()
-		if msg := r.overBudget(mount, 2*n, "the import"); msg != "" {
+		if msg := r.overBudget(mount, 2*n, what); msg != "" {
 			return &budgetError{msg}
 		}
 		return nil
 	}
-	return p
 }
 
 // budgetError is an archive, or a fetch from peers, the disk budget has no

@@ -119,7 +119,7 @@ func (r *Reconciler) fromPeers(ctx context.Context, e *entry) (string, error) {
 	log := ctrl.LoggerFrom(ctx).WithValues("image", e.Image)
 	var errs []error
 	for _, h := range holders {
-		err := ps.FetchImage(ctx, e.Image, r.Peers.Client.Fetcher(h, e.Image), r.admitFetch)
+		err := ps.FetchImage(ctx, e.Image, r.Peers.Client.Fetcher(h, e.Image), r.admit("the fetch from peers"))
 		if err == nil {
 			return h.Node, nil
 		}
@@ -146,19 +146,6 @@ func (r *Reconciler) fromPeers(ctx context.Context, e *entry) (string, error) {
 		return "", &waitError{reason: prepullv1.ReasonWaitingForRegistryBudget, msg: route.Status.Waiting}
 	}
 	return "", &waitError{reason: prepullv1.ReasonWaitingForPeers, msg: "no node holds the image yet; seed nodes are fetching it from its registry"}
-}
-
-// admitFetch is a fetch from peers' admission by the disk budget: need
-// bytes of blobs are written once in the content store and at least as
-// much again unpacked.
-func (r *Reconciler) admitFetch(need int64) error {
-	r.mu.Lock()
-	mount := r.fsMount
-	r.mu.Unlock()
-	if msg := r.overBudget(mount, 2*need, "the fetch from peers"); msg != "" {
-		return &budgetError{msg}
-	}
-	return nil
 }
 
 // PeerWants is peer.Server's Wants: whether node's NodeImageSet (with its
