@@ -67,13 +67,18 @@ func (p *Peers) self() *prepullv1.Peer {
 	return &s
 }
 
-// wanted is a peer's plan's answer for one image, kept for wantsTTL.
+// wanted is the images a peer's plan names with an active owner, read at
+// at and kept for wantsTTL: one read of its NodeImageSet answers all the
+// requests a peer makes of this holder meanwhile.
 type wanted struct {
-	ok bool
-	at time.Time
+	images map[string]bool
+	at     time.Time
 }
 
 const wantsTTL = 10 * time.Second
+
+// maxWanted bounds the peers whose plans a holder keeps.
+const maxWanted = 256
 
 // waitError says an image waits for a source: not an attempt at it.
 type waitError struct{ reason, msg string }
@@ -151,33 +156,36 @@ func (r *Reconciler) fromPeers(ctx context.Context, e *entry) (string, error) {
 // PeerWants is peer.Server's Wants: whether node's NodeImageSet (with its
 // plan) names image with an owner that is not releasing.
 func (r *Reconciler) PeerWants(ctx context.Context, node, image string) (bool, error) {
-	key := node + "\x00" + image
 	now := r.Clock.Now()
 	p := r.Peers
 	p.mu.Lock()
-	if w, ok := p.wants[key]; ok && now.Sub(w.at) < wantsTTL {
+	if w, ok := p.wants[node]; ok && now.Sub(w.at) < wantsTTL {
 		p.mu.Unlock()
-		return w.ok, nil
+		return w.images[image], nil
 	}
 	p.mu.Unlock()
 	set := &prepullv1.NodeImageSet{}
-	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: node}, set); err != nil {
-		if apierrors.IsNotFound(err) {
-			return false, nil
+	images := map[string]bool{}
+	err := r.APIReader.Get(ctx, client.ObjectKey{Name: node}, set)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return false, err
+	default:
+		if err := r.plans.Spec(ctx, set); err != nil {
+			return false, err
 		}
-		return false, err
+		for _, e := range set.Spec.Images {
+			if len(e.ActiveOwners()) > 0 {
+				images[e.Image] = true
+			}
+		}
 	}
-	if err := r.plans.Spec(ctx, set); err != nil {
-		return false, err
-	}
-	ok := slices.ContainsFunc(set.Spec.Images, func(e prepullv1.NodeImage) bool {
-		return e.Image == image && len(e.ActiveOwners()) > 0
-	})
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.wants == nil || len(p.wants) > 4096 {
+	if p.wants == nil || len(p.wants) >= maxWanted {
 		p.wants = map[string]wanted{}
 	}
-	p.wants[key] = wanted{ok: ok, at: now}
-	return ok, nil
+	p.wants[node] = wanted{images: images, at: now}
+	return images[image], nil
 }

@@ -10,12 +10,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clocktesting "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -197,6 +199,63 @@ func TestAFetchFromPeersWaitsForTheDiskBudget(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAHolderReadsACallersPlanOnce: a holder answers whether a peer's plan
+// names an image from one read of the peer's NodeImageSet, for every
+// image the peer asks within 10 s; an image only a releasing list owns, or
+// not named, is refused; 10 s later the plan is read again.
+func TestAHolderReadsACallersPlanOnce(t *testing.T) {
+	e := setup(t)
+	clock := clocktesting.NewFakeClock(time.Now())
+	reads := &countingReader{node: "caller"}
+	var holder *nodeimageset.Reconciler
+	e.agent(t, "holder", func(r *nodeimageset.Reconciler) {
+		reads.Reader, r.APIReader, r.Clock = r.APIReader, reads, clock
+		r.Peers = &nodeimageset.Peers{Self: prepullv1.Peer{Node: "holder", Address: "127.0.0.1:1", CertSHA256: strings.Repeat("b", 64)},
+			Client: &peer.Client{}, Routes: e.c}
+		holder = r
+	})
+	image := func(c byte) string { return "r.example/app@sha256:" + strings.Repeat(string(c), 64) }
+	releasing := entry(image('c'), owner("peers/gone"))
+	releasing.Owners[0].Releasing = true
+	e.setSpec(t, "caller", entry(image('a'), owner("peers/list")), entry(image('b'), owner("peers/list")), releasing)
+	ask := func(c byte, want bool) {
+		t.Helper()
+		got, err := holder.PeerWants(ctx, "caller", image(c))
+		if err != nil || got != want {
+			t.Errorf("image %c: wants %v, %v; want %v", c, got, err, want)
+		}
+	}
+	ask('a', true)
+	ask('b', true)
+	ask('c', false)
+	ask('d', false)
+	if n := reads.gets.Load(); n != 1 {
+		t.Errorf("%d reads of the caller's NodeImageSet for four images, want 1", n)
+	}
+	e.setSpec(t, "caller", entry(image('a'), owner("peers/list")))
+	ask('b', true)
+	clock.Step(11 * time.Second)
+	ask('b', false)
+	ask('a', true)
+	if n := reads.gets.Load(); n != 2 {
+		t.Errorf("%d reads of the caller's NodeImageSet, want 2", n)
+	}
+}
+
+// countingReader counts the reads of node's NodeImageSet.
+type countingReader struct {
+	client.Reader
+	node string
+	gets atomic.Int32
+}
+
+func (c *countingReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*prepullv1.NodeImageSet); ok && key.Name == c.node {
+		c.gets.Add(1)
+	}
+	return c.Reader.Get(ctx, key, obj, opts...)
 }
 
 // anyToken takes any bearer token as the fetching node's.
