@@ -246,14 +246,26 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	mine := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetName() == r.NodeName })
 	// A list's settings (retain, onDelete, rollout, pull secrets) are read
 	// from the list: a change of one is a change of this node's work.
-	ownNode := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+	ownNode := func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{{NamespacedName: client.ObjectKey{Name: r.NodeName}}}
-	})
-	return ctrl.NewControllerManagedBy(mgr).
+	}
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&prepullv1.NodeImageSet{}, builder.WithPredicates(mine)).
-		Watches(&prepullv1.PrePullList{}, ownNode, builder.WithPredicates(predicate.Or[client.Object](
-			predicate.GenerationChangedPredicate{}, secretsChanged()))).
-		WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
+		Watches(&prepullv1.PrePullList{}, handler.EnqueueRequestsFromMapFunc(ownNode), builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, secretsChanged())))
+	if r.Peers != nil {
+		// A route that changed (a holder listed, a grant given) ends the
+		// wait of the image it routes now, not at the image's next look.
+		b = b.Watches(&prepullv1.ImageRoute{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			route, ok := o.(*prepullv1.ImageRoute)
+			if !ok {
+				return nil
+			}
+			r.Peers.routeChanged(route.Spec.Image)
+			return ownNode(ctx, o)
+		}))
+	}
+	return b.WatchesRawSource(source.Channel(r.wake, &handler.EnqueueRequestForObject{})).
 		// The agent has one object to reconcile; a failed reconcile (the
 		// API server away) is retried within statusRetryMax, not after the
 		// default back-off's minutes, so that status catches up once the

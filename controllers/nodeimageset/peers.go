@@ -37,6 +37,41 @@ type Peers struct {
 	mu       sync.Mutex
 	wants    map[string]wanted
 	unrouted map[string]time.Time
+	// routed are the images whose routes changed since an image waiting
+	// for its source last looked.
+	routed map[string]bool
+}
+
+// routeChanged records that image's route changed.
+func (p *Peers) routeChanged(image string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.routed == nil || len(p.routed) >= 4096 {
+		p.routed = map[string]bool{}
+	}
+	p.routed[image] = true
+}
+
+// takeRouted reports whether image's route changed since the last call.
+func (p *Peers) takeRouted(image string) bool {
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	changed := p.routed[image]
+	delete(p.routed, image)
+	return changed
+}
+
+// waitsForSource says a pending image's reason is a wait for holders or a
+// registry grant, which its route's change may end.
+func waitsForSource(reason string) bool {
+	switch reason {
+	case prepullv1.ReasonWaitingForPeers, prepullv1.ReasonPeersUnavailable, prepullv1.ReasonWaitingForRegistryBudget:
+		return true
+	}
+	return false
 }
 
 // unroutedGrace is how long an agent waits for the controller to route an

@@ -244,16 +244,64 @@ func TestAHolderReadsACallersPlanOnce(t *testing.T) {
 	}
 }
 
-// countingReader counts the reads of node's NodeImageSet.
+// TestAWaitingImageLooksWhenItsRouteChanges: an image waiting for holders
+// is fetched as soon as its route lists one, not at its next look: the
+// agent's clock does not move in this test, so its next look never comes.
+func TestAWaitingImageLooksWhenItsRouteChanges(t *testing.T) {
+	e := setup(t)
+	app := e.public.MustPushRandom(t, "peers/woken:1", 256<<10, 1)
+	if _, err := e.images.PullImage(ctx, app.Digest, nil); err != nil {
+		t.Fatal(err)
+	}
+	wants := func(context.Context, string, string) (bool, error) { return true, nil }
+	holder := servePeer(t, "holder", peer.NewServer(e.store, anyToken{}, wants, 4))
+	fetcher := testground.StartContainerd(t)
+	images, store := fetcher.Clients(t)
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("agent"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	routes := &countingReader{Reader: e.c, route: prepullv1.ImageRouteName(app.Digest)}
+	e.agent(t, "peer-node", func(r *nodeimageset.Reconciler) {
+		r.Images, r.Store, r.Clock = images, store, clocktesting.NewFakeClock(time.Now())
+		r.Peers = &nodeimageset.Peers{Self: prepullv1.Peer{Node: "peer-node", Address: "127.0.0.1:1", CertSHA256: strings.Repeat("b", 64)},
+			Client: &peer.Client{TokenPath: token, Stall: 2 * time.Second}, Routes: routes}
+	})
+	e.route(t, app.Digest, prepullv1.ImageRouteStatus{Waiting: "no node holds the image yet"})
+	e.setSpec(t, "peer-node", entry(app.Digest, owner("peers/list", app.Tag)))
+	testground.Eventually(t, time.Minute, "the agent looked at the route", func() error {
+		if routes.gets.Load() == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	e.route(t, app.Digest, prepullv1.ImageRouteStatus{Holders: []prepullv1.Peer{holder}})
+	e.phase(t, "peer-node", app.Digest, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+		if st.Source != prepullv1.FetchedFromPeer {
+			return fmt.Errorf("source %s", st.Source)
+		}
+		return nil
+	})
+}
+
+// countingReader counts the reads of node's NodeImageSet, or of the
+// ImageRoute route.
 type countingReader struct {
 	client.Reader
-	node string
-	gets atomic.Int32
+	node, route string
+	gets        atomic.Int32
 }
 
 func (c *countingReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-	if _, ok := obj.(*prepullv1.NodeImageSet); ok && key.Name == c.node {
-		c.gets.Add(1)
+	switch obj.(type) {
+	case *prepullv1.NodeImageSet:
+		if key.Name == c.node {
+			c.gets.Add(1)
+		}
+	case *prepullv1.ImageRoute:
+		if key.Name == c.route {
+			c.gets.Add(1)
+		}
 	}
 	return c.Reader.Get(ctx, key, obj, opts...)
 }

@@ -39,6 +39,10 @@ func (r *Reconciler) maybePull(e *entry, st *imageState, now time.Time, absent b
 	if st.triedSpec != "" && st.triedSpec != key {
 		st.nextTry = time.Time{}
 	}
+	if r.Peers.takeRouted(e.Image) && waitsForSource(st.reason) {
+		// Its route changed (a holder listed, a grant given): look now.
+		st.nextTry = time.Time{}
+	}
 	if now.Before(st.nextTry) {
 		return
 	}
