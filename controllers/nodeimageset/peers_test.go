@@ -51,14 +51,8 @@ func TestAgentFetchesFromPeers(t *testing.T) {
 	fetcher := testground.StartContainerd(t)
 	fetcher.TrustRegistry(e.public)
 	images, store := fetcher.Clients(t)
-	token := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(token, []byte("agent"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	e.agent(t, "peer-node", func(r *nodeimageset.Reconciler) {
-		r.Images, r.Store = images, store
-		r.Peers = &nodeimageset.Peers{Self: prepullv1.Peer{Node: "peer-node", Address: "127.0.0.1:1", CertSHA256: strings.Repeat("b", 64)},
-			Client: &peer.Client{TokenPath: token, Stall: 2 * time.Second}, Routes: e.c}
+		r.Images, r.Store, r.Peers = images, store, fetchingPeers(t, e.c)
 	})
 	route := func(image string, st prepullv1.ImageRouteStatus) { e.route(t, image, st) }
 	peerImages, peerBytes := fetchedMetric(t, prepullv1.FetchedFromPeer)
@@ -150,21 +144,10 @@ func (e *env) route(t *testing.T, image string, st prepullv1.ImageRouteStatus) {
 // dropped; once the filesystem has room, it is fetched from that holder.
 func TestAFetchFromPeersWaitsForTheDiskBudget(t *testing.T) {
 	e := setup(t)
-	big := e.public.MustPushRandom(t, "peers/big:1", 14<<20, 1)
-	if _, err := e.images.PullImage(ctx, big.Digest, nil); err != nil {
-		t.Fatal(err)
-	}
-	wants := func(context.Context, string, string) (bool, error) { return true, nil }
-	holder := servePeer(t, "holder", peer.NewServer(e.store, anyToken{}, wants, 4))
+	big, holder := e.heldByAPeer(t, "peers/big:1", 14<<20)
 	root, images, store := e.containerdOnTmpfs(t, 32<<20)
-	token := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(token, []byte("agent"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	e.agent(t, "peer-node", func(r *nodeimageset.Reconciler) {
-		r.Images, r.Store, r.DiskBudget = images, store, 0.8
-		r.Peers = &nodeimageset.Peers{Self: prepullv1.Peer{Node: "peer-node", Address: "127.0.0.1:1", CertSHA256: strings.Repeat("b", 64)},
-			Client: &peer.Client{TokenPath: token, Stall: 2 * time.Second}, Routes: e.c}
+		r.Images, r.Store, r.DiskBudget, r.Peers = images, store, 0.8, fetchingPeers(t, e.c)
 	})
 	e.public.Stop()
 	e.route(t, big.Digest, prepullv1.ImageRouteStatus{Holders: []prepullv1.Peer{holder}})
@@ -249,23 +232,12 @@ func TestAHolderReadsACallersPlanOnce(t *testing.T) {
 // agent's clock does not move in this test, so its next look never comes.
 func TestAWaitingImageLooksWhenItsRouteChanges(t *testing.T) {
 	e := setup(t)
-	app := e.public.MustPushRandom(t, "peers/woken:1", 256<<10, 1)
-	if _, err := e.images.PullImage(ctx, app.Digest, nil); err != nil {
-		t.Fatal(err)
-	}
-	wants := func(context.Context, string, string) (bool, error) { return true, nil }
-	holder := servePeer(t, "holder", peer.NewServer(e.store, anyToken{}, wants, 4))
+	app, holder := e.heldByAPeer(t, "peers/woken:1", 256<<10)
 	fetcher := testground.StartContainerd(t)
 	images, store := fetcher.Clients(t)
-	token := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(token, []byte("agent"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	routes := &countingReader{Reader: e.c, route: prepullv1.ImageRouteName(app.Digest)}
 	e.agent(t, "peer-node", func(r *nodeimageset.Reconciler) {
-		r.Images, r.Store, r.Clock = images, store, clocktesting.NewFakeClock(time.Now())
-		r.Peers = &nodeimageset.Peers{Self: prepullv1.Peer{Node: "peer-node", Address: "127.0.0.1:1", CertSHA256: strings.Repeat("b", 64)},
-			Client: &peer.Client{TokenPath: token, Stall: 2 * time.Second}, Routes: routes}
+		r.Images, r.Store, r.Clock, r.Peers = images, store, clocktesting.NewFakeClock(time.Now()), fetchingPeers(t, routes)
 	})
 	e.route(t, app.Digest, prepullv1.ImageRouteStatus{Waiting: "no node holds the image yet"})
 	e.setSpec(t, "peer-node", entry(app.Digest, owner("peers/list", app.Tag)))
@@ -304,6 +276,31 @@ func (c *countingReader) Get(ctx context.Context, key client.ObjectKey, obj clie
 		}
 	}
 	return c.Reader.Get(ctx, key, obj, opts...)
+}
+
+// heldByAPeer pushes a random image of size bytes as repoTag, pulls it on
+// the test's containerd and serves that containerd as the peer "holder"
+// (answering any agent whose plan names anything).
+func (e *env) heldByAPeer(t *testing.T, repoTag string, size int64) (testground.Pushed, prepullv1.Peer) {
+	t.Helper()
+	img := e.public.MustPushRandom(t, repoTag, size, 1)
+	if _, err := e.images.PullImage(ctx, img.Digest, nil); err != nil {
+		t.Fatal(err)
+	}
+	wants := func(context.Context, string, string) (bool, error) { return true, nil }
+	return img, servePeer(t, "holder", peer.NewServer(e.store, anyToken{}, wants, 4))
+}
+
+// fetchingPeers are the peers of the fetching agent "peer-node": its
+// token in a file of the test, routes read with routes.
+func fetchingPeers(t *testing.T, routes client.Reader) *nodeimageset.Peers {
+	t.Helper()
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("agent"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &nodeimageset.Peers{Self: prepullv1.Peer{Node: "peer-node", Address: "127.0.0.1:1", CertSHA256: strings.Repeat("b", 64)},
+		Client: &peer.Client{TokenPath: token, Stall: 2 * time.Second}, Routes: routes}
 }
 
 // anyToken takes any bearer token as the fetching node's.
