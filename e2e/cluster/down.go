@@ -90,7 +90,7 @@ func (c *Cluster) Down(logf func(string, ...any)) error {
 	}
 	c.killShims(logf)
 	killForwarders(logf)
-	errs = append(errs, c.unmountAll(), c.removeCgroups(), c.removeBridge(BridgeName), c.removeBridge(NodesBridge), c.restoreHostState(), c.removeLogLinks())
+	errs = append(errs, c.unmountAll(), c.removeCgroups(), removeLink(BridgeName), removeLink(NodesBridge), c.restoreHostState(), c.removeLogLinks())
 	if err := os.RemoveAll(c.Dir); err != nil {
 		errs = append(errs, err)
 	}
@@ -167,12 +167,14 @@ func (c *Cluster) removeCgroups() error {
 	return removeTrees(append(roots, unified...))
 }
 
-func (c *Cluster) removeBridge(name string) error {
+// removeLink deletes the network link name (a bridge, or a veth pair by
+// one end), unless it is gone already.
+func removeLink(name string) error {
 	if err := exec.Command("ip", "link", "show", name).Run(); err != nil {
 		return nil
 	}
 	if out, err := exec.Command("ip", "link", "del", name).CombinedOutput(); err != nil {
-		return fmt.Errorf("delete bridge %s: %v: %s", name, err, out)
+		return fmt.Errorf("ip link del %s: %v: %s", name, err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

@@ -254,13 +254,7 @@ func (c *Cluster) stopNode(n Node, logf func(string, ...any)) error {
 	// (its TCP connections in TIME_WAIT), and with it the node's end of
 	// the veth pair and so the host's: the host's end goes now, and the
 	// pair with it.
-	link := "ppn" + strconv.Itoa(n.Index)
-	if exec.Command("ip", "link", "show", link).Run() == nil {
-		if out, err := exec.Command("ip", "link", "del", link).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("ip link del %s: %v: %s", link, err, strings.TrimSpace(string(out))))
-		}
-	}
-	errs = append(errs, removeCgroupTree(n.Name))
+	errs = append(errs, removeLink("ppn"+strconv.Itoa(n.Index)), removeCgroupTree(n.Name))
 	if err := os.RemoveAll(n.Dir); err != nil {
 		errs = append(errs, err)
 	}
