@@ -88,36 +88,39 @@ func Lists(ctx context.Context, c client.Reader, namespace, name string, now tim
 	if err := c.List(ctx, sets); err != nil {
 		return nil, fmt.Errorf("list NodeImageSets: %w", err)
 	}
-	// Nodes share plans: each is read once.
+	// Nodes share plans: each is read once. Of the images a node's status
+	// leaves out (present as its plan asks), only the known sources are
+	// kept, once per node, for every list's count.
 	plans := imageplan.NewReader(c, 64)
+	leftOut := make([]map[string]prepullv1.ImageFetchSource, len(sets.Items))
 	for i := range sets.Items {
 		if err := plans.Spec(ctx, &sets.Items[i]); err != nil {
+			return nil, err
+		}
+		err := plans.LeftOut(ctx, &sets.Items[i], func(e *prepullv1.NodeImage, source prepullv1.ImageFetchSource) {
+			if source == "" {
+				return
+			}
+			if leftOut[i] == nil {
+				leftOut[i] = map[string]prepullv1.ImageFetchSource{}
+			}
+			leftOut[i][e.Image] = source
+		})
+		if err != nil {
 			return nil, err
 		}
 	}
 	out := make([]ListReport, 0, len(lists))
 	for i := range lists {
-		r := listReport(&lists[i], sets.Items, now)
-		// The images a node's status leaves out (present as its plan
-		// asks) count by their sources too.
-		key := lists[i].Namespace + "/" + lists[i].Name
-		for j := range sets.Items {
-			err := plans.LeftOut(ctx, &sets.Items[j], func(e *prepullv1.NodeImage, source prepullv1.ImageFetchSource) {
-				if slices.ContainsFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.List == key && !o.Releasing }) {
-					r.Sources.Count(source, 0)
-				}
-			})
-			if err != nil {
-				return nil, err
-			}
-		}
-		out = append(out, r)
+		out = append(out, listReport(&lists[i], sets.Items, leftOut, now))
 	}
 	slices.SortFunc(out, func(a, b ListReport) int { return strings.Compare(a.List, b.List) })
 	return out, nil
 }
 
-func listReport(l *prepullv1.PrePullList, sets []prepullv1.NodeImageSet, now time.Time) ListReport {
+// listReport is l's view of sets, whose statuses leave out the images of
+// leftOut[i] (by image, their sources) for sets[i].
+func listReport(l *prepullv1.PrePullList, sets []prepullv1.NodeImageSet, leftOut []map[string]prepullv1.ImageFetchSource, now time.Time) ListReport {
 	key := l.Namespace + "/" + l.Name
 	r := ListReport{
 		List:         key,
@@ -145,11 +148,18 @@ func listReport(l *prepullv1.PrePullList, sets []prepullv1.NodeImageSet, now tim
 		}
 	}
 	var failures []prepullv1.NodeFailure
-	for _, s := range sets {
+	for i, s := range sets {
 		wanted := map[string]bool{}
 		for _, e := range s.Spec.Images {
 			if slices.ContainsFunc(e.Owners, func(o prepullv1.ImageOwner) bool { return o.List == key && !o.Releasing }) {
 				wanted[e.Image] = true
+			}
+		}
+		if i < len(leftOut) {
+			for image, source := range leftOut[i] {
+				if wanted[image] {
+					r.Sources.Count(source, 0)
+				}
 			}
 		}
 		for _, st := range s.Status.Images {

@@ -29,7 +29,7 @@ func TestListReportShowsSourcesAndWaits(t *testing.T) {
 		set("n2", prepullv1.NodeImageStatus{Phase: prepullv1.PhasePresent, Source: prepullv1.FetchedFromPeer, FetchedFrom: "n1", BytesTotal: 100}),
 		set("n3", prepullv1.NodeImageStatus{Phase: prepullv1.PhasePending, Reason: prepullv1.ReasonWaitingForRegistryBudget, LastError: "the registry budget of r.example is spent"}),
 	}
-	r := listReport(l, sets, time.Now())
+	r := listReport(l, sets, nil, time.Now())
 	if want := (prepullv1.FetchCounts{Registry: 1, Peer: 1}); r.Sources != want {
 		t.Errorf("sources %+v, want %+v", r.Sources, want)
 	}
