@@ -200,6 +200,7 @@ func (r *Reconciler) pollSourceSecrets(ctx context.Context, cfg *rest.Config) er
 			ctrl.LoggerFrom(ctx).Error(err, "List the PrePullLists' pull secrets")
 			return
 		}
+		// The poll keeps the wall clock's time, as wait.Until does.
 		now := time.Now()
 		for key, n := range named {
 			prev, ok := last[key]

@@ -374,16 +374,12 @@ func TestTheRegistryBudgetHoldsARollout(t *testing.T) {
 			return fmt.Errorf("route %+v", route.Status)
 		}
 		for _, n := range nodes {
-			set := &prepullv1.NodeImageSet{}
-			if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+			st, err := nodeImageStatus(n, secondRef)
+			if err != nil {
 				return err
 			}
-			if err := imageplan.Expand(ctx, cl, set); err != nil {
-				return err
-			}
-			i := slices.IndexFunc(set.Status.Images, func(st prepullv1.NodeImageStatus) bool { return st.Image == secondRef })
-			if i < 0 || set.Status.Images[i].Reason != prepullv1.ReasonWaitingForRegistryBudget {
-				return fmt.Errorf("%s: %+v", n.Name, set.Status.Images)
+			if st.Reason != prepullv1.ReasonWaitingForRegistryBudget {
+				return fmt.Errorf("%s: %+v", n.Name, st)
 			}
 		}
 		return nil
@@ -520,18 +516,35 @@ func listOn(t *testing.T, name, tag string, on ...cluster.Node) *prepullv1.PrePu
 // nodeImage is node n's agent's status of the image ref.
 func nodeImage(t *testing.T, n cluster.Node, ref string) prepullv1.NodeImageStatus {
 	t.Helper()
-	set := &prepullv1.NodeImageSet{}
-	if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+	st, err := nodeImageStatus(n, ref)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := imageplan.Expand(ctx, cl, set); err != nil {
-		t.Fatal(err)
+	return st
+}
+
+// nodeImageStatus is node n's agent's status of the image ref, or an
+// error saying why there is none.
+func nodeImageStatus(n cluster.Node, ref string) (prepullv1.NodeImageStatus, error) {
+	set, err := expanded(n)
+	if err != nil {
+		return prepullv1.NodeImageStatus{}, err
 	}
 	i := slices.IndexFunc(set.Status.Images, func(st prepullv1.NodeImageStatus) bool { return st.Image == ref })
 	if i < 0 {
-		t.Fatalf("%s reports no %s: %+v", n.Name, ref, set.Status.Images)
+		return prepullv1.NodeImageStatus{}, fmt.Errorf("%s reports no %s: %+v", n.Name, ref, set.Status.Images)
 	}
-	return set.Status.Images[i]
+	return set.Status.Images[i], nil
+}
+
+// expanded is node n's NodeImageSet with its plan's images in its spec
+// and its status (empty when the node has none yet).
+func expanded(n cluster.Node) (*prepullv1.NodeImageSet, error) {
+	set := &prepullv1.NodeImageSet{}
+	if err := cl.Get(ctx, client.ObjectKey{Name: n.Name}, set); err != nil {
+		return set, client.IgnoreNotFound(err)
+	}
+	return set, imageplan.Expand(ctx, cl, set)
 }
 
 // blobsOf are the config and layers of the image ref, as the registry
