@@ -174,6 +174,11 @@ func removeLink(name string) error {
 		return nil
 	}
 	if out, err := exec.Command("ip", "link", "del", name).CombinedOutput(); err != nil {
+		// The kernel may remove a veth pair between the two commands,
+		// when the namespace holding its other end goes.
+		if exec.Command("ip", "link", "show", name).Run() != nil {
+			return nil
+		}
 		return fmt.Errorf("ip link del %s: %v: %s", name, err, strings.TrimSpace(string(out)))
 	}
 	return nil
