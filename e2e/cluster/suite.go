@@ -8,10 +8,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"prepull.io/prepull/e2e/testground"
 )
@@ -31,6 +33,9 @@ type Suite struct {
 // root it skips loudly, or fails under CI=true. It returns the exit code.
 func RunSuite(m *testing.M, name string, nodes int, how Install, ns string, ready func(*Suite) error) int {
 	logf := func(f string, a ...any) { fmt.Printf(name+": "+f+"\n", a...) }
+	// The tests' clients log nothing (without a logger, controller-runtime
+	// prints a stack the first time one is made).
+	ctrllog.SetLogger(logr.Discard())
 	if os.Geteuid() != 0 {
 		logf("TEST GROUND UNAVAILABLE: the tests run a real cluster and need root (make test-e2e as root)")
 		if os.Getenv("CI") == "true" {
