@@ -341,6 +341,14 @@ type PinLister interface {
 // image so marked is prepull's to remove.
 const BroughtLabel = "prepull.io/brought"
 
+// SourceLabel records where prepull last fetched an image record's bytes
+// from (Registry, Peer or Archive), and FetchedFromLabel the peer: an
+// agent restarted still tells where its images came from.
+const (
+	SourceLabel      = "prepull.io/source"
+	FetchedFromLabel = "prepull.io/fetched-from"
+)
+
 // Provenance is a Store that records, on the runtime's own image records
 // (so that it outlives the agent), which images prepull brought.
 type Provenance interface {
@@ -349,6 +357,13 @@ type Provenance interface {
 	// Brought reports whether it was recorded; ErrNotFound when ref names
 	// no image.
 	Brought(ctx context.Context, ref string) (bool, error)
+	// MarkSource records where prepull last fetched the image ref names
+	// from (a prepullv1.ImageFetchSource), and the peer when from is not
+	// "".
+	MarkSource(ctx context.Context, ref, source, from string) error
+	// Source reads what MarkSource recorded ("" and "" when nothing was);
+	// ErrNotFound when ref names no image.
+	Source(ctx context.Context, ref string) (source, from string, err error)
 }
 
 // ContainerLister is an ImageService that can tell which images the

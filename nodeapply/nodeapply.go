@@ -187,15 +187,16 @@ func importFrom(ctx context.Context, src bundle.Source, es []*entry, results map
 		results[e].Err = l.Err
 		if l.Err == nil {
 			results[e].How = HowImported
-			markBrought(ctx, opts.Store, e.ref())
+			markBrought(ctx, opts.Store, e.ref(), prepullv1.FetchedFromArchive)
 		}
 	}
 }
 
 // markBrought records on the runtime that prepull brought the image ref
-// names (node apply imports or pulls only what the node lacks), as the
-// agent does: an agent's onDelete: Remove may remove only such images.
-func markBrought(ctx context.Context, store cri.Store, ref string) {
+// names (node apply imports or pulls only what the node lacks), and from
+// source, as the agent does: an agent's onDelete: Remove may remove only
+// such images, and its status tells their source.
+func markBrought(ctx context.Context, store cri.Store, ref string, source prepullv1.ImageFetchSource) {
 	p, ok := store.(cri.Provenance)
 	r, err := imageref.Parse(ref)
 	if !ok || err != nil {
@@ -203,7 +204,9 @@ func markBrought(ctx context.Context, store cri.Store, ref string) {
 	}
 	// The record of the digest, as the agent's entries name images; a tag
 	// alone has only its own.
-	_ = p.MarkBrought(ctx, cmp.Or(r.DigestRef(), r.Tag))
+	name := cmp.Or(r.DigestRef(), r.Tag)
+	_ = p.MarkBrought(ctx, name)
+	_ = p.MarkSource(ctx, name, string(source), "")
 }
 
 // makePresent pulls e unless present or imported, then makes it what its
@@ -240,7 +243,7 @@ func makePresent(ctx context.Context, e *entry, res *Result, opts Options) error
 		if img, err = cri.StatusSoon(ctx, opts.Images, e.ref()); err != nil {
 			return err
 		}
-		markBrought(ctx, opts.Store, e.ref())
+		markBrought(ctx, opts.Store, e.ref(), prepullv1.FetchedFromRegistry)
 	default:
 		return err
 	}

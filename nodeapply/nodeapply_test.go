@@ -99,10 +99,14 @@ func TestApplyOnContainerd(t *testing.T) {
 			t.Errorf("owners of %s: %v, %v; want [boot/base]", app.Tag, owners, err)
 		}
 		// What node apply imported is prepull's: an agent's onDelete:
-		// Remove may remove it.
+		// Remove may remove it, and its status says it came from an
+		// archive.
 		for _, ref := range []string{app.Tag, pinned.Digest} {
 			if brought, err := store.Brought(ctx, ref); err != nil || !brought {
 				t.Errorf("%s imported by node apply: brought %v, %v; want it recorded", ref, brought, err)
+			}
+			if source, _, err := store.Source(ctx, ref); err != nil || source != string(prepullv1.FetchedFromArchive) {
+				t.Errorf("%s imported by node apply: source %q, %v; want Archive recorded", ref, source, err)
 			}
 		}
 

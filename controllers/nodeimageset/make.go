@@ -50,6 +50,7 @@ func (r *Reconciler) settle(ctx context.Context, e *entry, st *imageState, img *
 	}
 	got, err := r.runtime(e).Make(ctx, img, want)
 	tagsTotal.Add(float64(len(got.Retagged)))
+	r.recallSource(ctx, e, st)
 	lazy := ""
 	if err == nil {
 		lazy = r.lazy(ctx, e.Image)

@@ -32,7 +32,7 @@ import (
 // dies in the middle of a blob is dropped for the next holder; with every
 // holder failing it waits (PeersUnavailable) until it has another holder
 // or a grant of the registry, the last resort; and its status says where
-// each image came from.
+// each image came from, as does a new agent's on the same runtime.
 func TestAgentFetchesFromPeers(t *testing.T) {
 	e := setup(t)
 	holderImages := e.images
@@ -92,6 +92,19 @@ func TestAgentFetchesFromPeers(t *testing.T) {
 	})
 	if n, _ := fetchedMetric(t, prepullv1.FetchedFromRegistry); n-registryImages != 1 {
 		t.Errorf("metrics: %v images fetched from the registry, want 1", n-registryImages)
+	}
+
+	// An agent started afresh on that runtime, as after a restart, finds
+	// both present and tells where they came from.
+	e.agent(t, "peer-node-again", func(r *nodeimageset.Reconciler) { r.Images, r.Store = images, store })
+	e.setSpec(t, "peer-node-again", entry(app.Digest, owner("peers/list", app.Tag)), entry(tool.Digest, owner("peers/list", tool.Tag)))
+	for img, want := range map[string]prepullv1.ImageFetchSource{app.Digest: prepullv1.FetchedFromPeer, tool.Digest: prepullv1.FetchedFromRegistry} {
+		e.phase(t, "peer-node-again", img, prepullv1.PhasePresent, func(st *prepullv1.NodeImageStatus) error {
+			if st.Source != want || (want == prepullv1.FetchedFromPeer) != (st.FetchedFrom == "good") {
+				return fmt.Errorf("source %s from %q, want %s", st.Source, st.FetchedFrom, want)
+			}
+			return nil
+		})
 	}
 }
 

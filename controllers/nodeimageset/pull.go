@@ -9,6 +9,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/wait"
 	ctrl "sigs.k8s.io/controller-runtime"
 
@@ -138,6 +139,38 @@ func (r *Reconciler) fetched(ctx context.Context, e *entry, st *imageState, abse
 	}
 	r.mu.Lock()
 	st.credentials, st.source, st.fetchedFrom, st.uncounted = kind, source, from, true
+	r.mu.Unlock()
+	if p, ok := r.Store.(cri.Provenance); ok {
+		if err := p.MarkSource(ctx, e.Image, string(source), from); err != nil {
+			ctrl.LoggerFrom(ctx).Info("Could not record where the image came from; an agent restarted will not say", "image", e.Image, "error", err.Error())
+		}
+	}
+}
+
+// recallSource reads, once for an image the agent found present, where
+// the runtime's record says prepull fetched it from: an agent restarted
+// tells the sources its predecessor fetched from.
+func (r *Reconciler) recallSource(ctx context.Context, e *entry, st *imageState) {
+	r.mu.Lock()
+	known := st.source != "" || st.recalled
+	st.recalled = true
+	r.mu.Unlock()
+	p, ok := r.Store.(cri.Provenance)
+	if known || !ok {
+		return
+	}
+	source, from, err := p.Source(ctx, e.Image)
+	s := prepullv1.ImageFetchSource(source)
+	if err != nil || (s != prepullv1.FetchedFromRegistry && s != prepullv1.FetchedFromPeer && s != prepullv1.FetchedFromArchive) {
+		return
+	}
+	if s != prepullv1.FetchedFromPeer || len(from) > validation.DNS1123SubdomainMaxLength {
+		from = ""
+	}
+	r.mu.Lock()
+	if st.source == "" {
+		st.source, st.fetchedFrom = s, from
+	}
 	r.mu.Unlock()
 }
 

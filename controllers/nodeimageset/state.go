@@ -111,8 +111,11 @@ type imageState struct {
 	// lostTag: the entry lost a tag to another entry of the spec.
 	lostTag bool
 	// source is where its bytes last came from; fetchedFrom the peer.
+	// recalled: the runtime's record of them was read (once, for an image
+	// this agent found present).
 	source      prepullv1.ImageFetchSource
 	fetchedFrom string
+	recalled    bool
 	// verified is the spec entry last found fully in place, at verifiedAt.
 	verified   string
 	verifiedAt time.Time

@@ -144,6 +144,25 @@ func (s *Store) Brought(ctx context.Context, ref string) (bool, error) {
 	return labels[cri.BroughtLabel] != "", nil
 }
 
+// MarkSource labels the record ref names with where it was fetched from.
+func (s *Store) MarkSource(ctx context.Context, ref, source, from string) error {
+	return s.changeLabels(ctx, "record source", ref, func(labels map[string]string) map[string]string {
+		if labels[cri.SourceLabel] == source && labels[cri.FetchedFromLabel] == from {
+			return nil
+		}
+		return map[string]string{cri.SourceLabel: source, cri.FetchedFromLabel: from}
+	})
+}
+
+// Source reads the labels MarkSource wrote on the record ref names.
+func (s *Store) Source(ctx context.Context, ref string) (string, string, error) {
+	labels, err := s.labels(ctx, "read source", ref)
+	if err != nil {
+		return "", "", err
+	}
+	return labels[cri.SourceLabel], labels[cri.FetchedFromLabel], nil
+}
+
 // SetPins makes owners exactly the owners pinned on the record ref names
 // (with keepOthers, owners and those already there), in one read and at
 // most one write.

@@ -276,7 +276,7 @@ func Run(t *testing.T, env *Env) {
 		}
 	})
 
-	t.Run("provenance: brought is recorded on the image's record, and only there", func(t *testing.T) {
+	t.Run("provenance: brought and source are recorded on the image's record, and only there", func(t *testing.T) {
 		p, ok := env.Store.(cri.Provenance)
 		if !ok {
 			t.Fatalf("the store %T records no provenance", env.Store)
@@ -306,9 +306,28 @@ func Run(t *testing.T, env *Env) {
 		if b, err := p.Brought(ctx, img.Digest); err != nil || !b {
 			t.Errorf("brought after its pins went: %v, %v", b, err)
 		}
+		// Its source: none until recorded, then the last recorded.
+		if s, from, err := p.Source(ctx, img.Digest); err != nil || s != "" || from != "" {
+			t.Errorf("source before one was recorded: %q from %q, %v", s, from, err)
+		}
+		if err := p.MarkSource(ctx, img.Digest, "Peer", "node-2"); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.MarkSource(ctx, img.Digest, "Registry", ""); err != nil {
+			t.Fatal(err)
+		}
+		if s, from, err := p.Source(ctx, img.Digest); err != nil || s != "Registry" || from != "" {
+			t.Errorf("source recorded: %q from %q, %v; want Registry from nowhere", s, from, err)
+		}
+		if b, err := p.Brought(ctx, img.Digest); err != nil || !b {
+			t.Errorf("brought after its source was recorded: %v, %v", b, err)
+		}
 		absent := env.Push(t, "never-pulled:v1")
 		if _, err := p.Brought(ctx, absent.Digest); !errors.Is(err, cri.ErrNotFound) {
 			t.Errorf("provenance of an absent image: %v, want ErrNotFound", err)
+		}
+		if _, _, err := p.Source(ctx, absent.Digest); !errors.Is(err, cri.ErrNotFound) {
+			t.Errorf("source of an absent image: %v, want ErrNotFound", err)
 		}
 	})
 

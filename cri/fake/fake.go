@@ -369,6 +369,29 @@ func (f *Runtime) Brought(_ context.Context, ref string) (bool, error) {
 	return r.labels[cri.BroughtLabel] != "", nil
 }
 
+// MarkSource labels the reference ref with where it was fetched from.
+func (f *Runtime) MarkSource(_ context.Context, ref, source, from string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, err := f.recordOf("record source", ref)
+	if err != nil {
+		return err
+	}
+	r.labels = cri.ApplyChanges(r.labels, map[string]string{cri.SourceLabel: source, cri.FetchedFromLabel: from})
+	return nil
+}
+
+// Source reads the labels MarkSource wrote on the reference ref.
+func (f *Runtime) Source(_ context.Context, ref string) (string, string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	r, err := f.recordOf("read source", ref)
+	if err != nil {
+		return "", "", err
+	}
+	return r.labels[cri.SourceLabel], r.labels[cri.FetchedFromLabel], nil
+}
+
 // UseImage records that a container uses the image ref names (its ID and
 // ref), as ImagesInUse reports.
 func (f *Runtime) UseImage(ref string) {
