@@ -42,7 +42,7 @@ func (c *Cluster) Start(ctx context.Context, logf func(string, ...any)) error {
 		return err
 	}
 	if err := WaitNodeReady(ctx, cs, c.NodeName, 2*time.Minute); err != nil {
-		return err
+		return c.withLog(c.withLog(err, "containerd"), "kubelet")
 	}
 	logf("node %s Ready %s after start; kubeconfig: %s", c.NodeName, time.Since(start).Round(time.Millisecond), c.Kubeconfig())
 	for len(c.RunningNodes()) < c.Nodes {
@@ -78,7 +78,10 @@ func WaitNodeReady(ctx context.Context, cs *kubernetes.Clientset, name string, t
 	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			last = err.Error()
+			if ctx.Err() == nil {
+				// Not the wait's own end: that would hide what was seen.
+				last = err.Error()
+			}
 			return false, nil
 		}
 		last = "no Ready condition"
