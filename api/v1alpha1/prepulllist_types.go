@@ -516,7 +516,9 @@ type ImageResolution struct {
 	// An artifact is made present, tagged and pinned like an image, with
 	// no platform to choose and nothing to run (a pod mounts it as an
 	// image volume). Empty for an image, and for a digest the controller
-	// did not read (a tag resolved on nodes or from an archive).
+	// did not read (a tag resolved on nodes or from an archive, or, with
+	// peers on, an image of a registry host with a budget of pulls an
+	// hour, unless a bytes quota needs its size).
 	// +optional
 	// +kubebuilder:validation:MaxLength=255
 	ArtifactType string `json:"artifactType,omitempty"`

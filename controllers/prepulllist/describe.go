@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -22,15 +23,20 @@ const describedDigests = 8192
 // emptyConfigAdvice is the warning of an artifact whose config is empty.
 const emptyConfigAdvice = "an OCI artifact with the empty config: made present and pinned, but containerd does not mount it as an image volume (no rootfs in its config); ship an image volume's files as an image-shaped artifact, with a config listing its layers"
 
+// sizeRetry is when a list refused because an image could not be sized
+// (a registry's error, a registry budget spent) is looked at again.
+const sizeRetry = 10 * time.Second
+
 // describe reads at the registry, with l's credentials, what each digest
 // l is handed names (once per digest: descriptions are kept), and says in
 // images which are artifacts. When pol bounds bytes per node it also sizes
 // them (images' bytes) and returns why l would take a node past that
-// quota, or cannot be sized, or "".
-func (r *Reconciler) describe(ctx context.Context, l *prepullv1.PrePullList, pol *prepullv1.PrePullPolicy, targets []target, images []prepullv1.ImageResolution, creds []pullsecret.Credential) (string, error) {
+// quota, or cannot be sized, or ""; retry says a read failed, and may not
+// the next time.
+func (r *Reconciler) describe(ctx context.Context, l *prepullv1.PrePullList, pol *prepullv1.PrePullPolicy, targets []target, images []prepullv1.ImageResolution, creds []pullsecret.Credential) (why string, retry bool, err error) {
 	d, ok := r.Resolver.(Describer)
 	if !ok {
-		return "", nil
+		return "", false, nil
 	}
 	bound := pol != nil && pol.Spec.Quotas.BytesPerNode != nil
 	descs, errs := make([]Description, len(targets)), make([]error, len(targets))
@@ -65,19 +71,20 @@ func (r *Reconciler) describe(ctx context.Context, l *prepullv1.PrePullList, pol
 		case t.probe:
 			unsized = append(unsized, t.image+": resolved on nodes, not read by the controller")
 		case errs[i] != nil:
-			unsized = append(unsized, errs[i].Error())
+			unsized, retry = append(unsized, errs[i].Error()), true
 		default:
 			res.Bytes, sizes[t.digest] = descs[i].Bytes, descs[i].Bytes
 		}
 	}
 	if len(unsized) > 0 {
 		return truncate(fmt.Sprintf("spec.quotas.bytesPerNode: PrePullPolicy %s bounds the bytes namespace %s holds on a node, and the controller cannot size %s",
-			pol.Name, l.Namespace, strings.Join(unsized, "; ")), 1024), nil
+			pol.Name, l.Namespace, strings.Join(unsized, "; ")), 1024), retry, nil
 	}
 	if !bound {
-		return "", nil
+		return "", false, nil
 	}
-	return r.bytesOver(ctx, l, pol, sizes)
+	why, err = r.bytesOver(ctx, l, pol, sizes)
+	return why, false, err
 }
 
 // bytesOver says why l, whose images take sizes, would take a node past
@@ -98,13 +105,34 @@ func (r *Reconciler) bytesOver(ctx context.Context, l *prepullv1.PrePullList, po
 
 // description is what digestRef names, read with creds (with its size
 // when size), or as read before.
+//
+// On a registry host with a budget of pulls an hour (--peers), where a
+// registry may count a manifest read as a pull (Docker Hub does, two reads
+// to a pull), the controller reads only to size, and those reads are
+// pulls of the budget: a read past it waits for the hour.
 func (r *Reconciler) description(ctx context.Context, d Describer, digestRef string, creds []pullsecret.Credential, size bool) (Description, error) {
 	if v, ok := r.described.Get(digestRef); ok {
 		if got := v.(Description); got.Sized || !size {
 			return got, nil
 		}
 	}
+	var budget RegistryBudget
+	host := registryHost(digestRef)
+	if r.Peers != nil {
+		budget = r.Peers.budgetOf(host)
+	}
+	if budget.PerHour > 0 {
+		if !size {
+			return Description{}, nil
+		}
+		if msg := r.router.charge(host, budget, 1, r.Clock.Now()); msg != "" {
+			return Description{}, fmt.Errorf("%s: not read: %s (a read of a manifest may count as a pull there)", digestRef, msg)
+		}
+	}
 	got, err := d.Describe(ctx, digestRef, creds, size)
+	if budget.PerHour > 0 && got.Reads > 2 {
+		r.router.charge(host, RegistryBudget{}, (got.Reads+1)/2-1, r.Clock.Now())
+	}
 	if err == nil {
 		r.described.Add(digestRef, got)
 	}

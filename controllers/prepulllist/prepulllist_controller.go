@@ -164,8 +164,12 @@ func (r *Reconciler) reconcileNormal(ctx context.Context, l *prepullv1.PrePullLi
 	prev := r.lists.previous(orig)
 	selected, probeNode := selection(nodes)
 	targets, images, awaiting, next, resolveErr := r.resolve(ctx, l, readerOf(l, secretsVersion, creds), creds, nodes, probeNode)
-	if why, err := r.describe(ctx, l, pol, targets, images, creds); why != "" || err != nil {
-		return r.refuseUnless(ctx, orig, why, err)
+	if why, retry, err := r.describe(ctx, l, pol, targets, images, creds); why != "" || err != nil {
+		res, err := r.refuseUnless(ctx, orig, why, err)
+		if retry && err == nil {
+			res.RequeueAfter = sizeRetry
+		}
+		return res, err
 	}
 	verifyKeys := r.checkSignatures(ctx, l, prev.Images, targets, images, creds)
 

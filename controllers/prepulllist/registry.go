@@ -104,6 +104,9 @@ type Description struct {
 	Bytes int64
 	// Sized says Bytes was counted.
 	Sized bool
+	// Reads are the manifest GETs made to learn it (also when it was not
+	// learnt).
+	Reads int
 }
 
 var _ Describer = (*RegistryResolver)(nil)
@@ -128,20 +131,20 @@ func (r *RegistryResolver) Describe(ctx context.Context, digestRef string, creds
 	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuth(authFor(creds, digestRef)), remote.WithTransport(tr)}
 	desc, err := remote.Get(ref, opts...)
 	if err != nil {
-		return Description{}, fmt.Errorf("read %s: %s", digestRef, registryMessage(err))
+		return Description{Reads: 1}, fmt.Errorf("read %s: %s", digestRef, registryMessage(err))
 	}
 	if !desc.MediaType.IsIndex() {
 		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
 		if err != nil {
-			return Description{}, fmt.Errorf("read %s: %w", digestRef, err)
+			return Description{Reads: 1}, fmt.Errorf("read %s: %w", digestRef, err)
 		}
-		return Description{ArtifactType: artifactType(m), EmptyConfig: m.Config.MediaType == emptyConfig, Bytes: manifestBytes(m), Sized: true}, nil
+		return Description{ArtifactType: artifactType(m), EmptyConfig: m.Config.MediaType == emptyConfig, Bytes: manifestBytes(m), Sized: true, Reads: 1}, nil
 	}
 	idx, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
 	if err != nil {
-		return Description{}, fmt.Errorf("read %s: %w", digestRef, err)
+		return Description{Reads: 1}, fmt.Errorf("read %s: %w", digestRef, err)
 	}
-	out := Description{ArtifactType: idx.ArtifactType}
+	out := Description{ArtifactType: idx.ArtifactType, Reads: 1}
 	if !size {
 		return out, nil
 	}
@@ -151,15 +154,16 @@ func (r *RegistryResolver) Describe(ctx context.Context, digestRef string, creds
 			continue
 		}
 		if read++; read > maxIndexPlatforms {
-			return Description{}, fmt.Errorf("read %s: an index of more than %d platforms is not sized", digestRef, maxIndexPlatforms)
+			return Description{Reads: out.Reads}, fmt.Errorf("read %s: an index of more than %d platforms is not sized", digestRef, maxIndexPlatforms)
 		}
 		child, err := remote.Get(ref.Context().Digest(d.Digest.String()), opts...)
+		out.Reads++
 		if err != nil {
-			return Description{}, fmt.Errorf("read %s for %s: %s", d.Digest, d.Platform, registryMessage(err))
+			return Description{Reads: out.Reads}, fmt.Errorf("read %s for %s: %s", d.Digest, d.Platform, registryMessage(err))
 		}
 		m, err := v1.ParseManifest(bytes.NewReader(child.Manifest))
 		if err != nil {
-			return Description{}, fmt.Errorf("read %s for %s: %w", d.Digest, d.Platform, err)
+			return Description{Reads: out.Reads}, fmt.Errorf("read %s for %s: %w", d.Digest, d.Platform, err)
 		}
 		out.Bytes = max(out.Bytes, manifestBytes(m))
 	}

@@ -187,7 +187,10 @@ func (r *Reconciler) loadRoutes(ctx context.Context) error {
 	defer rt.mu.Unlock()
 	rt.written = map[string]prepullv1.ImageRouteStatus{}
 	rt.grants = map[string]map[string]time.Time{}
-	rt.started = map[string][]time.Time{}
+	if rt.started == nil {
+		// Reads of manifests may have been charged already (charge).
+		rt.started = map[string][]time.Time{}
+	}
 	for _, route := range routes.Items {
 		rt.written[route.Spec.Image] = route.Status
 	}
@@ -269,10 +272,7 @@ func (rt *router) decide(image string, v *imageView, p *PeerRouting, now time.Ti
 		}
 	}
 	host := registryHost(image)
-	budget, ok := p.Budgets[host]
-	if !ok {
-		budget = p.Budget
-	}
+	budget := p.budgetOf(host)
 	hour := slices.DeleteFunc(rt.started[host], func(t time.Time) bool { return now.Sub(t) >= time.Hour })
 	for _, node := range asks {
 		if msg := budget.spent(host, rt.inFlight(host), hour, now); msg != "" {
@@ -288,6 +288,35 @@ func (rt *router) decide(image string, v *imageView, p *PeerRouting, now time.Ti
 	}
 	slices.Sort(st.RegistryGrants)
 	return st
+}
+
+// budgetOf is host's registry budget.
+func (p *PeerRouting) budgetOf(host string) RegistryBudget {
+	if b, ok := p.Budgets[host]; ok {
+		return b
+	}
+	return p.Budget
+}
+
+// charge counts n pulls started now from host by the controller's reads
+// of manifests, if budget b's pulls an hour allow one more; else it says
+// why not.
+func (rt *router) charge(host string, b RegistryBudget, n int, now time.Time) string {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.started == nil {
+		rt.started = map[string][]time.Time{}
+	}
+	hour := slices.DeleteFunc(rt.started[host], func(t time.Time) bool { return now.Sub(t) >= time.Hour })
+	rt.started[host] = hour
+	if msg := (RegistryBudget{PerHour: b.PerHour}).spent(host, 0, hour, now); msg != "" {
+		return msg
+	}
+	for range n {
+		hour = append(hour, now)
+	}
+	rt.started[host] = hour
+	return ""
 }
 
 // inFlight counts the grants of images of host. The caller holds rt.mu.

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -123,4 +126,84 @@ func TestRoutesSeedThenPeersWithinTheBudget(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestTheControllersManifestReadsKeepToTheRegistryBudget: on a registry
+// host with a budget of pulls an hour (--peers), where a registry may count
+// a manifest read as a pull, the controller reads no manifest only to learn
+// an artifact type; the reads that size images under a bytes quota are
+// pulls of that budget, beside the nodes' grants; a read past the budget
+// is not made, the list refused naming the budget, and is made once the
+// hour is over.
+func TestTheControllersManifestReadsKeepToTheRegistryBudget(t *testing.T) {
+	e := setup(t, func(e *env) {
+		e.routing = &prepulllist.PeerRouting{Seeds: 1, Interval: 100 * time.Millisecond,
+			Budgets: map[string]prepulllist.RegistryBudget{e.public.Host: {PerHour: 2}}}
+	})
+	e.node(t, "mb-1", nil)
+	described := func(digestRef string) int { return e.resolver.described.count(digestRef) }
+	granted := func(digestRef string, check func(prepullv1.ImageRouteStatus) error) {
+		t.Helper()
+		eventually(t, "the route of "+digestRef, func() error {
+			r := &prepullv1.ImageRoute{}
+			if err := e.c.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(digestRef)}, r); err != nil {
+				return err
+			}
+			return check(r.Status)
+		})
+	}
+	seeded := func(st prepullv1.ImageRouteStatus) error {
+		if !slices.Equal(st.RegistryGrants, []string{"mb-1"}) {
+			return fmt.Errorf("grants %v; %+v", st.RegistryGrants, st)
+		}
+		return nil
+	}
+
+	// No quota: handed without a read of its manifest; the seed's grant
+	// is the budget's first pull.
+	open := e.public.MustPushRandom(t, "mb/open:1", 1024, 1)
+	e.mustCreate(t, list(e.namespace(t, "mb-open"), "open", open.Tag))
+	granted(open.Digest, seeded)
+	if n := described(open.Digest); n != 0 {
+		t.Errorf("the controller read %s's manifest %d times on a host with a budget, want none without a bytes quota", open.Digest, n)
+	}
+
+	// A bytes quota: the read that sizes one is the second pull, and its
+	// seed waits for the hour.
+	e.mustCreate(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mb-quota", Labels: map[string]string{prepullv1.PolicyLabel: "mb-quota"}}})
+	e.mustCreate(t, &prepullv1.PrePullPolicy{ObjectMeta: metav1.ObjectMeta{Name: "mb-quota"}, Spec: prepullv1.PrePullPolicySpec{
+		Quotas: prepullv1.PolicyQuotas{BytesPerNode: ptr.To(resource.MustParse("100Mi"))},
+	}})
+	one := e.public.MustPushRandom(t, "mb/one:1", 1024, 1)
+	e.mustCreate(t, list("mb-quota", "one", one.Tag))
+	spent := "the registry budget of " + e.public.Host + " is spent: 2 pulls started within the hour (2 allowed)"
+	granted(one.Digest, func(st prepullv1.ImageRouteStatus) error {
+		if len(st.RegistryGrants) != 0 || !strings.Contains(st.Waiting, spent) {
+			return fmt.Errorf("grants %v, waiting %q; want none, and the budget spent", st.RegistryGrants, st.Waiting)
+		}
+		return nil
+	})
+	if n := described(one.Digest); n != 1 {
+		t.Errorf("%s's manifest read %d times, want once", one.Digest, n)
+	}
+
+	// The budget spent, the next list's image is not read, and the list
+	// says why; an hour later it is read, sized and handed.
+	two := e.public.MustPushRandom(t, "mb/two:1", 1024, 1)
+	second := list("mb-quota", "two", two.Tag)
+	e.mustCreate(t, second)
+	e.refusedFor(t, second, two.Digest+": not read: "+spent)
+	if n := described(two.Digest); n != 0 || e.entry("mb-1", two.Digest) != nil {
+		t.Errorf("%s past the budget: read %d times, entry %+v; want neither", two.Digest, n, e.entry("mb-1", two.Digest))
+	}
+	e.clock.Step(time.Hour)
+	eventually(t, "two sized and handed once the hour is over", func() error {
+		if e.entry("mb-1", two.Digest) == nil {
+			return fmt.Errorf("not handed; %+v", condition(e.getList(t, second), prepullv1.ConditionDegraded))
+		}
+		return nil
+	})
+	if n := described(two.Digest); n != 1 {
+		t.Errorf("%s's manifest read %d times, want once", two.Digest, n)
+	}
 }

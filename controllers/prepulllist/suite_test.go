@@ -95,10 +95,12 @@ func (s *countingSignatures) Signatures(ctx context.Context, ref string, auth au
 	return s.inner.Signatures(ctx, ref, auth)
 }
 
-// countingResolver counts the registry requests the controller makes.
+// countingResolver counts the registry requests the controller makes:
+// resolutions of tags, and (described) reads of what digests name.
 type countingResolver struct {
 	counter
-	inner prepulllist.Resolver
+	described counter
+	inner     prepulllist.Resolver
 }
 
 func (r *countingResolver) Resolve(ctx context.Context, ref string, creds []pullsecret.Credential) (string, error) {
@@ -106,8 +108,9 @@ func (r *countingResolver) Resolve(ctx context.Context, ref string, creds []pull
 	return r.inner.Resolve(ctx, ref, creds)
 }
 
-// Describe reads digests as the inner resolver does, uncounted.
+// Describe reads digests as the inner resolver does.
 func (r *countingResolver) Describe(ctx context.Context, ref string, creds []pullsecret.Credential, size bool) (prepulllist.Description, error) {
+	r.described.add(ref)
 	return r.inner.(prepulllist.Describer).Describe(ctx, ref, creds, size)
 }
 
