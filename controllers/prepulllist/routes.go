@@ -2,12 +2,14 @@ package prepulllist
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -50,10 +52,20 @@ type router struct {
 	written map[string]prepullv1.ImageRouteStatus
 	// grants are, by image, the nodes granted its registry and when.
 	grants map[string]map[string]time.Time
-	// started are, by registry host, the grants of the last hour.
+	// started are, by registry host, the pulls started within the last
+	// hour (grants, and the controller's reads of manifests); dirty says
+	// they changed since they were saved (saveBudget).
 	started map[string][]time.Time
+	dirty   bool
 	loaded  bool
 }
+
+// BudgetConfigMap, in the controller's namespace, keeps the registry
+// budgets' pulls of the last hour (JSON under its key "started": by host,
+// when each started), so that a new leader does not start a fresh hour.
+const BudgetConfigMap = "prepull-registry-budget"
+
+const budgetKey = "started"
 
 // imageView is what the fleet says of one digest reference: who holds it
 // (and serves peers), who still wants it, who found every holder failing.
@@ -142,6 +154,10 @@ func (r *Reconciler) routeOnce(ctx context.Context) error {
 		}
 	}
 	rt.mu.Unlock()
+	// A grant reaches a node only once the hour's pulls are saved.
+	if err := r.saveBudget(ctx); err != nil {
+		return err
+	}
 	for image, st := range want {
 		rt.mu.Lock()
 		old, ok := rt.written[image]
@@ -183,6 +199,11 @@ func (r *Reconciler) loadRoutes(ctx context.Context) error {
 	if err := r.APIReader.List(ctx, &routes); err != nil {
 		return fmt.Errorf("list ImageRoutes: %w", err)
 	}
+	saved, err := r.loadBudget(ctx)
+	if err != nil {
+		return err
+	}
+	now := r.Clock.Now()
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
 	rt.written = map[string]prepullv1.ImageRouteStatus{}
@@ -191,10 +212,88 @@ func (r *Reconciler) loadRoutes(ctx context.Context) error {
 		// Reads of manifests may have been charged already (charge).
 		rt.started = map[string][]time.Time{}
 	}
+	for host, times := range saved {
+		for _, t := range times {
+			if now.Sub(t) < time.Hour {
+				rt.started[host] = append(rt.started[host], t)
+			}
+		}
+		slices.SortFunc(rt.started[host], time.Time.Compare)
+	}
 	for _, route := range routes.Items {
 		rt.written[route.Spec.Image] = route.Status
+		// Grants of the previous leader still in flight: counted at once
+		// by the budget (their start is in the saved hour).
+		if len(route.Status.RegistryGrants) > 0 {
+			rt.grants[route.Spec.Image] = map[string]time.Time{}
+			for _, node := range route.Status.RegistryGrants {
+				rt.grants[route.Spec.Image][node] = now
+			}
+		}
 	}
 	rt.loaded = true
+	return nil
+}
+
+// loadBudget reads the hour's pulls a previous leader saved.
+func (r *Reconciler) loadBudget(ctx context.Context) (map[string][]time.Time, error) {
+	cm := &corev1.ConfigMap{}
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: BudgetConfigMap}, cm)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read ConfigMap %s/%s: %w", r.Namespace, BudgetConfigMap, err)
+	}
+	var saved map[string][]time.Time
+	if err := json.Unmarshal([]byte(cm.Data[budgetKey]), &saved); err != nil {
+		ctrl.LoggerFrom(ctx).Info("The registry budgets' saved hour does not parse; starting a fresh hour", "configMap", BudgetConfigMap, "error", err.Error())
+		return nil, nil
+	}
+	return saved, nil
+}
+
+// saveBudget writes the hour's pulls, when they changed, to BudgetConfigMap.
+func (r *Reconciler) saveBudget(ctx context.Context) error {
+	rt := &r.router
+	now := r.Clock.Now()
+	rt.mu.Lock()
+	if !rt.dirty {
+		rt.mu.Unlock()
+		return nil
+	}
+	hour := map[string][]time.Time{}
+	for host, times := range rt.started {
+		for _, t := range times {
+			if now.Sub(t) < time.Hour {
+				hour[host] = append(hour[host], t)
+			}
+		}
+	}
+	rt.dirty = false
+	rt.mu.Unlock()
+	data, err := json.Marshal(hour)
+	if err != nil {
+		return err
+	}
+	cm := &corev1.ConfigMap{}
+	key := client.ObjectKey{Namespace: r.Namespace, Name: BudgetConfigMap}
+	err = r.APIReader.Get(ctx, key, cm)
+	switch {
+	case apierrors.IsNotFound(err):
+		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name,
+			Labels: map[string]string{"app.kubernetes.io/part-of": "prepull"}}, Data: map[string]string{budgetKey: string(data)}}
+		err = r.Create(ctx, cm)
+	case err == nil:
+		cm.Data = map[string]string{budgetKey: string(data)}
+		err = r.Update(ctx, cm)
+	}
+	if err != nil {
+		rt.mu.Lock()
+		rt.dirty = true
+		rt.mu.Unlock()
+		return fmt.Errorf("save the registry budgets' hour in ConfigMap %s/%s: %w", key.Namespace, key.Name, err)
+	}
 	return nil
 }
 
@@ -281,6 +380,7 @@ func (rt *router) decide(image string, v *imageView, p *PeerRouting, now time.Ti
 		}
 		granted[node] = now
 		hour = append(hour, now)
+		rt.dirty = true
 	}
 	rt.started[host] = hour
 	for node := range granted {
@@ -316,6 +416,7 @@ func (rt *router) charge(host string, b RegistryBudget, n int, now time.Time) st
 		hour = append(hour, now)
 	}
 	rt.started[host] = hour
+	rt.dirty = rt.dirty || n > 0
 	return ""
 }
 

@@ -24,8 +24,8 @@ import (
 // is listed as a holder and nobody else gets the registry, but a node
 // whose holders all failed does, within the registry budget of the
 // image's host (pulls at once, pulls an hour), and the route says when
-// that budget is spent. The route goes with the last list naming the
-// image.
+// that budget is spent, also to a new leader. The route goes with the
+// last list naming the image.
 func TestRoutesSeedThenPeersWithinTheBudget(t *testing.T) {
 	e := setup(t, func(e *env) {
 		e.routing = &prepulllist.PeerRouting{Seeds: 1, Interval: 100 * time.Millisecond,
@@ -112,6 +112,21 @@ func TestRoutesSeedThenPeersWithinTheBudget(t *testing.T) {
 		}
 		if len(r.Status.Holders) != 2 {
 			return fmt.Errorf("holders %+v", r.Status.Holders)
+		}
+		return grants()(r)
+	})
+	// A new leader keeps the hour's pulls (BudgetConfigMap): the budget is
+	// still spent. Its first write of the route (rt-2 no longer a holder)
+	// is decided in the same pass as rt-3's ask.
+	e.stopController()
+	e.stopController = e.startController(t)
+	report("rt-2", prepullv1.PhasePending, prepullv1.ReasonWaitingForPeers)
+	route("a new leader keeps the hour's pulls", func(r *prepullv1.ImageRoute) error {
+		if len(r.Status.Holders) != 1 {
+			return fmt.Errorf("holders %+v", r.Status.Holders)
+		}
+		if !strings.Contains(r.Status.Waiting, "2 pulls started within the hour (2 allowed)") {
+			return fmt.Errorf("waiting %q, grants %v", r.Status.Waiting, r.Status.RegistryGrants)
 		}
 		return grants()(r)
 	})
