@@ -344,7 +344,8 @@ func explainAgents(t *testing.T) {
 // pull an hour for the registry, a list of two images on every node gets
 // one image from the registry (its seed) and the others from peers; the
 // second image waits on every node, saying WaitingForRegistryBudget, and
-// its route says why.
+// its route says why; a new leader holds it, and a third image, to the
+// same hour.
 func TestTheRegistryBudgetHoldsARollout(t *testing.T) {
 	nodes := c.RunningNodes()
 	front := testground.StartThrottleAt(t, c.Node(1).IP, &testground.Registry{Host: cluster.RegistryHost}, 64<<20, 0)
@@ -386,6 +387,52 @@ func TestTheRegistryBudgetHoldsARollout(t *testing.T) {
 	})
 	if blobs := front.Blobs(); len(blobs) != len(served) {
 		t.Errorf("the registry served blobs past its budget: %v, before %v", blobs, served)
+	}
+
+	// A new leader goes on with the hour (the ConfigMap
+	// prepull-registry-budget): the controller's pod replaced, a third
+	// image waits as the second does, and the registry serves nothing more.
+	leader := func() string {
+		lease, err := cs.CoordinationV1().Leases("prepull-system").Get(ctx, "prepull-controller.prepull.io", metav1.GetOptions{})
+		if err != nil || lease.Spec.HolderIdentity == nil {
+			return ""
+		}
+		return *lease.Spec.HolderIdentity
+	}
+	before := leader()
+	const again = "--registry-budget=*=0/0"
+	setControllerArgs(t, func(args []string) []string { return append(args, again) })
+	t.Cleanup(func() {
+		setControllerArgs(t, func(args []string) []string { return slices.DeleteFunc(args, func(a string) bool { return a == again }) })
+	})
+	testground.Eventually(t, 2*time.Minute, "a new leader", func() error {
+		if now := leader(); now == "" || now == before {
+			return fmt.Errorf("leader %q, before %q", now, before)
+		}
+		return nil
+	})
+	third, thirdDigest := push(t, "budget/third:1", 1<<20, front.Host)
+	if err := cl.Get(ctx, client.ObjectKeyFromObject(l), l); err != nil {
+		t.Fatal(err)
+	}
+	l.Spec.Images = append(l.Spec.Images, prepullv1.PrePullImage{Image: third})
+	if err := cl.Update(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{strings.TrimSuffix(third, ":1") + "@" + thirdDigest, secondRef} {
+		testground.Eventually(t, 2*time.Minute, "the new leader holds "+ref+" to the hour's budget", func() error {
+			route := &prepullv1.ImageRoute{}
+			if err := cl.Get(ctx, client.ObjectKey{Name: prepullv1.ImageRouteName(ref)}, route); err != nil {
+				return err
+			}
+			if !strings.Contains(route.Status.Waiting, "1 pulls started within the hour (1 allowed)") || len(route.Status.RegistryGrants) > 0 {
+				return fmt.Errorf("route %+v", route.Status)
+			}
+			return nil
+		})
+	}
+	if blobs := front.Blobs(); len(blobs) != len(served) {
+		t.Errorf("the registry served blobs past its budget under a new leader: %v, before %v", blobs, served)
 	}
 }
 
