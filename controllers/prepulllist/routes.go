@@ -199,7 +199,7 @@ func (r *Reconciler) loadRoutes(ctx context.Context) error {
 	if err := r.APIReader.List(ctx, &routes); err != nil {
 		return fmt.Errorf("list ImageRoutes: %w", err)
 	}
-	saved, err := map[string][]time.Time(nil), error(nil)
+	saved, err := r.loadBudget(ctx)
 	if err != nil {
 		return err
 	}

@@ -403,7 +403,9 @@ func TestTheRegistryBudgetHoldsARollout(t *testing.T) {
 	const again = "--registry-budget=*=0/0"
 	setControllerArgs(t, func(args []string) []string { return append(args, again) })
 	t.Cleanup(func() {
-		setControllerArgs(t, func(args []string) []string { return slices.DeleteFunc(args, func(a string) bool { return a == again }) })
+		setControllerArgs(t, func(args []string) []string {
+			return slices.DeleteFunc(args, func(a string) bool { return a == again })
+		})
 	})
 	testground.Eventually(t, 2*time.Minute, "a new leader", func() error {
 		if now := leader(); now == "" || now == before {
