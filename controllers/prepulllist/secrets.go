@@ -168,14 +168,15 @@ func indexPullSecrets(o client.Object) []string {
 // DefaultSecretPoll is how often the Secrets lists name are read again.
 const DefaultSecretPoll = 15 * time.Second
 
-// degradedSecretPoll is how often the Secrets of a Degraded list (a Secret
-// missing, a tag its credentials could not read, …) are read again: the
-// fix a user is making should take effect within seconds.
+// degradedSecretPoll is how often the Secrets of a list Degraded for a
+// reason a Secret may end (a Secret missing, a tag its credentials could
+// not read, …; fixableBySecret) are read again: the fix a user is making
+// should take effect within seconds.
 const degradedSecretPoll = 2 * time.Second
 
 // pollSourceSecrets reads the metadata of each Secret that a list names,
 // by name, every SecretPoll (every degradedSecretPoll while a list naming
-// it is Degraded), and reconciles the lists naming one that was created,
+// it is Degraded for a reason the Secret may end), and reconciles the lists naming one that was created,
 // changed or deleted since: a rotated pull secret is mirrored, and its new
 // version reaches the agents (PullSecretsVersion), within a poll and a
 // statusBatch. The controller may get a Secret by name; it may not list or
@@ -204,7 +205,7 @@ func (r *Reconciler) pollSourceSecrets(ctx context.Context, cfg *rest.Config) er
 		now := time.Now()
 		for key, n := range named {
 			prev, ok := last[key]
-			if ok && !n.degraded && now.Sub(prev.at) < poll {
+			if ok && !n.fixable && now.Sub(prev.at) < poll {
 				continue
 			}
 			version := ""
@@ -239,6 +240,22 @@ func (r *Reconciler) pollSourceSecrets(ctx context.Context, cfg *rest.Config) er
 	return nil
 }
 
+// fixableBySecret says l is Degraded for a reason a changed pull secret
+// may end: not a refusal of its spec or by a policy (a list refused
+// because an image could not be sized is reconciled every sizeRetry, its
+// Secrets read then), or a signature missing or invalid.
+func fixableBySecret(l *prepullv1.PrePullList) bool {
+	c := meta.FindStatusCondition(l.Status.Conditions, prepullv1.ConditionDegraded)
+	if c == nil || c.Status != metav1.ConditionTrue {
+		return false
+	}
+	switch c.Reason {
+	case prepullv1.ReasonInvalidSpec, prepullv1.ReasonPolicyRefused, prepullv1.ReasonSignatureMissing, prepullv1.ReasonSignatureInvalid:
+		return false
+	}
+	return true
+}
+
 // unread is the version of a Secret whose first read failed: any version
 // read later differs.
 const unread = "\x00unread"
@@ -247,7 +264,7 @@ const unread = "\x00unread"
 // them is Degraded.
 type namedSecret struct {
 	lists    []types.NamespacedName
-	degraded bool
+	fixable  bool
 }
 
 // namedSecrets are the Secrets the lists name (their own and those their
@@ -260,12 +277,12 @@ func (r *Reconciler) namedSecrets(ctx context.Context) (map[types.NamespacedName
 	out := map[types.NamespacedName]namedSecret{}
 	for i := range lists.Items {
 		l := &lists.Items[i]
-		degraded := meta.IsStatusConditionTrue(l.Status.Conditions, prepullv1.ConditionDegraded)
+		fixable := fixableBySecret(l)
 		for _, name := range l.PullSecretNames() {
 			key := types.NamespacedName{Namespace: l.Namespace, Name: name}
 			n := out[key]
 			n.lists = append(n.lists, client.ObjectKeyFromObject(l))
-			n.degraded = n.degraded || degraded
+			n.fixable = n.fixable || fixable
 			out[key] = n
 		}
 	}

@@ -2,6 +2,7 @@ package prepulllist_test
 
 import (
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -375,3 +377,77 @@ func TestListSaysWhereItsPrivateImagesAreOpen(t *testing.T) {
 		t.Errorf("a list without pull secrets says %+v", c)
 	}
 }
+
+// TestARefusedListsSecretsAreNotPolledFast: the Secrets of a list refused
+// by its namespace's policy are read at --secret-poll (here an hour), not
+// every 2 s as those of a list whose tag its Secret could not read: a
+// fixed Secret cannot end a refusal, and a shared cluster's API server is
+// not asked twice a second for each refused list.
+func TestARefusedListsSecretsAreNotPolledFast(t *testing.T) {
+	polls := &secretPolls{}
+	e := setup(t, func(e *env) {
+		e.secretPoll = time.Hour
+		e.cfg = rest.CopyConfig(e.cfg)
+		e.cfg.Wrap(polls.wrap)
+	})
+	e.node(t, "polled-1", nil)
+	img := e.private.MustPushRandom(t, "private/polled:v1", 1024, 1)
+	wrong := map[string][]byte{corev1.DockerConfigJsonKey: fmt.Appendf(nil, `{"auths":{%q:{"username":"alice","password":"wrong"}}}`, e.private.Host)}
+	e.mustCreate(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "polled-refused", Labels: map[string]string{prepullv1.PolicyLabel: "no-lists"}}})
+	e.mustCreate(t, &prepullv1.PrePullPolicy{ObjectMeta: metav1.ObjectMeta{Name: "no-lists"}, Spec: prepullv1.PrePullPolicySpec{
+		Quotas: prepullv1.PolicyQuotas{Lists: ptr.To(int32(0))},
+	}})
+	e.mustCreate(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "polled-failing", Labels: map[string]string{prepullv1.PolicyLabel: "open"}}})
+	e.mustCreate(t, &prepullv1.PrePullPolicy{ObjectMeta: metav1.ObjectMeta{Name: "open"}})
+	lists := map[string]*prepullv1.PrePullList{}
+	for _, ns := range []string{"polled-refused", "polled-failing"} {
+		e.mustCreate(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "regcred"}, Type: corev1.SecretTypeDockerConfigJson, Data: wrong})
+		l := list(ns, "polled", img.Tag)
+		l.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}}
+		e.mustCreate(t, l)
+		lists[ns] = l
+	}
+	e.refusedFor(t, lists["polled-refused"], "quotas.lists")
+	eventually(t, "the other list Degraded, its Secret refused", func() error {
+		c := condition(e.getList(t, lists["polled-failing"]), prepullv1.ConditionDegraded)
+		if c == nil || c.Reason != prepullv1.ReasonResolutionFailed {
+			return fmt.Errorf("degraded %+v", c)
+		}
+		return nil
+	})
+	eventually(t, "the refused list's Secret read once", func() error {
+		if n := polls.count("polled-refused"); n == 0 {
+			return fmt.Errorf("not read")
+		}
+		return nil
+	})
+	before := map[string]int{"polled-refused": polls.count("polled-refused"), "polled-failing": polls.count("polled-failing")}
+	time.Sleep(7 * time.Second)
+	if n := polls.count("polled-refused") - before["polled-refused"]; n != 0 {
+		t.Errorf("the refused list's Secret was read %d times in 7 s, want none before the hour's poll", n)
+	}
+	if n := polls.count("polled-failing") - before["polled-failing"]; n < 2 {
+		t.Errorf("the failing list's Secret was read %d times in 7 s, want one every 2 s", n)
+	}
+}
+
+// secretPolls counts, by namespace, the reads of Secrets' metadata (the
+// controller's poll of the Secrets lists name) that pass its transport.
+type secretPolls struct {
+	counter
+}
+
+func (p *secretPolls) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		parts := strings.Split(req.URL.Path, "/")
+		// /api/v1/namespaces/<ns>/secrets/<name>
+		if req.Method == http.MethodGet && len(parts) == 7 && parts[5] == "secrets" && strings.Contains(req.Header.Get("Accept"), "as=PartialObjectMetadata") {
+			p.add(parts[4])
+		}
+		return rt.RoundTrip(req)
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
