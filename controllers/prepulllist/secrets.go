@@ -263,8 +263,8 @@ const unread = "\x00unread"
 // namedSecret is a Secret lists name: those lists, and whether one of
 // them is Degraded.
 type namedSecret struct {
-	lists    []types.NamespacedName
-	fixable  bool
+	lists   []types.NamespacedName
+	fixable bool
 }
 
 // namedSecrets are the Secrets the lists name (their own and those their
