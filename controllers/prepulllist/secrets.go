@@ -261,7 +261,7 @@ func fixableBySecret(l *prepullv1.PrePullList) bool {
 const unread = "\x00unread"
 
 // namedSecret is a Secret lists name: those lists, and whether one of
-// them is Degraded.
+// them is Degraded for a reason the Secret may end (fixableBySecret).
 type namedSecret struct {
 	lists   []types.NamespacedName
 	fixable bool
