@@ -125,13 +125,13 @@ func (r *Reconciler) description(ctx context.Context, d Describer, digestRef str
 		if !size {
 			return Description{}, nil
 		}
-		if msg := r.router.charge(host, budget, 1, r.Clock.Now()); msg != "" {
+		if msg := r.router.charge(host, budget, r.Clock.Now()); msg != "" {
 			return Description{}, fmt.Errorf("%s: not read: %s (a read of a manifest may count as a pull there)", digestRef, msg)
 		}
 	}
 	got, err := d.Describe(ctx, digestRef, creds, size)
 	if budget.PerHour > 0 && got.Reads > 2 {
-		r.router.charge(host, RegistryBudget{}, (got.Reads+1)/2-1, r.Clock.Now())
+		r.router.count(host, (got.Reads+1)/2-1, r.Clock.Now())
 	}
 	if err == nil {
 		r.described.Add(digestRef, got)

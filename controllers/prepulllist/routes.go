@@ -208,17 +208,11 @@ func (r *Reconciler) loadRoutes(ctx context.Context) error {
 	defer rt.mu.Unlock()
 	rt.written = map[string]prepullv1.ImageRouteStatus{}
 	rt.grants = map[string]map[string]time.Time{}
-	if rt.started == nil {
-		// Reads of manifests may have been charged already (charge).
-		rt.started = map[string][]time.Time{}
-	}
+	// Reads of manifests may have been charged already (charge).
 	for host, times := range saved {
-		for _, t := range times {
-			if now.Sub(t) < time.Hour {
-				rt.started[host] = append(rt.started[host], t)
-			}
-		}
+		rt.started[host] = append(rt.lastHour(host, now), times...)
 		slices.SortFunc(rt.started[host], time.Time.Compare)
+		rt.lastHour(host, now)
 	}
 	for _, route := range routes.Items {
 		rt.written[route.Spec.Image] = route.Status
@@ -262,17 +256,12 @@ func (r *Reconciler) saveBudget(ctx context.Context) error {
 		rt.mu.Unlock()
 		return nil
 	}
-	hour := map[string][]time.Time{}
-	for host, times := range rt.started {
-		for _, t := range times {
-			if now.Sub(t) < time.Hour {
-				hour[host] = append(hour[host], t)
-			}
-		}
+	for host := range rt.started {
+		rt.lastHour(host, now)
 	}
+	data, err := json.Marshal(rt.started)
 	rt.dirty = false
 	rt.mu.Unlock()
-	data, err := json.Marshal(hour)
 	if err != nil {
 		return err
 	}
@@ -372,17 +361,15 @@ func (rt *router) decide(image string, v *imageView, p *PeerRouting, now time.Ti
 	}
 	host := registryHost(image)
 	budget := p.budgetOf(host)
-	hour := slices.DeleteFunc(rt.started[host], func(t time.Time) bool { return now.Sub(t) >= time.Hour })
+	rt.lastHour(host, now)
 	for _, node := range asks {
-		if msg := budget.spent(host, rt.inFlight(host), hour, now); msg != "" {
+		if msg := budget.spent(host, rt.inFlight(host), rt.started[host], now); msg != "" {
 			st.Waiting = msg
 			break
 		}
 		granted[node] = now
-		hour = append(hour, now)
-		rt.dirty = true
+		rt.start(host, 1, now)
 	}
-	rt.started[host] = hour
 	for node := range granted {
 		st.RegistryGrants = append(st.RegistryGrants, node)
 	}
@@ -398,26 +385,43 @@ func (p *PeerRouting) budgetOf(host string) RegistryBudget {
 	return p.Budget
 }
 
-// charge counts n pulls started now from host by the controller's reads
-// of manifests, if budget b's pulls an hour allow one more; else it says
-// why not.
-func (rt *router) charge(host string, b RegistryBudget, n int, now time.Time) string {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
+// lastHour drops host's pulls started an hour or more before now, and
+// returns those left. The caller holds rt.mu.
+func (rt *router) lastHour(host string, now time.Time) []time.Time {
 	if rt.started == nil {
 		rt.started = map[string][]time.Time{}
 	}
-	hour := slices.DeleteFunc(rt.started[host], func(t time.Time) bool { return now.Sub(t) >= time.Hour })
-	rt.started[host] = hour
-	if msg := (RegistryBudget{PerHour: b.PerHour}).spent(host, 0, hour, now); msg != "" {
+	rt.started[host] = slices.DeleteFunc(rt.started[host], func(t time.Time) bool { return now.Sub(t) >= time.Hour })
+	return rt.started[host]
+}
+
+// start records n pulls of host started at now. The caller holds rt.mu.
+func (rt *router) start(host string, n int, now time.Time) {
+	for range n {
+		rt.started[host] = append(rt.lastHour(host, now), now)
+	}
+	rt.dirty = rt.dirty || n > 0
+}
+
+// charge records a pull of host started now by the controller's read of a
+// manifest, if budget b's pulls an hour allow one more; else it says why
+// not.
+func (rt *router) charge(host string, b RegistryBudget, now time.Time) string {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if msg := (RegistryBudget{PerHour: b.PerHour}).spent(host, 0, rt.lastHour(host, now), now); msg != "" {
 		return msg
 	}
-	for range n {
-		hour = append(hour, now)
-	}
-	rt.started[host] = hour
-	rt.dirty = rt.dirty || n > 0
+	rt.start(host, 1, now)
 	return ""
+}
+
+// count records n more pulls of host started now, whatever the budget
+// says: the reads were made.
+func (rt *router) count(host string, n int, now time.Time) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	rt.start(host, n, now)
 }
 
 // inFlight counts the grants of images of host. The caller holds rt.mu.
